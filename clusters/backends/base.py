@@ -1,0 +1,78 @@
+"""The one protocol every cluster backend speaks.
+
+Backends receive plain specs and return plain states: they know nothing of the portal's
+models, so the cluster layer can be tested (and replaced) on its own.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Phase = Literal["provisioning", "running", "failed", "deleting", "gone"]
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What to create, how big, for whom."""
+
+    key: str  # stable, unique on the cluster; the backend names and labels everything with it
+    name: str
+    owner: str
+    workspace: str
+    kind: str  # namespace | vcluster | dedicated
+    gpus: int
+    gpu_model: str
+    cpu: float
+    memory_gib: int
+    storage_gib: int
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    phase: Phase
+    message: str  # plain words for the user
+    detail: str = ""  # raw detail for the administrator
+    gpu_indices: tuple[int, ...] = ()
+    gpu_simulated: bool = False
+
+
+@dataclass(frozen=True)
+class GpuInventory:
+    total: int
+    model: str
+    simulated: bool
+    devices: tuple[str, ...] = field(default=())
+
+
+class BackendError(Exception):
+    """The cluster refused for a reason retrying will not fix; `message` is for the user."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or message
+
+
+class TransientBackendError(BackendError):
+    """The cluster could not be reached or answered oddly; the same call may succeed later."""
+
+
+class ClusterBackend(Protocol):
+    def inventory(self) -> GpuInventory:
+        """GPUs this cluster offers, for the catalogue and the capacity check."""
+        ...
+
+    def ensure_instance(self, spec: InstanceSpec) -> InstanceState:
+        """Create or patch everything the instance needs; safe to call any number of times."""
+        ...
+
+    def delete_instance(self, key: str) -> InstanceState:
+        """Start or continue removing an instance; phase `gone` once nothing is left."""
+        ...
+
+    def list_instance_keys(self) -> set[str]:
+        """Keys of every instance this portal created on the cluster (for orphan cleanup)."""
+        ...
+
+    def reconcile_instances(self, specs: list[InstanceSpec]) -> dict[str, InstanceState]:
+        """Observe the given running instances in one pass and restore drift."""
+        ...

@@ -1,0 +1,30 @@
+from django import forms
+
+from .models import INSTANCE_NAME_MAX, ComputeProfile, instance_name_validator
+
+
+class LaunchForm(forms.Form):
+    name = forms.CharField(
+        max_length=INSTANCE_NAME_MAX,
+        validators=[instance_name_validator],
+        help_text=f"Lowercase letters, digits and hyphens; at most {INSTANCE_NAME_MAX} characters.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": "train-llama"}),
+    )
+    description = forms.CharField(
+        max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+    profile = forms.ModelChoiceField(
+        queryset=ComputeProfile.objects.none(),
+        error_messages={
+            "invalid_choice": "This size is not available to you. Pick one of the sizes shown.",
+            "required": "Pick a size.",
+        },
+    )
+
+    def __init__(self, *args, profiles, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Only what the user may launch is a valid choice: a forged id fails validation.
+        self.fields["profile"].queryset = profiles
+
+    def clean_name(self) -> str:
+        return self.cleaned_data["name"].strip()

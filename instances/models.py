@@ -1,0 +1,113 @@
+from django.conf import settings
+from django.core.validators import MaxLengthValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from clusters.models import Cluster
+from workspaces.models import Workspace
+
+INSTANCE_NAME_MAX = 40
+instance_name_validator = RegexValidator(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    "Use lowercase letters, digits and hyphens, starting and ending with a letter or digit "
+    "(for example train-llama-2).",
+)
+
+
+class ComputeProfile(models.Model):
+    """A size in the catalogue. Launches snapshot its sizing; editing it later moves nothing."""
+
+    class Kind(models.TextChoices):
+        NAMESPACE = "namespace", "Kubernetes namespace"
+        VCLUSTER = "vcluster", "Virtual cluster"
+        DEDICATED = "dedicated", "Dedicated cluster"
+
+    name = models.SlugField(max_length=63, unique=True)
+    display_name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.NAMESPACE)
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="profiles")
+    gpus = models.PositiveIntegerField()
+    gpu_model = models.CharField(max_length=100, blank=True)
+    cpu = models.DecimalField(max_digits=6, decimal_places=1, help_text="CPU cores")
+    memory_gib = models.PositiveIntegerField("memory (GiB)")
+    storage_gib = models.PositiveIntegerField("storage (GiB)", default=100)
+    published = models.BooleanField(
+        default=False, help_text="Published profiles appear to users at once."
+    )
+    sort_order = models.IntegerField(default=0)
+
+    class Meta:
+        ordering = ["sort_order", "gpus", "display_name"]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+
+class Instance(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROVISIONING = "provisioning", "Provisioning"
+        RUNNING = "running", "Running"
+        FAILED = "failed", "Failed"
+        DELETING = "deleting", "Deleting"
+        DELETED = "deleted", "Deleted"
+
+    # States that no worker will move on by itself: the page stops polling there.
+    FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="instances")
+    name = models.CharField(
+        max_length=INSTANCE_NAME_MAX, validators=[instance_name_validator]
+    )
+    description = models.TextField(blank=True, validators=[MaxLengthValidator(500)])
+    profile = models.ForeignKey(ComputeProfile, on_delete=models.PROTECT, related_name="instances")
+    launched_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Snapshot of the profile at launch: quota and billing read these, not the profile.
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="instances")
+    kind = models.CharField(max_length=20, choices=ComputeProfile.Kind.choices)
+    gpus = models.PositiveIntegerField()
+    gpu_model = models.CharField(max_length=100, blank=True)
+    cpu = models.DecimalField(max_digits=6, decimal_places=1)
+    memory_gib = models.PositiveIntegerField()
+    storage_gib = models.PositiveIntegerField()
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    status_message = models.CharField(max_length=500, blank=True)
+    status_detail = models.TextField(blank=True, help_text="Raw detail for administrators.")
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    gpu_indices = models.JSONField(default=list, blank=True)
+    gpu_simulated = models.BooleanField(default=False)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    running_since = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "name"],
+                condition=~Q(status="deleted"),
+                name="unique_live_instance_name_per_workspace",
+            ),
+        ]
+        indexes = [models.Index(fields=["workspace", "status", "-created_at"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def key(self) -> str:
+        """The name backends give this instance on its cluster; never reused."""
+        return f"inst-{self.pk}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        return self.status != self.Status.DELETED

@@ -1,0 +1,75 @@
+from dataclasses import dataclass
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db.models import Count, Q, QuerySet, Sum
+
+from workspaces.models import Workspace
+
+from .models import ComputeProfile, Instance
+
+
+def launchable_profiles(*, user: AbstractBaseUser) -> QuerySet[ComputeProfile]:
+    """Profiles this user may launch now. Read at request time, never cached."""
+    return ComputeProfile.objects.filter(published=True).select_related("cluster")
+
+
+def live_instances(*, workspace: Workspace) -> QuerySet[Instance]:
+    """Instances that are not deleted yet (deleted ones are history)."""
+    return (
+        Instance.objects.filter(workspace=workspace)
+        .exclude(status=Instance.Status.DELETED)
+        .select_related("profile")
+    )
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    max_gpus: int
+    max_instances: int
+    gpus_used: int
+    instances_used: int
+
+    @property
+    def gpus_left(self) -> int:
+        return max(self.max_gpus - self.gpus_used, 0)
+
+    @property
+    def instances_left(self) -> int:
+        return max(self.max_instances - self.instances_used, 0)
+
+    @property
+    def gpu_percent(self) -> int:
+        return min(100, round(100 * self.gpus_used / self.max_gpus)) if self.max_gpus else 100
+
+    def refusal(self, gpus: int) -> str:
+        """Why a size with `gpus` GPUs does not fit now, or '' when it does."""
+        if self.instances_left < 1:
+            return f"All {self.max_instances} instances of your quota are in use."
+        if gpus > self.gpus_left:
+            return f"Needs {gpus} GPUs; {self.gpus_left} of {self.max_gpus} left."
+        return ""
+
+
+def quota_usage(*, workspace: Workspace) -> QuotaUsage:
+    """What the workspace holds against its quota: everything not deleted counts."""
+    totals = Instance.objects.filter(workspace=workspace).aggregate(
+        gpus=Sum("gpus", filter=~Q(status=Instance.Status.DELETED), default=0),
+        count=Count("id", filter=~Q(status=Instance.Status.DELETED)),
+    )
+    return QuotaUsage(
+        max_gpus=workspace.max_gpus,
+        max_instances=workspace.max_instances,
+        gpus_used=totals["gpus"],
+        instances_used=totals["count"],
+    )
+
+
+def status_counts(*, workspace: Workspace) -> dict[str, int]:
+    rows = (
+        Instance.objects.filter(workspace=workspace)
+        .exclude(status=Instance.Status.DELETED)
+        .values("status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return {row["status"]: row["n"] for row in rows}

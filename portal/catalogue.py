@@ -1,0 +1,64 @@
+"""The default catalogue every new installation starts with; administrators edit it in the admin."""
+
+from django.db import transaction
+
+from clusters.models import Cluster
+from instances.models import ComputeProfile
+from notebooks.models import NotebookProfile
+
+LOCAL_CLUSTER = {"name": "local", "display_name": "Local machine", "backend": "local"}
+
+COMPUTE_PROFILES = [
+    # name, display name, gpus, cpu, memory GiB, storage GiB, description
+    ("gpu-1", "Small · 1 GPU", 1, 8, 64, 100, "Prototyping, notebooks and small fine-tunes."),
+    ("gpu-2", "Medium · 2 GPUs", 2, 16, 128, 200, "Fine-tuning mid-sized models."),
+    ("gpu-4", "Large · 4 GPUs", 4, 32, 256, 500, "Multi-GPU training on one node."),
+    ("gpu-6", "X-Large · 6 GPUs", 6, 48, 384, 750, "Large training runs with headroom."),
+    ("gpu-8", "Full node · 8 GPUs", 8, 64, 512, 1000, "A whole 8-GPU node for the largest jobs."),
+]
+
+STACKS = "quay.io/jupyter"
+NOTEBOOK_PROFILES = [
+    # name, display name, image, CUDA image, cpu, memory GiB, gpus, description
+    ("minimal", "Minimal", f"{STACKS}/minimal-notebook", f"{STACKS}/minimal-notebook:cuda12-latest",
+     1, 4, 0, "JupyterLab with Python and conda: a clean start."),
+    ("datascience", "Data Science", f"{STACKS}/datascience-notebook", "", 2, 8, 0,
+     "Python, R and Julia with pandas, scikit-learn, matplotlib and friends."),
+    ("spark", "Spark", f"{STACKS}/pyspark-notebook", "", 4, 16, 0,
+     "Apache Spark with PySpark for distributed data processing."),
+    ("tensorflow", "TensorFlow", f"{STACKS}/tensorflow-notebook",
+     f"{STACKS}/tensorflow-notebook:cuda-latest", 4, 16, 1,
+     "TensorFlow and Keras, with CUDA when the notebook has a GPU."),
+]
+
+
+@transaction.atomic
+def seed_catalogue() -> dict[str, int]:
+    """Create what is missing; never overwrite what an administrator changed."""
+    cluster, _ = Cluster.objects.get_or_create(
+        name=LOCAL_CLUSTER["name"], defaults=LOCAL_CLUSTER
+    )
+    created = {"compute_profiles": 0, "notebook_profiles": 0}
+    for order, (name, display, gpus, cpu, mem, disk, desc) in enumerate(COMPUTE_PROFILES):
+        _, new = ComputeProfile.objects.get_or_create(
+            name=name,
+            defaults={
+                "display_name": display, "cluster": cluster, "gpus": gpus, "cpu": cpu,
+                "memory_gib": mem, "storage_gib": disk, "description": desc,
+                "published": True, "sort_order": order * 10,
+            },
+        )
+        created["compute_profiles"] += new
+    for order, (name, display, image, gpu_image, cpu, mem, gpus, desc) in enumerate(
+        NOTEBOOK_PROFILES
+    ):
+        _, new = NotebookProfile.objects.get_or_create(
+            name=name,
+            defaults={
+                "display_name": display, "image": image, "gpu_image": gpu_image,
+                "default_cpu": cpu, "default_memory_gib": mem, "default_gpus": gpus,
+                "description": desc, "published": True, "sort_order": order * 10,
+            },
+        )
+        created["notebook_profiles"] += new
+    return created

@@ -1,0 +1,35 @@
+import os
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+from portal.catalogue import seed_catalogue
+from workspaces.services import ensure_workspace
+
+
+class Command(BaseCommand):
+    help = (
+        "Seed the default catalogue; on a database without users, create `admin` and `demo` "
+        "(password from DEMO_PASSWORD, else generated and printed once)."
+    )
+
+    def handle(self, *args, **options) -> None:
+        created = seed_catalogue()
+        if any(created.values()):
+            self.stdout.write(
+                f"Catalogue seeded: {created['compute_profiles']} compute profiles, "
+                f"{created['notebook_profiles']} notebook profiles."
+            )
+        User = get_user_model()
+        if User.objects.exists():
+            return
+        password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(12)
+        User.objects.create_superuser("admin", "admin@example.com", password)
+        demo = User.objects.create_user("demo", "demo@example.com", password)
+        ensure_workspace(user=demo)
+        shown = password if not os.environ.get("DEMO_PASSWORD") else "(from DEMO_PASSWORD)"
+        self.stdout.write(self.style.SUCCESS(
+            "Created users `admin` (administrator) and `demo` (end user), "
+            f"password: {shown}\nThis password is shown once; keep it."
+        ))

@@ -1,0 +1,51 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Run web, Celery worker and Celery beat together until Ctrl-C (the embedded default)."
+
+    def handle(self, *args, **options) -> None:
+        port = os.environ.get("PORT", "8000")
+        host = os.environ.get("HOST", "127.0.0.1")
+        python = sys.executable
+        celery = [python, "-m", "celery", "-A", "gpupaas"]
+        commands = {
+            "web": [
+                python, "-m", "gunicorn", "gpupaas.wsgi", "--bind", f"{host}:{port}",
+                "--workers", os.environ.get("WEB_CONCURRENCY", "2"), "--threads", "4",
+                "--access-logfile", "-",
+            ],
+            "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"],
+            "beat": [
+                *celery, "beat", "--loglevel", "INFO",
+                "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
+            ],
+        }
+        procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+        self.stdout.write(self.style.SUCCESS(
+            f"\n  {settings.SITE_NAME} is running at http://{host}:{port}\n"
+            "  (web, worker and beat; press Ctrl-C to stop all of them)\n"
+        ))
+        try:
+            while all(p.poll() is None for p in procs.values()):
+                time.sleep(0.5)
+            dead = [name for name, p in procs.items() if p.poll() is not None]
+            self.stderr.write(f"{', '.join(dead)} stopped; stopping the others.")
+        except KeyboardInterrupt:
+            self.stdout.write("\nStopping…")
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs.values():
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from . import views
+
+app_name = "portal"
+urlpatterns = [
+    path("", views.landing, name="landing"),
+    path("ping/", views.ping, name="ping"),
+    path("healthz/", views.healthz, name="healthz"),
+]

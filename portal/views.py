@@ -1,0 +1,33 @@
+from django.contrib.auth.decorators import login_not_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from instances import selectors as instance_selectors
+from workspaces.services import ensure_workspace
+
+
+def landing(request: HttpRequest) -> HttpResponse:
+    workspace = ensure_workspace(user=request.user)
+    usage = instance_selectors.quota_usage(workspace=workspace)
+    counts = instance_selectors.status_counts(workspace=workspace)
+    recent = list(instance_selectors.live_instances(workspace=workspace)[:5])
+    return render(
+        request,
+        "portal/landing.html",
+        {
+            "usage": usage,
+            "counts": counts,
+            "recent": recent,
+            "polling": any(not i.is_final for i in recent),
+        },
+    )
+
+
+def ping(request: HttpRequest) -> HttpResponse:
+    """The cheapest signed-in page: the benchmark's baseline."""
+    return HttpResponse(f"pong {request.user.get_username()}", content_type="text/plain")
+
+
+@login_not_required
+def healthz(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok", content_type="text/plain")
