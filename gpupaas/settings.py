@@ -149,6 +149,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise expects it, even when empty
 # The embedded default serves static files straight from the source folders; the production
 # image runs collectstatic and serves the hashed, compressed copies.
 WHITENOISE_USE_FINDERS = True

@@ -1,0 +1,126 @@
+"""The fixed cast and the real parts the suite runs against.
+
+alice and bob are end users with their own workspaces; `admin` is a portal administrator.
+PostgreSQL and Redis are real (DATABASE_URL, CELERY_BROKER_URL; `make test` sets both).
+"""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from instances.models import ComputeProfile
+from portal.catalogue import seed_catalogue
+from workspaces.models import Workspace
+from workspaces.services import ensure_workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(autouse=True)
+def sandbox_root(settings, tmp_path_factory) -> Path:
+    """Local sandboxes go to a fresh folder per test, never into the checkout."""
+    root = tmp_path_factory.mktemp("sandboxes")
+    settings.LOCAL_SANDBOX_ROOT = root
+    settings.LOCAL_USE_NVML = False  # simulated slots, whatever the machine has
+    settings.LOCAL_GPU_SLOTS = 8
+    return root
+
+
+def make_user(username: str, **extra) -> "get_user_model()":
+    user = get_user_model().objects.create_user(
+        username, f"{username}@example.com", PASSWORD, **extra
+    )
+    ensure_workspace(user=user)
+    return user
+
+
+@pytest.fixture
+def alice(db):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    return make_user("bob")
+
+
+@pytest.fixture
+def admin_user(db):
+    return get_user_model().objects.create_superuser("admin", "admin@example.com", PASSWORD)
+
+
+@pytest.fixture
+def catalogue(db) -> dict[int, ComputeProfile]:
+    """The default catalogue, keyed by GPU count (1, 2, 4, 6, 8)."""
+    seed_catalogue()
+    return {p.gpus: p for p in ComputeProfile.objects.all()}
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+def workspace_of(user) -> Workspace:
+    return Workspace.objects.get(owner=user)
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[dict]:
+    """A real Celery worker process on the real Redis broker, using the test database."""
+    import redis
+
+    from gpupaas.celery import app
+
+    db = settings.DATABASES["default"]
+    url = (
+        f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+    queue = app.conf.task_default_queue
+    redis.Redis.from_url(app.conf.broker_url).delete(queue)  # nothing stale from earlier runs
+    sandboxes = tmp_path_factory.mktemp("worker-sandboxes")
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "LOCAL_SANDBOX_ROOT": str(sandboxes),
+        "LOCAL_USE_NVML": "false",
+        "LOCAL_GPU_SLOTS": "8",
+    }
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "gpupaas", "worker", "--pool", "threads",
+             "--concurrency", "4", "--loglevel", "INFO", "--without-gossip",
+             "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "ready." in log_path.read_text() or proc.poll() is not None, 60)
+        assert proc.poll() is None, log_path.read_text()
+        yield {"sandboxes": sandboxes, "log": log_path}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

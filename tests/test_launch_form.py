@@ -1,0 +1,130 @@
+"""Bad input gets a clear message on the form, and nothing is written."""
+
+import pytest
+from django.urls import reverse
+
+from instances.models import ComputeProfile, Instance
+from workspaces.models import AuditEvent
+
+from .conftest import workspace_of
+
+NEW = "/instances/new/"
+
+
+def post(client, **data):
+    return client.post(reverse("instances:new"), data)
+
+
+def assert_nothing_written() -> None:
+    assert Instance.objects.count() == 0
+    assert AuditEvent.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("Train_A", "Use lowercase letters, digits and hyphens"),
+        ("-leading", "Use lowercase letters, digits and hyphens"),
+        ("trailing-", "Use lowercase letters, digits and hyphens"),
+        ("x" * 41, "at most 40 characters"),
+        ("", "This field is required"),
+    ],
+)
+def test_it_refuses_an_invalid_name(alice_client, catalogue, name, message):
+    response = post(alice_client, name=name, profile=catalogue[1].pk)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert_nothing_written()
+
+
+def test_it_refuses_a_description_over_500_characters(alice_client, catalogue):
+    response = post(alice_client, name="ok", description="d" * 501, profile=catalogue[1].pk)
+    assert "at most 500 characters" in response.content.decode()
+    assert_nothing_written()
+
+
+def test_it_refuses_a_duplicate_name(alice_client, catalogue):
+    assert post(alice_client, name="train", profile=catalogue[1].pk).status_code == 302
+    response = post(alice_client, name="train", profile=catalogue[1].pk)
+    assert "You already have an instance named train." in response.content.decode()
+    assert Instance.objects.count() == 1
+
+
+def test_the_same_name_is_fine_in_another_workspace(alice_client, client, bob, catalogue):
+    assert post(alice_client, name="train", profile=catalogue[1].pk).status_code == 302
+    client.force_login(bob)
+    assert post(client, name="train", profile=catalogue[1].pk).status_code == 302
+
+
+@pytest.mark.parametrize("forged", ["unpublished", "missing"])
+def test_it_refuses_a_forged_profile_id(alice_client, catalogue, forged):
+    hidden = catalogue[8]
+    hidden.published = False
+    hidden.save()
+    profile_id = hidden.pk if forged == "unpublished" else 99999
+    response = post(alice_client, name="sneaky", profile=profile_id)
+    assert response.status_code == 400
+    assert "This size is not available to you." in response.content.decode()
+    assert_nothing_written()
+
+
+def test_it_refuses_a_launch_over_the_gpu_quota_and_says_why(alice_client, alice, catalogue):
+    workspace = workspace_of(alice)
+    workspace.max_gpus = 8
+    workspace.save()
+    assert post(alice_client, name="train-a", profile=catalogue[4].pk).status_code == 302
+    assert post(alice_client, name="train-b", profile=catalogue[2].pk).status_code == 302
+    audit_rows = AuditEvent.objects.count()
+
+    response = post(alice_client, name="train-c", profile=catalogue[4].pk)
+
+    assert response.status_code == 400
+    assert "quota 8 GPUs: 6 in use by train-a, train-b; this size needs 4" in (
+        response.content.decode()
+    )
+    assert Instance.objects.count() == 2
+    assert AuditEvent.objects.count() == audit_rows
+
+
+def test_it_refuses_a_launch_over_the_instance_quota(alice_client, alice, catalogue):
+    workspace = workspace_of(alice)
+    workspace.max_instances = 1
+    workspace.save()
+    post(alice_client, name="only", profile=catalogue[1].pk)
+    response = post(alice_client, name="another", profile=catalogue[1].pk)
+    assert "quota 1 instance: 1 in use by only; delete one to launch another" in (
+        response.content.decode()
+    )
+    assert Instance.objects.count() == 1
+
+
+def test_sizes_that_do_not_fit_are_shown_disabled_with_the_reason(
+    alice_client, alice, catalogue
+):
+    workspace = workspace_of(alice)
+    workspace.max_gpus = 4
+    workspace.save()
+    page = alice_client.get(NEW).content.decode()
+    assert page.count('name="profile"') == 5
+    assert page.count("size-card disabled") == 2  # 6 and 8 GPUs
+    assert "Needs 8 GPUs; 4 of 4 left." in page
+
+
+def test_a_valid_launch_records_who_and_from_where(alice_client, alice, catalogue):
+    response = alice_client.post(
+        NEW, {"name": "train-a", "description": "first try", "profile": catalogue[2].pk},
+        REMOTE_ADDR="192.0.2.7",
+    )
+    instance = Instance.objects.get()
+    assert response["Location"] == reverse("instances:detail", args=[instance.pk])
+    assert (instance.gpus, instance.profile, instance.launched_by) == (2, catalogue[2], alice)
+    event = AuditEvent.objects.get()
+    assert (event.action, event.actor, event.ip_address) == (
+        "instance.launched", alice, "192.0.2.7"
+    )
+
+
+def test_profiles_are_ordered_as_the_admin_sorted_them(alice_client, catalogue):
+    ComputeProfile.objects.filter(gpus=8).update(sort_order=-1)
+    page = alice_client.get(NEW).content.decode()
+    assert page.index("Full node · 8 GPUs") < page.index("Small · 1 GPU")
