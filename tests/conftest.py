@@ -21,6 +21,10 @@ from workspaces.models import Workspace
 from workspaces.services import ensure_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Persistent connections outlive the live server's thread and block dropping the test database.
+for alias in settings.DATABASES:
+    settings.DATABASES[alias]["CONN_MAX_AGE"] = 0
 PASSWORD = "correct-horse-battery"
 
 
