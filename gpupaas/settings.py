@@ -200,7 +200,7 @@ DEFAULT_MAX_GPUS = env_int("DEFAULT_MAX_GPUS", 8)
 DEFAULT_MAX_INSTANCES = env_int("DEFAULT_MAX_INSTANCES", 5)
 # An instance in pending/provisioning/deleting longer than this is re-driven by reconcile.
 RECONCILE_STUCK_AFTER_S = env_int("RECONCILE_STUCK_AFTER_S", 60)
-INSTANCES_PER_PAGE = env_int("INSTANCES_PER_PAGE", 50)
+INSTANCES_PER_PAGE = env_int("INSTANCES_PER_PAGE", 20)
 
 # Local backend: where instance sandboxes live, and how many simulated GPU slots a machine
 # without NVIDIA GPUs offers.

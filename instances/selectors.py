@@ -14,11 +14,12 @@ def launchable_profiles(*, user: AbstractBaseUser) -> QuerySet[ComputeProfile]:
 
 
 def live_instances(*, workspace: Workspace) -> QuerySet[Instance]:
-    """Instances that are not deleted yet (deleted ones are history)."""
+    """Instances that are not deleted yet (deleted ones are history), as lists show them."""
     return (
         Instance.objects.filter(workspace=workspace)
         .exclude(status=Instance.Status.DELETED)
         .select_related("profile")
+        .only("id", "name", "status", "created_at", "profile__display_name")
     )
 
 

@@ -24,8 +24,8 @@ def landing(request: HttpRequest) -> HttpResponse:
 
 
 def ping(request: HttpRequest) -> HttpResponse:
-    """The cheapest signed-in page: the benchmark's baseline."""
-    return HttpResponse(f"pong {request.user.get_username()}", content_type="text/plain")
+    """The cheapest signed-in page (the layout and no data): the benchmarks' baseline."""
+    return render(request, "portal/ping.html")
 
 
 @login_not_required

@@ -1,0 +1,198 @@
+"""Page cost as rows grow, measured through a real server process.
+
+Seeds 10,000 instances across 200 workspaces (200 of them in the measured user's), runs
+gunicorn against PostgreSQL, and reports per page the SQL query count (at 1 row and at
+10,000) and p50/p99 latency at 20 concurrent clients, beside a trivial signed-in view.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/gpupaas_bench python bench/pages.py
+
+The database named in DATABASE_URL is dropped and created again.
+"""
+
+import http.client
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATABASE_URL = os.environ.setdefault(
+    "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gpupaas_bench"
+)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gpupaas.settings")
+
+CLIENTS = 20
+REQUESTS_PER_CLIENT = int(os.environ.get("BENCH_REQUESTS", "60"))
+WORKSPACES = 200
+TOTAL_INSTANCES = 10_000
+MEASURED_INSTANCES = 200
+
+
+def recreate_database() -> None:
+    import psycopg
+
+    parts = urlsplit(DATABASE_URL)
+    name = parts.path.lstrip("/")
+    admin = f"{parts.scheme}://{parts.netloc}/postgres".replace("postgres://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(conn: http.client.HTTPConnection, path: str, cookie: str) -> tuple[int, int, float]:
+    start = time.perf_counter()
+    conn.request("GET", path, headers={"Cookie": cookie, "Host": "127.0.0.1"})
+    response = conn.getresponse()
+    response.read()
+    elapsed = (time.perf_counter() - start) * 1000
+    return response.status, int(response.getheader("X-Query-Count", "-1")), elapsed
+
+
+def query_count(port: int, path: str, cookie: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    status, queries, _ = get(conn, path, cookie)
+    assert status == 200, f"{path} answered {status}"
+    return queries
+
+
+def latencies(port: int, path: str, cookie: str) -> list[float]:
+    results: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(CLIENTS)
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        get(conn, path, cookie)  # warm the connection
+        barrier.wait()
+        mine = []
+        for _ in range(REQUESTS_PER_CLIENT):
+            status, _, ms = get(conn, path, cookie)
+            assert status == 200
+            mine.append(ms)
+        with lock:
+            results.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def p(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def main() -> None:
+    recreate_database()
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.test import Client
+
+    from instances.models import ComputeProfile, Instance
+    from portal.catalogue import seed_catalogue
+    from workspaces.models import Workspace
+
+    call_command("migrate", verbosity=0)
+    seed_catalogue()
+    profile = ComputeProfile.objects.get(gpus=1)
+    User = get_user_model()
+    alice = User.objects.create_user("alice", "alice@example.com", "bench-password-1")
+    Workspace.objects.create(owner=alice, max_gpus=100_000, max_instances=100_000)
+
+    def instance(workspace: Workspace, i: int, status: str) -> Instance:
+        return Instance(
+            workspace=workspace, name=f"job-{i}", profile=profile, launched_by=workspace.owner,
+            cluster=profile.cluster, kind=profile.kind, gpus=1, cpu=profile.cpu,
+            memory_gib=profile.memory_gib, storage_gib=profile.storage_gib, status=status,
+            status_message="Running with simulated GPU 0 on Local machine.",
+        )
+
+    statuses = [s for s, _ in Instance.Status.choices if s != "deleted"]
+    alice_ws = alice.workspace
+    Instance.objects.create(**{
+        f.name: getattr(instance(alice_ws, 0, "running"), f.name)
+        for f in Instance._meta.fields if f.name != "id"
+    })
+    client = Client()
+    client.force_login(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+
+    port = free_port()
+    env = {**os.environ, "QUERY_COUNT_HEADER": "1", "DEBUG": "false"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "gpupaas.wsgi", "--bind", f"127.0.0.1:{port}",
+         "--workers", "4", "--threads", "2", "--log-level", "warning"],
+        cwd=ROOT, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                query_count(port, "/healthz/", "")
+                break
+            except (OSError, AssertionError, http.client.HTTPException):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+        at_one = {path: query_count(port, path, cookie) for path in ("/", "/instances/")}
+
+        others = []
+        for w in range(WORKSPACES - 1):
+            user = User(username=f"user{w}", email=f"user{w}@example.com")
+            user.set_unusable_password()
+            others.append(user)
+        User.objects.bulk_create(others)
+        workspaces = Workspace.objects.bulk_create(Workspace(owner=u) for u in others)
+        rows = [instance(alice_ws, i, statuses[i % len(statuses)])
+                for i in range(1, MEASURED_INSTANCES)]
+        remaining = TOTAL_INSTANCES - MEASURED_INSTANCES
+        rows += [instance(workspaces[i % len(workspaces)], i, statuses[i % len(statuses)])
+                 for i in range(remaining)]
+        Instance.objects.bulk_create(rows, batch_size=2000)
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE")
+        total = Instance.objects.count()
+        mine = Instance.objects.filter(workspace=alice_ws).count()
+        print(f"seeded: instances={total} workspaces={Workspace.objects.count()} measured={mine}")
+
+        at_many = {path: query_count(port, path, cookie) for path in ("/", "/instances/")}
+        list_ms = latencies(port, "/instances/", cookie)
+        landing_ms = latencies(port, "/", cookie)
+        trivial_ms = latencies(port, "/ping/", cookie)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    for name, values in (("landing", landing_ms), ("list", list_ms), ("trivial", trivial_ms)):
+        print(f"{name}: n={len(values)} p50_ms={p(values, 50):.1f} p99_ms={p(values, 99):.1f}")
+    list_p99, trivial_p99 = p(list_ms, 99), p(trivial_ms, 99)
+    print(
+        f"pages: landing_queries={at_many['/']}/{at_one['/']} "
+        f"list_queries={at_many['/instances/']}/{at_one['/instances/']} "
+        f"list_p99_ms={list_p99:.1f} trivial_p99_ms={trivial_p99:.1f} "
+        f"ratio={list_p99 / trivial_p99:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
