@@ -6,7 +6,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
-from clusters.backends import get_backend
+from clusters.backends import BackendError, get_backend
+from clusters.models import Cluster
 from workspaces.services import client_ip, ensure_workspace
 
 from . import selectors, services
@@ -22,6 +23,13 @@ def get_instance_for_user(request: HttpRequest, pk: int) -> Instance:
         pk=pk,
         workspace=workspace,
     )
+
+
+def offers_simulated_gpus(cluster: Cluster) -> bool:
+    try:
+        return get_backend(cluster).inventory().simulated
+    except BackendError:
+        return False  # a cluster the portal cannot reach now is no reason to fail the page
 
 
 def instance_list(request: HttpRequest) -> HttpResponse:
@@ -63,8 +71,7 @@ def instance_new(request: HttpRequest) -> HttpResponse:
             return redirect("instances:detail", pk=instance.pk)
     usage = selectors.quota_usage(workspace=workspace)
     cards = [(p, usage.refusal(p.gpus)) for p in profiles]
-    inventories = {p.cluster_id: get_backend(p.cluster).inventory() for p in profiles}
-    simulated = any(inv.simulated for inv in inventories.values())
+    simulated = any(offers_simulated_gpus(cluster) for cluster in {p.cluster for p in profiles})
     status = 400 if request.method == "POST" else 200
     return render(
         request,

@@ -89,9 +89,13 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
         time.sleep(interval)
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[dict]:
-    """A real Celery worker process on the real Redis broker, using the test database."""
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path_factory) -> Iterator[dict]:
+    """A real Celery worker process on the real Redis broker, using the test database.
+
+    One per test, stopped before the test's tables are flushed: a worker left running would
+    pick up the tasks other tests enqueue and write while the flush truncates.
+    """
     import redis
 
     from gpupaas.celery import app
