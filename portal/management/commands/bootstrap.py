@@ -28,8 +28,10 @@ class Command(BaseCommand):
         User.objects.create_superuser("admin", "admin@example.com", password)
         demo = User.objects.create_user("demo", "demo@example.com", password)
         ensure_workspace(user=demo)
-        shown = password if not os.environ.get("DEMO_PASSWORD") else "(from DEMO_PASSWORD)"
+        if os.environ.get("DEMO_PASSWORD"):
+            shown = "the one in DEMO_PASSWORD"
+        else:
+            shown = f"{password}\nThis password is shown once; keep it."
         self.stdout.write(self.style.SUCCESS(
-            "Created users `admin` (administrator) and `demo` (end user), "
-            f"password: {shown}\nThis password is shown once; keep it."
+            f"Created users `admin` (administrator) and `demo` (end user), password: {shown}"
         ))
