@@ -138,7 +138,7 @@ def main() -> None:
     env = {**os.environ, "QUERY_COUNT_HEADER": "1", "DEBUG": "false"}
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "gpupaas.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", "4", "--threads", "2", "--log-level", "warning"],
+         "--workers", "2", "--threads", "4", "--log-level", "warning"],
         cwd=ROOT, env=env,
     )
     try:

@@ -33,10 +33,7 @@ def offers_simulated_gpus(cluster: Cluster) -> bool:
 
 
 def instance_list(request: HttpRequest) -> HttpResponse:
-    workspace = ensure_workspace(user=request.user)
-    paginator = Paginator(
-        selectors.live_instances(workspace=workspace), settings.INSTANCES_PER_PAGE
-    )
+    paginator = Paginator(selectors.live_instances(owner=request.user), settings.INSTANCES_PER_PAGE)
     page = paginator.get_page(request.GET.get("page"))
     polling = any(not i.is_final for i in page.object_list)
     template = "instances/partials/table.html" if request.headers.get("HX-Request") else (

@@ -10,7 +10,7 @@ def landing(request: HttpRequest) -> HttpResponse:
     workspace = ensure_workspace(user=request.user)
     usage = instance_selectors.quota_usage(workspace=workspace)
     counts = instance_selectors.status_counts(workspace=workspace)
-    recent = list(instance_selectors.live_instances(workspace=workspace)[:5])
+    recent = list(instance_selectors.live_instances(owner=request.user)[:5])
     return render(
         request,
         "portal/landing.html",
