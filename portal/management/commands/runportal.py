@@ -8,6 +8,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 
+def stop_like_ctrl_c(signum: int, frame: object) -> None:
+    """A TERM (from a process manager or `kill`) stops everything, as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 class Command(BaseCommand):
     help = "Run web, Celery worker and Celery beat together until Ctrl-C (the embedded default)."
 
@@ -28,6 +33,7 @@ class Command(BaseCommand):
                 "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
             ],
         }
+        signal.signal(signal.SIGTERM, stop_like_ctrl_c)
         procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
         self.stdout.write(self.style.SUCCESS(
             f"\n  {settings.SITE_NAME} is running at http://{host}:{port}\n"

@@ -1,0 +1,93 @@
+"""`make run`'s embedded default works on its own: SQLite, the filesystem broker, the local
+backend, three processes that start together and stop together."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from .conftest import ROOT, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def embedded_env(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_QUEUE")}
+    env.update(VAR_DIR=str(tmp_path / "var"), PORT=str(free_port()),
+               DEMO_PASSWORD="embedded-demo-42", LOCAL_USE_NVML="false",
+               RECONCILE_INTERVAL_S="5")
+    for step in (["migrate", "--noinput", "-v0"], ["bootstrap"]):
+        subprocess.run([sys.executable, "manage.py", *step], cwd=ROOT, env=env, check=True,
+                       capture_output=True)
+    return env
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_env, stop_signal):
+    base = f"http://127.0.0.1:{embedded_env['PORT']}"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runportal"], cwd=ROOT, env=embedded_env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        banner = ""
+        while "is running at" not in banner:
+            line = proc.stdout.readline()
+            assert line, "runportal exited before printing its URL"
+            banner += line
+        assert f"is running at {base}" in banner
+
+        s = requests.Session()
+
+        def up() -> bool:
+            try:
+                return s.get(base + "/accounts/login/", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, 30, 0.2)
+        s.post(base + "/accounts/login/", headers={"Referer": base}, data={
+            "login": "demo", "password": "embedded-demo-42",
+            "csrfmiddlewaretoken": s.cookies["csrftoken"],
+        })
+        page = s.get(base + "/instances/new/").text
+        profile = re.search(r'name="profile" value="(\d+)"', page).group(1)
+        launched = s.post(base + "/instances/new/", headers={"Referer": base}, data={
+            "name": "embedded", "profile": profile, "csrfmiddlewaretoken": s.cookies["csrftoken"],
+        })
+        status_url = launched.url + "status/"
+        wait_for(lambda: "status-running" in s.get(status_url).text, 40, 0.5)
+        assert "simulated GPU 0 on Local machine" in s.get(status_url).text
+        children = children_of(proc.pid)
+        assert len(children) == 3  # web, worker, beat
+    finally:
+        proc.send_signal(stop_signal)
+        proc.wait(30)
+    assert proc.returncode == 0
+    assert [pid for pid in children if alive(pid)] == [], "a process outlived runportal"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", int(embedded_env["PORT"]))) != 0
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
