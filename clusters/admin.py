@@ -1,12 +1,93 @@
-from django.contrib import admin
+import yaml
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
+from .backends import BackendError, get_backend
 from .models import Cluster, GpuAllocation
+
+
+class ClusterForm(forms.ModelForm):
+    kubeconfig = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="Paste a kubeconfig to replace the stored one. It is stored encrypted and "
+        "never shown again; leave empty to keep the current one.",
+    )
+
+    class Meta:
+        model = Cluster
+        fields = [
+            "display_name", "name", "backend", "description", "in_cluster", "ingress_domain",
+            "ingress_class", "ingress_namespace", "gpu_resource_name", "gpu_model_label",
+            "storage_class", "capi_namespace",
+        ]
+
+    def clean_kubeconfig(self) -> str:
+        text = self.cleaned_data["kubeconfig"].strip()
+        if not text:
+            return ""
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise forms.ValidationError(f"This is not valid YAML: {exc}") from exc
+        if not isinstance(config, dict) or not config.get("clusters"):
+            raise forms.ValidationError("This is not a kubeconfig: it lists no clusters.")
+        return text
+
+    def clean(self) -> dict:
+        data = super().clean()
+        kubernetes = data.get("backend") == Cluster.Backend.KUBERNETES
+        has_credentials = (
+            data.get("kubeconfig") or data.get("in_cluster")
+            or (self.instance.pk and self.instance.kubeconfig_encrypted)
+        )
+        if kubernetes and not has_credentials:
+            raise forms.ValidationError(
+                "A Kubernetes cluster needs a kubeconfig or in-cluster credentials."
+            )
+        return data
+
+    def save(self, commit: bool = True) -> Cluster:
+        cluster = super().save(commit=False)
+        if self.cleaned_data.get("kubeconfig"):
+            cluster.set_kubeconfig(self.cleaned_data["kubeconfig"])
+        if commit:
+            cluster.save()
+        return cluster
 
 
 @admin.register(Cluster)
 class ClusterAdmin(admin.ModelAdmin):
-    list_display = ["display_name", "name", "backend", "created_at"]
+    form = ClusterForm
+    list_display = ["display_name", "name", "backend", "has_kubeconfig", "ingress_domain"]
     prepopulated_fields = {"name": ["display_name"]}
+    actions = ["test_connection"]
+    fieldsets = [
+        (None, {"fields": ["display_name", "name", "backend", "description"]}),
+        ("Credentials", {"fields": ["kubeconfig", "in_cluster"]}),
+        ("Kubernetes", {"fields": [
+            "ingress_domain", "ingress_class", "ingress_namespace", "gpu_resource_name",
+            "gpu_model_label", "storage_class", "capi_namespace",
+        ]}),
+    ]
+
+    @admin.display(boolean=True, description="kubeconfig stored")
+    def has_kubeconfig(self, cluster: Cluster) -> bool:
+        return bool(cluster.kubeconfig_encrypted)
+
+    @admin.action(description="Test connection")
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:
+        for cluster in queryset:
+            try:
+                report = get_backend(cluster).check_connection()
+            except BackendError as exc:
+                self.message_user(request, f"{cluster}: {exc.message}", messages.ERROR)
+                continue
+            level = messages.SUCCESS if report.startswith(("Connected", "Local")) else (
+                messages.ERROR)
+            self.message_user(request, f"{cluster}: {report}", level)
 
 
 @admin.register(GpuAllocation)

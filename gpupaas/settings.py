@@ -49,6 +49,9 @@ if not SECRET_KEY:
         key_file.chmod(0o600)
     SECRET_KEY = key_file.read_text().strip()
 
+# Encrypts kubeconfigs and credentials stored in the database; defaults to SECRET_KEY.
+FIELD_ENCRYPTION_KEY = env_str("FIELD_ENCRYPTION_KEY", SECRET_KEY)
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 SITE_NAME = env_str("SITE_NAME", "GPU Portal")
@@ -207,6 +210,16 @@ INSTANCES_PER_PAGE = env_int("INSTANCES_PER_PAGE", 20)
 LOCAL_SANDBOX_ROOT = Path(env_str("LOCAL_SANDBOX_ROOT", str(VAR_DIR / "sandboxes")))
 LOCAL_GPU_SLOTS = env_int("LOCAL_GPU_SLOTS", 8)
 LOCAL_USE_NVML = env_bool("LOCAL_USE_NVML", True)
+
+# Kubernetes backend: the portal's own name on shared clusters (orphan cleanup only touches
+# objects carrying it), client pacing and retries, and what instances run.
+PORTAL_ID = env_str("PORTAL_ID", "gpupaas")
+KUBE_QPS = float(env_str("KUBE_QPS", "20"))
+KUBE_BURST = env_int("KUBE_BURST", 40)
+KUBE_REQUEST_TIMEOUT_S = float(env_str("KUBE_REQUEST_TIMEOUT_S", "10"))
+KUBE_RETRIES = env_int("KUBE_RETRIES", 4)
+KUBE_RETRY_BASE_S = float(env_str("KUBE_RETRY_BASE_S", "0.5"))
+VCLUSTER_IMAGE = env_str("VCLUSTER_IMAGE", "ghcr.io/loft-sh/vcluster-oss:0.20.0")
 
 LOGGING = {
     "version": 1,

@@ -33,6 +33,17 @@ class ComputeProfile(models.Model):
     cpu = models.DecimalField(max_digits=6, decimal_places=1, help_text="CPU cores")
     memory_gib = models.PositiveIntegerField("memory (GiB)")
     storage_gib = models.PositiveIntegerField("storage (GiB)", default=100)
+    # Dedicated clusters only: the Cluster API topology an instance of this size gets.
+    cluster_class = models.CharField(
+        "ClusterClass", max_length=100, blank=True,
+        help_text="Dedicated kind: the ClusterClass on the management cluster.",
+    )
+    kubernetes_version = models.CharField(max_length=20, blank=True, default="v1.31.0")
+    worker_class = models.CharField(
+        max_length=100, blank=True, default="gpu-worker",
+        help_text="Dedicated kind: the ClusterClass's machine deployment class for GPU nodes.",
+    )
+    gpus_per_node = models.PositiveIntegerField(default=8)
     published = models.BooleanField(
         default=False, help_text="Published profiles appear to users at once."
     )
@@ -81,6 +92,9 @@ class Instance(models.Model):
     status_changed_at = models.DateTimeField(auto_now_add=True)
     gpu_indices = models.JSONField(default=list, blank=True)
     gpu_simulated = models.BooleanField(default=False)
+    # Admin credentials of a virtual or dedicated cluster: for the portal's own use (proxy,
+    # notebooks), never shown to users.
+    kubeconfig_encrypted = models.TextField(blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     running_since = models.DateTimeField(null=True, blank=True)

@@ -18,6 +18,7 @@ from clusters.backends import (
     TransientBackendError,
     get_backend,
 )
+from clusters.crypto import encrypt
 from clusters.models import Cluster
 from workspaces.models import Workspace
 from workspaces.services import record_audit
@@ -182,6 +183,10 @@ def instance_spec(instance: Instance) -> InstanceSpec:
         cpu=float(instance.cpu),
         memory_gib=instance.memory_gib,
         storage_gib=instance.storage_gib,
+        cluster_class=instance.profile.cluster_class,
+        kubernetes_version=instance.profile.kubernetes_version,
+        worker_class=instance.profile.worker_class,
+        gpus_per_node=instance.profile.gpus_per_node,
     )
 
 
@@ -207,7 +212,7 @@ def _transition(
         )
         if not updated:
             return None
-        instance = Instance.objects.select_related("workspace__owner", "cluster").get(
+        instance = Instance.objects.select_related("workspace__owner", "cluster", "profile").get(
             pk=instance_id
         )
         record_audit(
@@ -230,6 +235,7 @@ def _apply_state(instance: Instance, state: InstanceState) -> Instance:
             instance.pk, from_=[Status.PROVISIONING], to=Status.RUNNING, message=state.message,
             detail=state.detail, running_since=timezone.now(),
             gpu_indices=list(state.gpu_indices), gpu_simulated=state.gpu_simulated,
+            kubeconfig_encrypted=encrypt(state.kubeconfig),
         )
         return running or instance
     if state.phase in ("failed", "gone"):
@@ -239,6 +245,7 @@ def _apply_state(instance: Instance, state: InstanceState) -> Instance:
         )
         return failed or instance
     _note(instance.pk, status=instance.status, message=state.message, detail=state.detail)
+    instance.status_message, instance.status_detail = state.message[:500], state.detail
     return instance
 
 
@@ -248,7 +255,7 @@ def provision_instance(*, instance_id: int) -> Instance | None:
     Raises TransientBackendError for the task to retry; any other backend refusal fails the
     instance with the reason in plain words.
     """
-    instance = Instance.objects.select_related("workspace__owner", "cluster").filter(
+    instance = Instance.objects.select_related("workspace__owner", "cluster", "profile").filter(
         pk=instance_id
     ).first()
     if instance is None or instance.status not in (Status.PENDING, Status.PROVISIONING):
@@ -277,10 +284,12 @@ def provision_instance(*, instance_id: int) -> Instance | None:
 
 def teardown_instance(*, instance_id: int) -> Instance | None:
     """Remove the instance from its cluster; `deleted` once the cluster says it is gone."""
-    instance = Instance.objects.select_related("cluster").filter(pk=instance_id).first()
+    instance = Instance.objects.select_related("workspace__owner", "cluster", "profile").filter(
+        pk=instance_id
+    ).first()
     if instance is None or instance.status != Status.DELETING:
         return instance
-    state = get_backend(instance.cluster).delete_instance(instance.key)
+    state = get_backend(instance.cluster).delete_instance(instance.key, instance_spec(instance))
     if state.phase != "gone":
         _note(instance.pk, status=Status.DELETING, message=state.message, detail=state.detail)
         return instance
@@ -320,7 +329,7 @@ def reconcile_instances() -> ReconcileSummary:
             backend = get_backend(cluster)
             running = list(
                 Instance.objects.filter(cluster=cluster, status=Status.RUNNING)
-                .select_related("workspace__owner", "cluster")
+                .select_related("workspace__owner", "cluster", "profile")
             )
             states = backend.reconcile_instances([instance_spec(i) for i in running])
             for instance in running:

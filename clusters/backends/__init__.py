@@ -15,9 +15,11 @@ def get_backend(cluster: Cluster) -> ClusterBackend:
         from .local import LocalBackend
 
         return LocalBackend(cluster)
-    raise BackendError(
-        f"The {cluster.get_backend_display()} backend is not available yet for {cluster}.",
-    )
+    if cluster.backend == Cluster.Backend.KUBERNETES:
+        from .kubernetes import KubernetesBackend
+
+        return KubernetesBackend(cluster)
+    raise BackendError(f"{cluster} has an unknown backend: {cluster.backend}.")
 
 
 __all__ = [

@@ -24,6 +24,11 @@ class InstanceSpec:
     cpu: float
     memory_gib: int
     storage_gib: int
+    # Dedicated clusters (Cluster API): the ClusterClass topology and its worker pool.
+    cluster_class: str = ""
+    kubernetes_version: str = ""
+    worker_class: str = ""
+    gpus_per_node: int = 8
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class InstanceState:
     detail: str = ""  # raw detail for the administrator
     gpu_indices: tuple[int, ...] = ()
     gpu_simulated: bool = False
+    kubeconfig: str = ""  # admin credentials of a virtual or dedicated cluster, kept encrypted
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,14 @@ class ClusterBackend(Protocol):
         """Create or patch everything the instance needs; safe to call any number of times."""
         ...
 
-    def delete_instance(self, key: str) -> InstanceState:
-        """Start or continue removing an instance; phase `gone` once nothing is left."""
+    def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
+        """Start or continue removing an instance; phase `gone` once nothing is left.
+
+        `spec` is absent for orphans, which the portal no longer knows."""
+        ...
+
+    def check_connection(self) -> str:
+        """One line for the administrator: what the cluster is and offers, or why it fails."""
         ...
 
     def list_instance_keys(self) -> set[str]:

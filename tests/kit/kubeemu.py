@@ -1619,6 +1619,10 @@ class Store:
         self._validate(info, new, strict)
         if dry_run:
             return self._view(info, new)
+        if _same_but_version(new, old) and not old_meta.get("deletionTimestamp"):
+            # A write that changes nothing is a no-op, as on a real server: same resourceVersion,
+            # no watch event. Idempotent clients rely on it.
+            return self._view(info, old)
         self._put(key, new)
         if key[:2] == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._register_crd(new)
@@ -1869,6 +1873,14 @@ class Store:
 
 
 _OWNED = frozenset({"metadata", "status"})
+
+
+def _same_but_version(new: Obj, old: Obj) -> bool:
+    def strip(obj: Obj) -> Obj:
+        meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "resourceVersion"}
+        return {**obj, "metadata": meta}
+
+    return strip(new) == strip(old)
 
 
 def _without(mapping: Mapping[str, Any], keys: Iterable[str]) -> Obj:

@@ -142,6 +142,10 @@ def test_crud_roundtrip(emu: kubeemu.Emulator, core: client.CoreV1Api) -> None:
     patched = core.patch_namespaced_config_map(name, "team-a", {"data": {"extra": "1"}})
     assert patched.data == {"k": "v2", "extra": "1"}
 
+    # A write that changes nothing is a no-op, as on a real server.
+    again = core.patch_namespaced_config_map(name, "team-a", {"data": {"extra": "1"}})
+    assert again.metadata.resource_version == patched.metadata.resource_version
+
     core.delete_namespaced_config_map(name, "team-a")
     with pytest.raises(ApiException) as gone:
         core.read_namespaced_config_map(name, "team-a")

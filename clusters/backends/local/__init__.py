@@ -57,7 +57,12 @@ class LocalBackend:
             gpu_simulated=inventory.simulated,
         )
 
-    def delete_instance(self, key: str) -> InstanceState:
+    def check_connection(self) -> str:
+        inventory = self.inventory()
+        kind = "simulated GPU slots" if inventory.simulated else f"× {inventory.model}"
+        return f"Local machine: {inventory.total} {kind}."
+
+    def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
         shutil.rmtree(self.sandbox(key), ignore_errors=True)
         release_slots(cluster=self.cluster, holder=key)
         return InstanceState(phase="gone", message="Resources released.")

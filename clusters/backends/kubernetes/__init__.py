@@ -1,0 +1,235 @@
+"""The production backend: instances as namespaces, virtual clusters or Cluster API clusters."""
+
+import threading
+from collections import Counter
+from typing import Any
+
+import yaml
+from django.conf import settings
+from kubernetes.client.rest import ApiException
+
+from clusters.models import Cluster
+
+from ..base import BackendError, GpuInventory, InstanceSpec, InstanceState
+from . import manifests as m
+from .client import ClientSettings, KubeClient, RateLimiter, api_client
+from .status import (
+    condition,
+    explain_events,
+    point_kubeconfig_at,
+    secret_value,
+    workload_ready,
+)
+
+Manifest = dict[str, Any]
+Target = tuple[str, str, str, str | None]  # apiVersion, kind, name, namespace
+LISTED_KINDS = [
+    ("v1", "Namespace"), ("v1", "ResourceQuota"), ("v1", "LimitRange"),
+    ("networking.k8s.io/v1", "NetworkPolicy"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"), ("v1", "Service"),
+    ("apps/v1", "StatefulSet"), ("cluster.x-k8s.io/v1beta1", "Cluster"),
+]
+
+_clients: dict[int, tuple[Any, KubeClient]] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(cluster: Cluster) -> KubeClient:
+    """One client per cluster and process, rebuilt when the cluster is edited; the rate limit
+    is per cluster, shared by all the process's threads."""
+    with _clients_lock:
+        cached = _clients.get(cluster.pk)
+        if cached and cached[0] == cluster.updated_at:
+            return cached[1]
+        try:
+            kubeconfig = None if cluster.in_cluster else yaml.safe_load(cluster.kubeconfig)
+            api = api_client(kubeconfig, in_cluster=cluster.in_cluster)
+        except Exception as exc:  # a broken kubeconfig is the admin's to fix, in words
+            raise BackendError(
+                f"The portal cannot use the credentials of {cluster}: {exc}", detail=repr(exc)
+            ) from exc
+        client = KubeClient(
+            api,
+            ClientSettings(
+                cluster=str(cluster), qps=settings.KUBE_QPS, burst=settings.KUBE_BURST,
+                timeout_s=settings.KUBE_REQUEST_TIMEOUT_S, retries=settings.KUBE_RETRIES,
+                retry_base_s=settings.KUBE_RETRY_BASE_S,
+            ),
+            RateLimiter(settings.KUBE_QPS, settings.KUBE_BURST),
+        )
+        _clients[cluster.pk] = (cluster.updated_at, client)
+        return client
+
+
+def cluster_settings(cluster: Cluster) -> m.ClusterSettings:
+    return m.ClusterSettings(
+        portal_id=settings.PORTAL_ID,
+        gpu_resource_name=cluster.gpu_resource_name,
+        ingress_namespace=cluster.ingress_namespace,
+        storage_class=cluster.storage_class,
+        capi_namespace=cluster.capi_namespace,
+        vcluster_image=settings.VCLUSTER_IMAGE,
+    )
+
+
+def _ref(obj: Manifest) -> tuple[str, str | None, str]:
+    meta = obj["metadata"]
+    return obj["kind"], meta.get("namespace"), meta["name"]
+
+
+class KubernetesBackend:
+    def __init__(self, cluster: Cluster, kube: KubeClient | None = None) -> None:
+        self.cluster = cluster
+        self.cs = cluster_settings(cluster)
+        self.kube = kube or client_for(cluster)
+
+    # -- what the cluster offers
+
+    def inventory(self) -> GpuInventory:
+        gpus: Counter[str] = Counter()
+        for node in self.kube.list("v1", "Node"):
+            count = int((node.get("status") or {}).get("allocatable", {}).get(
+                self.cs.gpu_resource_name, 0))
+            if count:
+                labels = node["metadata"].get("labels") or {}
+                gpus[labels.get(self.cluster.gpu_model_label, "unknown model")] += count
+        model = gpus.most_common(1)[0][0] if gpus else ""
+        devices = tuple(name for name, count in sorted(gpus.items()) for _ in range(count))
+        return GpuInventory(total=sum(gpus.values()), model=model, simulated=False,
+                            devices=devices)
+
+    def check_connection(self) -> str:
+        try:
+            version = self.kube.version().get("gitVersion", "unknown version")
+            inventory = self.inventory()
+        except BackendError as exc:
+            return f"{exc.message} ({exc.detail[:300]})"
+        except ApiException as exc:
+            return f"The cluster answered HTTP {exc.status}: {exc.reason}"
+        gpus = Counter(inventory.devices)
+        offered = ", ".join(f"{n} × {model}" for model, n in sorted(gpus.items())) or "none"
+        return f"Connected: Kubernetes {version}; allocatable GPUs: {offered}."
+
+    # -- instances
+
+    def ensure_instance(self, spec: InstanceSpec) -> InstanceState:
+        if spec.kind == "dedicated":
+            return self._ensure_dedicated(spec)
+        objects = m.namespace_objects(spec, self.cs)
+        if spec.kind == "vcluster":
+            objects += m.vcluster_objects(spec, self.cs)
+        applied = [self.kube.apply(obj) for obj in objects]
+        ns = m.object_name(spec)
+        plural = "s" if spec.gpus != 1 else ""
+        if spec.kind == "namespace":
+            return InstanceState(
+                "running", f"Ready: namespace {ns} with room for {spec.gpus} GPU{plural}.",
+                detail=f"namespace {ns} on {self.cluster}",
+            )
+        return self._vcluster_state(spec, ns, applied[-1])
+
+    def _vcluster_state(self, spec: InstanceSpec, ns: str, statefulset: Manifest) -> InstanceState:
+        if workload_ready(statefulset):
+            secret = self.kube.get("v1", "Secret", m.vcluster_kubeconfig_secret_name(), ns)
+            kubeconfig = secret_value(secret, "config")
+            if kubeconfig:
+                server = f"https://{m.VCLUSTER_RELEASE}.{ns}.svc:443"
+                return InstanceState(
+                    "running", f"Ready: virtual cluster in namespace {ns}.",
+                    detail=f"vcluster {m.VCLUSTER_VERSION} in {ns}",
+                    kubeconfig=point_kubeconfig_at(kubeconfig, server),
+                )
+            return InstanceState("provisioning", "Waiting for the virtual cluster's credentials.")
+        return self._waiting(ns, "Starting the virtual cluster's control plane.")
+
+    def _waiting(self, ns: str, message: str) -> InstanceState:
+        explained = explain_events(self.kube.list("v1", "Event", namespace=ns))
+        if explained is None:
+            return InstanceState("provisioning", message)
+        text, detail, final = explained
+        return InstanceState("failed" if final else "provisioning", text, detail=detail)
+
+    def _ensure_dedicated(self, spec: InstanceSpec) -> InstanceState:
+        if not spec.cluster_class:
+            raise BackendError("This size names no ClusterClass; ask your administrator.")
+        cluster = self.kube.apply(m.capi_cluster(spec, self.cs))
+        status = cluster.get("status") or {}
+        if status.get("failureMessage"):
+            return InstanceState("failed", "The dedicated cluster could not be created.",
+                                 detail=status["failureMessage"])
+        ready = condition(cluster, "Ready")
+        if ready.get("status") == "True":
+            secret = self.kube.get("v1", "Secret", m.capi_kubeconfig_secret_name(spec),
+                                   self.cs.capi_namespace)
+            kubeconfig = secret_value(secret, "value")
+            if kubeconfig:
+                return InstanceState(
+                    "running", f"Ready: dedicated cluster {m.object_name(spec)}.",
+                    detail=f"Cluster API cluster {self.cs.capi_namespace}/{m.object_name(spec)}",
+                    kubeconfig=kubeconfig,
+                )
+            return InstanceState("provisioning", "Waiting for the dedicated cluster's credentials.")
+        phase = status.get("phase", "Pending")
+        why = ready.get("message") or f"phase {phase}"
+        return InstanceState("provisioning", f"Creating the dedicated cluster ({why}).")
+
+    def _targets(self, key: str, spec: InstanceSpec | None) -> list[Target]:
+        if spec is not None:
+            if spec.kind == "dedicated":
+                return [("cluster.x-k8s.io/v1beta1", "Cluster", m.object_name(spec),
+                         self.cs.capi_namespace)]
+            return [("v1", "Namespace", m.object_name(spec), None)]
+        selector = f"{m.selector(self.cs)},{m.INSTANCE_LABEL}={key}"
+        found = self.kube.list("v1", "Namespace", label_selector=selector)
+        found += self.kube.list("cluster.x-k8s.io/v1beta1", "Cluster", label_selector=selector)
+        return [(o["apiVersion"], o["kind"], o["metadata"]["name"],
+                 o["metadata"].get("namespace")) for o in found]
+
+    def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
+        remaining = [t for t in self._targets(key, spec) if self.kube.delete(*t) is not None]
+        if not remaining:
+            return InstanceState("gone", "Resources released.")
+        names = ", ".join(f"{kind} {name}" for _, kind, name, _ in remaining)
+        return InstanceState("deleting", f"Waiting for the cluster to remove {names}.")
+
+    def list_instance_keys(self) -> set[str]:
+        selector = m.selector(self.cs)
+        found = self.kube.list("v1", "Namespace", label_selector=selector)
+        found += self.kube.list("cluster.x-k8s.io/v1beta1", "Cluster", label_selector=selector)
+        return {o["metadata"]["labels"][m.INSTANCE_LABEL] for o in found
+                if m.INSTANCE_LABEL in (o["metadata"].get("labels") or {})}
+
+    def reconcile_instances(self, specs: list[InstanceSpec]) -> dict[str, InstanceState]:
+        """One list per kind, whatever the number of instances; then recreate what drifted
+        away and report instances whose namespace or cluster vanished."""
+        selector = m.selector(self.cs)
+        present = {
+            _ref(obj) for api_version, kind in LISTED_KINDS
+            for obj in self.kube.list(api_version, kind, label_selector=selector)
+        }
+        states: dict[str, InstanceState] = {}
+        for spec in specs:
+            if spec.kind == "dedicated":
+                ref = ("Cluster", self.cs.capi_namespace, m.object_name(spec))
+                states[spec.key] = (
+                    InstanceState("running", f"Ready: dedicated cluster {ref[2]}.")
+                    if ref in present
+                    else InstanceState("gone", "Its cluster was deleted outside the portal.")
+                )
+                continue
+            desired = m.namespace_objects(spec, self.cs)
+            if spec.kind == "vcluster":
+                desired += m.vcluster_objects(spec, self.cs)
+            if _ref(desired[0]) not in present:
+                states[spec.key] = InstanceState(
+                    "gone", "Its namespace was deleted outside the portal.")
+                continue
+            restored = [obj for obj in desired if _ref(obj) not in present]
+            for obj in restored:
+                self.kube.apply(obj)
+            states[spec.key] = InstanceState(
+                "running", f"Ready: namespace {m.object_name(spec)}.",
+                detail="restored " + ", ".join(f"{o['kind']} {o['metadata']['name']}"
+                                               for o in restored) if restored else "",
+            )
+        return states

@@ -1,0 +1,220 @@
+"""A small apply layer over the official client: create-or-patch, idempotent deletes, lists by
+label selector, bounded retries with backoff and jitter, and a per-cluster request rate."""
+
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.rest import ApiException
+
+from ..base import BackendError, TransientBackendError
+
+log = logging.getLogger(__name__)
+Manifest = dict[str, Any]
+
+# (apiVersion, kind) -> (path prefix, plural, namespaced). Only what the portal manages.
+RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
+    ("v1", "Namespace"): ("/api/v1", "namespaces", False),
+    ("v1", "ResourceQuota"): ("/api/v1", "resourcequotas", True),
+    ("v1", "LimitRange"): ("/api/v1", "limitranges", True),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
+    ("v1", "Service"): ("/api/v1", "services", True),
+    ("v1", "Secret"): ("/api/v1", "secrets", True),
+    ("v1", "Event"): ("/api/v1", "events", True),
+    ("v1", "Node"): ("/api/v1", "nodes", False),
+    ("networking.k8s.io/v1", "NetworkPolicy"): (
+        "/apis/networking.k8s.io/v1", "networkpolicies", True),
+    ("networking.k8s.io/v1", "Ingress"): ("/apis/networking.k8s.io/v1", "ingresses", True),
+    ("rbac.authorization.k8s.io/v1", "Role"): (
+        "/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): (
+        "/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    ("apps/v1", "StatefulSet"): ("/apis/apps/v1", "statefulsets", True),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments", True),
+    ("cluster.x-k8s.io/v1beta1", "Cluster"): ("/apis/cluster.x-k8s.io/v1beta1", "clusters", True),
+}
+TRANSIENT_STATUS = {0, 429, 500, 502, 503, 504}  # 0: the client's own TLS/protocol failure
+
+
+def resource_path(api_version: str, kind: str, namespace: str | None = None,
+                  name: str | None = None) -> str:
+    prefix, plural, namespaced = RESOURCES[(api_version, kind)]
+    path = prefix
+    if namespaced and namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class RateLimiter:
+    """Token bucket: at most `qps` requests a second on average, bursts up to `burst`."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.rate, self.capacity = qps, float(max(burst, 1))
+        self.tokens, self.updated = self.capacity, time.monotonic()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.rate
+            time.sleep(wait)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    cluster: str  # for messages
+    qps: float = 20
+    burst: int = 40
+    timeout_s: float = 10
+    retries: int = 4
+    retry_base_s: float = 0.5
+
+
+def api_client(kubeconfig: dict | None, *, in_cluster: bool = False) -> ApiClient:
+    """An ApiClient without urllib3's own retries: ours count and pace every attempt."""
+    from kubernetes import config
+
+    configuration = Configuration()
+    if in_cluster:
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config_from_dict(kubeconfig or {}, client_configuration=configuration)
+    configuration.retries = False
+    return ApiClient(configuration)
+
+
+class KubeClient:
+    def __init__(self, api: ApiClient, settings: ClientSettings,
+                 limiter: RateLimiter | None = None) -> None:
+        self.api = api
+        self.settings = settings
+        self.limiter = limiter or RateLimiter(settings.qps, settings.burst)
+
+    # -- the one place that talks HTTP
+
+    def request(self, method: str, path: str, *, body: Any = None,
+                query: dict[str, str] | None = None,
+                content_type: str = "application/json") -> Any:
+        """Send one API call, retrying transient failures with exponential backoff and jitter.
+
+        Raises ApiException for answers retrying cannot change (404, 409, 422...) and
+        TransientBackendError once retries are spent.
+        """
+        attempts = self.settings.retries + 1
+        for attempt in range(attempts):
+            self.limiter.acquire()
+            try:
+                # Undecoded: we read plain JSON, whatever models this client version ships.
+                response = self.api.call_api(
+                    path, method,
+                    query_params=list((query or {}).items()),
+                    header_params={"Accept": "application/json", "Content-Type": content_type},
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                    _preload_content=False,
+                    _request_timeout=self.settings.timeout_s,
+                )
+                return json.loads(response.data or b"null")
+            except ApiException as exc:
+                if exc.status not in TRANSIENT_STATUS:
+                    raise
+                problem = f"{method} {path}: HTTP {exc.status} {exc.reason}"
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                problem = f"{method} {path}: {type(exc).__name__}: {exc}"
+            if attempt + 1 < attempts:
+                delay = self.settings.retry_base_s * 2**attempt
+                time.sleep(random.uniform(delay / 2, delay))  # full jitter keeps workers apart
+                log.info("retrying after %s", problem)
+        raise TransientBackendError(
+            f"The cluster {self.settings.cluster} is not answering; the portal keeps trying.",
+            detail=problem,
+        )
+
+    # -- verbs
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        """Create the object, or patch it into shape if it exists (409). Safe to repeat."""
+        meta = manifest["metadata"]
+        collection = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
+        try:
+            return self.request("POST", collection, body=manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _refusal(exc, manifest) from exc
+        path = f"{collection}/{meta['name']}"
+        try:
+            return self.request("PATCH", path, body=manifest,
+                                content_type="application/merge-patch+json")
+        except ApiException as exc:
+            raise _refusal(exc, manifest) from exc
+
+    def get(self, api_version: str, kind: str, name: str,
+            namespace: str | None = None) -> Manifest | None:
+        try:
+            return self.request("GET", resource_path(api_version, kind, namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _refusal(exc) from exc
+
+    def list(self, api_version: str, kind: str, *, label_selector: str = "",
+             namespace: str | None = None) -> list[Manifest]:
+        """Every object of a kind (all namespaces unless one is given) matching the selector;
+        a kind the cluster does not serve (no Cluster API installed) lists as empty."""
+        query = {"labelSelector": label_selector} if label_selector else {}
+        try:
+            return self.request("GET", resource_path(api_version, kind, namespace),
+                                query=query)["items"]
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise _refusal(exc) from exc
+
+    def delete(self, api_version: str, kind: str, name: str,
+               namespace: str | None = None) -> Manifest | None:
+        """Ask for deletion; None when the object is already gone (404)."""
+        try:
+            return self.request(
+                "DELETE", resource_path(api_version, kind, namespace, name),
+                query={"propagationPolicy": "Foreground"} if kind == "Cluster" else None,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 409:  # already being deleted
+                return {}
+            raise _refusal(exc) from exc
+
+    def version(self) -> Manifest:
+        return self.request("GET", "/version")
+
+
+def _refusal(exc: ApiException, manifest: Manifest | None = None) -> BackendError:
+    """A refusal the cluster will repeat: say it in words, keep the raw answer for admins."""
+    what = ""
+    if manifest:
+        what = f" {manifest['kind']} {manifest['metadata'].get('name', '')}"
+    body = exc.body.decode() if isinstance(exc.body, bytes) else (exc.body or "")
+    if exc.status in (401, 403):
+        message = "The cluster refused the portal's credentials or permissions."
+        if "exceeded quota" in body:
+            message = "Quota exceeded on the cluster."
+    elif exc.status == 422:
+        message = f"The cluster rejected{what} as invalid."
+    else:
+        message = f"The cluster refused{what} (HTTP {exc.status})."
+    return BackendError(message, detail=f"HTTP {exc.status} {exc.reason}: {body[:2000]}")

@@ -1,0 +1,329 @@
+"""Manifests as data: pure functions from an instance spec to Kubernetes objects.
+
+No API calls here, so every object the portal sends can be tested as a literal dict and
+validated against the Kubernetes OpenAPI schema.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..base import InstanceSpec
+from .names import instance_object_name, label_value
+
+Manifest = dict[str, Any]
+
+MANAGED_BY = "gpupaas"
+INSTANCE_LABEL = "gpupaas.io/instance"
+PORTAL_LABEL = "gpupaas.io/portal"
+# Pod Security Admission is pinned to a version so a cluster upgrade cannot loosen or
+# tighten what instances may run without us noticing.
+PSA_VERSION = "v1.31"
+RBAC = "rbac.authorization.k8s.io"
+VCLUSTER_RELEASE = "vcluster"
+VCLUSTER_VERSION = "0.20.0"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """What the builders need to know about the target cluster."""
+
+    portal_id: str = "gpupaas"
+    gpu_resource_name: str = "nvidia.com/gpu"
+    ingress_namespace: str = "ingress-nginx"
+    storage_class: str = ""
+    capi_namespace: str = "gpupaas-clusters"
+    vcluster_image: str = f"ghcr.io/loft-sh/vcluster-oss:{VCLUSTER_VERSION}"
+
+
+def object_name(spec: InstanceSpec) -> str:
+    """The namespace (or Cluster API Cluster) of an instance."""
+    return instance_object_name(key=spec.key, owner=spec.owner, name=spec.name)
+
+
+def selector(cs: ClusterSettings) -> str:
+    """Label selector for everything this portal created on a cluster."""
+    return f"app.kubernetes.io/managed-by={MANAGED_BY},{PORTAL_LABEL}={cs.portal_id}"
+
+
+def labels(spec: InstanceSpec, cs: ClusterSettings) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        PORTAL_LABEL: cs.portal_id,
+        INSTANCE_LABEL: spec.key,
+        "gpupaas.io/workspace": label_value(spec.workspace),
+        "gpupaas.io/owner": label_value(spec.owner),
+    }
+
+
+def _meta(spec: InstanceSpec, cs: ClusterSettings, name: str, namespace: str) -> Manifest:
+    return {"name": name, "namespace": namespace, "labels": labels(spec, cs)}
+
+
+def _quantity(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{int(value * 1000)}m"
+
+
+def namespace(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
+    psa = {
+        f"pod-security.kubernetes.io/{mode}{suffix}": value
+        for mode in ("enforce", "audit", "warn")
+        for suffix, value in (("", "restricted"), ("-version", PSA_VERSION))
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": object_name(spec), "labels": {**labels(spec, cs), **psa}},
+    }
+
+
+def resource_quota(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
+    cpu, memory = _quantity(spec.cpu), f"{spec.memory_gib}Gi"
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": _meta(spec, cs, "instance-quota", object_name(spec)),
+        "spec": {
+            "hard": {
+                "requests.cpu": cpu,
+                "limits.cpu": cpu,
+                "requests.memory": memory,
+                "limits.memory": memory,
+                f"requests.{cs.gpu_resource_name}": str(spec.gpus),
+                "requests.storage": f"{spec.storage_gib}Gi",
+                "pods": "100",
+                # Instances are reached through the portal and the ingress, never directly.
+                "services.loadbalancers": "0",
+                "services.nodeports": "0",
+            }
+        },
+    }
+
+
+def limit_range(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
+    # Defaults let pods without requests run under the quota instead of being refused.
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": _meta(spec, cs, "instance-defaults", object_name(spec)),
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "default": {"cpu": "1", "memory": "2Gi"},
+                    "defaultRequest": {"cpu": "250m", "memory": "512Mi"},
+                }
+            ]
+        },
+    }
+
+
+def network_policies(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]:
+    ns = object_name(spec)
+    deny = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(spec, cs, "default-deny-ingress", ns),
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    allow = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(spec, cs, "allow-namespace-and-ingress", ns),
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {"podSelector": {}},
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {
+                                    "kubernetes.io/metadata.name": cs.ingress_namespace
+                                }
+                            }
+                        },
+                    ]
+                }
+            ],
+        },
+    }
+    return [deny, allow]
+
+
+def owner_role_binding(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
+    # The built-in `admin` ClusterRole, bound in this namespace only: full control of the
+    # instance, nothing outside it (no quota or namespace edits).
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(spec, cs, "owner-admin", object_name(spec)),
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"apiGroup": RBAC, "kind": "User", "name": spec.owner}],
+    }
+
+
+def namespace_objects(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]:
+    """A `namespace` instance, in the order they are created."""
+    return [
+        namespace(spec, cs),
+        resource_quota(spec, cs),
+        limit_range(spec, cs),
+        *network_policies(spec, cs),
+        owner_role_binding(spec, cs),
+    ]
+
+
+# --- vcluster --------------------------------------------------------------------------------
+
+
+def vcluster_objects(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]:
+    """The objects the vcluster chart (VCLUSTER_VERSION) installs, reduced to what a GPU
+    instance needs: the control plane StatefulSet, its services, and its namespaced RBAC."""
+    ns, name = object_name(spec), VCLUSTER_RELEASE
+    sa = f"vc-{name}"
+    app_labels = {"app": "vcluster", "release": name}
+    meta_labels = {**labels(spec, cs), **app_labels}
+
+    def meta(object_name: str) -> Manifest:
+        return {"name": object_name, "namespace": ns, "labels": meta_labels}
+
+    restricted = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": 12345,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    claim: Manifest = {
+        "metadata": {"name": "data"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "5Gi"}},
+        },
+    }
+    if cs.storage_class:
+        claim["spec"]["storageClassName"] = cs.storage_class
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(sa)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta(sa),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": [
+                        "configmaps", "secrets", "services", "pods", "pods/attach",
+                        "pods/portforward", "pods/exec", "persistentvolumeclaims",
+                        "endpoints", "events",
+                    ],
+                    "verbs": ["create", "delete", "patch", "update", "get", "list", "watch"],
+                },
+                {"apiGroups": [""], "resources": ["pods/status", "pods/ephemeralcontainers"],
+                 "verbs": ["patch", "update"]},
+                {"apiGroups": ["apps"], "resources": ["statefulsets", "replicasets", "deployments"],
+                 "verbs": ["get", "list", "watch"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(sa),
+            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": sa},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(name),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": app_labels,
+                "ports": [{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(f"{name}-headless"),
+            "spec": {
+                "clusterIP": "None",
+                "selector": app_labels,
+                "ports": [{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}],
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": meta(name),
+            "spec": {
+                "serviceName": f"{name}-headless",
+                "replicas": 1,
+                "selector": {"matchLabels": app_labels},
+                "template": {
+                    "metadata": {"labels": app_labels},
+                    "spec": {
+                        "serviceAccountName": sa,
+                        "terminationGracePeriodSeconds": 10,
+                        "securityContext": {"runAsNonRoot": True,
+                                            "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [
+                            {
+                                "name": "syncer",
+                                "image": cs.vcluster_image,
+                                "ports": [{"name": "https", "containerPort": 8443}],
+                                "resources": {
+                                    "requests": {"cpu": "200m", "memory": "256Mi"},
+                                    "limits": {"cpu": "2", "memory": "2Gi"},
+                                },
+                                "securityContext": restricted,
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                            }
+                        ],
+                    },
+                },
+                "volumeClaimTemplates": [claim],
+            },
+        },
+    ]
+
+
+def vcluster_kubeconfig_secret_name() -> str:
+    """The secret vcluster writes its admin kubeconfig to (key `config`)."""
+    return f"vc-{VCLUSTER_RELEASE}"
+
+
+# --- dedicated (Cluster API) -------------------------------------------------------------------
+
+
+def capi_cluster(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
+    """A Cluster API Cluster from the profile's ClusterClass, with a GPU worker pool big
+    enough for the profile's GPUs."""
+    nodes = max(1, -(-spec.gpus // max(spec.gpus_per_node, 1)))
+    return {
+        "apiVersion": "cluster.x-k8s.io/v1beta1",
+        "kind": "Cluster",
+        "metadata": {
+            "name": object_name(spec),
+            "namespace": cs.capi_namespace,
+            "labels": labels(spec, cs),
+        },
+        "spec": {
+            "topology": {
+                "class": spec.cluster_class,
+                "version": spec.kubernetes_version,
+                "controlPlane": {"replicas": 1},
+                "workers": {
+                    "machineDeployments": [
+                        {"class": spec.worker_class, "name": "gpu-workers", "replicas": nodes}
+                    ]
+                },
+            }
+        },
+    }
+
+
+def capi_kubeconfig_secret_name(spec: InstanceSpec) -> str:
+    """The secret Cluster API writes the workload cluster's kubeconfig to (key `value`)."""
+    return f"{object_name(spec)}-kubeconfig"

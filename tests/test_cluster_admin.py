@@ -1,0 +1,83 @@
+"""Administrators register clusters: the kubeconfig is stored encrypted and never shown back,
+and "Test connection" says what the cluster offers, or why it cannot be reached."""
+
+import pytest
+
+from clusters.models import Cluster
+
+from .kit import kubeemu
+
+ADD = "/admin/clusters/cluster/add/"
+
+
+@pytest.fixture
+def emu():
+    with kubeemu.start() as emulator:
+        yield emulator
+
+
+def form(**overrides) -> dict:
+    data = {
+        "display_name": "GPU farm", "name": "gpu-farm", "backend": "kubernetes",
+        "description": "", "kubeconfig": "", "ingress_domain": "apps.example.com",
+        "ingress_class": "nginx", "ingress_namespace": "ingress-nginx",
+        "gpu_resource_name": "nvidia.com/gpu", "gpu_model_label": "nvidia.com/gpu.product",
+        "storage_class": "", "capi_namespace": "gpupaas-clusters",
+    }
+    return {**data, **overrides}
+
+
+def test_a_kubeconfig_is_stored_encrypted_and_never_shown_back(client, admin_user, emu, tmp_path):
+    client.force_login(admin_user)
+    text = emu.kubeconfig(tmp_path / "config").read_text()
+    response = client.post(ADD, form(kubeconfig=text))
+    assert response.status_code == 302, response.content.decode()[:2000]
+
+    cluster = Cluster.objects.get(name="gpu-farm")
+    assert cluster.kubeconfig == text.strip()
+    assert emu.url not in cluster.kubeconfig_encrypted
+    change = client.get(f"/admin/clusters/cluster/{cluster.pk}/change/").content.decode()
+    assert emu.url not in change
+
+    # Saving again without pasting a kubeconfig keeps the stored one.
+    client.post(f"/admin/clusters/cluster/{cluster.pk}/change/", form(ingress_class="traefik"))
+    cluster.refresh_from_db()
+    assert cluster.kubeconfig == text.strip() and cluster.ingress_class == "traefik"
+
+
+@pytest.mark.parametrize(
+    ("kubeconfig", "message"),
+    [
+        ("clusters: [unclosed", "This is not valid YAML"),
+        ("just: a map", "This is not a kubeconfig: it lists no clusters."),
+        ("", "A Kubernetes cluster needs a kubeconfig or in-cluster credentials."),
+    ],
+)
+def test_bad_credentials_are_refused_on_the_form(client, admin_user, kubeconfig, message):
+    client.force_login(admin_user)
+    response = client.post(ADD, form(kubeconfig=kubeconfig))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not Cluster.objects.exists()
+
+
+def test_test_connection_reports_the_server_or_the_error(client, admin_user, emu, tmp_path,
+                                                         settings):
+    settings.KUBE_RETRIES = 0
+    client.force_login(admin_user)
+    good = Cluster(name="good", display_name="Good", backend="kubernetes")
+    good.set_kubeconfig(emu.kubeconfig(tmp_path / "good").read_text())
+    good.save()
+    bad = Cluster(name="bad", display_name="Bad", backend="kubernetes")
+    bad.set_kubeconfig(emu.kubeconfig(tmp_path / "bad").read_text().replace(
+        emu.url, "http://127.0.0.1:9"))
+    bad.save()
+
+    response = client.post(
+        "/admin/clusters/cluster/",
+        {"action": "test_connection", "_selected_action": [good.pk, bad.pk]}, follow=True,
+    )
+    page = response.content.decode()
+    assert "Good: Connected: Kubernetes v" in page
+    assert "allocatable GPUs: none." in page
+    assert "Bad: The cluster Bad is not answering" in page
