@@ -34,7 +34,8 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
 bench: $(VENV)/.installed-test
-	DATABASE_URL=$(DATABASE_URL) $(BIN)/python bench/pages.py
+	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench,$(DATABASE_URL)) $(BIN)/python bench/pages.py
+	$(BIN)/python bench/kube.py
 
 clean:
 	rm -rf $(VENV) var
