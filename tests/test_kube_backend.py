@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -361,3 +362,14 @@ def test_test_connection_reports_version_and_gpus_by_model(emu, api, cluster):
     report = get_backend(cluster).check_connection()
     assert report.startswith("Connected: Kubernetes v")
     assert report.endswith("allocatable GPUs: 4 × NVIDIA-A100, 16 × NVIDIA-H200.")
+
+
+def test_the_client_stays_under_its_request_rate():
+    from clusters.backends.kubernetes.client import RateLimiter
+
+    limiter = RateLimiter(qps=50, burst=5)
+    started = time.monotonic()
+    for _ in range(15):
+        limiter.acquire()
+    # 5 from the burst, the other 10 at 50 a second: at least 0.2 s.
+    assert time.monotonic() - started >= 0.19
