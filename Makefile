@@ -36,6 +36,7 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench,$(DATABASE_URL)) $(BIN)/python bench/pages.py
 	$(BIN)/python bench/kube.py
+	$(BIN)/python bench/notebooks.py
 
 clean:
 	rm -rf $(VENV) var

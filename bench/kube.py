@@ -22,7 +22,7 @@ django.setup()
 
 from kubernetes import client as k8s  # noqa: E402
 
-from clusters.backends import InstanceSpec  # noqa: E402
+from clusters.backends import InstanceSpec, NotebookSpec  # noqa: E402
 from clusters.backends.kubernetes import KubernetesBackend  # noqa: E402
 from clusters.backends.kubernetes.client import ClientSettings, KubeClient  # noqa: E402
 from clusters.models import Cluster  # noqa: E402
@@ -41,8 +41,10 @@ def main() -> None:
         api = k8s.ApiClient(emu.client_configuration(retries=False))
         # Counting, not pacing: the per-cluster rate limit is lifted for the benchmark.
         kube = KubeClient(api, ClientSettings(cluster="bench", qps=1e6, burst=10**6))
+        emu.add_hook(kubeemu.admit_ingresses)  # plays the ingress controller
         backend = KubernetesBackend(Cluster(name="bench", display_name="Bench",
-                                            backend="kubernetes"), kube)
+                                            backend="kubernetes",
+                                            ingress_domain="apps.example.com"), kube)
 
         def counted(action) -> int:
             emu.requests.reset()
@@ -63,6 +65,21 @@ def main() -> None:
 
         deletion = [counted(lambda s=s: delete(s)) for s in sample]
 
+        def deploy_notebook(n: int) -> int:
+            host = spec(500 + n)
+            backend.ensure_instance(host)
+            emu.requests.reset()
+            notebook = NotebookSpec(key=f"nb-{n}", name=f"nb{n}", instance=host,
+                                    image="quay.io/jupyter/minimal-notebook", cpu=2,
+                                    memory_gib=4, gpus=1, token="t")
+            state = backend.ensure_notebook(notebook)
+            while state.phase != "running":
+                time.sleep(0.1)  # the task looks again later; the emulator's pods start
+                state = backend.notebook_state(notebook)
+            return emu.requests.total
+
+        notebook = [deploy_notebook(n) for n in range(5)]
+
         running: list[InstanceSpec] = []
         reconcile: dict[int, int] = {}
         started = time.perf_counter()
@@ -74,10 +91,12 @@ def main() -> None:
             print(f"reconcile at {size} instances: {reconcile[size]} requests "
                   f"({time.perf_counter() - started:.0f}s so far)")
 
-    print(f"provision: {provision} requests each; delete: {deletion} requests each")
+    print(f"provision: {provision} requests each; delete: {deletion} requests each; "
+          f"notebook: {notebook} requests each")
     print(
         f"kube: provision_requests={max(provision)} delete_requests={max(deletion)} "
-        f"reconcile_requests_10={reconcile[10]} reconcile_requests_1000={reconcile[1000]}"
+        f"reconcile_requests_10={reconcile[10]} reconcile_requests_1000={reconcile[1000]} "
+        f"notebook_requests={max(notebook)}"
     )
 
 

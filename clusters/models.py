@@ -26,6 +26,11 @@ class Cluster(models.Model):
         max_length=253, blank=True, help_text="Notebook URLs are hosts under this domain."
     )
     ingress_class = models.CharField(max_length=100, blank=True, default="nginx")
+    ingress_tls_secret = models.CharField(
+        "ingress TLS secret", max_length=253, blank=True,
+        help_text="A wildcard certificate secret for the ingress domain; notebooks use HTTPS "
+        "when set.",
+    )
     ingress_namespace = models.CharField(
         max_length=63, default="ingress-nginx",
         help_text="Namespace of the ingress controller; instances accept traffic from it.",

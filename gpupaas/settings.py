@@ -196,6 +196,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "instances.tasks.reconcile_instances",
         "schedule": float(RECONCILE_INTERVAL_S),
     },
+    "reconcile-notebooks": {
+        "task": "notebooks.tasks.reconcile_notebooks",
+        "schedule": float(RECONCILE_INTERVAL_S),
+    },
 }
 
 # --- Portal -------------------------------------------------------------------------------
@@ -203,6 +207,8 @@ DEFAULT_MAX_GPUS = env_int("DEFAULT_MAX_GPUS", 8)
 DEFAULT_MAX_INSTANCES = env_int("DEFAULT_MAX_INSTANCES", 5)
 # An instance in pending/provisioning/deleting longer than this is re-driven by reconcile.
 RECONCILE_STUCK_AFTER_S = env_int("RECONCILE_STUCK_AFTER_S", 60)
+# A notebook not reachable this long after it was created is failed (image pulls can be slow).
+NOTEBOOK_DEPLOY_TIMEOUT_S = env_int("NOTEBOOK_DEPLOY_TIMEOUT_S", 900)
 INSTANCES_PER_PAGE = env_int("INSTANCES_PER_PAGE", 20)
 
 # Local backend: where instance sandboxes live, and how many simulated GPU slots a machine

@@ -8,6 +8,7 @@ admin.site.site_title = settings.SITE_NAME
 urlpatterns = [
     path("", include("portal.urls")),
     path("instances/", include("instances.urls")),
+    path("notebooks/", include("notebooks.urls")),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import NotebookProfile
+from .models import Notebook, NotebookProfile
 
 
 @admin.register(NotebookProfile)
@@ -11,3 +11,20 @@ class NotebookProfileAdmin(admin.ModelAdmin):
     ]
     list_editable = ["published", "sort_order"]
     prepopulated_fields = {"name": ["display_name"]}
+
+
+@admin.register(Notebook)
+class NotebookAdmin(admin.ModelAdmin):
+    list_display = ["name", "instance", "profile", "status", "status_message", "created_at"]
+    list_filter = ["status", "profile"]
+    search_fields = ["name", "instance__name", "instance__workspace__owner__username"]
+    list_select_related = ["instance", "profile"]
+    # Read-only: the token is never shown here, and state belongs to services and workers.
+    readonly_fields = [f.name for f in Notebook._meta.fields if f.name != "token_encrypted"]
+    exclude = ["token_encrypted"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

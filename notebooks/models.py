@@ -1,4 +1,10 @@
+from django.conf import settings
+from django.core.validators import MaxLengthValidator
 from django.db import models
+from django.db.models import Q
+
+from clusters.crypto import decrypt
+from instances.models import instance_name_validator
 
 
 class NotebookProfile(models.Model):
@@ -22,3 +28,99 @@ class NotebookProfile(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+
+class Notebook(models.Model):
+    """A Jupyter server deployed onto one instance."""
+
+    class Status(models.TextChoices):
+        DEPLOYING = "deploying", "Deploying"
+        RUNNING = "running", "Running"
+        FAILED = "failed", "Failed"
+        DELETING = "deleting", "Deleting"
+        DELETED = "deleted", "Deleted"
+
+    class Step(models.TextChoices):
+        CREATED = "created", "Created"
+        PULLING = "pulling", "Image pulling"
+        STARTING = "starting", "Starting"
+        REACHABLE = "reachable", "Reachable"
+
+    FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
+
+    instance = models.ForeignKey(
+        "instances.Instance", on_delete=models.CASCADE, related_name="notebooks"
+    )
+    name = models.CharField(max_length=40, validators=[instance_name_validator])
+    description = models.TextField(blank=True, validators=[MaxLengthValidator(500)])
+    profile = models.ForeignKey(NotebookProfile, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    image = models.CharField(max_length=300)
+    cpu = models.DecimalField(max_digits=6, decimal_places=1)
+    memory_gib = models.PositiveIntegerField()
+    gpus = models.PositiveIntegerField(default=0)
+    gpu_indices = models.JSONField(default=list, blank=True)
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DEPLOYING)
+    step = models.CharField(max_length=20, choices=Step.choices, blank=True)
+    status_message = models.CharField(max_length=500, blank=True)
+    status_detail = models.TextField(blank=True, help_text="Raw detail for administrators.")
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    url = models.URLField(max_length=500, blank=True)
+    # The credential users open the notebook with; encrypted at rest, shown only to those
+    # with access to the instance.
+    token_encrypted = models.TextField(editable=False)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    running_since = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance", "name"],
+                condition=~Q(status="deleted"),
+                name="unique_live_notebook_name_per_instance",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def key(self) -> str:
+        return f"nb-{self.pk}"
+
+    @property
+    def token(self) -> str:
+        return decrypt(self.token_encrypted)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATES
+
+    @property
+    def status_label(self) -> str:
+        return self.Status(self.status).label
+
+    @property
+    def open_url(self) -> str:
+        """The URL that logs the user straight in (Jupyter accepts the token once, then sets
+        its own cookie)."""
+        return f"{self.url}?token={self.token}" if self.url else ""
+
+    @property
+    def steps(self) -> list[tuple[str, str]]:
+        """(label, done|current|todo) for the progress list users watch."""
+        order = [value for value, _ in self.Step.choices]
+        if self.status == self.Status.RUNNING:
+            reached = len(order)
+        else:
+            reached = order.index(self.step) if self.step in order else -1
+        return [
+            (label, "done" if i < reached else "current" if i == reached else "todo")
+            for i, (_, label) in enumerate(self.Step.choices)
+        ]

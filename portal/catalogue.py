@@ -20,7 +20,7 @@ COMPUTE_PROFILES = [
 STACKS = "quay.io/jupyter"
 NOTEBOOK_PROFILES = [
     # name, display name, image, CUDA image, cpu, memory GiB, gpus, description
-    ("minimal", "Minimal", f"{STACKS}/minimal-notebook", f"{STACKS}/minimal-notebook:cuda12-latest",
+    ("minimal", "Minimal", f"{STACKS}/minimal-notebook", "",
      1, 4, 0, "JupyterLab with Python and conda: a clean start."),
     ("datascience", "Data Science", f"{STACKS}/datascience-notebook", "", 2, 8, 0,
      "Python, R and Julia with pandas, scikit-learn, matplotlib and friends."),

@@ -3,6 +3,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from instances import selectors as instance_selectors
+from notebooks import selectors as notebook_selectors
 from workspaces.services import ensure_workspace
 
 
@@ -11,6 +12,7 @@ def landing(request: HttpRequest) -> HttpResponse:
     usage = instance_selectors.quota_usage(workspace=workspace)
     counts = instance_selectors.status_counts(workspace=workspace)
     recent = list(instance_selectors.live_instances(owner=request.user)[:5])
+    notebooks = notebook_selectors.status_counts(owner=request.user)
     return render(
         request,
         "portal/landing.html",
@@ -18,7 +20,9 @@ def landing(request: HttpRequest) -> HttpResponse:
             "usage": usage,
             "counts": counts,
             "recent": recent,
-            "polling": any(not i.is_final for i in recent),
+            "notebooks": notebooks,
+            "notebooks_total": sum(notebooks.values()),
+            "polling": any(not i.is_final for i in recent) or "deploying" in notebooks,
         },
     )
 

@@ -29,13 +29,18 @@ PASSWORD = "correct-horse-battery"
 
 
 @pytest.fixture(autouse=True)
-def sandbox_root(settings, tmp_path_factory) -> Path:
-    """Local sandboxes go to a fresh folder per test, never into the checkout."""
+def sandbox_root(settings, tmp_path_factory) -> Iterator[Path]:
+    """Local sandboxes go to a fresh folder per test, never into the checkout; any JupyterLab
+    server a test left running there is stopped after it."""
+    from clusters.backends.local import jupyter
+
     root = tmp_path_factory.mktemp("sandboxes")
     settings.LOCAL_SANDBOX_ROOT = root
     settings.LOCAL_USE_NVML = False  # simulated slots, whatever the machine has
     settings.LOCAL_GPU_SLOTS = 8
-    return root
+    yield root
+    for folder in root.glob("*/*/notebooks/*"):
+        jupyter.stop(folder)
 
 
 def make_user(username: str, **extra) -> "get_user_model()":
@@ -90,7 +95,7 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
 
 
 @pytest.fixture
-def celery_worker_process(transactional_db, tmp_path_factory) -> Iterator[dict]:
+def celery_worker_process(transactional_db, sandbox_root, tmp_path_factory) -> Iterator[dict]:
     """A real Celery worker process on the real Redis broker, using the test database.
 
     One per test, stopped before the test's tables are flushed: a worker left running would
@@ -106,7 +111,7 @@ def celery_worker_process(transactional_db, tmp_path_factory) -> Iterator[dict]:
     )
     queue = app.conf.task_default_queue
     redis.Redis.from_url(app.conf.broker_url).delete(queue)  # nothing stale from earlier runs
-    sandboxes = tmp_path_factory.mktemp("worker-sandboxes")
+    sandboxes = sandbox_root  # the worker and the test see the same sandboxes
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {
         **os.environ,

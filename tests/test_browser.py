@@ -77,3 +77,40 @@ def test_a_user_launches_watches_and_deletes_an_instance(
     page.wait_for_selector("text=No instances yet", timeout=30_000)
     assert page.evaluate("window.__still_here") is True
 
+
+
+@pytest.fixture
+def lab_host(alice, catalogue):
+    """A running instance of alice's (set up before the browser, see `page`)."""
+    from instances import services as instance_services
+
+    from .conftest import workspace_of
+
+    instance = instance_services.launch_instance(
+        workspace=workspace_of(alice), name="lab-host", profile=catalogue[1], by=alice)
+    return instance_services.provision_instance(instance_id=instance.pk)
+
+
+def test_a_user_deploys_a_notebook_and_opens_jupyterlab(
+    portal_server, celery_worker_process, lab_host, page
+):
+    instance = lab_host
+    page.goto(portal_server.url + "/accounts/login/")
+    page.fill("#id_login", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"{portal_server.url}/instances/{instance.pk}/")
+    page.click("a:has-text('New notebook')")
+    page.fill("#id_name", "first-look")
+    page.click("button:has-text('Deploy')")
+    page.wait_for_selector("h1:has-text('first-look')")
+    page.wait_for_selector(".steps")  # progress is shown while it deploys
+    page.wait_for_selector("text=Open JupyterLab", timeout=60_000)
+    assert "Reachable" in page.inner_text(".steps")
+
+    with page.context.expect_page() as opened:
+        page.click("text=Open JupyterLab")
+    lab = opened.value
+    lab.wait_for_load_state()
+    lab.wait_for_function("document.title.includes('JupyterLab')", timeout=60_000)
+    assert lab.url.startswith("http://127.0.0.1:") and "/lab" in lab.url

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import yaml
+from django.core.exceptions import ValidationError
 from kubernetes import client as k8s
 
 from clusters.backends import TransientBackendError, get_backend
@@ -18,6 +19,8 @@ from clusters.crypto import decrypt
 from clusters.models import Cluster
 from instances import services
 from instances.models import ComputeProfile, Instance
+from notebooks import services as notebook_services
+from notebooks.models import Notebook, NotebookProfile
 
 from .conftest import wait_for, workspace_of
 from .kit import kubeemu
@@ -373,3 +376,107 @@ def test_the_client_stays_under_its_request_rate():
         limiter.acquire()
     # 5 from the burst, the other 10 at 50 a second: at least 0.2 s.
     assert time.monotonic() - started >= 0.19
+
+
+# --- notebooks on Kubernetes -------------------------------------------------------------------
+
+
+@pytest.fixture
+def notebook_setup(emu, alice, profiles, cluster):
+    cluster.ingress_domain = "apps.example.com"
+    cluster.save()
+    instance = provision(launch(alice, profiles["namespace"]))
+    profile = NotebookProfile.objects.create(
+        name="minimal", display_name="Minimal", image="quay.io/jupyter/minimal-notebook",
+        default_cpu=2, default_memory_gib=4, published=True)
+    return instance, profile
+
+
+def deploy_notebook(alice, instance, profile, name="explore"):
+    return notebook_services.deploy_notebook(instance=instance, name=name, profile=profile,
+                                             by=alice, gpus=1)
+
+
+def test_a_notebook_deploys_becomes_reachable_and_is_cleaned_up(emu, alice, notebook_setup):
+    instance, profile = notebook_setup
+    notebook = deploy_notebook(alice, instance, profile)
+    emu.requests.reset()
+
+    notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
+    assert (notebook.status, notebook.step) == (Notebook.Status.DEPLOYING, "created")
+    ns = namespace_of(emu, instance)["metadata"]["name"]
+    name = f"nb-explore-{notebook.pk}"
+    assert emu.get("Secret", f"{name}-token", ns)["data"]["token"]
+    assert emu.get("Deployment", name, ns)["spec"]["template"]["spec"]["containers"][0][
+        "resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    wait_for(lambda: (emu.get("Deployment", name, ns).get("status") or {}).get(
+        "availableReplicas"))
+    notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
+    assert notebook.status_message == f"Waiting for the ingress to admit {name}.apps.example.com."
+
+    k8s.NetworkingV1Api(k8s.ApiClient(emu.client_configuration())).patch_namespaced_ingress_status(
+        name, ns, {"status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.7"}]}}})
+    notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
+    assert notebook.status == Notebook.Status.RUNNING
+    assert notebook.url == f"http://{name}.apps.example.com/lab"
+    assert emu.requests.total <= 12  # create 4, then two looks of 2-3 requests
+
+    notebook_services.delete_notebook(notebook=notebook, by=alice)
+    notebook = notebook_services.teardown_notebook(notebook_id=notebook.pk)
+    assert notebook.status == Notebook.Status.DELETED
+    for kind in ("Deployment", "Service", "Ingress"):
+        assert emu.get(kind, name, ns) is None
+    assert emu.get("Secret", f"{name}-token", ns) is None
+
+
+def test_a_notebook_whose_image_cannot_be_pulled_fails_in_words(emu, api, alice, notebook_setup):
+    emu.auto_ready = False
+    instance, profile = notebook_setup
+    notebook = notebook_services.advance_notebook(
+        notebook_id=deploy_notebook(alice, instance, profile).pk)
+    ns, name = namespace_of(emu, instance)["metadata"]["name"], f"nb-explore-{notebook.pk}"
+    core = k8s.CoreV1Api(api)
+
+    def event(reason: str, message: str, kind: str = "Normal") -> None:
+        core.create_namespaced_event(ns, {
+            "metadata": {"generateName": f"{name}-"}, "type": kind, "reason": reason,
+            "message": message, "lastTimestamp": "2026-11-28T10:00:00Z",
+            "involvedObject": {"kind": "Pod", "name": f"{name}-abc", "namespace": ns}})
+
+    event("Pulling", "Pulling image quay.io/jupyter/minimal-notebook")
+    notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
+    assert notebook.step == "pulling"
+    assert notebook.status_message == "Pulling the image quay.io/jupyter/minimal-notebook."
+
+    event("Failed", "Failed to pull image: manifest unknown", kind="Warning")
+    notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
+    assert notebook.status == Notebook.Status.FAILED
+    assert notebook.status_message == "Image pull failed: the cluster cannot download the image."
+
+
+def test_a_notebook_that_does_not_fit_the_instance_is_refused(alice, notebook_setup):
+    instance, profile = notebook_setup  # 2 GPUs
+    deploy_notebook(alice, instance, profile, name="one")
+    deploy_notebook(alice, instance, profile, name="two")
+    with pytest.raises(ValidationError, match="Does not fit: the instance has 8 CPU"):
+        deploy_notebook(alice, instance, profile, name="three")
+
+
+def test_reconcile_restores_a_deleted_service_or_ingress(emu, alice, notebook_setup):
+    emu.add_hook(kubeemu.admit_ingresses)
+    instance, profile = notebook_setup
+    notebook = notebook_services.advance_notebook(
+        notebook_id=deploy_notebook(alice, instance, profile).pk)
+    ns, name = namespace_of(emu, instance)["metadata"]["name"], f"nb-explore-{notebook.pk}"
+    wait_for(lambda: notebook_services.advance_notebook(notebook_id=notebook.pk).status
+             == Notebook.Status.RUNNING)
+    emu.delete_object("Service", name, ns)
+    emu.delete_object("Ingress", name, ns)
+
+    notebook_services.reconcile_notebooks()
+
+    assert emu.get("Service", name, ns) is not None
+    assert emu.get("Ingress", name, ns) is not None
+    notebook.refresh_from_db()
+    assert notebook.status == Notebook.Status.RUNNING

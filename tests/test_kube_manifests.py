@@ -4,7 +4,7 @@ Kubernetes OpenAPI schema (kubernetes-validate), with no cluster involved."""
 import kubernetes_validate
 import pytest
 
-from clusters.backends import InstanceSpec
+from clusters.backends import InstanceSpec, NotebookSpec
 from clusters.backends.kubernetes import manifests as m
 from clusters.backends.kubernetes.names import dns_label, instance_object_name, label_value
 
@@ -22,10 +22,22 @@ def spec(**overrides) -> InstanceSpec:
     return InstanceSpec(**{**values, **overrides})
 
 
+def notebook(**overrides) -> NotebookSpec:
+    values = dict(key="nb-9", name="explore", instance=spec(), gpus=1, cpu=4.0, memory_gib=16,
+                  image="quay.io/jupyter/tensorflow-notebook:cuda-latest", token="s3cret")
+    return NotebookSpec(**{**values, **overrides})
+
+
+TLS = m.ClusterSettings(portal_id="test-portal", ingress_domain="apps.example.com",
+                        ingress_tls_secret="wildcard-tls")
+
+
 def all_objects() -> list[dict]:
     return [
         *m.namespace_objects(spec(), CS),
         *m.vcluster_objects(spec(kind="vcluster"), CS),
+        *m.notebook_objects(notebook(), TLS),
+        *m.notebook_objects(notebook(gpus=0), m.ClusterSettings(ingress_domain="x.test")),
     ]
 
 
@@ -139,3 +151,35 @@ def test_label_values_stay_valid_and_distinct():
         kubernetes_validate.validate(
             {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "x", "labels": {"k": value}}}, K8S_VERSION, strict=True)
+
+
+def test_a_notebook_is_a_token_secret_a_non_root_deployment_a_service_and_an_ingress():
+    secret, deployment, service, ingress = m.notebook_objects(notebook(), TLS)
+    assert secret["stringData"] == {"token": "s3cret"}
+    assert secret["metadata"]["namespace"] == "alice-train-llama-42"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi",
+                                                "nvidia.com/gpu": "1"}
+    assert {"name": "JUPYTER_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "nb-explore-9-token", "key": "token"}}} in container["env"]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8888}]
+    assert ingress["spec"]["rules"][0]["host"] == "nb-explore-9.apps.example.com"
+    assert ingress["spec"]["tls"] == [{"hosts": ["nb-explore-9.apps.example.com"],
+                                       "secretName": "wildcard-tls"}]
+    assert m.notebook_url(notebook(), TLS) == "https://nb-explore-9.apps.example.com/lab"
+
+
+def test_a_cpu_notebook_asks_for_no_gpu_and_plain_http_without_tls():
+    plain = m.ClusterSettings(ingress_domain="x.test")
+    _, deployment, _, ingress = m.notebook_objects(notebook(gpus=0), plain)
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits and "tls" not in ingress["spec"]
+    assert m.notebook_url(notebook(), plain) == "http://nb-explore-9.x.test/lab"
+
+
+def test_notebooks_of_virtual_clusters_get_their_own_namespace_inside():
+    inside = notebook(instance=spec(kind="vcluster"))
+    assert {o["metadata"]["namespace"] for o in m.notebook_objects(inside, TLS)} == {"notebooks"}

@@ -6,6 +6,8 @@ from .base import (
     GpuInventory,
     InstanceSpec,
     InstanceState,
+    NotebookSpec,
+    NotebookState,
     TransientBackendError,
 )
 
@@ -28,6 +30,8 @@ __all__ = [
     "GpuInventory",
     "InstanceSpec",
     "InstanceState",
+    "NotebookSpec",
+    "NotebookState",
     "TransientBackendError",
     "get_backend",
 ]

@@ -41,6 +41,34 @@ class InstanceState:
     kubeconfig: str = ""  # admin credentials of a virtual or dedicated cluster, kept encrypted
 
 
+NotebookPhase = Literal["deploying", "running", "failed", "deleting", "gone"]
+
+
+@dataclass(frozen=True)
+class NotebookSpec:
+    """A Jupyter server to run on an instance."""
+
+    key: str  # stable and unique, like the instance key
+    name: str
+    instance: InstanceSpec
+    image: str
+    cpu: float
+    memory_gib: int
+    gpus: int
+    token: str  # the credential users open it with
+    gpu_indices: tuple[int, ...] = ()  # local backend: which of the instance's GPU slots
+    instance_kubeconfig: str = ""  # vcluster/dedicated: deploy inside that cluster
+
+
+@dataclass(frozen=True)
+class NotebookState:
+    phase: NotebookPhase
+    step: str  # created | pulling | starting | reachable: progress users see
+    message: str
+    url: str = ""
+    detail: str = ""
+
+
 @dataclass(frozen=True)
 class GpuInventory:
     total: int
@@ -87,4 +115,20 @@ class ClusterBackend(Protocol):
 
     def reconcile_instances(self, specs: list[InstanceSpec]) -> dict[str, InstanceState]:
         """Observe the given running instances in one pass and restore drift."""
+        ...
+
+    def ensure_notebook(self, spec: NotebookSpec) -> NotebookState:
+        """Create or patch the notebook's objects (or start its process); safe to repeat."""
+        ...
+
+    def notebook_state(self, spec: NotebookSpec) -> NotebookState:
+        """Observe a deployed notebook without changing anything."""
+        ...
+
+    def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
+        """Start or continue removing a notebook; phase `gone` once nothing is left."""
+        ...
+
+    def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:
+        """Observe the given running notebooks in one pass and restore what went missing."""
         ...

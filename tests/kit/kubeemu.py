@@ -2809,6 +2809,17 @@ def _api_group(group: str, versions: list[str]) -> Obj:
     }
 
 
+def admit_ingresses(store: Store, event: WriteEvent) -> None:
+    """A write hook that plays an ingress controller: every new Ingress is admitted at once
+    (``status.loadBalancer.ingress``), as ingress-nginx reports it."""
+    if event.info.plural == "ingresses" and event.type == "ADDED":
+        store.patch(
+            event.info, event.namespace, event.name, "application/merge-patch+json",
+            {"status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}},
+            subresource="status",
+        )
+
+
 def start(
     port: int = 0,
     *,

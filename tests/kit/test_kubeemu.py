@@ -1012,3 +1012,18 @@ def test_runs_as_a_process(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_admit_ingresses_plays_an_ingress_controller(emu: kubeemu.Emulator) -> None:
+    from kubernetes.client import NetworkingV1Api
+
+    emu.add_hook(kubeemu.admit_ingresses)
+    with client.ApiClient(emu.client_configuration()) as api:
+        NetworkingV1Api(api).create_namespaced_ingress("default", {
+            "metadata": {"name": "web"},
+            "spec": {"rules": [{"host": "web.example.com", "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]},
+        })
+    status = emu.get("Ingress", "web")["status"]
+    assert status["loadBalancer"]["ingress"] == [{"ip": "127.0.0.1"}]

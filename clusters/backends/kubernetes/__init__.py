@@ -10,7 +10,14 @@ from kubernetes.client.rest import ApiException
 
 from clusters.models import Cluster
 
-from ..base import BackendError, GpuInventory, InstanceSpec, InstanceState
+from ..base import (
+    BackendError,
+    GpuInventory,
+    InstanceSpec,
+    InstanceState,
+    NotebookSpec,
+    NotebookState,
+)
 from . import manifests as m
 from .client import ClientSettings, KubeClient, RateLimiter, api_client
 from .status import (
@@ -69,7 +76,14 @@ def cluster_settings(cluster: Cluster) -> m.ClusterSettings:
         storage_class=cluster.storage_class,
         capi_namespace=cluster.capi_namespace,
         vcluster_image=settings.VCLUSTER_IMAGE,
+        ingress_domain=cluster.ingress_domain,
+        ingress_class=cluster.ingress_class,
+        ingress_tls_secret=cluster.ingress_tls_secret,
     )
+
+
+NOTEBOOK_KINDS = [("v1", "Secret"), ("apps/v1", "Deployment"), ("v1", "Service"),
+                  ("networking.k8s.io/v1", "Ingress")]
 
 
 def _ref(obj: Manifest) -> tuple[str, str | None, str]:
@@ -232,4 +246,95 @@ class KubernetesBackend:
                 detail="restored " + ", ".join(f"{o['kind']} {o['metadata']['name']}"
                                                for o in restored) if restored else "",
             )
+        return states
+
+    # -- notebooks
+
+    def _notebook_client(self, spec: NotebookSpec) -> KubeClient:
+        """Notebooks of a namespace instance live on this cluster; those of a virtual or
+        dedicated cluster live inside it, reached with its own kubeconfig."""
+        if spec.instance.kind == "namespace":
+            return self.kube
+        if not spec.instance_kubeconfig:
+            raise BackendError("The instance's cluster has no credentials yet.")
+        return KubeClient(api_client(yaml.safe_load(spec.instance_kubeconfig)),
+                          self.kube.settings, self.kube.limiter)
+
+    def ensure_notebook(self, spec: NotebookSpec) -> NotebookState:
+        kube = self._notebook_client(spec)
+        if spec.instance.kind != "namespace":
+            kube.apply({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": m.NOTEBOOK_NAMESPACE,
+                                     "labels": m.labels(spec.instance, self.cs)}})
+        _, deployment, _, ingress = [kube.apply(obj) for obj in m.notebook_objects(spec, self.cs)]
+        if self._reachable(deployment, ingress):
+            return self._running(spec)
+        return NotebookState("deploying", "created", "Created; waiting for the cluster to "
+                             "schedule it.")
+
+    def notebook_state(self, spec: NotebookSpec) -> NotebookState:
+        kube, name = self._notebook_client(spec), m.notebook_name(spec)
+        ns = m.notebook_namespace(spec)
+        deployment = kube.get("apps/v1", "Deployment", name, ns)
+        ingress = kube.get("networking.k8s.io/v1", "Ingress", name, ns)
+        if deployment is None or ingress is None:
+            return NotebookState("gone", "", "The notebook's objects are missing.")
+        if self._reachable(deployment, ingress):
+            return self._running(spec)
+        events = [e for e in kube.list("v1", "Event", namespace=ns)
+                  if e.get("involvedObject", {}).get("name", "").startswith(name)]
+        explained = explain_events(events)
+        if explained:
+            text, detail, final = explained
+            return NotebookState("failed" if final else "deploying", "starting", text,
+                                 detail=detail)
+        reasons = {e.get("reason") for e in events}
+        if "Pulling" in reasons and "Pulled" not in reasons:
+            return NotebookState("deploying", "pulling", f"Pulling the image {spec.image}.")
+        if workload_ready(deployment):
+            host = m.notebook_host(spec, self.cs)
+            return NotebookState("deploying", "starting",
+                                 f"Waiting for the ingress to admit {host}.")
+        return NotebookState("deploying", "starting", "Starting JupyterLab.")
+
+    def _reachable(self, deployment: Manifest, ingress: Manifest) -> bool:
+        admitted = ((ingress.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+        return bool(deployment.get("status", {}).get("availableReplicas")) and bool(admitted)
+
+    def _running(self, spec: NotebookSpec) -> NotebookState:
+        return NotebookState("running", "reachable", "Running.",
+                             url=m.notebook_url(spec, self.cs))
+
+    def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
+        kube, name = self._notebook_client(spec), m.notebook_name(spec)
+        ns = m.notebook_namespace(spec)
+        names = {"Secret": f"{name}-token"}
+        remaining = []
+        for api_version, kind in NOTEBOOK_KINDS:
+            answer = kube.delete(api_version, kind, names.get(kind, name), ns)
+            if answer is not None and (answer.get("metadata") or {}).get("finalizers"):
+                remaining.append(kind)
+        if remaining:
+            return NotebookState("deleting", "", f"Waiting for the cluster to remove "
+                                 f"{', '.join(remaining)}.")
+        return NotebookState("gone", "", "Removed.")
+
+    def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:
+        """Notebooks on this cluster: one list per kind; those inside virtual or dedicated
+        clusters are re-applied one by one (each is its own API server)."""
+        local = [s for s in specs if s.instance.kind == "namespace"]
+        present = set()
+        if local:
+            selector = f"{m.selector(self.cs)},{m.NOTEBOOK_LABEL}"
+            present = {_ref(obj) for api_version, kind in NOTEBOOK_KINDS
+                       for obj in self.kube.list(api_version, kind, label_selector=selector)}
+        states = {}
+        for spec in specs:
+            if spec.instance.kind != "namespace":
+                states[spec.key] = self.ensure_notebook(spec)
+                continue
+            for obj in m.notebook_objects(spec, self.cs):
+                if _ref(obj) not in present:
+                    self.kube.apply(obj)
+            states[spec.key] = self._running(spec)
         return states

@@ -7,8 +7,8 @@ validated against the Kubernetes OpenAPI schema.
 from dataclasses import dataclass
 from typing import Any
 
-from ..base import InstanceSpec
-from .names import instance_object_name, label_value
+from ..base import InstanceSpec, NotebookSpec
+from .names import dns_label, instance_object_name, label_value
 
 Manifest = dict[str, Any]
 
@@ -33,6 +33,9 @@ class ClusterSettings:
     storage_class: str = ""
     capi_namespace: str = "gpupaas-clusters"
     vcluster_image: str = f"ghcr.io/loft-sh/vcluster-oss:{VCLUSTER_VERSION}"
+    ingress_domain: str = ""
+    ingress_class: str = "nginx"
+    ingress_tls_secret: str = ""
 
 
 def object_name(spec: InstanceSpec) -> str:
@@ -327,3 +330,119 @@ def capi_cluster(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
 def capi_kubeconfig_secret_name(spec: InstanceSpec) -> str:
     """The secret Cluster API writes the workload cluster's kubeconfig to (key `value`)."""
     return f"{object_name(spec)}-kubeconfig"
+
+
+# --- notebooks ---------------------------------------------------------------------------------
+
+NOTEBOOK_LABEL = "gpupaas.io/notebook"
+NOTEBOOK_PORT = 8888
+# Inside a virtual or dedicated cluster notebooks get a namespace of their own.
+NOTEBOOK_NAMESPACE = "notebooks"
+
+
+def notebook_name(spec: NotebookSpec) -> str:
+    """`nb-<name>-<id>`: a DNS label, so it also serves as the notebook's host name."""
+    number = spec.key.rsplit("-", 1)[-1]
+    return f"nb-{dns_label(spec.name, 63 - 4 - len(number))}-{number}"
+
+
+def notebook_namespace(spec: NotebookSpec) -> str:
+    if spec.instance.kind == "namespace":
+        return object_name(spec.instance)
+    return NOTEBOOK_NAMESPACE
+
+
+def notebook_host(spec: NotebookSpec, cs: ClusterSettings) -> str:
+    return f"{notebook_name(spec)}.{cs.ingress_domain}"
+
+
+def notebook_url(spec: NotebookSpec, cs: ClusterSettings) -> str:
+    scheme = "https" if cs.ingress_tls_secret else "http"
+    return f"{scheme}://{notebook_host(spec, cs)}/lab"
+
+
+def notebook_labels(spec: NotebookSpec, cs: ClusterSettings) -> dict[str, str]:
+    return {**labels(spec.instance, cs), NOTEBOOK_LABEL: spec.key}
+
+
+def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
+    """Secret (token), Deployment, Service and Ingress of one Jupyter server."""
+    name, ns = notebook_name(spec), notebook_namespace(spec)
+    meta = {"name": name, "namespace": ns, "labels": notebook_labels(spec, cs)}
+    pod_labels = {NOTEBOOK_LABEL: spec.key}
+    limits = {"cpu": _quantity(spec.cpu), "memory": f"{spec.memory_gib}Gi"}
+    if spec.gpus:
+        limits[cs.gpu_resource_name] = str(spec.gpus)
+    ingress_spec: Manifest = {
+        "rules": [{
+            "host": notebook_host(spec, cs),
+            "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": name, "port": {"number": 80}}},
+            }]},
+        }],
+    }
+    if cs.ingress_class:
+        ingress_spec["ingressClassName"] = cs.ingress_class
+    if cs.ingress_tls_secret:
+        ingress_spec["tls"] = [{"hosts": [notebook_host(spec, cs)],
+                                "secretName": cs.ingress_tls_secret}]
+    return [
+        {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {**meta, "name": f"{name}-token"},
+            "type": "Opaque", "stringData": {"token": spec.token},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": pod_labels},
+                # One server per notebook: never two pods writing the same files.
+                "strategy": {"type": "Recreate"},
+                "template": {
+                    "metadata": {"labels": {**notebook_labels(spec, cs), **pod_labels}},
+                    "spec": {
+                        # A notebook needs no Kubernetes API credentials of its own.
+                        "automountServiceAccountToken": False,
+                        "securityContext": {
+                            "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100,
+                            "fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [{
+                            "name": "notebook",
+                            "image": spec.image,
+                            "args": ["start-notebook.py", "--ServerApp.base_url=/"],
+                            "env": [
+                                {"name": "JUPYTER_TOKEN", "valueFrom": {"secretKeyRef": {
+                                    "name": f"{name}-token", "key": "token"}}},
+                                {"name": "JUPYTER_BASE_URL", "value": "/"},
+                            ],
+                            "ports": [{"name": "http", "containerPort": NOTEBOOK_PORT}],
+                            "resources": {"requests": dict(limits), "limits": limits},
+                            "readinessProbe": {
+                                "httpGet": {"path": "/api", "port": NOTEBOOK_PORT},
+                                "periodSeconds": 5,
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta,
+            "spec": {
+                "selector": pod_labels,
+                "ports": [{"name": "http", "port": 80, "targetPort": NOTEBOOK_PORT}],
+            },
+        },
+        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta,
+         "spec": ingress_spec},
+    ]

@@ -8,7 +8,8 @@ from django.conf import settings
 
 from clusters.models import Cluster, GpuAllocation
 
-from ..base import GpuInventory, InstanceSpec, InstanceState
+from ..base import GpuInventory, InstanceSpec, InstanceState, NotebookSpec, NotebookState
+from . import jupyter
 from .gpus import allocate_slots, local_inventory, release_slots
 
 
@@ -63,6 +64,9 @@ class LocalBackend:
         return f"Local machine: {inventory.total} {kind}."
 
     def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
+        # Its notebooks go first: nothing may keep running from a sandbox being removed.
+        for folder in (self.sandbox(key) / "notebooks").glob("*"):
+            jupyter.stop(folder)
         shutil.rmtree(self.sandbox(key), ignore_errors=True)
         release_slots(cluster=self.cluster, holder=key)
         return InstanceState(phase="gone", message="Resources released.")
@@ -78,3 +82,32 @@ class LocalBackend:
     def reconcile_instances(self, specs: list[InstanceSpec]) -> dict[str, InstanceState]:
         # Ensuring is cheap here (no API calls), so observing and restoring are one step.
         return {spec.key: self.ensure_instance(spec) for spec in specs}
+
+    # -- notebooks: a JupyterLab process per notebook, working in the instance's sandbox
+
+    def _notebook_folder(self, spec: NotebookSpec) -> Path:
+        return self.sandbox(spec.instance.key) / "notebooks" / spec.key
+
+    def ensure_notebook(self, spec: NotebookSpec) -> NotebookState:
+        return jupyter.start(spec, self._notebook_folder(spec), self.sandbox(spec.instance.key)
+                             / "work")
+
+    def notebook_state(self, spec: NotebookSpec) -> NotebookState:
+        return jupyter.state(spec, self._notebook_folder(spec))
+
+    def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
+        folder = self._notebook_folder(spec)
+        jupyter.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return NotebookState("gone", "", "Stopped and removed.")
+
+    def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:
+        # A server that died is started again; its files live on in the sandbox.
+        states = {}
+        for spec in specs:
+            current = self.notebook_state(spec)
+            states[spec.key] = (
+                current if current.phase in ("running", "deploying")
+                else self.ensure_notebook(spec)
+            )
+        return states

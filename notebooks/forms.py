@@ -1,0 +1,39 @@
+from django import forms
+
+from instances.models import instance_name_validator
+
+
+class DeployForm(forms.Form):
+    name = forms.CharField(
+        max_length=40, validators=[instance_name_validator],
+        help_text="Lowercase letters, digits and hyphens; at most 40 characters.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "placeholder": "explore-data"}),
+    )
+    description = forms.CharField(
+        max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+    profile = forms.ModelChoiceField(
+        queryset=None, empty_label=None,
+        error_messages={"invalid_choice": "This profile is not available. Pick one shown."},
+    )
+    instance = forms.ModelChoiceField(
+        queryset=None, empty_label=None,
+        error_messages={"invalid_choice": "Pick one of your running instances."},
+    )
+    cpu = forms.DecimalField(label="CPU", required=False, min_value=0.1, max_digits=6,
+                             decimal_places=1, help_text="Empty: the profile's default.")
+    memory_gib = forms.IntegerField(label="Memory (GiB)", required=False, min_value=1,
+                                    help_text="Empty: the profile's default.")
+    gpus = forms.IntegerField(label="GPUs", required=False, min_value=0,
+                              help_text="Empty: the profile's default.")
+
+    def __init__(self, *args, profiles, instances, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Only what the user may use is a valid choice: a forged id fails validation.
+        self.fields["profile"].queryset = profiles
+        self.fields["instance"].queryset = instances
+        self.fields["instance"].label_from_instance = lambda i: (
+            f"{i.name} ({i.gpus} GPU, {i.cpu:g} CPU, {i.memory_gib} GiB)")
+        self.fields["profile"].label_from_instance = lambda p: (
+            f"{p.display_name} ({p.default_cpu:g} CPU, {p.default_memory_gib} GiB, "
+            f"{p.default_gpus} GPU by default)")

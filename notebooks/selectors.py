@@ -1,0 +1,77 @@
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db.models import Count, QuerySet, Sum
+
+from instances.models import Instance
+
+from .models import Notebook, NotebookProfile
+
+
+def live_notebooks(*, owner: AbstractBaseUser) -> QuerySet[Notebook]:
+    return (
+        Notebook.objects.filter(instance__workspace__owner=owner)
+        .exclude(status=Notebook.Status.DELETED)
+        .select_related("profile", "instance")
+    )
+
+
+def status_counts(*, owner: AbstractBaseUser) -> dict[str, int]:
+    rows = (
+        Notebook.objects.filter(instance__workspace__owner=owner)
+        .exclude(status=Notebook.Status.DELETED)
+        .values("status").annotate(n=Count("id")).order_by()
+    )
+    return {row["status"]: row["n"] for row in rows}
+
+
+def deployable_profiles() -> QuerySet[NotebookProfile]:
+    return NotebookProfile.objects.filter(published=True)
+
+
+def usable_instances(*, owner: AbstractBaseUser) -> QuerySet[Instance]:
+    """Instances a notebook can go onto now: the user's running ones."""
+    return Instance.objects.filter(
+        workspace__owner=owner, status=Instance.Status.RUNNING
+    ).select_related("cluster")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What an instance has, and what its live notebooks already hold."""
+
+    cpu: Decimal
+    memory_gib: int
+    gpus: int
+    used_cpu: Decimal
+    used_memory_gib: int
+    used_gpus: int
+    holders: tuple[str, ...]
+
+    def refusal(self, *, cpu: Decimal, memory_gib: int, gpus: int) -> str:
+        if (cpu <= self.cpu - self.used_cpu and memory_gib <= self.memory_gib -
+                self.used_memory_gib and gpus <= self.gpus - self.used_gpus):
+            return ""
+        used = (f"{_cores(self.used_cpu)} CPU, {self.used_memory_gib} GiB, {self.used_gpus} GPU "
+                f"used by {', '.join(self.holders)}" if self.holders else "nothing used yet")
+        return (
+            f"Does not fit: the instance has {_cores(self.cpu)} CPU, {self.memory_gib} GiB memory "
+            f"and {self.gpus} GPU; {used}; this notebook needs {_cores(cpu)} CPU, "
+            f"{memory_gib} GiB and {gpus} GPU."
+        )
+
+
+def _cores(value: Decimal) -> str:
+    return f"{Decimal(value).normalize():f}"
+
+
+def instance_capacity(*, instance: Instance) -> Capacity:
+    live = Notebook.objects.filter(instance=instance).exclude(status=Notebook.Status.DELETED)
+    totals = live.aggregate(cpu=Sum("cpu"), memory=Sum("memory_gib"), gpus=Sum("gpus"))
+    return Capacity(
+        cpu=instance.cpu, memory_gib=instance.memory_gib, gpus=instance.gpus,
+        used_cpu=totals["cpu"] or Decimal(0), used_memory_gib=totals["memory"] or 0,
+        used_gpus=totals["gpus"] or 0,
+        holders=tuple(live.order_by("created_at").values_list("name", flat=True)),
+    )

@@ -1,0 +1,261 @@
+"""The verbs of notebooks: the only code that writes Notebook rows."""
+
+import logging
+import secrets
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from clusters.backends import (
+    BackendError,
+    NotebookSpec,
+    NotebookState,
+    TransientBackendError,
+    get_backend,
+)
+from clusters.crypto import decrypt, encrypt
+from clusters.models import Cluster
+from instances.models import Instance
+from instances.services import instance_spec
+from workspaces.models import Workspace
+from workspaces.services import record_audit
+
+from .models import Notebook, NotebookProfile
+from .selectors import instance_capacity
+
+log = logging.getLogger(__name__)
+Status = Notebook.Status
+
+
+def deploy_notebook(
+    *,
+    instance: Instance,
+    name: str,
+    profile: NotebookProfile,
+    by: AbstractBaseUser,
+    description: str = "",
+    cpu: Decimal | None = None,
+    memory_gib: int | None = None,
+    gpus: int | None = None,
+    ip_address: str | None = None,
+) -> Notebook:
+    """Record a notebook on a running instance and hand it to a worker; refuses with a
+    ValidationError that says what is used and what is left."""
+    from .tasks import advance_notebook_task
+
+    cpu = profile.default_cpu if cpu is None else cpu
+    memory_gib = profile.default_memory_gib if memory_gib is None else memory_gib
+    gpus = profile.default_gpus if gpus is None else gpus
+    with transaction.atomic():
+        # The workspace lock serialises everything that counts capacity in this workspace.
+        Workspace.objects.select_for_update().filter(pk=instance.workspace_id).first()
+        instance.refresh_from_db()
+        if instance.status != Instance.Status.RUNNING:
+            raise ValidationError({"instance": f"{instance.name} is not running."})
+        if not profile.published:
+            raise ValidationError({"profile": "This profile is not available."})
+        if cpu <= 0 or memory_gib <= 0:
+            raise ValidationError("A notebook needs some CPU and memory.")
+        live = Notebook.objects.filter(instance=instance).exclude(status=Status.DELETED)
+        if live.filter(name=name).exists():
+            raise ValidationError({"name": f"{instance.name} already has a notebook named {name}."})
+        refusal = instance_capacity(instance=instance).refusal(
+            cpu=cpu, memory_gib=memory_gib, gpus=gpus)
+        if refusal:
+            raise ValidationError(refusal)
+        taken = {i for used in live.values_list("gpu_indices", flat=True) for i in used}
+        free = [i for i in instance.gpu_indices if i not in taken]
+        try:
+            with transaction.atomic():
+                notebook = Notebook.objects.create(
+                    instance=instance, name=name, description=description, profile=profile,
+                    created_by=by, cpu=cpu, memory_gib=memory_gib, gpus=gpus,
+                    gpu_indices=free[:gpus],
+                    image=profile.gpu_image if gpus and profile.gpu_image else profile.image,
+                    token_encrypted=encrypt(secrets.token_urlsafe(32)),
+                    status_message="Waiting for a worker to deploy it.",
+                )
+        except IntegrityError as exc:
+            raise ValidationError(
+                {"name": f"{instance.name} already has a notebook named {name}."}) from exc
+        record_audit(action="notebook.deploying", obj=notebook, actor=by,
+                     workspace=instance.workspace, ip_address=ip_address,
+                     instance=instance.name, profile=profile.name)
+        transaction.on_commit(lambda: advance_notebook_task.delay(notebook.pk))
+    return notebook
+
+
+def delete_notebook(
+    *, notebook: Notebook, by: AbstractBaseUser, ip_address: str | None = None
+) -> Notebook:
+    from .tasks import teardown_notebook_task
+
+    with transaction.atomic():
+        changed = _transition(
+            notebook.pk, from_=[Status.DEPLOYING, Status.RUNNING, Status.FAILED],
+            to=Status.DELETING, message="Deleting: stopping the server.", actor=by,
+            ip_address=ip_address,
+        )
+        if changed:
+            transaction.on_commit(lambda: teardown_notebook_task.delay(notebook.pk))
+    notebook.refresh_from_db()
+    return notebook
+
+
+# --- worker side ---------------------------------------------------------------------------
+
+
+def notebook_spec(notebook: Notebook) -> NotebookSpec:
+    instance = notebook.instance
+    return NotebookSpec(
+        key=notebook.key,
+        name=notebook.name,
+        instance=instance_spec(instance),
+        image=notebook.image,
+        cpu=float(notebook.cpu),
+        memory_gib=notebook.memory_gib,
+        gpus=notebook.gpus,
+        token=notebook.token,
+        gpu_indices=tuple(notebook.gpu_indices),
+        instance_kubeconfig=decrypt(instance.kubeconfig_encrypted),
+    )
+
+
+def _load(notebook_id: int) -> Notebook | None:
+    return (
+        Notebook.objects.select_related(
+            "instance__workspace__owner", "instance__cluster", "instance__profile")
+        .filter(pk=notebook_id).first()
+    )
+
+
+def _transition(
+    notebook_id: int, *, from_: Iterable[str], to: str, message: str, detail: str = "",
+    actor: AbstractBaseUser | None = None, ip_address: str | None = None, **fields: Any,
+) -> Notebook | None:
+    """Move the notebook to `to` only if it is still in one of `from_`, and audit it."""
+    with transaction.atomic():
+        updated = Notebook.objects.filter(pk=notebook_id, status__in=list(from_)).update(
+            status=to, status_message=message[:500], status_detail=detail,
+            status_changed_at=timezone.now(), **fields,
+        )
+        if not updated:
+            return None
+        notebook = _load(notebook_id)
+        record_audit(action=f"notebook.{to}", obj=notebook, actor=actor,
+                     workspace=notebook.instance.workspace, ip_address=ip_address,
+                     message=message)
+    return notebook
+
+
+def _apply(notebook: Notebook, state: NotebookState) -> Notebook:
+    if state.phase == "running":
+        return _transition(
+            notebook.pk, from_=[Status.DEPLOYING], to=Status.RUNNING, message=state.message,
+            detail=state.detail, url=state.url, step=state.step, running_since=timezone.now(),
+        ) or notebook
+    if state.phase in ("failed", "gone"):
+        return _transition(
+            notebook.pk, from_=[Status.DEPLOYING, Status.RUNNING], to=Status.FAILED,
+            message=state.message, detail=state.detail,
+        ) or notebook
+    Notebook.objects.filter(pk=notebook.pk, status=notebook.status).update(
+        step=state.step, status_message=state.message[:500], status_detail=state.detail)
+    notebook.step, notebook.status_message = state.step, state.message[:500]
+    return notebook
+
+
+def advance_notebook(*, notebook_id: int) -> Notebook | None:
+    """Move a deploying notebook one step on: create its objects once, then watch them."""
+    notebook = _load(notebook_id)
+    if notebook is None or notebook.status != Status.DEPLOYING:
+        return notebook
+    timeout = timezone.timedelta(seconds=settings.NOTEBOOK_DEPLOY_TIMEOUT_S)
+    if notebook.step and timezone.now() - notebook.status_changed_at > timeout:
+        minutes = settings.NOTEBOOK_DEPLOY_TIMEOUT_S // 60
+        return _transition(
+            notebook.pk, from_=[Status.DEPLOYING], to=Status.FAILED,
+            message=f"Not reachable after {minutes} minutes: {notebook.status_message}",
+            detail=notebook.status_detail,
+        )
+    backend = get_backend(notebook.instance.cluster)
+    spec = notebook_spec(notebook)
+    try:
+        state = backend.notebook_state(spec) if notebook.step else None
+        if state is None or state.phase == "gone":
+            state = backend.ensure_notebook(spec)
+    except TransientBackendError as exc:
+        _apply(notebook, NotebookState("deploying", notebook.step, f"{exc.message} Retrying.",
+                                       detail=exc.detail))
+        raise
+    except BackendError as exc:
+        return _apply(notebook, NotebookState("failed", notebook.step, exc.message,
+                                              detail=exc.detail))
+    return _apply(notebook, state)
+
+
+def teardown_notebook(*, notebook_id: int) -> Notebook | None:
+    notebook = _load(notebook_id)
+    if notebook is None or notebook.status != Status.DELETING:
+        return notebook
+    state = get_backend(notebook.instance.cluster).delete_notebook(notebook_spec(notebook))
+    if state.phase != "gone":
+        return _apply(notebook, state)
+    return _transition(notebook.pk, from_=[Status.DELETING], to=Status.DELETED,
+                       message="Deleted.", deleted_at=timezone.now(), url="")
+
+
+def reconcile_notebooks() -> dict[str, int]:
+    """Level-triggered, like the instances' pass: notebooks follow their instance out,
+    stuck ones are re-driven, and running ones that vanished or died are brought back."""
+    from .tasks import advance_notebook_task, teardown_notebook_task
+
+    summary = {"removed_with_instance": 0, "redriven": 0, "restored": 0}
+    gone_with_instance = Notebook.objects.exclude(status=Status.DELETED).filter(
+        instance__status__in=[Instance.Status.DELETING, Instance.Status.DELETED])
+    for notebook in gone_with_instance:
+        # The backend removes what runs on a deleted instance; the rows follow.
+        if _transition(notebook.pk, from_=[s for s in Status if s != Status.DELETED],
+                       to=Status.DELETED, message="Deleted with its instance.",
+                       deleted_at=timezone.now(), url=""):
+            summary["removed_with_instance"] += 1
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
+    stuck = Notebook.objects.filter(status_changed_at__lt=cutoff)
+    for pk in stuck.filter(status=Status.DEPLOYING).values_list("pk", flat=True):
+        advance_notebook_task.delay(pk)
+        summary["redriven"] += 1
+    for pk in stuck.filter(status=Status.DELETING).values_list("pk", flat=True):
+        teardown_notebook_task.delay(pk)
+        summary["redriven"] += 1
+    for cluster in Cluster.objects.all():
+        running = list(
+            Notebook.objects.filter(status=Status.RUNNING, instance__cluster=cluster,
+                                    instance__status=Instance.Status.RUNNING)
+            .select_related("instance__workspace__owner", "instance__cluster",
+                            "instance__profile")
+        )
+        if not running:
+            continue
+        try:
+            states = get_backend(cluster).reconcile_notebooks([notebook_spec(n) for n in running])
+        except BackendError as exc:
+            log.warning("notebook reconcile of %s failed: %s", cluster, exc.detail)
+            continue
+        for notebook in running:
+            state = states.get(notebook.key)
+            if state is None or state.phase == "running":
+                continue
+            if state.phase == "deploying":  # restarted: watch it come back
+                _transition(notebook.pk, from_=[Status.RUNNING], to=Status.DEPLOYING,
+                            message=f"Restarting: {state.message}", step=state.step)
+                advance_notebook_task.delay(notebook.pk)
+                summary["restored"] += 1
+            else:
+                _apply(notebook, state)
+    return summary

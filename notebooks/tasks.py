@@ -1,0 +1,31 @@
+"""Thin Celery wrappers: take ids, call one service, own retries."""
+
+from celery import shared_task
+
+from instances.tasks import RETRY
+
+from . import services
+from .models import Notebook
+
+
+@shared_task(bind=True, **RETRY)
+def advance_notebook_task(self, notebook_id: int) -> str | None:
+    notebook = services.advance_notebook(notebook_id=notebook_id)
+    if notebook is not None and notebook.status == Notebook.Status.DEPLOYING:
+        # Still on its way: look again soon (the service fails it after its timeout).
+        raise self.retry(countdown=1, max_retries=None)
+    return notebook.status if notebook else None
+
+
+@shared_task(bind=True, **RETRY)
+def teardown_notebook_task(self, notebook_id: int) -> str | None:
+    notebook = services.teardown_notebook(notebook_id=notebook_id)
+    if notebook is not None and notebook.status == Notebook.Status.DELETING:
+        raise self.retry(countdown=2, max_retries=None)
+    return notebook.status if notebook else None
+
+
+@shared_task(acks_late=True)
+def reconcile_notebooks() -> dict[str, int]:
+    return services.reconcile_notebooks()
+

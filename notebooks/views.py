@@ -1,0 +1,86 @@
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods
+
+from instances.views import get_instance_for_user
+from workspaces.services import client_ip
+
+from . import selectors, services
+from .forms import DeployForm
+from .models import Notebook
+
+
+def get_notebook_for_user(request: HttpRequest, pk: int) -> Notebook:
+    """The user's own notebook, or 404: another user's notebook (and token) never shows."""
+    return get_object_or_404(
+        Notebook.objects.select_related("profile", "instance", "created_by"),
+        pk=pk, instance__workspace__owner=request.user,
+    )
+
+
+def notebook_list(request: HttpRequest) -> HttpResponse:
+    notebooks = selectors.live_notebooks(owner=request.user)
+    instance = None
+    if request.GET.get("instance"):
+        instance = get_instance_for_user(request, int(request.GET["instance"]))
+        notebooks = notebooks.filter(instance=instance)
+    notebooks = list(notebooks[:200])
+    context = {"notebooks": notebooks, "instance": instance,
+               "polling": any(not n.is_final for n in notebooks)}
+    if request.headers.get("HX-Request") or instance:
+        return render(request, "notebooks/partials/table.html", context)
+    return render(request, "notebooks/list.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+def notebook_new(request: HttpRequest) -> HttpResponse:
+    instances = selectors.usable_instances(owner=request.user)
+    form = DeployForm(
+        request.POST or None, profiles=selectors.deployable_profiles(), instances=instances,
+        initial={"instance": request.GET.get("instance")},
+    )
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            notebook = services.deploy_notebook(
+                instance=data["instance"], name=data["name"], profile=data["profile"],
+                description=data["description"], cpu=data["cpu"],
+                memory_gib=data["memory_gib"], gpus=data["gpus"], by=request.user,
+                ip_address=client_ip(request),
+            )
+        except ValidationError as exc:
+            if hasattr(exc, "error_dict"):
+                for field, errors in exc.error_dict.items():
+                    form.add_error(field, errors)
+            else:
+                form.add_error(None, exc)
+        else:
+            messages.success(request, f"{notebook.name} is being deployed.")
+            return redirect("notebooks:detail", pk=notebook.pk)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "notebooks/new.html",
+                  {"form": form, "show_form": request.method == "POST" or instances.exists()},
+                  status=status)
+
+
+def notebook_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    return render(request, "notebooks/detail.html",
+                  {"notebook": get_notebook_for_user(request, pk)})
+
+
+def notebook_status(request: HttpRequest, pk: int) -> HttpResponse:
+    return render(request, "notebooks/partials/status.html",
+                  {"notebook": get_notebook_for_user(request, pk)})
+
+
+@require_http_methods(["GET", "POST"])
+def notebook_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    notebook = get_notebook_for_user(request, pk)
+    if request.method == "POST":
+        services.delete_notebook(notebook=notebook, by=request.user,
+                                 ip_address=client_ip(request))
+        messages.info(request, f"{notebook.name} is being deleted.")
+        return redirect("notebooks:list")
+    return render(request, "notebooks/delete.html", {"notebook": notebook})

@@ -1,0 +1,18 @@
+// Copy and reveal buttons: [data-copy="text"] copies, [data-reveal="input-id"] toggles.
+document.addEventListener("click", (event) => {
+  const copy = event.target.closest("[data-copy]");
+  if (copy) {
+    navigator.clipboard.writeText(copy.dataset.copy).then(() => {
+      const label = copy.textContent;
+      copy.textContent = "Copied";
+      setTimeout(() => { copy.textContent = label; }, 1500);
+    });
+  }
+  const reveal = event.target.closest("[data-reveal]");
+  if (reveal) {
+    const input = document.getElementById(reveal.dataset.reveal);
+    const hidden = input.type === "password";
+    input.type = hidden ? "text" : "password";
+    reveal.textContent = hidden ? "Hide" : "Show";
+  }
+});

@@ -1,0 +1,149 @@
+"""Notebook pages: deploying through the form, clear refusals, and no access (or token) for
+anyone but the instance's owner."""
+
+import pytest
+from django.urls import reverse
+
+from instances import services as instance_services
+from instances.models import Instance
+from notebooks import services
+from notebooks.models import Notebook, NotebookProfile
+from workspaces.models import AuditEvent
+
+from .conftest import workspace_of
+
+
+def running(user, profile, name="train") -> Instance:
+    instance = instance_services.launch_instance(
+        workspace=workspace_of(user), name=name, profile=profile, by=user)
+    return instance_services.provision_instance(instance_id=instance.pk)
+
+
+@pytest.fixture
+def minimal(catalogue) -> NotebookProfile:
+    return NotebookProfile.objects.get(name="minimal")
+
+
+@pytest.fixture
+def alices_notebook(alice, catalogue, minimal) -> Notebook:
+    return services.deploy_notebook(instance=running(alice, catalogue[2]), name="secret-nb",
+                                    profile=minimal, by=alice)
+
+
+def deploy(client, **data):
+    return client.post(reverse("notebooks:new"), data)
+
+
+def test_deploying_from_the_form_uses_the_profile_defaults(alice_client, alice, catalogue,
+                                                           minimal):
+    instance = running(alice, catalogue[2])
+    page = alice_client.get(f"/notebooks/new/?instance={instance.pk}").content.decode()
+    assert f'<option value="{instance.pk}" selected>' in page
+    response = deploy(alice_client, name="explore", profile=minimal.pk, instance=instance.pk)
+    notebook = Notebook.objects.get()
+    assert response["Location"] == reverse("notebooks:detail", args=[notebook.pk])
+    assert (notebook.cpu, notebook.memory_gib, notebook.gpus) == (
+        minimal.default_cpu, minimal.default_memory_gib, minimal.default_gpus)
+    assert notebook.image == minimal.image
+    assert AuditEvent.objects.filter(action="notebook.deploying", actor=alice).exists()
+
+
+def test_a_gpu_notebook_gets_the_cuda_image(alice, catalogue):
+    tensorflow = NotebookProfile.objects.get(name="tensorflow")
+    notebook = services.deploy_notebook(instance=running(alice, catalogue[2]), name="tf",
+                                        profile=tensorflow, by=alice, gpus=1)
+    assert notebook.image == tensorflow.gpu_image and notebook.image.endswith(":cuda-latest")
+
+
+def test_a_notebook_that_does_not_fit_is_refused_with_what_is_used_and_left(
+    alice_client, alice, catalogue, minimal
+):
+    instance = running(alice, catalogue[1])  # 8 CPU, 64 GiB, 1 GPU
+    assert deploy(alice_client, name="a", profile=minimal.pk, instance=instance.pk, cpu=6,
+                  memory_gib=32, gpus=1).status_code == 302
+
+    response = deploy(alice_client, name="b", profile=minimal.pk, instance=instance.pk, cpu=4,
+                      memory_gib=16, gpus=0)
+
+    assert response.status_code == 400
+    assert ("Does not fit: the instance has 8 CPU, 64 GiB memory and 1 GPU; 6 CPU, 32 GiB, "
+            "1 GPU used by a; this notebook needs 4 CPU, 16 GiB and 0 GPU.") in (
+        response.content.decode())
+    assert Notebook.objects.count() == 1
+
+
+@pytest.mark.parametrize("problem", ["another users instance", "not running", "bad name"])
+def test_it_refuses_bad_input_and_writes_nothing(alice_client, alice, bob, catalogue, minimal,
+                                                 problem):
+    instance = running(alice, catalogue[1])
+    data = {"name": "ok", "profile": minimal.pk, "instance": instance.pk}
+    if problem == "another users instance":
+        data["instance"] = running(bob, catalogue[1], name="bobs").pk
+        message = "Pick one of your running instances."
+    elif problem == "not running":
+        Instance.objects.filter(pk=instance.pk).update(status=Instance.Status.PROVISIONING)
+        message = "Pick one of your running instances."
+    else:
+        data["name"] = "Bad_Name"
+        message = "Use lowercase letters, digits and hyphens"
+    events = AuditEvent.objects.count()
+    response = deploy(alice_client, **data)
+    assert response.status_code == 400 and message in response.content.decode()
+    assert Notebook.objects.count() == 0 and AuditEvent.objects.count() == events
+
+
+def test_no_running_instance_leads_to_launching_one(alice_client, catalogue):
+    page = alice_client.get("/notebooks/new/").content.decode()
+    assert "No running instance yet" in page and reverse("instances:new") in page
+
+
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [("get", "notebooks:detail"), ("get", "notebooks:status"), ("get", "notebooks:delete"),
+     ("post", "notebooks:delete")],
+)
+def test_bob_gets_404_on_alices_notebook_and_never_its_token(client, bob, alices_notebook,
+                                                            method, route):
+    client.force_login(bob)
+    response = getattr(client, method)(reverse(route, args=[alices_notebook.pk]))
+    assert response.status_code == 404
+    assert alices_notebook.token.encode() not in response.content
+    assert b"secret-nb" not in response.content
+    alices_notebook.refresh_from_db()
+    assert alices_notebook.status == Notebook.Status.DEPLOYING
+
+
+def test_bob_cannot_list_alices_instance_notebooks(client, bob, alices_notebook):
+    client.force_login(bob)
+    assert client.get(f"/notebooks/?instance={alices_notebook.instance_id}").status_code == 404
+    page = client.get("/notebooks/").content.decode()
+    assert "secret-nb" not in page
+
+
+def test_alice_sees_url_token_and_open_once_running(alice_client, alices_notebook):
+    Notebook.objects.filter(pk=alices_notebook.pk).update(
+        status=Notebook.Status.RUNNING, step="reachable", url="http://127.0.0.1:9999/lab")
+    page = alice_client.get(reverse("notebooks:detail", args=[alices_notebook.pk])).content
+    page = page.decode()
+    assert "http://127.0.0.1:9999/lab" in page
+    assert f'value="{alices_notebook.token}"' in page
+    assert f"http://127.0.0.1:9999/lab?token={alices_notebook.token}" in page
+    assert "hx-trigger" not in page.split('id="notebook-status"')[1].split(">")[0]
+
+
+def test_the_lists_show_name_profile_instance_status_and_date(alice_client, alices_notebook):
+    page = alice_client.get("/notebooks/").content.decode()
+    for heading in ("Name", "Profile", "Instance", "Status", "Created"):
+        assert f"<th>{heading}</th>" in page
+    assert "secret-nb" in page and "Minimal" in page and "Deploying" in page
+    assert 'hx-trigger="every 2s"' in page  # live while deploying
+    on_instance = alice_client.get(f"/notebooks/?instance={alices_notebook.instance_id}")
+    assert "secret-nb" in on_instance.content.decode()
+
+
+def test_deleting_asks_first_then_stops_it(alice_client, alices_notebook):
+    url = reverse("notebooks:delete", args=[alices_notebook.pk])
+    assert "cannot be undone" in alice_client.get(url).content.decode()
+    assert alice_client.post(url).status_code == 302
+    alices_notebook.refresh_from_db()
+    assert alices_notebook.status == Notebook.Status.DELETING
