@@ -106,7 +106,7 @@ def main() -> None:
     from django.test import Client
 
     from instances.models import ComputeProfile, Instance
-    from portal.catalogue import seed_catalogue
+    from portal.catalogue import seed_catalogue, seed_groups
     from workspaces.models import Workspace
 
     call_command("migrate", verbosity=0)
@@ -114,6 +114,7 @@ def main() -> None:
     profile = ComputeProfile.objects.get(gpus=1)
     User = get_user_model()
     alice = User.objects.create_user("alice", "alice@example.com", "bench-password-1")
+    alice.groups.add(seed_groups()["Users"])
     Workspace.objects.create(owner=alice, max_gpus=100_000, max_instances=100_000)
 
     def instance(workspace: Workspace, i: int, status: str) -> Instance:
@@ -152,6 +153,7 @@ def main() -> None:
                     raise
                 time.sleep(0.2)
 
+        query_count(port, "/ping/", cookie)  # a session's first request records its activity
         at_one = {path: query_count(port, path, cookie) for path in ("/", "/instances/")}
 
         others = []

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "portal",
     "workspaces",
     "clusters",
@@ -84,6 +85,8 @@ MIDDLEWARE = [
     # Every page needs a login unless its view says otherwise (allauth's views do).
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "portal.middleware.IdleTimeoutMiddleware",
+    "portal.middleware.RoleRequiredMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
 ]
@@ -136,6 +139,7 @@ AUTHENTICATION_BACKENDS = [
     "allauth.account.auth_backends.AuthenticationBackend",
 ]
 LOGIN_URL = "account_login"
+LOGIN_URL_PATH = "/accounts/login/"
 LOGIN_REDIRECT_URL = "portal:landing"
 ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
 ACCOUNT_LOGIN_METHODS = {"username", "email"}
@@ -143,6 +147,50 @@ ACCOUNT_SIGNUP_FIELDS = ["email*", "username*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "none"
 ACCOUNT_ADAPTER = "portal.adapters.AccountAdapter"
 ACCOUNT_SESSION_REMEMBER = None
+SOCIALACCOUNT_ADAPTER = "portal.sso.SocialAccountAdapter"
+SOCIALACCOUNT_AUTO_SIGNUP = True
+# The portal's own sign-in page already decided to go to the IdP: no second confirmation.
+SOCIALACCOUNT_LOGIN_ON_GET = True
+SOCIALACCOUNT_STORE_TOKENS = False
+
+# --- Single sign-on (OpenID Connect) ------------------------------------------------------
+OIDC_ISSUER_URL = env_str("OIDC_ISSUER_URL")
+OIDC_CLIENT_ID = env_str("OIDC_CLIENT_ID")
+OIDC_CLIENT_SECRET = env_str("OIDC_CLIENT_SECRET")
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "Single sign-on")
+OIDC_PROVIDER_ID = env_str("OIDC_PROVIDER_ID", "sso")
+OIDC_SCOPES = env_list("OIDC_SCOPES", "openid,email,profile")
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
+# Refuse sign-ins whose email the IdP does not assert as verified.
+OIDC_REQUIRE_VERIFIED_EMAIL = env_bool("OIDC_REQUIRE_VERIFIED_EMAIL", True)
+# Sign an IdP user into an existing portal account with the same, IdP-verified email.
+OIDC_LINK_BY_VERIFIED_EMAIL = env_bool("OIDC_LINK_BY_VERIFIED_EMAIL", False)
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = OIDC_LINK_BY_VERIFIED_EMAIL
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = OIDC_LINK_BY_VERIFIED_EMAIL
+# Password sign-in: the administrators' break-glass path when an IdP is configured.
+PASSWORD_LOGIN_ENABLED = env_bool("PASSWORD_LOGIN_ENABLED", True)
+SOCIALACCOUNT_PROVIDERS = {
+    "openid_connect": {
+        "provider_class": "portal.sso.PortalOpenIDConnectProvider",
+        "OAUTH_PKCE_ENABLED": True,
+        "SCOPE": OIDC_SCOPES,
+        "APPS": [
+            {
+                "provider_id": OIDC_PROVIDER_ID,
+                "name": OIDC_PROVIDER_NAME,
+                "client_id": OIDC_CLIENT_ID,
+                "secret": OIDC_CLIENT_SECRET,
+                "settings": {"server_url": OIDC_ISSUER_URL},
+            }
+        ] if OIDC_ISSUER_URL else [],
+    }
+}
+
+# --- Sessions -----------------------------------------------------------------------------
+SESSION_IDLE_TIMEOUT_S = env_int("SESSION_IDLE_TIMEOUT_S", 8 * 3600)
+SESSION_COOKIE_AGE = env_int("SESSION_MAX_AGE_S", 7 * 24 * 3600)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
@@ -166,6 +214,12 @@ SECURE_PROXY_SSL_HEADER = (
 )
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Production behind TLS: redirect plain HTTP and pin HTTPS in browsers.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
+SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]  # load balancer probes speak plain HTTP
 
 # --- Celery -------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")

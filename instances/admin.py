@@ -15,8 +15,9 @@ class ComputeProfileAdmin(admin.ModelAdmin):
         "published", "sort_order",
     ]
     list_editable = ["published", "sort_order"]
-    list_filter = ["published", "kind", "cluster"]
+    list_filter = ["published", "kind", "cluster", "groups"]
     prepopulated_fields = {"name": ["display_name"]}
+    filter_horizontal = ["groups"]
     actions = ["publish", "unpublish"]
 
     @admin.action(description="Publish selected profiles")

@@ -47,6 +47,10 @@ class ComputeProfile(models.Model):
     published = models.BooleanField(
         default=False, help_text="Published profiles appear to users at once."
     )
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="compute_profiles",
+        help_text="Only members of these groups see and launch it; none chosen: everyone.",
+    )
     sort_order = models.IntegerField(default=0)
 
     class Meta:

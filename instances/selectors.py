@@ -4,13 +4,17 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet, Sum
 
 from workspaces.models import Workspace
+from workspaces.selectors import effective_quota
 
 from .models import ComputeProfile, Instance
 
 
 def launchable_profiles(*, user: AbstractBaseUser) -> QuerySet[ComputeProfile]:
-    """Profiles this user may launch now. Read at request time, never cached."""
-    return ComputeProfile.objects.filter(published=True).select_related("cluster")
+    """Published profiles open to everyone or to one of the user's groups. Read at request
+    time, never cached: publishing or a changed membership shows on the next request."""
+    visible = Q(groups__isnull=True) | Q(groups__in=user.groups.all())
+    ids = ComputeProfile.objects.filter(visible, published=True).values("id")
+    return ComputeProfile.objects.filter(id__in=ids).select_related("cluster")
 
 
 def live_instances(*, owner: AbstractBaseUser) -> QuerySet[Instance]:
@@ -58,9 +62,10 @@ def quota_usage(*, workspace: Workspace) -> QuotaUsage:
         gpus=Sum("gpus", filter=~Q(status=Instance.Status.DELETED), default=0),
         count=Count("id", filter=~Q(status=Instance.Status.DELETED)),
     )
+    quota = effective_quota(workspace=workspace)
     return QuotaUsage(
-        max_gpus=workspace.max_gpus,
-        max_instances=workspace.max_instances,
+        max_gpus=quota.max_gpus,
+        max_instances=quota.max_instances,
         gpus_used=totals["gpus"],
         instances_used=totals["count"],
     )

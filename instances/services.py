@@ -21,6 +21,7 @@ from clusters.backends import (
 from clusters.crypto import encrypt
 from clusters.models import Cluster
 from workspaces.models import Workspace
+from workspaces.selectors import effective_quota
 from workspaces.services import record_audit
 
 from .models import INSTANCE_NAME_MAX, ComputeProfile, Instance, instance_name_validator
@@ -69,16 +70,17 @@ def _validate_launch(
     if any(existing == name for existing, _ in live):
         raise ValidationError({"name": f"You already have an instance named {name}."})
     names = ", ".join(existing for existing, _ in live)
-    if len(live) >= workspace.max_instances:
+    quota = effective_quota(workspace=workspace)
+    if len(live) >= quota.max_instances:
         raise ValidationError(
-            f"quota {_plural(workspace.max_instances, 'instance')}: "
+            f"quota {_plural(quota.max_instances, 'instance')}: "
             f"{len(live)} in use by {names}; delete one to launch another"
         )
     used = sum(gpus for _, gpus in live)
-    if used + profile.gpus > workspace.max_gpus:
+    if used + profile.gpus > quota.max_gpus:
         holders = ", ".join(existing for existing, gpus in live if gpus) or "nothing"
         raise ValidationError(
-            f"quota {_plural(workspace.max_gpus, 'GPU')}: {used} in use by {holders}; "
+            f"quota {_plural(quota.max_gpus, 'GPU')}: {used} in use by {holders}; "
             f"this size needs {profile.gpus}"
         )
 

@@ -1,10 +1,16 @@
 """The default catalogue every new installation starts with; administrators edit it in the admin."""
 
+from django.contrib.auth.models import Group
 from django.db import transaction
 
 from clusters.models import Cluster
 from instances.models import ComputeProfile
 from notebooks.models import NotebookProfile
+from workspaces.models import GroupPolicy, Role
+
+# Who may do what: end users use the portal, administrators run it. Map IdP groups to them
+# in the admin.
+GROUPS = [("Users", Role.END_USER), ("Administrators", Role.ADMIN)]
 
 LOCAL_CLUSTER = {"name": "local", "display_name": "Local machine", "backend": "local"}
 
@@ -62,3 +68,13 @@ def seed_catalogue() -> dict[str, int]:
         )
         created["notebook_profiles"] += new
     return created
+
+
+@transaction.atomic
+def seed_groups() -> dict[str, Group]:
+    groups = {}
+    for name, role in GROUPS:
+        group, _ = Group.objects.get_or_create(name=name)
+        GroupPolicy.objects.get_or_create(group=group, defaults={"role": role})
+        groups[name] = group
+    return groups

@@ -3,4 +3,10 @@ from django.http import HttpRequest
 
 
 def site(request: HttpRequest) -> dict[str, str]:
-    return {"SITE_NAME": settings.SITE_NAME}
+    context = {"SITE_NAME": settings.SITE_NAME}
+    if request.path == settings.LOGIN_URL_PATH:
+        from .sso import sso_app
+
+        app = sso_app(request)
+        context["SSO_NAME"] = app.name if app else ""
+    return context

@@ -1,7 +1,55 @@
+import time
 from collections.abc import Callable
 
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+
+from workspaces.selectors import role_of
+
+# Reachable without a role: signing out, the no-access page itself, and the admin (which
+# checks staff status on its own).
+OPEN_PREFIXES = ("/accounts/", "/static/", "/healthz/", "/signed-out/", "/admin/")
+
+
+class RoleRequiredMiddleware:
+    """Signed-in users without a role see the no-access page instead of the portal.
+
+    The role is read on every request, so a membership change shows at once."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.user.is_authenticated and not request.path.startswith(OPEN_PREFIXES):
+            request.portal_role = role_of(request.user)
+            if not request.portal_role:
+                return render(request, "portal/no_access.html", status=403)
+        return self.get_response(request)
+
+
+class IdleTimeoutMiddleware:
+    """Ends a session after SESSION_IDLE_TIMEOUT_S without a request.
+
+    The last-seen time is written at most once a minute, not on every request."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.user.is_authenticated:
+            now = int(time.time())
+            last = request.session.get("last_seen", now)
+            if now - last > settings.SESSION_IDLE_TIMEOUT_S:
+                logout(request)
+                messages.info(request, "You were signed out after a period of inactivity.")
+                return redirect(f"{settings.LOGIN_URL_PATH}?next={request.path}")
+            if now - last >= 60 or "last_seen" not in request.session:
+                request.session["last_seen"] = now
+        return self.get_response(request)
 
 
 class QueryCountHeaderMiddleware:

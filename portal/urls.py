@@ -7,4 +7,5 @@ urlpatterns = [
     path("", views.landing, name="landing"),
     path("ping/", views.ping, name="ping"),
     path("healthz/", views.healthz, name="healthz"),
+    path("signed-out/", views.signed_out, name="signed_out"),
 ]

@@ -1,10 +1,18 @@
+from urllib.parse import urlencode
+
+from allauth.account.views import LoginView
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from instances import selectors as instance_selectors
 from notebooks import selectors as notebook_selectors
 from workspaces.services import ensure_workspace
+
+from .sso import sso_app
 
 
 def landing(request: HttpRequest) -> HttpResponse:
@@ -35,3 +43,25 @@ def ping(request: HttpRequest) -> HttpResponse:
 @login_not_required
 def healthz(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok", content_type="text/plain")
+
+
+@login_not_required
+def login(request: HttpRequest) -> HttpResponse:
+    """With an identity provider, signing in means going there (and coming back to the page
+    asked for); `?local` is the administrators' break-glass password form."""
+    app = sso_app(request)
+    wants_password = "local" in request.GET or request.method == "POST"
+    if app is not None and not wants_password:
+        next_url = request.GET.get("next", "")
+        if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+            next_url = reverse("portal:landing")
+        target = reverse("openid_connect_login", kwargs={"provider_id": app.provider_id})
+        return redirect(f"{target}?{urlencode({'process': 'login', 'next': next_url})}")
+    if app is not None and not settings.PASSWORD_LOGIN_ENABLED:
+        return render(request, "portal/password_login_off.html", {"sso": app}, status=403)
+    return LoginView.as_view()(request)
+
+
+@login_not_required
+def signed_out(request: HttpRequest) -> HttpResponse:
+    return render(request, "portal/signed_out.html")

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from instances.models import ComputeProfile
-from portal.catalogue import seed_catalogue
+from portal.catalogue import seed_catalogue, seed_groups
 from workspaces.models import Workspace
 from workspaces.services import ensure_workspace
 
@@ -43,11 +43,14 @@ def sandbox_root(settings, tmp_path_factory) -> Iterator[Path]:
         jupyter.stop(folder)
 
 
-def make_user(username: str, **extra) -> "get_user_model()":
+def make_user(username: str, *, group: str | None = "Users", **extra):
+    """A user in the seeded group `group` (end users by default; None: no role at all)."""
     user = get_user_model().objects.create_user(
         username, f"{username}@example.com", PASSWORD, **extra
     )
-    ensure_workspace(user=user)
+    if group:
+        user.groups.add(seed_groups()[group])
+        ensure_workspace(user=user)
     return user
 
 

@@ -1,13 +1,56 @@
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import models
 
 
-def default_max_gpus() -> int:
+def default_max_gpus() -> int:  # referenced by migration 0001
     return settings.DEFAULT_MAX_GPUS
 
 
-def default_max_instances() -> int:
+def default_max_instances() -> int:  # referenced by migration 0001
     return settings.DEFAULT_MAX_INSTANCES
+
+
+class Role(models.TextChoices):
+    END_USER = "end-user", "End user (self-service portal)"
+    ADMIN = "admin", "Administrator (portal and Django admin)"
+
+
+class GroupPolicy(models.Model):
+    """What membership of a group means in the portal: a role and a default quota."""
+
+    group = models.OneToOneField(Group, on_delete=models.CASCADE, related_name="policy")
+    role = models.CharField(max_length=20, choices=Role.choices, blank=True,
+                            help_text="Empty: the group grants no access by itself.")
+    default_max_gpus = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Quota of its members' workspaces (the most generous "
+        "of a user's groups applies). Empty: the portal default.")
+    default_max_instances = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "group policies"
+
+    def __str__(self) -> str:
+        return f"{self.group.name}: {self.get_role_display() or 'no role'}"
+
+
+class IdpGroupMapping(models.Model):
+    """An identity-provider group claim value that puts users in a portal group at login.
+
+    Groups with at least one mapping follow the IdP: membership is set at every SSO login.
+    Groups without one are managed by hand in the admin.
+    """
+
+    claim_value = models.CharField(max_length=255, help_text="As the IdP sends it, e.g. "
+                                   "`gpu-users` or an Entra ID group object id.")
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="idp_mappings")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["claim_value", "group"],
+                                               name="unique_idp_group_mapping")]
+
+    def __str__(self) -> str:
+        return f"{self.claim_value} → {self.group.name}"
 
 
 class Workspace(models.Model):
@@ -17,10 +60,12 @@ class Workspace(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="workspace"
     )
     max_gpus = models.PositiveIntegerField(
-        default=default_max_gpus, help_text="GPUs the workspace may hold at one time."
+        null=True, blank=True,
+        help_text="GPUs the workspace may hold at one time. Empty: from the owner's groups.",
     )
     max_instances = models.PositiveIntegerField(
-        default=default_max_instances, help_text="Instances the workspace may hold at one time."
+        null=True, blank=True,
+        help_text="Instances the workspace may hold at one time. Empty: from the owner's groups.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

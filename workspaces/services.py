@@ -2,10 +2,11 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import models
+from django.contrib.auth.models import Group
+from django.db import models, transaction
 from django.http import HttpRequest
 
-from .models import AuditEvent, Workspace
+from .models import AuditEvent, GroupPolicy, Role, Workspace
 
 
 def ensure_workspace(*, user: AbstractBaseUser) -> Workspace:
@@ -42,3 +43,32 @@ def client_ip(request: HttpRequest) -> str | None:
         if forwarded:
             return forwarded.split(",")[0].strip()
     return request.META.get("REMOTE_ADDR") or None
+
+
+def sync_groups_from_claims(*, user: AbstractBaseUser, claims: dict[str, Any],
+                            claim_name: str) -> tuple[set[str], set[str]]:
+    """Make the user's IdP-managed groups match the groups claim; return (added, removed).
+
+    Only groups with an IdP mapping are touched; groups the administrator manages by hand
+    stay as they are. The administrator role follows too: staff and superuser flags are set
+    or cleared for users who sign in through the IdP. Running instances are never touched.
+    """
+    claimed = claims.get(claim_name) or []
+    if isinstance(claimed, str):
+        claimed = [claimed]
+    with transaction.atomic():
+        managed = Group.objects.filter(idp_mappings__isnull=False).distinct()
+        wanted = set(managed.filter(idp_mappings__claim_value__in=claimed))
+        current = set(user.groups.filter(pk__in=managed.values("pk")))
+        user.groups.add(*(wanted - current))
+        user.groups.remove(*(current - wanted))
+        is_admin = GroupPolicy.objects.filter(group__user=user, role=Role.ADMIN).exists()
+        if (user.is_staff, user.is_superuser) != (is_admin, is_admin):
+            user.is_staff = user.is_superuser = is_admin
+            user.save(update_fields=["is_staff", "is_superuser"])
+        added = {g.name for g in wanted - current}
+        removed = {g.name for g in current - wanted}
+        if added or removed:
+            record_audit(action="user.groups_synced", obj=user, actor=user,
+                         added=sorted(added), removed=sorted(removed))
+    return added, removed

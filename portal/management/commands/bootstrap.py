@@ -4,7 +4,7 @@ import secrets
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from portal.catalogue import seed_catalogue
+from portal.catalogue import seed_catalogue, seed_groups
 from workspaces.services import ensure_workspace
 
 
@@ -16,6 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         created = seed_catalogue()
+        groups = seed_groups()
         if any(created.values()):
             self.stdout.write(
                 f"Catalogue seeded: {created['compute_profiles']} compute profiles, "
@@ -27,6 +28,7 @@ class Command(BaseCommand):
         password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", "admin@example.com", password)
         demo = User.objects.create_user("demo", "demo@example.com", password)
+        demo.groups.add(groups["Users"])
         ensure_workspace(user=demo)
         if os.environ.get("DEMO_PASSWORD"):
             shown = "the one in DEMO_PASSWORD"
