@@ -1,5 +1,3 @@
-from urllib.parse import urlencode
-
 from allauth.account.adapter import DefaultAccountAdapter
 from django import forms
 from django.http import HttpRequest
@@ -21,15 +19,10 @@ class AccountAdapter(DefaultAccountAdapter):
                 "Password sign-in is for administrators. Please use single sign-on.")
         return user
 
-    def logout(self, request: HttpRequest) -> None:
-        end_session = request.session.get("sso_end_session", "")
-        client_id = request.session.get("sso_client_id", "")
-        super().logout(request)
-        if end_session:
-            # Ending the IdP's session too: otherwise "sign in" would come straight back.
-            back = request.build_absolute_uri(reverse("portal:signed_out"))
-            request.sso_logout_url = f"{end_session}?" + urlencode(
-                {"client_id": client_id, "post_logout_redirect_uri": back})
-
     def get_logout_redirect_url(self, request: HttpRequest) -> str:
-        return getattr(request, "sso_logout_url", "") or reverse("portal:signed_out")
+        # Asked before the session ends: a user who came through the IdP is sent there to end
+        # its session too, otherwise "sign in" would come straight back.
+        from .sso import idp_logout_url
+
+        back = request.build_absolute_uri(reverse("portal:signed_out"))
+        return idp_logout_url(request, request.user, back) or reverse("portal:signed_out")

@@ -9,19 +9,21 @@ follows the IdP at every login, and logout at the IdP.
 import logging
 import secrets
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 from allauth.core.exceptions import ImmediateHttpResponse
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from allauth.socialaccount.adapter import get_adapter as get_social_adapter
-from allauth.socialaccount.models import SocialApp, SocialLogin
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialLogin
 from allauth.socialaccount.providers.openid_connect.provider import OpenIDConnectProvider
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from workspaces.services import sync_groups_from_claims
+from workspaces.selectors import role_of
+from workspaces.services import ensure_workspace, sync_groups_from_claims
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ def refusal(request: HttpRequest, reason: str, status: int = 403) -> HttpRespons
 
 class PortalOpenIDConnectProvider(OpenIDConnectProvider):
     """allauth's OpenID Connect provider, plus a nonce and a clear page when the IdP is down."""
+
+    package = "allauth.socialaccount.providers.openid_connect"  # its URLs, not ours
 
     def redirect(self, request: HttpRequest, process, next_url=None, data=None, **kwargs):
         # The nonce travels in the authorization request and is kept with allauth's state;
@@ -102,10 +106,24 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
     def _sync(self, request: HttpRequest, user, sociallogin: SocialLogin) -> None:
         sync_groups_from_claims(user=user, claims=_claims(sociallogin),
                                 claim_name=settings.OIDC_GROUPS_CLAIM)
-        try:  # remembered for logout at the IdP
-            adapter = sociallogin.account.get_provider().get_oauth2_adapter(request)
-            end_session = adapter.openid_config.get("end_session_endpoint", "")
-        except requests.RequestException:
-            end_session = ""
-        request.session["sso_end_session"] = end_session
-        request.session["sso_client_id"] = sociallogin.account.get_provider().app.client_id
+        if role_of(user):
+            ensure_workspace(user=user)  # a role comes with a workspace, ready at first login
+
+
+def idp_logout_url(request: HttpRequest, user, back: str) -> str:
+    """Where to send a user who signed in through the IdP so that its session ends too
+    (RP-initiated logout); '' when the user did not or the IdP offers no such endpoint."""
+    app = sso_app(request)
+    if app is None or not SocialAccount.objects.filter(user=user, provider=app.provider_id
+                                                      ).exists():
+        return ""
+    try:
+        provider = app.get_provider(request)
+        end_session = provider.get_oauth2_adapter(request).openid_config.get(
+            "end_session_endpoint", "")
+    except requests.RequestException:
+        return ""
+    if not end_session:
+        return ""
+    return f"{end_session}?" + urlencode({"client_id": app.client_id,
+                                          "post_logout_redirect_uri": back})

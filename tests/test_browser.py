@@ -4,47 +4,11 @@ Debian's Chromium driven by Playwright (never a browser download) against a live
 a real Celery worker process doing the provisioning.
 """
 
-import shutil
-
 import pytest
 
 from .conftest import PASSWORD
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
-
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="session")
-def portal_server(django_db_setup, live_server):
-    """The live server, started after the test database so it stops before it is dropped."""
-    return live_server
-
-
-@pytest.fixture
-def page(monkeypatch, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
-    # around it are still plain synchronous calls. Request this fixture last: database work
-    # done after it starts would open a connection nobody closes.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        try:
-            yield page
-        except BaseException:
-            page.screenshot(path=str(tmp_path / "failure.png"))
-            raise
-        finally:
-            browser.close()
 
 
 def test_a_user_launches_watches_and_deletes_an_instance(

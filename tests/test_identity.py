@@ -1,0 +1,273 @@
+"""Single sign-on against a real OpenID Connect provider process (tests/kit/oidc.py) on
+loopback, through the portal running as a live server: real HTTP all the way."""
+
+import html
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import requests
+from allauth.socialaccount.models import SocialAccount, SocialApp
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from instances.models import ComputeProfile, Instance
+from workspaces.models import GroupPolicy, IdpGroupMapping, Role, Workspace
+
+from .conftest import PASSWORD, ROOT, make_user, workspace_of
+from .kit import oidc
+
+pytestmark = pytest.mark.django_db(transaction=True)
+PROVIDER_ID = "testidp"
+
+
+@pytest.fixture(scope="session")
+def idp():
+    provider = oidc.spawn(users=[])
+    yield provider
+    provider.terminate()
+
+
+@pytest.fixture
+def portal(portal_server):
+    return portal_server
+
+
+@pytest.fixture
+def sso(idp, portal, db):
+    """The portal configured for the IdP (as an administrator would in the admin), with the
+    IdP's `gpu-users` and `gpu-admins` groups mapped to the portal's roles."""
+    idp.reset()
+    callback = f"{portal.url}/accounts/oidc/{PROVIDER_ID}/login/callback/"
+    idp.set_client("portal", client_secret="portal-secret", redirect_uris=[callback])
+    SocialApp.objects.create(
+        provider="openid_connect", provider_id=PROVIDER_ID, name="Test IdP",
+        client_id="portal", secret="portal-secret", settings={"server_url": idp.issuer})
+    users, admins = (Group.objects.create(name=name) for name in ("Researchers", "Operators"))
+    GroupPolicy.objects.create(group=users, role=Role.END_USER, default_max_gpus=4)
+    GroupPolicy.objects.create(group=admins, role=Role.ADMIN)
+    IdpGroupMapping.objects.create(claim_value="gpu-users", group=users)
+    IdpGroupMapping.objects.create(claim_value="gpu-admins", group=admins)
+    return idp
+
+
+def sign_in(url: str, username: str, password: str = "pw") -> tuple[requests.Session,
+                                                                   requests.Response]:
+    """Visit `url` signed out, follow the portal to the IdP, sign in there, come back."""
+    session = requests.Session()
+    form = session.get(url, timeout=10)
+    assert "Test identity provider" in form.text, form.text[:500]
+    action = html.unescape(re.search(r'action="([^"]+)"', form.text).group(1))
+    idp_base = form.url.split("/authorize")[0]
+    page = session.post(idp_base + action, data={"username": username, "password": password},
+                        timeout=10)
+    return session, page
+
+
+def test_first_login_creates_the_user_the_workspace_and_the_groups(sso, portal):
+    sso.set_user("dana", password="pw", email="dana@example.com", groups=["gpu-users"],
+                 name="Dana Scully")
+
+    session, page = sign_in(f"{portal.url}/instances/", "dana")
+
+    assert page.url == f"{portal.url}/instances/"  # back to the page asked for
+    assert "No instances yet" in page.text
+    user = get_user_model().objects.get(email="dana@example.com")
+    assert list(user.groups.values_list("name", flat=True)) == ["Researchers"]
+    assert SocialAccount.objects.get(user=user).uid == "dana"
+    assert Workspace.objects.filter(owner=user).exists()
+    landing = session.get(portal.url + "/", timeout=10).text
+    assert "Your workspace is ready" in landing and "4 GPUs" in landing  # the group's quota
+    authorize = sso.requests("authorize")[-1]
+    assert authorize["code_challenge_method"] == "S256" and authorize["nonce"]
+
+
+def test_changed_group_claims_change_membership_at_the_next_login(sso, portal):
+    sso.set_user("erin", password="pw", groups=["gpu-users", "gpu-admins"])
+    sign_in(portal.url + "/", "erin")
+    erin = get_user_model().objects.get(username="erin")
+    assert erin.is_staff and erin.is_superuser
+    manual = Group.objects.create(name="Book club")  # managed by hand: the IdP leaves it alone
+    erin.groups.add(manual)
+
+    sso.set_user("erin", groups=["gpu-users"])
+    sign_in(portal.url + "/", "erin")
+    erin.refresh_from_db()
+    assert set(erin.groups.values_list("name", flat=True)) == {"Researchers", "Book club"}
+    assert not erin.is_staff and not erin.is_superuser
+
+    sso.set_user("erin", groups=[])
+    _, page = sign_in(portal.url + "/", "erin")
+    assert page.status_code == 403 and "No access yet" in page.text
+
+
+def test_a_user_without_a_role_gets_the_no_access_page_and_no_workspace(sso, portal):
+    sso.set_user("frank", password="pw", groups=["interns"])
+    session, page = sign_in(portal.url + "/", "frank")
+    assert page.status_code == 403
+    assert "ask your administrator" in page.text.lower()
+    frank = get_user_model().objects.get(username="frank")
+    assert not Workspace.objects.filter(owner=frank).exists()
+    assert session.get(f"{portal.url}/instances/new/", timeout=10).status_code == 403
+
+    # Given a role by the administrator, the very next request works.
+    frank.groups.add(Group.objects.get(name="Researchers"))
+    assert session.get(f"{portal.url}/instances/", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("spoil", "expected"),
+    [
+        ({"nonce": "someone-elses"}, "nonce mismatch"),
+        ({"audience": "another-app"}, "could not be trusted"),
+        ({"expired": True}, "could not be trusted"),
+        ({"issuer": "https://evil.example"}, "could not be trusted"),
+    ],
+)
+def test_a_spoiled_id_token_is_refused_and_nothing_is_created(sso, portal, spoil, expected):
+    sso.set_user("gwen", password="pw", groups=["gpu-users"])
+    sso.misbehave(**spoil)
+    _, page = sign_in(portal.url + "/", "gwen")
+    assert expected in page.text
+    assert "Nothing was created or changed" in page.text
+    assert not get_user_model().objects.filter(username="gwen").exists()
+    assert not SocialAccount.objects.exists()
+
+
+def test_a_tampered_state_is_refused(sso, portal):
+    sso.set_user("hank", password="pw", groups=["gpu-users"])
+    session = requests.Session()
+    form = session.get(portal.url + "/", timeout=10)
+    action = html.unescape(re.search(r'action="([^"]+)"', form.text).group(1))
+    idp_base = form.url.split("/authorize")[0]
+    answer = session.post(idp_base + action, data={"username": "hank", "password": "pw"},
+                          allow_redirects=False, timeout=10)
+    callback = answer.headers["Location"]
+    tampered = re.sub(r"state=[^&]+", "state=forged", callback)
+    page = session.get(tampered, timeout=10)
+    assert "Sign-in failed" in page.text
+    assert not get_user_model().objects.filter(username="hank").exists()
+
+
+def test_an_unverified_email_is_refused_when_verification_is_required(sso, portal):
+    sso.set_user("ivy", password="pw", email="ivy@example.com", email_verified=False,
+                 groups=["gpu-users"])
+    _, page = sign_in(portal.url + "/", "ivy")
+    assert page.status_code == 403
+    assert "does not confirm that your email address is verified" in page.text
+    assert not get_user_model().objects.filter(email="ivy@example.com").exists()
+
+
+def test_an_existing_account_is_not_taken_over_by_email(sso, portal):
+    make_user("jo")  # jo@example.com, a local account
+    sso.set_user("jo-at-idp", password="pw", email="jo@example.com", groups=["gpu-users"])
+    _, page = sign_in(portal.url + "/", "jo-at-idp")
+    assert "already exists in the portal and is not linked" in page.text
+    assert not SocialAccount.objects.exists()
+
+
+def test_the_idp_being_down_gives_a_clear_page_not_a_500(portal, db):
+    SocialApp.objects.create(
+        provider="openid_connect", provider_id=PROVIDER_ID, name="Company SSO",
+        client_id="portal", secret="x", settings={"server_url": "http://127.0.0.1:9"})
+    page = requests.get(portal.url + "/", timeout=10)
+    assert page.status_code == 503
+    assert "The sign-in service (Company SSO) cannot be reached right now" in page.text
+
+
+def test_logout_ends_the_idp_session_too(sso, portal):
+    sso.set_user("kim", password="pw", groups=["gpu-users"])
+    session, _ = sign_in(portal.url + "/", "kim")
+    page = session.post(f"{portal.url}/accounts/logout/",
+                        data={"csrfmiddlewaretoken": session.cookies["csrftoken"]},
+                        headers={"Referer": portal.url}, timeout=10)
+    assert page.url == f"{portal.url}/signed-out/"
+    assert "You are signed out" in page.text
+    assert sso.requests("logout")[-1]["post_logout_redirect_uri"] == page.url
+    # Signing in again asks for the password at the IdP: its session is gone too.
+    again = session.get(portal.url + "/", timeout=10)
+    assert "Test identity provider" in again.text
+
+
+def test_with_sso_passwords_are_for_administrators_only(sso, portal, client, admin_user,
+                                                       settings):
+    make_user("lee")
+    response = client.post("/accounts/login/", {"login": "lee", "password": PASSWORD})
+    assert "Password sign-in is for administrators. Please use single sign-on." in (
+        response.content.decode())
+    response = client.post("/accounts/login/", {"login": "admin", "password": PASSWORD})
+    assert response.status_code == 302
+
+    client.logout()
+    settings.PASSWORD_LOGIN_ENABLED = False
+    response = client.get("/accounts/login/?local")
+    assert response.status_code == 403 and "Password sign-in is turned off" in (
+        response.content.decode())
+
+
+def test_profiles_are_shown_and_launched_by_group(client, catalogue, db):
+    researchers = Group.objects.create(name="Researchers")
+    GroupPolicy.objects.create(group=researchers, role=Role.END_USER)
+    big = catalogue[8]
+    big.groups.add(researchers)
+    alice = make_user("alice2")
+    client.force_login(alice)
+    assert "Full node · 8 GPUs" not in client.get("/instances/new/").content.decode()
+    forged = client.post("/instances/new/", {"name": "sneaky", "profile": big.pk})
+    assert "This size is not available to you." in forged.content.decode()
+    assert not Instance.objects.exists()
+
+    alice.groups.add(researchers)  # the next request sees it
+    workspace = workspace_of(alice)
+    workspace.max_gpus = 8
+    workspace.save()
+    assert "Full node · 8 GPUs" in client.get("/instances/new/").content.decode()
+    assert client.post("/instances/new/", {"name": "big", "profile": big.pk}).status_code == 302
+    assert ComputeProfile.objects.get(pk=big.pk).groups.count() == 1
+
+
+def test_a_user_in_several_groups_gets_the_most_generous_quota(db, catalogue):
+    from workspaces.selectors import effective_quota
+
+    user = make_user("multi")
+    for name, gpus, instances in (("Small", 2, 10), ("Big", 16, 3)):
+        group = Group.objects.create(name=name)
+        GroupPolicy.objects.create(group=group, role=Role.END_USER, default_max_gpus=gpus,
+                                   default_max_instances=instances)
+        user.groups.add(group)
+    quota = effective_quota(workspace=workspace_of(user))
+    assert (quota.max_gpus, quota.max_instances) == (16, 10)
+    workspace = workspace_of(user)
+    workspace.max_gpus = 1  # an administrator's setting on the workspace wins
+    workspace.save()
+    assert effective_quota(workspace=workspace).max_gpus == 1
+
+
+def test_production_settings_pass_the_deploy_check():
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(
+        DEBUG="false", SECRET_KEY="x" * 20 + "-production-only-9f8e7d6c5b4a3210-abcdefghij",
+        ALLOWED_HOSTS="gpu.example.com", SECURE_COOKIES="true", SECURE_SSL_REDIRECT="true",
+        SECURE_HSTS_SECONDS="31536000", BEHIND_TLS_PROXY="true",
+        DATABASE_URL="postgres://portal@db.example.com:5432/portal",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+@pytest.mark.browser
+def test_a_browser_follows_the_redirect_to_the_idp_and_lands_on_the_portal(sso, portal, page):
+    sso.set_user("mona", password="pw", groups=["gpu-users"], name="Mona")
+    page.goto(portal.url + "/")
+    page.wait_for_selector("text=Test identity provider")  # the IdP's own sign-in form
+    page.fill("input[name=username]", "mona")
+    page.fill("input[name=password]", "pw")
+    page.click("text=Sign in")
+    page.wait_for_selector("text=Your workspace is ready")
+    assert page.url == portal.url + "/"
