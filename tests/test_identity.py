@@ -271,3 +271,30 @@ def test_a_browser_follows_the_redirect_to_the_idp_and_lands_on_the_portal(sso, 
     page.click("text=Sign in")
     page.wait_for_selector("text=Your workspace is ready")
     assert page.url == portal.url + "/"
+
+
+def test_an_idle_session_ends_after_the_timeout(client, settings, db):
+    import time
+
+    settings.SESSION_IDLE_TIMEOUT_S = 600
+    client.force_login(make_user("nina"))
+    assert client.get("/").status_code == 200
+    session = client.session
+    session["last_seen"] = int(time.time()) - 601
+    session.save()
+
+    response = client.get("/instances/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/login/?next=/instances/"
+    assert client.get("/").status_code == 302  # signed out for good
+
+
+def test_signing_in_rotates_the_session_key(client, db):
+    make_user("omar")
+    client.get("/accounts/login/")
+    before = client.cookies["sessionid"].value if "sessionid" in client.cookies else ""
+    client.post("/accounts/login/", {"login": "omar", "password": PASSWORD})
+    after = client.cookies["sessionid"].value
+    assert after and after != before
+    assert client.get("/").status_code == 200
