@@ -1,6 +1,6 @@
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
@@ -23,8 +23,11 @@ def get_notebook_for_user(request: HttpRequest, pk: int) -> Notebook:
 def notebook_list(request: HttpRequest) -> HttpResponse:
     notebooks = selectors.live_notebooks(owner=request.user)
     instance = None
-    if request.GET.get("instance"):
-        instance = get_instance_for_user(request, int(request.GET["instance"]))
+    if "instance" in request.GET:
+        wanted = request.GET["instance"]
+        if not wanted.isdigit():
+            raise Http404("No such instance.")
+        instance = get_instance_for_user(request, int(wanted))
         notebooks = notebooks.filter(instance=instance)
     notebooks = list(notebooks[:200])
     context = {"notebooks": notebooks, "instance": instance,

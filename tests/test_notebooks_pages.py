@@ -116,6 +116,7 @@ def test_bob_gets_404_on_alices_notebook_and_never_its_token(client, bob, alices
 def test_bob_cannot_list_alices_instance_notebooks(client, bob, alices_notebook):
     client.force_login(bob)
     assert client.get(f"/notebooks/?instance={alices_notebook.instance_id}").status_code == 404
+    assert client.get("/notebooks/?instance=not-a-number").status_code == 404
     page = client.get("/notebooks/").content.decode()
     assert "secret-nb" not in page
 
