@@ -2,6 +2,8 @@ from django import forms
 
 from instances.models import instance_name_validator
 
+from .selectors import cores
+
 
 class DeployForm(forms.Form):
     name = forms.CharField(
@@ -33,7 +35,7 @@ class DeployForm(forms.Form):
         self.fields["profile"].queryset = profiles
         self.fields["instance"].queryset = instances
         self.fields["instance"].label_from_instance = lambda i: (
-            f"{i.name} ({i.gpus} GPU, {i.cpu:g} CPU, {i.memory_gib} GiB)")
+            f"{i.name} ({i.gpus} GPU, {cores(i.cpu)} CPU, {i.memory_gib} GiB)")
         self.fields["profile"].label_from_instance = lambda p: (
-            f"{p.display_name} ({p.default_cpu:g} CPU, {p.default_memory_gib} GiB, "
+            f"{p.display_name} ({cores(p.default_cpu)} CPU, {p.default_memory_gib} GiB, "
             f"{p.default_gpus} GPU by default)")

@@ -53,16 +53,17 @@ class Capacity:
         if (cpu <= self.cpu - self.used_cpu and memory_gib <= self.memory_gib -
                 self.used_memory_gib and gpus <= self.gpus - self.used_gpus):
             return ""
-        used = (f"{_cores(self.used_cpu)} CPU, {self.used_memory_gib} GiB, {self.used_gpus} GPU "
+        used = (f"{cores(self.used_cpu)} CPU, {self.used_memory_gib} GiB, {self.used_gpus} GPU "
                 f"used by {', '.join(self.holders)}" if self.holders else "nothing used yet")
         return (
-            f"Does not fit: the instance has {_cores(self.cpu)} CPU, {self.memory_gib} GiB memory "
-            f"and {self.gpus} GPU; {used}; this notebook needs {_cores(cpu)} CPU, "
+            f"Does not fit: the instance has {cores(self.cpu)} CPU, {self.memory_gib} GiB memory "
+            f"and {self.gpus} GPU; {used}; this notebook needs {cores(cpu)} CPU, "
             f"{memory_gib} GiB and {gpus} GPU."
         )
 
 
-def _cores(value: Decimal) -> str:
+def cores(value: Decimal) -> str:
+    """CPU cores as people write them: 8, 0.5 (never 8.0)."""
     return f"{Decimal(value).normalize():f}"
 
 
