@@ -15,6 +15,23 @@ from workspaces.selectors import role_of
 OPEN_PREFIXES = ("/accounts/", "/static/", "/healthz/", "/signed-out/", "/admin/")
 
 
+class HtmxRedirectMiddleware:
+    """htmx swaps whatever a poll answers into the page, so a redirect (to sign-in, once a
+    session has ended) would put the login form inside a status badge. Tell htmx to move
+    the whole page instead."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.headers.get("HX-Request") and response.status_code in (301, 302):
+            moved = HttpResponse(status=204)
+            moved["HX-Redirect"] = response["Location"]
+            return moved
+        return response
+
+
 class RoleRequiredMiddleware:
     """Signed-in users without a role see the no-access page instead of the portal.
 

@@ -69,3 +69,10 @@ def test_alice_sees_and_deletes_her_own_instance(alice_client, alices_instance):
     assert alices_instance.status == Instance.Status.DELETING
     listing = alice_client.get(reverse("instances:list"))
     assert b"Deleting" in listing.content
+
+
+def test_a_poll_after_the_session_ended_moves_the_whole_page_to_sign_in(client, alices_instance):
+    url = reverse("instances:status", args=[alices_instance.pk])
+    response = client.get(url, HTTP_HX_REQUEST="true")
+    assert response.status_code == 204
+    assert response["HX-Redirect"] == f"/accounts/login/?next={url}"
