@@ -298,3 +298,18 @@ def test_signing_in_rotates_the_session_key(client, db):
     after = client.cookies["sessionid"].value
     assert after and after != before
     assert client.get("/").status_code == 200
+
+
+def test_a_verified_email_links_to_the_existing_account_when_allowed(sso, portal, settings):
+    settings.OIDC_LINK_BY_VERIFIED_EMAIL = True
+    settings.SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+    settings.SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+    local = make_user("pat")  # pat@example.com
+    sso.set_user("pat-at-idp", password="pw", email="pat@example.com", email_verified=True,
+                 groups=["gpu-users"])
+
+    _, page = sign_in(portal.url + "/", "pat-at-idp")
+
+    assert page.status_code == 200 and "Welcome" in page.text
+    assert SocialAccount.objects.get(uid="pat-at-idp").user == local
+    assert get_user_model().objects.filter(email="pat@example.com").count() == 1
