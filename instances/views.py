@@ -56,11 +56,7 @@ def instance_new(request: HttpRequest) -> HttpResponse:
                 ip_address=client_ip(request),
             )
         except ValidationError as exc:
-            if hasattr(exc, "error_dict"):
-                for field, errors in exc.error_dict.items():
-                    form.add_error(field, errors)
-            else:
-                form.add_error(None, exc)
+            form.add_error(None, exc)  # per field where the service named one
         else:
             messages.success(request, f"{instance.name} is launching.")
             return redirect("instances:detail", pk=instance.pk)

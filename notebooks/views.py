@@ -54,11 +54,7 @@ def notebook_new(request: HttpRequest) -> HttpResponse:
                 ip_address=client_ip(request),
             )
         except ValidationError as exc:
-            if hasattr(exc, "error_dict"):
-                for field, errors in exc.error_dict.items():
-                    form.add_error(field, errors)
-            else:
-                form.add_error(None, exc)
+            form.add_error(None, exc)  # per field where the service named one
         else:
             messages.success(request, f"{notebook.name} is being deployed.")
             return redirect("notebooks:detail", pk=notebook.pk)
