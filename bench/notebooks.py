@@ -14,8 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,17 +25,9 @@ os.environ.update(DJANGO_SETTINGS_MODULE="gpupaas.settings", VAR_DIR=str(WORK / 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 
 
-def answers(port: int, token: str) -> bool:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/status",
-                                     headers={"Authorization": f"token {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=1) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def wait_for_answer(port: int, token: str, started: float) -> float:
+    from clusters.backends.local.jupyter import answers
+
     while not answers(port, token):
         if time.perf_counter() - started > 120:
             raise RuntimeError("no answer after 120 s")
@@ -73,6 +63,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
+    from clusters.backends.local.jupyter import read_runtime
     from instances import services as instance_services
     from notebooks import services
     from notebooks.models import NotebookProfile
@@ -97,9 +88,9 @@ def main() -> None:
         notebook = services.deploy_notebook(instance=instance, name=f"nb-{run}",
                                             profile=minimal, by=user, cpu=1, memory_gib=1)
         notebook = services.advance_notebook(notebook_id=notebook.pk)  # the worker's first step
-        runtime = (Path(os.environ["VAR_DIR"]) / "sandboxes" / "local" / instance.key /
-                   "notebooks" / notebook.key / "runtime.json").read_text()
-        port = int(runtime.split('"port": ')[1].split(",")[0])
+        folder = (Path(os.environ["VAR_DIR"]) / "sandboxes" / "local" / instance.key /
+                  "notebooks" / notebook.key)
+        port = read_runtime(folder)["port"]
         portal.append(wait_for_answer(port, notebook.token, started))
         services.delete_notebook(notebook=notebook, by=user)
         services.teardown_notebook(notebook_id=notebook.pk)

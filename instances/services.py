@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from clusters.backends import (
@@ -192,6 +193,11 @@ def instance_spec(instance: Instance) -> InstanceSpec:
     )
 
 
+def _with_relations() -> QuerySet[Instance]:
+    """Instances with what building their spec reads (owner, cluster, profile)."""
+    return Instance.objects.select_related("workspace__owner", "cluster", "profile")
+
+
 def _transition(
     instance_id: int,
     *,
@@ -214,9 +220,7 @@ def _transition(
         )
         if not updated:
             return None
-        instance = Instance.objects.select_related("workspace__owner", "cluster", "profile").get(
-            pk=instance_id
-        )
+        instance = _with_relations().get(pk=instance_id)
         record_audit(
             action=f"instance.{to}", obj=instance, actor=actor, workspace=instance.workspace,
             ip_address=ip_address, message=message,
@@ -257,9 +261,7 @@ def provision_instance(*, instance_id: int) -> Instance | None:
     Raises TransientBackendError for the task to retry; any other backend refusal fails the
     instance with the reason in plain words.
     """
-    instance = Instance.objects.select_related("workspace__owner", "cluster", "profile").filter(
-        pk=instance_id
-    ).first()
+    instance = _with_relations().filter(pk=instance_id).first()
     if instance is None or instance.status not in (Status.PENDING, Status.PROVISIONING):
         return instance
     if instance.status == Status.PENDING:
@@ -286,9 +288,7 @@ def provision_instance(*, instance_id: int) -> Instance | None:
 
 def teardown_instance(*, instance_id: int) -> Instance | None:
     """Remove the instance from its cluster; `deleted` once the cluster says it is gone."""
-    instance = Instance.objects.select_related("workspace__owner", "cluster", "profile").filter(
-        pk=instance_id
-    ).first()
+    instance = _with_relations().filter(pk=instance_id).first()
     if instance is None or instance.status != Status.DELETING:
         return instance
     state = get_backend(instance.cluster).delete_instance(instance.key, instance_spec(instance))
@@ -330,8 +330,7 @@ def reconcile_instances() -> ReconcileSummary:
         try:
             backend = get_backend(cluster)
             running = list(
-                Instance.objects.filter(cluster=cluster, status=Status.RUNNING)
-                .select_related("workspace__owner", "cluster", "profile")
+                _with_relations().filter(cluster=cluster, status=Status.RUNNING)
             )
             states = backend.reconcile_instances([instance_spec(i) for i in running])
             for instance in running:

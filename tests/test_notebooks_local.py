@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from clusters.backends.local import jupyter
 from instances import services as instance_services
 from notebooks import services
 from notebooks.models import Notebook, NotebookProfile
@@ -81,7 +82,7 @@ def test_a_notebook_runs_answers_with_its_token_and_stops_on_delete(
     assert get(api) == 403
     assert get(api, "not-the-token") == 403
     runtime = sandbox_root / "local" / running_instance.key / "notebooks" / notebook.key
-    pid = int((runtime / "runtime.json").read_text().split('"pid": ')[1].split(",")[0])
+    pid = jupyter.read_runtime(runtime)["pid"]
     env = environ_of(pid)
     assert env["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, notebook.gpu_indices))
     assert set(notebook.gpu_indices) <= set(running_instance.gpu_indices)
@@ -110,8 +111,6 @@ def test_reconcile_restarts_a_server_that_died(alice, running_instance, minimal,
     notebook = until(services.deploy_notebook(
         instance=running_instance, name="phoenix", profile=minimal, by=alice), Status.RUNNING)
     old_port = port_of(notebook)
-    from clusters.backends.local import jupyter
-
     jupyter.stop(sandbox_root / "local" / running_instance.key / "notebooks" / notebook.key)
     assert get(notebook.url.replace("/lab", "/api/status"), notebook.token) == 0
 

@@ -193,11 +193,14 @@ class KubernetesBackend:
                 return [("cluster.x-k8s.io/v1beta1", "Cluster", m.object_name(spec),
                          self.cs.capi_namespace)]
             return [("v1", "Namespace", m.object_name(spec), None)]
-        selector = f"{m.selector(self.cs)},{m.INSTANCE_LABEL}={key}"
-        found = self.kube.list("v1", "Namespace", label_selector=selector)
-        found += self.kube.list("cluster.x-k8s.io/v1beta1", "Cluster", label_selector=selector)
+        found = self._roots(f"{m.selector(self.cs)},{m.INSTANCE_LABEL}={key}")
         return [(o["apiVersion"], o["kind"], o["metadata"]["name"],
                  o["metadata"].get("namespace")) for o in found]
+
+    def _roots(self, selector: str) -> list[Manifest]:
+        """The objects whose deletion removes an instance: Namespaces and Cluster API Clusters."""
+        return (self.kube.list("v1", "Namespace", label_selector=selector)
+                + self.kube.list("cluster.x-k8s.io/v1beta1", "Cluster", label_selector=selector))
 
     def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
         remaining = [t for t in self._targets(key, spec) if self.kube.delete(*t) is not None]
@@ -207,10 +210,7 @@ class KubernetesBackend:
         return InstanceState("deleting", f"Waiting for the cluster to remove {names}.")
 
     def list_instance_keys(self) -> set[str]:
-        selector = m.selector(self.cs)
-        found = self.kube.list("v1", "Namespace", label_selector=selector)
-        found += self.kube.list("cluster.x-k8s.io/v1beta1", "Cluster", label_selector=selector)
-        return {o["metadata"]["labels"][m.INSTANCE_LABEL] for o in found
+        return {o["metadata"]["labels"][m.INSTANCE_LABEL] for o in self._roots(m.selector(self.cs))
                 if m.INSTANCE_LABEL in (o["metadata"].get("labels") or {})}
 
     def reconcile_instances(self, specs: list[InstanceSpec]) -> dict[str, InstanceState]:

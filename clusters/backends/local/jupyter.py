@@ -26,7 +26,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _runtime(folder: Path) -> dict:
+def read_runtime(folder: Path) -> dict:
+    """How to find a notebook's server (pid, port), or {} when none was started."""
     try:
         return json.loads((folder / "runtime.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -42,7 +43,8 @@ def _ours(pid: int, port: int) -> bool:
     return f"--ServerApp.port={port}".encode() in cmdline
 
 
-def _answers(port: int, token: str) -> bool:
+def answers(port: int, token: str) -> bool:
+    """The server on `port` answers its API with this token."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
     )
@@ -55,7 +57,7 @@ def _answers(port: int, token: str) -> bool:
 
 def start(spec: NotebookSpec, folder: Path, root_dir: Path) -> NotebookState:
     """Start the server unless it already runs; the state says how far it got."""
-    runtime = _runtime(folder)
+    runtime = read_runtime(folder)
     if runtime and _ours(runtime["pid"], runtime["port"]):
         return state(spec, folder)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -92,7 +94,7 @@ def start(spec: NotebookSpec, folder: Path, root_dir: Path) -> NotebookState:
 
 
 def state(spec: NotebookSpec, folder: Path) -> NotebookState:
-    runtime = _runtime(folder)
+    runtime = read_runtime(folder)
     if not runtime:
         return NotebookState("gone", "", "The notebook's server is not there.")
     pid, port = runtime["pid"], runtime["port"]
@@ -100,7 +102,7 @@ def state(spec: NotebookSpec, folder: Path) -> NotebookState:
         log = folder / "jupyter.log"
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
         return NotebookState("failed", "starting", "JupyterLab stopped.", detail=tail)
-    if _answers(port, spec.token):
+    if answers(port, spec.token):
         return NotebookState("running", "reachable", "Running.",
                              url=f"http://127.0.0.1:{port}/lab", detail=f"pid {pid}, port {port}")
     return NotebookState("deploying", "starting", "Starting JupyterLab.",
@@ -109,7 +111,7 @@ def state(spec: NotebookSpec, folder: Path) -> NotebookState:
 
 def stop(folder: Path, grace_s: float = 5.0) -> None:
     """Stop the server (its whole process group) and forget it."""
-    runtime = _runtime(folder)
+    runtime = read_runtime(folder)
     if runtime and _ours(runtime["pid"], runtime["port"]):
         pid = runtime["pid"]
         try:
