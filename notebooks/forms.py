@@ -1,3 +1,5 @@
+from decimal import Decimal
+
 from django import forms
 
 from instances.models import instance_name_validator
@@ -22,7 +24,7 @@ class DeployForm(forms.Form):
         queryset=None, empty_label=None,
         error_messages={"invalid_choice": "Pick one of your running instances."},
     )
-    cpu = forms.DecimalField(label="CPU", required=False, min_value=0.1, max_digits=6,
+    cpu = forms.DecimalField(label="CPU", required=False, min_value=Decimal("0.1"), max_digits=6,
                              decimal_places=1, help_text="Empty: the profile's default.")
     memory_gib = forms.IntegerField(label="Memory (GiB)", required=False, min_value=1,
                                     help_text="Empty: the profile's default.")

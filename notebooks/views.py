@@ -25,7 +25,8 @@ def notebook_list(request: HttpRequest) -> HttpResponse:
     instance = None
     if "instance" in request.GET:
         wanted = request.GET["instance"]
-        if not wanted.isdigit():
+        # ASCII digits only: str.isdigit() and int() also take '²' or Arabic-Indic digits.
+        if not (wanted.isascii() and wanted.isdecimal()):
             raise Http404("No such instance.")
         instance = get_instance_for_user(request, int(wanted))
         notebooks = notebooks.filter(instance=instance)
