@@ -166,8 +166,16 @@ OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
 OIDC_REQUIRE_VERIFIED_EMAIL = env_bool("OIDC_REQUIRE_VERIFIED_EMAIL", True)
 # Sign an IdP user into an existing portal account with the same, IdP-verified email.
 OIDC_LINK_BY_VERIFIED_EMAIL = env_bool("OIDC_LINK_BY_VERIFIED_EMAIL", False)
-SOCIALACCOUNT_EMAIL_AUTHENTICATION = OIDC_LINK_BY_VERIFIED_EMAIL
-SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = OIDC_LINK_BY_VERIFIED_EMAIL
+# Linking is done by portal.sso (never to an administrator's account, never wiping a
+# password), not by allauth's email authentication.
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+# ID token verification (portal.idtoken): clock skew allowed on exp/iat/nbf, how long the
+# issuer's keys are cached (an unknown key id refetches them), and whether HS256/384/512
+# keyed with the client secret is accepted (off: anyone holding the secret could forge).
+OIDC_CLOCK_SKEW_S = env_int("OIDC_CLOCK_SKEW_S", 60)
+OIDC_JWKS_CACHE_S = env_int("OIDC_JWKS_CACHE_S", 3600)
+OIDC_ALLOW_HMAC = env_bool("OIDC_ALLOW_HMAC", False)
+OIDC_HTTP_TIMEOUT_S = float(env_str("OIDC_HTTP_TIMEOUT_S", "10"))
 # Password sign-in: the administrators' break-glass path when an IdP is configured.
 PASSWORD_LOGIN_ENABLED = env_bool("PASSWORD_LOGIN_ENABLED", True)
 SOCIALACCOUNT_PROVIDERS = {
