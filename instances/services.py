@@ -23,7 +23,7 @@ from clusters.crypto import encrypt
 from clusters.models import Cluster
 from workspaces.models import Workspace
 from workspaces.selectors import effective_quota
-from workspaces.services import record_audit
+from workspaces.services import lock_workspace, record_audit
 
 from .models import INSTANCE_NAME_MAX, ComputeProfile, Instance, instance_name_validator
 from .selectors import launchable_profiles
@@ -101,7 +101,7 @@ def launch_instance(
     name, description = name.strip(), description.strip()
     with transaction.atomic():
         # The workspace row lock serialises launches: concurrent ones can never pass quota.
-        workspace = Workspace.objects.select_for_update().get(pk=workspace.pk)
+        workspace = lock_workspace(workspace_id=workspace.pk) or workspace
         _validate_launch(
             workspace=workspace, name=name, description=description, profile=profile, by=by
         )
@@ -140,7 +140,7 @@ def delete_instance(
     from .tasks import teardown_instance_task
 
     with transaction.atomic():
-        Workspace.objects.select_for_update().filter(pk=instance.workspace_id).first()
+        lock_workspace(workspace_id=instance.workspace_id)
         changed = _transition(
             instance.pk,
             from_=[Status.PENDING, Status.PROVISIONING, Status.RUNNING, Status.FAILED],
@@ -214,6 +214,8 @@ def _transition(
     A conditional UPDATE, so two workers (or a worker and a user) can never both win.
     """
     with transaction.atomic():
+        lock_workspace(workspace_id=Instance.objects.values_list("workspace_id", flat=True)
+                       .filter(pk=instance_id).first())
         updated = Instance.objects.filter(pk=instance_id, status__in=list(from_)).update(
             status=to, status_message=message[:500], status_detail=detail,
             status_changed_at=timezone.now(), **fields,

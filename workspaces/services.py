@@ -15,6 +15,15 @@ def ensure_workspace(*, user: AbstractBaseUser) -> Workspace:
     return workspace
 
 
+def lock_workspace(*, workspace_id: int | None) -> Workspace | None:
+    """Take the workspace row lock: the first lock of every transaction that changes the
+    workspace's instances or notebooks. One order everywhere (the workspace row, then an
+    instance or notebook) is what keeps PostgreSQL from deadlocking; audit rows take a key
+    share lock on the workspace, so a transition that took its row first would wait on a
+    user's delete holding the workspace while the delete waits on that row."""
+    return Workspace.objects.select_for_update().filter(pk=workspace_id).first()
+
+
 def record_audit(
     *,
     action: str,
