@@ -32,3 +32,29 @@ def test_a_notebook_with_the_smallest_cpu_allowed_is_accepted(alice_client, alic
     below = alice_client.post(reverse("notebooks:new"), {
         "name": "tinier", "profile": minimal.pk, "instance": instance.pk, "cpu": "0.0"})
     assert "greater than or equal to 0.1" in below.content.decode()
+
+
+@pytest.mark.parametrize("who", ["alice", "admin_user"])
+def test_nobody_adds_or_makes_primary_an_email_address_in_the_portal(client, request, who):
+    from allauth.account.models import EmailAddress
+
+    user = request.getfixturevalue(who)
+    client.force_login(user)
+    page = client.get("/accounts/email/")
+    assert page.status_code == 200 and user.email in page.content.decode()
+
+    added = client.post("/accounts/email/", {"action_add": "", "email": "carol@example.com"})
+    primary = client.post("/accounts/email/", {"action_primary": "",
+                                                "email": "carol@example.com"})
+
+    assert added.status_code == primary.status_code == 403
+    assert "cannot be added or changed here" in added.content.decode()
+    assert not EmailAddress.objects.filter(email="carol@example.com").exists()
+    user.refresh_from_db()
+    assert user.email == f"{user.username}@example.com"
+
+
+def test_the_social_sign_up_form_is_never_offered(client, db):
+    page = client.get("/accounts/social/signup/")
+    assert page.status_code == 403 and 'name="email"' not in page.content.decode()
+    assert "Sign-up forms are not used" in page.content.decode()
