@@ -265,6 +265,41 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- Sign-in and account hardening (issue 8): shared cache, login rate limits, headers ---
+# The cache holds login rate-limit counters and the IdP's signing keys, so every web process
+# must see the same one: Redis in production (CACHE_URL, else the Celery broker when that is
+# Redis), files under var/ in the embedded default.
+CACHE_URL = env_str("CACHE_URL", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(
+    ("redis://", "rediss://")) else "")
+CACHES = {"default": {
+    "BACKEND": "django.core.cache.backends.redis.RedisCache" if CACHE_URL
+    else "django.core.cache.backends.filebased.FileBasedCache",
+    "LOCATION": CACHE_URL or str(VAR_DIR / "cache"),
+    "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "gpupaas"),
+}}
+# Failed password sign-ins are limited per account and per client address; the address is
+# the one the last TRUSTED_PROXY_COUNT proxies saw (X-Forwarded-For), not the proxy's own,
+# so one user's failures do not lock out everyone behind the same proxy.
+# (workspaces.services.client_ip, also used by portal.adapters for allauth's limits)
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if env_bool("BEHIND_TLS_PROXY") else 0)
+LOGIN_FAILURES_PER_ACCOUNT = env_int("LOGIN_FAILURES_PER_ACCOUNT", 5)  # per 5 minutes
+LOGIN_FAILURES_PER_IP = env_int("LOGIN_FAILURES_PER_IP", 20)  # per minute
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": f"{LOGIN_FAILURES_PER_IP}/m/ip,{LOGIN_FAILURES_PER_ACCOUNT}/300s/key",
+}
+# Headers (portal.middleware.SecurityHeadersMiddleware). No inline script anywhere: htmx is
+# told not to inject its indicator style (base.html), and scripts live in static/js.
+CONTENT_SECURITY_POLICY = env_str("CONTENT_SECURITY_POLICY", "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:",
+    "connect-src 'self'", "font-src 'self'", "object-src 'none'", "base-uri 'self'",
+    "frame-ancestors 'none'",
+]))
+PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
+# Cookies are Secure whenever the portal is served over HTTPS.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = (
+    SESSION_COOKIE_SECURE or SECURE_SSL_REDIRECT or SECURE_PROXY_SSL_HEADER is not None
+    or SECURE_HSTS_SECONDS > 0)
+
 # --- Portal -------------------------------------------------------------------------------
 DEFAULT_MAX_GPUS = env_int("DEFAULT_MAX_GPUS", 8)
 DEFAULT_MAX_INSTANCES = env_int("DEFAULT_MAX_INSTANCES", 5)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,16 @@ def sandbox_root(settings, tmp_path_factory) -> Iterator[Path]:
     yield root
     for folder in root.glob("*/*/notebooks/*"):
         jupyter.stop(folder)
+
+
+@pytest.fixture(autouse=True)
+def own_cache_namespace(settings) -> str:
+    """Each test its own key prefix in the shared cache (Redis under test), so rate-limit
+    counters and cached IdP keys of one test never reach the next. Returns the prefix."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    settings.CACHES = {name: {**conf, "KEY_PREFIX": prefix}
+                       for name, conf in settings.CACHES.items()}
+    return prefix
 
 
 def make_user(username: str, *, group: str | None = "Users", **extra):

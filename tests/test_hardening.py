@@ -2,13 +2,19 @@
 in the portal, rate limits in a shared cache, security headers, and no deadlock when a
 delete follows a launch."""
 
+import os
+import subprocess
+import sys
+
 import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from instances import services as instance_services
 from notebooks.models import Notebook, NotebookProfile
 
-from .conftest import workspace_of
+from .conftest import PASSWORD, ROOT, workspace_of
 
 
 def running(user, profile, name="train"):
@@ -58,3 +64,51 @@ def test_the_social_sign_up_form_is_never_offered(client, db):
     page = client.get("/accounts/social/signup/")
     assert page.status_code == 403 and 'name="email"' not in page.content.decode()
     assert "Sign-up forms are not used" in page.content.decode()
+
+
+# --- Login rate limits, in the shared cache --------------------------------------------------
+
+TOO_MANY = "Too many failed login attempts"
+
+
+def sign_in(client, login: str, password: str, ip: str = ""):
+    extra = {"HTTP_X_FORWARDED_FOR": ip} if ip else {}
+    return client.post("/accounts/login/", {"login": login, "password": password}, **extra)
+
+
+def test_behind_a_proxy_one_addresss_failures_do_not_lock_out_the_others(client, admin_user,
+                                                                        settings):
+    settings.TRUSTED_PROXY_COUNT = 1  # BEHIND_TLS_PROXY's default
+    settings.ACCOUNT_RATE_LIMITS = {"login_failed": "4/m/ip,5/300s/key"}  # (fewer hashes)
+    for i in range(4):  # credential stuffing from one address
+        sign_in(client, f"user{i}", "wrong", ip="198.51.100.7")
+    assert TOO_MANY in sign_in(client, "admin", PASSWORD, ip="198.51.100.7").content.decode()
+    # A forged X-Forwarded-For entry left of the proxy's does not buy new attempts.
+    forged = sign_in(client, "admin", PASSWORD, ip="10.9.9.9, 198.51.100.7").content.decode()
+    assert TOO_MANY in forged
+    # A colleague behind the same proxy, at another address, signs in.
+    assert sign_in(client, "admin", PASSWORD, ip="203.0.113.9").status_code == 302
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failures_counted_by_another_process_lock_the_account_here(client, admin_user,
+                                                        own_cache_namespace):
+    """Two web processes (gunicorn workers, replicas) share the counters through Redis."""
+    db = settings.DATABASES["default"]
+    env = {**os.environ, "CACHE_KEY_PREFIX": own_cache_namespace,
+           "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
+                           f"{db['PORT'] or 5432}/{db['NAME']}"}
+    script = ("import django; django.setup()\n"
+              "from django.test import Client\n"
+              "from django.test.utils import setup_test_environment\n"
+              "setup_test_environment()\n"
+              "for _ in range(5):\n"
+              "    Client().post('/accounts/login/', {'login': 'admin', 'password': 'no'})\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert settings.CACHES["default"]["BACKEND"].endswith("RedisCache")
+    assert TOO_MANY in sign_in(client, "admin", PASSWORD).content.decode()
+    # Per account: another administrator at the same address is not locked out.
+    get_user_model().objects.create_superuser("root", "root@example.com", PASSWORD)
+    assert sign_in(client, "root", PASSWORD).status_code == 302

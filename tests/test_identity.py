@@ -316,14 +316,6 @@ def test_a_verified_email_links_to_the_existing_account_when_allowed(sso, portal
 # --- A hostile identity provider (or whoever answers for it) ------------------------------
 
 
-def jwks_cache_cleared(idp) -> None:
-    from django.core.cache import cache
-
-    from portal.idtoken import _cache_key
-
-    cache.delete(_cache_key(f"{idp.issuer}/jwks"))
-
-
 def refused(page, reason: str) -> None:
     assert page.status_code in (403, 503), page.status_code
     assert reason in html.unescape(page.text), page.text[-1500:]
@@ -336,7 +328,6 @@ def refused(page, reason: str) -> None:
     {"signature": "garbage"},
 ], ids=["alg-none", "hs256-client-secret", "foreign-key", "unknown-kid", "garbage-signature"])
 def test_a_forged_id_token_signature_is_refused_even_with_an_admin_group(sso, portal, forgery):
-    jwks_cache_cleared(sso)
     sso.set_user("mallory", password="pw", groups=["gpu-users", "gpu-admins"])
     sso.misbehave(**forgery)
     _, page = sign_in(portal.url + "/", "mallory")
@@ -347,7 +338,6 @@ def test_a_forged_id_token_signature_is_refused_even_with_an_admin_group(sso, po
 
 
 def test_the_jwks_is_cached_and_fetched_again_for_a_rotated_key(sso, portal):
-    jwks_cache_cleared(sso)
     sso.set_user("quinn", password="pw", groups=["gpu-users"])
     for _ in range(2):
         _, page = sign_in(portal.url + "/", "quinn")
@@ -360,7 +350,6 @@ def test_the_jwks_is_cached_and_fetched_again_for_a_rotated_key(sso, portal):
 
 
 def test_without_the_issuers_keys_nobody_signs_in(sso, portal):
-    jwks_cache_cleared(sso)
     sso.set_user("rita", password="pw", groups=["gpu-users"])
     sso.configure(jwks_down=True)
     _, page = sign_in(portal.url + "/", "rita")

@@ -1,3 +1,4 @@
+import ipaddress
 from typing import Any
 
 from django.conf import settings
@@ -46,11 +47,17 @@ def record_audit(
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """The address an audit row records: the client's, not the proxy's, behind a TLS proxy."""
-    if settings.SECURE_PROXY_SSL_HEADER:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip()
+    """The address an audit row records: the client's, not the proxy's, behind a TLS proxy.
+
+    The one the outermost trusted proxy saw (as for the login rate limits): entries left of
+    it in X-Forwarded-For are whatever the client chose to send."""
+    forwarded = [ip.strip() for ip in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    count = settings.TRUSTED_PROXY_COUNT
+    if count and len(forwarded) >= count:
+        try:
+            return str(ipaddress.ip_address(forwarded[-count]))
+        except ValueError:
+            pass  # a proxy that does not write addresses: fall back to the peer
     return request.META.get("REMOTE_ADDR") or None
 
 
