@@ -295,6 +295,8 @@ CONTENT_SECURITY_POLICY = env_str("CONTENT_SECURITY_POLICY", "; ".join([
     "frame-ancestors 'none'",
 ]))
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "portal.middleware.SecurityHeadersMiddleware")
 # Cookies are Secure whenever the portal is served over HTTPS.
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = (
     SESSION_COOKIE_SECURE or SECURE_SSL_REDIRECT or SECURE_PROXY_SSL_HEADER is not None

@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from instances.views import get_instance_for_user
@@ -65,11 +66,14 @@ def notebook_new(request: HttpRequest) -> HttpResponse:
                   status=status)
 
 
+# Both show the notebook's token: never kept by a browser or a proxy cache.
+@never_cache
 def notebook_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "notebooks/detail.html",
                   {"notebook": get_notebook_for_user(request, pk)})
 
 
+@never_cache
 def notebook_status(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "notebooks/partials/status.html",
                   {"notebook": get_notebook_for_user(request, pk)})

@@ -112,3 +112,33 @@ def test_failures_counted_by_another_process_lock_the_account_here(client, admin
     # Per account: another administrator at the same address is not locked out.
     get_user_model().objects.create_superuser("root", "root@example.com", PASSWORD)
     assert sign_in(client, "root", PASSWORD).status_code == 302
+
+
+# --- Headers -------------------------------------------------------------------------------
+
+
+def test_pages_showing_a_notebook_token_are_never_cached(alice_client, alice, catalogue):
+    from notebooks import services as notebook_services
+
+    notebook = notebook_services.deploy_notebook(
+        instance=running(alice, catalogue[1]), name="secret",
+        profile=NotebookProfile.objects.get(name="minimal"), by=alice)
+    for url in (f"/notebooks/{notebook.pk}/", f"/notebooks/{notebook.pk}/status/"):
+        response = alice_client.get(url)
+        assert response.status_code == 200  # (the token shows once the notebook runs)
+        assert "no-store" in response["Cache-Control"], url
+        assert "script-src 'self'" in response["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize("https", [{"SECURE_SSL_REDIRECT": "true"},
+                                   {"BEHIND_TLS_PROXY": "true"},
+                                   {"SECURE_HSTS_SECONDS": "3600"}])
+def test_cookies_are_secure_whenever_https_is_on(https):
+    script = ("import django; django.setup(); from django.conf import settings as s; "
+              "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE)")
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "SECURE_COOKIES", "SECURE_SSL_REDIRECT", "BEHIND_TLS_PROXY", "SECURE_HSTS_SECONDS")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, text=True, timeout=60,
+                            env={**env, "DJANGO_SETTINGS_MODULE": "gpupaas.settings", **https},
+                            capture_output=True)
+    assert result.stdout.split() == ["True", "True"], result.stderr

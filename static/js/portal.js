@@ -16,3 +16,13 @@ document.addEventListener("click", (event) => {
     reveal.textContent = hidden ? "Hide" : "Show";
   }
 });
+
+// Bar widths come as [data-width="percent"]: the Content Security Policy allows no inline
+// style attributes, but a style set from a script file is fine.
+function applyWidths(root) {
+  root.querySelectorAll("[data-width]").forEach((el) => {
+    el.style.width = `${Number(el.dataset.width) || 0}%`;
+  });
+}
+document.addEventListener("DOMContentLoaded", () => applyWidths(document));
+document.addEventListener("htmx:load", (event) => applyWidths(event.detail.elt));
