@@ -169,13 +169,6 @@ OIDC_LINK_BY_VERIFIED_EMAIL = env_bool("OIDC_LINK_BY_VERIFIED_EMAIL", False)
 # Linking is done by portal.sso (never to an administrator's account, never wiping a
 # password), not by allauth's email authentication.
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
-# ID token verification (portal.idtoken): clock skew allowed on exp/iat/nbf, how long the
-# issuer's keys are cached (an unknown key id refetches them), and whether HS256/384/512
-# keyed with the client secret is accepted (off: anyone holding the secret could forge).
-OIDC_CLOCK_SKEW_S = env_int("OIDC_CLOCK_SKEW_S", 60)
-OIDC_JWKS_CACHE_S = env_int("OIDC_JWKS_CACHE_S", 3600)
-OIDC_ALLOW_HMAC = env_bool("OIDC_ALLOW_HMAC", False)
-OIDC_HTTP_TIMEOUT_S = float(env_str("OIDC_HTTP_TIMEOUT_S", "10"))
 # Password sign-in: the administrators' break-glass path when an IdP is configured.
 PASSWORD_LOGIN_ENABLED = env_bool("PASSWORD_LOGIN_ENABLED", True)
 SOCIALACCOUNT_PROVIDERS = {
@@ -265,12 +258,19 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
-# --- Sign-in and account hardening (issue 8): shared cache, login rate limits, headers ---
+# --- Sign-in hardening (issue 8): ID tokens, shared cache, login limits, headers -----------
+# ID token verification (portal.idtoken): clock skew allowed on exp/iat/nbf, how long the
+# issuer's keys are cached (an unknown key id refetches them), and whether HS256/384/512
+# keyed with the client secret is accepted (off: anyone holding the secret could forge).
+OIDC_CLOCK_SKEW_S = env_int("OIDC_CLOCK_SKEW_S", 60)
+OIDC_JWKS_CACHE_S = env_int("OIDC_JWKS_CACHE_S", 3600)
+OIDC_ALLOW_HMAC = env_bool("OIDC_ALLOW_HMAC", False)
+OIDC_HTTP_TIMEOUT_S = float(env_str("OIDC_HTTP_TIMEOUT_S") or "10")
 # The cache holds login rate-limit counters and the IdP's signing keys, so every web process
 # must see the same one: Redis in production (CACHE_URL, else the Celery broker when that is
 # Redis), files under var/ in the embedded default.
-CACHE_URL = env_str("CACHE_URL", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(
-    ("redis://", "rediss://")) else "")
+CACHE_URL = env_str("CACHE_URL") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "")
 CACHES = {"default": {
     "BACKEND": "django.core.cache.backends.redis.RedisCache" if CACHE_URL
     else "django.core.cache.backends.filebased.FileBasedCache",
@@ -289,11 +289,11 @@ ACCOUNT_RATE_LIMITS = {
 }
 # Headers (portal.middleware.SecurityHeadersMiddleware). No inline script anywhere: htmx is
 # told not to inject its indicator style (base.html), and scripts live in static/js.
-CONTENT_SECURITY_POLICY = env_str("CONTENT_SECURITY_POLICY", "; ".join([
+CONTENT_SECURITY_POLICY = env_str("CONTENT_SECURITY_POLICY") or "; ".join([
     "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:",
     "connect-src 'self'", "font-src 'self'", "object-src 'none'", "base-uri 'self'",
     "frame-ancestors 'none'",
-]))
+])
 PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
 MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
                   "portal.middleware.SecurityHeadersMiddleware")
