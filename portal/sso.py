@@ -123,7 +123,8 @@ class PortalOIDCAdapter(OpenIDConnectOAuth2Adapter):
                 issuer = config["issuer"]
             except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
                 raise unreachable(app, exc) from exc
-            if issuer != expected_issuer(app):
+            # Exact, but for a trailing slash (Auth0's issuers end in one, Keycloak's not).
+            if not isinstance(issuer, str) or issuer.rstrip("/") != expected_issuer(app):
                 log.warning("discovery names issuer %r, configured %r", issuer,
                             expected_issuer(app))
                 raise Refused(f"The sign-in service ({app.name}) names itself {issuer!r}, "

@@ -524,3 +524,10 @@ def test_production_refuses_a_plain_http_issuer():
     assert plain.returncode != 0
     assert "OIDC_ISSUER_URL must be https" in plain.stdout + plain.stderr
     assert deploy_check("https://idp.example.com/realms/gpu").returncode == 0
+
+
+def test_an_issuer_configured_with_a_trailing_slash_still_matches(sso, portal):
+    SocialApp.objects.update(settings={"server_url": sso.issuer + "/"})
+    sso.set_user("cy", password="pw", groups=["gpu-users"])
+    _, page = sign_in(portal.url + "/", "cy")
+    assert page.status_code == 200 and "Welcome" in page.text
