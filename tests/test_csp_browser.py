@@ -73,3 +73,20 @@ def test_no_template_carries_inline_script_or_style():
                  for path in Path(ROOT, "templates").rglob("*.html")
                  for match in inline.finditer(path.read_text())]
     assert offenders == []
+
+
+def test_the_admin_works_under_the_policy_with_no_violation(portal_server, admin_user,
+                                                            alices_notebook, page):
+    page.add_init_script(WATCH)
+    page.goto(portal_server.url + "/accounts/login/")
+    page.fill("#id_login", "admin")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    for path in ("/admin/", "/admin/instances/instance/",
+                 f"/admin/instances/instance/{alices_notebook.instance_id}/change/",
+                 f"/admin/auth/user/{admin_user.pk}/change/", "/admin/auth/group/add/"):
+        response = page.goto(portal_server.url + path)
+        assert response.status == 200, path
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.__csp") == [], path
