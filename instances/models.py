@@ -134,6 +134,12 @@ class Instance(models.Model):
         return timezone.localtime(self.created_at).strftime("%b %-d, %Y %H:%M")
 
     @property
+    def status_note(self) -> str:
+        """The status message, unless it only repeats the badge ("Running" beside "Running.")."""
+        message = self.status_message.strip()
+        return "" if message.rstrip(".").lower() == self.status.lower() else message
+
+    @property
     def is_final(self) -> bool:
         return self.status in self.FINAL_STATES
 

@@ -47,6 +47,19 @@ class QuotaUsage:
     def gpu_percent(self) -> int:
         return min(100, round(100 * self.gpus_used / self.max_gpus)) if self.max_gpus else 100
 
+    def cost(self, gpus: int) -> str:
+        """What launching a size with `gpus` GPUs takes from the quota, and what is left."""
+        gpus_left = self.max_gpus - self.gpus_used - gpus
+        instances_left = self.max_instances - self.instances_used - 1
+        if gpus_left < 0 or instances_left < 0:
+            return self.refusal(gpus)
+        takes = f"{gpus} GPU{'' if gpus == 1 else 's'}" if gpus else "no GPU"
+        return (
+            f"Takes {takes} and 1 instance from your quota. Left after launch: "
+            f"{gpus_left} of {self.max_gpus} GPUs and {instances_left} of "
+            f"{self.max_instances} instances."
+        )
+
     def refusal(self, gpus: int) -> str:
         """Why a size with `gpus` GPUs does not fit now, or '' when it does."""
         if self.instances_left < 1:

@@ -78,3 +78,7 @@ def test_a_user_deploys_a_notebook_and_opens_jupyterlab(
     lab.wait_for_load_state()
     lab.wait_for_function("document.title.includes('JupyterLab')", timeout=60_000)
     assert lab.url.startswith("http://127.0.0.1:") and "/lab" in lab.url
+    # It opens without the "receive official Jupyter news?" pop-up: that plugin is off.
+    config = lab.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent)")
+    assert "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"]
+    assert config["news"] == {"disabled": True}

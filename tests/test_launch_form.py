@@ -79,8 +79,9 @@ def test_it_refuses_a_launch_over_the_gpu_quota_and_says_why(alice_client, alice
     response = post(alice_client, name="train-c", profile=catalogue[4].pk)
 
     assert response.status_code == 400
-    assert "quota 8 GPUs: 6 in use by train-a, train-b; this size needs 4" in (
-        response.content.decode()
+    assert (
+        "Your quota is 8 GPUs and 6 are in use by train-a and train-b; this size needs 4."
+        in response.content.decode()
     )
     assert Instance.objects.count() == 2
     assert AuditEvent.objects.count() == audit_rows
@@ -92,8 +93,9 @@ def test_it_refuses_a_launch_over_the_instance_quota(alice_client, alice, catalo
     workspace.save()
     post(alice_client, name="only", profile=catalogue[1].pk)
     response = post(alice_client, name="another", profile=catalogue[1].pk)
-    assert "quota 1 instance: 1 in use by only; delete one to launch another" in (
-        response.content.decode()
+    assert (
+        "Your quota is 1 instance and 1 is in use by only; delete one to launch another."
+        in response.content.decode()
     )
     assert Instance.objects.count() == 1
 

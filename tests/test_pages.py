@@ -78,7 +78,9 @@ def test_the_list_is_paginated(alice_client, alice, catalogue, settings):
     assert "job-0" in second and "job-0" not in first
 
 
-def test_the_status_partial_polls_until_the_state_is_final(alice_client, alice, catalogue):
+def test_the_status_partial_polls_fast_while_pending_and_slowly_once_running(
+    alice_client, alice, catalogue
+):
     launch_many(alice, catalogue[1], 1)
     instance = Instance.objects.get()
     url = reverse("instances:status", args=[instance.pk])
@@ -86,5 +88,10 @@ def test_the_status_partial_polls_until_the_state_is_final(alice_client, alice, 
 
     services.provision_instance(instance_id=instance.pk)
     partial = alice_client.get(url).content.decode()
-    assert "Running" in partial and "hx-trigger" not in partial
+    assert "Running" in partial and 'hx-trigger="every 10s"' in partial
     assert "simulated" in partial
+
+    services.delete_instance(instance=instance, by=alice)
+    services.teardown_instance(instance_id=instance.pk)
+    partial = alice_client.get(url).content.decode()
+    assert "Deleted" in partial and "hx-trigger" not in partial
