@@ -24,8 +24,8 @@ class ComputeProfileForm(forms.ModelForm):
             "gpus_per_node", "published", "groups", "sort_order",
         ]
         labels = {"gpus": "GPUs", "gpu_model": "GPU model", "cpu": "CPU",
-                  "memory_gib": "memory (GiB)", "storage_gib": "storage (GiB)",
-                  "gpus_per_node": "GPUs per node", "kind": "kind (Kubernetes clusters)"}
+                  "memory_gib": "Memory (GiB)", "storage_gib": "Storage (GiB)",
+                  "gpus_per_node": "GPUs per node", "kind": "Kind (Kubernetes clusters)"}
         help_texts = {"cpu": "CPU cores (on the local cluster: a limit, not a reservation)."}
 
 

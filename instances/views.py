@@ -110,7 +110,13 @@ def instance_new(request: HttpRequest) -> HttpResponse:
 
 def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
     instance = get_instance_for_user(request, pk)
-    return render(request, "instances/detail.html", {"instance": instance})
+    limits = None
+    if instance.cluster.backend == Cluster.Backend.LOCAL:
+        # What the sandbox may really use: the size's figures capped at this machine's.
+        machine = machine_limits()
+        limits = {"cpu": min(instance.cpu, Decimal(machine.cpus)),
+                  "memory_gib": min(instance.memory_gib, machine.memory_gib)}
+    return render(request, "instances/detail.html", {"instance": instance, "limits": limits})
 
 
 def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
