@@ -46,13 +46,9 @@ def test_a_user_launches_watches_and_deletes_an_instance(
 @pytest.fixture
 def lab_host(alice, catalogue):
     """A running instance of alice's (set up before the browser, see `page`)."""
-    from instances import services as instance_services
+    from .conftest import running_instance
 
-    from .conftest import workspace_of
-
-    instance = instance_services.launch_instance(
-        workspace=workspace_of(alice), name="lab-host", profile=catalogue[1], by=alice)
-    return instance_services.provision_instance(instance_id=instance.pk)
+    return running_instance(alice, catalogue[1], "lab-host")
 
 
 def test_a_user_deploys_a_notebook_and_opens_jupyterlab(

@@ -6,7 +6,7 @@ Debian's Chromium driven by Playwright against a live server (see `page` in conf
 
 import pytest
 
-from .conftest import PASSWORD, workspace_of
+from .conftest import PASSWORD, running_instance, workspace_of
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -22,11 +22,7 @@ def sign_in(page, base: str, username: str) -> None:
 @pytest.fixture
 def run_a(alice, catalogue):
     """A running instance of alice's (set up before the browser, see `page`)."""
-    from instances import services
-
-    instance = services.launch_instance(
-        workspace=workspace_of(alice), name="run-a", profile=catalogue[1], by=alice)
-    return services.provision_instance(instance_id=instance.pk)
+    return running_instance(alice, catalogue[1], "run-a")
 
 
 def test_a_delete_in_another_tab_shows_on_the_instance_page_without_reloading(

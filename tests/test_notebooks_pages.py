@@ -146,6 +146,12 @@ def test_the_lists_show_name_profile_instance_status_and_date(alice_client, alic
 def test_deleting_asks_first_then_stops_it(alice_client, alices_notebook):
     url = reverse("notebooks:delete", args=[alices_notebook.pk])
     assert "cannot be undone" in alice_client.get(url).content.decode()
-    assert alice_client.post(url).status_code == 302
+    response = alice_client.post(url, follow=True)
+    assert f"You asked to delete {alices_notebook.name}." in response.content.decode()
     alices_notebook.refresh_from_db()
     assert alices_notebook.status == Notebook.Status.DELETING
+
+    # Confirmed again from a tab left open: it says so instead of deleting twice.
+    again = alice_client.post(url, follow=True).content.decode()
+    assert f"{alices_notebook.name} is already being deleted." in again
+    assert "You asked to delete" not in again
