@@ -120,6 +120,8 @@ def shoot(url: str, ids: dict[str, int]) -> None:
                     page.wait_for_load_state("networkidle")
                     if name == "wizard":
                         page.click("text=Medium · 2 GPUs")
+                    if name == "landing" and width < 720:
+                        page.click("button.menu-toggle")  # the folded navigation, opened
                     page.screenshot(path=str(OUT / f"{name}-{label}.png"), full_page=True)
                 context.close()
         browser.close()
