@@ -43,15 +43,14 @@ class SizeCard:
 def size_cards(profiles: Iterable[ComputeProfile], usage: selectors.QuotaUsage) -> list[SizeCard]:
     """The sizes as the wizard shows them. On the local cluster CPU and memory are limits on
     this machine, so a card never promises more than it has (no 64 CPUs on a 2-CPU box)."""
-    limits = machine_limits()
+    machine = machine_limits()
     cards = []
     for p in profiles:
         local = p.cluster.backend == Cluster.Backend.LOCAL
+        cpu, memory_gib = machine.cap(p.cpu, p.memory_gib) if local else (p.cpu, p.memory_gib)
         cards.append(SizeCard(
-            profile=p, refusal=usage.refusal(p.gpus), cost=usage.cost(p.gpus),
-            cpu=min(p.cpu, Decimal(limits.cpus)) if local else p.cpu,
-            memory_gib=min(p.memory_gib, limits.memory_gib) if local else p.memory_gib,
-            local=local,
+            profile=p, refusal=usage.refusal(p.gpus), cost=usage.cost(p.gpus), cpu=cpu,
+            memory_gib=memory_gib, local=local,
         ))
     return cards
 
@@ -113,9 +112,8 @@ def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
     limits = None
     if instance.cluster.backend == Cluster.Backend.LOCAL:
         # What the sandbox may really use: the size's figures capped at this machine's.
-        machine = machine_limits()
-        limits = {"cpu": min(instance.cpu, Decimal(machine.cpus)),
-                  "memory_gib": min(instance.memory_gib, machine.memory_gib)}
+        cpu, memory_gib = machine_limits().cap(instance.cpu, instance.memory_gib)
+        limits = {"cpu": cpu, "memory_gib": memory_gib}
     return render(request, "instances/detail.html", {"instance": instance, "limits": limits})
 
 

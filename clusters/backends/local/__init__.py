@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
@@ -19,6 +20,10 @@ from .gpus import allocate_slots, local_inventory, release_slots
 class MachineLimits:
     cpus: int
     memory_gib: int
+
+    def cap(self, cpu: Decimal, memory_gib: int) -> tuple[Decimal, int]:
+        """What a sandbox sized at `cpu` and `memory_gib` may really use here."""
+        return min(Decimal(cpu), Decimal(self.cpus)), min(memory_gib, self.memory_gib)
 
 
 def machine_limits() -> MachineLimits:
