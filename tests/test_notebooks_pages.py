@@ -129,6 +129,11 @@ def test_alice_sees_url_token_and_open_once_running(alice_client, alices_noteboo
     assert "http://127.0.0.1:9999/lab" in page
     assert f'value="{alices_notebook.token}"' in page
     assert f"http://127.0.0.1:9999/lab?token={alices_notebook.token}" in page
+    # The list offers Open and a Copy URL that says it carries the token.
+    listing = alice_client.get("/notebooks/").content.decode()
+    row = listing.split(f">{alices_notebook.name}</a>")[1].split("</tr>")[0]
+    assert f'href="http://127.0.0.1:9999/lab?token={alices_notebook.token}"' in row
+    assert ">Open</a>" in row and ">Copy URL with token</button>" in row
     # Still live, at the slow pace: a delete from another tab shows.
     assert 'hx-trigger="every 10s"' in page.split('id="notebook-status"')[1].split(">")[0]
 
