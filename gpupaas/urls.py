@@ -2,7 +2,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
-from portal.views import email_managed, login, social_signup
+from portal.views import admin_overview, email_managed, login, social_signup
 
 admin.site.site_header = f"{settings.SITE_NAME} administration"
 admin.site.site_title = settings.SITE_NAME
@@ -16,5 +16,6 @@ urlpatterns = [
     path("accounts/email/", email_managed, name="account_email"),
     path("accounts/social/signup/", social_signup, name="socialaccount_signup"),
     path("accounts/", include("allauth.urls")),
+    path("admin/overview/", admin.site.admin_view(admin_overview), name="admin_overview"),
     path("admin/", admin.site.urls),
 ]

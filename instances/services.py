@@ -70,20 +70,28 @@ def _validate_launch(
     )
     if any(existing == name for existing, _ in live):
         raise ValidationError({"name": f"You already have an instance named {name}."})
-    names = ", ".join(existing for existing, _ in live)
     quota = effective_quota(workspace=workspace)
     if len(live) >= quota.max_instances:
-        raise ValidationError(
-            f"quota {_plural(quota.max_instances, 'instance')}: "
-            f"{len(live)} in use by {names}; delete one to launch another"
-        )
+        raise ValidationError({"profile": (
+            f"Your quota is {_plural(quota.max_instances, 'instance')} and "
+            f"{_in_use(len(live), [existing for existing, _ in live])}; "
+            "delete one to launch another."
+        )})
     used = sum(gpus for _, gpus in live)
     if used + profile.gpus > quota.max_gpus:
-        holders = ", ".join(existing for existing, gpus in live if gpus) or "nothing"
-        raise ValidationError(
-            f"quota {_plural(quota.max_gpus, 'GPU')}: {used} in use by {holders}; "
-            f"this size needs {profile.gpus}"
-        )
+        holders = [existing for existing, gpus in live if gpus]
+        raise ValidationError({"profile": (
+            f"Your quota is {_plural(quota.max_gpus, 'GPU')} and {_in_use(used, holders)}; "
+            f"this size needs {profile.gpus}."
+        )})
+
+
+def _in_use(n: int, holders: list[str]) -> str:
+    """'6 are in use by train-a and train-b', as a person says it."""
+    if not holders:
+        return "none is in use" if n == 0 else f"{n} {'is' if n == 1 else 'are'} in use"
+    listed = holders[0] if len(holders) == 1 else f"{', '.join(holders[:-1])} and {holders[-1]}"
+    return f"{n} {'is' if n == 1 else 'are'} in use by {listed}"
 
 
 def launch_instance(

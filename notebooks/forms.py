@@ -4,7 +4,7 @@ from django import forms
 
 from instances.models import instance_name_validator
 
-from .selectors import cores
+from .selectors import cores, gpus_phrase
 
 
 class DeployForm(forms.Form):
@@ -37,7 +37,7 @@ class DeployForm(forms.Form):
         self.fields["profile"].queryset = profiles
         self.fields["instance"].queryset = instances
         self.fields["instance"].label_from_instance = lambda i: (
-            f"{i.name} ({i.gpus} GPU, {cores(i.cpu)} CPU, {i.memory_gib} GiB)")
+            f"{i.name} ({gpus_phrase(i.gpus)}, {cores(i.cpu)} CPU, {i.memory_gib} GiB)")
         self.fields["profile"].label_from_instance = lambda p: (
             f"{p.display_name} ({cores(p.default_cpu)} CPU, {p.default_memory_gib} GiB, "
-            f"{p.default_gpus} GPU by default)")
+            f"{gpus_phrase(p.default_gpus)} by default)")

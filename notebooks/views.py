@@ -58,7 +58,7 @@ def notebook_new(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)  # per field where the service named one
         else:
-            messages.success(request, f"{notebook.name} is being deployed.")
+            messages.success(request, f"You deployed {notebook.name}.")
             return redirect("notebooks:detail", pk=notebook.pk)
     status = 400 if request.method == "POST" else 200
     return render(request, "notebooks/new.html",
@@ -83,8 +83,12 @@ def notebook_status(request: HttpRequest, pk: int) -> HttpResponse:
 def notebook_delete(request: HttpRequest, pk: int) -> HttpResponse:
     notebook = get_notebook_for_user(request, pk)
     if request.method == "POST":
+        if notebook.status in (Notebook.Status.DELETING, Notebook.Status.DELETED):
+            already = "deleted" if notebook.status == Notebook.Status.DELETED else "being deleted"
+            messages.info(request, f"{notebook.name} is already {already}.")
+            return redirect("notebooks:list")
         services.delete_notebook(notebook=notebook, by=request.user,
                                  ip_address=client_ip(request))
-        messages.info(request, f"{notebook.name} is being deleted.")
+        messages.success(request, f"You asked to delete {notebook.name}.")
         return redirect("notebooks:list")
     return render(request, "notebooks/delete.html", {"notebook": notebook})

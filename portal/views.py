@@ -1,11 +1,14 @@
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from allauth.account.views import LoginView
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
@@ -34,6 +37,15 @@ def landing(request: HttpRequest) -> HttpResponse:
             "polling": any(not i.is_final for i in recent) or "deploying" in notebooks,
         },
     )
+
+
+def admin_overview(request: HttpRequest) -> HttpResponse:
+    """The administrators' overview; gpupaas/urls.py wraps it in the admin site's own check."""
+    overview = instance_selectors.admin_overview(
+        failed_since=timezone.now() - timedelta(hours=24))
+    return render(request, "admin/overview.html", {
+        **admin.site.each_context(request), "title": "Overview", "overview": overview,
+    })
 
 
 def ping(request: HttpRequest) -> HttpResponse:

@@ -98,6 +98,15 @@ def workspace_of(user) -> Workspace:
     return Workspace.objects.get(owner=user)
 
 
+def running_instance(user, profile: ComputeProfile, name: str):
+    """An instance of `user`'s launched and provisioned here, without a worker."""
+    from instances import services
+
+    instance = services.launch_instance(
+        workspace=workspace_of(user), name=name, profile=profile, by=user)
+    return services.provision_instance(instance_id=instance.pk)
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:

@@ -26,3 +26,18 @@ function applyWidths(root) {
 }
 document.addEventListener("DOMContentLoaded", () => applyWidths(document));
 document.addEventListener("htmx:load", (event) => applyWidths(event.detail.elt));
+// Phones: the Menu button folds the navigation and user menu in and out.
+document.addEventListener("click", (event) => {
+  const toggle = event.target.closest(".menu-toggle");
+  if (!toggle) return;
+  const open = toggle.closest(".topbar").classList.toggle("open");
+  toggle.setAttribute("aria-expanded", String(open));
+});
+
+// The launch wizard: the summary follows the chosen size (the server wrote each card's).
+document.addEventListener("change", (event) => {
+  const summary = document.getElementById("launch-summary");
+  if (summary && event.target.matches("input[name=profile][data-summary]")) {
+    summary.textContent = event.target.dataset.summary;
+  }
+});

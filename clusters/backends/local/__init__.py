@@ -1,7 +1,10 @@
 """The embedded default: an instance is a sandbox directory plus GPU slots on this machine."""
 
 import json
+import os
 import shutil
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
@@ -11,6 +14,24 @@ from clusters.models import Cluster, GpuAllocation
 from ..base import GpuInventory, InstanceSpec, InstanceState, NotebookSpec, NotebookState
 from . import jupyter
 from .gpus import allocate_slots, local_inventory, release_slots
+
+
+@dataclass(frozen=True)
+class MachineLimits:
+    cpus: int
+    memory_gib: int
+
+    def cap(self, cpu: Decimal, memory_gib: int) -> tuple[Decimal, int]:
+        """What a sandbox sized at `cpu` and `memory_gib` may really use here."""
+        return min(Decimal(cpu), Decimal(self.cpus)), min(memory_gib, self.memory_gib)
+
+
+def machine_limits() -> MachineLimits:
+    """What this machine has: a sandbox's CPU and memory are limits shared by every sandbox
+    here, never more than these, and not reservations."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return MachineLimits(cpus=cpus or 1, memory_gib=max(1, memory // 2**30))
 
 
 class LocalBackend:

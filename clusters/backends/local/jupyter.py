@@ -19,6 +19,8 @@ from pathlib import Path
 
 from ..base import NotebookSpec, NotebookState
 
+ANNOUNCEMENTS_PLUGIN = "@jupyterlab/apputils-extension:announcements"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -62,6 +64,13 @@ def start(spec: NotebookSpec, folder: Path, root_dir: Path) -> NotebookState:
         return state(spec, folder)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     root_dir.mkdir(parents=True, exist_ok=True)
+    # JupyterLab opens without its "receive official Jupyter news?" pop-up: the
+    # announcements plugin is off in this server's own config folder (JUPYTER_CONFIG_DIR).
+    labconfig = folder / "config" / "labconfig"
+    labconfig.mkdir(parents=True, exist_ok=True)
+    (labconfig / "page_config.json").write_text(json.dumps(
+        {"disabledExtensions": {ANNOUNCEMENTS_PLUGIN: True}}
+    ))
     port = free_port()
     env = {
         **os.environ,
@@ -78,6 +87,7 @@ def start(spec: NotebookSpec, folder: Path, root_dir: Path) -> NotebookState:
         # No calls out to PyPI or the JupyterLab news feed from a sandbox.
         "--LabApp.extension_manager=readonly",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.news_url=None",
     ]
     if os.geteuid() == 0:
         command.append("--allow-root")  # containers and CI run as root; Jupyter refuses else
