@@ -62,7 +62,11 @@ def port_is_free(port: int) -> bool:
 
 
 def environ_of(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    """The process's environment; empty once it is gone (or a zombie about to be)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (ProcessLookupError, FileNotFoundError):
+        return {}
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
