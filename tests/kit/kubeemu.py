@@ -100,7 +100,7 @@ __all__ = [
 
 Obj = dict[str, Any]
 ObjKey = tuple[str, str, str | None, str]  # group, plural, namespace (None if cluster-scoped), name
-FaultKind = Literal["500", "timeout", "reset"]
+FaultKind = Literal["500", "429", "timeout", "reset"]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 MUTATING_VERBS: frozenset[str] = frozenset(
     {"create", "update", "patch", "delete", "deletecollection"}
@@ -1970,6 +1970,8 @@ class Faults:
     request sequence give the same faults. Kinds:
 
     - ``"500"``: an HTTP 500 with an ``InternalError`` Status body;
+    - ``"429"``: an HTTP 429 ``TooManyRequests`` with ``Retry-After: 1`` (API Priority and
+      Fairness shedding load);
     - ``"timeout"``: the connection is held ``delay`` seconds (set it above the client's read
       timeout), then answered 504 ``Timeout`` and closed;
     - ``"reset"``: the socket is closed with SO_LINGER 0, so the client sees a TCP reset.
@@ -2387,6 +2389,17 @@ class _Handler(BaseHTTPRequestHandler):
             emu.requests._finish(record, 500, "500")
             error = ApiError(500, "InternalError", "kubeemu: injected fault (HTTP 500)")
             self._send(500, error.status())
+        elif decision.kind == "429":
+            emu.requests._finish(record, 429, "429")
+            error = ApiError(429, "TooManyRequests", "kubeemu: injected fault (HTTP 429)",
+                             {"retryAfterSeconds": 1})
+            self.send_response(429)
+            data = json.dumps(error.status()).encode()
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif decision.kind == "timeout":
             emu.requests._finish(record, None, "timeout")
             emu._stopping.wait(decision.delay)

@@ -1,0 +1,259 @@
+"""A fault-injecting, request-counting HTTP proxy in front of a Kubernetes API server.
+
+The tests need the same knobs whatever answers behind it, the emulator or a real
+kube-apiserver: count the portal's requests and fail some of them on purpose (HTTP 500, 429
+with Retry-After, a held connection that times out, a TCP reset). The portal talks plain HTTP
+to this proxy on loopback with its own bearer token; the proxy forwards each request as is
+(over TLS, trusting the given CA, when the upstream is HTTPS) and passes the answer back.
+
+    with kubeproxy.start("https://127.0.0.1:6443", ca_file=ca) as proxy:
+        proxy.faults = kubeproxy.Faults(rate=0.2, kinds=("500", "429"), seed=7)
+        ...
+        assert proxy.requests.count(verb="create") == 4
+
+Watches and other streamed answers are not supported: the portal never watches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import ssl
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .kubeemu import Faults, RequestCounter, RequestRecord, _FaultInjector, _parse_route
+
+__all__ = ["Faults", "Proxy", "RequestCounter", "start"]
+
+HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer",
+                         "upgrade", "proxy-authorization", "proxy-connection", "content-length",
+                         "host"})
+
+
+def _status(code: int, reason: str, message: str, **details: Any) -> bytes:
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+    if details:
+        body["details"] = details
+    return json.dumps(body).encode()
+
+
+class Proxy:
+    def __init__(self, upstream: str, *, ca_file: str | None = None) -> None:
+        parts = urlsplit(upstream)
+        self.upstream_https = parts.scheme == "https"
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or (443 if self.upstream_https else 80)
+        self.ssl_context = None
+        if self.upstream_https:
+            self.ssl_context = ssl.create_default_context(cafile=ca_file)
+        self.requests = RequestCounter()
+        self._injector = _FaultInjector(Faults())
+        self._stopping = threading.Event()
+        self._local = threading.local()
+        self._server = _Server(("127.0.0.1", 0), self)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True,
+                                        name="kubeproxy")
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def faults(self) -> Faults:
+        return self._injector.faults
+
+    @faults.setter
+    def faults(self, value: Faults | None) -> None:
+        self._injector = _FaultInjector(value or Faults())
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.close_connections()
+        self._thread.join(timeout=2)
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def forward(self, method: str, path: str, headers: dict[str, str],
+                body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request upstream on this handler thread's kept-alive connection."""
+        for attempt in range(2):  # a kept-alive connection the upstream closed: reopen once
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                if self.upstream_https:
+                    conn = http.client.HTTPSConnection(self.upstream_host, self.upstream_port,
+                                                       context=self.ssl_context, timeout=120)
+                else:
+                    conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port,
+                                                      timeout=120)
+                self._local.conn = conn
+            try:
+                conn.request(method, path, body=body or None, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                return response.status, response.getheaders(), data
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                self._local.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self, method: str) -> None:
+        proxy = self.server.proxy
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        route = _parse_route(method, url.path, query)
+        record = proxy.requests._begin(RequestRecord(
+            method, self.path, route.verb, route.resource, route.namespace, route.name,
+            route.pattern))
+        body = self._read_body()
+        decision = proxy._injector.decide(route.verb, url.path)
+        if decision is not None and not decision.after:
+            self._inject(decision.kind, decision.delay, record)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+        try:
+            status, answer_headers, data = proxy.forward(method, self.path, headers, body)
+        except (http.client.HTTPException, OSError) as exc:
+            proxy.requests._finish(record, 502)
+            self._send(502, [("Content-Type", "application/json")],
+                       _status(502, "ServiceUnavailable", f"kubeproxy: upstream: {exc}"))
+            return
+        if decision is not None:  # carried out, but the answer is lost
+            self._inject(decision.kind, decision.delay, record)
+            return
+        proxy.requests._finish(record, status)
+        self._send(status, answer_headers, data)
+
+    def _send(self, code: int, headers: list[tuple[str, str]], data: bytes, *,
+              close: bool = False) -> None:
+        self.send_response(code)
+        for key, value in headers:
+            if key.lower() not in HOP_HEADERS:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _inject(self, kind: str, delay: float, record: RequestRecord) -> None:
+        proxy = self.server.proxy
+        json_type = [("Content-Type", "application/json")]
+        if kind == "500":
+            proxy.requests._finish(record, 500, "500")
+            self._send(500, json_type, _status(500, "InternalError",
+                                               "kubeproxy: injected fault (HTTP 500)"))
+        elif kind == "429":
+            proxy.requests._finish(record, 429, "429")
+            # What API Priority and Fairness answers when it sheds load.
+            self._send(429, [*json_type, ("Retry-After", "1")],
+                       _status(429, "TooManyRequests", "kubeproxy: injected fault (HTTP 429)",
+                               retryAfterSeconds=1))
+        elif kind == "timeout":
+            proxy.requests._finish(record, None, "timeout")
+            proxy._stopping.wait(delay)
+            try:
+                self._send(504, json_type, _status(
+                    504, "Timeout", "kubeproxy: injected fault (held, then timed out)",
+                    retryAfterSeconds=1), close=True)
+                proxy.requests._finish(record, 504)
+            except OSError:
+                self.close_connection = True
+        else:
+            proxy.requests._finish(record, None, "reset")
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+
+
+def start(upstream: str, *, ca_file: str | None = None) -> Proxy:
+    return Proxy(upstream, ca_file=ca_file)
