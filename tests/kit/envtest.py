@@ -195,14 +195,13 @@ class ControlPlane:
     def _start(self) -> None:
         c = self.certs
         etcd_client, etcd_peer = free_port(), free_port()
+        # Only the flags envtest itself passes, which any etcd build accepts.
         self._spawn("etcd", [
-            "--name", "envtest", "--data-dir", str(self.folder / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{etcd_client}",
-            "--advertise-client-urls", f"http://127.0.0.1:{etcd_client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-cluster", f"envtest=http://127.0.0.1:{etcd_peer}",
-            "--unsafe-no-fsync",
+            f"--data-dir={self.folder / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync=true",
         ])
         self._wait_tcp(etcd_client, "etcd")
         self._spawn("kube-apiserver", [
@@ -657,7 +656,9 @@ class RealTarget:
     def __init__(self, server: RealServer) -> None:
         self.server = server
         self.plane = server.plane
-        self.proxy = kubeproxy.start(self.plane.url, ca_file=str(self.plane.certs["ca.crt"]))
+        certs = self.plane.certs  # the proxy serves with the API server's own certificate
+        self.proxy = kubeproxy.start(self.plane.url, ca_file=str(certs["ca.crt"]), serving=(
+            str(certs["apiserver.crt"]), str(certs["apiserver.key"])))
         self.requests = self.proxy.requests
         self._namespaces_before = {n["metadata"]["name"] for n in self.plane.admin_request(
             "GET", "/api/v1/namespaces")["items"]}

@@ -2772,6 +2772,10 @@ class Emulator:
         if route.verb == "get":
             assert name is not None
             return _Response(200, store.get(info, ns, name))
+        if route.verb == "create" and route.group == "authorization.k8s.io":
+            # No authorization here: every access review is allowed, and nothing is stored.
+            return _Response(201, {**body, "status": {
+                "allowed": True, "reason": "kubeemu authorizes every request"}})
         if route.verb == "create":
             return _Response(201, store.create(info, ns, body, strict=strict, dry_run=dry_run))
         if route.verb == "deletecollection":

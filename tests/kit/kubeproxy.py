@@ -2,9 +2,10 @@
 
 The tests need the same knobs whatever answers behind it, the emulator or a real
 kube-apiserver: count the portal's requests and fail some of them on purpose (HTTP 500, 429
-with Retry-After, a held connection that times out, a TCP reset). The portal talks plain HTTP
-to this proxy on loopback with its own bearer token; the proxy forwards each request as is
-(over TLS, trusting the given CA, when the upstream is HTTPS) and passes the answer back.
+with Retry-After, a held connection that times out, a TCP reset). The portal talks HTTP
+(HTTPS with a serving certificate) to this proxy on loopback with its own bearer token; the
+proxy forwards each request as is (over TLS, trusting the given CA, when the upstream is
+HTTPS) and passes the answer back.
 
     with kubeproxy.start("https://127.0.0.1:6443", ca_file=ca) as proxy:
         proxy.faults = kubeproxy.Faults(rate=0.2, kinds=("500", "429"), seed=7)
@@ -45,7 +46,8 @@ def _status(code: int, reason: str, message: str, **details: Any) -> bytes:
 
 
 class Proxy:
-    def __init__(self, upstream: str, *, ca_file: str | None = None) -> None:
+    def __init__(self, upstream: str, *, ca_file: str | None = None,
+                 serving: tuple[str, str] | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream_https = parts.scheme == "https"
         self.upstream_host = parts.hostname or "127.0.0.1"
@@ -58,6 +60,13 @@ class Proxy:
         self._stopping = threading.Event()
         self._local = threading.local()
         self._server = _Server(("127.0.0.1", 0), self)
+        self.scheme = "http"
+        if serving:  # kubectl sends no bearer token over plain HTTP
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*serving)
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True,
                                         name="kubeproxy")
@@ -66,7 +75,7 @@ class Proxy:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     @property
     def faults(self) -> Faults:
@@ -142,6 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):  # here, not in the accepting thread
+            self.request.do_handshake()
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self.server.connections_lock:
@@ -255,5 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
 
 
-def start(upstream: str, *, ca_file: str | None = None) -> Proxy:
-    return Proxy(upstream, ca_file=ca_file)
+def start(upstream: str, *, ca_file: str | None = None,
+          serving: tuple[str, str] | None = None) -> Proxy:
+    """A proxy to `upstream` (trusting `ca_file` there); over TLS itself with `serving`
+    (certificate and key files)."""
+    return Proxy(upstream, ca_file=ca_file, serving=serving)
