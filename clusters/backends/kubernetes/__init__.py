@@ -121,14 +121,16 @@ class KubernetesBackend:
     def check_connection(self) -> str:
         try:
             version = self.kube.version().get("gitVersion", "unknown version")
-            inventory = self.inventory()
             missing = self.missing_permissions()
         except BackendError as exc:
             return f"{exc.message} ({exc.detail[:300]})"
         except ApiException as exc:
             return f"The cluster answered HTTP {exc.status}: {exc.reason}"
-        gpus = Counter(inventory.devices)
-        offered = ", ".join(f"{n} × {model}" for model, n in sorted(gpus.items())) or "none"
+        try:
+            gpus = Counter(self.inventory().devices)
+            offered = ", ".join(f"{n} × {model}" for model, n in sorted(gpus.items())) or "none"
+        except BackendError as exc:  # say what is missing rather than only this refusal
+            offered = f"unknown ({exc.message})"
         lacking = "; ".join(f"{kind} profiles lack {', '.join(needs)}"
                             for kind, needs in missing.items())
         return (f"Connected: Kubernetes {version}; allocatable GPUs: {offered}. "
