@@ -25,16 +25,17 @@ the real server's answers to a corpus of requests; ``test_contracts.py`` holds t
 to them (Pod Security ``restricted``, GPU quota, Ingress hosts, server-side apply conflicts,
 list items without kind).
 
-Known gaps versus a real API server (test these against a real cluster):
+Known gaps versus a real API server (the backend tests also run against one; see envtest.py):
 
-- no authentication or authorization: RBAC objects are stored, never enforced;
-- no admission: ResourceQuota and LimitRange are not applied (quota ``status.used`` stays 0),
-  no defaulting or mutating webhooks, only a few built-in defaults;
+- no authentication or authorization: RBAC objects are stored, never enforced, and access
+  reviews are always allowed;
+- admission: only Pod Security ``restricted`` and ResourceQuota on extended resources (GPUs)
+  for Pods; LimitRange defaults, quota ``status.used`` and webhooks are not modelled;
 - no Pods, ReplicaSets or Endpoints are created for workloads; readiness is simulated;
   NetworkPolicy has no effect; no Ingress or LoadBalancer status; no Job controller;
-- server-side apply has no field ownership (``managedFields``): it is a strategic merge of the
-  applied configuration, so fields dropped from a later apply are not removed, and there are
-  no apply conflicts;
+- server-side apply tracks field managers and answers conflicts (409, or force), but treats
+  lists as one field each (a real server tracks list items by merge key) and does not expose
+  ``managedFields``;
 - strategic merge patch knows only the common merge keys (containers, env, volumes, ports...);
 - no protobuf or CBOR (415), no Table output, no aggregated discovery, openapi/v3 is a stub;
 - list pages are not snapshot-consistent; watches are never compacted (no 410 Gone);
