@@ -83,4 +83,5 @@ def expiry_in_words(claims: TokenClaims | None, now: float | None = None) -> str
     hours = int(left // 3600)
     if hours >= 1:
         return f"credential: expires in {hours} hour{'s' if hours != 1 else ''}"
-    return f"credential: expires in {max(int(left // 60), 1)} minutes"
+    minutes = max(int(left // 60), 1)
+    return f"credential: expires in {minutes} minute{'s' if minutes != 1 else ''}"
