@@ -66,7 +66,7 @@ def api_server():
     binaries = envtest.assets()
     if binaries:
         with envtest.running(binaries) as server:
-            target = envtest.RealTarget(server)
+            target = targets.RealTarget(server)
             version = server.plane.admin_request("GET", "/version")["gitVersion"]
             try:
                 yield target, (f"a real kube-apiserver {version} (envtest, portal RBAC from "

@@ -44,10 +44,10 @@ def real_kube():
 @pytest.fixture(params=["emulator", "real"])
 def kube(request):
     """The Kubernetes API the test runs against: the emulator, then the real server."""
-    from .kit import envtest, kubeemu, targets
+    from .kit import kubeemu, targets
 
     if request.param == "real":
-        target = envtest.RealTarget(request.getfixturevalue("real_kube"))
+        target = targets.RealTarget(request.getfixturevalue("real_kube"))
         try:
             yield target
         finally:

@@ -2462,11 +2462,13 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+    handler_class: type[BaseHTTPRequestHandler] | None = None  # the kit's proxy has its own
+
+    def __init__(self, address: tuple[str, int], emulator: Any) -> None:
         self.emulator = emulator
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, self.handler_class or _Handler)
 
     def close_connections(self) -> None:
         """Stop serving kept-alive connections too: a stopped emulator must look dead."""

@@ -17,17 +17,16 @@ Watches and other streamed answers are not supported: the portal never watches.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import socket
 import ssl
 import struct
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from . import kubeemu
 from .kubeemu import Faults, RequestCounter, RequestRecord, _FaultInjector, _parse_route
 
 __all__ = ["Faults", "Proxy", "RequestCounter", "start"]
@@ -59,7 +58,7 @@ class Proxy:
         self._injector = _FaultInjector(Faults())
         self._stopping = threading.Event()
         self._local = threading.local()
-        self._server = _Server(("127.0.0.1", 0), self)
+        self._server = _Server(("127.0.0.1", 0), self)  # `.emulator` is this proxy
         self.scheme = "http"
         if serving:  # kubectl sends no bearer token over plain HTTP
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -126,78 +125,19 @@ class Proxy:
         raise AssertionError("unreachable")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            connections = list(self.connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
+class _Handler(kubeemu._Handler):
+    """The emulator's connection handling, forwarding instead of serving."""
 
     def setup(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):  # here, not in the accepting thread
             self.request.do_handshake()
         super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
     def _handle(self, method: str) -> None:
-        proxy = self.server.proxy
+        proxy = self.server.emulator
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         route = _parse_route(method, url.path, query)
@@ -214,16 +154,16 @@ class _Handler(BaseHTTPRequestHandler):
             status, answer_headers, data = proxy.forward(method, self.path, headers, body)
         except (http.client.HTTPException, OSError) as exc:
             proxy.requests._finish(record, 502)
-            self._send(502, [("Content-Type", "application/json")],
+            self._send_raw(502, [("Content-Type", "application/json")],
                        _status(502, "ServiceUnavailable", f"kubeproxy: upstream: {exc}"))
             return
         if decision is not None:  # carried out, but the answer is lost
             self._inject(decision.kind, decision.delay, record)
             return
         proxy.requests._finish(record, status)
-        self._send(status, answer_headers, data)
+        self._send_raw(status, answer_headers, data)
 
-    def _send(self, code: int, headers: list[tuple[str, str]], data: bytes, *,
+    def _send_raw(self, code: int, headers: list[tuple[str, str]], data: bytes, *,
               close: bool = False) -> None:
         self.send_response(code)
         for key, value in headers:
@@ -237,23 +177,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _inject(self, kind: str, delay: float, record: RequestRecord) -> None:
-        proxy = self.server.proxy
+        proxy = self.server.emulator
         json_type = [("Content-Type", "application/json")]
         if kind == "500":
             proxy.requests._finish(record, 500, "500")
-            self._send(500, json_type, _status(500, "InternalError",
+            self._send_raw(500, json_type, _status(500, "InternalError",
                                                "kubeproxy: injected fault (HTTP 500)"))
         elif kind == "429":
             proxy.requests._finish(record, 429, "429")
             # What API Priority and Fairness answers when it sheds load.
-            self._send(429, [*json_type, ("Retry-After", "1")],
+            self._send_raw(429, [*json_type, ("Retry-After", "1")],
                        _status(429, "TooManyRequests", "kubeproxy: injected fault (HTTP 429)",
                                retryAfterSeconds=1))
         elif kind == "timeout":
             proxy.requests._finish(record, None, "timeout")
             proxy._stopping.wait(delay)
             try:
-                self._send(504, json_type, _status(
+                self._send_raw(504, json_type, _status(
                     504, "Timeout", "kubeproxy: injected fault (held, then timed out)",
                     retryAfterSeconds=1), close=True)
                 proxy.requests._finish(record, 504)
@@ -264,6 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
+
+
+class _Server(kubeemu._Server):
+    handler_class = _Handler
 
 
 def start(upstream: str, *, ca_file: str | None = None,
