@@ -526,3 +526,20 @@ def test_reconcile_restores_a_deleted_service_or_ingress(emu, alice, notebook_se
     assert emu.get("Ingress", name, ns) is not None
     notebook.refresh_from_db()
     assert notebook.status == Notebook.Status.RUNNING
+
+
+def test_a_notebook_whose_image_the_cluster_cannot_pull_fails_in_words(emu, alice,
+                                                                        notebook_setup):
+    if not emu.real:
+        pytest.skip("the emulator runs no pods; the test above plays the kubelet's events")
+    emu.stand_ins.failures["minimal-notebook"] = "ImagePull"  # the kubelet stand-in's answer
+    instance, profile = notebook_setup
+    notebook = notebook_services.advance_notebook(
+        notebook_id=deploy_notebook(alice, instance, profile).pk)
+
+    def failed():
+        current = notebook_services.advance_notebook(notebook_id=notebook.pk)
+        return current if current.status == Notebook.Status.FAILED else None
+
+    notebook = wait_for(failed, timeout=60, interval=0.5)
+    assert notebook.status_message == "Image pull failed: the cluster cannot download the image."

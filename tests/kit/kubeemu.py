@@ -114,10 +114,12 @@ CLUSTER_API = ("cluster.x-k8s.io", "v1beta1", "clusters", "Cluster")
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 WORKLOADS = frozenset({"deployments", "statefulsets", "replicasets", "daemonsets"})
+# The version of the real server whose discovery and answers the emulator follows.
+_RECORDED = json.loads(DISCOVERY_FILE.read_text(encoding="utf-8"))["server"]
 SERVER_VERSION: Obj = {
-    "major": "1",
-    "minor": "37",
-    "gitVersion": "v1.37.0-kubeemu",
+    "major": _RECORDED.lstrip("v").split(".")[0],
+    "minor": _RECORDED.split(".")[1],
+    "gitVersion": f"{_RECORDED}-kubeemu",
     "gitCommit": "0" * 40,
     "gitTreeState": "clean",
     "buildDate": "2026-01-01T00:00:00Z",
