@@ -141,6 +141,22 @@ def corpus() -> list[Case]:
         Case("quota: 1 more GPU does not", "POST", f"/api/v1/namespaces/{NS}/pods",
              _pod("one-more", restricted=True, gpus=1)),
     ]
+    labels = {"app": "plain"}
+    plain_template = {"metadata": {"labels": labels}, "spec": _pod("x", restricted=False)["spec"]}
+    cases += [
+        Case("a Deployment whose pods PSA refuses is accepted", "POST",
+             f"/apis/apps/v1/namespaces/{NS}/deployments",
+             {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "plain"},
+              "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                       "template": plain_template}}),
+        Case("a StatefulSet whose pods PSA refuses is accepted", "POST",
+             f"/apis/apps/v1/namespaces/{NS}/statefulsets",
+             {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "plain"},
+              "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                       "serviceName": "plain", "template": plain_template}}, wait=True),
+        Case("their controllers say FailedCreate", "GET", f"/api/v1/namespaces/{NS}/events",
+             compare=("status", "warnings")),
+    ]
     cm = f"/api/v1/namespaces/{NS}/configmaps/applied"
     doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}}
     cases += [
@@ -205,6 +221,11 @@ def normalise(status: int, body: Any) -> Obj:
         answer["message"] = body.get("message", "")
     elif isinstance(body.get("items"), list) and body["items"]:
         answer["items_have_kind"] = all("kind" in i for i in body["items"])
+        if body.get("kind") == "EventList":  # who warned about what, once each
+            answer["warnings"] = sorted({
+                f"{e['involvedObject'].get('kind')} {e.get('reason')}: "
+                + ("PodSecurity" if "PodSecurity" in e.get("message", "") else "")
+                for e in body["items"] if e.get("type") == "Warning"})
     if body.get("kind") != "Status":
         answer["body"] = _scrub(body) if body.get("kind") not in (
             "APIResourceList", "APIGroupList") else None

@@ -30,7 +30,9 @@ Known gaps versus a real API server (the backend tests also run against one; see
 - no authentication or authorization: RBAC objects are stored, never enforced, and access
   reviews are always allowed;
 - admission: only Pod Security ``restricted`` and ResourceQuota on extended resources (GPUs)
-  for Pods; LimitRange defaults, quota ``status.used`` and webhooks are not modelled;
+  for Pods, and for the pods of Deployments and StatefulSets (which then stay unready with
+  a FailedCreate Warning, as their controllers report); LimitRange defaults, quota
+  ``status.used`` and webhooks are not modelled;
 - no Pods, ReplicaSets or Endpoints are created for workloads; readiness is simulated;
   NetworkPolicy has no effect; no Ingress or LoadBalancer status; no Job controller;
 - server-side apply tracks field managers and answers conflicts (409, or force), but treats
@@ -1484,9 +1486,45 @@ class Store:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
         ready = self._ready_overrides.get(key, self._auto_ready)
+        if key[1] in ("deployments", "statefulsets") and self._pods_refused(key, obj):
+            ready = False
         obj = copy.deepcopy(obj)
         obj["status"] = _workload_status(key[1], obj, ready)
         self._put(key, obj)
+
+    def _pods_refused(self, key: ObjKey, workload: Obj) -> bool:
+        """Whether admission would refuse the workload's pods; if so, the Warning the real
+        controller records: FailedCreate on the Deployment's ReplicaSet or on the
+        StatefulSet."""
+        _, plural, namespace, name = key
+        template = (workload.get("spec") or {}).get("template") or {}
+        if plural == "deployments":
+            replica_set = f"{name}-{workload['metadata'].get('uid', '')[:8] or '5d9c7b'}"
+            pod_name = f"{replica_set}-x7k2q"
+            involved = {"kind": "ReplicaSet", "apiVersion": "apps/v1", "name": replica_set}
+        else:
+            pod_name = f"{name}-0"
+            involved = {"kind": "StatefulSet", "apiVersion": "apps/v1", "name": name}
+        try:
+            self._admit_pod(namespace, {"metadata": {"name": pod_name},
+                                        "spec": template.get("spec") or {}})
+        except ApiError as refusal:
+            message = (f"Error creating: {refusal.message}" if plural == "deployments" else
+                       f"create Pod {pod_name} in StatefulSet {name} failed error: "
+                       f"{refusal.message}")
+            already = any(k[:3] == ("", "events", namespace) and
+                          e["involvedObject"].get("name") == involved["name"] and
+                          e.get("reason") == "FailedCreate" for k, e in self._objects.items())
+            if not already:
+                events = self.catalog.lookup("", "v1", "events")
+                self.create(events, namespace, {
+                    "metadata": {"generateName": f"{involved['name']}."},
+                    "involvedObject": {**involved, "namespace": namespace},
+                    "type": "Warning", "reason": "FailedCreate", "message": message,
+                    "source": {"component": f"{involved['kind'].lower()}-controller"},
+                    "firstTimestamp": _now(), "lastTimestamp": _now(), "count": 1})
+            return True
+        return False
 
     # -- verbs
 

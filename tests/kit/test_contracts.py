@@ -3,6 +3,7 @@ recorded with `make record-contracts`): the same status, reason, fields named, a
 list items carry their kind."""
 
 import json
+import time
 
 import pytest
 
@@ -15,7 +16,8 @@ RECORDED = json.loads(contracts.ANSWERS.read_text())
 def replayed():
     with kubeemu.start(namespace_delete_delay=0.5) as emu:
         emu.add_resource(*kubeemu.CLUSTER_API)
-        yield contracts.run(contracts.Client(emu.url), None)
+        # the emulator's controllers act within a tenth of a second
+        yield contracts.run(contracts.Client(emu.url), None, settle=lambda: time.sleep(0.3))
 
 
 def test_the_corpus_covers_what_the_portal_writes_and_the_refusals_that_matter():
