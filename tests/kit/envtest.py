@@ -231,7 +231,7 @@ class ControlPlane:
             "--concurrent-namespace-syncs=10",
         ])
         self._spawn("kube-scheduler", common)
-        self._wait_scheduler()
+        self._wait_controllers()
 
     def _check_alive(self) -> None:
         for name, proc in self.processes:
@@ -257,8 +257,9 @@ class ControlPlane:
             time.sleep(0.3)
         raise RuntimeError(f"kube-apiserver not ready:\n{self.log('kube-apiserver')}")
 
-    def _wait_scheduler(self, timeout: float = 60) -> None:
-        """The default ServiceAccount shows the controllers run; a log line the scheduler."""
+    def _wait_controllers(self, timeout: float = 60) -> None:
+        """The controllers run once they have made the default ServiceAccount (the scheduler
+        starts alongside; a pod bound to a node shows it, in the kit's tests)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
