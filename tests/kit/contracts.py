@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import re
 import ssl
 import sys
 from dataclasses import dataclass, field, replace
@@ -25,8 +26,14 @@ DISCOVERY = FOLDER / "discovery.json"
 NS = "contract"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+# What differs from one recording to the next: identities, times, addresses, placement.
 VOLATILE = frozenset({"uid", "creationTimestamp", "resourceVersion", "managedFields",
-                      "generation", "deletionTimestamp", "selfLink"})
+                      "generation", "deletionTimestamp", "selfLink", "lastTransitionTime",
+                      "startTime", "startedAt", "eventTime", "firstTimestamp", "lastTimestamp",
+                      "clusterIP", "clusterIPs", "podIP", "podIPs", "hostIP", "hostIPs",
+                      "nodeName", "serverAddressByClientCIDRs"})
+# Generated name suffixes: pods of a ReplicaSet, token volumes, events.
+GENERATED = re.compile(r"-[bcdfghjklmnpqrstvwxz2456789]{5}\b|\.[0-9a-f]{16}\b")
 Obj = dict[str, Any]
 
 
@@ -202,10 +209,11 @@ def corpus() -> list[Case]:
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()
-                if k not in VOLATILE and k not in ("lastTransitionTime", "startTime")}
+        return {k: _scrub(v) for k, v in value.items() if k not in VOLATILE}
     if isinstance(value, list):
         return [_scrub(v) for v in value]
+    if isinstance(value, str):
+        return GENERATED.sub(lambda m: m.group(0)[0] + "*", value)
     return value
 
 
@@ -218,7 +226,7 @@ def normalise(status: int, body: Any) -> Obj:
         answer["reason"] = body.get("reason", "")
         causes = (body.get("details") or {}).get("causes") or []
         answer["fields"] = sorted({c["field"] for c in causes if c.get("field")})
-        answer["message"] = body.get("message", "")
+        answer["message"] = _scrub(body.get("message", ""))
     elif isinstance(body.get("items"), list) and body["items"]:
         answer["items_have_kind"] = all("kind" in i for i in body["items"])
         if body.get("kind") == "EventList":  # who warned about what, once each
@@ -226,9 +234,9 @@ def normalise(status: int, body: Any) -> Obj:
                 f"{e['involvedObject'].get('kind')} {e.get('reason')}: "
                 + ("PodSecurity" if "PodSecurity" in e.get("message", "") else "")
                 for e in body["items"] if e.get("type") == "Warning"})
-    if body.get("kind") != "Status":
+    if body.get("kind") != "Status":  # events: how many retries were recorded varies
         answer["body"] = _scrub(body) if body.get("kind") not in (
-            "APIResourceList", "APIGroupList") else None
+            "APIResourceList", "APIGroupList", "EventList") else None
     return answer
 
 
