@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gpupaas
 CELERY_BROKER_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench record-contracts clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench,$(DATABASE_URL)) $(BIN)/python bench/pages.py
-	$(BIN)/python bench/kube.py
+	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_kube,$(DATABASE_URL)) \
+		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/kube.py
 	$(BIN)/python bench/notebooks.py
+
+# Needs the envtest binaries: KUBEBUILDER_ASSETS=/path/to/bin make record-contracts
+record-contracts: $(VENV)/.installed-test
+	DJANGO_SETTINGS_MODULE=gpupaas.settings $(BIN)/python -m tests.kit.contracts
 
 clean:
 	rm -rf $(VENV) var

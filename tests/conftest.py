@@ -30,6 +30,39 @@ for alias in settings.DATABASES:
 PASSWORD = "correct-horse-battery"
 
 
+@pytest.fixture(scope="session")
+def real_kube():
+    """A real control plane from $KUBEBUILDER_ASSETS, once per session; skips without one."""
+    from .kit import envtest
+
+    binaries = envtest.assets()
+    if binaries is None:
+        pytest.skip(envtest.skip_reason())
+    with envtest.running(binaries) as server:
+        yield server
+
+
+@pytest.fixture(params=["emulator", "real"])
+def kube(request):
+    """The Kubernetes API the test runs against: the emulator, then the real server."""
+    from .kit import kubeemu, targets
+
+    if request.param == "real":
+        target = targets.RealTarget(request.getfixturevalue("real_kube"))
+        try:
+            yield target
+        finally:
+            target.close()
+        return
+    with kubeemu.start() as emulator:
+        emulator.add_resource(*kubeemu.CLUSTER_API)
+        target = targets.EmulatorTarget(emulator)
+        try:
+            yield target
+        finally:
+            target.close()
+
+
 @pytest.fixture(autouse=True)
 def sandbox_root(settings, tmp_path_factory) -> Iterator[Path]:
     """Local sandboxes go to a fresh folder per test, never into the checkout; any JupyterLab

@@ -35,6 +35,7 @@ TLS = m.ClusterSettings(portal_id="test-portal", ingress_domain="apps.example.co
 def all_objects() -> list[dict]:
     return [
         *m.namespace_objects(spec(), CS),
+        m.portal_role_binding(spec(), CS, account=("gpupaas-system", "gpupaas-portal")),
         *m.vcluster_objects(spec(kind="vcluster"), CS),
         *m.notebook_objects(notebook(), TLS),
         *m.notebook_objects(notebook(gpus=0), m.ClusterSettings(ingress_domain="x.test")),
@@ -102,6 +103,16 @@ def test_the_owner_is_admin_of_the_namespace_only():
         {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}
     ]
     assert binding["metadata"]["namespace"] == "alice-train-llama-42"
+
+
+def test_the_portal_holds_the_manager_role_in_its_namespace_only():
+    binding = m.portal_role_binding(spec(), CS, account=("gpupaas-system", "gpupaas-portal"))
+    assert binding["metadata"]["namespace"] == "alice-train-llama-42"
+    assert binding["metadata"]["name"] == "gpupaas-portal"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": "gpupaas-portal-manager"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gpupaas-portal",
+                                    "namespace": "gpupaas-system"}]
 
 
 def test_the_vcluster_runs_restricted_and_uses_the_storage_class():

@@ -19,19 +19,25 @@ In a test::
 As a process: ``python -m tests.kit.kubeemu --port 18002 --kubeconfig /tmp/kubeemu.yaml``.
 
 Schema validation uses the ``kubernetes-validate`` package; YAML bodies need PyYAML.
-``k3s-discovery.json.gz`` (next to this file) lists the built-in resources served; the data
-comes from the MIT-licensed ``kmock`` package, captured from a k3s server.
+``contracts/discovery.json`` (next to this file) lists the built-in resources served, as a real
+kube-apiserver answered them (``make record-contracts``). ``contracts/answers.json`` holds
+the real server's answers to a corpus of requests; ``test_contracts.py`` holds the emulator
+to them (Pod Security ``restricted``, GPU quota, Ingress hosts, server-side apply conflicts,
+list items without kind).
 
-Known gaps versus a real API server (test these against a real cluster):
+Known gaps versus a real API server (the backend tests also run against one; see envtest.py):
 
-- no authentication or authorization: RBAC objects are stored, never enforced;
-- no admission: ResourceQuota and LimitRange are not applied (quota ``status.used`` stays 0),
-  no defaulting or mutating webhooks, only a few built-in defaults;
+- no authentication or authorization: RBAC objects are stored, never enforced, and access
+  reviews are always allowed;
+- admission: only Pod Security ``restricted`` and ResourceQuota on extended resources (GPUs)
+  for Pods, and for the pods of Deployments and StatefulSets (which then stay unready with
+  a FailedCreate Warning, as their controllers report); LimitRange defaults, quota
+  ``status.used`` and webhooks are not modelled;
 - no Pods, ReplicaSets or Endpoints are created for workloads; readiness is simulated;
   NetworkPolicy has no effect; no Ingress or LoadBalancer status; no Job controller;
-- server-side apply has no field ownership (``managedFields``): it is a strategic merge of the
-  applied configuration, so fields dropped from a later apply are not removed, and there are
-  no apply conflicts;
+- server-side apply tracks field managers and answers conflicts (409, or force), but treats
+  lists as one field each (a real server tracks list items by merge key) and does not expose
+  ``managedFields``;
 - strategic merge patch knows only the common merge keys (containers, env, volumes, ports...);
 - no protobuf or CBOR (415), no Table output, no aggregated discovery, openapi/v3 is a stub;
 - list pages are not snapshot-consistent; watches are never compacted (no 410 Gone);
@@ -48,7 +54,6 @@ import bisect
 import contextlib
 import copy
 import datetime
-import gzip
 import itertools
 import json
 import os
@@ -100,20 +105,23 @@ __all__ = [
 
 Obj = dict[str, Any]
 ObjKey = tuple[str, str, str | None, str]  # group, plural, namespace (None if cluster-scoped), name
-FaultKind = Literal["500", "timeout", "reset"]
+FaultKind = Literal["500", "429", "timeout", "reset"]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 MUTATING_VERBS: frozenset[str] = frozenset(
     {"create", "update", "patch", "delete", "deletecollection"}
 )
-DISCOVERY_FILE = Path(__file__).with_name("k3s-discovery.json.gz")
+# What a real kube-apiserver served, recorded by `make record-contracts` (tests/kit/contracts).
+DISCOVERY_FILE = Path(__file__).with_name("contracts") / "discovery.json"
 CLUSTER_API = ("cluster.x-k8s.io", "v1beta1", "clusters", "Cluster")
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 WORKLOADS = frozenset({"deployments", "statefulsets", "replicasets", "daemonsets"})
+# The version of the real server whose discovery and answers the emulator follows.
+_RECORDED = json.loads(DISCOVERY_FILE.read_text(encoding="utf-8"))["server"]
 SERVER_VERSION: Obj = {
-    "major": "1",
-    "minor": "37",
-    "gitVersion": "v1.37.0-kubeemu",
+    "major": _RECORDED.lstrip("v").split(".")[0],
+    "minor": _RECORDED.split(".")[1],
+    "gitVersion": f"{_RECORDED}-kubeemu",
     "gitCommit": "0" * 40,
     "gitTreeState": "clean",
     "buildDate": "2026-01-01T00:00:00Z",
@@ -570,8 +578,7 @@ class Catalog:
     @classmethod
     def from_discovery(cls, path: Path) -> Catalog:
         catalog = cls()
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            documents = json.load(fh)
+        documents = json.loads(path.read_text(encoding="utf-8"))["groupVersions"]
         for doc in documents:
             group, _, version = doc["groupVersion"].rpartition("/")
             resources = sorted(doc["resources"], key=lambda r: "/" in r["name"])  # parents first
@@ -784,6 +791,109 @@ def _name_error(info: ResourceInfo, name: str) -> str | None:
     return None if rule.match(name) else text
 
 
+FieldPath = tuple[str, ...]
+_MISSING = object()
+_UNMANAGED_META = frozenset({"name", "namespace", "uid", "resourceVersion", "creationTimestamp",
+                             "generation", "managedFields", "deletionTimestamp",
+                             "deletionGracePeriodSeconds", "selfLink"})
+
+
+def _leaf_paths(obj: Obj, prefix: FieldPath = ()) -> dict[FieldPath, Any]:
+    """The fields a manager can own: leaves of the object (lists count as one leaf), without
+    kind, apiVersion, status and the server's own metadata."""
+    out: dict[FieldPath, Any] = {}
+    for k, v in obj.items():
+        if (not prefix and k in ("apiVersion", "kind", "status")) or (
+                prefix == ("metadata",) and k in _UNMANAGED_META):
+            continue
+        path = (*prefix, k)
+        if isinstance(v, dict) and v:
+            out.update(_leaf_paths(v, path))
+        else:
+            out[path] = v
+    return out
+
+
+def _dotted(path: FieldPath) -> str:
+    return "".join(f".{p}" for p in path)
+
+
+def _drop_path(obj: Obj, path: FieldPath) -> None:
+    parent = obj
+    for part in path[:-1]:
+        parent = parent.get(part)
+        if not isinstance(parent, dict):
+            return
+    parent.pop(path[-1], None)
+
+
+def _ingress_host_causes(ingress: Obj) -> list[Obj]:
+    """Ingress rule hosts: lowercase RFC 1123 subdomains, optionally with a leading `*.`."""
+    causes = []
+    for i, rule in enumerate((ingress.get("spec") or {}).get("rules") or []):
+        host = (rule or {}).get("host")
+        if not host:
+            continue
+        bare = host[2:] if host.startswith("*.") else host
+        if len(host) > 253 or not _DNS1123_SUBDOMAIN.match(bare):
+            causes.append(_cause(
+                f"spec.rules[{i}].host",
+                f'Invalid value: "{host}": a lowercase RFC 1123 subdomain must consist of lower '
+                "case alphanumeric characters, '-' or '.', and must start and end with an "
+                "alphanumeric character (e.g. 'example.com')"))
+    return causes
+
+
+def _restricted_violations(spec: Obj) -> list[str]:
+    """What Pod Security `restricted` refuses in a pod spec, worded as the API server words it
+    (the checks the portal's pods meet: privilege escalation, capabilities, non-root, seccomp,
+    privileged, host namespaces and hostPath volumes)."""
+    pod_sc = spec.get("securityContext") or {}
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    problems = []
+
+    def names(predicate: Callable[[Obj], bool]) -> list[str]:
+        return [c.get("name", "") for c in containers if predicate(c.get("securityContext") or {})]
+
+    def which(found: list[str]) -> str:
+        quoted = ", ".join(f'"{n}"' for n in found)
+        return f"container {quoted}" if len(found) == 1 else f"containers {quoted}"
+
+    if any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")):
+        problems.append("host namespaces (hostNetwork=true)")
+    if found := names(lambda sc: sc.get("privileged") is True):
+        problems.append(f"privileged ({which(found)} must not set securityContext.privileged=true)")
+    if found := names(lambda sc: sc.get("allowPrivilegeEscalation") is not False):
+        problems.append(f"allowPrivilegeEscalation != false ({which(found)} must set "
+                        "securityContext.allowPrivilegeEscalation=false)")
+    if found := names(lambda sc: "ALL" not in ((sc.get("capabilities") or {}).get("drop") or [])):
+        problems.append(f'unrestricted capabilities ({which(found)} must set '
+                        f'securityContext.capabilities.drop=["ALL"])')
+    if hostpath := [v.get("name", "") for v in spec.get("volumes") or [] if "hostPath" in v]:
+        problems.append(f"restricted volume types (volume {hostpath[0]!r} uses hostPath)")
+    if pod_sc.get("runAsNonRoot") is not True and (
+            found := names(lambda sc: sc.get("runAsNonRoot") is not True)):
+        problems.append(f"runAsNonRoot != true (pod or {which(found)} must set "
+                        "securityContext.runAsNonRoot=true)")
+    seccomp_ok = ("RuntimeDefault", "Localhost")
+    if (pod_sc.get("seccompProfile") or {}).get("type") not in seccomp_ok and (
+            found := names(lambda sc: (sc.get("seccompProfile") or {}).get("type")
+                           not in seccomp_ok)):
+        problems.append(f'seccompProfile (pod or {which(found)} must set '
+                        'securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")')
+    return problems
+
+
+def _pod_request(pod: Obj, resource: str) -> int:
+    """A pod's request of an extended resource (limits stand in for missing requests)."""
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        value = (res.get("requests") or {}).get(resource, (res.get("limits") or {}).get(resource))
+        total += int(value or 0)
+    return total
+
+
 def _label_causes(labels: Any) -> list[Obj]:
     if labels is None:
         return []
@@ -914,6 +1024,8 @@ class Store:
         self._scheduler = _Scheduler()
         self._auto_ready = auto_ready
         self._ready_overrides: dict[ObjKey, bool] = {}
+        # Server-side apply's field ownership: per object, manager -> (operation, leaf paths).
+        self._fields: dict[ObjKey, dict[str, tuple[str, set[FieldPath]]]] = {}
         self._rv = 1
         self._objects: dict[ObjKey, Obj] = {}
         self._events: list[_Event] = []
@@ -985,6 +1097,7 @@ class Store:
     def _remove(self, key: ObjKey, *, orphan: bool = False) -> Obj:
         removed = self._objects.pop(key)
         self._ready_overrides.pop(key, None)
+        self._fields.pop(key, None)
         self._rv += 1
         obj = copy.deepcopy(removed)
         obj["metadata"]["resourceVersion"] = str(self._rv)
@@ -1253,12 +1366,93 @@ class Store:
         causes = _label_causes(obj["metadata"].get("labels"))
         if schemas:
             causes += _Schemas.causes(obj)
+        if (info.group, info.plural) == ("networking.k8s.io", "ingresses"):
+            causes += _ingress_host_causes(obj)
         if causes:
             raise _invalid(info.kind, obj["metadata"].get("name", ""), causes)
         if strict and schemas and (unknown := _Schemas.unknown_fields(obj)):
             # fieldValidation=Strict answers unknown fields with 400, not 422
             fields = ", ".join(f'unknown field "{f}"' for f in unknown)
             raise ApiError(400, "BadRequest", f"strict decoding error: {fields}")
+
+    # -- field ownership (server-side apply)
+
+    def _own(self, key: ObjKey, manager: str, before: Obj | None, after: Obj) -> None:
+        """A create, update or patch: its manager takes the fields it set or changed."""
+        old, new = _leaf_paths(before or {}), _leaf_paths(after)
+        changed = {p for p, v in new.items() if old.get(p, _MISSING) != v}
+        owners = self._fields.setdefault(key, {})
+        for other, (_, paths) in list(owners.items()):
+            paths -= changed
+            if not paths and other != manager:
+                del owners[other]
+        op, mine = owners.get(manager, ("Update", set()))
+        owners[manager] = ("Update", (mine | changed) & new.keys())
+
+    def _apply_ownership(self, info: ResourceInfo, key: ObjKey, manager: str, applied: Obj,
+                         current: Obj, force: bool) -> set[FieldPath]:
+        """Check an apply against the other managers' fields (409 unless forced) and hand the
+        applied fields to `manager`. Returns the fields it owned alone and no longer applies,
+        which the apply removes."""
+        wanted, now = _leaf_paths(applied), _leaf_paths(current)
+        owners = self._fields.setdefault(key, {})
+        conflicts = [(other, op, path) for other, (op, paths) in owners.items()
+                     if other != manager for path in sorted(paths & wanted.keys())
+                     if now.get(path, _MISSING) != wanted[path]]
+        if conflicts and not force:
+            causes = [{"reason": "FieldManagerConflict", "message": f'conflict with "{o}"'
+                       + (f" using {info.api_version}" if op == "Update" else ""),
+                       "field": _dotted(p)} for o, op, p in conflicts]
+            listed = "; ".join(f"{c['message']}: {c['field']}" for c in causes)
+            plural = "s" if len(conflicts) > 1 else ""
+            raise ApiError(409, "Conflict",
+                           f"Apply failed with {len(conflicts)} conflict{plural}: {listed}",
+                           {"causes": causes})
+        taken = {p for _, _, p in conflicts}
+        for other, (_, paths) in list(owners.items()):
+            if other != manager:
+                paths -= taken
+                if not paths:
+                    del owners[other]
+        _, before = owners.get(manager, ("Apply", set()))
+        shared = set().union(*(paths for o, (_, paths) in owners.items() if o != manager))
+        owners[manager] = ("Apply", set(wanted))
+        return {p for p in before - wanted.keys() if p not in shared}
+
+    # -- admission
+
+    def _admit_pod(self, namespace: str | None, pod: Obj) -> None:
+        """Pod Security Admission (`restricted` only) and ResourceQuota on extended resources
+        (GPUs), answered as the real admission plugins answer."""
+        name = pod["metadata"]["name"]
+        ns = self._objects.get(("", "namespaces", None, namespace or ""))
+        labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
+        if labels.get("pod-security.kubernetes.io/enforce") == "restricted":
+            problems = _restricted_violations(pod.get("spec") or {})
+            if problems:
+                version = labels.get("pod-security.kubernetes.io/enforce-version", "latest")
+                raise ApiError(
+                    403, "Forbidden",
+                    f'pods "{name}" is forbidden: violates PodSecurity "restricted:{version}": '
+                    + ", ".join(problems), {"name": name, "kind": "pods"})
+        pods = [o for k, o in self._objects.items() if k[:3] == ("", "pods", namespace)
+                and not o["metadata"].get("deletionTimestamp")
+                and (o.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+        for key, quota in sorted(self._objects.items()):
+            if key[:3] != ("", "resourcequotas", namespace):
+                continue
+            for item, limit in ((quota.get("spec") or {}).get("hard") or {}).items():
+                resource = item.removeprefix("requests.")
+                if resource == item or "/" not in resource:
+                    continue  # only extended resources (nvidia.com/gpu) are counted here
+                wanted = _pod_request(pod, resource)
+                used = sum(_pod_request(p, resource) for p in pods)
+                if wanted and used + wanted > int(limit):
+                    raise ApiError(
+                        403, "Forbidden",
+                        f'pods "{name}" is forbidden: exceeded quota: {key[3]}, requested: '
+                        f"{item}={wanted}, used: {item}={used}, limited: {item}={limit}",
+                        {"name": name, "kind": "pods"})
 
     # -- controllers
 
@@ -1292,9 +1486,45 @@ class Store:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
         ready = self._ready_overrides.get(key, self._auto_ready)
+        if key[1] in ("deployments", "statefulsets") and self._pods_refused(key, obj):
+            ready = False
         obj = copy.deepcopy(obj)
         obj["status"] = _workload_status(key[1], obj, ready)
         self._put(key, obj)
+
+    def _pods_refused(self, key: ObjKey, workload: Obj) -> bool:
+        """Whether admission would refuse the workload's pods; if so, the Warning the real
+        controller records: FailedCreate on the Deployment's ReplicaSet or on the
+        StatefulSet."""
+        _, plural, namespace, name = key
+        template = (workload.get("spec") or {}).get("template") or {}
+        if plural == "deployments":
+            replica_set = f"{name}-{workload['metadata'].get('uid', '')[:8] or '5d9c7b'}"
+            pod_name = f"{replica_set}-x7k2q"
+            involved = {"kind": "ReplicaSet", "apiVersion": "apps/v1", "name": replica_set}
+        else:
+            pod_name = f"{name}-0"
+            involved = {"kind": "StatefulSet", "apiVersion": "apps/v1", "name": name}
+        try:
+            self._admit_pod(namespace, {"metadata": {"name": pod_name},
+                                        "spec": template.get("spec") or {}})
+        except ApiError as refusal:
+            message = (f"Error creating: {refusal.message}" if plural == "deployments" else
+                       f"create Pod {pod_name} in StatefulSet {name} failed error: "
+                       f"{refusal.message}")
+            already = any(k[:3] == ("", "events", namespace) and
+                          e["involvedObject"].get("name") == involved["name"] and
+                          e.get("reason") == "FailedCreate" for k, e in self._objects.items())
+            if not already:
+                events = self.catalog.lookup("", "v1", "events")
+                self.create(events, namespace, {
+                    "metadata": {"generateName": f"{involved['name']}."},
+                    "involvedObject": {**involved, "namespace": namespace},
+                    "type": "Warning", "reason": "FailedCreate", "message": message,
+                    "source": {"component": f"{involved['kind'].lower()}-controller"},
+                    "firstTimestamp": _now(), "lastTimestamp": _now(), "count": 1})
+            return True
+        return False
 
     # -- verbs
 
@@ -1306,6 +1536,8 @@ class Store:
         *,
         strict: bool = False,
         dry_run: bool = False,
+        manager: str | None = None,
+        applied: bool = False,
     ) -> Obj:
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
@@ -1390,11 +1622,17 @@ class Store:
                 self._check_crd(obj)
             self._defaults(info, obj, None)
             self._validate(info, obj, strict)
+            if (info.group, info.plural) == ("", "pods"):
+                self._admit_pod(namespace, obj)
             if dry_run:
                 return self._view(info, obj)
             if is_crd:
                 self._register_crd(obj)
             self._put(key, obj, new=True)
+            if applied:
+                self._fields[key] = {manager or "unknown": ("Apply", set(_leaf_paths(body)))}
+            else:
+                self._own(key, manager or "unknown", None, obj)
             self._after_write(info, key, "ADDED")
             return self._view(info, obj)
 
@@ -1458,6 +1696,9 @@ class Store:
                 json.dumps({"after": last}).encode()
             ).decode()
             meta["remainingItemCount"] = rest
+        if not info.custom:  # a real server leaves these off items of built-in kinds
+            items = [{k: v for k, v in i.items() if k not in ("kind", "apiVersion")}
+                     for i in items]
         return {
             "kind": f"{info.kind}List",
             "apiVersion": info.api_version,
@@ -1475,14 +1716,18 @@ class Store:
         subresource: str | None = None,
         strict: bool = False,
         dry_run: bool = False,
+        manager: str | None = None,
     ) -> Obj:
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         with self.lock:
             old = self.get(info, namespace, name)
-            return self._write(
+            new = self._write(
                 info, namespace, name, copy.deepcopy(body), old, subresource, strict, dry_run
             )
+            if not dry_run and subresource is None:
+                self._own(self._key(info, namespace, name), manager or "unknown", old, new)
+            return new
 
     def patch(
         self,
@@ -1496,8 +1741,10 @@ class Store:
         strict: bool = False,
         dry_run: bool = False,
         field_manager: str | None = None,
+        force: bool = False,
     ) -> tuple[Obj, int]:
         with self.lock:
+            drop: set[FieldPath] = set()
             if "apply-patch" in content_type:
                 if not field_manager:
                     raise _invalid(
@@ -1522,9 +1769,15 @@ class Store:
                             "BadRequest",
                             "the name of the object does not match the name on the URL",
                         )
-                    return self.create(info, namespace, body, strict=strict, dry_run=dry_run), 201
+                    return self.create(info, namespace, body, strict=strict, dry_run=dry_run,
+                                       manager=field_manager, applied=True), 201
                 old = self.get(info, namespace, name)
+                if subresource is None:
+                    drop = self._apply_ownership(info, self._key(info, namespace, name),
+                                                 field_manager, body, old, force)
                 new = merge_patch(old, body) if info.custom else strategic_merge(old, body)
+                for path in drop:  # fields this manager applied before, alone, and now not
+                    _drop_path(new, path)
             else:
                 old = self.get(info, namespace, name)
                 if "json-patch" in content_type:
@@ -1551,7 +1804,11 @@ class Store:
                     )
             if not isinstance(new, dict):
                 raise ApiError(422, "Invalid", "the patch did not produce an object")
-            return self._write(info, namespace, name, new, old, subresource, strict, dry_run), 200
+            written = self._write(info, namespace, name, new, old, subresource, strict, dry_run)
+            if not dry_run and subresource is None and "apply-patch" not in content_type:
+                self._own(self._key(info, namespace, name), field_manager or "unknown", old,
+                          written)
+            return written, 200
 
     def _write(
         self,
@@ -1970,6 +2227,8 @@ class Faults:
     request sequence give the same faults. Kinds:
 
     - ``"500"``: an HTTP 500 with an ``InternalError`` Status body;
+    - ``"429"``: an HTTP 429 ``TooManyRequests`` with ``Retry-After: 1`` (API Priority and
+      Fairness shedding load);
     - ``"timeout"``: the connection is held ``delay`` seconds (set it above the client's read
       timeout), then answered 504 ``Timeout`` and closed;
     - ``"reset"``: the socket is closed with SO_LINGER 0, so the client sees a TCP reset.
@@ -2243,11 +2502,13 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+    handler_class: type[BaseHTTPRequestHandler] | None = None  # the kit's proxy has its own
+
+    def __init__(self, address: tuple[str, int], emulator: Any) -> None:
         self.emulator = emulator
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, self.handler_class or _Handler)
 
     def close_connections(self) -> None:
         """Stop serving kept-alive connections too: a stopped emulator must look dead."""
@@ -2387,6 +2648,17 @@ class _Handler(BaseHTTPRequestHandler):
             emu.requests._finish(record, 500, "500")
             error = ApiError(500, "InternalError", "kubeemu: injected fault (HTTP 500)")
             self._send(500, error.status())
+        elif decision.kind == "429":
+            emu.requests._finish(record, 429, "429")
+            error = ApiError(429, "TooManyRequests", "kubeemu: injected fault (HTTP 429)",
+                             {"retryAfterSeconds": 1})
+            self.send_response(429)
+            data = json.dumps(error.status()).encode()
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif decision.kind == "timeout":
             emu.requests._finish(record, None, "timeout")
             emu._stopping.wait(decision.delay)
@@ -2642,7 +2914,13 @@ class Emulator:
     ) -> _Response:
         try:
             if route.discovery:
-                return self._discovery(route.pattern)
+                try:
+                    return self._discovery(route.pattern)
+                except ApiError as exc:
+                    if exc.code != 404:
+                        raise
+                    # an unserved group version is not a resource: no Status body
+                    return _Response(404, "404 page not found\n", "text/plain; charset=utf-8")
             if not route.plural:
                 raise _no_resource()
             return self._resource(
@@ -2759,8 +3037,13 @@ class Emulator:
         if route.verb == "get":
             assert name is not None
             return _Response(200, store.get(info, ns, name))
+        if route.verb == "create" and route.group == "authorization.k8s.io":
+            # No authorization here: every access review is allowed, and nothing is stored.
+            return _Response(201, {**body, "status": {
+                "allowed": True, "reason": "kubeemu authorizes every request"}})
         if route.verb == "create":
-            return _Response(201, store.create(info, ns, body, strict=strict, dry_run=dry_run))
+            return _Response(201, store.create(info, ns, body, strict=strict, dry_run=dry_run,
+                                               manager=query.get("fieldManager")))
         if route.verb == "deletecollection":
             options = body if isinstance(body, dict) else {}
             if "propagationPolicy" in query:
@@ -2772,7 +3055,8 @@ class Emulator:
         if route.verb == "update":
             return _Response(
                 200,
-                store.update(info, ns, name, body, subresource=sub, strict=strict, dry_run=dry_run),
+                store.update(info, ns, name, body, subresource=sub, strict=strict,
+                             dry_run=dry_run, manager=query.get("fieldManager")),
             )
         if route.verb == "patch":
             obj, code = store.patch(
@@ -2785,6 +3069,7 @@ class Emulator:
                 strict=strict,
                 dry_run=dry_run,
                 field_manager=query.get("fieldManager"),
+                force=_flag(query, "force"),
             )
             return _Response(code, obj)
         if route.verb == "delete":

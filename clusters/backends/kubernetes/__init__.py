@@ -1,6 +1,7 @@
 """The production backend: instances as namespaces, virtual clusters or Cluster API clusters."""
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..base import (
 )
 from . import manifests as m
 from .client import ClientSettings, KubeClient, RateLimiter, api_client
+from .credentials import NEEDS, bearer_token, expiry_in_words, token_claims
 from .status import (
     condition,
     explain_events,
@@ -96,6 +98,10 @@ class KubernetesBackend:
         self.cluster = cluster
         self.cs = cluster_settings(cluster)
         self.kube = kube or client_for(cluster)
+        # The portal's own ServiceAccount, which it binds to the manager role in each
+        # namespace it creates; None for other credentials (an admin's certificate).
+        self.claims = token_claims(bearer_token(self.kube.api.configuration))
+        self.account = self.claims.service_account if self.claims else None
 
     # -- what the cluster offers
 
@@ -115,24 +121,47 @@ class KubernetesBackend:
     def check_connection(self) -> str:
         try:
             version = self.kube.version().get("gitVersion", "unknown version")
-            inventory = self.inventory()
+            missing = self.missing_permissions()
         except BackendError as exc:
             return f"{exc.message} ({exc.detail[:300]})"
         except ApiException as exc:
             return f"The cluster answered HTTP {exc.status}: {exc.reason}"
-        gpus = Counter(inventory.devices)
-        offered = ", ".join(f"{n} × {model}" for model, n in sorted(gpus.items())) or "none"
-        return f"Connected: Kubernetes {version}; allocatable GPUs: {offered}."
+        try:
+            gpus = Counter(self.inventory().devices)
+            offered = ", ".join(f"{n} × {model}" for model, n in sorted(gpus.items())) or "none"
+        except BackendError as exc:  # say what is missing rather than only this refusal
+            offered = f"unknown ({exc.message})"
+        lacking = "; ".join(f"{kind} profiles lack {', '.join(needs)}"
+                            for kind, needs in missing.items())
+        return (f"Connected: Kubernetes {version}; allocatable GPUs: {offered}. "
+                f"{expiry_in_words(self.claims).capitalize()}; permissions: "
+                f"{lacking or 'all that every profile kind needs'}.")
+
+    def missing_permissions(self) -> dict[str, list[str]]:
+        """Per profile kind, the cluster-wide permissions the credential lacks, in words
+        (`create namespaces`), asked of the server with one SelfSubjectAccessReview each."""
+        missing: dict[str, list[str]] = {}
+        for kind, needs in NEEDS.items():
+            for verb, group, resource, name in needs:
+                review = self.kube.request(
+                    "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                    body={"apiVersion": "authorization.k8s.io/v1",
+                          "kind": "SelfSubjectAccessReview",
+                          "spec": {"resourceAttributes": {
+                              "verb": verb, "group": group, "resource": resource,
+                              "name": name}}})
+                if not (review.get("status") or {}).get("allowed"):
+                    what = f"{resource}/{name}" if name else resource
+                    missing.setdefault(kind, []).append(
+                        f"{verb} {what}" + (f" ({group})" if group else ""))
+        return missing
 
     # -- instances
 
     def ensure_instance(self, spec: InstanceSpec) -> InstanceState:
         if spec.kind == "dedicated":
             return self._ensure_dedicated(spec)
-        objects = m.namespace_objects(spec, self.cs)
-        if spec.kind == "vcluster":
-            objects += m.vcluster_objects(spec, self.cs)
-        applied = [self.kube.apply(obj) for obj in objects]
+        applied = self._apply_all(self._instance_objects(spec))
         ns = m.object_name(spec)
         plural = "s" if spec.gpus != 1 else ""
         if spec.kind == "namespace":
@@ -141,6 +170,32 @@ class KubernetesBackend:
                 detail=f"namespace {ns} on {self.cluster}",
             )
         return self._vcluster_state(spec, ns, applied[-1])
+
+    def _instance_objects(self, spec: InstanceSpec) -> list[Manifest]:
+        """A namespace or vcluster instance's objects in order: the namespace, the portal's
+        own RoleBinding in it (when it knows its ServiceAccount), then the rest."""
+        objects = m.namespace_objects(spec, self.cs)
+        if self.account:
+            objects.insert(1, m.portal_role_binding(spec, self.cs, account=self.account))
+        if spec.kind == "vcluster":
+            objects += m.vcluster_objects(spec, self.cs)
+        return objects
+
+    def _apply_all(self, objects: list[Manifest]) -> list[Manifest]:
+        applied = []
+        for obj in objects:
+            for pause in (0.1, 0.3, 1.0, None):
+                try:
+                    applied.append(self.kube.apply(obj))
+                    break
+                except BackendError as exc:
+                    # The API server's RBAC cache honours the portal's fresh RoleBinding in
+                    # a new namespace a moment later: a 403 then is worth a short retry.
+                    if pause is None or not self.account or not exc.detail.startswith(
+                            "HTTP 403"):
+                        raise
+                    time.sleep(pause)
+        return applied
 
     def _vcluster_state(self, spec: InstanceSpec, ns: str, statefulset: Manifest) -> InstanceState:
         if workload_ready(statefulset):
@@ -231,16 +286,13 @@ class KubernetesBackend:
                     else InstanceState("gone", "Its cluster was deleted outside the portal.")
                 )
                 continue
-            desired = m.namespace_objects(spec, self.cs)
-            if spec.kind == "vcluster":
-                desired += m.vcluster_objects(spec, self.cs)
+            desired = self._instance_objects(spec)
             if _ref(desired[0]) not in present:
                 states[spec.key] = InstanceState(
                     "gone", "Its namespace was deleted outside the portal.")
                 continue
             restored = [obj for obj in desired if _ref(obj) not in present]
-            for obj in restored:
-                self.kube.apply(obj)
+            self._apply_all(restored)
             states[spec.key] = InstanceState(
                 "running", f"Ready: namespace {m.object_name(spec)}.",
                 detail="restored " + ", ".join(f"{o['kind']} {o['metadata']['name']}"
@@ -326,15 +378,21 @@ class KubernetesBackend:
         present = set()
         if local:
             selector = f"{m.selector(self.cs)},{m.NOTEBOOK_LABEL}"
-            present = {_ref(obj) for api_version, kind in NOTEBOOK_KINDS
+            # Never Secrets: the portal may not list them across namespaces. A notebook's
+            # token Secret is restored with its Deployment.
+            present = {_ref(obj) for api_version, kind in NOTEBOOK_KINDS if kind != "Secret"
                        for obj in self.kube.list(api_version, kind, label_selector=selector)}
         states = {}
         for spec in specs:
             if spec.instance.kind != "namespace":
                 states[spec.key] = self.ensure_notebook(spec)
                 continue
-            for obj in m.notebook_objects(spec, self.cs):
-                if _ref(obj) not in present:
+            objects = m.notebook_objects(spec, self.cs)
+            deployment_missing = _ref(objects[1]) not in present
+            for obj in objects:
+                missing = deployment_missing if obj["kind"] == "Secret" else (
+                    _ref(obj) not in present)
+                if missing:
                     self.kube.apply(obj)
             states[spec.key] = self._running(spec)
         return states

@@ -177,12 +177,14 @@ class KubeClient:
         a kind the cluster does not serve (no Cluster API installed) lists as empty."""
         query = {"labelSelector": label_selector} if label_selector else {}
         try:
-            return self.request("GET", resource_path(api_version, kind, namespace),
-                                query=query)["items"]
+            items = self.request("GET", resource_path(api_version, kind, namespace),
+                                 query=query)["items"]
         except ApiException as exc:
             if exc.status == 404:
                 return []
             raise _refusal(exc) from exc
+        # A real server leaves kind and apiVersion off the items of built-in kinds.
+        return [{**item, "apiVersion": api_version, "kind": kind} for item in items]
 
     def delete(self, api_version: str, kind: str, name: str,
                namespace: str | None = None) -> Manifest | None:

@@ -446,3 +446,22 @@ def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
         {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta,
          "spec": ingress_spec},
     ]
+
+
+PORTAL_BINDING = "gpupaas-portal"
+PORTAL_MANAGER_ROLE = "gpupaas-portal-manager"
+
+
+def portal_role_binding(spec: InstanceSpec, cs: ClusterSettings, *,
+                        account: tuple[str, str]) -> Manifest:
+    """The portal's own rights in an instance namespace: the manager ClusterRole bound there
+    to its ServiceAccount (namespace, name). Cluster-wide it holds almost nothing (see
+    docs/kubernetes.md), so this binding is the first object after the namespace."""
+    namespace, name = account
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(spec, cs, PORTAL_BINDING, object_name(spec)),
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": PORTAL_MANAGER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }

@@ -1,0 +1,339 @@
+"""Recorded contracts: what a real kube-apiserver answers to the requests that matter to the
+portal, so that the emulator can be held to the same answers in CI, where no real server runs.
+
+``make record-contracts`` (needs ``$KUBEBUILDER_ASSETS``) starts the envtest control plane,
+sends ``corpus()`` and writes ``contracts/answers.json`` (status, reason, fields named, and a
+normalised body: no uids, timestamps or resourceVersions) and ``contracts/discovery.json``
+(what ``/api``, ``/apis`` and every group version answered, which the emulator serves).
+``tests/kit/test_contracts.py`` replays the corpus against the emulator.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import re
+import ssl
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+FOLDER = Path(__file__).with_name("contracts")
+ANSWERS = FOLDER / "answers.json"
+DISCOVERY = FOLDER / "discovery.json"
+NS = "contract"
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+# What differs from one recording to the next: identities, times, addresses, placement.
+VOLATILE = frozenset({"uid", "creationTimestamp", "resourceVersion", "managedFields",
+                      "generation", "deletionTimestamp", "selfLink", "lastTransitionTime",
+                      "startTime", "startedAt", "eventTime", "firstTimestamp", "lastTimestamp",
+                      "clusterIP", "clusterIPs", "podIP", "podIPs", "hostIP", "hostIPs",
+                      "nodeName", "serverAddressByClientCIDRs"})
+# Generated name suffixes: pods of a ReplicaSet, token volumes, events.
+GENERATED = re.compile(r"-[bcdfghjklmnpqrstvwxz2456789]{5}\b|\.[0-9a-f]{16}\b")
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    method: str
+    path: str
+    body: Any = None
+    content_type: str = "application/json"
+    # "portal": with the documented RBAC, not as admin. The emulator authorizes everything,
+    # so it cannot answer these; they are recorded for the real server's record only.
+    as_portal: bool = False
+    compare: tuple[str, ...] = ("status", "reason", "fields", "items_have_kind")
+    wait: bool = field(default=False)  # let the controllers act before the next case
+
+
+def _spec() -> Any:
+    from clusters.backends.base import InstanceSpec, NotebookSpec
+
+    instance = InstanceSpec(key="inst-1", name="train", owner="alice", workspace="1",
+                            kind="vcluster", gpus=2, gpu_model="", cpu=8, memory_gib=64,
+                            storage_gib=100)
+    # A notebook on a namespace instance goes into that instance's namespace.
+    notebook = NotebookSpec(key="nb-1", name="explore", instance=replace(instance,
+                                                                         kind="namespace"),
+                            image="quay.io/jupyter/minimal-notebook", cpu=2, memory_gib=4,
+                            gpus=1, token="t0ken")
+    return instance, notebook
+
+
+def _collection(obj: Obj) -> str:
+    from clusters.backends.kubernetes.client import resource_path
+
+    return resource_path(obj["apiVersion"], obj["kind"], obj["metadata"].get("namespace"))
+
+
+def _pod(name: str, *, restricted: bool, gpus: int = 0) -> Obj:
+    container: Obj = {"name": "main", "image": "busybox:1.36", "command": ["sleep", "1d"]}
+    spec: Obj = {"containers": [container]}
+    if restricted:
+        container["securityContext"] = {
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+    if gpus:
+        container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus), "cpu": "1",
+                                             "memory": "1Gi"},
+                                  "requests": {"cpu": "1", "memory": "1Gi"}}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
+            "spec": spec}
+
+
+def corpus() -> list[Case]:
+    """In order: each case may rely on the ones before it."""
+    from clusters.backends.kubernetes import manifests as m
+
+    instance, notebook = _spec()
+    cs = m.ClusterSettings(portal_id="contracts", ingress_domain="apps.example.com")
+    objects = [*m.namespace_objects(instance, cs),
+               m.portal_role_binding(instance, cs, account=("gpupaas-system", "gpupaas-portal")),
+               *m.vcluster_objects(instance, cs), *m.notebook_objects(notebook, cs)]
+    tenant = objects[0]["metadata"]["name"]
+    cases = [Case("discovery /api", "GET", "/api"), Case("discovery /apis", "GET", "/apis")]
+    for gv in ("/api/v1", "/apis/apps/v1", "/apis/networking.k8s.io/v1",
+               "/apis/rbac.authorization.k8s.io/v1", "/apis/authorization.k8s.io/v1"):
+        cases.append(Case(f"discovery {gv}", "GET", gv))
+    cases.append(Case("a group version not served", "GET", "/apis/cluster.x-k8s.io/v1alpha0"))
+    for obj in objects:
+        cases.append(Case(f"create {obj['kind']} {obj['metadata']['name']}", "POST",
+                          _collection(obj), obj))
+    ingress = next(o for o in objects if o["kind"] == "Ingress")
+    service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"]
+                   .startswith("nb-"))
+    cases += [
+        Case("create again: already exists", "POST", _collection(objects[1]), objects[1]),
+        Case("list a built-in kind: items carry no kind", "GET",
+             f"/api/v1/namespaces/{tenant}/resourcequotas"),
+        Case("list across namespaces by label", "GET",
+             "/apis/networking.k8s.io/v1/networkpolicies?labelSelector="
+             "gpupaas.io%2Fportal%3Dcontracts"),
+        Case("get a missing object", "GET", f"/api/v1/namespaces/{tenant}/services/nope"),
+        Case("create in a missing namespace", "POST", "/api/v1/namespaces/nowhere/configmaps",
+             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}),
+        Case("merge patch an existing object", "PATCH",
+             f"{_collection(service)}/{service['metadata']['name']}",
+             {"metadata": {"labels": {"touched": "yes"}}}, MERGE),
+    ]
+    bad_host = copy.deepcopy(ingress)
+    bad_host["metadata"]["name"] = "bad-host"
+    bad_host["spec"]["rules"][0]["host"] = "nb-x-4."
+    cases.append(Case("an Ingress host ending in a dot", "POST", _collection(bad_host), bad_host))
+    upper = copy.deepcopy(bad_host)
+    upper["spec"]["rules"][0]["host"] = "NB.example.com"
+    cases.append(Case("an Ingress host in capitals", "POST", _collection(upper), upper))
+    # A PSA-restricted namespace with a GPU quota of 2.
+    psa = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn")}
+    cases += [
+        Case("create the restricted namespace", "POST", "/api/v1/namespaces",
+             {"apiVersion": "v1", "kind": "Namespace",
+              "metadata": {"name": NS, "labels": psa}}),
+        Case("a GPU quota of 2", "POST", f"/api/v1/namespaces/{NS}/resourcequotas",
+             {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpus"},
+              "spec": {"hard": {"requests.nvidia.com/gpu": "2"}}}, wait=True),
+        Case("PSA restricted: a plain busybox pod", "POST", f"/api/v1/namespaces/{NS}/pods",
+             _pod("busybox", restricted=False)),
+        Case("PSA restricted: a compliant pod", "POST", f"/api/v1/namespaces/{NS}/pods",
+             _pod("compliant", restricted=True)),
+        Case("quota: 3 GPUs where 2 are allowed", "POST", f"/api/v1/namespaces/{NS}/pods",
+             _pod("greedy", restricted=True, gpus=3)),
+        Case("quota: 2 GPUs fit", "POST", f"/api/v1/namespaces/{NS}/pods",
+             _pod("fits", restricted=True, gpus=2), wait=True),
+        Case("quota: 1 more GPU does not", "POST", f"/api/v1/namespaces/{NS}/pods",
+             _pod("one-more", restricted=True, gpus=1)),
+    ]
+    labels = {"app": "plain"}
+    plain_template = {"metadata": {"labels": labels}, "spec": _pod("x", restricted=False)["spec"]}
+    cases += [
+        Case("a Deployment whose pods PSA refuses is accepted", "POST",
+             f"/apis/apps/v1/namespaces/{NS}/deployments",
+             {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "plain"},
+              "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                       "template": plain_template}}),
+        Case("a StatefulSet whose pods PSA refuses is accepted", "POST",
+             f"/apis/apps/v1/namespaces/{NS}/statefulsets",
+             {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "plain"},
+              "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                       "serviceName": "plain", "template": plain_template}}, wait=True),
+        Case("their controllers say FailedCreate", "GET", f"/api/v1/namespaces/{NS}/events",
+             compare=("status", "warnings")),
+    ]
+    cm = f"/api/v1/namespaces/{NS}/configmaps/applied"
+    doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}}
+    cases += [
+        Case("apply without a field manager", "PATCH", cm, {**doc, "data": {"a": "1"}}, APPLY),
+        Case("apply creates", "PATCH", f"{cm}?fieldManager=one", {**doc, "data": {"a": "1"}},
+             APPLY),
+        Case("apply again, same values", "PATCH", f"{cm}?fieldManager=one",
+             {**doc, "data": {"a": "1"}}, APPLY),
+        Case("apply by another manager: conflict", "PATCH", f"{cm}?fieldManager=two",
+             {**doc, "data": {"a": "2"}}, APPLY),
+        Case("apply by another manager, same value: shared", "PATCH", f"{cm}?fieldManager=two",
+             {**doc, "data": {"a": "1", "b": "2"}}, APPLY),
+        Case("apply by another manager, forced", "PATCH", f"{cm}?fieldManager=three&force=true",
+             {**doc, "data": {"a": "3"}}, APPLY),
+        Case("apply drops a field it owned alone", "PATCH", f"{cm}?fieldManager=two",
+             {**doc, "data": {"a": "3"}}, APPLY),
+        Case("read the applied object", "GET", cm, compare=("status", "body.data")),
+        Case("an update owns fields too", "PUT", cm,
+             {**doc, "data": {"a": "3", "c": "by-update"}}),
+        Case("apply over a field an update set", "PATCH", f"{cm}?fieldManager=one",
+             {**doc, "data": {"c": "mine"}}, APPLY),
+        Case("the RBAC escalation: portal binds cluster-admin", "POST",
+             f"/apis/rbac.authorization.k8s.io/v1/namespaces/{tenant}/rolebindings",
+             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+              "metadata": {"name": "escalate"},
+              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                          "name": "cluster-admin"},
+              "subjects": [{"kind": "User", "name": "mallory",
+                            "apiGroup": "rbac.authorization.k8s.io"}]}, as_portal=True),
+        Case("the portal reads a kube-system secret", "GET",
+             "/api/v1/namespaces/kube-system/secrets", as_portal=True),
+        Case("delete a namespace", "DELETE", f"/api/v1/namespaces/{tenant}"),
+        Case("create in a terminating namespace", "POST",
+             f"/api/v1/namespaces/{tenant}/configmaps",
+             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}}),
+        Case("delete a terminating namespace again", "DELETE", f"/api/v1/namespaces/{tenant}"),
+    ]
+    return cases
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str):
+        return GENERATED.sub(lambda m: m.group(0)[0] + "*", value)
+    return value
+
+
+def normalise(status: int, body: Any) -> Obj:
+    answer: Obj = {"status": status}
+    if not isinstance(body, dict):
+        return answer
+    answer["kind"] = body.get("kind")
+    if body.get("kind") == "Status":
+        answer["reason"] = body.get("reason", "")
+        causes = (body.get("details") or {}).get("causes") or []
+        answer["fields"] = sorted({c["field"] for c in causes if c.get("field")})
+        answer["message"] = _scrub(body.get("message", ""))
+    elif isinstance(body.get("items"), list) and body["items"]:
+        answer["items_have_kind"] = all("kind" in i for i in body["items"])
+        if body.get("kind") == "EventList":  # who warned about what, once each
+            answer["warnings"] = sorted({
+                f"{e['involvedObject'].get('kind')} {e.get('reason')}: "
+                + ("PodSecurity" if "PodSecurity" in e.get("message", "") else "")
+                for e in body["items"] if e.get("type") == "Warning"})
+    if body.get("kind") != "Status":  # events: how many retries were recorded varies
+        answer["body"] = _scrub(body) if body.get("kind") not in (
+            "APIResourceList", "APIGroupList", "EventList") else None
+    return answer
+
+
+class Client:
+    """Raw HTTP(S) to an API server, as admin or with a bearer token."""
+
+    def __init__(self, url: str, *, context: ssl.SSLContext | None = None,
+                 token: str = "") -> None:
+        self.url, self.context, self.token = url, context, token
+
+    def send(self, method: str, path: str, body: Any = None,
+             content_type: str = "application/json") -> tuple[int, Any]:
+        host, port = self.url.split("://")[1].split(":")
+        conn = (http.client.HTTPSConnection(host, int(port), context=self.context, timeout=30)
+                if self.url.startswith("https") else
+                http.client.HTTPConnection(host, int(port), timeout=30))
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw.decode(errors="replace")
+
+
+def run(admin: Client, portal: Client | None, *, settle: Any = None) -> dict[str, Obj]:
+    answers = {}
+    for case in corpus():
+        if case.as_portal and portal is None:
+            continue
+        client = portal if case.as_portal else admin
+        status, body = client.send(case.method, case.path, case.body, case.content_type)
+        answers[case.name] = normalise(status, body)
+        if case.wait and settle:
+            settle()
+    return answers
+
+
+# ---------------------------------------------------------------------------- recording
+
+
+def record_discovery(admin: Client) -> list[Obj]:
+    """Every group version's resource list, preferred version of a group first; the
+    stand-in Cluster API CRD is left out (the emulator declares its own)."""
+    documents = []
+    _, core = admin.send("GET", "/api")
+    for version in core["versions"]:
+        documents.append(admin.send("GET", f"/api/{version}")[1])
+    _, groups = admin.send("GET", "/apis")
+    for group in groups["groups"]:
+        if group["name"] == "cluster.x-k8s.io":
+            continue
+        for version in group["versions"]:
+            documents.append(admin.send("GET", f"/apis/{version['groupVersion']}")[1])
+    return [{"groupVersion": d["groupVersion"], "resources": d["resources"]}
+            for d in documents]
+
+
+def record() -> int:
+    import os
+    import time
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gpupaas.settings")
+    import django
+
+    django.setup()
+    from . import envtest
+
+    binaries = envtest.assets()
+    if binaries is None:
+        print(f"record-contracts: {envtest.skip_reason()}", file=sys.stderr)
+        return 2
+    with envtest.running(binaries) as server:
+        plane = server.plane
+        context = ssl.create_default_context(cafile=str(plane.certs["ca.crt"]))
+        context.load_cert_chain(str(plane.certs["admin.crt"]), str(plane.certs["admin.key"]))
+        admin = Client(plane.url, context=context)
+        portal_context = ssl.create_default_context(cafile=str(plane.certs["ca.crt"]))
+        portal = Client(plane.url, context=portal_context, token=server.token)
+        answers = run(admin, portal, settle=lambda: time.sleep(2))
+        discovery = record_discovery(admin)
+        version = admin.send("GET", "/version")[1]["gitVersion"]
+    FOLDER.mkdir(exist_ok=True)
+    ANSWERS.write_text(json.dumps({"server": version, "answers": answers}, indent=1,
+                                  sort_keys=True) + "\n")
+    DISCOVERY.write_text(json.dumps({"server": version, "groupVersions": discovery},
+                                    indent=1, sort_keys=True) + "\n")
+    print(f"record-contracts: {len(answers)} answers from kube-apiserver {version} in {ANSWERS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(record())
