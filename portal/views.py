@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from instances import selectors as instance_selectors
+from instances.views import shared_only
 from notebooks import selectors as notebook_selectors
 from workspaces.services import ensure_workspace
 
@@ -16,6 +17,11 @@ from .sso import sso_app
 
 
 def landing(request: HttpRequest) -> HttpResponse:
+    shared = list(instance_selectors.shared_instances(user=request.user)[:20])
+    if shared_only(request):
+        # No role: no workspace, no quota, no catalogue; just what others shared.
+        return render(request, "portal/landing_shared.html", {
+            "shared": shared, "polling": any(not i.is_final for i in shared)})
     workspace = ensure_workspace(user=request.user)
     usage = instance_selectors.quota_usage(workspace=workspace)
     counts = instance_selectors.status_counts(workspace=workspace)
@@ -30,6 +36,7 @@ def landing(request: HttpRequest) -> HttpResponse:
             "recent": recent,
             "notebooks": notebooks,
             "notebooks_total": sum(notebooks.values()),
+            "shared": shared,
             "polling": any(not i.is_final for i in recent) or "deploying" in notebooks,
         },
     )

@@ -39,6 +39,10 @@ class Command(BaseCommand):
             f"\n  {settings.SITE_NAME} is running at http://{host}:{port}\n"
             "  (web, worker and beat; press Ctrl-C to stop all of them)\n"
         ))
+        if settings.EMAIL_BACKEND.endswith("filebased.EmailBackend"):
+            # No mail server in the embedded default: invitations land here as files.
+            settings.EMAIL_FILE_PATH.mkdir(parents=True, exist_ok=True)
+            self.stdout.write(f"  Mail (invitations) is written to {settings.EMAIL_FILE_PATH}\n")
         try:
             while all(p.poll() is None for p in procs.values()):
                 time.sleep(0.5)
