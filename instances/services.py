@@ -480,13 +480,15 @@ def _deliver(pending: list[tuple[Collaborator, str]], base_url: str) -> Invitati
 
 
 def invite_collaborator(
-    *, instance: Instance, emails: list[str], by: AbstractBaseUser, base_url: str,
+    *, instance: Instance, emails: str | list[str], by: AbstractBaseUser, base_url: str,
     ip_address: str | None = None,
 ) -> Invitations:
-    """Invite one or more addresses to share the instance and mail each an accept link.
+    """Invite one or more addresses (a list, or text as typed) to share the instance and mail
+    each an accept link.
 
     All or nothing: one bad address refuses the lot, with every reason in one message. The
     mail goes out after the commit; one the server refused is reported, and Resend retries."""
+    emails = parse_emails(emails if isinstance(emails, str) else "\n".join(emails))
     pending = []
     with transaction.atomic():
         # The instance row lock serialises invitations, so two at once never pass the limit.

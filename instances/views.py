@@ -146,7 +146,7 @@ def collaborators(request: HttpRequest, pk: int) -> HttpResponse:
     if form.is_valid():
         try:
             invitations = services.invite_collaborator(
-                instance=instance, emails=services.parse_emails(form.cleaned_data["emails"]),
+                instance=instance, emails=form.cleaned_data["emails"],
                 by=request.user, base_url=base_url(request), ip_address=client_ip(request))
         except ValidationError as exc:
             form.add_error(None, exc)
