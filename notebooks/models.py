@@ -102,6 +102,11 @@ class Notebook(models.Model):
         return decrypt(self.token_encrypted)
 
     @property
+    def token_renewed(self) -> bool:
+        """The token was replaced after deployment (someone lost access to the instance)."""
+        return self.token_issued_at - self.created_at > timezone.timedelta(seconds=1)
+
+    @property
     def is_final(self) -> bool:
         return self.status in self.FINAL_STATES
 

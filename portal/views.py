@@ -20,8 +20,9 @@ def landing(request: HttpRequest) -> HttpResponse:
     shared = list(instance_selectors.shared_instances(user=request.user)[:20])
     if shared_only(request):
         # No role: no workspace, no quota, no catalogue; just what others shared.
-        return render(request, "portal/landing_shared.html", {
-            "shared": shared, "polling": any(not i.is_final for i in shared)})
+        return render(request, "portal/landing.html", {
+            "shared": shared, "shared_only": True,
+            "polling": any(not i.is_final for i in shared)})
     workspace = ensure_workspace(user=request.user)
     usage = instance_selectors.quota_usage(workspace=workspace)
     counts = instance_selectors.status_counts(workspace=workspace)

@@ -300,8 +300,9 @@ def test_removal_ends_access_on_the_next_request_and_renews_notebook_tokens(
     minimal = NotebookProfile.objects.get(name="minimal")
     notebook = notebook_services.deploy_notebook(instance=shared, name="nb", profile=minimal,
                                                  by=alice)
-    Notebook.objects.filter(pk=notebook.pk).update(status=Notebook.Status.RUNNING,
-                                                   step="reachable")
+    Notebook.objects.filter(pk=notebook.pk).update(
+        status=Notebook.Status.RUNNING, step="reachable",
+        created_at=timezone.now() - timezone.timedelta(hours=1))
     old_token = notebook.token
     client.force_login(carol)
     assert client.get(reverse("instances:detail", args=[shared.pk])).status_code == 200
@@ -320,6 +321,11 @@ def test_removal_ends_access_on_the_next_request_and_renews_notebook_tokens(
     assert notebook.token != old_token and notebook.status == Notebook.Status.DEPLOYING
     assert "Restarting with a new token (test)" in notebook.status_message
     assert notebook_services.rotate_notebook_tokens(instance_id=shared.pk) == 0  # done once
+    alice_page = client.get(reverse("notebooks:detail", args=[notebook.pk]))  # carol's: 404
+    assert alice_page.status_code == 404
+    client.force_login(alice)
+    alice_page = client.get(reverse("notebooks:detail", args=[notebook.pk])).content.decode()
+    assert "the old token no longer works" in alice_page
     assert AuditEvent.objects.filter(action="collaborator.removed", actor=alice).exists()
     assert AuditEvent.objects.filter(action="notebook.token_rotated").exists()
 
@@ -417,3 +423,14 @@ def test_bob_gets_404_on_every_collaborator_url(client, alice, bob, carol, share
     url = reverse("instances:collaborator_remove", args=[bobs.pk, accepted.pk])
     assert client.post(url).status_code == 404
     assert Collaborator.objects.get(pk=accepted.pk).status == Collaborator.Status.ACCEPTED
+
+
+def test_the_embedded_default_writes_the_mail_where_the_operator_reads_it(
+    alice, shared, settings, tmp_path
+):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    settings.EMAIL_FILE_PATH = tmp_path / "mail"
+    invite(shared, alice, "carol@example.com")
+    [written] = list((tmp_path / "mail").iterdir())
+    assert "To: carol@example.com" in written.read_text()
+    assert f"{BASE}invitations/" in written.read_text()

@@ -33,16 +33,16 @@ class Command(BaseCommand):
                 "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
             ],
         }
+        if settings.EMAIL_BACKEND.endswith("filebased.EmailBackend"):
+            # No mail server in the embedded default: invitations land here as files.
+            settings.EMAIL_FILE_PATH.mkdir(parents=True, exist_ok=True)
+            self.stdout.write(f"  Mail (invitations) is written to {settings.EMAIL_FILE_PATH}")
         signal.signal(signal.SIGTERM, stop_like_ctrl_c)
         procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
         self.stdout.write(self.style.SUCCESS(
             f"\n  {settings.SITE_NAME} is running at http://{host}:{port}\n"
             "  (web, worker and beat; press Ctrl-C to stop all of them)\n"
         ))
-        if settings.EMAIL_BACKEND.endswith("filebased.EmailBackend"):
-            # No mail server in the embedded default: invitations land here as files.
-            settings.EMAIL_FILE_PATH.mkdir(parents=True, exist_ok=True)
-            self.stdout.write(f"  Mail (invitations) is written to {settings.EMAIL_FILE_PATH}\n")
         try:
             while all(p.poll() is None for p in procs.values()):
                 time.sleep(0.5)
