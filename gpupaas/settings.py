@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "allauth.account",
     "allauth.socialaccount",
     "allauth.socialaccount.providers.openid_connect",
+    "allauth.mfa",
     "portal",
     "workspaces",
     "clusters",
@@ -168,6 +169,10 @@ OIDC_REQUIRE_VERIFIED_EMAIL = env_bool("OIDC_REQUIRE_VERIFIED_EMAIL", True)
 OIDC_LINK_BY_VERIFIED_EMAIL = env_bool("OIDC_LINK_BY_VERIFIED_EMAIL", False)
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = OIDC_LINK_BY_VERIFIED_EMAIL
 SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = OIDC_LINK_BY_VERIFIED_EMAIL
+# A second factor for password accounts (guests, and administrators' break-glass path):
+# an authenticator app (TOTP), with recovery codes.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = SITE_NAME
 # Password sign-in: the administrators' break-glass path when an IdP is configured.
 PASSWORD_LOGIN_ENABLED = env_bool("PASSWORD_LOGIN_ENABLED", True)
 SOCIALACCOUNT_PROVIDERS = {

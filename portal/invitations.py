@@ -111,6 +111,8 @@ def invitation_guest(request: HttpRequest, token: str) -> HttpResponse:
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome! {collaborator.instance.name} is shared with "
-                             "you. Next time, sign in with your email address and password.")
+                             "you. Next time, sign in with your email address and password "
+                             f"at {reverse('account_login')}?local; you can add a second "
+                             "factor from your home page.")
             return redirect("instances:detail", pk=collaborator.instance_id)
     return _page(request, collaborator, status=400, guest_form=form)

@@ -1,6 +1,7 @@
 from urllib.parse import urlencode
 
 from allauth.account.views import LoginView
+from allauth.mfa.models import Authenticator
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse
@@ -11,6 +12,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from instances import selectors as instance_selectors
 from instances.views import shared_only
 from notebooks import selectors as notebook_selectors
+from workspaces.models import GuestAccount
 from workspaces.services import ensure_workspace
 
 from .sso import sso_app
@@ -22,7 +24,10 @@ def landing(request: HttpRequest) -> HttpResponse:
         # No role: no workspace, no quota, no catalogue; just what others shared.
         return render(request, "portal/landing.html", {
             "shared": shared, "shared_only": True,
-            "polling": any(not i.is_final for i in shared)})
+            "polling": any(not i.is_final for i in shared),
+            # Guests sign in with a password: offer them a second factor until they have one.
+            "offer_mfa": GuestAccount.objects.filter(user=request.user).exists()
+            and not Authenticator.objects.filter(user=request.user).exists()})
     workspace = ensure_workspace(user=request.user)
     usage = instance_selectors.quota_usage(workspace=workspace)
     counts = instance_selectors.status_counts(workspace=workspace)

@@ -434,3 +434,59 @@ def test_the_embedded_default_writes_the_mail_where_the_operator_reads_it(
     [written] = list((tmp_path / "mail").iterdir())
     assert "To: carol@example.com" in written.read_text()
     assert f"{BASE}invitations/" in written.read_text()
+
+
+def test_a_new_notebook_token_rolls_the_kubernetes_deployment_without_revealing_it():
+    """A changed Secret reaches no running pod; a changed pod template restarts the server."""
+    from clusters.backends.kubernetes import manifests as m
+
+    from .test_kube_manifests import TLS, notebook
+
+    def template(token: str) -> dict:
+        secret, deployment, _, _ = m.notebook_objects(notebook(token=token), TLS)
+        assert secret["stringData"] == {"token": token}
+        return deployment["spec"]["template"]["metadata"]["annotations"]
+
+    before, after = template("old-token-known-to-carol"), template("a-fresh-one")
+    assert before != after
+    assert "old-token-known-to-carol" not in str(before)
+    assert template("a-fresh-one") == after  # the same token changes nothing: no restart
+
+
+def test_a_guest_signs_in_again_with_a_password_and_a_second_factor(client, alice, shared):
+    from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
+    from allauth.socialaccount.models import SocialApp
+
+    invite(shared, alice, "olga@partner.example")
+    client.post(f"/invitations/{link_token(mail.outbox[0])}/guest/", GUEST_PASSWORD)
+    home = client.get("/").content.decode()
+    assert "Protect your guest account" in home
+
+    # Turning the second factor on asks for the password again, then for a code.
+    activate = reverse("mfa_activate_totp")
+    reauth = client.get(activate)
+    assert reauth.status_code == 302 and "reauthenticate" in reauth["Location"]
+    client.post(reauth["Location"], {"password": GUEST_PASSWORD["password1"]})
+    assert client.get(activate).status_code == 200
+    secret = client.session["mfa.totp.secret"]
+
+    def code() -> str:
+        return format_hotp_value(hotp_value(secret, int(timezone.now().timestamp()) // 30))
+
+    assert client.post(activate, {"code": code()}).status_code == 302
+    assert "Protect your guest account" not in client.get("/").content.decode()
+
+    # With single sign-on on, passwords stay open to guests (and administrators), and the
+    # second factor is asked for after the password.
+    SocialApp.objects.create(provider="openid_connect", provider_id="sso", name="Company SSO",
+                             client_id="portal", secret="x",
+                             settings={"server_url": "http://127.0.0.1:9"})
+    client.logout()
+    signed_in = client.post("/accounts/login/?local", {
+        "login": "olga@partner.example", "password": GUEST_PASSWORD["password1"]})
+    assert signed_in.status_code == 302 and "/accounts/2fa/authenticate/" in signed_in["Location"]
+    assert client.get(reverse("instances:detail", args=[shared.pk])).status_code == 302
+    client.post(signed_in["Location"], {"code": "000000"})
+    assert client.get(reverse("instances:detail", args=[shared.pk])).status_code == 302
+    client.post(signed_in["Location"], {"code": code()})
+    assert client.get(reverse("instances:detail", args=[shared.pk])).status_code == 200

@@ -199,7 +199,7 @@ def olivias_lab(sso, celery_worker_process, catalogue):  # noqa: F811
     notebook = notebook_services.deploy_notebook(
         instance=instance, name="olivias-nb", by=olivia,
         profile=NotebookProfile.objects.get(name="minimal"))
-    wait_for(lambda: Notebook.objects.get(pk=notebook.pk).status == "running", timeout=90)
+    wait_for(lambda: Notebook.objects.get(pk=notebook.pk).status == "running", timeout=180)
     return instance, Notebook.objects.get(pk=notebook.pk)
 
 
