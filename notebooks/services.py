@@ -2,6 +2,7 @@
 
 import logging
 import secrets
+import smtplib
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -116,9 +118,10 @@ def rotate_notebook_tokens(*, instance_id: int, reason: str = "") -> int:
     Level-triggered (the reconcile pass calls it too), so a lost message only delays it."""
     from .tasks import advance_notebook_task
 
-    rotated = 0
+    rotated, restarted = 0, []
     with transaction.atomic():
-        instance = Instance.objects.filter(pk=instance_id).select_related("workspace").first()
+        instance = (Instance.objects.filter(pk=instance_id)
+                    .select_related("workspace__owner").first())
         if instance is None or instance.access_revoked_at is None:
             return 0
         stale = (Notebook.objects.select_for_update()
@@ -141,7 +144,26 @@ def rotate_notebook_tokens(*, instance_id: int, reason: str = "") -> int:
                 transaction.on_commit(
                     lambda pk=notebook.pk: advance_notebook_task.delay(pk))
             rotated += 1
+            restarted.extend([notebook.name] if restart else [])
+    if restarted:
+        _tell_owner(instance, restarted, reason)
     return rotated
+
+
+def _tell_owner(instance: Instance, names: list[str], reason: str) -> None:
+    """Mail the owner that their notebooks restarted with new tokens, and why."""
+    owner = instance.workspace.owner
+    if not owner.email:
+        return
+    listed = ", ".join(names)
+    body = (f"Your notebooks {listed} on the instance {instance.name} restarted with new "
+            f"tokens{f' because {reason}' if reason else ''}: whoever lost access knew the "
+            "old ones, which no longer work. Open them from the portal to get the new tokens.\n")
+    try:
+        send_mail(f"Notebooks on {instance.name} restarted with new tokens", body,
+                  settings.DEFAULT_FROM_EMAIL, [owner.email])
+    except (OSError, smtplib.SMTPException) as exc:
+        log.warning("could not tell %s about renewed tokens: %s", owner.email, exc)
 
 
 # --- worker side ---------------------------------------------------------------------------

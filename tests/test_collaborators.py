@@ -320,6 +320,9 @@ def test_removal_ends_access_on_the_next_request_and_renews_notebook_tokens(
     notebook.refresh_from_db()
     assert notebook.token != old_token and notebook.status == Notebook.Status.DEPLOYING
     assert "Restarting with a new token (test)" in notebook.status_message
+    told = mail.outbox[-1]
+    assert told.to == ["alice@example.com"]
+    assert "Your notebooks nb on the instance shared-model restarted with new tokens" in told.body
     assert notebook_services.rotate_notebook_tokens(instance_id=shared.pk) == 0  # done once
     alice_page = client.get(reverse("notebooks:detail", args=[notebook.pk]))  # carol's: 404
     assert alice_page.status_code == 404
