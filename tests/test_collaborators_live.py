@@ -77,6 +77,19 @@ def shared(alice, catalogue):
     return services.provision_instance(instance_id=instance.pk)
 
 
+def invite_and_open_as(client, owner, instance, smtp, portal, username: str,  # noqa: F811
+                      ) -> tuple[str, requests.Session, requests.Response]:
+    """The owner invites carol@corp.example; `username` opens the mailed link and signs in
+    at the IdP. Returns the link, their session and the page they land on."""
+    client.force_login(owner)
+    client.post(reverse("instances:collaborators", args=[instance.pk]),
+                {"emails": "carol@corp.example"})
+    link = smtp.link("carol@corp.example")
+    session, page = sign_in(f"{portal.url}/accounts/login/?next={link[len(portal.url):]}",
+                            username)
+    return link, session, page
+
+
 def accept(session: requests.Session, page: requests.Response) -> requests.Response:
     return session.post(page.url, data={"csrfmiddlewaretoken": session.cookies["csrftoken"]},
                         headers={"Referer": page.url}, timeout=10)
@@ -87,19 +100,13 @@ def test_the_invitee_gets_the_mail_signs_in_at_the_idp_and_sees_the_instance(
 ):
     sso.set_user("carol", password="pw", email="Carol@Corp.example", email_verified=True,
                  groups=[])
-    client.force_login(alice)
-    client.post(reverse("instances:collaborators", args=[shared.pk]),
-                {"emails": "carol@corp.example"})
+    link, session, page = invite_and_open_as(client, alice, shared, smtp, portal, "carol")
 
-    link = smtp.link("carol@corp.example")
     assert link.startswith(portal.url + "/invitations/")
     message = smtp.messages[-1]
     assert "shared-model" in message["Subject"] and "alice" in message["Subject"]
-
     signed_out = requests.get(link, timeout=10)
     assert "Invitation to shared-model" in signed_out.text
-    session, page = sign_in(f"{portal.url}/accounts/login/?next={link[len(portal.url):]}",
-                            "carol")
     assert page.url == link and "Accept invitation" in page.text
     landed = accept(session, page)
     assert landed.url == f"{portal.url}/instances/{shared.pk}/"
@@ -119,13 +126,7 @@ def test_another_idp_user_with_the_link_is_told_whom_it_was_for(
     sso, portal, smtp, client, alice, shared  # noqa: F811
 ):
     sso.set_user("mallory", password="pw", email="mallory@corp.example", groups=["gpu-users"])
-    client.force_login(alice)
-    client.post(reverse("instances:collaborators", args=[shared.pk]),
-                {"emails": "carol@corp.example"})
-    link = smtp.link("carol@corp.example")
-
-    session, page = sign_in(f"{portal.url}/accounts/login/?next={link[len(portal.url):]}",
-                            "mallory")
+    _, session, page = invite_and_open_as(client, alice, shared, smtp, portal, "mallory")
     assert "This invitation is for <strong>carol@corp.example</strong>" in page.text
     assert "mallory@corp.example is the one your identity provider confirmed" in page.text
     refused = accept(session, page)
@@ -140,12 +141,7 @@ def test_an_address_the_idp_does_not_verify_is_not_trusted(
     settings.OIDC_REQUIRE_VERIFIED_EMAIL = False  # sign-in allowed, but the address unproven
     sso.set_user("carol", password="pw", email="carol@corp.example", email_verified=False,
                  groups=["gpu-users"])
-    client.force_login(alice)
-    client.post(reverse("instances:collaborators", args=[shared.pk]),
-                {"emails": "carol@corp.example"})
-    link = smtp.link("carol@corp.example")
-    session, page = sign_in(f"{portal.url}/accounts/login/?next={link[len(portal.url):]}",
-                            "carol")
+    _, session, page = invite_and_open_as(client, alice, shared, smtp, portal, "carol")
     assert "your identity provider has not confirmed an address for you" in page.text
     assert accept(session, page).status_code == 403
     assert Collaborator.objects.get().status == Collaborator.Status.PENDING
