@@ -35,7 +35,7 @@ def _shared_with(user: AbstractBaseUser) -> Exists:
 
 def accessible_instances(*, user: AbstractBaseUser) -> QuerySet[Instance]:
     """Instances the user owns or collaborates on: the same access either way."""
-    if not user.is_authenticated:
+    if not user.is_authenticated or not user.is_active:
         return Instance.objects.none()
     return Instance.objects.filter(Q(workspace__owner=user) | _shared_with(user))
 
