@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "allauth.account",
     "allauth.socialaccount",
     "allauth.socialaccount.providers.openid_connect",
+    "allauth.mfa",
     "portal",
     "workspaces",
     "clusters",
@@ -169,6 +170,10 @@ OIDC_LINK_BY_VERIFIED_EMAIL = env_bool("OIDC_LINK_BY_VERIFIED_EMAIL", False)
 # Linking is done by portal.sso (never to an administrator's account, never wiping a
 # password), not by allauth's email authentication.
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+# A second factor for password accounts (guests, and administrators' break-glass path):
+# an authenticator app (TOTP), with recovery codes.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = SITE_NAME
 # Password sign-in: the administrators' break-glass path when an IdP is configured.
 PASSWORD_LOGIN_ENABLED = env_bool("PASSWORD_LOGIN_ENABLED", True)
 SOCIALACCOUNT_PROVIDERS = {
@@ -208,8 +213,25 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise expects it, even wh
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
-EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# --- Email (invitations) ------------------------------------------------------------------
+# Production: an SMTP relay (EMAIL_HOST). Embedded default: each mail is a file under
+# var/mail, where the person who ran `make run` reads it (runportal prints the path).
+EMAIL_HOST = env_str("EMAIL_HOST")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", EMAIL_PORT == 587)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT_S", 10)
+EMAIL_FILE_PATH = Path(env_str("EMAIL_FILE_PATH") or VAR_DIR / "mail").resolve()
+EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
+    else "django.core.mail.backends.filebased.EmailBackend"
+)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "portal@localhost")
+# The portal's public address, for links in mail (e.g. https://gpu.example.com). Unset: the
+# address the inviting request came to.
+PORTAL_URL = env_str("PORTAL_URL").rstrip("/")
 
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY") else None
@@ -310,6 +332,14 @@ RECONCILE_STUCK_AFTER_S = env_int("RECONCILE_STUCK_AFTER_S", 60)
 # A notebook not reachable this long after it was created is failed (image pulls can be slow).
 NOTEBOOK_DEPLOY_TIMEOUT_S = env_int("NOTEBOOK_DEPLOY_TIMEOUT_S", 900)
 INSTANCES_PER_PAGE = env_int("INSTANCES_PER_PAGE", 20)
+# Collaborators: people (invited or accepted) one instance may be shared with, and how long
+# an invitation link stays valid.
+COLLABORATORS_PER_INSTANCE = env_int("COLLABORATORS_PER_INSTANCE", 20)
+INVITATION_TTL_DAYS = env_int("INVITATION_TTL_DAYS", 7)
+# People outside the identity provider may set up a guest account from an invitation link
+# (a password; they see only what is shared with them). Optionally only for these domains.
+GUEST_ACCOUNTS_ENABLED = env_bool("GUEST_ACCOUNTS_ENABLED", True)
+GUEST_EMAIL_DOMAINS = [d.lower().lstrip("@") for d in env_list("GUEST_EMAIL_DOMAINS")]
 
 # Local backend: where instance sandboxes live, and how many simulated GPU slots a machine
 # without NVIDIA GPUs offers.

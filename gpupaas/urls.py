@@ -2,6 +2,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
+from portal.invitations import invitation, invitation_guest
 from portal.views import admin_overview, email_managed, login, social_signup
 
 admin.site.site_header = f"{settings.SITE_NAME} administration"
@@ -11,6 +12,8 @@ urlpatterns = [
     path("", include("portal.urls")),
     path("instances/", include("instances.urls")),
     path("notebooks/", include("notebooks.urls")),
+    path("invitations/<str:token>/", invitation, name="invitation"),
+    path("invitations/<str:token>/guest/", invitation_guest, name="invitation_guest"),
     # Before allauth's own: sign-in goes to the identity provider when one is configured.
     path("accounts/login/", login, name="account_login"),
     path("accounts/email/", email_managed, name="account_email"),

@@ -9,7 +9,7 @@ from notebooks.selectors import cores
 from workspaces.services import client_ip
 
 from . import services
-from .models import ComputeProfile, Instance
+from .models import Collaborator, ComputeProfile, Instance
 
 # Fields that mean something only on a Kubernetes cluster; local profiles do not show them.
 KUBERNETES_ONLY = ["kind", "cluster_class", "kubernetes_version", "worker_class", "gpus_per_node"]
@@ -75,8 +75,26 @@ class ComputeProfileAdmin(admin.ModelAdmin):
         self.message_user(request, f"{queryset.update(published=False)} profile(s) unpublished.")
 
 
+class CollaboratorInline(admin.TabularInline):
+    """Who the instance is shared with; changed by its owner and collaborators, not here."""
+
+    model = Collaborator
+    fields = ["email", "status", "user", "guest", "invited_by", "expires_at", "accepted_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    @admin.display(boolean=True)
+    def guest(self, collaborator: Collaborator) -> bool:
+        return bool(collaborator.user_id) and hasattr(collaborator.user, "guest_account")
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
 @admin.register(Instance)
 class InstanceAdmin(admin.ModelAdmin):
+    inlines = [CollaboratorInline]
     list_display = ["name", "workspace", "profile", "status", "status_message", "created_at"]
     list_filter = ["status", "cluster", "kind"]
     search_fields = ["name", "workspace__owner__username"]

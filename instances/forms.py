@@ -28,3 +28,12 @@ class LaunchForm(forms.Form):
 
     def clean_name(self) -> str:
         return self.cleaned_data["name"].strip()
+
+
+class InviteForm(forms.Form):
+    emails = forms.CharField(
+        label="Invite by email", max_length=5000,
+        help_text="One or more addresses, separated by commas or new lines.",
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "carol@example.com"}),
+        error_messages={"required": "Enter at least one email address."},
+    )

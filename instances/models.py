@@ -102,6 +102,9 @@ class Instance(models.Model):
     # Admin credentials of a virtual or dedicated cluster: for the portal's own use (proxy,
     # notebooks), never shown to users.
     kubeconfig_encrypted = models.TextField(blank=True, editable=False)
+    # When someone last lost access (a collaborator removed): credentials they could have
+    # seen before then (notebook tokens) are renewed.
+    access_revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     running_since = models.DateTimeField(null=True, blank=True)
@@ -158,3 +161,55 @@ class Instance(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status != self.Status.DELETED
+
+
+class Collaborator(models.Model):
+    """An email invited to share one instance: a pending invitation until someone proves the
+    address and accepts it, then a collaborator with the owner's access until removed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Invited"
+        ACCEPTED = "accepted", "Collaborator"
+        REVOKED = "revoked", "Invitation revoked"
+        REMOVED = "removed", "Removed"
+
+    LIVE_STATES = (Status.PENDING, Status.ACCEPTED)
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="collaborators")
+    email = models.EmailField(help_text="Stored in lower case; matched case-insensitively.")
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+        related_name="collaborations", help_text="Who accepted the invitation.",
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    # Only a hash of the accept link's secret is kept: a database leak opens no instance.
+    token_hash = models.CharField(max_length=64, editable=False)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance", "email"], condition=Q(status__in=["pending", "accepted"]),
+                name="unique_live_collaborator_email_per_instance",
+            ),
+            models.UniqueConstraint(
+                fields=["instance", "user"], condition=Q(status="accepted"),
+                name="unique_accepted_collaborator_per_instance",
+            ),
+        ]
+        indexes = [models.Index(fields=["user", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.email} on {self.instance}"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.status == self.Status.PENDING and self.expires_at <= timezone.now()

@@ -2,7 +2,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models import (
+    Count,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
 from django.db.models.functions import Coalesce
 
 from clusters.backends import get_backend
@@ -10,7 +20,7 @@ from clusters.models import Cluster, GpuAllocation
 from workspaces.models import Workspace
 from workspaces.selectors import effective_quota
 
-from .models import ComputeProfile, Instance
+from .models import Collaborator, ComputeProfile, Instance
 
 
 def launchable_profiles(*, user: AbstractBaseUser) -> QuerySet[ComputeProfile]:
@@ -29,6 +39,53 @@ def live_instances(*, owner: AbstractBaseUser) -> QuerySet[Instance]:
         .exclude(status=Instance.Status.DELETED)
         .select_related("profile")
         .only("id", "name", "status", "created_at", "profile__display_name")
+    )
+
+
+def _shared_with(user: AbstractBaseUser) -> Exists:
+    return Exists(Collaborator.objects.filter(
+        instance=OuterRef("pk"), user=user, status=Collaborator.Status.ACCEPTED))
+
+
+def accessible_instances(*, user: AbstractBaseUser) -> QuerySet[Instance]:
+    """Instances the user owns or collaborates on: the same access either way."""
+    if not user.is_authenticated or not user.is_active:
+        return Instance.objects.none()
+    return Instance.objects.filter(Q(workspace__owner=user) | _shared_with(user))
+
+
+def instance_for_user(*, user: AbstractBaseUser, pk: int) -> Instance | None:
+    """The one access decision for an instance (its pages, notebooks, remote access): the
+    instance when the user owns it or is an accepted collaborator, else None. Read on every
+    call, so a removed collaborator is refused by the very next request."""
+    return (
+        accessible_instances(user=user)
+        .select_related("profile", "cluster", "launched_by", "workspace__owner")
+        .filter(pk=pk).first()
+    )
+
+
+def shared_instances(*, user: AbstractBaseUser) -> QuerySet[Instance]:
+    """Live instances others shared with the user, with their owners, as lists show them."""
+    return (
+        Instance.objects.filter(_shared_with(user))
+        .exclude(status=Instance.Status.DELETED)
+        .select_related("profile", "workspace__owner")
+        .only("id", "name", "status", "created_at", "profile__display_name",
+              "workspace__owner__username", "workspace__owner__first_name",
+              "workspace__owner__last_name", "workspace__owner__email")
+    )
+
+
+def has_shared_instances(*, user: AbstractBaseUser) -> bool:
+    return shared_instances(user=user).exists()
+
+
+def collaborators_of(*, instance: Instance) -> list[Collaborator]:
+    """Pending invitations and collaborators, oldest first, with who they are."""
+    return list(
+        Collaborator.objects.filter(instance=instance, status__in=Collaborator.LIVE_STATES)
+        .select_related("user__guest_account", "invited_by")
     )
 
 

@@ -9,4 +9,11 @@ urlpatterns = [
     path("<int:pk>/", views.instance_detail, name="detail"),
     path("<int:pk>/status/", views.instance_status, name="status"),
     path("<int:pk>/delete/", views.instance_delete, name="delete"),
+    path("<int:pk>/collaborators/", views.collaborators, name="collaborators"),
+    path("<int:pk>/collaborators/<int:collaborator_pk>/resend/", views.collaborator_resend,
+         name="collaborator_resend"),
+    path("<int:pk>/collaborators/<int:collaborator_pk>/revoke/", views.collaborator_revoke,
+         name="collaborator_revoke"),
+    path("<int:pk>/collaborators/<int:collaborator_pk>/remove/", views.collaborator_remove,
+         name="collaborator_remove"),
 ]

@@ -6,9 +6,9 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
 from clusters.backends import get_backend
 from clusters.backends.local import machine_limits
@@ -16,18 +16,28 @@ from clusters.models import Cluster
 from workspaces.services import client_ip, ensure_workspace
 
 from . import selectors, services
-from .forms import LaunchForm
-from .models import ComputeProfile, Instance
+from .forms import InviteForm, LaunchForm
+from .models import Collaborator, ComputeProfile, Instance
 
 
 def get_instance_for_user(request: HttpRequest, pk: int) -> Instance:
-    """The user's own instance, or 404: another user's instance is never revealed."""
-    workspace = ensure_workspace(user=request.user)
-    return get_object_or_404(
-        Instance.objects.select_related("profile", "cluster", "launched_by"),
-        pk=pk,
-        workspace=workspace,
-    )
+    """The instance when the user owns it or collaborates on it, else 404: someone else's
+    instance is never revealed."""
+    instance = selectors.instance_for_user(user=request.user, pk=pk)
+    if instance is None:
+        raise Http404("No such instance.")
+    return instance
+
+
+def shared_only(request: HttpRequest) -> bool:
+    """A person whose only access is what others shared (no role): no workspace, no quota,
+    no catalogue. Set by the portal's role middleware."""
+    return getattr(request, "shared_only", False)
+
+
+def base_url(request: HttpRequest) -> str:
+    """Where links in mail point: the configured public address, else this request's."""
+    return settings.PORTAL_URL or request.build_absolute_uri("/")
 
 
 @dataclass(frozen=True)
@@ -64,14 +74,18 @@ def instance_list(request: HttpRequest) -> HttpResponse:
     paginator = Paginator(selectors.live_instances(owner=request.user), settings.INSTANCES_PER_PAGE)
     page = paginator.get_page(request.GET.get("page"))
     polling = any(not i.is_final for i in page.object_list)
-    template = "instances/partials/table.html" if request.headers.get("HX-Request") else (
-        "instances/list.html"
-    )
-    return render(request, template, {"page": page, "polling": polling})
+    if request.headers.get("HX-Request"):
+        return render(request, "instances/partials/table.html", {"page": page, "polling": polling})
+    shared = list(selectors.shared_instances(user=request.user)[:200])
+    return render(request, "instances/list.html", {
+        "page": page, "polling": polling, "shared": shared, "shared_only": shared_only(request),
+    })
 
 
 @require_http_methods(["GET", "POST"])
 def instance_new(request: HttpRequest) -> HttpResponse:
+    if shared_only(request):
+        return render(request, "portal/no_access.html", status=403)
     workspace = ensure_workspace(user=request.user)
     profiles = selectors.launchable_profiles(user=request.user)
     form = LaunchForm(request.POST or None, profiles=profiles)
@@ -109,12 +123,7 @@ def instance_new(request: HttpRequest) -> HttpResponse:
 
 def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
     instance = get_instance_for_user(request, pk)
-    limits = None
-    if instance.cluster.backend == Cluster.Backend.LOCAL:
-        # What the sandbox may really use: the size's figures capped at this machine's.
-        cpu, memory_gib = machine_limits().cap(instance.cpu, instance.memory_gib)
-        limits = {"cpu": cpu, "memory_gib": memory_gib}
-    return render(request, "instances/detail.html", {"instance": instance, "limits": limits})
+    return render(request, "instances/detail.html", _detail_context(instance))
 
 
 def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
@@ -136,3 +145,98 @@ def instance_delete(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(request, f"You asked to delete {instance.name}.")
         return redirect("instances:list")
     return render(request, "instances/delete.html", {"instance": instance})
+
+
+# --- collaborators: everyone with access to the instance may manage them -----------------
+
+
+def _detail_context(instance: Instance, form: InviteForm | None = None) -> dict:
+    limits = None
+    if instance.cluster.backend == Cluster.Backend.LOCAL:
+        # What the sandbox may really use: the size's figures capped at this machine's.
+        cpu, memory_gib = machine_limits().cap(instance.cpu, instance.memory_gib)
+        limits = {"cpu": cpu, "memory_gib": memory_gib}
+    return {
+        "instance": instance,
+        "limits": limits,
+        "collaborators": selectors.collaborators_of(instance=instance),
+        "invite_form": form or InviteForm(),
+        "collaborator_limit": settings.COLLABORATORS_PER_INSTANCE,
+    }
+
+
+def _back_to_instance(request: HttpRequest, instance: Instance, form: InviteForm | None = None
+                      ) -> HttpResponse:
+    """After a change, back to the instance page; with a refused form, the page shows it."""
+    if form is None:
+        return redirect("instances:detail", pk=instance.pk)
+    return render(request, "instances/detail.html", _detail_context(instance, form),
+                  status=400)
+
+
+def _report(request: HttpRequest, invitations: services.Invitations) -> None:
+    if invitations.sent:
+        messages.success(request, "Invitation sent to " + ", ".join(
+            c.email for c in invitations.sent) + ".")
+    if invitations.unsent:
+        messages.warning(request, "The mail server refused the invitation to " + ", ".join(
+            c.email for c in invitations.unsent) + ". Use Resend to try again.")
+
+
+@require_POST
+def collaborators(request: HttpRequest, pk: int) -> HttpResponse:
+    """Invite the addresses typed in the instance page's collaborators card."""
+    instance = get_instance_for_user(request, pk)
+    form = InviteForm(request.POST)
+    if form.is_valid():
+        try:
+            invitations = services.invite_collaborator(
+                instance=instance, emails=form.cleaned_data["emails"],
+                by=request.user, base_url=base_url(request), ip_address=client_ip(request))
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            _report(request, invitations)
+            return _back_to_instance(request, instance)
+    return _back_to_instance(request, instance, form)
+
+
+def _collaborator_for(request: HttpRequest, pk: int, collaborator_pk: int) -> Collaborator:
+    instance = get_instance_for_user(request, pk)
+    return get_object_or_404(
+        Collaborator.objects.select_related("instance__workspace"),
+        pk=collaborator_pk, instance=instance, status__in=Collaborator.LIVE_STATES)
+
+
+@require_POST
+def collaborator_resend(request: HttpRequest, pk: int, collaborator_pk: int) -> HttpResponse:
+    collaborator = _collaborator_for(request, pk, collaborator_pk)
+    try:
+        _report(request, services.resend_invitation(
+            collaborator=collaborator, by=request.user, base_url=base_url(request),
+            ip_address=client_ip(request)))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return _back_to_instance(request, collaborator.instance)
+
+
+@require_POST
+def collaborator_revoke(request: HttpRequest, pk: int, collaborator_pk: int) -> HttpResponse:
+    collaborator = _collaborator_for(request, pk, collaborator_pk)
+    if services.revoke_invitation(collaborator=collaborator, by=request.user,
+                                  ip_address=client_ip(request)):
+        messages.info(request, f"The invitation to {collaborator.email} was revoked.")
+    return _back_to_instance(request, collaborator.instance)
+
+
+@require_POST
+def collaborator_remove(request: HttpRequest, pk: int, collaborator_pk: int) -> HttpResponse:
+    collaborator = _collaborator_for(request, pk, collaborator_pk)
+    if services.remove_collaborator(collaborator=collaborator, by=request.user,
+                                    ip_address=client_ip(request)):
+        messages.info(request, (
+            f"{collaborator.email} no longer has access to {collaborator.instance.name}. Its "
+            "notebooks restart with new tokens, since they knew the old ones."))
+    if collaborator.user_id == request.user.pk:  # left it themselves: the page is gone too
+        return redirect("instances:list")
+    return _back_to_instance(request, collaborator.instance)

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.core.validators import MaxLengthValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from clusters.crypto import decrypt
 from instances.models import instance_name_validator
@@ -72,6 +73,8 @@ class Notebook(models.Model):
     # The credential users open the notebook with; encrypted at rest, shown only to those
     # with access to the instance.
     token_encrypted = models.TextField(editable=False)
+    # Renewed when someone loses access to the instance, since they could have seen it.
+    token_issued_at = models.DateTimeField(default=timezone.now, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     running_since = models.DateTimeField(null=True, blank=True)
@@ -103,6 +106,11 @@ class Notebook(models.Model):
         """The status message, unless it only repeats the badge ("Running" beside "Running.")."""
         message = self.status_message.strip()
         return "" if message.rstrip(".").lower() == self.status.lower() else message
+
+    @property
+    def token_renewed(self) -> bool:
+        """The token was replaced after deployment (someone lost access to the instance)."""
+        return self.token_issued_at - self.created_at > timezone.timedelta(seconds=1)
 
     @property
     def is_final(self) -> bool:

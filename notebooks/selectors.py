@@ -5,13 +5,15 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, QuerySet, Sum
 
 from instances.models import Instance
+from instances.selectors import accessible_instances
 
 from .models import Notebook, NotebookProfile
 
 
-def live_notebooks(*, owner: AbstractBaseUser) -> QuerySet[Notebook]:
+def live_notebooks(*, user: AbstractBaseUser) -> QuerySet[Notebook]:
+    """Notebooks on the instances the user owns or collaborates on."""
     return (
-        Notebook.objects.filter(instance__workspace__owner=owner)
+        Notebook.objects.filter(instance__in=accessible_instances(user=user).values("pk"))
         .exclude(status=Notebook.Status.DELETED)
         .select_related("profile", "instance")
     )
@@ -30,11 +32,10 @@ def deployable_profiles() -> QuerySet[NotebookProfile]:
     return NotebookProfile.objects.filter(published=True)
 
 
-def usable_instances(*, owner: AbstractBaseUser) -> QuerySet[Instance]:
-    """Instances a notebook can go onto now: the user's running ones."""
-    return Instance.objects.filter(
-        workspace__owner=owner, status=Instance.Status.RUNNING
-    ).select_related("cluster")
+def usable_instances(*, user: AbstractBaseUser) -> QuerySet[Instance]:
+    """Instances a notebook can go onto now: the running ones the user owns or shares."""
+    return accessible_instances(user=user).filter(
+        status=Instance.Status.RUNNING).select_related("cluster")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 import logging
 import secrets
+import smtplib
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from clusters.backends import (
@@ -105,6 +108,61 @@ def delete_notebook(
             transaction.on_commit(lambda: teardown_notebook_task.delay(notebook.pk))
     notebook.refresh_from_db()
     return notebook
+
+
+def rotate_notebook_tokens(*, instance_id: int, reason: str = "") -> int:
+    """Give every live notebook whose token predates the instance's last access removal a
+    new token, and restart the running ones with it: whoever lost access knew the old one.
+
+    Level-triggered (the reconcile pass calls it too), so a lost message only delays it."""
+    from .tasks import advance_notebook_task
+
+    rotated, restarted = 0, []
+    with transaction.atomic():
+        instance = (Instance.objects.filter(pk=instance_id)
+                    .select_related("workspace__owner").first())
+        if instance is None or instance.access_revoked_at is None:
+            return 0
+        stale = (Notebook.objects.select_for_update()
+                 .filter(instance=instance, token_issued_at__lt=instance.access_revoked_at)
+                 .exclude(status__in=[Status.DELETING, Status.DELETED]))
+        why = f" ({reason})" if reason else ""
+        for notebook in stale:
+            fields: dict[str, Any] = {"token_encrypted": encrypt(secrets.token_urlsafe(32)),
+                                      "token_issued_at": timezone.now()}
+            restart = notebook.status in (Status.RUNNING, Status.DEPLOYING)
+            if restart:
+                # An empty step makes the worker apply the objects again: the backend restarts
+                # the server with the new token, and the old one is refused from then on.
+                fields.update(status=Status.DEPLOYING, step="", status_changed_at=timezone.now(),
+                              status_message=f"Restarting with a new token{why}.")
+            Notebook.objects.filter(pk=notebook.pk).update(**fields)
+            record_audit(action="notebook.token_rotated", obj=notebook,
+                         workspace=instance.workspace, reason=reason, restarted=restart)
+            if restart:
+                transaction.on_commit(
+                    lambda pk=notebook.pk: advance_notebook_task.delay(pk))
+            rotated += 1
+            restarted.extend([notebook.name] if restart else [])
+    if restarted:
+        _tell_owner(instance, restarted, reason)
+    return rotated
+
+
+def _tell_owner(instance: Instance, names: list[str], reason: str) -> None:
+    """Mail the owner that their notebooks restarted with new tokens, and why."""
+    owner = instance.workspace.owner
+    if not owner.email:
+        return
+    listed = ", ".join(names)
+    body = (f"Your notebooks {listed} on the instance {instance.name} restarted with new "
+            f"tokens{f' because {reason}' if reason else ''}: whoever lost access knew the "
+            "old ones, which no longer work. Open them from the portal to get the new tokens.\n")
+    try:
+        send_mail(f"Notebooks on {instance.name} restarted with new tokens", body,
+                  settings.DEFAULT_FROM_EMAIL, [owner.email])
+    except (OSError, smtplib.SMTPException) as exc:
+        log.warning("could not tell %s about renewed tokens: %s", owner.email, exc)
 
 
 # --- worker side ---------------------------------------------------------------------------
@@ -217,7 +275,7 @@ def reconcile_notebooks() -> dict[str, int]:
     stuck ones are re-driven, and running ones that vanished or died are brought back."""
     from .tasks import advance_notebook_task, teardown_notebook_task
 
-    summary = {"removed_with_instance": 0, "redriven": 0, "restored": 0}
+    summary = {"removed_with_instance": 0, "redriven": 0, "restored": 0, "tokens_rotated": 0}
     gone_with_instance = Notebook.objects.exclude(status=Status.DELETED).filter(
         instance__status__in=[Instance.Status.DELETING, Instance.Status.DELETED])
     for notebook in gone_with_instance:
@@ -226,6 +284,12 @@ def reconcile_notebooks() -> dict[str, int]:
                        to=Status.DELETED, message="Deleted with its instance.",
                        deleted_at=timezone.now(), url=""):
             summary["removed_with_instance"] += 1
+    for instance_id in (
+        Notebook.objects.exclude(status__in=[Status.DELETING, Status.DELETED])
+        .filter(token_issued_at__lt=F("instance__access_revoked_at"))
+        .values_list("instance_id", flat=True).distinct()
+    ):
+        summary["tokens_rotated"] += rotate_notebook_tokens(instance_id=instance_id)
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
     stuck = Notebook.objects.filter(status_changed_at__lt=cutoff)
     for pk in stuck.filter(status=Status.DEPLOYING).values_list("pk", flat=True):

@@ -29,3 +29,9 @@ def teardown_notebook_task(self, notebook_id: int) -> str | None:
 def reconcile_notebooks() -> dict[str, int]:
     return services.reconcile_notebooks()
 
+
+
+@shared_task(acks_late=True)
+def rotate_notebook_tokens(instance_id: int, reason: str = "") -> int:
+    """Sent by name from instances when someone loses access to an instance."""
+    return services.rotate_notebook_tokens(instance_id=instance_id, reason=reason)

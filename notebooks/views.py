@@ -14,15 +14,15 @@ from .models import Notebook
 
 
 def get_notebook_for_user(request: HttpRequest, pk: int) -> Notebook:
-    """The user's own notebook, or 404: another user's notebook (and token) never shows."""
-    return get_object_or_404(
-        Notebook.objects.select_related("profile", "instance", "created_by"),
-        pk=pk, instance__workspace__owner=request.user,
-    )
+    """A notebook on an instance the user owns or collaborates on, or 404: anyone else's
+    notebook (and token) never shows. Access is the instance's, decided in one place."""
+    notebook = get_object_or_404(Notebook.objects.select_related("profile", "created_by"), pk=pk)
+    notebook.instance = get_instance_for_user(request, notebook.instance_id)
+    return notebook
 
 
 def notebook_list(request: HttpRequest) -> HttpResponse:
-    notebooks = selectors.live_notebooks(owner=request.user)
+    notebooks = selectors.live_notebooks(user=request.user)
     instance = None
     if "instance" in request.GET:
         wanted = request.GET["instance"]
@@ -41,7 +41,7 @@ def notebook_list(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 def notebook_new(request: HttpRequest) -> HttpResponse:
-    instances = selectors.usable_instances(owner=request.user)
+    instances = selectors.usable_instances(user=request.user)
     form = DeployForm(
         request.POST or None, profiles=selectors.deployable_profiles(), instances=instances,
         initial={"instance": request.GET.get("instance")},

@@ -15,8 +15,10 @@ class AccountAdapter(DefaultAccountAdapter):
         from .sso import sso_app
 
         user = super().authenticate(request, **credentials)
-        if user is not None and not user.is_staff and sso_app(request) is not None:
-            # With an IdP, passwords are the administrators' break-glass path only.
+        if (user is not None and not user.is_staff and not hasattr(user, "guest_account")
+                and sso_app(request) is not None):
+            # With an IdP, passwords are the administrators' break-glass path, and the way
+            # guests (people outside the IdP) sign in.
             raise forms.ValidationError(
                 "Password sign-in is for administrators. Please use single sign-on.")
         return user

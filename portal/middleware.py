@@ -8,11 +8,14 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
+from instances.selectors import has_shared_instances
 from workspaces.selectors import role_of
 
-# Reachable without a role: signing out, the no-access page itself, and the admin (which
-# checks staff status on its own).
-OPEN_PREFIXES = ("/accounts/", "/static/", "/healthz/", "/signed-out/", "/admin/")
+# Reachable without a role: signing out, the no-access page itself, the admin (which
+# checks staff status on its own), and invitation links (accepting one gives access).
+OPEN_PREFIXES = (
+    "/accounts/", "/static/", "/healthz/", "/signed-out/", "/admin/", "/invitations/",
+)
 
 
 class HtmxRedirectMiddleware:
@@ -49,7 +52,8 @@ class SecurityHeadersMiddleware:
 
 
 class RoleRequiredMiddleware:
-    """Signed-in users without a role see the no-access page instead of the portal.
+    """Signed-in users without a role see the no-access page instead of the portal, unless
+    instances were shared with them: then they see just those (`request.shared_only`).
 
     The role is read on every request, so a membership change shows at once."""
 
@@ -60,7 +64,9 @@ class RoleRequiredMiddleware:
         if request.user.is_authenticated and not request.path.startswith(OPEN_PREFIXES):
             request.portal_role = role_of(request.user)
             if not request.portal_role:
-                return render(request, "portal/no_access.html", status=403)
+                request.shared_only = has_shared_instances(user=request.user)
+                if not request.shared_only:
+                    return render(request, "portal/no_access.html", status=403)
         return self.get_response(request)
 
 

@@ -283,3 +283,17 @@ def idp_logout_url(request: HttpRequest, user, back: str) -> str:
         return ""
     return f"{end_session}?" + urlencode({"client_id": app.client_id,
                                           "post_logout_redirect_uri": back})
+
+
+def verified_sso_email(request: HttpRequest, user) -> str:
+    """The address the identity provider confirmed (`email_verified`) at the user's latest
+    sign-in through it; '' when there is none. Never an address the user typed."""
+    app = sso_app(request)
+    if app is None or not user.is_authenticated:
+        return ""
+    account = SocialAccount.objects.filter(user=user, provider=app.provider_id).first()
+    if account is None:
+        return ""
+    data = account.extra_data or {}
+    claims = {**(data.get("id_token") or {}), **(data.get("userinfo") or {})}
+    return str(claims.get("email") or "") if claims.get("email_verified") is True else ""

@@ -2,6 +2,7 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 from allauth.account.views import LoginView
+from allauth.mfa.models import Authenticator
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.decorators import login_not_required
@@ -13,13 +14,24 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
 from instances import selectors as instance_selectors
+from instances.views import shared_only
 from notebooks import selectors as notebook_selectors
+from workspaces.models import GuestAccount
 from workspaces.services import ensure_workspace
 
 from .sso import refusal, sso_app
 
 
 def landing(request: HttpRequest) -> HttpResponse:
+    shared = list(instance_selectors.shared_instances(user=request.user)[:20])
+    if shared_only(request):
+        # No role: no workspace, no quota, no catalogue; just what others shared.
+        return render(request, "portal/landing.html", {
+            "shared": shared, "shared_only": True,
+            "polling": any(not i.is_final for i in shared),
+            # Guests sign in with a password: offer them a second factor until they have one.
+            "offer_mfa": GuestAccount.objects.filter(user=request.user).exists()
+            and not Authenticator.objects.filter(user=request.user).exists()})
     workspace = ensure_workspace(user=request.user)
     usage = instance_selectors.quota_usage(workspace=workspace)
     counts = instance_selectors.status_counts(workspace=workspace)
@@ -34,6 +46,7 @@ def landing(request: HttpRequest) -> HttpResponse:
             "recent": recent,
             "notebooks": notebooks,
             "notebooks_total": sum(notebooks.values()),
+            "shared": shared,
             "polling": any(not i.is_final for i in recent) or "deploying" in notebooks,
         },
     )

@@ -47,6 +47,8 @@ def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_en
             assert line, "runportal exited before printing its URL"
             banner += line
         assert f"is running at {base}" in banner
+        mail_dir = os.path.join(embedded_env["VAR_DIR"], "mail")
+        assert f"Mail (invitations) is written to {mail_dir}" in banner
 
         s = requests.Session()
 

@@ -1,12 +1,14 @@
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
 
-from .models import AuditEvent, GroupPolicy, IdpGroupMapping, Workspace
+from .models import AuditEvent, GroupPolicy, GuestAccount, IdpGroupMapping, Workspace
 from .selectors import Quota, effective_quota, resolve_quota, with_usage
 
 
@@ -128,3 +130,42 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(GuestAccount)
+class GuestAccountAdmin(admin.ModelAdmin):
+    """People outside the identity provider who set a password from an invitation link."""
+
+    list_display = ["email", "user", "created_at"]
+    search_fields = ["email"]
+    readonly_fields = ["user", "email", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # made only by an invitation link, which proves the address
+
+
+class GuestFilter(admin.SimpleListFilter):
+    title = "guest"
+    parameter_name = "guest"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Guests"), ("no", "Not guests")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(guest_account__isnull=self.value() == "no")
+        return queryset
+
+
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class UserAdmin(DjangoUserAdmin):
+    list_display = [*DjangoUserAdmin.list_display, "is_guest"]
+    list_filter = [*DjangoUserAdmin.list_filter, GuestFilter]
+    list_select_related = ["guest_account"]
+
+    @admin.display(description="guest", boolean=True)
+    def is_guest(self, user) -> bool:
+        return hasattr(user, "guest_account")

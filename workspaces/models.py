@@ -99,3 +99,19 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         who = self.actor.get_username() if self.actor else "system"
         return f"{who} {self.action} {self.object_type} {self.object_repr}"
+
+
+class GuestAccount(models.Model):
+    """A person outside the identity provider who set a password from an invitation link.
+
+    A guest has no role, no workspace and no quota: only the instances shared with them."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="guest_account"
+    )
+    # The address the invitation link proved; the only email a guest is ever trusted with.
+    email = models.EmailField(unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"guest {self.email}"

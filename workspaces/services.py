@@ -2,12 +2,14 @@ import ipaddress
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.http import HttpRequest
 
-from .models import AuditEvent, GroupPolicy, Role, Workspace
+from .models import AuditEvent, GroupPolicy, GuestAccount, Role, Workspace
 
 
 def ensure_workspace(*, user: AbstractBaseUser) -> Workspace:
@@ -88,3 +90,36 @@ def sync_groups_from_claims(*, user: AbstractBaseUser, claims: dict[str, Any],
             record_audit(action="user.groups_synced", obj=user, actor=user,
                          added=sorted(added), removed=sorted(removed))
     return added, removed
+
+
+def guest_refusal(email: str) -> str:
+    """Why `email` may not get a guest account, or '' when it may."""
+    if not settings.GUEST_ACCOUNTS_ENABLED:
+        return "Guest accounts are turned off in this portal."
+    domain = email.rsplit("@", 1)[-1].lower()
+    if settings.GUEST_EMAIL_DOMAINS and domain not in settings.GUEST_EMAIL_DOMAINS:
+        return f"Guest accounts are not available for {domain} addresses."
+    return ""
+
+
+def create_guest_account(*, email: str, password: str,
+                         ip_address: str | None = None) -> AbstractBaseUser:
+    """A password account for someone outside the identity provider, whose address an
+    invitation link proved. No group, no role, no workspace: it sees only what is shared."""
+    email = email.lower()
+    refusal = guest_refusal(email)
+    if refusal:
+        raise ValidationError(refusal)
+    users = get_user_model()
+    if (users.objects.filter(email__iexact=email).exists()
+            or users.objects.filter(username__iexact=email[:150]).exists()):
+        raise ValidationError(f"An account for {email} exists already: sign in with it.")
+    user = users(username=email[:150], email=email)
+    password_validation.validate_password(password, user)
+    with transaction.atomic():
+        user.set_password(password)
+        user.save()
+        GuestAccount.objects.create(user=user, email=email)
+        record_audit(action="user.guest_created", obj=user, actor=user, ip_address=ip_address,
+                     email=email)
+    return user

@@ -4,6 +4,7 @@ Backends receive plain specs and return plain states: they know nothing of the p
 models, so the cluster layer can be tested (and replaced) on its own.
 """
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -58,6 +59,12 @@ class NotebookSpec:
     token: str  # the credential users open it with
     gpu_indices: tuple[int, ...] = ()  # local backend: which of the instance's GPU slots
     instance_kubeconfig: str = ""  # vcluster/dedicated: deploy inside that cluster
+
+
+def token_digest(token: str) -> str:
+    """Names a notebook token without revealing it: backends record it with what runs, so a
+    new token is seen and the server restarted with it."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

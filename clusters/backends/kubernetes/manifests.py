@@ -7,7 +7,7 @@ validated against the Kubernetes OpenAPI schema.
 from dataclasses import dataclass
 from typing import Any
 
-from ..base import InstanceSpec, NotebookSpec
+from ..base import InstanceSpec, NotebookSpec, token_digest
 from .names import dns_label, instance_object_name, label_value
 
 Manifest = dict[str, Any]
@@ -335,6 +335,7 @@ def capi_kubeconfig_secret_name(spec: InstanceSpec) -> str:
 # --- notebooks ---------------------------------------------------------------------------------
 
 NOTEBOOK_LABEL = "gpupaas.io/notebook"
+TOKEN_ANNOTATION = "gpupaas.io/token-sha256"
 NOTEBOOK_PORT = 8888
 # Inside a virtual or dedicated cluster notebooks get a namespace of their own.
 NOTEBOOK_NAMESPACE = "notebooks"
@@ -402,7 +403,12 @@ def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
                 # One server per notebook: never two pods writing the same files.
                 "strategy": {"type": "Recreate"},
                 "template": {
-                    "metadata": {"labels": {**notebook_labels(spec, cs), **pod_labels}},
+                    "metadata": {
+                        "labels": {**notebook_labels(spec, cs), **pod_labels},
+                        # A new token changes the template, so the server restarts with it
+                        # (a Secret change alone reaches no running pod).
+                        "annotations": {TOKEN_ANNOTATION: token_digest(spec.token)},
+                    },
                     "spec": {
                         # A notebook needs no Kubernetes API credentials of its own.
                         "automountServiceAccountToken": False,

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..base import NotebookSpec, NotebookState
+from ..base import NotebookSpec, NotebookState, token_digest
 
 ANNOUNCEMENTS_PLUGIN = "@jupyterlab/apputils-extension:announcements"
 
@@ -61,7 +61,9 @@ def start(spec: NotebookSpec, folder: Path, root_dir: Path) -> NotebookState:
     """Start the server unless it already runs; the state says how far it got."""
     runtime = read_runtime(folder)
     if runtime and _ours(runtime["pid"], runtime["port"]):
-        return state(spec, folder)
+        if runtime.get("token_sha256") == token_digest(spec.token):
+            return state(spec, folder)
+        stop(folder)  # a new token: the server that accepts the old one must go
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     root_dir.mkdir(parents=True, exist_ok=True)
     # JupyterLab opens without its "receive official Jupyter news?" pop-up: the
@@ -97,7 +99,8 @@ def start(spec: NotebookSpec, folder: Path, root_dir: Path) -> NotebookState:
             stderr=subprocess.STDOUT, start_new_session=True,
         )
     (folder / "runtime.json").write_text(
-        json.dumps({"pid": process.pid, "port": port, "started": time.time()})
+        json.dumps({"pid": process.pid, "port": port, "started": time.time(),
+                    "token_sha256": token_digest(spec.token)})
     )
     return NotebookState("deploying", "starting", "Starting JupyterLab.",
                          detail=f"pid {process.pid}, port {port}")

@@ -33,6 +33,10 @@ class Command(BaseCommand):
                 "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
             ],
         }
+        if settings.EMAIL_BACKEND.endswith("filebased.EmailBackend"):
+            # No mail server in the embedded default: invitations land here as files.
+            settings.EMAIL_FILE_PATH.mkdir(parents=True, exist_ok=True)
+            self.stdout.write(f"  Mail (invitations) is written to {settings.EMAIL_FILE_PATH}")
         signal.signal(signal.SIGTERM, stop_like_ctrl_c)
         procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
         self.stdout.write(self.style.SUCCESS(
