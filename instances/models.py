@@ -69,6 +69,8 @@ class Instance(models.Model):
         DELETING = "deleting", "Deleting"
         DELETED = "deleted", "Deleted"
 
+    # States that count against the workspace quota; a failed instance holds nothing.
+    HOLDS_QUOTA = frozenset({Status.PENDING, Status.PROVISIONING, Status.RUNNING, Status.DELETING})
     # States that no worker will move on by itself: the page stops polling there.
     FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
 

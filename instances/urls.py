@@ -9,4 +9,5 @@ urlpatterns = [
     path("<int:pk>/", views.instance_detail, name="detail"),
     path("<int:pk>/status/", views.instance_status, name="status"),
     path("<int:pk>/delete/", views.instance_delete, name="delete"),
+    path("<int:pk>/retry/", views.instance_retry, name="retry"),
 ]

@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
 from clusters.backends import get_backend
+from clusters.backends.local import tenants
 from clusters.models import Cluster
 from workspaces.services import client_ip, ensure_workspace
 
@@ -58,7 +59,8 @@ def instance_new(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)  # per field where the service named one
         else:
-            messages.success(request, f"{instance.name} is launching.")
+            # No flash banner: the live status panel says what happens, and a banner saying
+            # "launching" would stay above "Failed".
             return redirect("instances:detail", pk=instance.pk)
     usage = selectors.quota_usage(workspace=workspace)
     cards = [(p, usage.refusal(p.gpus)) for p in profiles]
@@ -74,7 +76,10 @@ def instance_new(request: HttpRequest) -> HttpResponse:
 
 def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
     instance = get_instance_for_user(request, pk)
-    return render(request, "instances/detail.html", {"instance": instance})
+    local = instance.cluster.backend == Cluster.Backend.LOCAL
+    return render(request, "instances/detail.html", {
+        "instance": instance, "local_mode": tenants.mode_line() if local else "",
+    })
 
 
 def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
@@ -91,3 +96,14 @@ def instance_delete(request: HttpRequest, pk: int) -> HttpResponse:
         messages.info(request, f"{instance.name} is being deleted.")
         return redirect("instances:list")
     return render(request, "instances/delete.html", {"instance": instance})
+
+
+@require_http_methods(["POST"])
+def instance_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    """Send a failed instance back to provisioning under its name, if it fits the quota."""
+    instance = get_instance_for_user(request, pk)
+    try:
+        services.retry_instance(instance=instance, by=request.user, ip_address=client_ip(request))
+    except ValidationError as exc:
+        messages.error(request, f"Cannot retry {instance.name}: {' '.join(exc.messages)}.")
+    return redirect("instances:detail", pk=instance.pk)

@@ -4,6 +4,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
+from clusters.models import Cluster
 from instances.views import get_instance_for_user
 from workspaces.services import client_ip
 
@@ -15,7 +16,7 @@ from .models import Notebook
 def get_notebook_for_user(request: HttpRequest, pk: int) -> Notebook:
     """The user's own notebook, or 404: another user's notebook (and token) never shows."""
     return get_object_or_404(
-        Notebook.objects.select_related("profile", "instance", "created_by"),
+        Notebook.objects.select_related("profile", "instance__cluster", "created_by"),
         pk=pk, instance__workspace__owner=request.user,
     )
 
@@ -40,8 +41,12 @@ def notebook_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def notebook_new(request: HttpRequest) -> HttpResponse:
     instances = selectors.usable_instances(owner=request.user)
+    profiles = selectors.deployable_profiles()
+    # Profiles this machine cannot run are named as such before anyone clicks Deploy.
+    local = instances.filter(cluster__backend=Cluster.Backend.LOCAL).exists()
+    unavailable = {p.pk: services.local_problem(p) for p in profiles} if local else {}
     form = DeployForm(
-        request.POST or None, profiles=selectors.deployable_profiles(), instances=instances,
+        request.POST or None, profiles=profiles, instances=instances, unavailable=unavailable,
         initial={"instance": request.GET.get("instance")},
     )
     if request.method == "POST" and form.is_valid():

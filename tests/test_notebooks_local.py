@@ -27,7 +27,7 @@ def running_instance(alice, catalogue):
 
 
 @pytest.fixture
-def minimal(catalogue) -> NotebookProfile:
+def minimal(catalogue, minimal_environment) -> NotebookProfile:
     return NotebookProfile.objects.get(name="minimal")
 
 
@@ -81,7 +81,7 @@ def test_a_notebook_runs_answers_with_its_token_and_stops_on_delete(
     assert get(api, notebook.token) == 200
     assert get(api) == 403
     assert get(api, "not-the-token") == 403
-    runtime = sandbox_root / "local" / running_instance.key / "notebooks" / notebook.key
+    runtime = sandbox_root / ".portal" / "local" / running_instance.key / notebook.key
     pid = jupyter.read_runtime(runtime)["pid"]
     env = environ_of(pid)
     assert env["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, notebook.gpu_indices))
@@ -111,7 +111,8 @@ def test_reconcile_restarts_a_server_that_died(alice, running_instance, minimal,
     notebook = until(services.deploy_notebook(
         instance=running_instance, name="phoenix", profile=minimal, by=alice), Status.RUNNING)
     old_port = port_of(notebook)
-    jupyter.stop(sandbox_root / "local" / running_instance.key / "notebooks" / notebook.key)
+    for pid in jupyter.running_servers(str(sandbox_root)).values():
+        jupyter.stop_pid(pid)
     assert get(notebook.url.replace("/lab", "/api/status"), notebook.token) == 0
 
     summary = services.reconcile_notebooks()
