@@ -111,6 +111,24 @@ def catalogue(db) -> dict[int, ComputeProfile]:
 
 
 @pytest.fixture
+def running_instance(alice, catalogue):
+    """alice's 4-GPU instance on the local backend, provisioned."""
+    from instances.services import launch_instance, provision_instance
+
+    instance = launch_instance(
+        workspace=workspace_of(alice), name="train", profile=catalogue[4], by=alice)
+    return provision_instance(instance_id=instance.pk)
+
+
+@pytest.fixture
+def minimal(catalogue, minimal_environment):
+    """The seeded Minimal notebook profile, its environment built."""
+    from notebooks.models import NotebookProfile
+
+    return NotebookProfile.objects.get(name="minimal")
+
+
+@pytest.fixture
 def alice_client(client, alice):
     client.force_login(alice)
     return client

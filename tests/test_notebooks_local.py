@@ -7,28 +7,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from clusters.backends.local import jupyter
 from instances import services as instance_services
 from notebooks import services
-from notebooks.models import Notebook, NotebookProfile
-
-from .conftest import workspace_of
+from notebooks.models import Notebook
 
 Status = Notebook.Status
-
-
-@pytest.fixture
-def running_instance(alice, catalogue):
-    instance = instance_services.launch_instance(
-        workspace=workspace_of(alice), name="train", profile=catalogue[4], by=alice)
-    return instance_services.provision_instance(instance_id=instance.pk)
-
-
-@pytest.fixture
-def minimal(catalogue, minimal_environment) -> NotebookProfile:
-    return NotebookProfile.objects.get(name="minimal")
 
 
 def until(notebook: Notebook, status: str, step=services.advance_notebook,
