@@ -142,3 +142,15 @@ class Instance(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status != self.Status.DELETED
+
+    @property
+    def steps(self) -> list[tuple[str, str]]:
+        """(label, done|current|todo) on the way up, so that provisioning shows as a step
+        even when it is over in a moment."""
+        order = [self.Status.PENDING, self.Status.PROVISIONING, self.Status.RUNNING]
+        reached = len(order) if self.status == self.Status.RUNNING else (
+            order.index(self.status) if self.status in order else -1)
+        return [
+            (step.label, "done" if i < reached else "current" if i == reached else "todo")
+            for i, step in enumerate(order)
+        ]

@@ -41,6 +41,7 @@ def local_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="gpupaas-test-"))
     root.chmod(0o711)
     prefix = f"gpt{os.getpid()}-"
+    os.environ["LOCAL_USER_PREFIX"] = prefix  # and the portals tests start as processes
     with override_settings(LOCAL_USER_PREFIX=prefix):
         yield root
         for name in tenants.portal_users():

@@ -86,3 +86,17 @@ def test_an_instance_that_fails_while_running_gives_its_gpu_slots_back(
     assert instance.status_message == "The sandbox is gone."
     assert not GpuAllocation.objects.filter(holder=instance.key).exists()
     assert quota_usage(workspace=workspace_of(alice)).gpus_used == 0
+
+
+def test_provisioning_shows_as_a_step_with_what_is_happening(alice, alice_client, catalogue):
+    instance = services.launch_instance(workspace=workspace_of(alice), name="up",
+                                        profile=catalogue[2], by=alice)
+    services._transition(instance.pk, from_=[Status.PENDING], to=Status.PROVISIONING,
+                         message="Provisioning on Local machine: reserving 2 GPUs.")
+
+    panel = alice_client.get(f"/instances/{instance.pk}/status/").content.decode()
+
+    assert '<li class="step-done">Pending</li>' in panel
+    assert '<li class="step-current">Provisioning</li>' in panel
+    assert '<li class="step-todo">Running</li>' in panel
+    assert "Provisioning on Local machine: reserving 2 GPUs." in panel
