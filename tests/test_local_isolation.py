@@ -178,3 +178,15 @@ def test_the_root_mode_page_names_the_isolation(alice_client, alice, catalogue):
     page = alice_client.get(f"/instances/{instance.pk}/").content.decode()
     assert "notebooks run as its own OS user" in page
     assert "Single-user mode" not in page
+
+
+def test_the_admin_sees_who_local_notebooks_run_as(admin_user, client, catalogue, settings):
+    from clusters.models import Cluster
+
+    settings.LOCAL_ISOLATION = "single-user"
+    client.force_login(admin_user)
+    local = Cluster.objects.get(name="local")
+
+    page = client.get(f"/admin/clusters/cluster/{local.pk}/change/").content.decode()
+
+    assert "Single-user mode: notebooks run as you (the portal&#x27;s OS user)." in page

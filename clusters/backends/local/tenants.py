@@ -44,7 +44,11 @@ def isolated() -> bool:
 
 def mode_line() -> str:
     """One line for the administrator and the instance page."""
-    if isolated():
+    try:
+        separate = isolated()
+    except BackendError as exc:
+        return exc.message
+    if separate:
         return "Each workspace's notebooks run as its own OS user."
     return "Single-user mode: notebooks run as you (the portal's OS user)."
 
