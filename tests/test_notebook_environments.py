@@ -102,3 +102,21 @@ def test_the_data_science_kernel_imports_pandas(alice, running_instance, catalog
     out = run_code(notebook.url, notebook.token, "import pandas as pd, sklearn, scipy, "
                    "matplotlib\nprint(pd.DataFrame({'gpus': [1, 2, 4]}).gpus.sum())")
     assert out.strip() == "7"
+
+
+def test_prepare_environments_builds_ahead_and_names_what_cannot_be_had(
+    catalogue, minimal_environment
+):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    NotebookProfile.objects.filter(name="spark").update(local_requires="java-that-is-not-here")
+    out = StringIO()
+
+    call_command("prepare_environments", "minimal", "spark", stdout=out)
+
+    lines = sorted(out.getvalue().splitlines())
+    assert lines[0].startswith(f"minimal: already built (1 package) at {minimal_environment}")
+    assert lines[1] == ("spark: unavailable on this machine, needs java-that-is-not-here, "
+                        "which this machine does not have.")

@@ -30,5 +30,6 @@ class Command(BaseCommand):
                 self.stderr.write(f"{profile.name}: {exc.message}\n{exc.detail}")
                 continue
             took = f"built in {seconds:.1f} s" if seconds else "already built"
-            self.stdout.write(f"{profile.name}: {took} ({len(env.packages)} packages) at "
-                              f"{env.path}")
+            count = len(env.packages)
+            self.stdout.write(f"{profile.name}: {took} ({count} package{'s' if count != 1 else ''}"
+                              f") at {env.path}")
