@@ -190,3 +190,33 @@ def test_the_admin_sees_who_local_notebooks_run_as(admin_user, client, catalogue
     page = client.get(f"/admin/clusters/cluster/{local.pk}/change/").content.decode()
 
     assert "Single-user mode: notebooks run as you (the portal&#x27;s OS user)." in page
+
+
+@root_only
+def test_a_link_planted_in_the_sandbox_does_not_make_the_portal_write_elsewhere(
+    alice, catalogue, sandbox_root, tmp_path
+):
+    from clusters.backends import get_backend
+
+    instance = instance_services.provision_instance(instance_id=instance_services.launch_instance(
+        workspace=workspace_of(alice), name="box", profile=catalogue[1], by=alice).pk)
+    victim = tmp_path / "victim"
+    victim.write_text("root's file")
+    sandbox = sandbox_root / "local" / instance.key
+    tenant = pwd.getpwnam(tenants.username(str(workspace_of(alice).pk)))
+    # alice, as her OS user, swaps the portal's file for a link to one of root's.
+    os.unlink(sandbox / "instance.json")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only drops privileges and plants the link
+        os.setgid(tenant.pw_gid)
+        os.setuid(tenant.pw_uid)
+        os.symlink(victim, sandbox / "instance.json")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert (sandbox / "instance.json").is_symlink()
+
+    get_backend(instance.cluster).reconcile_instances([instance_services.instance_spec(instance)])
+
+    assert victim.read_text() == "root's file"
+    assert not (sandbox / "instance.json").is_symlink()
+    assert json.loads((sandbox / "instance.json").read_text())["key"] == instance.key
