@@ -2,7 +2,8 @@
 
 Seeds 10,000 instances across 200 workspaces (200 of them in the measured user's), runs
 gunicorn against PostgreSQL, and reports per page the SQL query count (at 1 row and at
-10,000) and p50/p99 latency at 20 concurrent clients, beside a trivial signed-in view.
+10,000) and p50/p99 latency at 20 concurrent clients, beside a trivial signed-in view; and
+the query count of the administrators' overview and workspace list at 1 and 200 workspaces.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/gpupaas_bench python bench/pages.py
 
@@ -32,6 +33,8 @@ REQUESTS_PER_CLIENT = int(os.environ.get("BENCH_REQUESTS", "60"))
 WORKSPACES = 200
 TOTAL_INSTANCES = 10_000
 MEASURED_INSTANCES = 200
+OVERVIEW_URL, WORKSPACES_URL = "/admin/overview/", "/admin/workspaces/workspace/"
+ADMIN_PAGES = (OVERVIEW_URL, WORKSPACES_URL)
 
 
 def recreate_database() -> None:
@@ -135,6 +138,10 @@ def main() -> None:
     client = Client()
     client.force_login(alice)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
+    admin = User.objects.create_superuser("admin", "admin@example.com", "bench-password-1")
+    admin_client = Client()
+    admin_client.force_login(admin)
+    admin_cookie = f"sessionid={admin_client.cookies['sessionid'].value}"
 
     port = free_port()
     env = {**os.environ, "QUERY_COUNT_HEADER": "1", "DEBUG": "false"}
@@ -156,6 +163,9 @@ def main() -> None:
 
         query_count(port, "/ping/", cookie)  # a session's first request records its activity
         at_one = {path: query_count(port, path, cookie) for path in ("/", "/instances/")}
+        for path in ADMIN_PAGES:
+            query_count(port, path, admin_cookie)  # the admin session's first request
+        at_one |= {path: query_count(port, path, admin_cookie) for path in ADMIN_PAGES}
 
         others = []
         for w in range(WORKSPACES - 1):
@@ -180,7 +190,11 @@ def main() -> None:
         mine = Instance.objects.filter(workspace=alice_ws).count()
         print(f"seeded: instances={total} workspaces={Workspace.objects.count()} measured={mine}")
 
+        # Some of the others failed, for the overview's last-24-hours list.
+        Instance.objects.filter(workspace__in=workspaces[:50], status="running").update(
+            status="failed", status_message="Benchmark failure.")
         at_many = {path: query_count(port, path, cookie) for path in ("/", "/instances/")}
+        at_many |= {path: query_count(port, path, admin_cookie) for path in ADMIN_PAGES}
         for path in ("/instances/", "/", "/ping/"):  # warm every worker and cache
             latencies(port, path, cookie, requests_per_client=3)
         list_ms = latencies(port, "/instances/", cookie)
@@ -197,7 +211,9 @@ def main() -> None:
         f"pages: landing_queries={at_many['/']}/{at_one['/']} "
         f"list_queries={at_many['/instances/']}/{at_one['/instances/']} "
         f"list_p99_ms={list_p99:.1f} trivial_p99_ms={trivial_p99:.1f} "
-        f"ratio={list_p99 / trivial_p99:.2f}"
+        f"ratio={list_p99 / trivial_p99:.2f} "
+        f"overview_queries={at_many[OVERVIEW_URL]}/{at_one[OVERVIEW_URL]} "
+        f"workspace_admin_queries={at_many[WORKSPACES_URL]}/{at_one[WORKSPACES_URL]}"
     )
 
 

@@ -166,8 +166,9 @@ OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
 OIDC_REQUIRE_VERIFIED_EMAIL = env_bool("OIDC_REQUIRE_VERIFIED_EMAIL", True)
 # Sign an IdP user into an existing portal account with the same, IdP-verified email.
 OIDC_LINK_BY_VERIFIED_EMAIL = env_bool("OIDC_LINK_BY_VERIFIED_EMAIL", False)
-SOCIALACCOUNT_EMAIL_AUTHENTICATION = OIDC_LINK_BY_VERIFIED_EMAIL
-SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = OIDC_LINK_BY_VERIFIED_EMAIL
+# Linking is done by portal.sso (never to an administrator's account, never wiping a
+# password), not by allauth's email authentication.
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
 # Password sign-in: the administrators' break-glass path when an IdP is configured.
 PASSWORD_LOGIN_ENABLED = env_bool("PASSWORD_LOGIN_ENABLED", True)
 SOCIALACCOUNT_PROVIDERS = {
@@ -256,6 +257,50 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(RECONCILE_INTERVAL_S),
     },
 }
+
+# --- Sign-in hardening (issue 8): ID tokens, shared cache, login limits, headers -----------
+# ID token verification (portal.idtoken): clock skew allowed on exp/iat/nbf, how long the
+# issuer's keys are cached (an unknown key id refetches them), and whether HS256/384/512
+# keyed with the client secret is accepted (off: anyone holding the secret could forge).
+OIDC_CLOCK_SKEW_S = env_int("OIDC_CLOCK_SKEW_S", 60)
+OIDC_JWKS_CACHE_S = env_int("OIDC_JWKS_CACHE_S", 3600)
+OIDC_ALLOW_HMAC = env_bool("OIDC_ALLOW_HMAC", False)
+OIDC_HTTP_TIMEOUT_S = float(env_str("OIDC_HTTP_TIMEOUT_S") or "10")
+# The cache holds login rate-limit counters and the IdP's signing keys, so every web process
+# must see the same one: Redis in production (CACHE_URL, else the Celery broker when that is
+# Redis), files under var/ in the embedded default.
+CACHE_URL = env_str("CACHE_URL") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "")
+CACHES = {"default": {
+    "BACKEND": "django.core.cache.backends.redis.RedisCache" if CACHE_URL
+    else "django.core.cache.backends.filebased.FileBasedCache",
+    "LOCATION": CACHE_URL or str(VAR_DIR / "cache"),
+    "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "gpupaas"),
+}}
+# Failed password sign-ins are limited per account and per client address; the address is
+# the one the last TRUSTED_PROXY_COUNT proxies saw (X-Forwarded-For), not the proxy's own,
+# so one user's failures do not lock out everyone behind the same proxy.
+# (workspaces.services.client_ip, also used by portal.adapters for allauth's limits)
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if env_bool("BEHIND_TLS_PROXY") else 0)
+LOGIN_FAILURES_PER_ACCOUNT = env_int("LOGIN_FAILURES_PER_ACCOUNT", 5)  # per 5 minutes
+LOGIN_FAILURES_PER_IP = env_int("LOGIN_FAILURES_PER_IP", 20)  # per minute
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": f"{LOGIN_FAILURES_PER_IP}/m/ip,{LOGIN_FAILURES_PER_ACCOUNT}/300s/key",
+}
+# Headers (portal.middleware.SecurityHeadersMiddleware). No inline script anywhere: htmx is
+# told not to inject its indicator style (base.html), and scripts live in static/js.
+CONTENT_SECURITY_POLICY = env_str("CONTENT_SECURITY_POLICY") or "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:",
+    "connect-src 'self'", "font-src 'self'", "object-src 'none'", "base-uri 'self'",
+    "frame-ancestors 'none'",
+])
+PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=(), usb=()"
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "portal.middleware.SecurityHeadersMiddleware")
+# Cookies are Secure whenever the portal is served over HTTPS.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = (
+    SESSION_COOKIE_SECURE or SECURE_SSL_REDIRECT or SECURE_PROXY_SSL_HEADER is not None
+    or SECURE_HSTS_SECONDS > 0)
 
 # --- Portal -------------------------------------------------------------------------------
 DEFAULT_MAX_GPUS = env_int("DEFAULT_MAX_GPUS", 8)

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
-from portal.views import login
+from portal.views import admin_overview, email_managed, login, social_signup
 
 admin.site.site_header = f"{settings.SITE_NAME} administration"
 admin.site.site_title = settings.SITE_NAME
@@ -13,6 +13,9 @@ urlpatterns = [
     path("notebooks/", include("notebooks.urls")),
     # Before allauth's own: sign-in goes to the identity provider when one is configured.
     path("accounts/login/", login, name="account_login"),
+    path("accounts/email/", email_managed, name="account_email"),
+    path("accounts/social/signup/", social_signup, name="socialaccount_signup"),
     path("accounts/", include("allauth.urls")),
+    path("admin/overview/", admin.site.admin_view(admin_overview), name="admin_overview"),
     path("admin/", admin.site.urls),
 ]

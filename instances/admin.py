@@ -1,25 +1,71 @@
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
 from django.http import HttpRequest
+from django.template.defaultfilters import pluralize
 
+from clusters.models import Cluster
+from notebooks.selectors import cores
 from workspaces.services import client_ip
 
 from . import services
 from .models import ComputeProfile, Instance
 
+# Fields that mean something only on a Kubernetes cluster; local profiles do not show them.
+KUBERNETES_ONLY = ["kind", "cluster_class", "kubernetes_version", "worker_class", "gpus_per_node"]
+
+
+class ComputeProfileForm(forms.ModelForm):
+    class Meta:
+        model = ComputeProfile
+        fields = [
+            "name", "display_name", "description", "cluster", "kind", "gpus", "gpu_model", "cpu",
+            "memory_gib", "storage_gib", "cluster_class", "kubernetes_version", "worker_class",
+            "gpus_per_node", "published", "groups", "sort_order",
+        ]
+        labels = {"gpus": "GPUs", "gpu_model": "GPU model", "cpu": "CPU",
+                  "memory_gib": "Memory (GiB)", "storage_gib": "Storage (GiB)",
+                  "gpus_per_node": "GPUs per node", "kind": "Kind (Kubernetes clusters)"}
+        help_texts = {"cpu": "CPU cores (on the local cluster: a limit, not a reservation)."}
+
 
 @admin.register(ComputeProfile)
 class ComputeProfileAdmin(admin.ModelAdmin):
-    list_display = [
-        "display_name", "kind", "cluster", "gpus", "gpu_model", "cpu", "memory_gib",
-        "published", "sort_order",
-    ]
+    form = ComputeProfileForm
+    # Few, narrow columns: the list fits a 1366 px screen.
+    list_display = ["display_name", "where", "size", "published", "sort_order"]
     list_editable = ["published", "sort_order"]
+    list_select_related = ["cluster"]
     list_filter = ["published", "kind", "cluster", "groups"]
     prepopulated_fields = {"name": ["display_name"]}
     filter_horizontal = ["groups"]
     actions = ["publish", "unpublish"]
+
+    @admin.display(description="runs as", ordering="cluster")
+    def where(self, profile: ComputeProfile) -> str:
+        if profile.cluster.backend == Cluster.Backend.LOCAL:
+            return f"Sandbox on {profile.cluster}"
+        return f"{profile.get_kind_display()} on {profile.cluster}"
+
+    @admin.display(description="size", ordering="gpus")
+    def size(self, profile: ComputeProfile) -> str:
+        gpus = f"{profile.gpus} GPU{pluralize(profile.gpus)}"
+        if profile.gpu_model:
+            gpus += f" ({profile.gpu_model})"
+        return f"{gpus} · {cores(profile.cpu)} CPU · {profile.memory_gib} GiB memory"
+
+    def get_fields(self, request: HttpRequest, obj: ComputeProfile | None = None) -> list[str]:
+        fields = list(super().get_fields(request, obj))
+        if obj is not None and obj.cluster.backend == Cluster.Backend.LOCAL:
+            fields = [f for f in fields if f not in KUBERNETES_ONLY]
+        return fields
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict:
+        # A new profile goes last in the catalogue unless the administrator says otherwise.
+        last = ComputeProfile.objects.aggregate(last=Max("sort_order"))["last"]
+        return {**super().get_changeform_initial_data(request),
+                "sort_order": 0 if last is None else last + 10}
 
     @admin.action(description="Publish selected profiles")
     def publish(self, request: HttpRequest, queryset: QuerySet[ComputeProfile]) -> None:

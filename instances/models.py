@@ -1,8 +1,11 @@
+from datetime import timedelta
+
 from django.conf import settings
 from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.timesince import timesince
 
 from clusters.models import Cluster
 from workspaces.models import Workspace
@@ -134,6 +137,21 @@ class Instance(models.Model):
     def launched_on(self) -> str:
         """Launch time as lists show it; a list renders many, and the date filter is slow."""
         return timezone.localtime(self.created_at).strftime("%b %-d, %Y %H:%M")
+
+    @property
+    def running_for(self) -> str:
+        """How long it has run, as people say it ("under a minute", not "0 minutes")."""
+        if not self.running_since:
+            return ""
+        if timezone.now() - self.running_since < timedelta(minutes=1):
+            return "under a minute"
+        return timesince(self.running_since)
+
+    @property
+    def status_note(self) -> str:
+        """The status message, unless it only repeats the badge ("Running" beside "Running.")."""
+        message = self.status_message.strip()
+        return "" if message.rstrip(".").lower() == self.status.lower() else message
 
     @property
     def is_final(self) -> bool:

@@ -1,8 +1,12 @@
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 
+from clusters.backends import get_backend
+from clusters.models import Cluster, GpuAllocation
 from workspaces.models import Workspace
 from workspaces.selectors import effective_quota
 
@@ -47,6 +51,19 @@ class QuotaUsage:
     def gpu_percent(self) -> int:
         return min(100, round(100 * self.gpus_used / self.max_gpus)) if self.max_gpus else 100
 
+    def cost(self, gpus: int) -> str:
+        """What launching a size with `gpus` GPUs takes from the quota, and what is left."""
+        gpus_left = self.max_gpus - self.gpus_used - gpus
+        instances_left = self.max_instances - self.instances_used - 1
+        if gpus_left < 0 or instances_left < 0:
+            return self.refusal(gpus)
+        takes = f"{gpus} GPU{'' if gpus == 1 else 's'}" if gpus else "no GPU"
+        return (
+            f"Takes {takes} and 1 instance from your quota. Left after launch: "
+            f"{gpus_left} of {self.max_gpus} GPUs and {instances_left} of "
+            f"{self.max_instances} instances."
+        )
+
     def refusal(self, gpus: int) -> str:
         """Why a size with `gpus` GPUs does not fit now, or '' when it does."""
         if self.instances_left < 1:
@@ -81,3 +98,70 @@ def status_counts(*, workspace: Workspace) -> dict[str, int]:
         .order_by()
     )
     return {row["status"]: row["n"] for row in rows}
+
+
+@dataclass(frozen=True)
+class ClusterGpus:
+    cluster: Cluster
+    allocated: int
+    total: int | None  # None: the cluster did not answer
+    simulated: bool
+    problem: str = ""
+
+    @property
+    def free(self) -> int | None:
+        return None if self.total is None else max(self.total - self.allocated, 0)
+
+
+@dataclass(frozen=True)
+class Overview:
+    clusters: list[ClusterGpus]
+    by_status: list[tuple[str, int]]
+    failed_recently: list[Instance]
+    top_workspaces: list[Workspace]
+
+
+HOLDING = [Instance.Status.PROVISIONING, Instance.Status.RUNNING, Instance.Status.DELETING]
+
+
+def admin_overview(*, failed_since: datetime, top: int = 10, failed_limit: int = 50) -> Overview:
+    """What the administrators' overview shows, in a fixed number of queries whatever the
+    rows: GPUs per cluster, instances by status, recent failures, top workspaces."""
+    # GPUs a cluster has given out: on the local cluster its slot rows, elsewhere what the
+    # instances that hold resources there (provisioning, running, deleting) were sized at.
+    slots = (GpuAllocation.objects.filter(cluster=OuterRef("pk")).order_by()
+             .values("cluster").annotate(n=Count("id")).values("n")[:1])
+    sized = (Instance.objects.filter(cluster=OuterRef("pk"), status__in=HOLDING).order_by()
+             .values("cluster").annotate(n=Sum("gpus")).values("n")[:1])
+    clusters = list(Cluster.objects.annotate(
+        slots=Coalesce(Subquery(slots, output_field=IntegerField()), Value(0)),
+        sized=Coalesce(Subquery(sized, output_field=IntegerField()), Value(0)),
+    ))
+    for cluster in clusters:
+        cluster.allocated = cluster.slots if cluster.backend == Cluster.Backend.LOCAL else (
+            cluster.sized)
+    held = ~Q(instances__status=Instance.Status.DELETED)
+    gpus = []
+    for cluster in clusters:
+        try:
+            inventory = get_backend(cluster).inventory()
+        except Exception as exc:  # an unreachable cluster must not take the page down
+            gpus.append(ClusterGpus(cluster, cluster.allocated, None, False, str(exc)[:200]))
+        else:
+            gpus.append(ClusterGpus(cluster, cluster.allocated, inventory.total,
+                                    inventory.simulated))
+    counts = dict(Instance.objects.values_list("status").annotate(n=Count("id")).order_by())
+    by_status = [(label, counts.get(value, 0)) for value, label in Instance.Status.choices]
+    failed = list(
+        Instance.objects.filter(status=Instance.Status.FAILED, status_changed_at__gte=failed_since)
+        .select_related("workspace__owner", "cluster").order_by("-status_changed_at")
+        [:failed_limit]
+    )
+    top_workspaces = list(
+        Workspace.objects.annotate(
+            gpus_used=Sum("instances__gpus", filter=held, default=0),
+            instances_used=Count("instances", filter=held),
+        ).filter(gpus_used__gt=0).select_related("owner").order_by("-gpus_used", "owner__username")
+        [:top]
+    )
+    return Overview(gpus, by_status, failed, top_workspaces)

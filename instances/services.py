@@ -23,7 +23,7 @@ from clusters.crypto import encrypt
 from clusters.models import Cluster
 from workspaces.models import Workspace
 from workspaces.selectors import effective_quota
-from workspaces.services import record_audit
+from workspaces.services import lock_workspace, record_audit
 
 from .models import INSTANCE_NAME_MAX, ComputeProfile, Instance, instance_name_validator
 from .selectors import launchable_profiles
@@ -76,20 +76,28 @@ def _check_quota(*, workspace: Workspace, gpus: int) -> None:
         .order_by("created_at")
         .values_list("name", "gpus")
     )
-    names = ", ".join(existing for existing, _ in holding)
     quota = effective_quota(workspace=workspace)
     if len(holding) >= quota.max_instances:
-        raise ValidationError(
-            f"quota {_plural(quota.max_instances, 'instance')}: "
-            f"{len(holding)} in use by {names}; delete one to launch another"
-        )
+        raise ValidationError({"profile": (
+            f"Your quota is {_plural(quota.max_instances, 'instance')} and "
+            f"{_in_use(len(holding), [existing for existing, _ in holding])}; "
+            "delete one to launch another."
+        )})
     used = sum(n for _, n in holding)
     if used + gpus > quota.max_gpus:
-        holders = ", ".join(existing for existing, n in holding if n) or "nothing"
-        raise ValidationError(
-            f"quota {_plural(quota.max_gpus, 'GPU')}: {used} in use by {holders}; "
-            f"this size needs {gpus}"
-        )
+        holders = [existing for existing, n in holding if n]
+        raise ValidationError({"profile": (
+            f"Your quota is {_plural(quota.max_gpus, 'GPU')} and {_in_use(used, holders)}; "
+            f"this size needs {gpus}."
+        )})
+
+
+def _in_use(n: int, holders: list[str]) -> str:
+    """'6 are in use by train-a and train-b', as a person says it."""
+    if not holders:
+        return "none is in use" if n == 0 else f"{n} {'is' if n == 1 else 'are'} in use"
+    listed = holders[0] if len(holders) == 1 else f"{', '.join(holders[:-1])} and {holders[-1]}"
+    return f"{n} {'is' if n == 1 else 'are'} in use by {listed}"
 
 
 def launch_instance(
@@ -107,7 +115,7 @@ def launch_instance(
     name, description = name.strip(), description.strip()
     with transaction.atomic():
         # The workspace row lock serialises launches: concurrent ones can never pass quota.
-        workspace = Workspace.objects.select_for_update().get(pk=workspace.pk)
+        workspace = lock_workspace(workspace_id=workspace.pk) or workspace
         _validate_launch(
             workspace=workspace, name=name, description=description, profile=profile, by=by
         )
@@ -146,7 +154,7 @@ def delete_instance(
     from .tasks import teardown_instance_task
 
     with transaction.atomic():
-        Workspace.objects.select_for_update().filter(pk=instance.workspace_id).first()
+        lock_workspace(workspace_id=instance.workspace_id)
         changed = _transition(
             instance.pk,
             from_=[Status.PENDING, Status.PROVISIONING, Status.RUNNING, Status.FAILED],
@@ -169,7 +177,7 @@ def retry_instance(
     from .tasks import provision_instance_task
 
     with transaction.atomic():
-        Workspace.objects.select_for_update().filter(pk=instance.workspace_id).first()
+        lock_workspace(workspace_id=instance.workspace_id)
         instance.refresh_from_db()
         if instance.status != Status.FAILED:
             return False
@@ -226,6 +234,8 @@ def _transition(
     A conditional UPDATE, so two workers (or a worker and a user) can never both win.
     """
     with transaction.atomic():
+        lock_workspace(workspace_id=Instance.objects.values_list("workspace_id", flat=True)
+                       .filter(pk=instance_id).first())
         updated = Instance.objects.filter(pk=instance_id, status__in=list(from_)).update(
             status=to, status_message=message[:500], status_detail=detail,
             status_changed_at=timezone.now(), **fields,

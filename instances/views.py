@@ -1,3 +1,7 @@
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -7,13 +11,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
 from clusters.backends import get_backend
-from clusters.backends.local import tenants
+from clusters.backends.local import machine_limits, tenants
 from clusters.models import Cluster
 from workspaces.services import client_ip, ensure_workspace
 
 from . import selectors, services
 from .forms import LaunchForm
-from .models import Instance
+from .models import ComputeProfile, Instance
 
 
 def get_instance_for_user(request: HttpRequest, pk: int) -> Instance:
@@ -24,6 +28,31 @@ def get_instance_for_user(request: HttpRequest, pk: int) -> Instance:
         pk=pk,
         workspace=workspace,
     )
+
+
+@dataclass(frozen=True)
+class SizeCard:
+    profile: ComputeProfile
+    refusal: str
+    cost: str
+    cpu: Decimal
+    memory_gib: int
+    local: bool
+
+
+def size_cards(profiles: Iterable[ComputeProfile], usage: selectors.QuotaUsage) -> list[SizeCard]:
+    """The sizes as the wizard shows them. On the local cluster CPU and memory are limits on
+    this machine, so a card never promises more than it has (no 64 CPUs on a 2-CPU box)."""
+    machine = machine_limits()
+    cards = []
+    for p in profiles:
+        local = p.cluster.backend == Cluster.Backend.LOCAL
+        cpu, memory_gib = machine.cap(p.cpu, p.memory_gib) if local else (p.cpu, p.memory_gib)
+        cards.append(SizeCard(
+            profile=p, refusal=usage.refusal(p.gpus), cost=usage.cost(p.gpus), cpu=cpu,
+            memory_gib=memory_gib, local=local,
+        ))
+    return cards
 
 
 def offers_simulated_gpus(cluster: Cluster) -> bool:
@@ -59,27 +88,35 @@ def instance_new(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)  # per field where the service named one
         else:
-            # No flash banner: the live status panel says what happens, and a banner saying
-            # "launching" would stay above "Failed".
+            messages.success(request, f"You launched {instance.name}.")
             return redirect("instances:detail", pk=instance.pk)
     usage = selectors.quota_usage(workspace=workspace)
-    cards = [(p, usage.refusal(p.gpus)) for p in profiles]
-    simulated = any(offers_simulated_gpus(cluster) for cluster in {p.cluster for p in profiles})
+    cards = size_cards(profiles, usage)
+    clusters = {p.cluster for p in profiles}
+    simulated = any(offers_simulated_gpus(cluster) for cluster in clusters)
+    local = any(c.backend == Cluster.Backend.LOCAL for c in clusters)
+    chosen = str(form["profile"].value() or "")
+    selected = next((c for c in cards if str(c.profile.pk) == chosen and not c.refusal), None)
     status = 400 if request.method == "POST" else 200
     return render(
         request,
         "instances/new.html",
-        {"form": form, "cards": cards, "usage": usage, "simulated": simulated},
+        {"form": form, "cards": cards, "usage": usage, "simulated": simulated,
+         "machine": machine_limits() if local else None, "selected": selected},
         status=status,
     )
 
 
 def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
     instance = get_instance_for_user(request, pk)
-    local = instance.cluster.backend == Cluster.Backend.LOCAL
-    return render(request, "instances/detail.html", {
-        "instance": instance, "local_mode": tenants.mode_line() if local else "",
-    })
+    limits, local_mode = None, ""
+    if instance.cluster.backend == Cluster.Backend.LOCAL:
+        # What the sandbox may really use: the size's figures capped at this machine's.
+        cpu, memory_gib = machine_limits().cap(instance.cpu, instance.memory_gib)
+        limits = {"cpu": cpu, "memory_gib": memory_gib}
+        local_mode = tenants.mode_line()  # who its notebooks run as, said plainly
+    return render(request, "instances/detail.html",
+                  {"instance": instance, "limits": limits, "local_mode": local_mode})
 
 
 def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
@@ -92,8 +129,13 @@ def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
 def instance_delete(request: HttpRequest, pk: int) -> HttpResponse:
     instance = get_instance_for_user(request, pk)
     if request.method == "POST":
+        if not instance.is_active or instance.status == Instance.Status.DELETING:
+            # Confirmed in a tab opened before someone else deleted it: say so, change nothing.
+            already = "deleted" if not instance.is_active else "being deleted"
+            messages.info(request, f"{instance.name} is already {already}.")
+            return redirect("instances:list")
         services.delete_instance(instance=instance, by=request.user, ip_address=client_ip(request))
-        messages.info(request, f"{instance.name} is being deleted.")
+        messages.success(request, f"You asked to delete {instance.name}.")
         return redirect("instances:list")
     return render(request, "instances/delete.html", {"instance": instance})
 
@@ -103,7 +145,9 @@ def instance_retry(request: HttpRequest, pk: int) -> HttpResponse:
     """Send a failed instance back to provisioning under its name, if it fits the quota."""
     instance = get_instance_for_user(request, pk)
     try:
-        services.retry_instance(instance=instance, by=request.user, ip_address=client_ip(request))
+        if services.retry_instance(instance=instance, by=request.user,
+                                   ip_address=client_ip(request)):
+            messages.success(request, f"You asked to retry {instance.name}.")
     except ValidationError as exc:
-        messages.error(request, f"Cannot retry {instance.name}: {' '.join(exc.messages)}.")
+        messages.error(request, f"Cannot retry {instance.name}: {' '.join(exc.messages)}")
     return redirect("instances:detail", pk=instance.pk)

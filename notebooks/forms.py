@@ -1,8 +1,10 @@
+from decimal import Decimal
+
 from django import forms
 
 from instances.models import instance_name_validator
 
-from .selectors import cores
+from .selectors import cores, gpus_phrase
 
 
 class DeployForm(forms.Form):
@@ -22,7 +24,7 @@ class DeployForm(forms.Form):
         queryset=None, empty_label=None,
         error_messages={"invalid_choice": "Pick one of your running instances."},
     )
-    cpu = forms.DecimalField(label="CPU", required=False, min_value=0.1, max_digits=6,
+    cpu = forms.DecimalField(label="CPU", required=False, min_value=Decimal("0.1"), max_digits=6,
                              decimal_places=1, help_text="Empty: the profile's default.")
     memory_gib = forms.IntegerField(label="Memory (GiB)", required=False, min_value=1,
                                     help_text="Empty: the profile's default.")
@@ -35,10 +37,10 @@ class DeployForm(forms.Form):
         self.fields["profile"].queryset = profiles
         self.fields["instance"].queryset = instances
         self.fields["instance"].label_from_instance = lambda i: (
-            f"{i.name} ({i.gpus} GPU, {cores(i.cpu)} CPU, {i.memory_gib} GiB)")
+            f"{i.name} ({gpus_phrase(i.gpus)}, {cores(i.cpu)} CPU, {i.memory_gib} GiB)")
         unavailable = unavailable or {}
         self.fields["profile"].label_from_instance = lambda p: (
             f"{p.display_name}: unavailable on this machine, {unavailable[p.pk]}"
             if unavailable.get(p.pk) else
             f"{p.display_name} ({cores(p.default_cpu)} CPU, {p.default_memory_gib} GiB, "
-            f"{p.default_gpus} GPU by default)")
+            f"{gpus_phrase(p.default_gpus)} by default)")

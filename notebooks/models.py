@@ -127,6 +127,12 @@ class Notebook(models.Model):
         return decrypt(self.token_encrypted)
 
     @property
+    def status_note(self) -> str:
+        """The status message, unless it only repeats the badge ("Running" beside "Running.")."""
+        message = self.status_message.strip()
+        return "" if message.rstrip(".").lower() == self.status.lower() else message
+
+    @property
     def is_final(self) -> bool:
         return self.status in self.FINAL_STATES
 

@@ -53,13 +53,19 @@ class Capacity:
         if (cpu <= self.cpu - self.used_cpu and memory_gib <= self.memory_gib -
                 self.used_memory_gib and gpus <= self.gpus - self.used_gpus):
             return ""
-        used = (f"{cores(self.used_cpu)} CPU, {self.used_memory_gib} GiB, {self.used_gpus} GPU "
-                f"used by {', '.join(self.holders)}" if self.holders else "nothing used yet")
+        used = (f"{cores(self.used_cpu)} CPU, {self.used_memory_gib} GiB and "
+                f"{gpus_phrase(self.used_gpus)} are used by {', '.join(self.holders)}"
+                if self.holders else "nothing is used yet")
         return (
             f"Does not fit: the instance has {cores(self.cpu)} CPU, {self.memory_gib} GiB memory "
-            f"and {self.gpus} GPU; {used}; this notebook needs {cores(cpu)} CPU, "
-            f"{memory_gib} GiB and {gpus} GPU."
+            f"and {gpus_phrase(self.gpus)}; {used}; this notebook needs {cores(cpu)} CPU, "
+            f"{memory_gib} GiB and {gpus_phrase(gpus)}."
         )
+
+
+def gpus_phrase(n: int) -> str:
+    """GPU counts as people say them: no GPU, 1 GPU, 2 GPUs."""
+    return "no GPU" if not n else f"{n} GPU{'' if n == 1 else 's'}"
 
 
 def cores(value: Decimal) -> str:

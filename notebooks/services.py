@@ -24,8 +24,7 @@ from clusters.crypto import decrypt, encrypt
 from clusters.models import Cluster
 from instances.models import Instance
 from instances.services import instance_spec
-from workspaces.models import Workspace
-from workspaces.services import record_audit
+from workspaces.services import lock_workspace, record_audit
 
 from .models import Notebook, NotebookProfile
 from .selectors import instance_capacity
@@ -55,7 +54,7 @@ def deploy_notebook(
     gpus = profile.default_gpus if gpus is None else gpus
     with transaction.atomic():
         # The workspace lock serialises everything that counts capacity in this workspace.
-        Workspace.objects.select_for_update().filter(pk=instance.workspace_id).first()
+        lock_workspace(workspace_id=instance.workspace_id)
         instance.refresh_from_db()
         if instance.status != Instance.Status.RUNNING:
             raise ValidationError({"instance": f"{instance.name} is not running."})
@@ -169,6 +168,8 @@ def _transition(
 ) -> Notebook | None:
     """Move the notebook to `to` only if it is still in one of `from_`, and audit it."""
     with transaction.atomic():
+        lock_workspace(workspace_id=Notebook.objects.values_list(
+            "instance__workspace_id", flat=True).filter(pk=notebook_id).first())
         updated = Notebook.objects.filter(pk=notebook_id, status__in=list(from_)).update(
             status=to, status_message=message[:500], status_detail=detail,
             status_changed_at=timezone.now(), **fields,

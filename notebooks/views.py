@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from clusters.models import Cluster
@@ -26,7 +27,8 @@ def notebook_list(request: HttpRequest) -> HttpResponse:
     instance = None
     if "instance" in request.GET:
         wanted = request.GET["instance"]
-        if not wanted.isdigit():
+        # ASCII digits only: str.isdigit() and int() also take '²' or Arabic-Indic digits.
+        if not (wanted.isascii() and wanted.isdecimal()):
             raise Http404("No such instance.")
         instance = get_instance_for_user(request, int(wanted))
         notebooks = notebooks.filter(instance=instance)
@@ -61,7 +63,7 @@ def notebook_new(request: HttpRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error(None, exc)  # per field where the service named one
         else:
-            messages.success(request, f"{notebook.name} is being deployed.")
+            messages.success(request, f"You deployed {notebook.name}.")
             return redirect("notebooks:detail", pk=notebook.pk)
     status = 400 if request.method == "POST" else 200
     return render(request, "notebooks/new.html",
@@ -69,11 +71,14 @@ def notebook_new(request: HttpRequest) -> HttpResponse:
                   status=status)
 
 
+# Both show the notebook's token: never kept by a browser or a proxy cache.
+@never_cache
 def notebook_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "notebooks/detail.html",
                   {"notebook": get_notebook_for_user(request, pk)})
 
 
+@never_cache
 def notebook_status(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "notebooks/partials/status.html",
                   {"notebook": get_notebook_for_user(request, pk)})
@@ -83,8 +88,12 @@ def notebook_status(request: HttpRequest, pk: int) -> HttpResponse:
 def notebook_delete(request: HttpRequest, pk: int) -> HttpResponse:
     notebook = get_notebook_for_user(request, pk)
     if request.method == "POST":
+        if notebook.status in (Notebook.Status.DELETING, Notebook.Status.DELETED):
+            already = "deleted" if notebook.status == Notebook.Status.DELETED else "being deleted"
+            messages.info(request, f"{notebook.name} is already {already}.")
+            return redirect("notebooks:list")
         services.delete_notebook(notebook=notebook, by=request.user,
                                  ip_address=client_ip(request))
-        messages.info(request, f"{notebook.name} is being deleted.")
+        messages.success(request, f"You asked to delete {notebook.name}.")
         return redirect("notebooks:list")
     return render(request, "notebooks/delete.html", {"notebook": notebook})

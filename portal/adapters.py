@@ -3,6 +3,8 @@ from django import forms
 from django.http import HttpRequest
 from django.urls import reverse
 
+from workspaces.services import client_ip
+
 
 class AccountAdapter(DefaultAccountAdapter):
     def is_open_for_signup(self, request: HttpRequest) -> bool:
@@ -18,6 +20,11 @@ class AccountAdapter(DefaultAccountAdapter):
             raise forms.ValidationError(
                 "Password sign-in is for administrators. Please use single sign-on.")
         return user
+
+    def get_client_ip(self, request: HttpRequest) -> str:
+        # The same address the audit log records: the client's behind trusted proxies, so
+        # one person's failed sign-ins do not lock out everyone behind the same proxy.
+        return client_ip(request) or super().get_client_ip(request)
 
     def get_logout_redirect_url(self, request: HttpRequest) -> str:
         # Asked before the session ends: a user who came through the IdP is sent there to end

@@ -1,18 +1,22 @@
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from allauth.account.views import LoginView
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods
 
 from instances import selectors as instance_selectors
 from notebooks import selectors as notebook_selectors
 from workspaces.services import ensure_workspace
 
-from .sso import sso_app
+from .sso import refusal, sso_app
 
 
 def landing(request: HttpRequest) -> HttpResponse:
@@ -33,6 +37,15 @@ def landing(request: HttpRequest) -> HttpResponse:
             "polling": any(not i.is_final for i in recent) or "deploying" in notebooks,
         },
     )
+
+
+def admin_overview(request: HttpRequest) -> HttpResponse:
+    """The administrators' overview; gpupaas/urls.py wraps it in the admin site's own check."""
+    overview = instance_selectors.admin_overview(
+        failed_since=timezone.now() - timedelta(hours=24))
+    return render(request, "admin/overview.html", {
+        **admin.site.each_context(request), "title": "Overview", "overview": overview,
+    })
 
 
 def ping(request: HttpRequest) -> HttpResponse:
@@ -60,6 +73,26 @@ def login(request: HttpRequest) -> HttpResponse:
     if app is not None and not settings.PASSWORD_LOGIN_ENABLED:
         return render(request, "portal/password_login_off.html", {"sso": app}, status=403)
     return LoginView.as_view()(request)
+
+
+@require_http_methods(["GET", "POST"])
+def email_managed(request: HttpRequest) -> HttpResponse:
+    """In place of allauth's email management, where anyone could add and make primary any
+    address, unverified: that would block a colleague's first sign-in or, with linking by
+    email, hand over their account. SSO users' email is the IdP's; local accounts' is set
+    by an administrator."""
+    changed = request.method == "POST"
+    return render(request, "portal/email_managed.html", {"changed": changed},
+                  status=403 if changed else 200)
+
+
+@login_not_required
+def social_signup(request: HttpRequest) -> HttpResponse:
+    """In place of allauth's sign-up form for IdP users: the IdP's claims are all there is."""
+    request.session.pop("socialaccount_sociallogin", None)
+    return refusal(request, "Sign-up forms are not used: your account is created from what "
+                   "your identity provider says at sign-in. Sign in again; if it fails, tell "
+                   "your administrator.")
 
 
 @login_not_required

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,16 @@ def sandbox_root(settings, local_root) -> Iterator[Path]:
         jupyter.stop_pid(pid)
 
 
+@pytest.fixture(autouse=True)
+def own_cache_namespace(settings) -> str:
+    """Each test its own key prefix in the shared cache (Redis under test), so rate-limit
+    counters and cached IdP keys of one test never reach the next. Returns the prefix."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    settings.CACHES = {name: {**conf, "KEY_PREFIX": prefix}
+                       for name, conf in settings.CACHES.items()}
+    return prefix
+
+
 def make_user(username: str, *, group: str | None = "Users", **extra):
     """A user in the seeded group `group` (end users by default; None: no role at all)."""
     user = get_user_model().objects.create_user(
@@ -112,13 +123,9 @@ def catalogue(db) -> dict[int, ComputeProfile]:
 
 
 @pytest.fixture
-def running_instance(alice, catalogue):
+def alices_instance(alice, catalogue):
     """alice's 4-GPU instance on the local backend, provisioned."""
-    from instances.services import launch_instance, provision_instance
-
-    instance = launch_instance(
-        workspace=workspace_of(alice), name="train", profile=catalogue[4], by=alice)
-    return provision_instance(instance_id=instance.pk)
+    return running_instance(alice, catalogue[4], "train")
 
 
 @pytest.fixture
@@ -137,6 +144,15 @@ def alice_client(client, alice):
 
 def workspace_of(user) -> Workspace:
     return Workspace.objects.get(owner=user)
+
+
+def running_instance(user, profile: ComputeProfile, name: str):
+    """An instance of `user`'s launched and provisioned here, without a worker."""
+    from instances import services
+
+    instance = services.launch_instance(
+        workspace=workspace_of(user), name=name, profile=profile, by=user)
+    return services.provision_instance(instance_id=instance.pk)
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):

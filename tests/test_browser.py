@@ -46,13 +46,9 @@ def test_a_user_launches_watches_and_deletes_an_instance(
 @pytest.fixture
 def lab_host(alice, catalogue):
     """A running instance of alice's (set up before the browser, see `page`)."""
-    from instances import services as instance_services
+    from .conftest import running_instance
 
-    from .conftest import workspace_of
-
-    instance = instance_services.launch_instance(
-        workspace=workspace_of(alice), name="lab-host", profile=catalogue[1], by=alice)
-    return instance_services.provision_instance(instance_id=instance.pk)
+    return running_instance(alice, catalogue[1], "lab-host")
 
 
 def test_a_user_deploys_a_notebook_and_opens_jupyterlab(
@@ -78,3 +74,7 @@ def test_a_user_deploys_a_notebook_and_opens_jupyterlab(
     lab.wait_for_load_state()
     lab.wait_for_function("document.title.includes('JupyterLab')", timeout=60_000)
     assert lab.url.startswith("http://127.0.0.1:") and "/lab" in lab.url
+    # It opens without the "receive official Jupyter news?" pop-up: that plugin is off.
+    config = lab.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent)")
+    assert "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"]
+    assert config["news"] == {"disabled": True}

@@ -53,7 +53,7 @@ def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_en
         def up() -> bool:
             try:
                 return s.get(base + "/accounts/login/", timeout=2).status_code == 200
-            except requests.RequestException:  # not listening yet, or still booting
+            except (requests.ConnectionError, requests.Timeout):  # still starting, or busy
                 return False
 
         wait_for(up, 30, 0.2)

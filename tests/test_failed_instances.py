@@ -51,8 +51,8 @@ def test_retry_checks_the_quota_again_and_keeps_the_name(alice, alice_client, ca
     response = alice_client.post(f"/instances/{big.pk}/retry/", follow=True)
     big.refresh_from_db()
     assert big.status == Status.FAILED
-    assert ("Cannot retry big: quota 8 GPUs: 4 in use by small; this size needs 8."
-            in response.content.decode())
+    assert ("Cannot retry big: Your quota is 8 GPUs and 4 are in use by small; this size "
+            "needs 8." in response.content.decode())
 
     services.delete_instance(instance=small, by=alice)
     services.teardown_instance(instance_id=small.pk)

@@ -302,8 +302,6 @@ def test_signing_in_rotates_the_session_key(client, db):
 
 def test_a_verified_email_links_to_the_existing_account_when_allowed(sso, portal, settings):
     settings.OIDC_LINK_BY_VERIFIED_EMAIL = True
-    settings.SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
-    settings.SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
     local = make_user("pat")  # pat@example.com
     sso.set_user("pat-at-idp", password="pw", email="pat@example.com", email_verified=True,
                  groups=["gpu-users"])
@@ -313,3 +311,223 @@ def test_a_verified_email_links_to_the_existing_account_when_allowed(sso, portal
     assert page.status_code == 200 and "Welcome" in page.text
     assert SocialAccount.objects.get(uid="pat-at-idp").user == local
     assert get_user_model().objects.filter(email="pat@example.com").count() == 1
+
+
+# --- A hostile identity provider (or whoever answers for it) ------------------------------
+
+
+def refused(page, reason: str) -> None:
+    assert page.status_code in (403, 503), page.status_code
+    assert reason in html.unescape(page.text), page.text[-1500:]
+    assert "Nothing was created or changed" in page.text
+    assert not SocialAccount.objects.exists()
+
+
+@pytest.mark.parametrize("forgery", [
+    {"alg": "none"}, {"alg": "HS256"}, {"key": "foreign"}, {"kid": "not-published"},
+    {"signature": "garbage"},
+], ids=["alg-none", "hs256-client-secret", "foreign-key", "unknown-kid", "garbage-signature"])
+def test_a_forged_id_token_signature_is_refused_even_with_an_admin_group(sso, portal, forgery):
+    sso.set_user("mallory", password="pw", groups=["gpu-users", "gpu-admins"])
+    sso.misbehave(**forgery)
+    _, page = sign_in(portal.url + "/", "mallory")
+    refused(page, "could not be trusted")
+    assert not get_user_model().objects.filter(username="mallory").exists()
+    if "alg" not in forgery:
+        assert sso.requests("jwks")  # the keys were asked for (allauth never did)
+
+
+def test_the_jwks_is_cached_and_fetched_again_for_a_rotated_key(sso, portal):
+    sso.set_user("quinn", password="pw", groups=["gpu-users"])
+    for _ in range(2):
+        _, page = sign_in(portal.url + "/", "quinn")
+        assert page.status_code == 200 and "Welcome" in page.text
+    assert len(sso.requests("jwks")) == 1
+    sso.rotate_key()
+    _, page = sign_in(portal.url + "/", "quinn")
+    assert page.status_code == 200 and "Welcome" in page.text
+    assert len(sso.requests("jwks")) == 2
+
+
+def test_without_the_issuers_keys_nobody_signs_in(sso, portal):
+    sso.set_user("rita", password="pw", groups=["gpu-users"])
+    sso.configure(jwks_down=True)
+    _, page = sign_in(portal.url + "/", "rita")
+    refused(page, "cannot be reached right now")
+    assert page.status_code == 503 and "tampered" not in page.text
+
+
+@pytest.mark.parametrize("spoil", [
+    {"claims": {"iat": 4102444800}}, {"claims": {"nbf": 4102444800}},
+    {"claims": {"exp": None}}, {"claims": {"iat": None}},
+    {"audience": ["portal", "someone-else"]},
+    {"audience": ["portal", "someone-else"], "azp": "someone-else"},
+    {"azp": "someone-else"},
+], ids=["iat-future", "nbf-future", "no-exp", "no-iat", "multi-aud-no-azp",
+        "multi-aud-other-azp", "other-azp"])
+def test_id_token_claims_out_of_bounds_are_refused(sso, portal, spoil):
+    sso.set_user("sam", password="pw", groups=["gpu-users"])
+    sso.misbehave(**spoil)
+    _, page = sign_in(portal.url + "/", "sam")
+    refused(page, "could not be trusted")
+
+
+def test_several_audiences_with_our_client_as_azp_are_accepted(sso, portal):
+    sso.set_user("tara", password="pw", groups=["gpu-users"])
+    sso.misbehave(audience=["portal", "someone-else"], azp="portal")
+    _, page = sign_in(portal.url + "/", "tara")
+    assert page.status_code == 200 and "Welcome" in page.text
+
+
+def test_a_discovery_document_naming_another_issuer_is_not_trusted(sso, portal):
+    sso.configure(discovery_issuer="https://evil.example")
+    page = requests.get(portal.url + "/", timeout=10)
+    assert page.status_code == 503
+    assert "names itself 'https://evil.example'" in html.unescape(page.text)
+    assert not sso.requests("authorize")
+
+
+def test_a_userinfo_answer_about_another_subject_is_refused(sso, portal):
+    sso.set_user("victor", password="pw", groups=["gpu-users", "gpu-admins"])
+    sign_in(portal.url + "/", "victor")
+    victor = get_user_model().objects.get(username="victor")
+    SocialAccount.objects.all().delete()  # (so that `refused` can count new ones)
+    SocialAccount.objects.create(user=victor, provider=PROVIDER_ID, uid="victor")
+    sso.set_user("mallory", password="pw", groups=[])
+    sso.misbehave(userinfo={"sub": "victor"})
+
+    session, page = sign_in(portal.url + "/", "mallory")
+
+    assert page.status_code == 403 and "about another person" in page.text
+    assert not get_user_model().objects.filter(username="mallory").exists()
+    assert session.get(portal.url + "/", allow_redirects=False, timeout=10).status_code == 302
+
+
+@pytest.mark.parametrize(("claims", "reason"), [
+    ({"email": None}, "did not send a valid email address"),
+    ({"email": "not an address"}, "did not send a valid email address"),
+    ({"email": ["a@example.com"]}, "did not send a valid email address"),
+    ({"email_verified": "true"}, "does not confirm that your email address is verified"),
+    ({"email_verified": None}, "does not confirm that your email address is verified"),
+])
+def test_no_usable_email_means_a_clear_refusal_never_a_sign_up_form(sso, portal, claims, reason):
+    sso.set_user("uma", password="pw", groups=["gpu-users", "gpu-admins"])
+    sso.misbehave(claims=claims)
+    _, page = sign_in(portal.url + "/", "uma")
+    refused(page, reason)
+    assert "/social/signup/" not in page.url and 'name="email"' not in page.text
+    assert not get_user_model().objects.filter(username="uma").exists()
+
+
+def test_email_verified_as_a_string_never_links_to_a_local_account(sso, portal, settings):
+    settings.OIDC_LINK_BY_VERIFIED_EMAIL = True
+    settings.OIDC_REQUIRE_VERIFIED_EMAIL = False
+    # As the portal configured allauth's own email linking before (from the same variable):
+    # it must not take "true" for true either.
+    settings.SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+    settings.SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+    local = make_user("wes")  # wes@example.com
+    sso.set_user("wes-at-idp", password="pw", email="wes@example.com", groups=["gpu-users"])
+    sso.misbehave(claims={"email_verified": "true"})
+    _, page = sign_in(portal.url + "/", "wes-at-idp")
+    refused(page, "already exists in the portal and is not linked")
+    local.refresh_from_db()
+    assert local.has_usable_password()
+
+
+def test_linking_never_takes_over_an_administrator(sso, portal, settings, admin_user):
+    settings.OIDC_LINK_BY_VERIFIED_EMAIL = True
+    sso.set_user("boss", password="pw", email=admin_user.email, email_verified=True,
+                 groups=["gpu-users"])
+    _, page = sign_in(portal.url + "/", "boss")
+    refused(page, "already exists in the portal and is not linked")
+    admin_user.refresh_from_db()
+    assert admin_user.is_staff and admin_user.is_superuser
+    assert admin_user.check_password(PASSWORD)
+
+
+def test_linking_a_user_keeps_their_local_password(sso, portal, settings):
+    settings.OIDC_LINK_BY_VERIFIED_EMAIL = True
+    local = make_user("xena")
+    sso.set_user("xena-at-idp", password="pw", email="xena@example.com", groups=["gpu-users"])
+    _, page = sign_in(portal.url + "/", "xena-at-idp")
+    assert page.status_code == 200 and "Welcome" in page.text
+    assert SocialAccount.objects.get().user == local
+    local.refresh_from_db()
+    assert local.check_password(PASSWORD)
+
+
+@pytest.mark.parametrize(("claims", "reason"), [
+    ({"sub": "s" * 192}, "a subject of 192 characters; the portal takes at most 191"),
+    ({"sub": None}, "could not be trusted"),
+    ({"groups": 7}, "'groups' claim as int, not as a list of group names"),
+    ({"groups": {"gpu-admins": True}}, "'groups' claim as dict, not as a list of group names"),
+    ({"name": {"first": "Yan"}}, "'name' claim the portal cannot use"),
+])
+def test_odd_claims_get_a_clear_refusal_not_a_500(sso, portal, claims, reason):
+    sso.set_user("yan", password="pw", groups=["gpu-users"])
+    sso.misbehave(claims=claims)
+    _, page = sign_in(portal.url + "/", "yan")
+    refused(page, reason)
+    assert not get_user_model().objects.filter(username="yan").exists()
+    assert not Group.objects.filter(name="gpu-admins").exists()
+
+
+def test_a_subject_of_191_characters_signs_in(sso, portal):
+    sso.set_user("zed", password="pw", sub="z" * 191, groups=["gpu-users"])
+    _, page = sign_in(portal.url + "/", "zed")
+    assert page.status_code == 200
+    assert SocialAccount.objects.get().uid == "z" * 191
+
+
+def test_discovery_failing_at_the_callback_is_a_clear_page(sso, portal):
+    sso.set_user("abe", password="pw", groups=["gpu-users"])
+    session = requests.Session()
+    form = session.get(portal.url + "/", timeout=10)
+    action = html.unescape(re.search(r'action="([^"]+)"', form.text).group(1))
+    answer = session.post(sso.issuer + action, data={"username": "abe", "password": "pw"},
+                          allow_redirects=False, timeout=10)
+    SocialApp.objects.update(settings={"server_url": "http://127.0.0.1:9"})  # the IdP is gone
+    page = session.get(answer.headers["Location"], timeout=10)
+    refused(page, "cannot be reached right now")
+
+
+def test_a_token_endpoint_outage_does_not_say_tampered(sso, portal):
+    SocialApp.objects.update(settings={
+        "server_url": sso.issuer,
+        "openid_configuration_overrides": {"token_endpoint": "http://127.0.0.1:9/token"}})
+    sso.set_user("bea", password="pw", groups=["gpu-users"])
+    _, page = sign_in(portal.url + "/", "bea")
+    refused(page, "cannot be reached right now")
+    assert "tampered" not in page.text
+
+
+def test_two_social_apps_with_one_provider_id_give_a_clear_page(sso, portal):
+    app = SocialApp.objects.get()
+    app.pk = None
+    app.save()
+    page = requests.get(portal.url + "/", timeout=10)
+    assert page.status_code == 503 and "configured twice" in page.text
+
+
+def test_production_refuses_a_plain_http_issuer():
+    def deploy_check(issuer: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DEBUG": "false", "OIDC_ISSUER_URL": issuer,
+               "SECRET_KEY": "x" * 20 + "-production-only-9f8e7d6c5b4a3210-abcdefghij",
+               "ALLOWED_HOSTS": "gpu.example.com", "SECURE_COOKIES": "true",
+               "SECURE_SSL_REDIRECT": "true", "SECURE_HSTS_SECONDS": "31536000",
+               "BEHIND_TLS_PROXY": "true"}
+        return subprocess.run([sys.executable, "manage.py", "check", "--deploy"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    plain = deploy_check("http://idp.example.com/realms/gpu")
+    assert plain.returncode != 0
+    assert "OIDC_ISSUER_URL must be https" in plain.stdout + plain.stderr
+    assert deploy_check("https://idp.example.com/realms/gpu").returncode == 0
+
+
+def test_an_issuer_configured_with_a_trailing_slash_still_matches(sso, portal):
+    SocialApp.objects.update(settings={"server_url": sso.issuer + "/"})
+    sso.set_user("cy", password="pw", groups=["gpu-users"])
+    _, page = sign_in(portal.url + "/", "cy")
+    assert page.status_code == 200 and "Welcome" in page.text

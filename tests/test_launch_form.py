@@ -79,8 +79,9 @@ def test_it_refuses_a_launch_over_the_gpu_quota_and_says_why(alice_client, alice
     response = post(alice_client, name="train-c", profile=catalogue[4].pk)
 
     assert response.status_code == 400
-    assert "quota 8 GPUs: 6 in use by train-a, train-b; this size needs 4" in (
-        response.content.decode()
+    assert (
+        "Your quota is 8 GPUs and 6 are in use by train-a and train-b; this size needs 4."
+        in response.content.decode()
     )
     assert Instance.objects.count() == 2
     assert AuditEvent.objects.count() == audit_rows
@@ -92,8 +93,9 @@ def test_it_refuses_a_launch_over_the_instance_quota(alice_client, alice, catalo
     workspace.save()
     post(alice_client, name="only", profile=catalogue[1].pk)
     response = post(alice_client, name="another", profile=catalogue[1].pk)
-    assert "quota 1 instance: 1 in use by only; delete one to launch another" in (
-        response.content.decode()
+    assert (
+        "Your quota is 1 instance and 1 is in use by only; delete one to launch another."
+        in response.content.decode()
     )
     assert Instance.objects.count() == 1
 
@@ -128,3 +130,50 @@ def test_profiles_are_ordered_as_the_admin_sorted_them(alice_client, catalogue):
     ComputeProfile.objects.filter(gpus=8).update(sort_order=-1)
     page = alice_client.get(NEW).content.decode()
     assert page.index("Full node · 8 GPUs") < page.index("Small · 1 GPU")
+
+
+def test_the_quota_refusal_sits_on_the_size_field_and_marks_it(alice_client, alice, catalogue):
+    workspace = workspace_of(alice)
+    workspace.max_gpus = 4
+    workspace.save()
+    assert post(alice_client, name="train-a", profile=catalogue[2].pk).status_code == 302
+
+    page = post(alice_client, name="train-b", profile=catalogue[4].pk).content.decode()
+
+    sizes = page.split('<fieldset class="sizes invalid"')[1].split("</fieldset>")[0]
+    assert 'aria-invalid="true"' in sizes.split(">")[0]
+    assert "Your quota is 4 GPUs and 2 are in use by train-a; this size needs 4." in sizes
+
+
+def test_a_bad_name_is_marked_on_its_field(alice_client, catalogue):
+    page = post(alice_client, name="Bad_Name", profile=catalogue[1].pk).content.decode()
+    field = page.split('<div class="field invalid">')[1].split("</div>")[0]
+    assert 'name="name"' in field and 'aria-invalid="true"' in field
+    assert "Use lowercase letters" in field
+
+
+def test_the_wizard_has_three_numbered_sections_and_a_summary_of_the_cost(
+    alice_client, alice, catalogue
+):
+    page = alice_client.get(NEW).content.decode()
+    for number, title in ((1, "Name and description"), (2, "Size"), (3, "Review and launch")):
+        assert f'<span class="step-number">{number}</span> {title}' in page
+    assert "Pick a size to see what it takes from your quota" in page
+    # Each card carries its own summary, which the page shows once it is picked.
+    assert ("Medium · 2 GPUs: Takes 2 GPUs and 1 instance from your quota. Left after launch: "
+            "6 of 8 GPUs and 4 of 5 instances.") in page
+
+    page = post(alice_client, name="Bad_Name", profile=catalogue[2].pk).content.decode()
+    summary = page.split('id="launch-summary"')[1].split("</p>")[0]
+    assert "Left after launch: 6 of 8 GPUs and 4 of 5 instances." in summary
+
+
+def test_local_size_cards_never_promise_more_than_this_machine(alice_client, catalogue):
+    from clusters.backends.local import machine_limits
+
+    machine = machine_limits()
+    page = alice_client.get(NEW).content.decode()
+    full_node = page.split('<span class="size-name">Full node · 8 GPUs')[1].split("</label>")[0]
+    assert f"up to {min(64, machine.cpus)} CPU" in full_node
+    assert f"up to {min(512, machine.memory_gib)} GiB memory" in full_node
+    assert "limits on this machine" in page and "not reservations" in page

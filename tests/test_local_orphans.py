@@ -28,48 +28,48 @@ def servers(sandbox_root) -> dict[str, int]:
 
 
 def test_a_late_deploy_step_starts_nothing_for_a_deleted_instance(
-    alice, running_instance, minimal, sandbox_root
+    alice, alices_instance, minimal, sandbox_root
 ):
-    notebook = services.deploy_notebook(instance=running_instance, name="late",
+    notebook = services.deploy_notebook(instance=alices_instance, name="late",
                                         profile=minimal, by=alice)
-    instance_services.delete_instance(instance=running_instance, by=alice)
-    instance_services.teardown_instance(instance_id=running_instance.pk)
+    instance_services.delete_instance(instance=alices_instance, by=alice)
+    instance_services.teardown_instance(instance_id=alices_instance.pk)
 
     notebook = services.advance_notebook(notebook_id=notebook.pk)  # the worker, too late
 
     assert notebook.status == Status.DELETED
     assert notebook.status_message == "Deleted with its instance."
     assert servers(sandbox_root) == {}
-    assert not (sandbox_root / "local" / running_instance.key).exists()
+    assert not (sandbox_root / "local" / alices_instance.key).exists()
 
 
 def test_the_backend_refuses_to_start_a_server_once_its_instance_is_deleted(
-    alice, running_instance, minimal, sandbox_root
+    alice, alices_instance, minimal, sandbox_root
 ):
-    notebook = services.deploy_notebook(instance=running_instance, name="racer",
+    notebook = services.deploy_notebook(instance=alices_instance, name="racer",
                                         profile=minimal, by=alice)
     spec = services.notebook_spec(notebook)
-    backend = get_backend(running_instance.cluster)
-    backend.delete_instance(running_instance.key, spec.instance)
+    backend = get_backend(alices_instance.cluster)
+    backend.delete_instance(alices_instance.key, spec.instance)
 
     with pytest.raises(BackendError, match="being deleted; nothing was started"):
         backend.ensure_notebook(spec)
     with pytest.raises(BackendError, match="was deleted"):
         backend.ensure_instance(spec.instance)  # nor is its sandbox made again
     assert servers(sandbox_root) == {}
-    assert not (sandbox_root / "local" / running_instance.key).exists()
+    assert not (sandbox_root / "local" / alices_instance.key).exists()
 
 
 def test_reconcile_stops_a_marked_server_that_no_live_notebook_owns(
-    alice, running_instance, minimal, sandbox_root
+    alice, alices_instance, minimal, sandbox_root
 ):
-    kept = until(services.deploy_notebook(instance=running_instance, name="kept",
+    kept = until(services.deploy_notebook(instance=alices_instance, name="kept",
                                           profile=minimal, by=alice), Status.RUNNING)
-    lost = until(services.deploy_notebook(instance=running_instance, name="lost",
+    lost = until(services.deploy_notebook(instance=alices_instance, name="lost",
                                           profile=minimal, by=alice), Status.RUNNING)
     # The portal forgot it: its row is history and its runtime record is gone.
     Notebook.objects.filter(pk=lost.pk).update(status=Status.DELETED)
-    (sandbox_root / ".portal" / "local" / running_instance.key / lost.key /
+    (sandbox_root / ".portal" / "local" / alices_instance.key / lost.key /
      "runtime.json").unlink()
 
     summary = services.reconcile_notebooks()
@@ -81,16 +81,16 @@ def test_reconcile_stops_a_marked_server_that_no_live_notebook_owns(
 
 
 def test_deleting_an_instance_leaves_no_jupyterlab_process(
-    alice, running_instance, minimal, sandbox_root
+    alice, alices_instance, minimal, sandbox_root
 ):
-    notebook = until(services.deploy_notebook(instance=running_instance, name="gone",
+    notebook = until(services.deploy_notebook(instance=alices_instance, name="gone",
                                               profile=minimal, by=alice), Status.RUNNING)
     from .kit.kernel import run_code
 
     # A kernel runs in a session of its own, outside the server's process group.
     kernel_pid = int(run_code(notebook.url, notebook.token, "import os; print(os.getpid())"))
-    instance_services.delete_instance(instance=running_instance, by=alice)
-    instance_services.teardown_instance(instance_id=running_instance.pk)
+    instance_services.delete_instance(instance=alices_instance, by=alice)
+    instance_services.teardown_instance(instance_id=alices_instance.pk)
 
     assert servers(sandbox_root) == {}
     assert port_is_free(port_of(notebook))
@@ -99,9 +99,9 @@ def test_deleting_an_instance_leaves_no_jupyterlab_process(
 
 
 def test_ctrl_c_on_make_run_stops_local_notebooks_and_says_they_come_back(
-    alice, running_instance, minimal, sandbox_root, tmp_path
+    alice, alices_instance, minimal, sandbox_root, tmp_path
 ):
-    notebook = until(services.deploy_notebook(instance=running_instance, name="session",
+    notebook = until(services.deploy_notebook(instance=alices_instance, name="session",
                                               profile=minimal, by=alice), Status.RUNNING)
     db = django_settings.DATABASES["default"]
     env = {

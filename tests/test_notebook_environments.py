@@ -26,12 +26,12 @@ def small(catalogue, minimal_environment) -> NotebookProfile:
 
 
 def test_a_profiles_kernel_imports_its_packages_and_not_the_portals(
-    alice, running_instance, small
+    alice, alices_instance, small
 ):
     with pytest.raises(ImportError):
         __import__("cowsay")  # not the portal's: the kernel can only get it from its profile
     started = time.monotonic()
-    notebook = services.deploy_notebook(instance=running_instance, name="talk", profile=small,
+    notebook = services.deploy_notebook(instance=alices_instance, name="talk", profile=small,
                                         by=alice)
     notebook = services.advance_notebook(notebook_id=notebook.pk)
     assert notebook.step == "preparing"
@@ -49,7 +49,7 @@ def test_a_profiles_kernel_imports_its_packages_and_not_the_portals(
     # A second notebook of the profile shares the environment: no preparing at all.
     started = time.monotonic()
     second = services.advance_notebook(notebook_id=services.deploy_notebook(
-        instance=running_instance, name="talk-again", profile=small, by=alice).pk)
+        instance=alices_instance, name="talk-again", profile=small, by=alice).pk)
     assert second.step == "starting"
     until(second, Status.RUNNING)
     print(f"\npreparing environment: first {first:.1f} s, cached "
@@ -57,16 +57,16 @@ def test_a_profiles_kernel_imports_its_packages_and_not_the_portals(
 
 
 def test_a_profile_needing_a_missing_command_is_unavailable_before_the_click(
-    alice, alice_client, running_instance, small
+    alice, alice_client, alices_instance, small
 ):
     small.local_requires = "java-that-is-not-here"
     small.save()
 
-    page = alice_client.get(f"/notebooks/new/?instance={running_instance.pk}").content.decode()
+    page = alice_client.get(f"/notebooks/new/?instance={alices_instance.pk}").content.decode()
     assert ("Small: unavailable on this machine, needs java-that-is-not-here, which this "
             "machine does not have.") in page
     with pytest.raises(ValidationError, match="Small is unavailable on this machine"):
-        services.deploy_notebook(instance=running_instance, name="x", profile=small, by=alice)
+        services.deploy_notebook(instance=alices_instance, name="x", profile=small, by=alice)
     assert not Notebook.objects.exists()
 
 
@@ -93,9 +93,9 @@ def test_the_seeded_profiles_list_their_local_packages(catalogue):
     assert packages["tensorflow"][0] == ("jupyterlab>=4.2,<5", "tensorflow")
 
 
-def test_the_data_science_kernel_imports_pandas(alice, running_instance, catalogue):
+def test_the_data_science_kernel_imports_pandas(alice, alices_instance, catalogue):
     datascience = NotebookProfile.objects.get(name="datascience")
-    notebook = services.deploy_notebook(instance=running_instance, name="frames",
+    notebook = services.deploy_notebook(instance=alices_instance, name="frames",
                                         profile=datascience, by=alice)
     notebook = until(notebook, Status.RUNNING, timeout=600)
 

@@ -66,8 +66,8 @@ def test_a_notebook_that_does_not_fit_is_refused_with_what_is_used_and_left(
                       memory_gib=16, gpus=0)
 
     assert response.status_code == 400
-    assert ("Does not fit: the instance has 8 CPU, 64 GiB memory and 1 GPU; 6 CPU, 32 GiB, "
-            "1 GPU used by a; this notebook needs 4 CPU, 16 GiB and 0 GPU.") in (
+    assert ("Does not fit: the instance has 8 CPU, 64 GiB memory and 1 GPU; 6 CPU, 32 GiB and "
+            "1 GPU are used by a; this notebook needs 4 CPU, 16 GiB and no GPU.") in (
         response.content.decode())
     assert Notebook.objects.count() == 1
 
@@ -129,7 +129,13 @@ def test_alice_sees_url_token_and_open_once_running(alice_client, alices_noteboo
     assert "http://127.0.0.1:9999/lab" in page
     assert f'value="{alices_notebook.token}"' in page
     assert f"http://127.0.0.1:9999/lab?token={alices_notebook.token}" in page
-    assert "hx-trigger" not in page.split('id="notebook-status"')[1].split(">")[0]
+    # The list offers Open and a Copy URL that says it carries the token.
+    listing = alice_client.get("/notebooks/").content.decode()
+    row = listing.split(f">{alices_notebook.name}</a>")[1].split("</tr>")[0]
+    assert f'href="http://127.0.0.1:9999/lab?token={alices_notebook.token}"' in row
+    assert ">Open</a>" in row and ">Copy URL with token</button>" in row
+    # Still live, at the slow pace: a delete from another tab shows.
+    assert 'hx-trigger="every 10s"' in page.split('id="notebook-status"')[1].split(">")[0]
 
 
 def test_the_lists_show_name_profile_instance_status_and_date(alice_client, alices_notebook):
@@ -145,6 +151,12 @@ def test_the_lists_show_name_profile_instance_status_and_date(alice_client, alic
 def test_deleting_asks_first_then_stops_it(alice_client, alices_notebook):
     url = reverse("notebooks:delete", args=[alices_notebook.pk])
     assert "cannot be undone" in alice_client.get(url).content.decode()
-    assert alice_client.post(url).status_code == 302
+    response = alice_client.post(url, follow=True)
+    assert f"You asked to delete {alices_notebook.name}." in response.content.decode()
     alices_notebook.refresh_from_db()
     assert alices_notebook.status == Notebook.Status.DELETING
+
+    # Confirmed again from a tab left open: it says so instead of deleting twice.
+    again = alice_client.post(url, follow=True).content.decode()
+    assert f"{alices_notebook.name} is already being deleted." in again
+    assert "You asked to delete" not in again

@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from instances import services
 from instances.models import Instance
+from workspaces.models import AuditEvent
 
 from .conftest import workspace_of
 
@@ -78,7 +79,9 @@ def test_the_list_is_paginated(alice_client, alice, catalogue, settings):
     assert "job-0" in second and "job-0" not in first
 
 
-def test_the_status_partial_polls_until_the_state_is_final(alice_client, alice, catalogue):
+def test_the_status_partial_polls_fast_while_pending_and_slowly_once_running(
+    alice_client, alice, catalogue
+):
     launch_many(alice, catalogue[1], 1)
     instance = Instance.objects.get()
     url = reverse("instances:status", args=[instance.pk])
@@ -86,5 +89,48 @@ def test_the_status_partial_polls_until_the_state_is_final(alice_client, alice, 
 
     services.provision_instance(instance_id=instance.pk)
     partial = alice_client.get(url).content.decode()
-    assert "Running" in partial and "hx-trigger" not in partial
+    assert "Running" in partial and 'hx-trigger="every 10s"' in partial
     assert "simulated" in partial
+
+    services.delete_instance(instance=instance, by=alice)
+    services.teardown_instance(instance_id=instance.pk)
+    partial = alice_client.get(url).content.decode()
+    assert "Deleted" in partial and "hx-trigger" not in partial
+
+
+def test_the_flash_messages_say_what_alice_did(alice_client, alice, catalogue):
+    response = alice_client.post(reverse("instances:new"),
+                                 {"name": "train-a", "profile": catalogue[1].pk}, follow=True)
+    assert "You launched train-a." in response.content.decode()
+    instance = Instance.objects.get()
+    response = alice_client.post(reverse("instances:delete", args=[instance.pk]), follow=True)
+    assert "You asked to delete train-a." in response.content.decode()
+
+
+def test_confirming_a_delete_already_under_way_says_so_and_changes_nothing(
+    alice_client, alice, catalogue
+):
+    launch_many(alice, catalogue[1], 1)
+    instance = Instance.objects.get()
+    url = reverse("instances:delete", args=[instance.pk])
+    alice_client.post(url, follow=True)  # another tab deleted it first
+    audit_rows = AuditEvent.objects.count()
+
+    response = alice_client.post(url, follow=True)
+
+    assert "job-0 is already being deleted." in response.content.decode()
+    assert "You asked to delete" not in response.content.decode()
+    assert AuditEvent.objects.count() == audit_rows
+    assert "is already being deleted" in alice_client.get(url).content.decode()
+
+
+def test_a_running_instance_page_reads_like_a_person_wrote_it(alice_client, alice, catalogue):
+    launch_many(alice, catalogue[1], 1)
+    instance = services.provision_instance(instance_id=Instance.objects.get().pk)
+    page = alice_client.get(reverse("instances:detail", args=[instance.pk])).content.decode()
+    assert "GPU slot<" in page or "GPU slot</dt>" in page  # one slot, not "GPU slots"
+    assert "Running for</dt><dd" in page and "under a minute" in page
+    assert page.count(">Delete</a>") == 1 and page.count(">New notebook</a>") == 1
+    assert "Deploy a notebook" not in page  # "New notebook" is already there
+    confirm = alice_client.get(reverse("instances:delete", args=[instance.pk])).content.decode()
+    assert "its GPU goes back to your quota" in confirm

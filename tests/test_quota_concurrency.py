@@ -47,7 +47,7 @@ def test_twenty_concurrent_launches_never_exceed_the_gpu_quota(alice, catalogue)
 
     assert len(launched) == 4 and len(refused) == 16
     assert sum(i.gpus for i in Instance.objects.filter(workspace=workspace)) == 8
-    assert all(r.startswith("quota 8 GPUs: 8 in use by ") for r in refused)
+    assert all(r.startswith("Your quota is 8 GPUs and 8 are in use by ") for r in refused)
 
 
 def test_twenty_concurrent_launches_never_exceed_the_instance_quota(alice, catalogue):
@@ -61,4 +61,4 @@ def test_twenty_concurrent_launches_never_exceed_the_instance_quota(alice, catal
 
     assert len(launched) == 3
     assert Instance.objects.filter(workspace=workspace).count() == 3
-    assert all(r.startswith("quota 3 instances: 3 in use by ") for r in refused)
+    assert all(r.startswith("Your quota is 3 instances and 3 are in use by ") for r in refused)

@@ -1,8 +1,13 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.models import Group
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.template.defaultfilters import pluralize
 
 from .models import AuditEvent, GroupPolicy, IdpGroupMapping, Workspace
+from .selectors import Quota, effective_quota, resolve_quota, with_usage
 
 
 class GroupPolicyInline(admin.StackedInline):
@@ -43,11 +48,68 @@ class GroupAdmin(DjangoGroupAdmin):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
-    list_display = ["owner", "max_gpus", "max_instances", "created_at"]
+    list_display = [
+        "owner", "quota", "quota_source", "gpus_in_use", "instances_in_use", "last_activity",
+        "max_gpus", "max_instances",
+    ]
     list_editable = ["max_gpus", "max_instances"]
     search_fields = ["owner__username", "owner__email"]
     list_select_related = ["owner"]
-    readonly_fields = ["owner", "created_at"]
+    readonly_fields = ["owner", "quota", "quota_source", "gpus_in_use", "instances_in_use",
+                       "last_activity", "created_at"]
+    fields = ["owner", "quota", "quota_source", "gpus_in_use", "instances_in_use",
+              "max_gpus", "max_instances", "last_activity", "created_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Workspace]:
+        return with_usage(super().get_queryset(request))
+
+    def effective(self, workspace: Workspace) -> Quota:
+        # From the annotations of the list's one query: no query per row.
+        return resolve_quota(
+            own_gpus=workspace.max_gpus, own_instances=workspace.max_instances,
+            group_gpus=workspace.group_gpus, group_instances=workspace.group_instances,
+        )
+
+    @admin.display(description="effective quota")
+    def quota(self, workspace: Workspace) -> str:
+        quota = self.effective(workspace)
+        return (f"{quota.max_gpus} GPU{pluralize(quota.max_gpus)}, "
+                f"{quota.max_instances} instance{pluralize(quota.max_instances)}")
+
+    @admin.display(description="quota from")
+    def quota_source(self, workspace: Workspace) -> str:
+        return self.effective(workspace).source
+
+    @admin.display(description="GPUs in use", ordering="gpus_used")
+    def gpus_in_use(self, workspace: Workspace) -> int:
+        return workspace.gpus_used
+
+    @admin.display(description="instances in use", ordering="instances_used")
+    def instances_in_use(self, workspace: Workspace) -> int:
+        return workspace.instances_used
+
+    @admin.display(description="last activity", ordering="last_activity")
+    def last_activity(self, workspace: Workspace) -> str:
+        return naturaltime(workspace.last_activity) if workspace.last_activity else "never"
+
+    def save_model(self, request: HttpRequest, obj: Workspace, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # Lowering a quota below what is held takes nothing away: say what it does mean.
+        quota = effective_quota(workspace=obj)
+        usage = with_usage(Workspace.objects.filter(pk=obj.pk)).get()
+        over = []
+        if usage.gpus_used > quota.max_gpus:
+            over.append(f"{usage.gpus_used} GPUs in use, over its quota of {quota.max_gpus}")
+        if usage.instances_used > quota.max_instances:
+            over.append(f"{usage.instances_used} instances in use, over its quota of "
+                        f"{quota.max_instances}")
+        if over:
+            self.message_user(
+                request,
+                f"{obj} now has {' and '.join(over)}. Its running instances keep running; "
+                "new launches are refused until enough are deleted to fit the quota.",
+                messages.WARNING,
+            )
 
 
 @admin.register(AuditEvent)

@@ -1,3 +1,4 @@
+import ipaddress
 from typing import Any
 
 from django.conf import settings
@@ -13,6 +14,15 @@ def ensure_workspace(*, user: AbstractBaseUser) -> Workspace:
     """Every user gets one private workspace, created on first use with the default quota."""
     workspace, _ = Workspace.objects.get_or_create(owner=user)
     return workspace
+
+
+def lock_workspace(*, workspace_id: int | None) -> Workspace | None:
+    """Take the workspace row lock: the first lock of every transaction that changes the
+    workspace's instances or notebooks. One order everywhere (the workspace row, then an
+    instance or notebook) is what keeps PostgreSQL from deadlocking; audit rows take a key
+    share lock on the workspace, so a transition that took its row first would wait on a
+    user's delete holding the workspace while the delete waits on that row."""
+    return Workspace.objects.select_for_update().filter(pk=workspace_id).first()
 
 
 def record_audit(
@@ -37,11 +47,17 @@ def record_audit(
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """The address an audit row records: the client's, not the proxy's, behind a TLS proxy."""
-    if settings.SECURE_PROXY_SSL_HEADER:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded:
-            return forwarded.split(",")[0].strip()
+    """The address an audit row records: the client's, not the proxy's, behind a TLS proxy.
+
+    The one the outermost trusted proxy saw (as for the login rate limits): entries left of
+    it in X-Forwarded-For are whatever the client chose to send."""
+    forwarded = [ip.strip() for ip in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    count = settings.TRUSTED_PROXY_COUNT
+    if count and len(forwarded) >= count:
+        try:
+            return str(ipaddress.ip_address(forwarded[-count]))
+        except ValueError:
+            pass  # a proxy that does not write addresses: fall back to the peer
     return request.META.get("REMOTE_ADDR") or None
 
 

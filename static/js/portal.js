@@ -16,3 +16,28 @@ document.addEventListener("click", (event) => {
     reveal.textContent = hidden ? "Hide" : "Show";
   }
 });
+
+// Bar widths come as [data-width="percent"]: the Content Security Policy allows no inline
+// style attributes, but a style set from a script file is fine.
+function applyWidths(root) {
+  root.querySelectorAll("[data-width]").forEach((el) => {
+    el.style.width = `${Number(el.dataset.width) || 0}%`;
+  });
+}
+document.addEventListener("DOMContentLoaded", () => applyWidths(document));
+document.addEventListener("htmx:load", (event) => applyWidths(event.detail.elt));
+// Phones: the Menu button folds the navigation and user menu in and out.
+document.addEventListener("click", (event) => {
+  const toggle = event.target.closest(".menu-toggle");
+  if (!toggle) return;
+  const open = toggle.closest(".topbar").classList.toggle("open");
+  toggle.setAttribute("aria-expanded", String(open));
+});
+
+// The launch wizard: the summary follows the chosen size (the server wrote each card's).
+document.addEventListener("change", (event) => {
+  const summary = document.getElementById("launch-summary");
+  if (summary && event.target.matches("input[name=profile][data-summary]")) {
+    summary.textContent = event.target.dataset.summary;
+  }
+});

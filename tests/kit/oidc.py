@@ -21,7 +21,10 @@ In a test::
 As a process: ``python -m tests.kit.oidc --port 18003 --config idp.json``; ``spawn()`` does that
 and returns the same helpers, spoken over HTTP.
 
-Deliberate simplifications: one signing key per run, no refresh tokens, no consent screen,
+Hostile modes (``misbehave``, ``configure``, ``rotate_key``) play an IdP, or whoever answers
+for it, that forges signatures, bends claims, lies in discovery or userinfo, or loses its keys.
+
+Deliberate simplifications: one signing key at a time, no refresh tokens, no consent screen,
 userinfo is not filtered by scope, redirect URIs match exactly, and ``/logout`` only redirects
 to a ``post_logout_redirect_uri`` on the origin of some registered redirect URI. allauth 65
 neither sends nor checks a nonce, so ``misbehave(nonce=...)`` only trips clients that do.
@@ -30,8 +33,11 @@ neither sends nor checks a nonce, so ``misbehave(nonce=...)`` only trips clients
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import dataclasses
+import hashlib
+import hmac
 import html
 import json
 import secrets
@@ -66,8 +72,10 @@ __all__ = ["Client", "Provider", "RemoteProvider", "User", "main", "spawn", "sta
 ROOT = Path(__file__).resolve().parents[2]
 SCOPES = ["openid", "profile", "email", "groups"]
 AUTH_METHODS = ["client_secret_post", "client_secret_basic"]
-MISBEHAVIOURS = {"nonce", "audience", "expired", "issuer"}
-SETTINGS = {"groups_claim", "token_lifetime", "code_lifetime", "require_pkce"}
+MISBEHAVIOURS = {"nonce", "audience", "expired", "issuer", "alg", "key", "kid", "signature",
+                 "azp", "claims", "userinfo"}
+SETTINGS = {"groups_claim", "token_lifetime", "code_lifetime", "require_pkce",
+            "discovery_issuer", "jwks_down"}
 Response = tuple[int, Any, list[tuple[str, str]]]
 T = TypeVar("T")
 
@@ -250,7 +258,40 @@ class _OpenIDCode(OpenIDCode):
         }
         if code.nonce or "nonce" in bad:
             claims["nonce"] = bad.get("nonce", code.nonce)
-        return jwt.encode({"alg": "RS256", "kid": p._key.kid, "typ": "JWT"}, claims, p._key)
+        if "azp" in bad:
+            claims["azp"] = bad["azp"]
+        claims = _override(claims, bad.get("claims", {}))
+        return _sign(claims, bad, p._key, request.client.client_secret)
+
+
+def _override(claims: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`claims` with `changes` applied; a change to None removes the claim."""
+    merged = {**claims, **changes}
+    return {k: v for k, v in merged.items() if changes.get(k, "") is not None}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _sign(claims: dict[str, Any], bad: Mapping[str, Any], key: RSAKey, secret: str) -> str:
+    """The ID token as a well-behaved provider signs it, or spoiled as `bad` says:
+    alg="none" (unsigned), alg="HS256" (an HMAC keyed with the client secret), key="foreign"
+    (a key the JWKS does not hold, under the published kid), kid= (another key id),
+    signature="garbage" (random bytes in place of the signature)."""
+    header = {"alg": "RS256", "kid": bad.get("kid", key.kid), "typ": "JWT"}
+    if bad.get("alg") in ("none", "HS256"):
+        header = {"alg": bad["alg"], "typ": "JWT"}
+        signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+        signature = b"" if bad["alg"] == "none" else hmac.new(
+            secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{_b64(signature)}"
+    if bad.get("key") == "foreign":
+        key = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"})
+    token = jwt.encode(header, claims, key)
+    if bad.get("signature") == "garbage":
+        token = token.rsplit(".", 1)[0] + "." + _b64(secrets.token_bytes(256))
+    return token
 
 
 class _AuthServer(AuthorizationServer):
@@ -321,8 +362,16 @@ class _Admin:
         return self._call("PUT", "/_admin/settings", settings)
 
     def misbehave(self, **modes: Any) -> dict[str, Any]:
-        """Spoil the next ID token: nonce=, audience=, issuer= (values used), expired=True."""
+        """Spoil the next ID token: nonce=, audience= (a string or a list), issuer=, azp=
+        (values used), expired=True; alg="none" or "HS256" (keyed with the client secret),
+        key="foreign", kid="...", signature="garbage"; claims={...} changes the claims of the
+        ID token and the next userinfo answer, userinfo={...} only the latter (None removes
+        a claim)."""
         return self._call("POST", "/_admin/misbehave", modes)
+
+    def rotate_key(self) -> str:
+        """Sign with a new key from now on; returns its kid."""
+        return self._call("POST", "/_admin/rotate-key")["kid"]
 
     def requests(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         query = f"?{urlencode({'endpoint': endpoint})}" if endpoint else ""
@@ -358,18 +407,22 @@ class Provider(_Admin):
     token_lifetime: int
     code_lifetime: int
     require_pkce: bool
+    discovery_issuer: str  # '' is the truth; anything else is a discovery document that lies
+    jwks_down: bool  # the JWKS endpoint answers 503
 
     def __init__(self, port: int = 0, *, clients: Iterable[Client | Mapping[str, Any]] = (),
                  users: Iterable[User | Mapping[str, Any]] = (), groups_claim: str = "groups",
                  token_lifetime: int = 3600, code_lifetime: int = 60,
-                 require_pkce: bool = False) -> None:
+                 require_pkce: bool = False, discovery_issuer: str = "",
+                 jwks_down: bool = False) -> None:
         self._lock = threading.RLock()
         self._key = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"})
         self._key.ensure_kid()
         self._initial_clients = {c.client_id: c for c in [_as(Client, x) for x in clients]}
         self._initial_users = {u.username: u for u in [_as(User, x) for x in users]}
         self._initial_settings = {"groups_claim": groups_claim, "token_lifetime": token_lifetime,
-                                  "code_lifetime": code_lifetime, "require_pkce": require_pkce}
+                                  "code_lifetime": code_lifetime, "require_pkce": require_pkce,
+                                  "discovery_issuer": discovery_issuer, "jwks_down": jwks_down}
         self._reset_state()
         self._server = _AuthServer(self)
         self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
@@ -389,6 +442,7 @@ class Provider(_Admin):
             self._sessions: dict[str, str] = {}
             self._log: list[dict[str, Any]] = []
             self._misbehaviour: dict[str, Any] = {}
+            self._userinfo_spoil: dict[str, Any] = {}
 
     def serve_in_background(self) -> Self:
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
@@ -433,9 +487,17 @@ class Provider(_Admin):
             self._tokens[token["access_token"]] = username, time.time() + token["expires_in"]
 
     def _take_misbehaviour(self) -> dict[str, Any]:
+        """The spoils for this ID token; those for userinfo wait for the next userinfo call."""
         with self._lock:
             bad, self._misbehaviour = self._misbehaviour, {}
+            self._userinfo_spoil = {**bad.get("claims", {}), **bad.get("userinfo", {})}
             return bad
+
+    def _rotate_key(self) -> None:
+        """Sign from now on with a new key (new kid); the JWKS publishes only the new one."""
+        with self._lock:
+            self._key = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"})
+            self._key.ensure_kid()
 
     def _claims(self, user: User) -> dict[str, Any]:
         return {"sub": user.sub, "email": user.email, "email_verified": user.email_verified,
@@ -471,14 +533,18 @@ class Provider(_Admin):
         return route(request)
 
     def _jwks(self, request: _Request) -> Response:
+        self._record({"endpoint": "jwks", "status": 503 if self.jwks_down else 200})
+        if self.jwks_down:
+            return 503, {"error": "temporarily_unavailable"}, []
         return 200, KeySet([self._key]).as_dict(private=False), []
 
     def _discovery(self, request: _Request) -> Response:
         endpoints = {"authorization_endpoint": "authorize", "token_endpoint": "token",
                      "userinfo_endpoint": "userinfo", "jwks_uri": "jwks",
                      "end_session_endpoint": "logout"}
+        self._record({"endpoint": "discovery"})
         return 200, {
-            "issuer": self.issuer,
+            "issuer": self.discovery_issuer or self.issuer,
             **{name: f"{self.issuer}/{path}" for name, path in endpoints.items()},
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
@@ -572,8 +638,10 @@ class Provider(_Admin):
             self._record({"endpoint": "userinfo", "status": 401})
             return 401, {"error": "invalid_token"}, [
                 ("WWW-Authenticate", 'Bearer error="invalid_token"')]
+        with self._lock:
+            spoil, self._userinfo_spoil = self._userinfo_spoil, {}
         self._record({"endpoint": "userinfo", "status": 200, "user": user.username})
-        return 200, self._claims(user), [("Cache-Control", "no-store")]
+        return 200, _override(self._claims(user), spoil), [("Cache-Control", "no-store")]
 
     def _logout(self, request: _Request) -> Response:
         morsel = SimpleCookie(request.headers.get("Cookie", "")).get(self._cookie)
@@ -614,6 +682,9 @@ class Provider(_Admin):
             case "POST", ["reset"]:
                 self._reset_state()
                 return 200, {}
+            case "POST", ["rotate-key"]:
+                self._rotate_key()
+                return 200, {"kid": self._key.kid}
             case "POST", ["misbehave"]:
                 if set(data) - MISBEHAVIOURS:
                     raise ValueError(f"unknown modes {sorted(set(data) - MISBEHAVIOURS)}")

@@ -228,7 +228,66 @@ def test_misbehave_reset_and_unknown_modes(idp: oidc.Provider) -> None:
     idp.misbehave()
     verify(idp, tokens(idp)["id_token"])
     with pytest.raises(oidc.AdminError):
-        idp.misbehave(signature="bad")
+        idp.misbehave(sparkle="bad")
+
+
+def header_and_claims(id_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    return (jwt.get_unverified_header(id_token),
+            jwt.decode(id_token, options={"verify_signature": False}))
+
+
+@pytest.mark.parametrize("mode", [
+    {"alg": "none"}, {"alg": "HS256"}, {"key": "foreign"}, {"kid": "not-published"},
+    {"signature": "garbage"},
+], ids=["alg-none", "hs256-client-secret", "foreign-key", "unknown-kid", "garbage-signature"])
+def test_hostile_signatures_fail_verification_against_the_jwks(
+    idp: oidc.Provider, mode: dict[str, Any]
+) -> None:
+    idp.misbehave(**mode)
+    spoiled = tokens(idp)["id_token"]
+    header, claims = header_and_claims(spoiled)
+    assert claims["sub"] == "u-alice"  # what an unverifying client would believe
+    with pytest.raises((jwt.PyJWTError, KeyError)):
+        verify(idp, spoiled)
+    if mode == {"alg": "HS256"}:  # a real HMAC under the client secret, as an attacker forges
+        assert jwt.decode(spoiled, SECRET, algorithms=["HS256"], audience=CLIENT)["sub"]
+    if mode == {"alg": "none"}:
+        assert header["alg"] == "none" and spoiled.endswith(".")
+
+
+def test_claims_can_be_changed_or_removed_in_the_token_and_userinfo(idp: oidc.Provider) -> None:
+    idp.misbehave(claims={"groups": 7, "exp": None, "email_verified": "true"},
+                  userinfo={"sub": "u-mallory"}, audience=["portal", "other"], azp="other")
+    result = tokens(idp)
+    _, claims = header_and_claims(result["id_token"])
+    assert claims["groups"] == 7 and "exp" not in claims and claims["email_verified"] == "true"
+    assert claims["aud"] == ["portal", "other"] and claims["azp"] == "other"
+    assert claims["sub"] == "u-alice"
+    info = requests.get(f"{idp.issuer}/userinfo",
+                        headers={"Authorization": f"Bearer {result['access_token']}"}).json()
+    assert info["sub"] == "u-mallory" and info["groups"] == 7
+    assert info["email_verified"] == "true"
+    again = requests.get(f"{idp.issuer}/userinfo",
+                         headers={"Authorization": f"Bearer {result['access_token']}"}).json()
+    assert again["sub"] == "u-alice"  # spoiled once
+
+
+def test_a_rotated_key_is_published_and_signs(idp: oidc.Provider) -> None:
+    before = requests.get(f"{idp.issuer}/jwks").json()["keys"][0]["kid"]
+    kid = idp.rotate_key()
+    assert kid != before
+    token = tokens(idp)["id_token"]
+    assert jwt.get_unverified_header(token)["kid"] == kid
+    assert verify(idp, token)["sub"] == "u-alice"
+    assert [r["endpoint"] for r in idp.requests("jwks")] == ["jwks", "jwks"]
+
+
+def test_discovery_can_lie_and_the_jwks_can_be_down(idp: oidc.Provider) -> None:
+    idp.configure(discovery_issuer="https://evil.example", jwks_down=True)
+    assert requests.get(idp.discovery_url).json()["issuer"] == "https://evil.example"
+    assert requests.get(f"{idp.issuer}/jwks").status_code == 503
+    idp.reset()
+    assert requests.get(idp.discovery_url).json()["issuer"] == idp.issuer
 
 
 def test_userinfo(idp: oidc.Provider) -> None:

@@ -17,6 +17,8 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
@@ -43,6 +45,24 @@ from .tenants import (
 )
 
 DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class MachineLimits:
+    cpus: int
+    memory_gib: int
+
+    def cap(self, cpu: Decimal, memory_gib: int) -> tuple[Decimal, int]:
+        """What a sandbox sized at `cpu` and `memory_gib` may really use here."""
+        return min(Decimal(cpu), Decimal(self.cpus)), min(memory_gib, self.memory_gib)
+
+
+def machine_limits() -> MachineLimits:
+    """What this machine has: a sandbox's CPU and memory are limits shared by every sandbox
+    here, never more than these, and not reservations."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return MachineLimits(cpus=cpus or 1, memory_gib=max(1, memory // 2**30))
 
 
 class LocalBackend:

@@ -24,6 +24,8 @@ from .tenants import Tenant
 
 MARKER = "--GpuPortal.notebook="
 
+ANNOUNCEMENTS_PLUGIN = "@jupyterlab/apputils-extension:announcements"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -103,6 +105,7 @@ def start(spec: NotebookSpec, *, control: Path, home: Path, env: Environment,
         work.mkdir(mode=0o700)
         if tenant is not None:
             os.chown(work, tenant.uid, tenant.gid, follow_symlinks=False)
+    quiet_lab(env)
     port = free_port()
     command = [
         str(env.python), "-m", "jupyterlab", "--no-browser",
@@ -111,6 +114,7 @@ def start(spec: NotebookSpec, *, control: Path, home: Path, env: Environment,
         # No calls out to PyPI or the JupyterLab news feed from a sandbox.
         "--LabApp.extension_manager=readonly",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.news_url=None",
         f"{MARKER}{server_id}",
     ]
     if tenant is None and os.geteuid() == 0:
@@ -127,6 +131,22 @@ def start(spec: NotebookSpec, *, control: Path, home: Path, env: Environment,
     _write_runtime(control, {"pid": process.pid, "port": port, "started": time.time()})
     return NotebookState("deploying", "starting", "Starting JupyterLab.",
                          detail=f"pid {process.pid}, port {port}")
+
+
+def quiet_lab(env: Environment) -> None:
+    """JupyterLab opens without its "receive official Jupyter news?" pop-up: the
+    announcements plugin is off in the environment's own config folder (sys.prefix/etc/jupyter,
+    which every server of the environment reads), kept by root, readable by all."""
+    labconfig = env.path / "etc" / "jupyter" / "labconfig"
+    if (labconfig / "page_config.json").exists():
+        return
+    for folder in (labconfig.parent.parent, labconfig.parent, labconfig):
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o755)
+    scratch = labconfig / f"page_config.json.{os.getpid()}"
+    scratch.write_text(json.dumps({"disabledExtensions": {ANNOUNCEMENTS_PLUGIN: True}}))
+    scratch.chmod(0o644)
+    scratch.replace(labconfig / "page_config.json")
 
 
 def _write_runtime(control: Path, runtime: dict) -> None:
