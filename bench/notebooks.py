@@ -1,8 +1,10 @@
 """How long a local notebook takes from "Deploy" to answering, beside a bare `jupyter lab`.
 
 Both are timed in the same run until `GET /api/status` with the token answers 200. The
-portal's path is the real one: the deploy service writes the row, the worker's step starts
-the server in the instance's sandbox. Uses a throwaway SQLite database.
+portal's path is the real one: the deploy service writes the row, the worker's steps prepare
+the profile's environment (built once with uv, timed apart as `environment_first_s`) and
+start the server in the instance's sandbox, as the workspace's OS user when run as root.
+Uses a throwaway SQLite database; the OS users it creates are removed at the end.
 
     python bench/notebooks.py
 """
@@ -19,9 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 WORK = Path(tempfile.mkdtemp(prefix="bench-notebooks-"))
+WORK.chmod(0o711)  # the workspaces' OS users pass through to their sandboxes
 os.environ.pop("DATABASE_URL", None)
 os.environ.update(DJANGO_SETTINGS_MODULE="gpupaas.settings", VAR_DIR=str(WORK / "var"),
-                  LOCAL_USE_NVML="false", CELERY_TASK_ALWAYS_EAGER="false")
+                  LOCAL_USE_NVML="false", CELERY_TASK_ALWAYS_EAGER="false",
+                  LOCAL_USER_PREFIX=f"gpb{os.getpid()}-")
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 
 
@@ -63,6 +67,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
+    from clusters.backends.local import environments, tenants
     from clusters.backends.local.jupyter import read_runtime
     from instances import services as instance_services
     from notebooks import services
@@ -80,6 +85,8 @@ def main() -> None:
         workspace=workspace, name="host", profile=ComputeProfile.objects.get(gpus=1), by=user)
     instance = instance_services.provision_instance(instance_id=instance.pk)
     minimal = NotebookProfile.objects.get(name="minimal")
+    environment_first = environments.build_now(
+        environments.environment(minimal.name, minimal.packages))
 
     portal, bare = [], []
     for run in range(RUNS):
@@ -88,8 +95,8 @@ def main() -> None:
         notebook = services.deploy_notebook(instance=instance, name=f"nb-{run}",
                                             profile=minimal, by=user, cpu=1, memory_gib=1)
         notebook = services.advance_notebook(notebook_id=notebook.pk)  # the worker's first step
-        folder = (Path(os.environ["VAR_DIR"]) / "sandboxes" / "local" / instance.key /
-                  "notebooks" / notebook.key)
+        folder = (Path(os.environ["VAR_DIR"]) / "sandboxes" / ".portal" / "local" /
+                  instance.key / notebook.key)
         port = read_runtime(folder)["port"]
         portal.append(wait_for_answer(port, notebook.token, started))
         services.delete_notebook(notebook=notebook, by=user)
@@ -98,9 +105,11 @@ def main() -> None:
 
     instance_services.delete_instance(instance=instance, by=user)
     instance_services.teardown_instance(instance_id=instance.pk)
+    for name in tenants.portal_users():
+        subprocess.run(["userdel", name], check=False)
     local, plain = statistics.median(portal), statistics.median(bare)
     print(f"notebooks: local_ready_s={local:.2f} bare_jupyter_s={plain:.2f} "
-          f"overhead_s={local - plain:.2f}")
+          f"overhead_s={local - plain:.2f} environment_first_s={environment_first:.1f}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from .backends import BackendError, get_backend
+from .backends.local import tenants
 from .models import Cluster, GpuAllocation
 
 
@@ -61,11 +62,15 @@ class ClusterForm(forms.ModelForm):
 @admin.register(Cluster)
 class ClusterAdmin(admin.ModelAdmin):
     form = ClusterForm
-    list_display = ["display_name", "name", "backend", "has_kubeconfig", "ingress_domain"]
+    list_display = [
+        "display_name", "name", "backend", "has_kubeconfig", "ingress_domain", "notebooks_run_as",
+    ]
     prepopulated_fields = {"name": ["display_name"]}
     actions = ["test_connection"]
+    readonly_fields = ["notebooks_run_as"]
     fieldsets = [
-        (None, {"fields": ["display_name", "name", "backend", "description"]}),
+        (None, {"fields": ["display_name", "name", "backend", "description",
+                           "notebooks_run_as"]}),
         ("Credentials", {"fields": ["kubeconfig", "in_cluster"]}),
         ("Kubernetes", {"fields": [
             "ingress_domain", "ingress_class", "ingress_tls_secret", "ingress_namespace",
@@ -77,6 +82,13 @@ class ClusterAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="kubeconfig stored")
     def has_kubeconfig(self, cluster: Cluster) -> bool:
         return bool(cluster.kubeconfig_encrypted)
+
+    @admin.display(description="local notebooks run as")
+    def notebooks_run_as(self, cluster: Cluster) -> str:
+        # The local backend isolates tenants only when the portal runs as root: say which.
+        if cluster.backend != Cluster.Backend.LOCAL:
+            return "-"
+        return tenants.mode_line()
 
     @admin.action(description="Test connection")
     def test_connection(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:

@@ -346,6 +346,18 @@ GUEST_EMAIL_DOMAINS = [d.lower().lstrip("@") for d in env_list("GUEST_EMAIL_DOMA
 LOCAL_SANDBOX_ROOT = Path(env_str("LOCAL_SANDBOX_ROOT", str(VAR_DIR / "sandboxes")))
 LOCAL_GPU_SLOTS = env_int("LOCAL_GPU_SLOTS", 8)
 LOCAL_USE_NVML = env_bool("LOCAL_USE_NVML", True)
+# Who local notebooks run as: "auto" gives every workspace its own OS user when the portal
+# runs as root (as The Littlest JupyterHub does) and is single-user mode otherwise; "users"
+# insists on OS users; "single-user" runs them as the portal's own user.
+LOCAL_ISOLATION = env_str("LOCAL_ISOLATION", "auto")
+# The workspace's OS user is this prefix plus the workspace id (e.g. gpw-12).
+LOCAL_USER_PREFIX = env_str("LOCAL_USER_PREFIX", "gpw-")
+# Single-user mode serves local notebooks to one workspace at a time, unless shared.
+LOCAL_SINGLE_USER_SHARED = env_bool("LOCAL_SINGLE_USER_SHARED", False)
+# Notebook environments (one per profile and package list, built with uv) and the Python
+# they are built on (empty: the portal's own, if tenants may run it, else python3).
+LOCAL_ENV_ROOT = Path(env_str("LOCAL_ENV_ROOT", str(VAR_DIR / "envs")))
+LOCAL_ENV_PYTHON = env_str("LOCAL_ENV_PYTHON", "")
 
 # Kubernetes backend: the portal's own name on shared clusters (orphan cleanup only touches
 # objects carrying it), client pacing and retries, and what instances run.

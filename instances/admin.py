@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import Max, QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
@@ -113,11 +114,16 @@ class InstanceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed instances")
     def retry(self, request: HttpRequest, queryset: QuerySet[Instance]) -> None:
-        retried = sum(
-            services.retry_instance(instance=i, by=request.user, ip_address=client_ip(request))
-            for i in queryset
-        )
-        skipped = queryset.count() - retried
+        retried = refused = 0
+        for instance in queryset:
+            try:
+                retried += services.retry_instance(
+                    instance=instance, by=request.user, ip_address=client_ip(request))
+            except ValidationError as exc:
+                refused += 1
+                self.message_user(request, f"{instance}: {' '.join(exc.messages)}",
+                                  messages.ERROR)
+        skipped = queryset.count() - retried - refused
         self.message_user(request, f"{retried} instance(s) sent back to provisioning.")
         if skipped:
             self.message_user(

@@ -72,6 +72,8 @@ class Instance(models.Model):
         DELETING = "deleting", "Deleting"
         DELETED = "deleted", "Deleted"
 
+    # States that count against the workspace quota; a failed instance holds nothing.
+    HOLDS_QUOTA = frozenset({Status.PENDING, Status.PROVISIONING, Status.RUNNING, Status.DELETING})
     # States that no worker will move on by itself: the page stops polling there.
     FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
 
@@ -161,6 +163,18 @@ class Instance(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status != self.Status.DELETED
+
+    @property
+    def steps(self) -> list[tuple[str, str]]:
+        """(label, done|current|todo) on the way up, so that provisioning shows as a step
+        even when it is over in a moment."""
+        order = [self.Status.PENDING, self.Status.PROVISIONING, self.Status.RUNNING]
+        reached = len(order) if self.status == self.Status.RUNNING else (
+            order.index(self.status) if self.status in order else -1)
+        return [
+            (step.label, "done" if i < reached else "current" if i == reached else "todo")
+            for i, step in enumerate(order)
+        ]
 
 
 class Collaborator(models.Model):

@@ -131,10 +131,11 @@ class QuotaUsage:
 
 
 def quota_usage(*, workspace: Workspace) -> QuotaUsage:
-    """What the workspace holds against its quota: everything not deleted counts."""
+    """What the workspace holds against its quota: failed and deleted instances hold none."""
+    holds = Q(status__in=Instance.HOLDS_QUOTA)
     totals = Instance.objects.filter(workspace=workspace).aggregate(
-        gpus=Sum("gpus", filter=~Q(status=Instance.Status.DELETED), default=0),
-        count=Count("id", filter=~Q(status=Instance.Status.DELETED)),
+        gpus=Sum("gpus", filter=holds, default=0),
+        count=Count("id", filter=holds),
     )
     quota = effective_quota(workspace=workspace)
     return QuotaUsage(

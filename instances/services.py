@@ -79,27 +79,33 @@ def _validate_launch(
     if errors:
         raise ValidationError(errors)
 
-    live = list(
-        Instance.objects.filter(workspace=workspace)
-        .exclude(status=Status.DELETED)
+    if Instance.objects.filter(workspace=workspace, name=name).exclude(
+            status=Status.DELETED).exists():
+        raise ValidationError({"name": f"You already have an instance named {name}."})
+    _check_quota(workspace=workspace, gpus=profile.gpus)
+
+
+def _check_quota(*, workspace: Workspace, gpus: int) -> None:
+    """Refuse what would pass the quota, naming the holders. Failed instances hold nothing:
+    their GPUs were released when they failed."""
+    holding = list(
+        Instance.objects.filter(workspace=workspace, status__in=Instance.HOLDS_QUOTA)
         .order_by("created_at")
         .values_list("name", "gpus")
     )
-    if any(existing == name for existing, _ in live):
-        raise ValidationError({"name": f"You already have an instance named {name}."})
     quota = effective_quota(workspace=workspace)
-    if len(live) >= quota.max_instances:
+    if len(holding) >= quota.max_instances:
         raise ValidationError({"profile": (
             f"Your quota is {_plural(quota.max_instances, 'instance')} and "
-            f"{_in_use(len(live), [existing for existing, _ in live])}; "
+            f"{_in_use(len(holding), [existing for existing, _ in holding])}; "
             "delete one to launch another."
         )})
-    used = sum(gpus for _, gpus in live)
-    if used + profile.gpus > quota.max_gpus:
-        holders = [existing for existing, gpus in live if gpus]
+    used = sum(n for _, n in holding)
+    if used + gpus > quota.max_gpus:
+        holders = [existing for existing, n in holding if n]
         raise ValidationError({"profile": (
             f"Your quota is {_plural(quota.max_gpus, 'GPU')} and {_in_use(used, holders)}; "
-            f"this size needs {profile.gpus}."
+            f"this size needs {gpus}."
         )})
 
 
@@ -183,10 +189,16 @@ def delete_instance(
 def retry_instance(
     *, instance: Instance, by: AbstractBaseUser, ip_address: str | None = None
 ) -> bool:
-    """Send a failed instance back to provisioning (admin action). Its quota is still held."""
+    """Send a failed instance back to provisioning, under its own name. Its quota was freed
+    when it failed, so it must fit again: refuses with a ValidationError if not."""
     from .tasks import provision_instance_task
 
     with transaction.atomic():
+        lock_workspace(workspace_id=instance.workspace_id)
+        instance.refresh_from_db()
+        if instance.status != Status.FAILED:
+            return False
+        _check_quota(workspace=instance.workspace, gpus=instance.gpus)
         changed = _transition(
             instance.pk, from_=[Status.FAILED], to=Status.PENDING,
             message="Retrying: waiting for a worker.", actor=by, ip_address=ip_address,
@@ -274,8 +286,10 @@ def _apply_state(instance: Instance, state: InstanceState) -> Instance:
     if state.phase in ("failed", "gone"):
         failed = _transition(
             instance.pk, from_=[Status.PROVISIONING, Status.RUNNING], to=Status.FAILED,
-            message=state.message, detail=state.detail,
+            message=state.message, detail=state.detail, gpu_indices=[],
         )
+        if failed:
+            _release(failed)
         return failed or instance
     _note(instance.pk, status=instance.status, message=state.message, detail=state.detail)
     instance.status_message, instance.status_detail = state.message[:500], state.detail
@@ -306,11 +320,22 @@ def provision_instance(*, instance_id: int) -> Instance | None:
               detail=exc.detail)
         raise
     except BackendError as exc:
-        return _transition(
+        failed = _transition(
             instance.pk, from_=[Status.PROVISIONING], to=Status.FAILED,
-            message=exc.message, detail=exc.detail,
+            message=exc.message, detail=exc.detail, gpu_indices=[],
         )
+        if failed:
+            _release(failed)
+        return failed
     return _apply_state(instance, state)
+
+
+def _release(instance: Instance) -> None:
+    """A failed instance gives its GPUs back at once (the quota no longer counts it)."""
+    try:
+        get_backend(instance.cluster).release_instance(instance.key)
+    except BackendError as exc:
+        log.warning("releasing failed %s: %s", instance.key, exc.detail)
 
 
 def teardown_instance(*, instance_id: int) -> Instance | None:

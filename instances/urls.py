@@ -16,4 +16,5 @@ urlpatterns = [
          name="collaborator_revoke"),
     path("<int:pk>/collaborators/<int:collaborator_pk>/remove/", views.collaborator_remove,
          name="collaborator_remove"),
+    path("<int:pk>/retry/", views.instance_retry, name="retry"),
 ]

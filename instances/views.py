@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from clusters.backends import get_backend
-from clusters.backends.local import machine_limits
+from clusters.backends.local import machine_limits, tenants
 from clusters.models import Cluster
 from workspaces.services import client_ip, ensure_workspace
 
@@ -147,18 +147,33 @@ def instance_delete(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "instances/delete.html", {"instance": instance})
 
 
+@require_http_methods(["POST"])
+def instance_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    """Send a failed instance back to provisioning under its name, if it fits the quota."""
+    instance = get_instance_for_user(request, pk)
+    try:
+        if services.retry_instance(instance=instance, by=request.user,
+                                   ip_address=client_ip(request)):
+            messages.success(request, f"You asked to retry {instance.name}.")
+    except ValidationError as exc:
+        messages.error(request, f"Cannot retry {instance.name}: {' '.join(exc.messages)}")
+    return redirect("instances:detail", pk=instance.pk)
+
+
 # --- collaborators: everyone with access to the instance may manage them -----------------
 
 
 def _detail_context(instance: Instance, form: InviteForm | None = None) -> dict:
-    limits = None
+    limits, local_mode = None, ""
     if instance.cluster.backend == Cluster.Backend.LOCAL:
         # What the sandbox may really use: the size's figures capped at this machine's.
         cpu, memory_gib = machine_limits().cap(instance.cpu, instance.memory_gib)
         limits = {"cpu": cpu, "memory_gib": memory_gib}
+        local_mode = tenants.mode_line()  # who its notebooks run as, said plainly
     return {
         "instance": instance,
         "limits": limits,
+        "local_mode": local_mode,
         "collaborators": selectors.collaborators_of(instance=instance),
         "invite_form": form or InviteForm(),
         "collaborator_limit": settings.COLLABORATORS_PER_INSTANCE,

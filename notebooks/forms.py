@@ -31,13 +31,16 @@ class DeployForm(forms.Form):
     gpus = forms.IntegerField(label="GPUs", required=False, min_value=0,
                               help_text="Empty: the profile's default.")
 
-    def __init__(self, *args, profiles, instances, **kwargs) -> None:
+    def __init__(self, *args, profiles, instances, unavailable=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # Only what the user may use is a valid choice: a forged id fails validation.
         self.fields["profile"].queryset = profiles
         self.fields["instance"].queryset = instances
         self.fields["instance"].label_from_instance = lambda i: (
             f"{i.name} ({gpus_phrase(i.gpus)}, {cores(i.cpu)} CPU, {i.memory_gib} GiB)")
+        unavailable = unavailable or {}
         self.fields["profile"].label_from_instance = lambda p: (
+            f"{p.display_name}: unavailable on this machine, {unavailable[p.pk]}"
+            if unavailable.get(p.pk) else
             f"{p.display_name} ({cores(p.default_cpu)} CPU, {p.default_memory_gib} GiB, "
             f"{gpus_phrase(p.default_gpus)} by default)")

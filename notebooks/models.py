@@ -1,9 +1,11 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from clusters.backends.local.environments import parse_packages
 from clusters.crypto import decrypt
 from instances.models import instance_name_validator
 
@@ -18,6 +20,16 @@ class NotebookProfile(models.Model):
     gpu_image = models.CharField(
         max_length=300, blank=True, help_text="CUDA-enabled image used when the notebook has GPUs."
     )
+    local_packages = models.TextField(
+        "packages (local machine)", blank=True,
+        help_text="Local backend: the Python packages of its environment, one requirement a "
+        "line (built once with uv and cached; JupyterLab is added when not listed).",
+    )
+    local_requires = models.CharField(
+        "commands needed (local machine)", max_length=200, blank=True,
+        help_text="Local backend: commands the environment needs on this machine, separated "
+        "by spaces (e.g. java); without them the profile shows as unavailable.",
+    )
     default_cpu = models.DecimalField(max_digits=6, decimal_places=1, default=2)
     default_memory_gib = models.PositiveIntegerField(default=8)
     default_gpus = models.PositiveIntegerField(default=0)
@@ -29,6 +41,20 @@ class NotebookProfile(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+    def clean(self) -> None:
+        try:
+            parse_packages(self.local_packages)
+        except ValueError as exc:
+            raise ValidationError({"local_packages": str(exc)}) from None
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(parse_packages(self.local_packages))
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return tuple(self.local_requires.split())
 
 
 class Notebook(models.Model):
@@ -44,6 +70,8 @@ class Notebook(models.Model):
     class Step(models.TextChoices):
         CREATED = "created", "Created"
         PULLING = "pulling", "Image pulling"
+        # The local backend's counterpart: building (or finding) the profile's environment.
+        PREPARING = "preparing", "Preparing environment"
         STARTING = "starting", "Starting"
         REACHABLE = "reachable", "Reachable"
 
@@ -129,12 +157,15 @@ class Notebook(models.Model):
     @property
     def steps(self) -> list[tuple[str, str]]:
         """(label, done|current|todo) for the progress list users watch."""
-        order = [value for value, _ in self.Step.choices]
+        skipped = (self.Step.PULLING if self.instance.cluster.backend == "local"
+                   else self.Step.PREPARING)
+        steps = [(value, label) for value, label in self.Step.choices if value != skipped]
+        order = [value for value, _ in steps]
         if self.status == self.Status.RUNNING:
             reached = len(order)
         else:
             reached = order.index(self.step) if self.step in order else -1
         return [
             (label, "done" if i < reached else "current" if i == reached else "todo")
-            for i, (_, label) in enumerate(self.Step.choices)
+            for i, (_, label) in enumerate(steps)
         ]

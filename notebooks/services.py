@@ -22,6 +22,7 @@ from clusters.backends import (
     TransientBackendError,
     get_backend,
 )
+from clusters.backends.local import environments, tenants
 from clusters.crypto import decrypt, encrypt
 from clusters.models import Cluster
 from instances.models import Instance
@@ -64,6 +65,8 @@ def deploy_notebook(
             raise ValidationError({"profile": "This profile is not available."})
         if cpu <= 0 or memory_gib <= 0:
             raise ValidationError("A notebook needs some CPU and memory.")
+        if instance.cluster.backend == Cluster.Backend.LOCAL:
+            _check_local(instance=instance, profile=profile)
         live = Notebook.objects.filter(instance=instance).exclude(status=Status.DELETED)
         if live.filter(name=name).exists():
             raise ValidationError({"name": f"{instance.name} already has a notebook named {name}."})
@@ -91,6 +94,28 @@ def deploy_notebook(
                      instance=instance.name, profile=profile.name)
         transaction.on_commit(lambda: advance_notebook_task.delay(notebook.pk))
     return notebook
+
+
+def local_problem(profile: NotebookProfile) -> str:
+    """Why the profile cannot run on this machine ("" when it can)."""
+    return environments.problem(profile.name, profile.packages, profile.requires)
+
+
+def _check_local(*, instance: Instance, profile: NotebookProfile) -> None:
+    problem = local_problem(profile)
+    if problem:
+        raise ValidationError(
+            {"profile": f"{profile.display_name} is unavailable on this machine: {problem}"})
+    if tenants.isolated() or settings.LOCAL_SINGLE_USER_SHARED:
+        return
+    # One OS user for everyone: another workspace's notebooks could read this one's files.
+    others = Notebook.objects.filter(instance__cluster__backend=Cluster.Backend.LOCAL).exclude(
+        status=Status.DELETED).exclude(instance__workspace_id=instance.workspace_id)
+    if others.exists():
+        raise ValidationError(
+            "Single-user mode: local notebooks all run as the portal's OS user, so this "
+            "machine serves one workspace at a time, and another one is using it. An "
+            "administrator can allow sharing (LOCAL_SINGLE_USER_SHARED=true).")
 
 
 def delete_notebook(
@@ -181,13 +206,16 @@ def notebook_spec(notebook: Notebook) -> NotebookSpec:
         token=notebook.token,
         gpu_indices=tuple(notebook.gpu_indices),
         instance_kubeconfig=decrypt(instance.kubeconfig_encrypted),
+        profile=notebook.profile.name,
+        packages=notebook.profile.packages,
+        requires=notebook.profile.requires,
     )
 
 
 def _load(notebook_id: int) -> Notebook | None:
     return (
         Notebook.objects.select_related(
-            "instance__workspace__owner", "instance__cluster", "instance__profile")
+            "instance__workspace__owner", "instance__cluster", "instance__profile", "profile")
         .filter(pk=notebook_id).first()
     )
 
@@ -235,8 +263,14 @@ def advance_notebook(*, notebook_id: int) -> Notebook | None:
     notebook = _load(notebook_id)
     if notebook is None or notebook.status != Status.DEPLOYING:
         return notebook
+    if notebook.instance.status != Instance.Status.RUNNING:
+        # Never start (or restart) a server on an instance that is going or gone.
+        return _follow_instance(notebook)
     timeout = timezone.timedelta(seconds=settings.NOTEBOOK_DEPLOY_TIMEOUT_S)
-    if notebook.step and timezone.now() - notebook.status_changed_at > timeout:
+    # Building an environment the first time may take longer than any start; it ends by
+    # itself (ready or failed), and the timeout counts from then.
+    if (notebook.step and notebook.step != Notebook.Step.PREPARING
+            and timezone.now() - notebook.status_changed_at > timeout):
         minutes = settings.NOTEBOOK_DEPLOY_TIMEOUT_S // 60
         return _transition(
             notebook.pk, from_=[Status.DEPLOYING], to=Status.FAILED,
@@ -259,6 +293,16 @@ def advance_notebook(*, notebook_id: int) -> Notebook | None:
     return _apply(notebook, state)
 
 
+def _follow_instance(notebook: Notebook) -> Notebook:
+    if notebook.instance.status in (Instance.Status.DELETING, Instance.Status.DELETED):
+        return _transition(notebook.pk, from_=[s for s in Status if s != Status.DELETED],
+                           to=Status.DELETED, message="Deleted with its instance.",
+                           deleted_at=timezone.now(), url="") or notebook
+    return _transition(notebook.pk, from_=[Status.DEPLOYING], to=Status.FAILED,
+                       message=f"Its instance is {notebook.instance.status_label.lower()}."
+                       ) or notebook
+
+
 def teardown_notebook(*, notebook_id: int) -> Notebook | None:
     notebook = _load(notebook_id)
     if notebook is None or notebook.status != Status.DELETING:
@@ -275,14 +319,14 @@ def reconcile_notebooks() -> dict[str, int]:
     stuck ones are re-driven, and running ones that vanished or died are brought back."""
     from .tasks import advance_notebook_task, teardown_notebook_task
 
-    summary = {"removed_with_instance": 0, "redriven": 0, "restored": 0, "tokens_rotated": 0}
+    summary = {"removed_with_instance": 0, "redriven": 0, "restored": 0, "tokens_rotated": 0,
+               "orphans_stopped": 0}
     gone_with_instance = Notebook.objects.exclude(status=Status.DELETED).filter(
-        instance__status__in=[Instance.Status.DELETING, Instance.Status.DELETED])
+        instance__status__in=[Instance.Status.DELETING, Instance.Status.DELETED]
+    ).select_related("instance")
     for notebook in gone_with_instance:
         # The backend removes what runs on a deleted instance; the rows follow.
-        if _transition(notebook.pk, from_=[s for s in Status if s != Status.DELETED],
-                       to=Status.DELETED, message="Deleted with its instance.",
-                       deleted_at=timezone.now(), url=""):
+        if _follow_instance(notebook).status == Status.DELETED:
             summary["removed_with_instance"] += 1
     for instance_id in (
         Notebook.objects.exclude(status__in=[Status.DELETING, Status.DELETED])
@@ -299,11 +343,17 @@ def reconcile_notebooks() -> dict[str, int]:
         teardown_notebook_task.delay(pk)
         summary["redriven"] += 1
     for cluster in Cluster.objects.all():
+        try:
+            summary["orphans_stopped"] += get_backend(cluster).stop_orphan_notebooks(
+                lambda cluster=cluster: {n.key for n in Notebook.objects.filter(
+                    instance__cluster=cluster).exclude(status=Status.DELETED).only("pk")})
+        except BackendError as exc:
+            log.warning("orphan notebook sweep of %s failed: %s", cluster, exc.detail)
         running = list(
             Notebook.objects.filter(status=Status.RUNNING, instance__cluster=cluster,
                                     instance__status=Instance.Status.RUNNING)
             .select_related("instance__workspace__owner", "instance__cluster",
-                            "instance__profile")
+                            "instance__profile", "profile")
         )
         if not running:
             continue

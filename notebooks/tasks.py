@@ -8,12 +8,15 @@ from . import services
 from .models import Notebook
 
 
-@shared_task(bind=True, **RETRY)
+# Watching has no retry limit of its own (retry(max_retries=None) would mean the task's
+# default, 8): the service settles the notebook, failing it after its deploy timeout, and a
+# first environment build may take minutes.
+@shared_task(bind=True, **{**RETRY, "max_retries": None})
 def advance_notebook_task(self, notebook_id: int) -> str | None:
     notebook = services.advance_notebook(notebook_id=notebook_id)
     if notebook is not None and notebook.status == Notebook.Status.DEPLOYING:
-        # Still on its way: look again soon (the service fails it after its timeout).
-        raise self.retry(countdown=1, max_retries=None)
+        # Still on its way: look again soon.
+        raise self.retry(countdown=1)
     return notebook.status if notebook else None
 
 

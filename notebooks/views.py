@@ -5,6 +5,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
+from clusters.models import Cluster
 from instances.views import get_instance_for_user
 from workspaces.services import client_ip
 
@@ -42,8 +43,12 @@ def notebook_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def notebook_new(request: HttpRequest) -> HttpResponse:
     instances = selectors.usable_instances(user=request.user)
+    profiles = selectors.deployable_profiles()
+    # Profiles this machine cannot run are named as such before anyone clicks Deploy.
+    local = instances.filter(cluster__backend=Cluster.Backend.LOCAL).exists()
+    unavailable = {p.pk: services.local_problem(p) for p in profiles} if local else {}
     form = DeployForm(
-        request.POST or None, profiles=selectors.deployable_profiles(), instances=instances,
+        request.POST or None, profiles=profiles, instances=instances, unavailable=unavailable,
         initial={"instance": request.GET.get("instance")},
     )
     if request.method == "POST" and form.is_valid():

@@ -36,6 +36,14 @@ NOTEBOOK_PROFILES = [
      f"{STACKS}/tensorflow-notebook:cuda-latest", 4, 16, 1,
      "TensorFlow and Keras, with CUDA when the notebook has a GPU."),
 ]
+# What each profile's environment holds on the local backend (built with uv), and the
+# commands it needs from the machine.
+LOCAL_ENVIRONMENTS = {
+    "minimal": ("jupyterlab>=4.2,<5", ""),
+    "datascience": ("jupyterlab>=4.2,<5\nnumpy\npandas\nscipy\nscikit-learn\nmatplotlib", ""),
+    "spark": ("jupyterlab>=4.2,<5\npyspark", "java"),
+    "tensorflow": ("jupyterlab>=4.2,<5\ntensorflow", ""),
+}
 
 
 @transaction.atomic
@@ -64,6 +72,8 @@ def seed_catalogue() -> dict[str, int]:
                 "display_name": display, "image": image, "gpu_image": gpu_image,
                 "default_cpu": cpu, "default_memory_gib": mem, "default_gpus": gpus,
                 "description": desc, "published": True, "sort_order": order * 10,
+                "local_packages": LOCAL_ENVIRONMENTS[name][0],
+                "local_requires": LOCAL_ENVIRONMENTS[name][1],
             },
         )
         created["notebook_profiles"] += new

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.test import override_settings
 
 from instances.models import ComputeProfile
 from portal.catalogue import seed_catalogue, seed_groups
@@ -63,19 +65,51 @@ def kube(request):
             target.close()
 
 
+@pytest.fixture(scope="session")
+def local_root() -> Iterator[Path]:
+    """One folder for the run's sandboxes and notebook environments, that the workspaces' OS
+    users may pass through (pytest's own temporary folders are private to root). The OS
+    users the run creates carry a prefix of its own and are removed at the end."""
+    from clusters.backends.local import tenants
+
+    root = Path(tempfile.mkdtemp(prefix="gpupaas-test-"))
+    root.chmod(0o711)
+    prefix = f"gpt{os.getpid()}-"
+    os.environ["LOCAL_USER_PREFIX"] = prefix  # and the portals tests start as processes
+    with override_settings(LOCAL_USER_PREFIX=prefix):
+        yield root
+        for name in tenants.portal_users():
+            subprocess.run(["userdel", name], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def minimal_environment(local_root) -> Path:
+    """The Minimal profile's environment (JupyterLab), built once per run with uv."""
+    from clusters.backends.local import environments
+    from portal.catalogue import LOCAL_ENVIRONMENTS
+
+    with override_settings(LOCAL_ENV_ROOT=local_root / "envs"):
+        env = environments.environment("minimal", tuple(
+            environments.parse_packages(LOCAL_ENVIRONMENTS["minimal"][0])))
+        environments.build_now(env)
+    return env.path
+
+
 @pytest.fixture(autouse=True)
-def sandbox_root(settings, tmp_path_factory) -> Iterator[Path]:
+def sandbox_root(settings, local_root) -> Iterator[Path]:
     """Local sandboxes go to a fresh folder per test, never into the checkout; any JupyterLab
     server a test left running there is stopped after it."""
     from clusters.backends.local import jupyter
 
-    root = tmp_path_factory.mktemp("sandboxes")
+    root = Path(tempfile.mkdtemp(prefix="sandboxes-", dir=local_root))
     settings.LOCAL_SANDBOX_ROOT = root
+    settings.LOCAL_ENV_ROOT = local_root / "envs"
     settings.LOCAL_USE_NVML = False  # simulated slots, whatever the machine has
     settings.LOCAL_GPU_SLOTS = 8
     yield root
-    for folder in root.glob("*/*/notebooks/*"):
-        jupyter.stop(folder)
+    for pid in jupyter.running_servers(str(root)).values():
+        jupyter.stop_pid(pid)
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +153,20 @@ def catalogue(db) -> dict[int, ComputeProfile]:
     """The default catalogue, keyed by GPU count (1, 2, 4, 6, 8)."""
     seed_catalogue()
     return {p.gpus: p for p in ComputeProfile.objects.all()}
+
+
+@pytest.fixture
+def alices_instance(alice, catalogue):
+    """alice's 4-GPU instance on the local backend, provisioned."""
+    return running_instance(alice, catalogue[4], "train")
+
+
+@pytest.fixture
+def minimal(catalogue, minimal_environment):
+    """The seeded Minimal notebook profile, its environment built."""
+    from notebooks.models import NotebookProfile
+
+    return NotebookProfile.objects.get(name="minimal")
 
 
 @pytest.fixture
@@ -174,6 +222,9 @@ def celery_worker_process(transactional_db, sandbox_root, tmp_path_factory) -> I
         **os.environ,
         "DATABASE_URL": url,
         "LOCAL_SANDBOX_ROOT": str(sandboxes),
+        "LOCAL_ENV_ROOT": str(settings.LOCAL_ENV_ROOT),
+        "LOCAL_USER_PREFIX": settings.LOCAL_USER_PREFIX,
+        "LOCAL_ISOLATION": settings.LOCAL_ISOLATION,
         "LOCAL_USE_NVML": "false",
         "LOCAL_GPU_SLOTS": "8",
     }

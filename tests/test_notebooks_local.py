@@ -7,28 +7,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from clusters.backends.local import jupyter
 from instances import services as instance_services
 from notebooks import services
-from notebooks.models import Notebook, NotebookProfile
-
-from .conftest import workspace_of
+from notebooks.models import Notebook
 
 Status = Notebook.Status
-
-
-@pytest.fixture
-def running_instance(alice, catalogue):
-    instance = instance_services.launch_instance(
-        workspace=workspace_of(alice), name="train", profile=catalogue[4], by=alice)
-    return instance_services.provision_instance(instance_id=instance.pk)
-
-
-@pytest.fixture
-def minimal(catalogue) -> NotebookProfile:
-    return NotebookProfile.objects.get(name="minimal")
 
 
 def until(notebook: Notebook, status: str, step=services.advance_notebook,
@@ -71,10 +55,10 @@ def environ_of(pid: int) -> dict[str, str]:
 
 
 def test_a_notebook_runs_answers_with_its_token_and_stops_on_delete(
-    alice, running_instance, minimal, sandbox_root
+    alice, alices_instance, minimal, sandbox_root
 ):
     notebook = services.deploy_notebook(
-        instance=running_instance, name="explore", profile=minimal, by=alice, gpus=2)
+        instance=alices_instance, name="explore", profile=minimal, by=alice, gpus=2)
     assert notebook.status == Status.DEPLOYING
     assert notebook.token not in notebook.token_encrypted  # encrypted at rest
 
@@ -85,11 +69,11 @@ def test_a_notebook_runs_answers_with_its_token_and_stops_on_delete(
     assert get(api, notebook.token) == 200
     assert get(api) == 403
     assert get(api, "not-the-token") == 403
-    runtime = sandbox_root / "local" / running_instance.key / "notebooks" / notebook.key
+    runtime = sandbox_root / ".portal" / "local" / alices_instance.key / notebook.key
     pid = jupyter.read_runtime(runtime)["pid"]
     env = environ_of(pid)
     assert env["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, notebook.gpu_indices))
-    assert set(notebook.gpu_indices) <= set(running_instance.gpu_indices)
+    assert set(notebook.gpu_indices) <= set(alices_instance.gpu_indices)
     assert env["JUPYTER_TOKEN"] == notebook.token
 
     port = port_of(notebook)
@@ -101,21 +85,22 @@ def test_a_notebook_runs_answers_with_its_token_and_stops_on_delete(
 
 
 def test_two_notebooks_share_an_instance_without_sharing_gpus(
-    alice, running_instance, minimal
+    alice, alices_instance, minimal
 ):
-    first = services.deploy_notebook(instance=running_instance, name="a", profile=minimal,
+    first = services.deploy_notebook(instance=alices_instance, name="a", profile=minimal,
                                      by=alice, gpus=2, cpu=2, memory_gib=4)
-    second = services.deploy_notebook(instance=running_instance, name="b", profile=minimal,
+    second = services.deploy_notebook(instance=alices_instance, name="b", profile=minimal,
                                       by=alice, gpus=2, cpu=2, memory_gib=4)
     assert set(first.gpu_indices).isdisjoint(second.gpu_indices)
-    assert sorted(first.gpu_indices + second.gpu_indices) == sorted(running_instance.gpu_indices)
+    assert sorted(first.gpu_indices + second.gpu_indices) == sorted(alices_instance.gpu_indices)
 
 
-def test_reconcile_restarts_a_server_that_died(alice, running_instance, minimal, sandbox_root):
+def test_reconcile_restarts_a_server_that_died(alice, alices_instance, minimal, sandbox_root):
     notebook = until(services.deploy_notebook(
-        instance=running_instance, name="phoenix", profile=minimal, by=alice), Status.RUNNING)
+        instance=alices_instance, name="phoenix", profile=minimal, by=alice), Status.RUNNING)
     old_port = port_of(notebook)
-    jupyter.stop(sandbox_root / "local" / running_instance.key / "notebooks" / notebook.key)
+    for pid in jupyter.running_servers(str(sandbox_root)).values():
+        jupyter.stop_pid(pid)
     assert get(notebook.url.replace("/lab", "/api/status"), notebook.token) == 0
 
     summary = services.reconcile_notebooks()
@@ -131,13 +116,13 @@ def test_reconcile_restarts_a_server_that_died(alice, running_instance, minimal,
     until(Notebook.objects.get(pk=notebook.pk), Status.DELETED, step=services.teardown_notebook)
 
 
-def test_deleting_the_instance_stops_its_notebooks_first(alice, running_instance, minimal):
+def test_deleting_the_instance_stops_its_notebooks_first(alice, alices_instance, minimal):
     notebook = until(services.deploy_notebook(
-        instance=running_instance, name="doomed", profile=minimal, by=alice), Status.RUNNING)
+        instance=alices_instance, name="doomed", profile=minimal, by=alice), Status.RUNNING)
     port = port_of(notebook)
 
-    instance_services.delete_instance(instance=running_instance, by=alice)
-    instance_services.teardown_instance(instance_id=running_instance.pk)
+    instance_services.delete_instance(instance=alices_instance, by=alice)
+    instance_services.teardown_instance(instance_id=alices_instance.pk)
     assert port_is_free(port)
 
     services.reconcile_notebooks()

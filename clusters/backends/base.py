@@ -5,6 +5,7 @@ models, so the cluster layer can be tested (and replaced) on its own.
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -59,6 +60,10 @@ class NotebookSpec:
     token: str  # the credential users open it with
     gpu_indices: tuple[int, ...] = ()  # local backend: which of the instance's GPU slots
     instance_kubeconfig: str = ""  # vcluster/dedicated: deploy inside that cluster
+    # Local backend: the profile's environment (Python packages, commands it needs).
+    profile: str = ""
+    packages: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
 
 
 def token_digest(token: str) -> str:
@@ -70,7 +75,7 @@ def token_digest(token: str) -> str:
 @dataclass(frozen=True)
 class NotebookState:
     phase: NotebookPhase
-    step: str  # created | pulling | starting | reachable: progress users see
+    step: str  # created | pulling (or preparing) | starting | reachable: progress users see
     message: str
     url: str = ""
     detail: str = ""
@@ -112,6 +117,11 @@ class ClusterBackend(Protocol):
         `spec` is absent for orphans, which the portal no longer knows."""
         ...
 
+    def release_instance(self, key: str) -> None:
+        """Free what a failed instance holds (GPU slots, running servers), keeping its data
+        so that a retry picks up where it was."""
+        ...
+
     def check_connection(self) -> str:
         """One line for the administrator: what the cluster is and offers, or why it fails."""
         ...
@@ -138,4 +148,9 @@ class ClusterBackend(Protocol):
 
     def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:
         """Observe the given running notebooks in one pass and restore what went missing."""
+        ...
+
+    def stop_orphan_notebooks(self, live_keys: Callable[[], set[str]]) -> int:
+        """Stop servers this portal started whose notebook is not among `live_keys()`
+        (called after listing, so a notebook created meanwhile is never taken for one)."""
         ...

@@ -83,10 +83,10 @@ def seed() -> dict[str, int]:
     notebook = notebooks.deploy_notebook(
         instance=train, name="explore-data", profile=profile, description="", cpu=None,
         memory_gib=None, gpus=None, by=alice)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # the first time, its environment is built
     while notebooks.advance_notebook(notebook_id=notebook.pk).status == Notebook.Status.DEPLOYING:
         if time.monotonic() > deadline:
-            raise SystemExit("JupyterLab did not come up in 2 minutes")
+            raise SystemExit("JupyterLab did not come up in 5 minutes")
         time.sleep(0.5)
     return {"instance": train.pk, "pending": pending.pk}
 
@@ -129,6 +129,7 @@ def shoot(url: str, ids: dict[str, int]) -> None:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gpupaas-shots-"))
+    work.chmod(0o711)  # as root, notebooks run as the workspace's OS user, who passes through
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{work / 'portal.sqlite3'}",
@@ -137,6 +138,7 @@ def main() -> None:
         "LOCAL_SANDBOX_ROOT": str(work / "sandboxes"),
         "LOCAL_USE_NVML": "false",
         "LOCAL_GPU_SLOTS": "16",
+        "LOCAL_USER_PREFIX": f"gps{os.getpid()}-",  # removed at the end
         "DEBUG": "false",
         "SECRET_KEY": "screenshots-only",
         "OIDC_ISSUER_URL": "",
@@ -165,10 +167,11 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
-        from clusters.backends.local import jupyter
+        from clusters.backends.local import stop_all_servers, tenants
 
-        for folder in (work / "sandboxes").glob("*/*/notebooks/*"):
-            jupyter.stop(folder)
+        stop_all_servers()
+        for name in tenants.portal_users():
+            subprocess.run(["userdel", name], check=False)
         shutil.rmtree(work, ignore_errors=True)
     print(f"screenshots: {len(list(OUT.glob('*.png')))} files in {OUT.relative_to(ROOT)}")
 

@@ -3,6 +3,7 @@
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -396,3 +397,14 @@ class KubernetesBackend:
                     self.kube.apply(obj)
             states[spec.key] = self._running(spec)
         return states
+
+    def stop_orphan_notebooks(self, live_keys: Callable[[], set[str]]) -> int:
+        # A notebook's objects live in its instance's namespace (or cluster), so deleting the
+        # instance removes them, and deleting a notebook deletes them by name: the cluster
+        # keeps nothing running that the portal no longer owns.
+        return 0
+
+    def release_instance(self, key: str) -> None:
+        # GPUs are held by running pods, not by a namespace or its quota; a failed instance
+        # keeps its objects (and data) for a retry, and deletion removes them.
+        return None

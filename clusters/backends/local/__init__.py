@@ -1,8 +1,22 @@
-"""The embedded default: an instance is a sandbox directory plus GPU slots on this machine."""
+"""The embedded default: an instance is a sandbox directory plus GPU slots on this machine.
 
+Layout under LOCAL_SANDBOX_ROOT (the portal runs as root: tenants may pass through, not list):
+
+    <cluster>/<instance key>/            the sandbox, 0700, owned by the workspace's OS user;
+                                         a notebook's HOME, `work/` its JupyterLab root
+    .portal/<cluster>/<instance key>/    the portal's control folders (runtime.json, logs),
+                                         0700 root: tenants can neither read nor forge them
+    .portal/<cluster>/<instance key>.lock  serialises starting servers against deletion;
+                                         says "deleted" once the instance is gone for good
+"""
+
+import contextlib
+import fcntl
 import json
 import os
+import secrets
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -11,9 +25,26 @@ from django.conf import settings
 
 from clusters.models import Cluster, GpuAllocation
 
-from ..base import GpuInventory, InstanceSpec, InstanceState, NotebookSpec, NotebookState
-from . import jupyter
+from ..base import (
+    BackendError,
+    GpuInventory,
+    InstanceSpec,
+    InstanceState,
+    NotebookSpec,
+    NotebookState,
+)
+from . import environments, jupyter
 from .gpus import allocate_slots, local_inventory, release_slots
+from .tenants import (
+    Tenant,
+    ensure_tenant,
+    mode_line,
+    own,
+    protect_portal_files,
+    traversable,
+)
+
+DELETED = "deleted"
 
 
 @dataclass(frozen=True)
@@ -37,7 +68,9 @@ def machine_limits() -> MachineLimits:
 class LocalBackend:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.root = Path(settings.LOCAL_SANDBOX_ROOT) / cluster.name
+        self.base = Path(settings.LOCAL_SANDBOX_ROOT)
+        self.root = self.base / cluster.name
+        self.control_root = self.base / ".portal" / cluster.name
 
     def sandbox(self, key: str) -> Path:
         return self.root / key
@@ -45,36 +78,49 @@ class LocalBackend:
     def inventory(self) -> GpuInventory:
         return local_inventory()
 
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[Path]:
+        """Hold the instance's lock; yields the lock file, whose text is the tombstone."""
+        self.control_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.control_root / f"{key}.lock"
+        with open(path, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield path
+
+    def _deleted(self, lock: Path) -> bool:
+        return lock.read_text() == DELETED
+
     def ensure_instance(self, spec: InstanceSpec) -> InstanceState:
-        inventory = self.inventory()
-        indices = allocate_slots(
-            cluster=self.cluster, holder=spec.key, count=spec.gpus, total=inventory.total
-        )
-        sandbox = self.sandbox(spec.key)
-        sandbox.mkdir(parents=True, exist_ok=True, mode=0o700)
-        visible = ",".join(str(i) for i in indices)
-        listed = ", ".join(str(i) for i in indices)
-        # Processes started for this instance (notebooks) read the GPUs they may use from here.
-        (sandbox / "instance.json").write_text(
-            json.dumps(
-                {
-                    "key": spec.key,
-                    "name": spec.name,
-                    "owner": spec.owner,
-                    "gpu_indices": indices,
-                    "gpu_simulated": inventory.simulated,
-                    "env": {"CUDA_VISIBLE_DEVICES": visible},
-                },
-                indent=2,
+        with self._locked(spec.key) as lock:
+            if self._deleted(lock):
+                raise BackendError("This instance was deleted.")
+            tenant = ensure_tenant(spec.workspace)
+            inventory = self.inventory()
+            indices = allocate_slots(
+                cluster=self.cluster, holder=spec.key, count=spec.gpus, total=inventory.total
             )
-        )
+            protect_portal_files()
+            for folder in (self.base, self.root):
+                traversable(folder)
+            sandbox = self.sandbox(spec.key)
+            sandbox.mkdir(exist_ok=True, mode=0o700)
+            own(sandbox, tenant, 0o700)
+            visible = ",".join(str(i) for i in indices)
+            # Processes started for this instance (notebooks) read the GPUs they may use here.
+            _write_into(sandbox, "instance.json", tenant, json.dumps({
+                "key": spec.key, "name": spec.name, "owner": spec.owner,
+                "gpu_indices": indices, "gpu_simulated": inventory.simulated,
+                "env": {"CUDA_VISIBLE_DEVICES": visible},
+            }, indent=2))
+        listed = ", ".join(str(i) for i in indices)
         what = "simulated GPU" if inventory.simulated else inventory.model
         plural = "s" if len(indices) != 1 else ""
         slots = f"{what}{plural} {listed}" if indices else "no GPU"
+        runs_as = f"; runs as {tenant.name}" if tenant else "; single-user mode"
         return InstanceState(
             phase="running",
             message=f"Running with {slots} on {self.cluster}.",
-            detail=f"sandbox {sandbox}; CUDA_VISIBLE_DEVICES={visible}",
+            detail=f"sandbox {sandbox}; CUDA_VISIBLE_DEVICES={visible}{runs_as}",
             gpu_indices=tuple(indices),
             gpu_simulated=inventory.simulated,
         )
@@ -82,15 +128,30 @@ class LocalBackend:
     def check_connection(self) -> str:
         inventory = self.inventory()
         kind = "simulated GPU slots" if inventory.simulated else f"× {inventory.model}"
-        return f"Local machine: {inventory.total} {kind}."
+        return f"Local machine: {inventory.total} {kind}. {mode_line()}"
 
     def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
-        # Its notebooks go first: nothing may keep running from a sandbox being removed.
-        for folder in (self.sandbox(key) / "notebooks").glob("*"):
-            jupyter.stop(folder)
-        shutil.rmtree(self.sandbox(key), ignore_errors=True)
+        with self._locked(key) as lock:
+            # Never again: a late worker step must not bring the sandbox or a server back.
+            lock.write_text(DELETED)
+            # Its notebooks go first: nothing may keep running from a sandbox being removed.
+            self._stop_servers(key)
+            shutil.rmtree(self.sandbox(key), ignore_errors=True)
+            shutil.rmtree(self.control_root / key, ignore_errors=True)
         release_slots(cluster=self.cluster, holder=key)
         return InstanceState(phase="gone", message="Resources released.")
+
+    def release_instance(self, key: str) -> None:
+        with self._locked(key):
+            self._stop_servers(key)
+        release_slots(cluster=self.cluster, holder=key)
+
+    def _stop_servers(self, key: str) -> None:
+        control = self.control_root / key
+        for folder in control.glob("*"):
+            jupyter.stop(folder, self._server_id(key, folder.name))
+        for pid in jupyter.running_servers(str(self.sandbox(key))).values():
+            jupyter.stop_pid(pid)
 
     def list_instance_keys(self) -> set[str]:
         keys = set(
@@ -102,24 +163,58 @@ class LocalBackend:
 
     def reconcile_instances(self, specs: list[InstanceSpec]) -> dict[str, InstanceState]:
         # Ensuring is cheap here (no API calls), so observing and restoring are one step.
-        return {spec.key: self.ensure_instance(spec) for spec in specs}
+        states = {}
+        for spec in specs:
+            try:
+                states[spec.key] = self.ensure_instance(spec)
+            except BackendError as exc:
+                states[spec.key] = InstanceState("failed", exc.message, detail=exc.detail)
+        return states
 
     # -- notebooks: a JupyterLab process per notebook, working in the instance's sandbox
 
-    def _notebook_folder(self, spec: NotebookSpec) -> Path:
-        return self.sandbox(spec.instance.key) / "notebooks" / spec.key
+    def _server_id(self, instance_key: str, notebook_key: str) -> str:
+        """The marker on the server's command line: unique per sandbox root and notebook."""
+        return f"{self.sandbox(instance_key)}/{notebook_key}"
+
+    def _control(self, spec: NotebookSpec) -> Path:
+        return self.control_root / spec.instance.key / spec.key
 
     def ensure_notebook(self, spec: NotebookSpec) -> NotebookState:
-        return jupyter.start(spec, self._notebook_folder(spec), self.sandbox(spec.instance.key)
-                             / "work")
+        problem = environments.problem(spec.profile, spec.packages, spec.requires)
+        if problem:
+            raise BackendError(f"{spec.profile or 'This profile'} is unavailable on this "
+                               f"machine: {problem}")
+        env = environments.environment(spec.profile, spec.packages)
+        if not env.ready():
+            if environments.start_build(env):
+                count = len(env.packages)
+                return NotebookState(
+                    "deploying", "preparing",
+                    f"Preparing environment (first time: installing {count} "
+                    f"package{'s' if count != 1 else ''}).")
+            if not env.ready():
+                raise BackendError(f"The {spec.profile} environment could not be built here.",
+                                   detail=env.failure())
+        with self._locked(spec.instance.key) as lock:
+            sandbox = self.sandbox(spec.instance.key)
+            # Starting a server (or recreating a sandbox) for a deleted instance would leave
+            # a process nobody owns.
+            if self._deleted(lock) or not sandbox.is_dir():
+                raise BackendError("Its instance is being deleted; nothing was started.")
+            tenant = ensure_tenant(spec.instance.workspace)
+            return jupyter.start(
+                spec, control=self._control(spec), home=sandbox, env=env, tenant=tenant,
+                server_id=self._server_id(spec.instance.key, spec.key))
 
     def notebook_state(self, spec: NotebookSpec) -> NotebookState:
-        return jupyter.state(spec, self._notebook_folder(spec))
+        return jupyter.state(spec, self._control(spec),
+                             self._server_id(spec.instance.key, spec.key))
 
     def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
-        folder = self._notebook_folder(spec)
-        jupyter.stop(folder)
-        shutil.rmtree(folder, ignore_errors=True)
+        control = self._control(spec)
+        jupyter.stop(control, self._server_id(spec.instance.key, spec.key))
+        shutil.rmtree(control, ignore_errors=True)
         return NotebookState("gone", "", "Stopped and removed.")
 
     def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:
@@ -132,3 +227,36 @@ class LocalBackend:
                 else self.ensure_notebook(spec)
             )
         return states
+
+    def stop_orphan_notebooks(self, live_keys: Callable[[], set[str]]) -> int:
+        # Servers are listed before the notebooks are read: a server just started already
+        # has its row, so it is never taken for an orphan.
+        servers = jupyter.running_servers(str(self.root))
+        live = live_keys()
+        stopped = 0
+        for server_id, pid in servers.items():
+            if server_id.rsplit("/", 1)[-1] not in live:
+                jupyter.stop_pid(pid)
+                stopped += 1
+        return stopped
+
+
+def stop_all_servers() -> int:
+    """Stop every JupyterLab server under this portal's sandbox root (`make run`'s Ctrl-C);
+    the notebooks' reconcile starts them again on the next start."""
+    servers = jupyter.running_servers(str(settings.LOCAL_SANDBOX_ROOT))
+    for pid in servers.values():
+        jupyter.stop_pid(pid)
+    return len(servers)
+
+
+def _write_into(folder: Path, name: str, tenant: Tenant | None, text: str) -> None:
+    """Write a file into a tenant's folder as root without following anything the tenant
+    planted there: a fresh file, then renamed over whatever had the name."""
+    scratch = folder / f".{name}.{secrets.token_hex(4)}"
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        if tenant is not None:
+            os.fchown(f.fileno(), tenant.uid, tenant.gid)
+    os.replace(scratch, folder / name)

@@ -1,8 +1,10 @@
 """Real JupyterLab servers on this machine, one process per notebook, bound to loopback.
 
 A notebook's process is started in its own session so it outlives the worker task that
-started it (like a pod outlives the API call); `runtime.json` in its folder records how to
-find it again.
+started it (like a pod outlives the API call). The portal keeps what it needs to find it
+again (`runtime.json`, the log) in a control folder of its own that tenants cannot write,
+and writes it *before* the process starts. Every server also carries a marker on its command
+line naming its notebook, so a sweep over /proc finds servers nobody tracks any more.
 """
 
 import contextlib
@@ -11,13 +13,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..base import NotebookSpec, NotebookState, token_digest
+from .environments import Environment
+from .tenants import Tenant
+
+MARKER = "--GpuPortal.notebook="
 
 ANNOUNCEMENTS_PLUGIN = "@jupyterlab/apputils-extension:announcements"
 
@@ -28,21 +33,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def read_runtime(folder: Path) -> dict:
+def read_runtime(control: Path) -> dict:
     """How to find a notebook's server (pid, port), or {} when none was started."""
     try:
-        return json.loads((folder / "runtime.json").read_text())
+        return json.loads((control / "runtime.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
 
 
-def _ours(pid: int, port: int) -> bool:
-    """The pid is still our Jupyter server (and not a process that reused the pid)."""
+def _cmdline(pid: int) -> list[bytes]:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False
-    return f"--ServerApp.port={port}".encode() in cmdline
+        return []
+
+
+def _ours(pid: int | None, server_id: str) -> bool:
+    """The pid is still this notebook's server (and not a process that reused the pid)."""
+    return bool(pid) and f"{MARKER}{server_id}".encode() in _cmdline(pid)
+
+
+def running_servers(scope: str) -> dict[str, int]:
+    """{server id: pid} of every marked server whose id lies under `scope`."""
+    found = {}
+    prefix = f"{MARKER}{scope.rstrip('/')}/".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        for arg in _cmdline(int(proc.name)):
+            if arg.startswith(prefix):
+                found[arg[len(MARKER):].decode(errors="replace")] = int(proc.name)
+    return found
 
 
 def answers(port: int, token: str) -> bool:
@@ -57,62 +78,93 @@ def answers(port: int, token: str) -> bool:
         return False
 
 
-def start(spec: NotebookSpec, folder: Path, root_dir: Path) -> NotebookState:
-    """Start the server unless it already runs; the state says how far it got."""
-    runtime = read_runtime(folder)
-    if runtime and _ours(runtime["pid"], runtime["port"]):
-        if runtime.get("token_sha256") == token_digest(spec.token):
-            return state(spec, folder)
-        stop(folder)  # a new token: the server that accepts the old one must go
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root_dir.mkdir(parents=True, exist_ok=True)
-    # JupyterLab opens without its "receive official Jupyter news?" pop-up: the
-    # announcements plugin is off in this server's own config folder (JUPYTER_CONFIG_DIR).
-    labconfig = folder / "config" / "labconfig"
-    labconfig.mkdir(parents=True, exist_ok=True)
-    (labconfig / "page_config.json").write_text(json.dumps(
-        {"disabledExtensions": {ANNOUNCEMENTS_PLUGIN: True}}
-    ))
-    port = free_port()
-    env = {
-        **os.environ,
+def clean_environment(*, spec: NotebookSpec, home: Path, env: Environment) -> dict[str, str]:
+    """All a notebook's processes see: never the portal's own variables (database URL,
+    secrets, broker)."""
+    return {
         # The token stays out of the command line, where `ps` would show it to everyone.
         "JUPYTER_TOKEN": spec.token,
-        "JUPYTER_RUNTIME_DIR": str(folder / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(folder / "config"),
         "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in spec.gpu_indices),
+        "HOME": str(home),
+        "PATH": f"{env.bin}:/usr/local/bin:/usr/bin:/bin",
+        # The OS user's login shell is nologin; JupyterLab terminals need a real one.
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
     }
+
+
+def start(spec: NotebookSpec, *, control: Path, home: Path, env: Environment,
+          tenant: Tenant | None, server_id: str) -> NotebookState:
+    """Start the server unless it already runs; the state says how far it got."""
+    runtime = read_runtime(control)
+    if runtime and _ours(runtime.get("pid"), server_id):
+        if runtime.get("token_sha256") == token_digest(spec.token):
+            return state(spec, control, server_id)
+        stop(control, server_id)  # a new token: the server that accepts the old one must go
+    control.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = home / "work"
+    if not work.exists():
+        work.mkdir(mode=0o700)
+        if tenant is not None:
+            os.chown(work, tenant.uid, tenant.gid, follow_symlinks=False)
+    quiet_lab(env)
+    port = free_port()
     command = [
-        sys.executable, "-m", "jupyterlab", "--no-browser",
+        str(env.python), "-m", "jupyterlab", "--no-browser",
         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root_dir}",
+        "--ServerApp.port_retries=0", f"--ServerApp.root_dir={work}",
         # No calls out to PyPI or the JupyterLab news feed from a sandbox.
         "--LabApp.extension_manager=readonly",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.news_url=None",
+        f"{MARKER}{server_id}",
     ]
-    if os.geteuid() == 0:
-        command.append("--allow-root")  # containers and CI run as root; Jupyter refuses else
-    with open(folder / "jupyter.log", "ab") as log:
+    if tenant is None and os.geteuid() == 0:
+        command.append("--allow-root")  # single-user mode as root; Jupyter refuses else
+    # Tracked before it starts: whatever happens next, cleanup knows where to look.
+    _write_runtime(control, {"pid": None, "port": port, "started": time.time()})
+    ids = {"user": tenant.uid, "group": tenant.gid, "extra_groups": []} if tenant else {}
+    with open(control / "jupyter.log", "ab") as log:
         process = subprocess.Popen(
-            command, cwd=root_dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            command, cwd=work, env=clean_environment(spec=spec, home=home, env=env),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, umask=0o077, **ids,
         )
-    (folder / "runtime.json").write_text(
-        json.dumps({"pid": process.pid, "port": port, "started": time.time(),
-                    "token_sha256": token_digest(spec.token)})
-    )
+    _write_runtime(control, {"pid": process.pid, "port": port, "started": time.time(),
+                             "token_sha256": token_digest(spec.token)})
     return NotebookState("deploying", "starting", "Starting JupyterLab.",
                          detail=f"pid {process.pid}, port {port}")
 
 
-def state(spec: NotebookSpec, folder: Path) -> NotebookState:
-    runtime = read_runtime(folder)
+def quiet_lab(env: Environment) -> None:
+    """JupyterLab opens without its "receive official Jupyter news?" pop-up: the
+    announcements plugin is off in the environment's own config folder (sys.prefix/etc/jupyter,
+    which every server of the environment reads), kept by root, readable by all."""
+    labconfig = env.path / "etc" / "jupyter" / "labconfig"
+    if (labconfig / "page_config.json").exists():
+        return
+    for folder in (labconfig.parent.parent, labconfig.parent, labconfig):
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o755)
+    scratch = labconfig / f"page_config.json.{os.getpid()}"
+    scratch.write_text(json.dumps({"disabledExtensions": {ANNOUNCEMENTS_PLUGIN: True}}))
+    scratch.chmod(0o644)
+    scratch.replace(labconfig / "page_config.json")
+
+
+def _write_runtime(control: Path, runtime: dict) -> None:
+    scratch = control / "runtime.json.tmp"
+    scratch.write_text(json.dumps(runtime))
+    scratch.replace(control / "runtime.json")
+
+
+def state(spec: NotebookSpec, control: Path, server_id: str) -> NotebookState:
+    runtime = read_runtime(control)
     if not runtime:
         return NotebookState("gone", "", "The notebook's server is not there.")
-    pid, port = runtime["pid"], runtime["port"]
-    if not _ours(pid, port):
-        log = folder / "jupyter.log"
+    pid, port = runtime.get("pid"), runtime["port"]
+    if not _ours(pid, server_id):
+        log = control / "jupyter.log"
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
         return NotebookState("failed", "starting", "JupyterLab stopped.", detail=tail)
     if answers(port, spec.token):
@@ -122,23 +174,56 @@ def state(spec: NotebookSpec, folder: Path) -> NotebookState:
                          detail=f"pid {pid}, port {port}")
 
 
-def stop(folder: Path, grace_s: float = 5.0) -> None:
-    """Stop the server (its whole process group) and forget it."""
-    runtime = read_runtime(folder)
-    if runtime and _ours(runtime["pid"], runtime["port"]):
-        pid = runtime["pid"]
-        try:
-            os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and _ours(pid, runtime["port"]):
-                _reap(pid)
-                time.sleep(0.05)
-            if _ours(pid, runtime["port"]):
-                os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def stop(control: Path, server_id: str, grace_s: float = 5.0) -> None:
+    """Stop the server with its kernels and terminals, and forget it."""
+    pid = read_runtime(control).get("pid")
+    if _ours(pid, server_id):
+        stop_pid(pid, grace_s)
+    # A server started but not yet recorded (the portal died in between) has its marker.
+    for found, other in running_servers(server_id.rsplit("/", 1)[0]).items():
+        if found == server_id:
+            stop_pid(other, grace_s)
+    (control / "runtime.json").unlink(missing_ok=True)
+
+
+def stop_pid(pid: int, grace_s: float = 5.0) -> None:
+    """TERM lets Jupyter shut its kernels down; whatever of its tree is left then is killed
+    (kernels and terminals run in sessions of their own, out of the server's group)."""
+    tree = _descendants(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(pid):
         _reap(pid)
-    (folder / "runtime.json").unlink(missing_ok=True)
+        time.sleep(0.05)
+    for p in [pid, *tree]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)
+    _reap(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
 
 
 def _reap(pid: int) -> None:

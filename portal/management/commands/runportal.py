@@ -7,6 +7,8 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from clusters.backends.local import stop_all_servers, tenants
+
 
 def stop_like_ctrl_c(signum: int, frame: object) -> None:
     """A TERM (from a process manager or `kill`) stops everything, as Ctrl-C does."""
@@ -38,11 +40,15 @@ class Command(BaseCommand):
             settings.EMAIL_FILE_PATH.mkdir(parents=True, exist_ok=True)
             self.stdout.write(f"  Mail (invitations) is written to {settings.EMAIL_FILE_PATH}")
         signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+        if tenants.isolated():
+            os.umask(0o077)  # what the portal writes (database, broker) is for it alone
         procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
         self.stdout.write(self.style.SUCCESS(
             f"\n  {settings.SITE_NAME} is running at http://{host}:{port}\n"
-            "  (web, worker and beat; press Ctrl-C to stop all of them)\n"
+            "  (web, worker and beat; press Ctrl-C to stop all of them and the local "
+            "notebooks)\n"
         ))
+        self.stdout.write(f"  Local notebooks: {tenants.mode_line()}\n")
         try:
             while all(p.poll() is None for p in procs.values()):
                 time.sleep(0.5)
@@ -59,3 +65,8 @@ class Command(BaseCommand):
                     p.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     p.kill()
+            # After the worker: nothing can start a server any more.
+            stopped = stop_all_servers()
+            self.stdout.write(
+                f"Stopped {stopped} local notebook server{'s' if stopped != 1 else ''}; "
+                "their files are kept, and they start again with the portal.\n")

@@ -1,0 +1,121 @@
+"""Who a local notebook runs as.
+
+When the portal runs as root (a service on a lab box), every workspace gets its own
+unprivileged OS user, created on demand as The Littlest JupyterHub does: its sandboxes,
+servers, kernels and shells run as that user, so the kernel's permission checks keep tenants
+apart and away from the portal's files. Anywhere else the OS cannot do that, and the portal
+says so: "single-user mode", notebooks run as the portal's own user.
+"""
+
+import os
+import pwd
+import re
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from ..base import BackendError
+
+# Written into the account's comment field, so the portal never adopts an account it did
+# not create (a prefix collision with a real user would otherwise hand their files over).
+COMMENT = "gpupaas workspace"
+PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,19}$")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    uid: int
+    gid: int
+
+
+def isolated() -> bool:
+    """True when each workspace gets its own OS user (the portal runs as root)."""
+    mode = settings.LOCAL_ISOLATION
+    if mode == "single-user":
+        return False
+    if mode == "users" and os.geteuid() != 0:
+        raise BackendError("LOCAL_ISOLATION=users needs the portal to run as root.")
+    return os.geteuid() == 0
+
+
+def mode_line() -> str:
+    """One line for the administrator and the instance page."""
+    try:
+        separate = isolated()
+    except BackendError as exc:
+        return exc.message
+    if separate:
+        return "Each workspace's notebooks run as its own OS user."
+    return "Single-user mode: notebooks run as you (the portal's OS user)."
+
+
+def username(workspace: str) -> str:
+    prefix = settings.LOCAL_USER_PREFIX
+    if not PREFIX_RE.match(prefix):
+        raise BackendError(f"LOCAL_USER_PREFIX {prefix!r} is not a safe OS user name prefix.")
+    if not workspace.isdigit():
+        raise BackendError(f"Workspace id {workspace!r} is not a number.")
+    return f"{prefix}{workspace}"
+
+
+def ensure_tenant(workspace: str) -> Tenant | None:
+    """The workspace's OS user, created if missing; None in single-user mode."""
+    if not isolated():
+        return None
+    name = username(workspace)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        result = subprocess.run(
+            # No home of its own (its sandboxes are its homes), no login shell, its own group.
+            ["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+             "/usr/sbin/nologin", "--user-group", "--comment", COMMENT, name],
+            capture_output=True, text=True,
+        )
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise BackendError(
+                "Could not create the workspace's OS user.", detail=result.stderr
+            ) from None
+    if entry.pw_gecos != COMMENT:
+        raise BackendError(f"The OS user {name} exists and was not created by the portal.")
+    return Tenant(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
+
+
+def own(path: Path, tenant: Tenant | None, mode: int) -> None:
+    """Give a folder to its tenant (or keep it the portal's), with `mode`."""
+    if tenant is not None:
+        os.chown(path, tenant.uid, tenant.gid)
+    path.chmod(mode)
+
+
+def traversable(path: Path) -> None:
+    """Others may pass through the folder to what they own, but not list it."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o711)
+
+
+def portal_users() -> list[str]:
+    """OS users the portal created with the configured prefix (tests clean up with this)."""
+    prefix = settings.LOCAL_USER_PREFIX
+    return [e.pw_name for e in pwd.getpwall()
+            if e.pw_name.startswith(prefix) and e.pw_gecos == COMMENT]
+
+
+def protect_portal_files() -> None:
+    """Tenants may pass through the var folder to their sandboxes and environments, but not
+    list it or read the database, the secret key or the broker's messages."""
+    var = Path(settings.VAR_DIR)
+    if not isolated() or not var.is_dir():
+        return
+    var.chmod(0o711)
+    shared = {Path(settings.LOCAL_SANDBOX_ROOT).resolve(), Path(settings.LOCAL_ENV_ROOT).resolve()}
+    for entry in var.iterdir():
+        if entry.is_symlink() or entry.resolve() in shared:
+            continue
+        entry.chmod(stat.S_IMODE(entry.stat().st_mode) & 0o700)
