@@ -20,8 +20,9 @@ class ClusterForm(forms.ModelForm):
         model = Cluster
         fields = [
             "display_name", "name", "backend", "description", "in_cluster", "ingress_domain",
-            "ingress_class", "ingress_tls_secret", "ingress_namespace", "gpu_resource_name",
-            "gpu_model_label", "storage_class", "capi_namespace",
+            "ingress_class", "ingress_https", "ingress_namespace", "ingress_from_namespaces",
+            "ingress_from_cidrs", "gpu_resource_name", "gpu_model_label", "storage_class",
+            "capi_namespace",
         ]
 
     def clean_kubeconfig(self) -> str:
@@ -68,8 +69,8 @@ class ClusterAdmin(admin.ModelAdmin):
         (None, {"fields": ["display_name", "name", "backend", "description"]}),
         ("Credentials", {"fields": ["kubeconfig", "in_cluster"]}),
         ("Kubernetes", {"fields": [
-            "ingress_domain", "ingress_class", "ingress_tls_secret", "ingress_namespace",
-            "gpu_resource_name",
+            "ingress_domain", "ingress_class", "ingress_https", "ingress_namespace",
+            "ingress_from_namespaces", "ingress_from_cidrs", "gpu_resource_name",
             "gpu_model_label", "storage_class", "capi_namespace",
         ]}),
     ]

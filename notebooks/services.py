@@ -22,7 +22,7 @@ from clusters.backends import (
 from clusters.crypto import decrypt, encrypt
 from clusters.models import Cluster
 from instances.models import Instance
-from instances.services import instance_spec
+from instances.services import claim_unwatched, instance_spec
 from workspaces.models import Workspace
 from workspaces.services import record_audit
 
@@ -60,6 +60,11 @@ def deploy_notebook(
             raise ValidationError({"instance": f"{instance.name} is not running."})
         if not profile.published:
             raise ValidationError({"profile": "This profile is not available."})
+        cluster = instance.cluster
+        if cluster.backend == Cluster.Backend.KUBERNETES and not cluster.ingress_domain.strip():
+            raise ValidationError(
+                f"Notebooks cannot run on {cluster} yet: it has no ingress domain for their "
+                "addresses. Ask an administrator to set one.")
         if cpu <= 0 or memory_gib <= 0:
             raise ValidationError("A notebook needs some CPU and memory.")
         live = Notebook.objects.filter(instance=instance).exclude(status=Status.DELETED)
@@ -124,13 +129,15 @@ def notebook_spec(notebook: Notebook) -> NotebookSpec:
         token=notebook.token,
         gpu_indices=tuple(notebook.gpu_indices),
         instance_kubeconfig=decrypt(instance.kubeconfig_encrypted),
+        storage_gib=notebook.profile.storage_gib,
+        host_suffix=notebook.host_suffix,
     )
 
 
 def _load(notebook_id: int) -> Notebook | None:
     return (
         Notebook.objects.select_related(
-            "instance__workspace__owner", "instance__cluster", "instance__profile")
+            "instance__workspace__owner", "instance__cluster", "instance__profile", "profile")
         .filter(pk=notebook_id).first()
     )
 
@@ -154,6 +161,19 @@ def _transition(
     return notebook
 
 
+def _fail(notebook: Notebook, *, message: str, detail: str = "") -> Notebook:
+    """Fail the notebook and stop what of it still runs: a failed notebook holds no GPU."""
+    failed = _transition(notebook.pk, from_=[Status.DEPLOYING, Status.RUNNING],
+                         to=Status.FAILED, message=message, detail=detail)
+    if failed is None:
+        return notebook
+    try:
+        get_backend(failed.instance.cluster).release_notebook(notebook_spec(failed))
+    except BackendError as exc:  # reconcile and deletion will try again
+        log.warning("could not stop failed notebook %s: %s", failed.key, exc.detail)
+    return failed
+
+
 def _apply(notebook: Notebook, state: NotebookState) -> Notebook:
     if state.phase == "running":
         return _transition(
@@ -161,10 +181,7 @@ def _apply(notebook: Notebook, state: NotebookState) -> Notebook:
             detail=state.detail, url=state.url, step=state.step, running_since=timezone.now(),
         ) or notebook
     if state.phase in ("failed", "gone"):
-        return _transition(
-            notebook.pk, from_=[Status.DEPLOYING, Status.RUNNING], to=Status.FAILED,
-            message=state.message, detail=state.detail,
-        ) or notebook
+        return _fail(notebook, message=state.message, detail=state.detail)
     Notebook.objects.filter(pk=notebook.pk, status=notebook.status).update(
         step=state.step, status_message=state.message[:500], status_detail=state.detail)
     notebook.step, notebook.status_message = state.step, state.message[:500]
@@ -179,11 +196,8 @@ def advance_notebook(*, notebook_id: int) -> Notebook | None:
     timeout = timezone.timedelta(seconds=settings.NOTEBOOK_DEPLOY_TIMEOUT_S)
     if notebook.step and timezone.now() - notebook.status_changed_at > timeout:
         minutes = settings.NOTEBOOK_DEPLOY_TIMEOUT_S // 60
-        return _transition(
-            notebook.pk, from_=[Status.DEPLOYING], to=Status.FAILED,
-            message=f"Not reachable after {minutes} minutes: {notebook.status_message}",
-            detail=notebook.status_detail,
-        )
+        return _fail(notebook, message=f"Not reachable after {minutes} minutes: "
+                     f"{notebook.status_message}", detail=notebook.status_detail)
     backend = get_backend(notebook.instance.cluster)
     spec = notebook_spec(notebook)
     try:
@@ -227,10 +241,10 @@ def reconcile_notebooks() -> dict[str, int]:
             summary["removed_with_instance"] += 1
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
     stuck = Notebook.objects.filter(status_changed_at__lt=cutoff)
-    for pk in stuck.filter(status=Status.DEPLOYING).values_list("pk", flat=True):
+    for pk in claim_unwatched(stuck.filter(status=Status.DEPLOYING)):
         advance_notebook_task.delay(pk)
         summary["redriven"] += 1
-    for pk in stuck.filter(status=Status.DELETING).values_list("pk", flat=True):
+    for pk in claim_unwatched(stuck.filter(status=Status.DELETING)):
         teardown_notebook_task.delay(pk)
         summary["redriven"] += 1
     for cluster in Cluster.objects.all():
@@ -238,7 +252,7 @@ def reconcile_notebooks() -> dict[str, int]:
             Notebook.objects.filter(status=Status.RUNNING, instance__cluster=cluster,
                                     instance__status=Instance.Status.RUNNING)
             .select_related("instance__workspace__owner", "instance__cluster",
-                            "instance__profile")
+                            "instance__profile", "profile")
         )
         if not running:
             continue
@@ -246,6 +260,9 @@ def reconcile_notebooks() -> dict[str, int]:
             states = get_backend(cluster).reconcile_notebooks([notebook_spec(n) for n in running])
         except BackendError as exc:
             log.warning("notebook reconcile of %s failed: %s", cluster, exc.detail)
+            continue
+        except Exception:  # whatever one cluster does, the others are still reconciled
+            log.exception("notebook reconcile of %s failed", cluster)
             continue
         for notebook in running:
             state = states.get(notebook.key)

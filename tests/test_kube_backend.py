@@ -364,7 +364,7 @@ def test_test_connection_reports_version_and_gpus_by_model(emu, api, cluster):
         core.replace_node_status(name, node)
     report = get_backend(cluster).check_connection()
     assert report.startswith("Connected: Kubernetes v")
-    assert report.endswith("allocatable GPUs: 4 × NVIDIA-A100, 16 × NVIDIA-H200.")
+    assert "; allocatable GPUs: 4 × NVIDIA-A100, 16 × NVIDIA-H200." in report
 
 
 def test_the_client_stays_under_its_request_rate():
@@ -413,14 +413,19 @@ def test_a_notebook_deploys_becomes_reachable_and_is_cleaned_up(emu, alice, note
     wait_for(lambda: (emu.get("Deployment", name, ns).get("status") or {}).get(
         "availableReplicas"))
     notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
-    assert notebook.status_message == f"Waiting for the ingress to admit {name}.apps.example.com."
+    assert notebook.status_message == f"Waiting for the Service {name} to have a ready endpoint."
 
-    k8s.NetworkingV1Api(k8s.ApiClient(emu.client_configuration())).patch_namespaced_ingress_status(
-        name, ns, {"status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.7"}]}}})
+    # The EndpointSlice controller publishes the ready pod: play it. No Ingress status is
+    # needed (bare-metal ingress controllers never set one).
+    k8s.DiscoveryV1Api(k8s.ApiClient(emu.client_configuration())).create_namespaced_endpoint_slice(
+        ns, {"metadata": {"name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
+             "addressType": "IPv4",
+             "endpoints": [{"addresses": ["10.0.0.7"], "conditions": {"ready": True}}]})
     notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
     assert notebook.status == Notebook.Status.RUNNING
-    assert notebook.url == f"http://{name}.apps.example.com/lab"
-    assert emu.requests.total <= 12  # create 4, then two looks of 2-3 requests
+    host = f"{name}-{notebook.host_suffix}-i{instance.pk}.apps.example.com"
+    assert notebook.url == f"http://{host}/lab"
+    assert emu.requests.total <= 15  # apply 5, then looks of 3-4 requests
 
     notebook_services.delete_notebook(notebook=notebook, by=alice)
     notebook = notebook_services.teardown_notebook(notebook_id=notebook.pk)
@@ -437,12 +442,17 @@ def test_a_notebook_whose_image_cannot_be_pulled_fails_in_words(emu, api, alice,
         notebook_id=deploy_notebook(alice, instance, profile).pk)
     ns, name = namespace_of(emu, instance)["metadata"]["name"], f"nb-explore-{notebook.pk}"
     core = k8s.CoreV1Api(api)
+    # The ReplicaSet's pod, as the controllers would create it: play them.
+    pod = core.create_namespaced_pod(ns, {
+        "metadata": {"name": f"{name}-abc", "labels": {"gpupaas.io/notebook": notebook.key}},
+        "spec": {"containers": [{"name": "notebook", "image": "x"}]}})
 
     def event(reason: str, message: str, kind: str = "Normal") -> None:
         core.create_namespaced_event(ns, {
             "metadata": {"generateName": f"{name}-"}, "type": kind, "reason": reason,
             "message": message, "lastTimestamp": "2026-11-28T10:00:00Z",
-            "involvedObject": {"kind": "Pod", "name": f"{name}-abc", "namespace": ns}})
+            "involvedObject": {"kind": "Pod", "name": f"{name}-abc", "namespace": ns,
+                               "uid": pod.metadata.uid}})
 
     event("Pulling", "Pulling image quay.io/jupyter/minimal-notebook")
     notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
@@ -464,7 +474,7 @@ def test_a_notebook_that_does_not_fit_the_instance_is_refused(alice, notebook_se
 
 
 def test_reconcile_restores_a_deleted_service_or_ingress(emu, alice, notebook_setup):
-    emu.add_hook(kubeemu.admit_ingresses)
+    emu.add_hook(kubeemu.serve_endpoints)
     instance, profile = notebook_setup
     notebook = notebook_services.advance_notebook(
         notebook_id=deploy_notebook(alice, instance, profile).pk)

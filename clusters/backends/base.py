@@ -58,6 +58,8 @@ class NotebookSpec:
     token: str  # the credential users open it with
     gpu_indices: tuple[int, ...] = ()  # local backend: which of the instance's GPU slots
     instance_kubeconfig: str = ""  # vcluster/dedicated: deploy inside that cluster
+    storage_gib: int = 10  # the home volume
+    host_suffix: str = ""  # random, stored with the notebook: its host cannot be guessed
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class GpuInventory:
     model: str
     simulated: bool
     devices: tuple[str, ...] = field(default=())
+    # What the units are, when they are not whole GPUs: "time-sliced: 4 shares of each of
+    # 2 × NVIDIA-A100", "MIG: 7 × nvidia.com/mig-1g.10gb".
+    sharing: tuple[str, ...] = field(default=())
 
 
 class BackendError(Exception):
@@ -127,6 +132,11 @@ class ClusterBackend(Protocol):
 
     def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
         """Start or continue removing a notebook; phase `gone` once nothing is left."""
+        ...
+
+    def release_notebook(self, spec: NotebookSpec) -> None:
+        """A notebook failed: stop whatever of it still runs, so it holds no GPU, and keep
+        what the user may want back (its files)."""
         ...
 
     def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:

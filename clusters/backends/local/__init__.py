@@ -95,6 +95,9 @@ class LocalBackend:
     def notebook_state(self, spec: NotebookSpec) -> NotebookState:
         return jupyter.state(spec, self._notebook_folder(spec))
 
+    def release_notebook(self, spec: NotebookSpec) -> None:
+        jupyter.stop(self._notebook_folder(spec))  # its files stay in the sandbox
+
     def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
         folder = self._notebook_folder(spec)
         jupyter.stop(folder)
