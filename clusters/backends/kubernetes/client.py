@@ -240,7 +240,7 @@ class KubeClient:
 
 def _retry_after(exc: ApiException) -> float | None:
     """Seconds the server asked us to wait (Retry-After), capped; None when it did not say."""
-    value = (exc.headers or {}).get("Retry-After") if exc.headers else None
+    value = exc.headers.get("Retry-After") if exc.headers else None
     try:
         return min(max(float(value), 0.0), RETRY_AFTER_MAX_S) if value is not None else None
     except ValueError:
@@ -270,7 +270,8 @@ def _not_found(status: Manifest, manifest: Manifest | None, cluster: str) -> str
         return (f"The namespace {details['name']} is missing on {cluster}; "
                 "an administrator must create it.")
     kind = manifest["kind"] if manifest else details["kind"]
-    return f"{kind} {details.get('name', '')} vanished from {cluster} while the portal worked on it."
+    return (f"{kind} {details.get('name', '')} vanished from {cluster} while the portal "
+            "worked on it.")
 
 
 def _refusal(exc: ApiException, manifest: Manifest | None = None,
