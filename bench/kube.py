@@ -42,6 +42,7 @@ def main() -> None:
         # Counting, not pacing: the per-cluster rate limit is lifted for the benchmark.
         kube = KubeClient(api, ClientSettings(cluster="bench", qps=1e6, burst=10**6))
         emu.add_hook(kubeemu.admit_ingresses)  # plays the ingress controller
+        emu.add_hook(kubeemu.serve_endpoints)  # and the EndpointSlice controller
         backend = KubernetesBackend(Cluster(name="bench", display_name="Bench",
                                             backend="kubernetes",
                                             ingress_domain="apps.example.com"), kube)

@@ -75,6 +75,19 @@ class ClusterAdmin(admin.ModelAdmin):
         ]}),
     ]
 
+    def save_model(self, request: HttpRequest, obj: Cluster, form: forms.Form,
+                   change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.backend != Cluster.Backend.KUBERNETES:
+            return
+        # The Ingress host policy protects tenants from the first notebook on.
+        try:
+            report = get_backend(obj).install_host_policy()
+        except BackendError as exc:
+            report = f"The Ingress host policy could not be installed: {exc.message}"
+        level = messages.SUCCESS if report.endswith("installed.") else messages.WARNING
+        self.message_user(request, f"{obj}: {report}", level)
+
     @admin.display(boolean=True, description="kubeconfig stored")
     def has_kubeconfig(self, cluster: Cluster) -> bool:
         return bool(cluster.kubeconfig_encrypted)

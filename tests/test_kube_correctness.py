@@ -578,3 +578,20 @@ def test_reconciling_notebooks_inside_a_virtual_cluster_costs_lists_and_no_write
         assert [(w.method, w.name) for w in writes] == [
             ("PATCH", "notebooks"), ("PATCH", f"nb-n1-{notebooks[1].pk}")]
         assert inner.get("Service", f"nb-n1-{notebooks[1].pk}", "notebooks") is not None
+
+
+def test_registering_a_cluster_installs_the_host_policy(client, admin_user, emu, api,
+                                                       tmp_path, settings):
+    settings.PORTAL_ID = "test-portal"
+    client.force_login(admin_user)
+    response = client.post("/admin/clusters/cluster/add/", {
+        "display_name": "GPU farm", "name": "gpu-farm", "backend": "kubernetes",
+        "kubeconfig": emu.kubeconfig(tmp_path / "config").read_text(),
+        "ingress_domain": "apps.example.com", "ingress_class": "nginx",
+        "ingress_namespace": "ingress-nginx", "gpu_resource_name": "nvidia.com/gpu",
+        "gpu_model_label": "nvidia.com/gpu.product", "capi_namespace": "gpupaas-clusters",
+    }, follow=True)
+    assert "GPU farm: Ingress host policy installed." in response.content.decode()
+    binding = k8s.AdmissionregistrationV1Api(api).read_validating_admission_policy_binding(
+        "gpupaas-test-portal-ingress-hosts")
+    assert binding.spec.policy_name == "gpupaas-test-portal-ingress-hosts"

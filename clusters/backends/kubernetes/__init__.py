@@ -164,6 +164,10 @@ class KubernetesBackend:
         notes = "".join(f" {note}." for note in inventory.sharing)
         return f"Connected: Kubernetes {version}; allocatable GPUs: {offered}.{notes}{policy}"
 
+    def install_host_policy(self) -> str:
+        """For the admin, when the cluster is registered or changed: the words say how it went."""
+        return self._ensure_host_policy(force=True).strip()
+
     def _ensure_host_policy(self, *, force: bool = False) -> str:
         """Install the Ingress host policy (see manifests.host_policy), once per process and
         cluster version unless forced; the words say what happened, for Test connection."""
