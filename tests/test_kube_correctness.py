@@ -595,3 +595,35 @@ def test_registering_a_cluster_installs_the_host_policy(client, admin_user, emu,
     binding = k8s.AdmissionregistrationV1Api(api).read_validating_admission_policy_binding(
         "gpupaas-test-portal-ingress-hosts")
     assert binding.spec.policy_name == "gpupaas-test-portal-ingress-hosts"
+
+
+def test_one_broken_cluster_never_stops_the_notebook_pass_for_the_others(
+    emu, api, alice, notebook_setup, scripted
+):
+    emu.add_hook(kubeemu.serve_endpoints)
+    instance, profile = notebook_setup
+    notebook = running_notebook(emu, alice, instance, profile)
+    ns, name = namespace_of(emu, instance)["metadata"]["name"], f"nb-explore-{notebook.pk}"
+    nonsense = scripted((200, {}, {"answer": "not a Kubernetes list"}))
+    broken = Cluster(name="broken", display_name="A broken cluster", backend="kubernetes",
+                     ingress_domain="apps.example.com")
+    broken.set_kubeconfig(kubeconfig_for(f"http://127.0.0.1:{nonsense.server_port}"))
+    broken.save()  # sorts first
+    there = launch(alice, profiles_on(broken), name="there")
+    Instance.objects.filter(pk=there.pk).update(status=Status.RUNNING)
+    there.refresh_from_db()
+    stuck = deploy_notebook(alice, there, profile, name="far")
+    Notebook.objects.filter(pk=stuck.pk).update(status=NbStatus.RUNNING)
+    k8s.CoreV1Api(api).delete_namespaced_service(name, ns)
+
+    notebook_services.reconcile_notebooks()
+
+    assert k8s.CoreV1Api(api).read_namespaced_service(name, ns)
+
+
+def profiles_on(cluster: Cluster):
+    from instances.models import ComputeProfile
+
+    return ComputeProfile.objects.create(
+        name=f"on-{cluster.name}", display_name=f"on {cluster}", kind="namespace",
+        cluster=cluster, gpus=1, cpu=8, memory_gib=64, storage_gib=100, published=True)

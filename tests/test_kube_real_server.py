@@ -73,10 +73,11 @@ def apiserver(tmp_path_factory):
     (root / "kubeconfig").write_text(yaml.safe_dump(kubeconfig(url)))
     # Only the controllers admission depends on: the aggregated `admin` ClusterRole the
     # tenants hold, quota usage (quota admission refuses pods until it is computed) and the
-    # `default` ServiceAccount (the ServiceAccount admission plugin requires it).
+    # `default` ServiceAccount (the ServiceAccount admission plugin requires it); and the
+    # EndpointSlice controller, to show it labels slices like their Service.
     controllers = subprocess.Popen(
         [f"{ASSETS}/kube-controller-manager", f"--kubeconfig={root / 'kubeconfig'}",
-         "--controllers=clusterrole-aggregation,resourcequota,serviceaccount",
+         "--controllers=clusterrole-aggregation,resourcequota,serviceaccount,endpointslice",
          "--leader-elect=false",
          "--bind-address=127.0.0.1", f"--secure-port={free_port()}"],
         stdout=logs[1], stderr=subprocess.STDOUT)
@@ -297,3 +298,8 @@ def test_a_notebooks_objects_are_accepted_and_applying_again_changes_nothing(
     assert "gpupaas" in managers
     state = get_backend(real_cluster).notebook_state(notebook_services.notebook_spec(notebook))
     assert (state.phase, state.message) == ("deploying", "Starting JupyterLab.")
+    # The notebook reconcile finds a Service's slices by the portal's labels: the
+    # controller copies the Service's labels onto them (here a placeholder: no pods yet).
+    selector = f"gpupaas.io/portal=real-test,kubernetes.io/service-name={name}"
+    wait_for(lambda: k8s.DiscoveryV1Api(api).list_namespaced_endpoint_slice(
+        ns, label_selector=selector).items, timeout=90)
