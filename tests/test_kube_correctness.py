@@ -378,7 +378,10 @@ def test_refusals_of_the_pod_are_said_in_words(emu, api, alice, notebook_setup, 
     instance, profile = notebook_setup
     notebook = advance(deploy_notebook(alice, instance, profile))
     ns, name = namespace_of(emu, instance)["metadata"]["name"], f"nb-explore-{notebook.pk}"
-    # The Deployment controller reports its ReplicaSet's FailedCreate: play it.
+    # The Deployment controller reports its ReplicaSet's FailedCreate: play it, once the
+    # emulator's own rollout status is in (it would replace ours).
+    wait_for(lambda: k8s.AppsV1Api(api).read_namespaced_deployment_status(
+        name, ns).status.conditions)
     k8s.AppsV1Api(api).patch_namespaced_deployment_status(name, ns, {"status": {"conditions": [
         {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
          "message": refusal}]}})
