@@ -546,6 +546,31 @@ def test_a_long_wait_is_polled_past_eight_tries_and_completes(
     assert instance.poll_lease_until is None  # the chain ended and said so
 
 
+@pytest.fixture
+def backed_off_polls(monkeypatch):
+    monkeypatch.setenv("INSTANCE_POLL_S", "0.1")
+    monkeypatch.setenv("INSTANCE_POLL_MAX_S", "1.6")
+    monkeypatch.setenv("PORTAL_ID", "test-portal")
+
+
+def test_polling_backs_off_to_its_cap(backed_off_polls, celery_worker_process, emu, api,
+                                      alice, profiles):
+    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": "gpupaas-clusters"}})
+    instance = launch(alice, profiles["dedicated"], name="slow")
+    name = f"alice-slow-{instance.pk}"
+
+    def applies() -> int:
+        return sum(1 for r in emu.requests.records()
+                   if r.method == "PATCH" and r.resource.startswith("clusters")
+                   and r.name == name)
+
+    wait_for(applies, timeout=30)
+    time.sleep(6)
+    # 0.1, 0.2, 0.4, 0.8, then 1.6 s apart: about 7 looks in 6 s, where a fixed 0.1 s
+    # would have made dozens.
+    assert 4 <= applies() <= 10
+
+
 def test_reconciling_notebooks_inside_a_virtual_cluster_costs_lists_and_no_writes(
     emu, alice, profiles, cluster
 ):
