@@ -303,3 +303,21 @@ def test_a_notebooks_objects_are_accepted_and_applying_again_changes_nothing(
     selector = f"gpupaas.io/portal=real-test,kubernetes.io/service-name={name}"
     wait_for(lambda: k8s.DiscoveryV1Api(api).list_namespaced_endpoint_slice(
         ns, label_selector=selector).items, timeout=90)
+
+
+def test_a_virtual_clusters_objects_pass_real_admission_and_apply_again_unchanged(
+    apiserver, real_cluster, alice
+):
+    from clusters.backends import get_backend
+    from instances import services
+
+    profile = ComputeProfile.objects.create(
+        name="vc-1", display_name="vc 1", kind="vcluster", cluster=real_cluster, gpus=1,
+        cpu=8, memory_gib=32, storage_gib=50, published=True)
+    instance = provision(launch(alice, profile, name="vc"))
+    assert instance.status == "provisioning", instance.status_message
+    ns = f"alice-vc-{instance.pk}"
+    apps = k8s.AppsV1Api(client_as(apiserver))
+    before = apps.read_namespaced_stateful_set("vcluster", ns).metadata.resource_version
+    get_backend(real_cluster).ensure_instance(services.instance_spec(instance))
+    assert apps.read_namespaced_stateful_set("vcluster", ns).metadata.resource_version == before
