@@ -346,6 +346,13 @@ def test_a_notebook_with_no_available_replica_is_not_running(emu, api, alice, no
                                  "affinity/selector."}]},
      NbStatus.DEPLOYING,
      "Unschedulable: no node of the cluster offers H200 GPUs; waiting for one."),
+    # As kube-scheduler 1.36.2 words it when no StorageClass provides the home volume.
+    ({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                      "message": "0/1 nodes are available: pod has unbound immediate "
+                                 "PersistentVolumeClaims. not found"}]},
+     NbStatus.DEPLOYING,
+     "Waiting for its home volume: the cluster has not provided the volume claim yet (is "
+     "there a default StorageClass, or one set for the cluster?)."),
 ])
 def test_a_notebook_s_status_follows_its_pod(emu, api, alice, notebook_setup, profiles,
                                             status, phase, message):

@@ -74,11 +74,19 @@ def apiserver(tmp_path_factory):
     # Only the controllers admission depends on: the aggregated `admin` ClusterRole the
     # tenants hold, quota usage (quota admission refuses pods until it is computed) and the
     # `default` ServiceAccount (the ServiceAccount admission plugin requires it); and the
-    # EndpointSlice controller, to show it labels slices like their Service.
+    # EndpointSlice controller, to show it labels slices like their Service; Deployments and
+    # ReplicaSets, so pods are created (and refused) as in production, and the scheduler.
     controllers = subprocess.Popen(
         [f"{ASSETS}/kube-controller-manager", f"--kubeconfig={root / 'kubeconfig'}",
-         "--controllers=clusterrole-aggregation,resourcequota,serviceaccount,endpointslice",
+         "--controllers=clusterrole-aggregation,resourcequota,serviceaccount,endpointslice,"
+         "deployment,replicaset,persistentvolume-binder",
          "--leader-elect=false",
+         "--bind-address=127.0.0.1", f"--secure-port={free_port()}"],
+        stdout=logs[1], stderr=subprocess.STDOUT)
+    scheduler = subprocess.Popen(
+        [f"{ASSETS}/kube-scheduler", f"--kubeconfig={root / 'kubeconfig'}",
+         f"--authentication-kubeconfig={root / 'kubeconfig'}",
+         f"--authorization-kubeconfig={root / 'kubeconfig'}", "--leader-elect=false",
          "--bind-address=127.0.0.1", f"--secure-port={free_port()}"],
         stdout=logs[1], stderr=subprocess.STDOUT)
     http = urllib3.PoolManager(cert_reqs="CERT_NONE")
@@ -99,7 +107,7 @@ def apiserver(tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        for process in (controllers, server, etcd):
+        for process in (scheduler, controllers, server, etcd):
             process.terminate()
             try:
                 process.wait(15)
@@ -297,7 +305,7 @@ def test_a_notebooks_objects_are_accepted_and_applying_again_changes_nothing(
                 .managed_fields}
     assert "gpupaas" in managers
     state = get_backend(real_cluster).notebook_state(notebook_services.notebook_spec(notebook))
-    assert (state.phase, state.message) == ("deploying", "Starting JupyterLab.")
+    assert state.phase == "deploying"
     # The notebook reconcile finds a Service's slices by the portal's labels: the
     # controller copies the Service's labels onto them (here a placeholder: no pods yet).
     selector = f"gpupaas.io/portal=real-test,kubernetes.io/service-name={name}"
@@ -321,3 +329,59 @@ def test_a_virtual_clusters_objects_pass_real_admission_and_apply_again_unchange
     before = apps.read_namespaced_stateful_set("vcluster", ns).metadata.resource_version
     get_backend(real_cluster).ensure_instance(services.instance_spec(instance))
     assert apps.read_namespaced_stateful_set("vcluster", ns).metadata.resource_version == before
+
+
+def test_scheduling_and_quota_refusals_are_said_in_words(apiserver, real_cluster, alice):
+    """The real scheduler and ReplicaSet controller refuse; the notebook says why."""
+    from dataclasses import replace
+
+    from clusters.backends import get_backend
+    from notebooks import services as notebook_services
+    from notebooks.models import NotebookProfile
+
+    core = k8s.CoreV1Api(client_as(apiserver))
+    core.create_node({"metadata": {"name": "gpu-a100", "labels": {
+        "nvidia.com/gpu.product": "NVIDIA-A100"}}})
+    core.patch_node_status("gpu-a100", {"status": {
+        "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
+        "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                        "message": "played", "lastHeartbeatTime": "2026-11-29T00:00:00Z",
+                        "lastTransitionTime": "2026-11-29T00:00:00Z"}]}})
+    # A hand-made Node is tainted not-ready; this one plays a ready kubelet.
+    core.patch_node("gpu-a100", {"spec": {"taints": []}})
+    profile = ComputeProfile.objects.create(
+        name="h200", display_name="H200", kind="namespace", cluster=real_cluster, gpus=2,
+        gpu_model="NVIDIA-H200", cpu=8, memory_gib=32, storage_gib=50, published=True)
+    instance = provision(launch(alice, profile, name="h"))
+    notebooks = NotebookProfile.objects.create(
+        name="minimal", display_name="Minimal", image="quay.io/jupyter/minimal-notebook",
+        default_cpu=1, default_memory_gib=2, published=True)
+    notebook = notebook_services.deploy_notebook(instance=instance, name="wants",
+                                                 profile=notebooks, by=alice, gpus=1)
+    notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
+    backend = get_backend(real_cluster)
+    spec = notebook_services.notebook_spec(notebook)
+
+    def state_message() -> str:
+        return backend.notebook_state(spec).message
+
+    # No StorageClass here: the home volume's claim stays unbound, and the notebook says so.
+    wait_for(lambda: state_message().startswith("Waiting for its home volume"), timeout=60)
+    core.create_persistent_volume({"metadata": {"name": "home"}, "spec": {
+        "capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteOnce"],
+        "hostPath": {"path": "/tmp/home"},
+        "claimRef": {"namespace": f"alice-h-{instance.pk}",
+                     "name": f"nb-wants-{notebook.pk}-home"}}})
+    wait_for(lambda: state_message().startswith("Unschedulable"), timeout=60)
+    assert state_message() == (
+        "Unschedulable: no node of the cluster offers NVIDIA-H200 GPUs; waiting for one.")
+
+    # More GPUs than the instance's quota (past the portal's own check): the ReplicaSet
+    # cannot create the pod.
+    greedy = replace(spec, key="nb-990", name="greedy", gpus=5)
+    backend.ensure_notebook(greedy)
+    wait_for(lambda: backend.notebook_state(greedy).phase == "failed", timeout=60)
+    state = backend.notebook_state(greedy)
+    assert state.message == "Quota exceeded: the notebook does not fit the instance's quota."
+    assert "exceeded quota: instance-quota" in state.detail

@@ -57,6 +57,10 @@ def explain_pod(pod: Manifest, *, model: str = "") -> tuple[str, str, bool] | No
         text = scheduled.get("message", "")
         detail = f"FailedScheduling: {text}"
         of_model = f" {model}" if model else ""
+        if "unbound immediate PersistentVolumeClaims" in text:
+            return ("Waiting for its home volume: the cluster has not provided the volume "
+                    "claim yet (is there a default StorageClass, or one set for the cluster?).",
+                    detail, False)
         if "Insufficient" in text and "gpu" in text.lower():
             return (f"Unschedulable: no free{of_model} GPU on the cluster right now; waiting "
                     "for one.", detail, False)
