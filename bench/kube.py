@@ -93,6 +93,7 @@ def main() -> None:
         kube = KubeClient(api_client(kubeconfig), ClientSettings(cluster="bench", qps=1e6,
                                                                 burst=10**6))
         target.add_hook(kubeemu.admit_ingresses)  # plays the ingress controller
+        target.add_hook(kubeemu.serve_endpoints)  # and the EndpointSlice controller
         backend = KubernetesBackend(Cluster(name="bench", display_name="Bench",
                                             backend="kubernetes",
                                             ingress_domain="apps.example.com"), kube)

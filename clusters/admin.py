@@ -21,8 +21,9 @@ class ClusterForm(forms.ModelForm):
         model = Cluster
         fields = [
             "display_name", "name", "backend", "description", "in_cluster", "ingress_domain",
-            "ingress_class", "ingress_tls_secret", "ingress_namespace", "gpu_resource_name",
-            "gpu_model_label", "storage_class", "capi_namespace",
+            "ingress_class", "ingress_https", "ingress_namespace", "ingress_from_namespaces",
+            "ingress_from_cidrs", "gpu_resource_name", "gpu_model_label", "storage_class",
+            "capi_namespace",
         ]
 
     def clean_kubeconfig(self) -> str:
@@ -73,11 +74,24 @@ class ClusterAdmin(admin.ModelAdmin):
                            "notebooks_run_as"]}),
         ("Credentials", {"fields": ["kubeconfig", "in_cluster"]}),
         ("Kubernetes", {"fields": [
-            "ingress_domain", "ingress_class", "ingress_tls_secret", "ingress_namespace",
-            "gpu_resource_name",
+            "ingress_domain", "ingress_class", "ingress_https", "ingress_namespace",
+            "ingress_from_namespaces", "ingress_from_cidrs", "gpu_resource_name",
             "gpu_model_label", "storage_class", "capi_namespace",
         ]}),
     ]
+
+    def save_model(self, request: HttpRequest, obj: Cluster, form: forms.Form,
+                   change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.backend != Cluster.Backend.KUBERNETES:
+            return
+        # The Ingress host policy protects tenants from the first notebook on.
+        try:
+            report = get_backend(obj).install_host_policy()
+        except BackendError as exc:
+            report = f"The Ingress host policy could not be installed: {exc.message}"
+        level = messages.SUCCESS if report.endswith("installed.") else messages.WARNING
+        self.message_user(request, f"{obj}: {report}", level)
 
     @admin.display(boolean=True, description="kubeconfig stored")
     def has_kubeconfig(self, cluster: Cluster) -> bool:

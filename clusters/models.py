@@ -1,3 +1,7 @@
+import ipaddress
+import re
+
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from .crypto import decrypt, encrypt
@@ -23,17 +27,30 @@ class Cluster(models.Model):
         default=False, help_text="Use the portal pod's service account instead of a kubeconfig."
     )
     ingress_domain = models.CharField(
-        max_length=253, blank=True, help_text="Notebook URLs are hosts under this domain."
+        max_length=253, blank=True,
+        help_text="Notebook URLs are hosts under this domain (a wildcard DNS record points "
+        "it at the ingress controller). Required for Kubernetes clusters.",
     )
     ingress_class = models.CharField(max_length=100, blank=True, default="nginx")
-    ingress_tls_secret = models.CharField(
-        "ingress TLS secret", max_length=253, blank=True,
-        help_text="A wildcard certificate secret for the ingress domain; notebooks use HTTPS "
-        "when set.",
+    ingress_https = models.BooleanField(
+        "ingress HTTPS", default=False,
+        help_text="Notebooks use HTTPS with the ingress controller's default certificate "
+        "(for ingress-nginx: --default-ssl-certificate, a wildcard for the ingress domain).",
     )
     ingress_namespace = models.CharField(
         max_length=63, default="ingress-nginx",
-        help_text="Namespace of the ingress controller; instances accept traffic from it.",
+        help_text="Namespace of the ingress controller; instances accept traffic from it "
+        "unless sources are listed below.",
+    )
+    ingress_from_namespaces = models.TextField(
+        "notebooks reachable from namespaces", blank=True,
+        help_text="One namespace label selector per line (key=value,key2=value2): pods in "
+        "matching namespaces may reach notebooks. Empty: the ingress namespace above.",
+    )
+    ingress_from_cidrs = models.TextField(
+        "notebooks reachable from CIDRs", blank=True,
+        help_text="One CIDR per line. For a hostNetwork ingress controller, the nodes' "
+        "addresses; for a cloud L7 load balancer, its documented source ranges.",
     )
     gpu_resource_name = models.CharField(max_length=100, default="nvidia.com/gpu")
     gpu_model_label = models.CharField(
@@ -52,12 +69,46 @@ class Cluster(models.Model):
     def __str__(self) -> str:
         return self.display_name
 
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        if self.backend == self.Backend.KUBERNETES and not self.ingress_domain.strip():
+            errors["ingress_domain"] = [
+                "A Kubernetes cluster needs an ingress domain: notebook addresses are hosts "
+                "under it."]
+        for line in _lines(self.ingress_from_namespaces):
+            if not _SELECTOR.fullmatch(line):
+                errors.setdefault("ingress_from_namespaces", []).append(
+                    f"“{line}” is not a selector like team=ml,tier=ingress.")
+        for line in _lines(self.ingress_from_cidrs):
+            try:
+                ipaddress.ip_network(line, strict=False)
+            except ValueError:
+                errors.setdefault("ingress_from_cidrs", []).append(f"“{line}” is not a CIDR.")
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def ingress_from_selector_list(self) -> list[str]:
+        return _lines(self.ingress_from_namespaces)
+
+    @property
+    def ingress_from_cidr_list(self) -> list[str]:
+        return [str(ipaddress.ip_network(c, strict=False)) for c in _lines(self.ingress_from_cidrs)]
+
     @property
     def kubeconfig(self) -> str:
         return decrypt(self.kubeconfig_encrypted)
 
     def set_kubeconfig(self, text: str) -> None:
         self.kubeconfig_encrypted = encrypt(text)
+
+
+_LABEL_PAIR = r"([a-z0-9A-Z.-]+/)?[A-Za-z0-9._-]+=[A-Za-z0-9._-]*"
+_SELECTOR = re.compile(rf"{_LABEL_PAIR}(,{_LABEL_PAIR})*")
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class GpuAllocation(models.Model):

@@ -329,6 +329,14 @@ DEFAULT_MAX_GPUS = env_int("DEFAULT_MAX_GPUS", 8)
 DEFAULT_MAX_INSTANCES = env_int("DEFAULT_MAX_INSTANCES", 5)
 # An instance in pending/provisioning/deleting longer than this is re-driven by reconcile.
 RECONCILE_STUCK_AFTER_S = env_int("RECONCILE_STUCK_AFTER_S", 60)
+# Polling of a resource on its way up or down backs off exponentially from the first delay
+# to the cap (seconds), for as long as it takes. A task chain holds a lease of the next delay
+# plus POLL_LEASE_GRACE_S; reconcile re-drives a stuck row only once its lease ran out.
+INSTANCE_POLL_S = float(env_str("INSTANCE_POLL_S", "5"))
+INSTANCE_POLL_MAX_S = float(env_str("INSTANCE_POLL_MAX_S", "60"))
+NOTEBOOK_POLL_S = float(env_str("NOTEBOOK_POLL_S", "1"))
+NOTEBOOK_POLL_MAX_S = float(env_str("NOTEBOOK_POLL_MAX_S", "10"))
+POLL_LEASE_GRACE_S = float(env_str("POLL_LEASE_GRACE_S", "150"))
 # A notebook not reachable this long after it was created is failed (image pulls can be slow).
 NOTEBOOK_DEPLOY_TIMEOUT_S = env_int("NOTEBOOK_DEPLOY_TIMEOUT_S", 900)
 INSTANCES_PER_PAGE = env_int("INSTANCES_PER_PAGE", 20)

@@ -99,6 +99,9 @@ class Instance(models.Model):
     status_message = models.CharField(max_length=500, blank=True)
     status_detail = models.TextField(blank=True, help_text="Raw detail for administrators.")
     status_changed_at = models.DateTimeField(auto_now_add=True)
+    # While a task chain watches this row, the time by which it will have looked again;
+    # the reconcile pass re-drives only rows whose lease ran out (never a second chain).
+    poll_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     gpu_indices = models.JSONField(default=list, blank=True)
     gpu_simulated = models.BooleanField(default=False)
     # Admin credentials of a virtual or dedicated cluster: for the portal's own use (proxy,

@@ -16,8 +16,8 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
@@ -354,6 +354,26 @@ def teardown_instance(*, instance_id: int) -> Instance | None:
     )
 
 
+# --- polling leases --------------------------------------------------------------------------
+
+
+def hold_lease(*, model: type[models.Model], pk: int, seconds: float | None) -> None:
+    """A task chain watching this row promises to look again within `seconds` (None: it
+    stopped watching). Works for instances and notebooks alike."""
+    until = None if seconds is None else timezone.now() + timezone.timedelta(seconds=seconds)
+    model.objects.filter(pk=pk).update(poll_lease_until=until)
+
+
+def claim_unwatched(queryset: QuerySet) -> list[int]:
+    """The rows of `queryset` no live task chain watches, each claimed for the caller (one
+    conditional UPDATE per row, so two reconcile passes never both claim one)."""
+    now = timezone.now()
+    free = Q(poll_lease_until__isnull=True) | Q(poll_lease_until__lt=now)
+    until = now + timezone.timedelta(seconds=settings.POLL_LEASE_GRACE_S)
+    return [pk for pk in queryset.filter(free).values_list("pk", flat=True)
+            if queryset.model.objects.filter(free, pk=pk).update(poll_lease_until=until)]
+
+
 @dataclass
 class ReconcileSummary:
     redriven: int = 0
@@ -369,12 +389,10 @@ def reconcile_instances() -> ReconcileSummary:
     summary = ReconcileSummary()
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
     stuck = Instance.objects.filter(status_changed_at__lt=cutoff)
-    for pk in stuck.filter(status__in=[Status.PENDING, Status.PROVISIONING]).values_list(
-        "pk", flat=True
-    ):
+    for pk in claim_unwatched(stuck.filter(status__in=[Status.PENDING, Status.PROVISIONING])):
         provision_instance_task.delay(pk)
         summary.redriven += 1
-    for pk in stuck.filter(status=Status.DELETING).values_list("pk", flat=True):
+    for pk in claim_unwatched(stuck.filter(status=Status.DELETING)):
         teardown_instance_task.delay(pk)
         summary.redriven += 1
 
@@ -403,6 +421,9 @@ def reconcile_instances() -> ReconcileSummary:
                 summary.orphans_removed += 1
         except BackendError as exc:
             log.warning("reconcile of cluster %s failed: %s", cluster, exc.detail)
+            summary.errors += 1
+        except Exception:  # whatever one cluster does, the others are still reconciled
+            log.exception("reconcile of cluster %s failed", cluster)
             summary.errors += 1
     return summary
 

@@ -1,6 +1,7 @@
-"""Thin Celery wrappers: take ids, call one service, own retries."""
+"""Thin Celery wrappers: take ids, call one service, own retries and polling."""
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
 
 from clusters.backends import TransientBackendError
 
@@ -16,22 +17,48 @@ RETRY = {
     "acks_late": True,
     "reject_on_worker_lost": True,
 }
+# Tasks that watch something on its way up or down: they poll for as long as it takes
+# (`max_retries=None` on the task; on `retry()` it would only mean "the task's default").
+POLL = {**RETRY, "max_retries": None}
 
 
-@shared_task(bind=True, **RETRY)
+def watch(task: Task, model: type, pk: int) -> None:
+    """Called first by a polling task: the chain is live, for at least one backed-off
+    transient retry (POLL_LEASE_GRACE_S is longer than retry_backoff_max)."""
+    services.hold_lease(model=model, pk=pk, seconds=settings.POLL_LEASE_GRACE_S)
+
+
+def poll_again(task: Task, model: type, pk: int, *, first: float, cap: float) -> Exception:
+    """Look again later, backing off exponentially to the cap; the lease covers the wait."""
+    countdown = min(cap, first * 2 ** task.request.retries)
+    services.hold_lease(model=model, pk=pk, seconds=countdown + settings.POLL_LEASE_GRACE_S)
+    return task.retry(countdown=countdown)
+
+
+def done(model: type, pk: int) -> None:
+    services.hold_lease(model=model, pk=pk, seconds=None)
+
+
+@shared_task(bind=True, **POLL)
 def provision_instance_task(self, instance_id: int) -> str | None:
+    watch(self, Instance, instance_id)
     instance = services.provision_instance(instance_id=instance_id)
     if instance is not None and instance.status == Instance.Status.PROVISIONING:
-        # The cluster is still bringing it up: look again shortly.
-        raise self.retry(countdown=5, max_retries=None)
+        # The cluster is still bringing it up: look again later.
+        raise poll_again(self, Instance, instance_id, first=settings.INSTANCE_POLL_S,
+                         cap=settings.INSTANCE_POLL_MAX_S)
+    done(Instance, instance_id)
     return instance.status if instance else None
 
 
-@shared_task(bind=True, **RETRY)
+@shared_task(bind=True, **POLL)
 def teardown_instance_task(self, instance_id: int) -> str | None:
+    watch(self, Instance, instance_id)
     instance = services.teardown_instance(instance_id=instance_id)
     if instance is not None and instance.status == Instance.Status.DELETING:
-        raise self.retry(countdown=5, max_retries=None)
+        raise poll_again(self, Instance, instance_id, first=settings.INSTANCE_POLL_S,
+                         cap=settings.INSTANCE_POLL_MAX_S)
+    done(Instance, instance_id)
     return instance.status if instance else None
 
 

@@ -1,3 +1,6 @@
+import secrets
+import string
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator
@@ -33,6 +36,11 @@ class NotebookProfile(models.Model):
     default_cpu = models.DecimalField(max_digits=6, decimal_places=1, default=2)
     default_memory_gib = models.PositiveIntegerField(default=8)
     default_gpus = models.PositiveIntegerField(default=0)
+    storage_gib = models.PositiveIntegerField(
+        "home volume (GiB)", default=10,
+        help_text="Each notebook's own volume, mounted at its home directory on Kubernetes; "
+        "it is kept across restarts and removed with the notebook.",
+    )
     published = models.BooleanField(default=True)
     sort_order = models.IntegerField(default=0)
 
@@ -55,6 +63,13 @@ class NotebookProfile(models.Model):
     @property
     def requires(self) -> tuple[str, ...]:
         return tuple(self.local_requires.split())
+
+
+def new_host_suffix() -> str:
+    """10 random lowercase letters and digits (about 51 bits): part of the notebook's host,
+    so nobody can claim it in advance."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(10))
 
 
 class Notebook(models.Model):
@@ -97,7 +112,11 @@ class Notebook(models.Model):
     status_message = models.CharField(max_length=500, blank=True)
     status_detail = models.TextField(blank=True, help_text="Raw detail for administrators.")
     status_changed_at = models.DateTimeField(auto_now_add=True)
+    # While a task chain watches this row, the time by which it will have looked again;
+    # the reconcile pass re-drives only rows whose lease ran out (never a second chain).
+    poll_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     url = models.URLField(max_length=500, blank=True)
+    host_suffix = models.CharField(max_length=10, default=new_host_suffix, editable=False)
     # The credential users open the notebook with; encrypted at rest, shown only to those
     # with access to the instance.
     token_encrypted = models.TextField(editable=False)

@@ -26,7 +26,7 @@ from clusters.backends.local import environments, tenants
 from clusters.crypto import decrypt, encrypt
 from clusters.models import Cluster
 from instances.models import Instance
-from instances.services import instance_spec
+from instances.services import claim_unwatched, instance_spec
 from workspaces.services import lock_workspace, record_audit
 
 from .models import Notebook, NotebookProfile
@@ -63,6 +63,11 @@ def deploy_notebook(
             raise ValidationError({"instance": f"{instance.name} is not running."})
         if not profile.published:
             raise ValidationError({"profile": "This profile is not available."})
+        cluster = instance.cluster
+        if cluster.backend == Cluster.Backend.KUBERNETES and not cluster.ingress_domain.strip():
+            raise ValidationError(
+                f"Notebooks cannot run on {cluster} yet: it has no ingress domain for their "
+                "addresses. Ask an administrator to set one.")
         if cpu <= 0 or memory_gib <= 0:
             raise ValidationError("A notebook needs some CPU and memory.")
         if instance.cluster.backend == Cluster.Backend.LOCAL:
@@ -209,6 +214,8 @@ def notebook_spec(notebook: Notebook) -> NotebookSpec:
         profile=notebook.profile.name,
         packages=notebook.profile.packages,
         requires=notebook.profile.requires,
+        storage_gib=notebook.profile.storage_gib,
+        host_suffix=notebook.host_suffix,
     )
 
 
@@ -241,6 +248,19 @@ def _transition(
     return notebook
 
 
+def _fail(notebook: Notebook, *, message: str, detail: str = "") -> Notebook:
+    """Fail the notebook and stop what of it still runs: a failed notebook holds no GPU."""
+    failed = _transition(notebook.pk, from_=[Status.DEPLOYING, Status.RUNNING],
+                         to=Status.FAILED, message=message, detail=detail)
+    if failed is None:
+        return notebook
+    try:
+        get_backend(failed.instance.cluster).release_notebook(notebook_spec(failed))
+    except BackendError as exc:  # reconcile and deletion will try again
+        log.warning("could not stop failed notebook %s: %s", failed.key, exc.detail)
+    return failed
+
+
 def _apply(notebook: Notebook, state: NotebookState) -> Notebook:
     if state.phase == "running":
         return _transition(
@@ -248,10 +268,7 @@ def _apply(notebook: Notebook, state: NotebookState) -> Notebook:
             detail=state.detail, url=state.url, step=state.step, running_since=timezone.now(),
         ) or notebook
     if state.phase in ("failed", "gone"):
-        return _transition(
-            notebook.pk, from_=[Status.DEPLOYING, Status.RUNNING], to=Status.FAILED,
-            message=state.message, detail=state.detail,
-        ) or notebook
+        return _fail(notebook, message=state.message, detail=state.detail)
     Notebook.objects.filter(pk=notebook.pk, status=notebook.status).update(
         step=state.step, status_message=state.message[:500], status_detail=state.detail)
     notebook.step, notebook.status_message = state.step, state.message[:500]
@@ -272,11 +289,8 @@ def advance_notebook(*, notebook_id: int) -> Notebook | None:
     if (notebook.step and notebook.step != Notebook.Step.PREPARING
             and timezone.now() - notebook.status_changed_at > timeout):
         minutes = settings.NOTEBOOK_DEPLOY_TIMEOUT_S // 60
-        return _transition(
-            notebook.pk, from_=[Status.DEPLOYING], to=Status.FAILED,
-            message=f"Not reachable after {minutes} minutes: {notebook.status_message}",
-            detail=notebook.status_detail,
-        )
+        return _fail(notebook, message=f"Not reachable after {minutes} minutes: "
+                     f"{notebook.status_message}", detail=notebook.status_detail)
     backend = get_backend(notebook.instance.cluster)
     spec = notebook_spec(notebook)
     try:
@@ -336,10 +350,10 @@ def reconcile_notebooks() -> dict[str, int]:
         summary["tokens_rotated"] += rotate_notebook_tokens(instance_id=instance_id)
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
     stuck = Notebook.objects.filter(status_changed_at__lt=cutoff)
-    for pk in stuck.filter(status=Status.DEPLOYING).values_list("pk", flat=True):
+    for pk in claim_unwatched(stuck.filter(status=Status.DEPLOYING)):
         advance_notebook_task.delay(pk)
         summary["redriven"] += 1
-    for pk in stuck.filter(status=Status.DELETING).values_list("pk", flat=True):
+    for pk in claim_unwatched(stuck.filter(status=Status.DELETING)):
         teardown_notebook_task.delay(pk)
         summary["redriven"] += 1
     for cluster in Cluster.objects.all():
@@ -361,6 +375,9 @@ def reconcile_notebooks() -> dict[str, int]:
             states = get_backend(cluster).reconcile_notebooks([notebook_spec(n) for n in running])
         except BackendError as exc:
             log.warning("notebook reconcile of %s failed: %s", cluster, exc.detail)
+            continue
+        except Exception:  # whatever one cluster does, the others are still reconciled
+            log.exception("notebook reconcile of %s failed", cluster)
             continue
         for notebook in running:
             state = states.get(notebook.key)

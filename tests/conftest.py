@@ -280,3 +280,8 @@ def page(monkeypatch, tmp_path):
             raise
         finally:
             browser.close()
+
+
+# The Kubernetes backend's fixtures (emulated cluster, portal Cluster, profiles), for every
+# module; imported last because they use the helpers above.
+from .kube_fixtures import api, cluster, emu, notebook_setup, profiles  # noqa: E402, F401

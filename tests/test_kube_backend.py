@@ -26,10 +26,11 @@ from clusters.models import Cluster
 from instances import services
 from instances.models import ComputeProfile, Instance
 from notebooks import services as notebook_services
-from notebooks.models import Notebook, NotebookProfile
+from notebooks.models import Notebook
 
 from .conftest import wait_for, workspace_of
 from .kit import kubeemu
+from .kube_fixtures import deploy_notebook
 
 Status = Instance.Status
 NS_KINDS = ["ResourceQuota", "LimitRange", "NetworkPolicy", "RoleBinding"]
@@ -427,22 +428,6 @@ def test_the_client_stays_under_its_request_rate():
 # --- notebooks on Kubernetes -------------------------------------------------------------------
 
 
-@pytest.fixture
-def notebook_setup(emu, alice, profiles, cluster):
-    cluster.ingress_domain = "apps.example.com"
-    cluster.save()
-    instance = provision(launch(alice, profiles["namespace"]))
-    profile = NotebookProfile.objects.create(
-        name="minimal", display_name="Minimal", image="quay.io/jupyter/minimal-notebook",
-        default_cpu=2, default_memory_gib=4, published=True)
-    return instance, profile
-
-
-def deploy_notebook(alice, instance, profile, name="explore"):
-    return notebook_services.deploy_notebook(instance=instance, name=name, profile=profile,
-                                             by=alice, gpus=1)
-
-
 def test_a_notebook_deploys_becomes_reachable_and_is_cleaned_up(emu, alice, notebook_setup):
     instance, profile = notebook_setup
     notebook = deploy_notebook(alice, instance, profile)
@@ -459,14 +444,19 @@ def test_a_notebook_deploys_becomes_reachable_and_is_cleaned_up(emu, alice, note
     wait_for(lambda: (emu.get("Deployment", name, ns).get("status") or {}).get(
         "availableReplicas"))
     notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
-    assert notebook.status_message == f"Waiting for the ingress to admit {name}.apps.example.com."
+    assert notebook.status_message == f"Waiting for the Service {name} to have a ready endpoint."
 
-    k8s.NetworkingV1Api(k8s.ApiClient(emu.client_configuration())).patch_namespaced_ingress_status(
-        name, ns, {"status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.7"}]}}})
+    # The EndpointSlice controller publishes the ready pod: play it. No Ingress status is
+    # needed (bare-metal ingress controllers never set one).
+    k8s.DiscoveryV1Api(k8s.ApiClient(emu.client_configuration())).create_namespaced_endpoint_slice(
+        ns, {"metadata": {"name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
+             "addressType": "IPv4",
+             "endpoints": [{"addresses": ["10.0.0.7"], "conditions": {"ready": True}}]})
     notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
     assert notebook.status == Notebook.Status.RUNNING
-    assert notebook.url == f"http://{name}.apps.example.com/lab"
-    assert emu.requests.total <= 12  # create 4, then two looks of 2-3 requests
+    host = f"{name}-{notebook.host_suffix}-i{instance.pk}.apps.example.com"
+    assert notebook.url == f"http://{host}/lab"
+    assert emu.requests.total <= 15  # apply 5, then looks of 3-4 requests
 
     notebook_services.delete_notebook(notebook=notebook, by=alice)
     notebook = notebook_services.teardown_notebook(notebook_id=notebook.pk)
@@ -483,12 +473,17 @@ def test_a_notebook_whose_image_cannot_be_pulled_fails_in_words(emu, api, alice,
         notebook_id=deploy_notebook(alice, instance, profile).pk)
     ns, name = namespace_of(emu, instance)["metadata"]["name"], f"nb-explore-{notebook.pk}"
     core = k8s.CoreV1Api(api)
+    # The ReplicaSet's pod, as the controllers would create it: play them.
+    pod = core.create_namespaced_pod(ns, {
+        "metadata": {"name": f"{name}-abc", "labels": {"gpupaas.io/notebook": notebook.key}},
+        "spec": {"containers": [{"name": "notebook", "image": "x"}]}})
 
     def event(reason: str, message: str, kind: str = "Normal") -> None:
         core.create_namespaced_event(ns, {
             "metadata": {"generateName": f"{name}-"}, "type": kind, "reason": reason,
             "message": message, "lastTimestamp": later(minutes=1),
-            "involvedObject": {"kind": "Pod", "name": f"{name}-abc", "namespace": ns}})
+            "involvedObject": {"kind": "Pod", "name": f"{name}-abc", "namespace": ns,
+                               "uid": pod.metadata.uid}})
 
     event("Pulling", "Pulling image quay.io/jupyter/minimal-notebook")
     notebook = notebook_services.advance_notebook(notebook_id=notebook.pk)
@@ -510,7 +505,7 @@ def test_a_notebook_that_does_not_fit_the_instance_is_refused(alice, notebook_se
 
 
 def test_reconcile_restores_a_deleted_service_or_ingress(emu, alice, notebook_setup):
-    emu.add_hook(kubeemu.admit_ingresses)
+    emu.add_hook(kubeemu.serve_endpoints)
     instance, profile = notebook_setup
     notebook = notebook_services.advance_notebook(
         notebook_id=deploy_notebook(alice, instance, profile).pk)

@@ -29,7 +29,7 @@ def notebook(**overrides) -> NotebookSpec:
 
 
 TLS = m.ClusterSettings(portal_id="test-portal", ingress_domain="apps.example.com",
-                        ingress_tls_secret="wildcard-tls")
+                        ingress_https=True)
 
 
 def all_objects() -> list[dict]:
@@ -65,6 +65,7 @@ def test_the_namespace_carries_ownership_and_restricted_pod_security():
                 "pod-security.kubernetes.io/audit-version": "v1.31",
                 "pod-security.kubernetes.io/warn": "restricted",
                 "pod-security.kubernetes.io/warn-version": "v1.31",
+                "gpupaas.io/host-tag": "i42",
             },
         },
     }
@@ -73,8 +74,8 @@ def test_the_namespace_carries_ownership_and_restricted_pod_security():
 def test_the_quota_holds_the_size_and_forbids_external_services():
     hard = m.resource_quota(spec(cpu=0.5), CS)["spec"]["hard"]
     assert hard == {
-        "requests.cpu": "500m", "limits.cpu": "500m",
-        "requests.memory": "256Gi", "limits.memory": "256Gi",
+        "requests.cpu": "500m",
+        "requests.memory": "256Gi",
         "requests.nvidia.com/gpu": "4",
         "requests.storage": "500Gi",
         "pods": "100",
@@ -165,7 +166,7 @@ def test_label_values_stay_valid_and_distinct():
 
 
 def test_a_notebook_is_a_token_secret_a_non_root_deployment_a_service_and_an_ingress():
-    secret, deployment, service, ingress = m.notebook_objects(notebook(), TLS)
+    secret, _, service, ingress, deployment = m.notebook_objects(notebook(), TLS)
     assert secret["stringData"] == {"token": "s3cret"}
     assert secret["metadata"]["namespace"] == "alice-train-llama-42"
     pod = deployment["spec"]["template"]["spec"]
@@ -178,14 +179,14 @@ def test_a_notebook_is_a_token_secret_a_non_root_deployment_a_service_and_an_ing
         "name": "nb-explore-9-token", "key": "token"}}} in container["env"]
     assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8888}]
     assert ingress["spec"]["rules"][0]["host"] == "nb-explore-9.apps.example.com"
-    assert ingress["spec"]["tls"] == [{"hosts": ["nb-explore-9.apps.example.com"],
-                                       "secretName": "wildcard-tls"}]
+    # No secretName that nothing creates: the controller's default (wildcard) certificate.
+    assert ingress["spec"]["tls"] == [{"hosts": ["nb-explore-9.apps.example.com"]}]
     assert m.notebook_url(notebook(), TLS) == "https://nb-explore-9.apps.example.com/lab"
 
 
 def test_a_cpu_notebook_asks_for_no_gpu_and_plain_http_without_tls():
     plain = m.ClusterSettings(ingress_domain="x.test")
-    _, deployment, _, ingress = m.notebook_objects(notebook(gpus=0), plain)
+    _, _, _, ingress, deployment = m.notebook_objects(notebook(gpus=0), plain)
     limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert "nvidia.com/gpu" not in limits and "tls" not in ingress["spec"]
     assert m.notebook_url(notebook(), plain) == "http://nb-explore-9.x.test/lab"
@@ -194,3 +195,97 @@ def test_a_cpu_notebook_asks_for_no_gpu_and_plain_http_without_tls():
 def test_notebooks_of_virtual_clusters_get_their_own_namespace_inside():
     inside = notebook(instance=spec(kind="vcluster"))
     assert {o["metadata"]["namespace"] for o in m.notebook_objects(inside, TLS)} == {"notebooks"}
+
+
+# --- correct on a real cluster (issue 14) ------------------------------------------------------
+
+
+def test_a_notebook_host_is_unguessable_and_carries_its_instance_tag():
+    host = m.notebook_host(notebook(host_suffix="k3x9q2m7ab"), TLS)
+    assert host == "nb-explore-9-k3x9q2m7ab-i42.apps.example.com"
+    long = m.notebook_host(notebook(name="n" * 40, key="nb-123456", host_suffix="k3x9q2m7ab"),
+                           TLS)
+    label = long.split(".")[0]
+    assert len(label) <= 63 and label == dns_label(label) and label.endswith("-k3x9q2m7ab-i42")
+
+
+def test_an_nginx_ingress_lets_jupyter_upload_and_keep_kernel_websockets_open():
+    ingress = m.notebook_objects(notebook(host_suffix="abc"), TLS)[3]
+    assert ingress["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/proxy-body-size": "64m",
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": "3600",
+        "nginx.ingress.kubernetes.io/proxy-send-timeout": "3600",
+    }
+    other = m.ClusterSettings(ingress_domain="x.test", ingress_class="traefik")
+    assert "annotations" not in m.notebook_objects(notebook(), other)[3]["metadata"]
+
+
+def test_a_gpu_notebook_lands_on_its_model_and_tolerates_gpu_taints():
+    pod = m.notebook_objects(notebook(), TLS)[4]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H200"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    cpu_pod = m.notebook_objects(notebook(gpus=0), TLS)[4]["spec"]["template"]["spec"]
+    assert "nodeSelector" not in cpu_pod and "tolerations" not in cpu_pod
+
+
+def test_a_notebook_keeps_its_home_on_its_own_volume_and_has_a_memory_backed_shm():
+    objects = m.notebook_objects(notebook(storage_gib=25), CS)
+    claim, deployment = objects[1], objects[4]
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "25Gi"}},
+        "storageClassName": "fast-ssd",
+    }
+    assert claim["metadata"]["name"] == "nb-explore-9-home"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {"name": "home", "persistentVolumeClaim": {"claimName": "nb-explore-9-home"}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+    ]
+    assert pod["containers"][0]["volumeMounts"] == [
+        {"name": "home", "mountPath": "/home/jovyan"}, {"name": "shm", "mountPath": "/dev/shm"}]
+
+
+def test_the_gpu_deployment_is_written_last_so_a_refusal_holds_no_gpu():
+    assert [o["kind"] for o in m.notebook_objects(notebook(), TLS)] == [
+        "Secret", "PersistentVolumeClaim", "Service", "Ingress", "Deployment"]
+
+
+def test_limit_range_defaults_never_refuse_a_pod_that_requests_more_than_them():
+    limits = m.limit_range(spec(cpu=32.0, memory_gib=256), CS)["spec"]["limits"]
+    assert limits == [{
+        "type": "Container",
+        "default": {"cpu": "32", "memory": "256Gi"},
+        "defaultRequest": {"cpu": "100m", "memory": "256Mi"},
+        "max": {"cpu": "32", "memory": "256Gi"},
+    }]
+
+
+def test_notebook_sources_are_the_clusters_to_choose():
+    chosen = m.ClusterSettings(ingress_from_selectors=("team=ingress,tier=edge",),
+                               ingress_from_cidrs=("10.0.0.0/8",))
+    _, allow = m.network_policies(spec(), chosen)
+    assert allow["spec"]["ingress"] == [{"from": [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"team": "ingress", "tier": "edge"}}},
+        {"ipBlock": {"cidr": "10.0.0.0/8"}},
+    ]}]
+    kubernetes_validate.validate(allow, K8S_VERSION, strict=True)
+
+
+def test_the_host_policy_limits_ingress_hosts_to_the_namespaces_own_tag():
+    policy, binding = m.host_policy(TLS)
+    assert policy["metadata"]["name"] == binding["spec"]["policyName"] == (
+        "gpupaas-test-portal-ingress-hosts")
+    assert policy["spec"]["variables"] == [{"name": "suffix", "expression": (
+        "'-' + namespaceObject.metadata.labels['gpupaas.io/host-tag'] + '.apps.example.com'")}]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {
+        "matchLabels": {"app.kubernetes.io/managed-by": "gpupaas",
+                        "gpupaas.io/portal": "test-portal"},
+        "matchExpressions": [{"key": "gpupaas.io/host-tag", "operator": "Exists"}],
+    }
+    for obj in (policy, binding):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

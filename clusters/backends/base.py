@@ -64,6 +64,8 @@ class NotebookSpec:
     profile: str = ""
     packages: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
+    storage_gib: int = 10  # the home volume
+    host_suffix: str = ""  # random, stored with the notebook: its host cannot be guessed
 
 
 def token_digest(token: str) -> str:
@@ -87,6 +89,9 @@ class GpuInventory:
     model: str
     simulated: bool
     devices: tuple[str, ...] = field(default=())
+    # What the units are, when they are not whole GPUs: "time-sliced: 4 shares of each of
+    # 2 × NVIDIA-A100", "MIG: 7 × nvidia.com/mig-1g.10gb".
+    sharing: tuple[str, ...] = field(default=())
 
 
 class BackendError(Exception):
@@ -144,6 +149,11 @@ class ClusterBackend(Protocol):
 
     def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
         """Start or continue removing a notebook; phase `gone` once nothing is left."""
+        ...
+
+    def release_notebook(self, spec: NotebookSpec) -> None:
+        """A notebook failed: stop whatever of it still runs, so it holds no GPU, and keep
+        what the user may want back (its files)."""
         ...
 
     def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:

@@ -1703,7 +1703,7 @@ class Store:
             "kind": f"{info.kind}List",
             "apiVersion": info.api_version,
             "metadata": meta,
-            "items": items,
+            "items": _list_items(info, items),
         }
 
     def update(
@@ -3103,6 +3103,43 @@ def admit_ingresses(store: Store, event: WriteEvent) -> None:
             {"status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}},
             subresource="status",
         )
+
+
+def _list_items(info: ResourceInfo, items: list[Obj]) -> list[Obj]:
+    """A real server leaves `kind` and `apiVersion` off the items of a list of built-in kinds
+    (they are stated once, on the list); custom resources keep them."""
+    if info.custom:
+        return items
+    for item in items:
+        item.pop("kind", None)
+        item.pop("apiVersion", None)
+    return items
+
+
+def serve_endpoints(store: Store, event: WriteEvent) -> None:
+    """A write hook that plays the EndpointSlice controller for pods that are ready at once:
+    every new Service gets a slice with one ready endpoint, labelled like the Service (the
+    real controller copies the Service's labels onto its slices)."""
+    if event.info.plural != "services" or event.type != "ADDED" or event.info.group:
+        return
+    spec = event.object.get("spec") or {}
+    if not spec.get("selector"):
+        return
+    name = event.name
+    labels = {**(event.object["metadata"].get("labels") or {}),
+              "kubernetes.io/service-name": name,
+              "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
+    info = store.catalog.by_kind("discovery.k8s.io/v1", "EndpointSlice")
+    if store.find(info, event.namespace, f"{name}-emu") is not None:
+        return  # a Service deleted and created again: its slice is still there
+    store.create(info, event.namespace, {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": f"{name}-emu", "namespace": event.namespace, "labels": labels},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.10"], "conditions": {"ready": True}}],
+        "ports": [{"name": p.get("name", ""), "port": p.get("targetPort", p.get("port")),
+                   "protocol": "TCP"} for p in spec.get("ports") or []],
+    })
 
 
 def start(

@@ -1,5 +1,6 @@
 """The production backend: instances as namespaces, virtual clusters or Cluster API clusters."""
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -25,12 +26,17 @@ from .client import ClientSettings, KubeClient, RateLimiter, api_client
 from .credentials import NEEDS, bearer_token, expiry_in_words, token_claims
 from .status import (
     condition,
+    endpoints_ready,
     explain_events,
+    explain_pod,
+    explain_replica_failure,
     point_kubeconfig_at,
     secret_value,
+    workload_available,
     workload_ready,
 )
 
+log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
 Target = tuple[str, str, str, str | None]  # apiVersion, kind, name, namespace
 LISTED_KINDS = [
@@ -42,6 +48,7 @@ LISTED_KINDS = [
 
 _clients: dict[int, tuple[Any, KubeClient]] = {}
 _clients_lock = threading.Lock()
+_host_policies: set[tuple[int, Any]] = set()  # (cluster, its updated_at) applied by this process
 
 
 def client_for(cluster: Cluster) -> KubeClient:
@@ -81,12 +88,21 @@ def cluster_settings(cluster: Cluster) -> m.ClusterSettings:
         vcluster_image=settings.VCLUSTER_IMAGE,
         ingress_domain=cluster.ingress_domain,
         ingress_class=cluster.ingress_class,
-        ingress_tls_secret=cluster.ingress_tls_secret,
+        ingress_https=cluster.ingress_https,
+        ingress_from_selectors=tuple(cluster.ingress_from_selector_list),
+        ingress_from_cidrs=tuple(cluster.ingress_from_cidr_list),
+        gpu_model_label=cluster.gpu_model_label,
     )
 
 
-NOTEBOOK_KINDS = [("v1", "Secret"), ("apps/v1", "Deployment"), ("v1", "Service"),
-                  ("networking.k8s.io/v1", "Ingress")]
+# In the order notebook_objects gives them; deleted in this order too.
+NOTEBOOK_KINDS = [("v1", "Secret"), ("v1", "PersistentVolumeClaim"), ("v1", "Service"),
+                  ("networking.k8s.io/v1", "Ingress"), ("apps/v1", "Deployment")]
+ENDPOINT_SLICE = ("discovery.k8s.io/v1", "EndpointSlice")
+# GPU feature discovery's labels for shared GPUs.
+REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+MIG_STRATEGY_LABEL = "nvidia.com/mig.strategy"
+MIG_PREFIX = "nvidia.com/mig-"
 
 
 def _ref(obj: Manifest) -> tuple[str, str | None, str]:
@@ -107,36 +123,62 @@ class KubernetesBackend:
     # -- what the cluster offers
 
     def inventory(self) -> GpuInventory:
+        """Schedulable units of the GPU resource by model, and the truth about them: with
+        time-slicing one GPU is advertised as several replicas, and MIG slices are either
+        resources of their own (`nvidia.com/mig-*`, mixed strategy) or stand in for whole
+        GPUs (single strategy)."""
         gpus: Counter[str] = Counter()
+        shared: Counter[tuple[str, int]] = Counter()  # (model, replicas) -> physical GPUs
+        mig_single: Counter[str] = Counter()
+        mig: Counter[str] = Counter()
         for node in self.kube.list("v1", "Node"):
-            count = int((node.get("status") or {}).get("allocatable", {}).get(
-                self.cs.gpu_resource_name, 0))
+            allocatable = (node.get("status") or {}).get("allocatable") or {}
+            labels = node["metadata"].get("labels") or {}
+            model = labels.get(self.cluster.gpu_model_label, "unknown model")
+            count = int(allocatable.get(self.cs.gpu_resource_name, 0) or 0)
             if count:
-                labels = node["metadata"].get("labels") or {}
-                gpus[labels.get(self.cluster.gpu_model_label, "unknown model")] += count
+                gpus[model] += count
+                replicas = int(labels.get(REPLICAS_LABEL) or 1)
+                if replicas > 1:
+                    shared[(model, replicas)] += count // replicas
+                if labels.get(MIG_STRATEGY_LABEL) == "single":
+                    mig_single[model] += count
+            for resource, value in allocatable.items():
+                if resource.startswith(MIG_PREFIX) and int(value or 0):
+                    mig[f"{resource} on {model}"] += int(value)
+        sharing = tuple(
+            [f"{model} is time-sliced: {n} GPU{'s' if n != 1 else ''} shared {r} ways"
+             for (model, r), n in sorted(shared.items())]
+            + [f"{model} units are MIG slices, not whole GPUs" for model in sorted(mig_single)]
+            + [f"MIG slices: {n} × {name}" for name, n in sorted(mig.items())]
+        )
         model = gpus.most_common(1)[0][0] if gpus else ""
         devices = tuple(name for name, count in sorted(gpus.items()) for _ in range(count))
         return GpuInventory(total=sum(gpus.values()), model=model, simulated=False,
-                            devices=devices)
+                            devices=devices, sharing=sharing)
 
     def check_connection(self) -> str:
         try:
             version = self.kube.version().get("gitVersion", "unknown version")
             missing = self.missing_permissions()
+            policy = self._ensure_host_policy(force=True)
         except BackendError as exc:
             return f"{exc.message} ({exc.detail[:300]})"
         except ApiException as exc:
             return f"The cluster answered HTTP {exc.status}: {exc.reason}"
+        notes = ""
         try:
-            gpus = Counter(self.inventory().devices)
+            inventory = self.inventory()
+            gpus = Counter(inventory.devices)
             offered = ", ".join(f"{n} × {model}" for model, n in sorted(gpus.items())) or "none"
+            notes = "".join(f" {note}." for note in inventory.sharing)
         except BackendError as exc:  # say what is missing rather than only this refusal
             offered = f"unknown ({exc.message})"
         lacking = "; ".join(f"{kind} profiles lack {', '.join(needs)}"
                             for kind, needs in missing.items())
-        return (f"Connected: Kubernetes {version}; allocatable GPUs: {offered}. "
+        return (f"Connected: Kubernetes {version}; allocatable GPUs: {offered}.{notes} "
                 f"{expiry_in_words(self.claims).capitalize()}; permissions: "
-                f"{lacking or 'all that every profile kind needs'}.")
+                f"{lacking or 'all that every profile kind needs'}.{policy}")
 
     def missing_permissions(self) -> dict[str, list[str]]:
         """Per profile kind, the cluster-wide permissions the credential lacks, in words
@@ -157,11 +199,35 @@ class KubernetesBackend:
                         f"{verb} {what}" + (f" ({group})" if group else ""))
         return missing
 
+    def install_host_policy(self) -> str:
+        """For the admin, when the cluster is registered or changed: the words say how it went."""
+        return self._ensure_host_policy(force=True).strip()
+
+    def _ensure_host_policy(self, *, force: bool = False) -> str:
+        """Install the Ingress host policy (see manifests.host_policy), once per process and
+        cluster version unless forced; the words say what happened, for Test connection."""
+        key = (self.cluster.pk, self.cluster.updated_at)
+        if not self.cs.ingress_domain:
+            return " No ingress domain: notebooks cannot run here until one is set."
+        if key in _host_policies and not force:
+            return ""
+        try:
+            # Created, never changed: the portal's account may create admission policies but
+            # not alter them, so a stolen token cannot loosen this or any other one.
+            for obj in m.host_policy(self.cs):
+                self.kube.create(obj)
+        except BackendError as exc:
+            log.warning("host policy on %s not installed: %s", self.cluster, exc.detail)
+            return f" The Ingress host policy could not be installed: {exc.message}"
+        _host_policies.add(key)
+        return " Ingress host policy installed."
+
     # -- instances
 
     def ensure_instance(self, spec: InstanceSpec) -> InstanceState:
         if spec.kind == "dedicated":
             return self._ensure_dedicated(spec)
+        self._ensure_host_policy()
         applied = self._apply_all(self._instance_objects(spec))
         ns = m.object_name(spec)
         plural = "s" if spec.gpus != 1 else ""
@@ -274,18 +340,14 @@ class KubernetesBackend:
         away and report instances whose namespace or cluster vanished."""
         selector = m.selector(self.cs)
         present = {
-            _ref(obj) for api_version, kind in LISTED_KINDS
+            _ref(obj): obj for api_version, kind in LISTED_KINDS
             for obj in self.kube.list(api_version, kind, label_selector=selector)
         }
         states: dict[str, InstanceState] = {}
         for spec in specs:
             if spec.kind == "dedicated":
                 ref = ("Cluster", self.cs.capi_namespace, m.object_name(spec))
-                states[spec.key] = (
-                    InstanceState("running", f"Ready: dedicated cluster {ref[2]}.")
-                    if ref in present
-                    else InstanceState("gone", "Its cluster was deleted outside the portal.")
-                )
+                states[spec.key] = _dedicated_health(ref[2], present.get(ref))
                 continue
             desired = self._instance_objects(spec)
             if _ref(desired[0]) not in present:
@@ -313,46 +375,74 @@ class KubernetesBackend:
         return KubeClient(api_client(yaml.safe_load(spec.instance_kubeconfig)),
                           self.kube.settings, self.kube.limiter)
 
-    def ensure_notebook(self, spec: NotebookSpec) -> NotebookState:
-        kube = self._notebook_client(spec)
+    def _require_domain(self) -> None:
+        if not self.cs.ingress_domain:
+            raise BackendError(
+                f"{self.cluster} has no ingress domain, so a notebook there would have no "
+                "address; an administrator must set one.")
+
+    def _ensure_notebook_namespace(self, kube: KubeClient, spec: NotebookSpec) -> None:
         if spec.instance.kind != "namespace":
             kube.apply({"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": m.NOTEBOOK_NAMESPACE,
                                      "labels": m.labels(spec.instance, self.cs)}})
-        _, deployment, _, ingress = [kube.apply(obj) for obj in m.notebook_objects(spec, self.cs)]
-        if self._reachable(deployment, ingress):
-            return self._running(spec)
+
+    def ensure_notebook(self, spec: NotebookSpec) -> NotebookState:
+        # Checked before anything is written: nothing may be left holding a GPU for a
+        # notebook that can never be reached.
+        self._require_domain()
+        kube = self._notebook_client(spec)
+        self._ensure_notebook_namespace(kube, spec)
+        for obj in m.notebook_objects(spec, self.cs):
+            kube.apply(obj)
         return NotebookState("deploying", "created", "Created; waiting for the cluster to "
                              "schedule it.")
 
     def notebook_state(self, spec: NotebookSpec) -> NotebookState:
+        """Ready means what the user needs: the Deployment is Available and its Service has
+        a ready endpoint. (An Ingress load-balancer status is not waited for: bare-metal
+        controllers never set one.) Otherwise its pod says why not."""
         kube, name = self._notebook_client(spec), m.notebook_name(spec)
         ns = m.notebook_namespace(spec)
         deployment = kube.get("apps/v1", "Deployment", name, ns)
-        ingress = kube.get("networking.k8s.io/v1", "Ingress", name, ns)
-        if deployment is None or ingress is None:
+        if deployment is None:
             return NotebookState("gone", "", "The notebook's objects are missing.")
-        if self._reachable(deployment, ingress):
+        slices = kube.list(*ENDPOINT_SLICE, namespace=ns,
+                           label_selector=f"kubernetes.io/service-name={name}")
+        if workload_available(deployment) and endpoints_ready(slices):
             return self._running(spec)
-        events = [e for e in kube.list("v1", "Event", namespace=ns)
-                  if e.get("involvedObject", {}).get("name", "").startswith(name)]
-        explained = explain_events(events)
-        if explained:
-            text, detail, final = explained
+        refused = explain_replica_failure(deployment)
+        if refused:
+            text, detail, final = refused
             return NotebookState("failed" if final else "deploying", "starting", text,
                                  detail=detail)
-        reasons = {e.get("reason") for e in events}
-        if "Pulling" in reasons and "Pulled" not in reasons:
-            return NotebookState("deploying", "pulling", f"Pulling the image {spec.image}.")
-        if workload_ready(deployment):
-            host = m.notebook_host(spec, self.cs)
+        pods = kube.list("v1", "Pod", namespace=ns,
+                         label_selector=f"{m.NOTEBOOK_LABEL}={spec.key}")
+        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
+        for pod in pods[:1]:
+            explained = explain_pod(pod, model=spec.instance.gpu_model)
+            if explained:
+                text, detail, final = explained
+                return NotebookState("failed" if final else "deploying", "starting", text,
+                                     detail=detail)
+            meta = pod["metadata"]
+            # Exactly this pod's events: never those of a notebook whose name starts alike.
+            fields = f"involvedObject.kind=Pod,involvedObject.name={meta['name']}"
+            if meta.get("uid"):
+                fields += f",involvedObject.uid={meta['uid']}"
+            events = kube.list("v1", "Event", namespace=ns, field_selector=fields)
+            explained = explain_events(events)
+            if explained:
+                text, detail, final = explained
+                return NotebookState("failed" if final else "deploying", "starting", text,
+                                     detail=detail)
+            reasons = {e.get("reason") for e in events}
+            if "Pulling" in reasons and "Pulled" not in reasons:
+                return NotebookState("deploying", "pulling", f"Pulling the image {spec.image}.")
+        if workload_available(deployment):
             return NotebookState("deploying", "starting",
-                                 f"Waiting for the ingress to admit {host}.")
+                                 f"Waiting for the Service {name} to have a ready endpoint.")
         return NotebookState("deploying", "starting", "Starting JupyterLab.")
-
-    def _reachable(self, deployment: Manifest, ingress: Manifest) -> bool:
-        admitted = ((ingress.get("status") or {}).get("loadBalancer") or {}).get("ingress")
-        return bool(deployment.get("status", {}).get("availableReplicas")) and bool(admitted)
 
     def _running(self, spec: NotebookSpec) -> NotebookState:
         return NotebookState("running", "reachable", "Running.",
@@ -361,9 +451,9 @@ class KubernetesBackend:
     def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
         kube, name = self._notebook_client(spec), m.notebook_name(spec)
         ns = m.notebook_namespace(spec)
-        names = {"Secret": f"{name}-token"}
+        names = {"Secret": f"{name}-token", "PersistentVolumeClaim": f"{name}-home"}
         remaining = []
-        for api_version, kind in NOTEBOOK_KINDS:
+        for api_version, kind in reversed(NOTEBOOK_KINDS):  # the GPU first
             answer = kube.delete(api_version, kind, names.get(kind, name), ns)
             if answer is not None and (answer.get("metadata") or {}).get("finalizers"):
                 remaining.append(kind)
@@ -372,31 +462,77 @@ class KubernetesBackend:
                                  f"{', '.join(remaining)}.")
         return NotebookState("gone", "", "Removed.")
 
+    def release_notebook(self, spec: NotebookSpec) -> None:
+        """Scale the failed notebook's Deployment to zero: its GPU is free at once, and its
+        objects and home volume stay for the user to look at or delete."""
+        self._notebook_client(spec).scale_to_zero(
+            "apps/v1", "Deployment", m.notebook_name(spec), m.notebook_namespace(spec))
+
     def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:
-        """Notebooks on this cluster: one list per kind; those inside virtual or dedicated
-        clusters are re-applied one by one (each is its own API server)."""
-        local = [s for s in specs if s.instance.kind == "namespace"]
-        present = set()
-        if local:
-            selector = f"{m.selector(self.cs)},{m.NOTEBOOK_LABEL}"
-            # Never Secrets: the portal may not list them across namespaces. A notebook's
-            # token Secret is restored with its Deployment.
-            present = {_ref(obj) for api_version, kind in NOTEBOOK_KINDS if kind != "Secret"
-                       for obj in self.kube.list(api_version, kind, label_selector=selector)}
-        states = {}
+        """A constant number of lists per API server (this cluster for namespace instances,
+        each virtual or dedicated cluster for its own), and writes only for what drifted."""
+        groups: dict[str, list[NotebookSpec]] = {}
         for spec in specs:
-            if spec.instance.kind != "namespace":
-                states[spec.key] = self.ensure_notebook(spec)
-                continue
-            objects = m.notebook_objects(spec, self.cs)
-            deployment_missing = _ref(objects[1]) not in present
-            for obj in objects:
-                missing = deployment_missing if obj["kind"] == "Secret" else (
-                    _ref(obj) not in present)
-                if missing:
-                    self.kube.apply(obj)
-            states[spec.key] = self._running(spec)
+            target = "" if spec.instance.kind == "namespace" else spec.instance.key
+            groups.setdefault(target, []).append(spec)
+        states: dict[str, NotebookState] = {}
+        for target, group in groups.items():
+            try:
+                states.update(self._reconcile_notebooks_on(
+                    self._notebook_client(group[0]), group,
+                    namespace=m.NOTEBOOK_NAMESPACE if target else None))
+            except BackendError as exc:  # one unreachable instance cluster spoils no other
+                log.warning("notebook reconcile on %s failed: %s", target or self.cluster,
+                            exc.detail)
         return states
+
+    def _reconcile_notebooks_on(self, kube: KubeClient, specs: list[NotebookSpec], *,
+                                namespace: str | None) -> dict[str, NotebookState]:
+        selector = m.selector(self.cs)
+        # Never Secrets: the portal may not list them across namespaces. A notebook's token
+        # Secret is restored with its Deployment.
+        present = {
+            _ref(obj): obj for api_version, kind in [*NOTEBOOK_KINDS, ENDPOINT_SLICE]
+            if kind != "Secret"
+            for obj in kube.list(api_version, kind, namespace=namespace,
+                                 label_selector=selector)
+        }
+        slices: dict[tuple[str | None, str], list[Manifest]] = {}
+        for (kind, ns, _), obj in present.items():
+            if kind == "EndpointSlice":
+                service = (obj["metadata"].get("labels") or {}).get("kubernetes.io/service-name")
+                slices.setdefault((ns, service), []).append(obj)
+        states = {}
+        namespace_ready = False
+        for spec in specs:
+            restored = []
+            objects = m.notebook_objects(spec, self.cs)
+            deployment_missing = not any(
+                o["kind"] == "Deployment" and _ref(o) in present for o in objects)
+            for obj in objects:
+                there = not deployment_missing if obj["kind"] == "Secret" else _ref(obj) in present
+                if there:
+                    continue
+                if not namespace_ready:
+                    self._ensure_notebook_namespace(kube, spec)
+                    namespace_ready = True
+                kube.apply(obj)
+                restored.append(obj["kind"])
+            name, ns = m.notebook_name(spec), m.notebook_namespace(spec)
+            deployment = present.get(("Deployment", ns, name))
+            if deployment is None:
+                states[spec.key] = NotebookState("deploying", "created",
+                                                 "Its server was recreated.")
+            elif not workload_available(deployment):
+                states[spec.key] = NotebookState("deploying", "starting",
+                                                 "Its server has no ready replica.")
+            elif "Service" not in restored and not endpoints_ready(slices.get((ns, name), [])):
+                states[spec.key] = NotebookState("deploying", "starting",
+                                                 "Its Service has no ready endpoint.")
+            else:
+                states[spec.key] = self._running(spec)
+        return states
+
 
     def stop_orphan_notebooks(self, live_keys: Callable[[], set[str]]) -> int:
         # A notebook's objects live in its instance's namespace (or cluster), so deleting the
@@ -408,3 +544,15 @@ class KubernetesBackend:
         # GPUs are held by running pods, not by a namespace or its quota; a failed instance
         # keeps its objects (and data) for a retry, and deletion removes them.
         return None
+
+
+def _dedicated_health(name: str, cluster: Manifest | None) -> InstanceState:
+    """A running dedicated instance is only as good as its Cluster API Cluster."""
+    if cluster is None:
+        return InstanceState("gone", "Its cluster was deleted outside the portal.")
+    ready = condition(cluster, "Ready")
+    if ready.get("status") == "False":
+        why = ready.get("message") or ready.get("reason") or "no reason given"
+        return InstanceState("failed", f"The dedicated cluster {name} is no longer ready: {why}",
+                             detail=f"Cluster condition Ready=False: {ready}")
+    return InstanceState("running", f"Ready: dedicated cluster {name}.")

@@ -1,5 +1,6 @@
-"""A small apply layer over the official client: create-or-patch, idempotent deletes, lists by
-label selector, bounded retries with backoff and jitter, and a per-cluster request rate."""
+"""A small apply layer over the official client: server-side apply, idempotent deletes, lists by
+label selector, bounded retries with backoff and jitter (and the server's Retry-After), and a
+per-cluster request rate."""
 
 import json
 import logging
@@ -37,9 +38,19 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
         "/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     ("apps/v1", "StatefulSet"): ("/apis/apps/v1", "statefulsets", True),
     ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments", True),
+    ("v1", "Pod"): ("/api/v1", "pods", True),
+    ("v1", "PersistentVolumeClaim"): ("/api/v1", "persistentvolumeclaims", True),
+    ("discovery.k8s.io/v1", "EndpointSlice"): (
+        "/apis/discovery.k8s.io/v1", "endpointslices", True),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): (
+        "/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies", False),
+    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): (
+        "/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings", False),
     ("cluster.x-k8s.io/v1beta1", "Cluster"): ("/apis/cluster.x-k8s.io/v1beta1", "clusters", True),
 }
 TRANSIENT_STATUS = {0, 429, 500, 502, 503, 504}  # 0: the client's own TLS/protocol failure
+FIELD_MANAGER = "gpupaas"
+RETRY_AFTER_MAX_S = 30.0  # a longer wait is the task's to take, not a worker thread's
 
 
 def resource_path(api_version: str, kind: str, namespace: str | None = None,
@@ -133,11 +144,15 @@ class KubeClient:
                 if exc.status not in TRANSIENT_STATUS:
                     raise
                 problem = f"{method} {path}: HTTP {exc.status} {exc.reason}"
+                retry_after = _retry_after(exc)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 problem = f"{method} {path}: {type(exc).__name__}: {exc}"
+                retry_after = None
             if attempt + 1 < attempts:
                 delay = self.settings.retry_base_s * 2**attempt
-                time.sleep(random.uniform(delay / 2, delay))  # full jitter keeps workers apart
+                # The server's own Retry-After (429, 503) wins: it knows when it has room.
+                time.sleep(retry_after if retry_after is not None
+                           else random.uniform(delay / 2, delay))  # jitter keeps workers apart
                 log.info("retrying after %s", problem)
         raise TransientBackendError(
             f"The cluster {self.settings.cluster} is not answering; the portal keeps trying.",
@@ -147,20 +162,41 @@ class KubeClient:
     # -- verbs
 
     def apply(self, manifest: Manifest) -> Manifest:
-        """Create the object, or patch it into shape if it exists (409). Safe to repeat."""
+        """Server-side apply: one request creates the object or brings the portal's fields
+        back into shape. The portal owns these objects, so it takes its fields back from any
+        other manager (force). Safe to repeat."""
         meta = manifest["metadata"]
-        collection = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
-        try:
-            return self.request("POST", collection, body=manifest)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise _refusal(exc, manifest) from exc
-        path = f"{collection}/{meta['name']}"
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"),
+                             meta["name"])
         try:
             return self.request("PATCH", path, body=manifest,
-                                content_type="application/merge-patch+json")
+                                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                                content_type="application/apply-patch+yaml")
         except ApiException as exc:
-            raise _refusal(exc, manifest) from exc
+            raise _refusal(exc, manifest, self.settings.cluster) from exc
+
+    def create(self, manifest: Manifest) -> bool:
+        """Create the object unless it exists (True when created). For objects the portal
+        may create but not change, such as its admission policies."""
+        meta = manifest["metadata"]
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
+        try:
+            self.request("POST", path, body=manifest, query={"fieldManager": FIELD_MANAGER})
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise _refusal(exc, manifest, self.settings.cluster) from exc
+        return True
+
+    def scale_to_zero(self, api_version: str, kind: str, name: str, namespace: str) -> None:
+        """Stop a workload's pods but keep the object (and what it says) for the user."""
+        try:
+            self.request("PATCH", resource_path(api_version, kind, namespace, name),
+                         body={"spec": {"replicas": 0}},
+                         content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _refusal(exc, None, self.settings.cluster) from exc
 
     def get(self, api_version: str, kind: str, name: str,
             namespace: str | None = None) -> Manifest | None:
@@ -169,22 +205,32 @@ class KubeClient:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise _refusal(exc) from exc
+            raise _refusal(exc, None, self.settings.cluster) from exc
 
     def list(self, api_version: str, kind: str, *, label_selector: str = "",
-             namespace: str | None = None) -> list[Manifest]:
-        """Every object of a kind (all namespaces unless one is given) matching the selector;
-        a kind the cluster does not serve (no Cluster API installed) lists as empty."""
-        query = {"labelSelector": label_selector} if label_selector else {}
+             field_selector: str = "", namespace: str | None = None) -> list[Manifest]:
+        """Every object of a kind (all namespaces unless one is given) matching the selectors;
+        a kind the cluster does not serve (no Cluster API installed) lists as empty.
+
+        A real server leaves `kind` and `apiVersion` off the items of a list of built-in
+        kinds; they are filled in here, so callers can tell objects apart the same way
+        whatever the server."""
+        query = {}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         try:
             items = self.request("GET", resource_path(api_version, kind, namespace),
-                                 query=query)["items"]
+                                 query=query)["items"] or []
         except ApiException as exc:
             if exc.status == 404:
                 return []
-            raise _refusal(exc) from exc
-        # A real server leaves kind and apiVersion off the items of built-in kinds.
-        return [{**item, "apiVersion": api_version, "kind": kind} for item in items]
+            raise _refusal(exc, None, self.settings.cluster) from exc
+        for item in items:
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
 
     def delete(self, api_version: str, kind: str, name: str,
                namespace: str | None = None) -> Manifest | None:
@@ -199,22 +245,66 @@ class KubeClient:
                 return None
             if exc.status == 409:  # already being deleted
                 return {}
-            raise _refusal(exc) from exc
+            raise _refusal(exc, None, self.settings.cluster) from exc
 
     def version(self) -> Manifest:
         return self.request("GET", "/version")
 
 
-def _refusal(exc: ApiException, manifest: Manifest | None = None) -> BackendError:
+def _retry_after(exc: ApiException) -> float | None:
+    """Seconds the server asked us to wait (Retry-After), capped; None when it did not say."""
+    value = exc.headers.get("Retry-After") if exc.headers else None
+    try:
+        return min(max(float(value), 0.0), RETRY_AFTER_MAX_S) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _status(exc: ApiException) -> tuple[str, Manifest]:
+    body = exc.body.decode() if isinstance(exc.body, bytes) else (exc.body or "")
+    try:
+        status = json.loads(body)
+    except ValueError:
+        status = {}
+    return body, status if isinstance(status, dict) else {}
+
+
+def _not_found(status: Manifest, manifest: Manifest | None, cluster: str) -> str:
+    """Which of three different 404s this is: the kind is not served at all (Cluster API not
+    installed), the object's namespace is missing, or the object itself vanished."""
+    details = status.get("details") or {}
+    if not details.get("kind"):  # "the server could not find the requested resource"
+        if manifest and manifest["apiVersion"].startswith("cluster.x-k8s.io/"):
+            return f"Cluster API is not installed on {cluster}; dedicated clusters need it."
+        what = f"{manifest['kind']} ({manifest['apiVersion']})" if manifest else "this kind"
+        return f"{cluster} does not serve {what}; the component that provides it is missing."
+    if details["kind"] == "namespaces" and manifest and (
+            details.get("name") == manifest["metadata"].get("namespace")):
+        return (f"The namespace {details['name']} is missing on {cluster}; "
+                "an administrator must create it.")
+    kind = manifest["kind"] if manifest else details["kind"]
+    return (f"{kind} {details.get('name', '')} vanished from {cluster} while the portal "
+            "worked on it.")
+
+
+def _refusal(exc: ApiException, manifest: Manifest | None = None,
+             cluster: str = "the cluster") -> BackendError:
     """A refusal the cluster will repeat: say it in words, keep the raw answer for admins."""
     what = ""
     if manifest:
         what = f" {manifest['kind']} {manifest['metadata'].get('name', '')}"
-    body = exc.body.decode() if isinstance(exc.body, bytes) else (exc.body or "")
-    if exc.status in (401, 403):
+    body, status = _status(exc)
+    causes = [c.get("reason") for c in (status.get("details") or {}).get("causes") or []]
+    if exc.status == 403 and ("NamespaceTerminating" in causes
+                              or "because it is being terminated" in body):
+        message = ("Its namespace is being deleted on the cluster; nothing new can be created "
+                   "there.")
+    elif exc.status in (401, 403):
         message = "The cluster refused the portal's credentials or permissions."
         if "exceeded quota" in body:
             message = "Quota exceeded on the cluster."
+    elif exc.status == 404:
+        message = _not_found(status, manifest, cluster)
     elif exc.status == 422:
         message = f"The cluster rejected{what} as invalid."
     else:

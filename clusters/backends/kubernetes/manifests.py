@@ -19,6 +19,8 @@ PORTAL_LABEL = "gpupaas.io/portal"
 # tighten what instances may run without us noticing.
 PSA_VERSION = "v1.31"
 RBAC = "rbac.authorization.k8s.io"
+# On every tenant namespace: the tag its Ingress hosts must carry (see host_policy).
+HOST_TAG_LABEL = "gpupaas.io/host-tag"
 VCLUSTER_RELEASE = "vcluster"
 VCLUSTER_VERSION = "0.20.0"
 
@@ -35,7 +37,14 @@ class ClusterSettings:
     vcluster_image: str = f"ghcr.io/loft-sh/vcluster-oss:{VCLUSTER_VERSION}"
     ingress_domain: str = ""
     ingress_class: str = "nginx"
-    ingress_tls_secret: str = ""
+    # HTTPS with the ingress controller's default certificate (a wildcard for the domain):
+    # no per-notebook secret that nothing would create.
+    ingress_https: bool = False
+    # Who may reach notebooks: label selectors of namespaces ("k=v,k2=v2") and CIDRs. Neither
+    # given: the ingress controller's namespace.
+    ingress_from_selectors: tuple[str, ...] = ()
+    ingress_from_cidrs: tuple[str, ...] = ()
+    gpu_model_label: str = "nvidia.com/gpu.product"
 
 
 def object_name(spec: InstanceSpec) -> str:
@@ -66,6 +75,11 @@ def _quantity(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{int(value * 1000)}m"
 
 
+def host_tag(spec: InstanceSpec) -> str:
+    """What every notebook host of this instance ends with, before the domain."""
+    return f"i{spec.key.rsplit('-', 1)[-1]}"
+
+
 def namespace(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
     psa = {
         f"pod-security.kubernetes.io/{mode}{suffix}": value
@@ -75,11 +89,14 @@ def namespace(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": object_name(spec), "labels": {**labels(spec, cs), **psa}},
+        "metadata": {"name": object_name(spec), "labels": {
+            **labels(spec, cs), **psa, HOST_TAG_LABEL: host_tag(spec)}},
     }
 
 
 def resource_quota(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
+    # Requests only: what the scheduler reserves is what the instance holds. Limits are
+    # bounded per container by the LimitRange, so a pod without limits is never refused.
     cpu, memory = _quantity(spec.cpu), f"{spec.memory_gib}Gi"
     return {
         "apiVersion": "v1",
@@ -88,9 +105,7 @@ def resource_quota(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
         "spec": {
             "hard": {
                 "requests.cpu": cpu,
-                "limits.cpu": cpu,
                 "requests.memory": memory,
-                "limits.memory": memory,
                 f"requests.{cs.gpu_resource_name}": str(spec.gpus),
                 "requests.storage": f"{spec.storage_gib}Gi",
                 "pods": "100",
@@ -103,7 +118,11 @@ def resource_quota(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
 
 
 def limit_range(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
-    # Defaults let pods without requests run under the quota instead of being refused.
+    # LimitRanger gives a container without limits the default limit and then requires
+    # request <= limit: a default limit below what a user's pod requests would refuse it.
+    # So the default limit (and the max) is the whole instance, and the default request is
+    # small, for pods that set nothing.
+    whole = {"cpu": _quantity(spec.cpu), "memory": f"{spec.memory_gib}Gi"}
     return {
         "apiVersion": "v1",
         "kind": "LimitRange",
@@ -112,12 +131,27 @@ def limit_range(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
             "limits": [
                 {
                     "type": "Container",
-                    "default": {"cpu": "1", "memory": "2Gi"},
-                    "defaultRequest": {"cpu": "250m", "memory": "512Mi"},
+                    "default": dict(whole),
+                    "defaultRequest": {"cpu": "100m", "memory": "256Mi"},
+                    "max": dict(whole),
                 }
             ]
         },
     }
+
+
+def _match_labels(selector: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
+
+
+def ingress_sources(cs: ClusterSettings) -> list[Manifest]:
+    """The peers besides the namespace itself that may reach its pods: the ingress
+    controller's namespace unless the cluster names its own sources."""
+    peers: list[Manifest] = [{"namespaceSelector": {"matchLabels": _match_labels(s)}}
+                             for s in cs.ingress_from_selectors]
+    peers += [{"ipBlock": {"cidr": cidr}} for cidr in cs.ingress_from_cidrs]
+    return peers or [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": cs.ingress_namespace}}}]
 
 
 def network_policies(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]:
@@ -137,16 +171,7 @@ def network_policies(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]:
             "policyTypes": ["Ingress"],
             "ingress": [
                 {
-                    "from": [
-                        {"podSelector": {}},
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {
-                                    "kubernetes.io/metadata.name": cs.ingress_namespace
-                                }
-                            }
-                        },
-                    ]
+                    "from": [{"podSelector": {}}, *ingress_sources(cs)]
                 }
             ],
         },
@@ -339,6 +364,7 @@ TOKEN_ANNOTATION = "gpupaas.io/token-sha256"
 NOTEBOOK_PORT = 8888
 # Inside a virtual or dedicated cluster notebooks get a namespace of their own.
 NOTEBOOK_NAMESPACE = "notebooks"
+NOTEBOOK_HOME = "/home/jovyan"  # the Jupyter Docker Stacks' user
 
 
 def notebook_name(spec: NotebookSpec) -> str:
@@ -354,12 +380,84 @@ def notebook_namespace(spec: NotebookSpec) -> str:
 
 
 def notebook_host(spec: NotebookSpec, cs: ClusterSettings) -> str:
-    return f"{notebook_name(spec)}.{cs.ingress_domain}"
+    """`nb-<name>-<id>-<random>-i<instance>.<domain>`: unguessable (the random part is
+    stored on the notebook), and ending in the instance's tag, which the host policy
+    requires of every Ingress in its namespace."""
+    tail = f"-{spec.host_suffix}-{host_tag(spec.instance)}" if spec.host_suffix else ""
+    head = notebook_name(spec)[:63 - len(tail)].rstrip("-")
+    return f"{head}{tail}.{cs.ingress_domain}"
 
 
 def notebook_url(spec: NotebookSpec, cs: ClusterSettings) -> str:
-    scheme = "https" if cs.ingress_tls_secret else "http"
+    scheme = "https" if cs.ingress_https else "http"
     return f"{scheme}://{notebook_host(spec, cs)}/lab"
+
+
+# What Jupyter needs of ingress-nginx: uploads are 1 MiB chunks, base64 in JSON (the default
+# 1m body limit answers 413), and kernel websockets stay open for hours between messages.
+NGINX_ANNOTATIONS = {
+    "nginx.ingress.kubernetes.io/proxy-body-size": "64m",
+    "nginx.ingress.kubernetes.io/proxy-read-timeout": "3600",
+    "nginx.ingress.kubernetes.io/proxy-send-timeout": "3600",
+}
+
+
+def host_policy(cs: ClusterSettings) -> list[Manifest]:
+    """A ValidatingAdmissionPolicy and its binding: in every namespace of this portal, an
+    Ingress may only name hosts that end in the namespace's own tag under the ingress
+    domain. A tenant with `admin` in its namespace therefore cannot claim another tenant's
+    notebook host (nor any other host under the domain) and receive its traffic."""
+    name = f"gpupaas-{cs.portal_id}-ingress-hosts"
+    suffix = (f"'-' + namespaceObject.metadata.labels['{HOST_TAG_LABEL}'] + "
+              f"'.{cs.ingress_domain}'")
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY,
+                                                  PORTAL_LABEL: cs.portal_id}},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["ingresses"],
+                }]},
+                "variables": [{"name": "suffix", "expression": suffix}],
+                "validations": [
+                    {
+                        "expression": "!has(object.spec.defaultBackend) && "
+                        "has(object.spec.rules) && object.spec.rules.all(r, has(r.host) && "
+                        "r.host.endsWith(variables.suffix))",
+                        "messageExpression": "'every Ingress rule in this namespace needs a "
+                        "host ending in ' + variables.suffix",
+                        "reason": "Forbidden",
+                    },
+                    {
+                        "expression": "!has(object.spec.tls) || object.spec.tls.all(t, "
+                        "!has(t.hosts) || t.hosts.all(h, h.endsWith(variables.suffix)))",
+                        "messageExpression": "'TLS hosts in this namespace must end in ' + "
+                        "variables.suffix",
+                        "reason": "Forbidden",
+                    },
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY,
+                                                  PORTAL_LABEL: cs.portal_id}},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {
+                    "matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY,
+                                    PORTAL_LABEL: cs.portal_id},
+                    "matchExpressions": [{"key": HOST_TAG_LABEL, "operator": "Exists"}],
+                }},
+            },
+        },
+    ]
 
 
 def notebook_labels(spec: NotebookSpec, cs: ClusterSettings) -> dict[str, str]:
@@ -367,7 +465,8 @@ def notebook_labels(spec: NotebookSpec, cs: ClusterSettings) -> dict[str, str]:
 
 
 def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
-    """Secret (token), Deployment, Service and Ingress of one Jupyter server."""
+    """Secret (token), home volume claim, Service, Ingress and Deployment of one Jupyter
+    server, in that order: the cluster refuses anything before a GPU is held."""
     name, ns = notebook_name(spec), notebook_namespace(spec)
     meta = {"name": name, "namespace": ns, "labels": notebook_labels(spec, cs)}
     pod_labels = {NOTEBOOK_LABEL: spec.key}
@@ -385,14 +484,43 @@ def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
     }
     if cs.ingress_class:
         ingress_spec["ingressClassName"] = cs.ingress_class
-    if cs.ingress_tls_secret:
-        ingress_spec["tls"] = [{"hosts": [notebook_host(spec, cs)],
-                                "secretName": cs.ingress_tls_secret}]
+    if cs.ingress_https:  # no secretName: the controller's default (wildcard) certificate
+        ingress_spec["tls"] = [{"hosts": [notebook_host(spec, cs)]}]
+    ingress_meta = dict(meta)
+    if "nginx" in cs.ingress_class:
+        ingress_meta["annotations"] = dict(NGINX_ANNOTATIONS)
+    placement: Manifest = {}
+    if spec.gpus:
+        # Only nodes with the profile's GPU model, including GPU nodes tainted for GPU work.
+        placement["tolerations"] = [{"key": cs.gpu_resource_name, "operator": "Exists",
+                                     "effect": "NoSchedule"}]
+        if spec.instance.gpu_model:
+            placement["nodeSelector"] = {cs.gpu_model_label: spec.instance.gpu_model}
+    claim: Manifest = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {**meta, "name": f"{name}-home"},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": f"{spec.storage_gib}Gi"}}},
+    }
+    if cs.storage_class:
+        claim["spec"]["storageClassName"] = cs.storage_class
     return [
         {
             "apiVersion": "v1", "kind": "Secret", "metadata": {**meta, "name": f"{name}-token"},
             "type": "Opaque", "stringData": {"token": spec.token},
         },
+        claim,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta,
+            "spec": {
+                "selector": pod_labels,
+                "ports": [{"name": "http", "port": 80, "targetPort": NOTEBOOK_PORT}],
+            },
+        },
+        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": ingress_meta,
+         "spec": ingress_spec},
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -412,6 +540,7 @@ def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
                     "spec": {
                         # A notebook needs no Kubernetes API credentials of its own.
                         "automountServiceAccountToken": False,
+                        **placement,
                         "securityContext": {
                             "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100,
                             "fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"},
@@ -435,22 +564,25 @@ def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
                                 "allowPrivilegeEscalation": False,
                                 "capabilities": {"drop": ["ALL"]},
                             },
+                            "volumeMounts": [
+                                {"name": "home", "mountPath": NOTEBOOK_HOME},
+                                {"name": "shm", "mountPath": "/dev/shm"},
+                            ],
                         }],
+                        "volumes": [
+                            # The user's files outlive restarts of the server.
+                            {"name": "home", "persistentVolumeClaim": {
+                                "claimName": f"{name}-home"}},
+                            # PyTorch data loaders share tensors through /dev/shm; the
+                            # runtime's default 64 MiB is far too small. Counts as memory.
+                            {"name": "shm", "emptyDir": {
+                                "medium": "Memory",
+                                "sizeLimit": f"{max(spec.memory_gib // 2, 1)}Gi"}},
+                        ],
                     },
                 },
             },
         },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta,
-            "spec": {
-                "selector": pod_labels,
-                "ports": [{"name": "http", "port": 80, "targetPort": NOTEBOOK_PORT}],
-            },
-        },
-        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta,
-         "spec": ingress_spec},
     ]
 
 

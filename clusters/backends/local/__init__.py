@@ -211,6 +211,9 @@ class LocalBackend:
         return jupyter.state(spec, self._control(spec),
                              self._server_id(spec.instance.key, spec.key))
 
+    def release_notebook(self, spec: NotebookSpec) -> None:
+        jupyter.stop(self._notebook_folder(spec))  # its files stay in the sandbox
+
     def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
         control = self._control(spec)
         jupyter.stop(control, self._server_id(spec.instance.key, spec.key))

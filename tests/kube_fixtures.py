@@ -1,0 +1,81 @@
+"""Fixtures and helpers shared by the Kubernetes backend tests: an emulated cluster driven by
+the official client, a portal Cluster pointing at it, and one profile per instance kind.
+
+tests/conftest.py imports the fixtures, so every test module sees them."""
+
+import pytest
+from kubernetes import client as k8s
+
+from clusters.models import Cluster
+from instances import services
+from instances.models import ComputeProfile, Instance
+from notebooks import services as notebook_services
+from notebooks.models import NotebookProfile
+
+from .conftest import workspace_of
+from .kit import kubeemu
+
+
+@pytest.fixture
+def emu():
+    with kubeemu.start() as emulator:
+        emulator.add_resource(*kubeemu.CLUSTER_API)
+        yield emulator
+
+
+@pytest.fixture
+def api(emu):
+    with k8s.ApiClient(emu.client_configuration()) as api_client:
+        yield api_client
+
+
+@pytest.fixture
+def cluster(emu, db, tmp_path, settings) -> Cluster:
+    settings.KUBE_RETRY_BASE_S = 0.01
+    settings.PORTAL_ID = "test-portal"
+    cluster = Cluster(name="emu", display_name="Emulated cluster", backend="kubernetes")
+    cluster.set_kubeconfig(emu.kubeconfig(tmp_path / "kubeconfig").read_text())
+    cluster.save()
+    return cluster
+
+
+@pytest.fixture
+def profiles(cluster) -> dict[str, ComputeProfile]:
+    def make(kind: str, gpus: int = 2) -> ComputeProfile:
+        return ComputeProfile.objects.create(
+            name=f"{kind}-{gpus}", display_name=f"{kind} {gpus}", kind=kind, cluster=cluster,
+            gpus=gpus, cpu=8, memory_gib=64, storage_gib=100, published=True,
+            cluster_class="gpu-cluster", kubernetes_version="v1.31.0",
+        )
+
+    return {kind: make(kind) for kind in ("namespace", "vcluster", "dedicated")}
+
+
+def launch(user, profile, name="train", workspace=None) -> Instance:
+    workspace = workspace or workspace_of(user)
+    return services.launch_instance(workspace=workspace, name=name, profile=profile, by=user)
+
+
+def provision(instance: Instance) -> Instance:
+    return services.provision_instance(instance_id=instance.pk)
+
+
+def namespace_of(emu, instance: Instance) -> dict:
+    [ns] = emu.objects("Namespace", label_selector=f"gpupaas.io/instance={instance.key}")
+    return ns
+
+
+@pytest.fixture
+def notebook_setup(emu, alice, profiles, cluster):
+    cluster.ingress_domain = "apps.example.com"
+    cluster.save()
+    instance = provision(launch(alice, profiles["namespace"]))
+    profile = NotebookProfile.objects.create(
+        name="minimal", display_name="Minimal", image="quay.io/jupyter/minimal-notebook",
+        default_cpu=2, default_memory_gib=4, published=True)
+    return instance, profile
+
+
+def deploy_notebook(alice, instance, profile, name="explore"):
+    return notebook_services.deploy_notebook(instance=instance, name=name, profile=profile,
+                                             by=alice, gpus=1)
