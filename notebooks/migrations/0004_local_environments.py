@@ -23,7 +23,7 @@ def fill_seeded(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('notebooks', '0002_notebook'),
+        ('notebooks', '0003_token_issued_at'),
     ]
 
     operations = [
