@@ -6,12 +6,12 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('notebooks', '0003_notebook_host_suffix_notebookprofile_storage_gib'),
+        ('instances', '0004_collaborators'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='notebook',
+            model_name='instance',
             name='poll_lease_until',
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),

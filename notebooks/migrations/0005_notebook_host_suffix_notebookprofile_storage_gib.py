@@ -14,7 +14,7 @@ def give_each_notebook_its_own_suffix(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('notebooks', '0002_notebook'),
+        ('notebooks', '0004_local_environments'),
     ]
 
     operations = [

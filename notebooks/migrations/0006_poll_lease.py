@@ -6,12 +6,12 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('instances', '0003_computeprofile_groups'),
+        ('notebooks', '0005_notebook_host_suffix_notebookprofile_storage_gib'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='instance',
+            model_name='notebook',
             name='poll_lease_until',
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
