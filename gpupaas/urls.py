@@ -11,6 +11,7 @@ urlpatterns = [
     path("", include("portal.urls")),
     path("instances/", include("instances.urls")),
     path("notebooks/", include("notebooks.urls")),
+    path("access/", include("access.urls")),
     # Before allauth's own: sign-in goes to the identity provider when one is configured.
     path("accounts/login/", login, name="account_login"),
     path("accounts/", include("allauth.urls")),

@@ -17,6 +17,21 @@ def launchable_profiles(*, user: AbstractBaseUser) -> QuerySet[ComputeProfile]:
     return ComputeProfile.objects.filter(id__in=ids).select_related("cluster")
 
 
+def instance_for_user(*, user: AbstractBaseUser, pk: int) -> Instance | None:
+    """The instance `pk` if `user` may use it (the owner), else None. Deleted ones are still
+    returned (their page is history); callers that act on the instance check its status.
+
+    The one access decision: the pages and the Kubernetes proxy (on every request) ask here.
+    """
+    if not user.is_authenticated or not user.is_active:
+        return None
+    return (
+        Instance.objects.select_related("profile", "cluster", "launched_by", "workspace__owner")
+        .filter(pk=pk, workspace__owner=user)
+        .first()
+    )
+
+
 def live_instances(*, owner: AbstractBaseUser) -> QuerySet[Instance]:
     """The owner's instances that are not deleted yet (deleted ones are history), as lists
     show them. Filtered by owner through the join, so a list needs no workspace query first."""

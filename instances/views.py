@@ -2,8 +2,8 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from clusters.backends import get_backend
@@ -17,12 +17,10 @@ from .models import Instance
 
 def get_instance_for_user(request: HttpRequest, pk: int) -> Instance:
     """The user's own instance, or 404: another user's instance is never revealed."""
-    workspace = ensure_workspace(user=request.user)
-    return get_object_or_404(
-        Instance.objects.select_related("profile", "cluster", "launched_by"),
-        pk=pk,
-        workspace=workspace,
-    )
+    instance = selectors.instance_for_user(user=request.user, pk=pk)
+    if instance is None:
+        raise Http404("No such instance.")
+    return instance
 
 
 def offers_simulated_gpus(cluster: Cluster) -> bool:

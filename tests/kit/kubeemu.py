@@ -64,7 +64,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
@@ -2053,6 +2053,7 @@ class RequestRecord:
     pattern: str
     status: int | None = None
     fault: FaultKind | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # as received, names lowercased
 
     @property
     def failed(self) -> bool:
@@ -2328,6 +2329,7 @@ class _Handler(BaseHTTPRequestHandler):
                 route.namespace,
                 route.name,
                 route.pattern,
+                headers={k.lower(): v for k, v in self.headers.items()},
             )
         )
         raw = self._read_body()
