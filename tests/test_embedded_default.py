@@ -53,8 +53,8 @@ def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_en
         def up() -> bool:
             try:
                 return s.get(base + "/accounts/login/", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
+            except (requests.ConnectionError, requests.Timeout):
+                return False  # not listening yet, or the worker still booting
 
         wait_for(up, 30, 0.2)
         s.post(base + "/accounts/login/", headers={"Referer": base}, data={
