@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from clusters.backends.kubernetes.names import access_group
+from clusters.backends.kubernetes.names import access_group, access_user
 from clusters.backends.kubernetes.upstream import (
     Upstream,
     cluster_upstream,
@@ -235,7 +235,8 @@ def authorize_proxy_request(
     impersonate = {}
     if instance.kind == NAMESPACE:
         impersonate = {
-            "Impersonate-User": row.user.get_username(),
+            "Impersonate-User": access_user(portal_id=settings.PORTAL_ID,
+                                            username=row.user.get_username()),
             "Impersonate-Group": access_group(portal_id=settings.PORTAL_ID, key=instance.key),
         }
     return Grant(

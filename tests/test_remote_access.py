@@ -25,7 +25,7 @@ from clusters.models import Cluster
 from instances import services
 from instances.models import ComputeProfile, Instance
 
-from .conftest import make_user, wait_for, workspace_of
+from .conftest import ROOT, make_user, wait_for, workspace_of
 from .kit import kubeemu
 from .kit.asgi import self_signed, serve
 
@@ -71,10 +71,15 @@ def http(tls):
         yield client
 
 
+PORTAL_CREDENTIAL = "the-portals-own-service-account-token"
+
+
 @pytest.fixture
 def profile(emu, transactional_db, tmp_path) -> ComputeProfile:
     cluster = Cluster(name="emu", display_name="Emulated cluster", backend="kubernetes")
-    cluster.set_kubeconfig(emu.kubeconfig(tmp_path / "cluster-kubeconfig").read_text())
+    kubeconfig = yaml.safe_load(emu.kubeconfig(tmp_path / "cluster-kubeconfig").read_text())
+    kubeconfig["users"][0]["user"] = {"token": PORTAL_CREDENTIAL}
+    cluster.set_kubeconfig(yaml.safe_dump(kubeconfig))
     cluster.save()
     return ComputeProfile.objects.create(
         name="ns-1", display_name="Namespace, 1 GPU", kind="namespace", cluster=cluster,
@@ -188,6 +193,7 @@ def test_the_instance_page_lists_the_tokens_and_recent_requests(
     client, alice, alice_instance, alice_kubeconfig
 ):
     kubectl(alice_kubeconfig, "get", "configmaps")
+    wait_for(lambda: ProxyRequest.objects.filter(verb="list").exists(), timeout=5)
     page = client.get(f"/access/?instance={alice_instance.pk}").content.decode()
     token = AccessToken.objects.get()
     assert f"{token.prefix}…" in page
@@ -238,14 +244,15 @@ def test_kubectl_gets_and_applies_as_the_user_impersonated_in_the_namespace(
     assert emu.get("ConfigMap", "hello", ns)["data"] == {"greeting": "world"}
     records = emu.requests.records()
     assert records and all(
-        r.headers.get("impersonate-user") == "alice"
+        r.headers.get("impersonate-user") == "test-portal:user:alice"
         and r.headers.get("impersonate-group") == f"test-portal:instance:{alice_instance.key}"
         for r in records
     )
-    assert not any("gpk_" in r.headers.get("authorization", "") for r in records)
+    # The portal's own credential, never the user's token.
+    assert {r.headers.get("authorization") for r in records} == {f"Bearer {PORTAL_CREDENTIAL}"}
     assert {r.verb for r in records} >= {"get", "create"}
     audit = ProxyRequest.objects.filter(instance=alice_instance, user__username="alice")
-    assert set(audit.values_list("verb", flat=True)) >= {"get", "create"}
+    wait_for(lambda: set(audit.values_list("verb", flat=True)) >= {"get", "create"}, timeout=5)
     assert all(r.duration_ms >= 0 and r.user_agent.startswith("kubectl") for r in audit)
 
 
@@ -295,12 +302,12 @@ def test_client_sent_impersonation_and_credentials_never_reach_the_cluster(
     records = emu.requests.records()
     assert len(records) >= 2
     for record in records:
-        assert record.headers["impersonate-user"] == "alice"
+        assert record.headers["impersonate-user"] == "test-portal:user:alice"
         assert record.headers["impersonate-group"] == (
             f"test-portal:instance:{alice_instance.key}")
         assert "impersonate-extra-scopes" not in record.headers
         assert "proxy-authorization" not in record.headers
-        assert "authorization" not in record.headers  # the emulator's kubeconfig has none
+        assert record.headers["authorization"] == f"Bearer {PORTAL_CREDENTIAL}"
 
 
 # --- refused ------------------------------------------------------------------------------
@@ -403,6 +410,8 @@ def test_the_sweep_revokes_tokens_of_deactivated_users(alice, alice_instance, po
 def test_the_audit_trail_is_kept_for_the_retention_only(alice, alice_instance, settings,
                                                         alice_kubeconfig):
     kubectl(alice_kubeconfig, "get", "pods")
+    # The audit row is written once the answer is sent: kubectl may have finished first.
+    wait_for(lambda: ProxyRequest.objects.filter(verb="list").exists(), timeout=5)
     settings.ACCESS_AUDIT_RETENTION_DAYS = 30
     kept = ProxyRequest.objects.count()
     ProxyRequest.objects.filter(pk=ProxyRequest.objects.first().pk).update(
@@ -425,3 +434,81 @@ def test_the_audit_trail_is_kept_for_the_retention_only(alice, alice_instance, s
 ])
 def test_the_audit_names_the_kubernetes_verb(method, path, query, verb):
     assert kube_verb(method, path, query) == verb
+
+
+# --- against a real kube-apiserver (KUBEBUILDER_ASSETS) ------------------------------------
+# The emulator enforces no RBAC: namespace scope and `auth can-i` need the real server, from
+# the real-server kit's session fixture `real_kube` (skipped when there is none).
+
+
+def documented_impersonation_rbac() -> list[dict]:
+    """The impersonation rule of docs/kubernetes.md, exactly as an administrator copies it."""
+    import re
+
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
+    block = re.search(r"<!-- portal-impersonation-rbac -->\s*```yaml\n(.*?)```", text, re.S)
+    return [doc for doc in yaml.safe_load_all(block.group(1)) if doc]
+
+
+@pytest.fixture
+def real_profile(request, transactional_db, tmp_path) -> ComputeProfile:
+    """A namespace profile on the real API server, reached with the portal's documented
+    RBAC (its ServiceAccount token) plus the documented impersonation rule."""
+    if not os.environ.get("KUBEBUILDER_ASSETS"):
+        pytest.skip("no real API server: set KUBEBUILDER_ASSETS")
+    try:
+        server = request.getfixturevalue("real_kube")
+    except pytest.FixtureLookupError:
+        pytest.skip("the real API server kit (fixture real_kube) is not on this branch")
+    token = server.portal_token()
+    for obj in documented_impersonation_rbac():
+        server.apply_admin(obj)
+    cluster = Cluster(name="real", display_name="Real API server", backend="kubernetes")
+    cluster.set_kubeconfig(
+        server.write_kubeconfig(tmp_path / "portal-sa.yaml", token=token).read_text())
+    cluster.save()
+    return ComputeProfile.objects.create(
+        name="real-ns", display_name="Namespace (real)", kind="namespace", cluster=cluster,
+        gpus=0, cpu=1, memory_gib=1, storage_gib=1, published=True,
+    )
+
+
+@pytest.fixture
+def real_kubeconfig(client, alice, real_profile, tls, tmp_path) -> tuple[Instance, str]:
+    from gpupaas.asgi import application
+
+    instance = running_instance(alice, real_profile, name="real")
+    config, path = download_kubeconfig(client, alice, instance, tmp_path)
+    with serve(application, tls=tls) as url:
+        with open(path, "w") as f:
+            yaml.safe_dump(aimed_at(config, url), f)
+        yield instance, path
+
+
+def test_on_a_real_server_the_user_is_admin_of_the_namespace_only(real_kubeconfig):
+    instance, kubeconfig = real_kubeconfig
+    ns = namespace_of(instance)
+
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=CONFIGMAP.format(name="hello", value="hi"))
+    assert kubectl(kubeconfig, "get", "configmap", "hello", "-o",
+                   "jsonpath={.data.greeting}").stdout == "hi"
+    assert kubectl(kubeconfig, "auth", "can-i", "create", "deployments").stdout.strip() == "yes"
+    assert kubectl(kubeconfig, "auth", "can-i", "create", "deployments", "-n", "kube-system",
+                   check=False).stdout.strip() == "no"
+    denied = kubectl(kubeconfig, "auth", "can-i", "delete", f"namespace/{ns}", check=False)
+    assert denied.stdout.strip() == "no", denied.stderr
+
+    refused = kubectl(kubeconfig, "get", "pods", "-n", "kube-system", check=False)
+    assert refused.returncode != 0
+    # The API server refused it, naming the impersonated user: not the portal.
+    assert 'User "test-portal:user:alice" cannot list resource "pods"' in refused.stderr
+    wait_for(lambda: ProxyRequest.objects.filter(
+        status=403, path__contains="/namespaces/kube-system/").exists(), timeout=5)
+
+
+def test_on_a_real_server_asking_to_be_someone_else_changes_nothing(real_kubeconfig):
+    _, kubeconfig = real_kubeconfig
+    refused = kubectl(kubeconfig, "get", "secrets", "-n", "kube-system", "--as", "admin",
+                      "--as-group", "system:masters", check=False)
+    assert refused.returncode != 0
+    assert 'User "test-portal:user:alice" cannot list resource "secrets"' in refused.stderr

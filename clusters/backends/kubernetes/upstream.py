@@ -36,11 +36,12 @@ def upstream_from_kubeconfig(kubeconfig: str | None, *, in_cluster: bool = False
         ) from exc
     if config.refresh_api_key_hook is not None:  # exec plugins and expiring tokens
         config.refresh_api_key_hook(config)
-    headers = {}
-    token = (config.api_key or {}).get("authorization")
-    if token:
-        prefix = (config.api_key_prefix or {}).get("authorization")
-        headers["Authorization"] = f"{prefix} {token}" if prefix else token
+    # As the client itself authenticates (its auth settings name the header and its value).
+    headers = {
+        setting["key"].title(): setting["value"]
+        for setting in config.auth_settings().values()
+        if setting.get("in") == "header" and setting.get("value")
+    }
     context: ssl.SSLContext | bool = False
     if config.host.startswith("https://"):
         if config.verify_ssl:
