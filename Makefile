@@ -37,6 +37,7 @@ bench: $(VENV)/.installed-test
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench,$(DATABASE_URL)) $(BIN)/python bench/pages.py
 	$(BIN)/python bench/kube.py
 	$(BIN)/python bench/notebooks.py
+	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_proxy,$(DATABASE_URL)) $(BIN)/python bench/proxy.py
 
 clean:
 	rm -rf $(VENV) var
