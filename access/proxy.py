@@ -100,7 +100,9 @@ class KubeProxy:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope["headers"]}
         method, query = scope["method"], scope.get("query_string", b"").decode("latin-1")
-        _, _, instance_part, *rest = scope["path"].split("/", 3)  # '', 'k8s', '<id>', rest
+        # The path as the client encoded it, so names pass to the API server unchanged.
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        _, _, instance_part, *rest = raw_path.split("/", 3)  # '', 'k8s', '<id>', rest
         if not instance_part.isdigit():
             await self.answer(send, 404, "NotFound", "No such instance.")
             return

@@ -47,12 +47,15 @@ def test_a_user_launches_watches_and_deletes_an_instance(
 def lab_host(alice, catalogue):
     """A running instance of alice's (set up before the browser, see `page`)."""
     from instances import services as instance_services
+    from instances.models import Instance
 
-    from .conftest import workspace_of
+    from .conftest import wait_for, workspace_of
 
     instance = instance_services.launch_instance(
         workspace=workspace_of(alice), name="lab-host", profile=catalogue[1], by=alice)
-    return instance_services.provision_instance(instance_id=instance.pk)
+    # The live worker may take the provisioning task first: either way, wait for running.
+    instance_services.provision_instance(instance_id=instance.pk)
+    return wait_for(lambda: Instance.objects.filter(pk=instance.pk, status="running").first())
 
 
 def test_a_user_deploys_a_notebook_and_opens_jupyterlab(
