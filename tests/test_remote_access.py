@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -49,7 +50,7 @@ def portal_ca(settings, tls):
     """The portal's certificate is self-signed here: kubeconfigs carry it as their CA."""
     settings.ACCESS_KUBECONFIG_CA_FILE = str(tls[0])
     settings.PORTAL_ID = "test-portal"
-    settings.ALLOWED_HOSTS = ["127.0.0.1", "testserver"]
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 
 
 def trusting_the_portal() -> ssl.SSLContext:
@@ -512,3 +513,29 @@ def test_on_a_real_server_asking_to_be_someone_else_changes_nothing(real_kubecon
                       "--as-group", "system:masters", check=False)
     assert refused.returncode != 0
     assert 'User "test-portal:user:alice" cannot list resource "secrets"' in refused.stderr
+
+
+@pytest.mark.browser
+def test_in_a_browser_the_instance_page_downloads_a_kubeconfig_and_revokes_it(
+    alice_instance, portal_server, page
+):
+    from .conftest import PASSWORD
+
+    page.goto(portal_server.url + "/accounts/login/")
+    page.fill("#id_login", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(f"{portal_server.url}/instances/{alice_instance.pk}/")
+    page.wait_for_selector("text=kubectl sends tokens over HTTPS only")  # a plain-HTTP server
+    with page.expect_download() as download:
+        page.click("button:has-text('Download kubeconfig')")
+    config = yaml.safe_load(Path(download.value.path()).read_text())
+    assert config["clusters"][0]["cluster"]["server"].endswith(f"/k8s/{alice_instance.pk}/")
+
+    # No database reads from here on (see the `page` fixture): the page tells it all.
+    prefix = config["users"][0]["user"]["token"][:10]
+    page.reload()
+    page.wait_for_selector(f"#access-tokens >> text={prefix}…")
+    page.click("#access-tokens button:has-text('Revoke')")
+    page.wait_for_selector(f"text=Token {prefix}… revoked.")
+    assert "revoked (revoked by alice)" in page.inner_text("#access-tokens")
