@@ -1,5 +1,5 @@
 # Production image: the same image runs web, worker and beat.
-#   web:    docker run IMAGE   (gunicorn on :8000)
+#   web:    docker run IMAGE   (gunicorn with uvicorn workers, ASGI, on :8000)
 #   worker: docker run IMAGE celery -A gpupaas worker --loglevel INFO
 #   beat:   docker run IMAGE celery -A gpupaas beat --loglevel INFO --schedule /tmp/celerybeat-schedule
 FROM python:3.11-slim
@@ -16,6 +16,7 @@ COPY workspaces ./workspaces
 COPY clusters ./clusters
 COPY instances ./instances
 COPY notebooks ./notebooks
+COPY access ./access
 RUN pip install --no-cache-dir .
 COPY manage.py ./
 COPY templates ./templates
@@ -25,5 +26,6 @@ RUN SECRET_KEY=build-only python manage.py collectstatic --noinput
 
 USER portal
 EXPOSE 8000
-CMD ["gunicorn", "gpupaas.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "4", \
-     "--access-logfile", "-"]
+# ASGI: pages and the streaming Kubernetes proxy (/k8s/) in one server.
+CMD ["gunicorn", "gpupaas.asgi:application", "--worker-class", "uvicorn_worker.UvicornWorker", \
+     "--bind", "0.0.0.0:8000", "--workers", "4", "--access-logfile", "-"]

@@ -38,6 +38,7 @@ bench: $(VENV)/.installed-test
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_kube,$(DATABASE_URL)) \
 		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/kube.py
 	$(BIN)/python bench/notebooks.py
+	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_proxy,$(DATABASE_URL)) $(BIN)/python bench/proxy.py
 
 # Needs the envtest binaries: KUBEBUILDER_ASSETS=/path/to/bin make record-contracts
 record-contracts: $(VENV)/.installed-test

@@ -1,9 +1,10 @@
 """Page cost as rows grow, measured through a real server process.
 
 Seeds 10,000 instances across 200 workspaces (200 of them in the measured user's), runs
-gunicorn against PostgreSQL, and reports per page the SQL query count (at 1 row and at
-10,000) and p50/p99 latency at 20 concurrent clients, beside a trivial signed-in view; and
-the query count of the administrators' overview and workspace list at 1 and 200 workspaces.
+gunicorn (uvicorn workers, ASGI) against PostgreSQL, and reports per page the SQL query
+count (at 1 row and at 10,000) and p50/p99 latency at 20 concurrent clients, beside a
+trivial signed-in view; and the query count of the administrators' overview and workspace
+list at 1 and 200 workspaces.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/gpupaas_bench python bench/pages.py
 
@@ -146,8 +147,9 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "QUERY_COUNT_HEADER": "1", "DEBUG": "false"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "gpupaas.wsgi", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--threads", "4", "--log-level", "warning"],
+        [sys.executable, "-m", "gunicorn", "gpupaas.asgi:application", "--bind",
+         f"127.0.0.1:{port}", "--worker-class", "uvicorn_worker.UvicornWorker",
+         "--workers", "2", "--log-level", "warning"],
         cwd=ROOT, env=env,
     )
     try:

@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "clusters",
     "instances",
     "notebooks",
+    "access",
 ]
 
 MIDDLEWARE = [
@@ -274,6 +275,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "instances.tasks.reconcile_instances",
         "schedule": float(RECONCILE_INTERVAL_S),
     },
+    "remote-access-sweep": {
+        "task": "access.tasks.sweep_remote_access",
+        "schedule": float(RECONCILE_INTERVAL_S),
+    },
     "reconcile-notebooks": {
         "task": "notebooks.tasks.reconcile_notebooks",
         "schedule": float(RECONCILE_INTERVAL_S),
@@ -377,10 +382,22 @@ KUBE_RETRIES = env_int("KUBE_RETRIES", 4)
 KUBE_RETRY_BASE_S = float(env_str("KUBE_RETRY_BASE_S", "0.5"))
 VCLUSTER_IMAGE = env_str("VCLUSTER_IMAGE", "ghcr.io/loft-sh/vcluster-oss:0.20.0")
 
+# Remote access: the tokens of downloaded kubeconfigs (hours; users pick up to the maximum),
+# how often the Kubernetes proxy re-checks a long request such as a watch, and how long its
+# audit trail is kept.
+ACCESS_TOKEN_TTL_HOURS = float(env_str("ACCESS_TOKEN_TTL_HOURS", "8"))
+ACCESS_TOKEN_MAX_TTL_HOURS = float(env_str("ACCESS_TOKEN_MAX_TTL_HOURS", "24"))
+# A PEM file with the CA of the portal's own HTTPS certificate, for portals behind a private
+# CA: downloaded kubeconfigs then carry it (kubectl sends tokens over HTTPS only).
+ACCESS_KUBECONFIG_CA_FILE = env_str("ACCESS_KUBECONFIG_CA_FILE")
+ACCESS_RECHECK_S = float(env_str("ACCESS_RECHECK_S", "1"))
+ACCESS_AUDIT_RETENTION_DAYS = env_int("ACCESS_AUDIT_RETENTION_DAYS", 90)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    # httpx logs every proxied request at INFO; the proxy keeps its own audit trail.
+    "loggers": {"django.db.backends": {"level": "INFO"}, "httpx": {"level": "WARNING"}},
 }

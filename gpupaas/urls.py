@@ -14,6 +14,7 @@ urlpatterns = [
     path("notebooks/", include("notebooks.urls")),
     path("invitations/<str:token>/", invitation, name="invitation"),
     path("invitations/<str:token>/guest/", invitation_guest, name="invitation_guest"),
+    path("access/", include("access.urls")),
     # Before allauth's own: sign-in goes to the identity provider when one is configured.
     path("accounts/login/", login, name="account_login"),
     path("accounts/email/", email_managed, name="account_email"),

@@ -55,9 +55,11 @@ def accessible_instances(*, user: AbstractBaseUser) -> QuerySet[Instance]:
 
 
 def instance_for_user(*, user: AbstractBaseUser, pk: int) -> Instance | None:
-    """The one access decision for an instance (its pages, notebooks, remote access): the
-    instance when the user owns it or is an accepted collaborator, else None. Read on every
-    call, so a removed collaborator is refused by the very next request."""
+    """The one access decision for an instance (its pages, notebooks, the Kubernetes proxy on
+    every request): the instance when the user owns it or is an accepted collaborator, else
+    None. Deleted ones are still returned (their page is history); callers that act on the
+    instance check its status. Read on every call, so a removed collaborator is refused by
+    the very next request."""
     return (
         accessible_instances(user=user)
         .select_related("profile", "cluster", "launched_by", "workspace__owner")

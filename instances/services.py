@@ -599,13 +599,6 @@ def revoke_invitation(
     return bool(revoked)
 
 
-def _end_remote_access(*, instance: Instance, user: AbstractBaseUser, reason: str) -> None:
-    """Revoke the kubeconfig and shell tokens `user` holds for `instance`.
-
-    No-op until remote access lands: wired when remote access lands, as
-    `revoke_access_tokens(instance=instance, user=user, reason=reason)` from its service."""
-
-
 def remove_collaborator(
     *, collaborator: Collaborator, by: AbstractBaseUser, ip_address: str | None = None
 ) -> bool:
@@ -625,11 +618,13 @@ def remove_collaborator(
                      workspace=instance.workspace, ip_address=ip_address,
                      email=collaborator.email)
         reason = f"{collaborator.email} was removed from {instance.name}"
-        _end_remote_access(instance=instance, user=collaborator.user, reason=reason)
         # Notebook tokens belong to the notebooks app, above this one: it is told by task
         # name, the way beat names its tasks, and its reconcile catches up if this is lost.
         transaction.on_commit(lambda: celery_app.send_task(
             "notebooks.tasks.rotate_notebook_tokens", args=[instance.pk, reason]))
+        # Kubeconfig tokens: the access proxy asks instance_for_user on every request, so the
+        # next one is refused (401) already; the sweep marks the tokens revoked in their list.
+        transaction.on_commit(lambda: celery_app.send_task("access.tasks.sweep_remote_access"))
     return True
 
 

@@ -180,12 +180,15 @@ def workspace_of(user) -> Workspace:
 
 
 def running_instance(user, profile: ComputeProfile, name: str):
-    """An instance of `user`'s launched and provisioned here, without a worker."""
+    """An instance of `user`'s launched and provisioned here; a live worker may take the
+    provisioning task first, so either way it waits for running."""
     from instances import services
+    from instances.models import Instance
 
     instance = services.launch_instance(
         workspace=workspace_of(user), name=name, profile=profile, by=user)
-    return services.provision_instance(instance_id=instance.pk)
+    services.provision_instance(instance_id=instance.pk)
+    return wait_for(lambda: Instance.objects.filter(pk=instance.pk, status="running").first())
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):

@@ -101,7 +101,10 @@ def test_the_owner_is_admin_of_the_namespace_only():
         "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"
     }
     assert binding["subjects"] == [
-        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"},
+        # The group the portal's Kubernetes proxy impersonates for this instance's users.
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+         "name": f"{CS.portal_id}:instance:inst-42"},
     ]
     assert binding["metadata"]["namespace"] == "alice-train-llama-42"
 

@@ -69,7 +69,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
@@ -2312,6 +2312,7 @@ class RequestRecord:
     pattern: str
     status: int | None = None
     fault: FaultKind | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # as received, names lowercased
 
     @property
     def failed(self) -> bool:
@@ -2589,6 +2590,7 @@ class _Handler(BaseHTTPRequestHandler):
                 route.namespace,
                 route.name,
                 route.pattern,
+                headers={k.lower(): v for k, v in self.headers.items()},
             )
         )
         raw = self._read_body()

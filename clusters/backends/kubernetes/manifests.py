@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..base import InstanceSpec, NotebookSpec, token_digest
-from .names import dns_label, instance_object_name, label_value
+from .names import access_group, dns_label, instance_object_name, label_value
 
 Manifest = dict[str, Any]
 
@@ -187,7 +187,12 @@ def owner_role_binding(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
         "kind": "RoleBinding",
         "metadata": _meta(spec, cs, "owner-admin", object_name(spec)),
         "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "admin"},
-        "subjects": [{"apiGroup": RBAC, "kind": "User", "name": spec.owner}],
+        "subjects": [
+            {"apiGroup": RBAC, "kind": "User", "name": spec.owner},
+            # Whoever the portal's proxy lets in (owner or collaborator) comes as this group.
+            {"apiGroup": RBAC, "kind": "Group",
+             "name": access_group(portal_id=cs.portal_id, key=spec.key)},
+        ],
     }
 
 

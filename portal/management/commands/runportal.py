@@ -22,12 +22,18 @@ class Command(BaseCommand):
         port = os.environ.get("PORT", "8000")
         host = os.environ.get("HOST", "127.0.0.1")
         python = sys.executable
+        # kubectl sends a kubeconfig's token over HTTPS only: serve TLS when given a pair.
+        cert, key = os.environ.get("TLS_CERT_FILE"), os.environ.get("TLS_KEY_FILE")
+        tls = ["--certfile", cert, "--keyfile", key] if cert and key else []
+        scheme = "https" if tls else "http"
         celery = [python, "-m", "celery", "-A", "gpupaas"]
         commands = {
+            # ASGI (uvicorn workers under gunicorn): the Kubernetes proxy streams watches.
             "web": [
-                python, "-m", "gunicorn", "gpupaas.wsgi", "--bind", f"{host}:{port}",
-                "--workers", os.environ.get("WEB_CONCURRENCY", "2"), "--threads", "4",
-                "--access-logfile", "-",
+                python, "-m", "gunicorn", "gpupaas.asgi:application", "--bind", f"{host}:{port}",
+                "--worker-class", "uvicorn_worker.UvicornWorker",
+                "--workers", os.environ.get("WEB_CONCURRENCY", "2"), "--access-logfile", "-",
+                *tls,
             ],
             "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"],
             "beat": [
@@ -44,7 +50,7 @@ class Command(BaseCommand):
             os.umask(0o077)  # what the portal writes (database, broker) is for it alone
         procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
         self.stdout.write(self.style.SUCCESS(
-            f"\n  {settings.SITE_NAME} is running at http://{host}:{port}\n"
+            f"\n  {settings.SITE_NAME} is running at {scheme}://{host}:{port}\n"
             "  (web, worker and beat; press Ctrl-C to stop all of them and the local "
             "notebooks)\n"
         ))

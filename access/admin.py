@@ -1,0 +1,44 @@
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from workspaces.services import client_ip
+
+from . import services
+from .models import AccessToken, ProxyRequest
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "user", "instance", "created_at", "last_used_at", "expires_at",
+                    "revoked_at", "revoked_reason"]
+    list_filter = ["revoked_at"]
+    search_fields = ["user__username", "instance__name", "prefix"]
+    readonly_fields = [f.name for f in AccessToken._meta.fields]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # tokens are issued to users by the portal, never typed in
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
+        revoked = sum(
+            services.revoke_access_token(token=t, by=request.user, ip_address=client_ip(request))
+            for t in queryset.select_related("instance__workspace")
+        )
+        self.message_user(request, f"{revoked} token(s) revoked.")
+
+
+@admin.register(ProxyRequest)
+class ProxyRequestAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "user", "instance", "verb", "path", "status", "duration_ms",
+                    "client_ip"]
+    list_filter = ["verb", "status"]
+    search_fields = ["user__username", "instance__name", "path"]
+    readonly_fields = [f.name for f in ProxyRequest._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

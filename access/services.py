@@ -1,0 +1,258 @@
+"""The verbs of remote access: issuing and revoking tokens, deciding every proxied request,
+and the audit trail of what went through. The only writers of AccessToken and ProxyRequest."""
+
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from clusters.backends.kubernetes.names import access_group, access_user
+from clusters.backends.kubernetes.upstream import (
+    Upstream,
+    cluster_upstream,
+    upstream_from_kubeconfig,
+)
+from clusters.crypto import decrypt
+from instances.models import ComputeProfile, Instance
+from instances.selectors import instance_for_user
+from workspaces.selectors import role_of
+from workspaces.services import record_audit
+
+from .models import AccessToken, ProxyRequest, hash_token
+
+TOKEN_PREFIX = "gpk_"  # recognisable in logs and by secret scanners
+GONE = (Instance.Status.DELETING, Instance.Status.DELETED)
+NAMESPACE = ComputeProfile.Kind.NAMESPACE
+
+
+def issue_access_token(
+    *,
+    user: AbstractBaseUser,
+    instance: Instance,
+    hours: float | None = None,
+    client: str = "",
+    ip_address: str | None = None,
+) -> tuple[AccessToken, str]:
+    """A new token for `user` on `instance`; returns the row and the plain token, which is
+    never stored and cannot be shown again. The caller has checked access."""
+    hours = settings.ACCESS_TOKEN_TTL_HOURS if hours is None else hours
+    if not 0 < hours <= settings.ACCESS_TOKEN_MAX_TTL_HOURS:
+        raise ValidationError(
+            {"hours": f"Choose between 1 minute and {settings.ACCESS_TOKEN_MAX_TTL_HOURS:g} "
+                      "hours."}
+        )
+    if instance.status != Instance.Status.RUNNING:
+        raise ValidationError(f"{instance.name} is {instance.status_label.lower()}, not running.")
+    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        token = AccessToken.objects.create(
+            user=user, instance=instance, token_hash=hash_token(plain),
+            prefix=plain[:len(TOKEN_PREFIX) + 6],
+            expires_at=timezone.now() + timedelta(hours=hours), created_from=client[:300],
+        )
+        record_audit(
+            action="access_token.issued", obj=instance, actor=user,
+            workspace=instance.workspace, ip_address=ip_address, token=token.prefix,
+            expires_at=token.expires_at.isoformat(),
+        )
+    return token, plain
+
+
+def revoke_access_token(
+    *, token: AccessToken, by: AbstractBaseUser, ip_address: str | None = None
+) -> bool:
+    with transaction.atomic():
+        revoked = AccessToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now(), revoked_reason=f"revoked by {by.get_username()}"
+        )
+        if revoked:
+            record_audit(
+                action="access_token.revoked", obj=token.instance, actor=by,
+                workspace=token.instance.workspace, ip_address=ip_address, token=token.prefix,
+            )
+    return bool(revoked)
+
+
+def revoke_access_tokens(
+    *,
+    instance: Instance,
+    user: AbstractBaseUser | None = None,
+    reason: str,
+    by: AbstractBaseUser | None = None,
+    ip_address: str | None = None,
+) -> int:
+    """Revoke every live token on `instance` (only `user`'s when given); returns how many.
+
+    What removing a collaborator, a deletion or a lost role calls; the proxy refuses the
+    tokens from the next request on."""
+    with transaction.atomic():
+        live = AccessToken.objects.filter(instance=instance, revoked_at__isnull=True)
+        if user is not None:
+            live = live.filter(user=user)
+        count = live.update(revoked_at=timezone.now(), revoked_reason=reason[:200])
+        if count:
+            record_audit(
+                action="access_token.revoked", obj=instance, actor=by,
+                workspace=instance.workspace, ip_address=ip_address, count=count,
+                reason=reason, user=user.get_username() if user is not None else None,
+            )
+    return count
+
+
+def lost_access(*, user: AbstractBaseUser, instance_id: int) -> tuple[Instance | None, str]:
+    """The instance if `user` may reach its Kubernetes API now, else why not (a reason for
+    revoking their tokens on it)."""
+    if not user.is_active:
+        return None, "user deactivated"
+    instance = instance_for_user(user=user, pk=instance_id)
+    # A role is what lets someone have instances of their own; a collaborator (a guest, too)
+    # reaches a shared instance without one.
+    if not role_of(user) and (instance is None or instance.workspace.owner_id == user.pk):
+        return None, "role removed"
+    if instance is None:
+        return None, "access to the instance removed"
+    if instance.status in GONE:
+        return None, "instance deleted"
+    return instance, ""
+
+
+def revoke_lost_access() -> int:
+    """Periodic sweep: revoke live tokens whose user lost access (deactivated, role removed,
+    no longer allowed on the instance, instance deleted). The proxy already refuses them on
+    every request; this makes the token list say so, without a request to trigger it."""
+    pairs = set(
+        AccessToken.objects.filter(revoked_at__isnull=True, expires_at__gt=timezone.now())
+        .values_list("user_id", "instance_id")
+    )
+    users = get_user_model().objects.in_bulk({u for u, _ in pairs})
+    instances = Instance.objects.select_related("workspace").in_bulk({i for _, i in pairs})
+    revoked = 0
+    for user_id, instance_id in sorted(pairs):
+        _, reason = lost_access(user=users[user_id], instance_id=instance_id)
+        if reason:
+            revoked += revoke_access_tokens(
+                instance=instances[instance_id], user=users[user_id], reason=reason
+            )
+    return revoked
+
+
+def purge_proxy_requests() -> int:
+    """Drop audit rows of proxied requests older than the retention."""
+    cutoff = timezone.now() - timedelta(days=settings.ACCESS_AUDIT_RETENTION_DAYS)
+    deleted, _ = ProxyRequest.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
+# --- the proxy's side: called on every request -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the proxy may do with one request: whose it is, where it goes, as whom."""
+
+    token_id: int
+    user_id: int
+    instance_id: int
+    upstream_key: str
+    upstream: Upstream
+    impersonate: dict[str, str]  # empty for vcluster and dedicated instances
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    reason: str  # Kubernetes Status reason: Unauthorized, ServiceUnavailable...
+    message: str
+
+
+_upstreams: dict[str, tuple[float, Upstream]] = {}
+UPSTREAM_TTL_S = 300.0  # rebuilt now and then: exec plugins and in-cluster tokens rotate
+
+
+def _upstream(instance: Instance) -> tuple[str, Upstream]:
+    """The portal's credentials for this instance's API; built once per process and while
+    the credential is unchanged, since building one writes temporary certificate files."""
+    if instance.kind == NAMESPACE:
+        cluster = instance.cluster
+        key = f"cluster:{cluster.pk}:{cluster.updated_at.timestamp()}"
+        build = lambda: cluster_upstream(cluster)  # noqa: E731
+    else:
+        key = f"instance:{instance.pk}:{hash_token(instance.kubeconfig_encrypted)[:16]}"
+        build = lambda: upstream_from_kubeconfig(  # noqa: E731
+            decrypt(instance.kubeconfig_encrypted), what=f"instance {instance.name}"
+        )
+    cached = _upstreams.get(key)
+    if cached is None or time.monotonic() - cached[0] > UPSTREAM_TTL_S:
+        cached = (time.monotonic(), build())
+        _upstreams[key] = cached
+    return key, cached[1]
+
+
+def _refuse(message: str) -> Refusal:
+    return Refusal(401, "Unauthorized", message)
+
+
+def authorize_proxy_request(
+    *, token: str, instance_id: int, client: str = "", touch: bool = True
+) -> Grant | Refusal:
+    """Decide one request to `/k8s/<instance_id>/`: the token must be live and bound to this
+    instance, and its user still allowed on the running instance (asked of
+    `instance_for_user`, the one access decision). Nothing is cached, so a revoked or expired
+    token, or a lost role, is refused from the next request on."""
+    close_old_connections()  # this runs on the proxy's worker thread, outside a request cycle
+    row = (
+        AccessToken.objects.select_related("user").filter(token_hash=hash_token(token)).first()
+        if token else None
+    )
+    if row is None or row.instance_id != instance_id:
+        return _refuse("The token is not valid for this instance.")
+    now = timezone.now()
+    if row.revoked_at is not None:
+        return _refuse(f"The token was revoked ({row.revoked_reason}).")
+    if row.expires_at <= now:
+        return _refuse("The token has expired; download a new kubeconfig from the portal.")
+    instance, reason = lost_access(user=row.user, instance_id=instance_id)
+    if instance is None:
+        gone = Instance.objects.filter(pk=instance_id).select_related("workspace").first()
+        if gone is not None:
+            revoke_access_tokens(instance=gone, user=row.user, reason=reason)
+        return _refuse(f"The token was revoked ({reason}).")
+    if instance.status != Instance.Status.RUNNING:
+        return Refusal(503, "ServiceUnavailable",
+                       f"{instance.name} is {instance.status_label.lower()}, not running.")
+    if instance.cluster.backend != "kubernetes":
+        return Refusal(404, "NotFound", f"{instance.name} has no Kubernetes API.")
+    if touch and (row.last_used_at is None or (now - row.last_used_at).total_seconds() >= 5
+                  or row.client != client[:300]):
+        # At most one write every few seconds per token, not one per request.
+        AccessToken.objects.filter(pk=row.pk).update(last_used_at=now, client=client[:300])
+    key, upstream = _upstream(instance)
+    impersonate = {}
+    if instance.kind == NAMESPACE:
+        impersonate = {
+            "Impersonate-User": access_user(portal_id=settings.PORTAL_ID,
+                                            username=row.user.get_username()),
+            "Impersonate-Group": access_group(portal_id=settings.PORTAL_ID, key=instance.key),
+        }
+    return Grant(
+        token_id=row.pk, user_id=row.user_id, instance_id=instance.pk, upstream_key=key,
+        upstream=upstream, impersonate=impersonate,
+    )
+
+
+def record_proxy_request(
+    *, grant: Grant, method: str, verb: str, path: str, status: int, duration_ms: int,
+    client_ip: str | None, user_agent: str,
+) -> None:
+    ProxyRequest.objects.create(
+        user_id=grant.user_id, instance_id=grant.instance_id, token_id=grant.token_id,
+        method=method[:10], verb=verb[:20], path=path[:500], status=status,
+        duration_ms=duration_ms, client_ip=client_ip, user_agent=user_agent[:200],
+    )

@@ -1,0 +1,111 @@
+import base64
+from pathlib import Path
+
+import yaml
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from clusters.backends.kubernetes.names import instance_object_name
+from instances.models import ComputeProfile, Instance
+from instances.views import get_instance_for_user
+from workspaces.services import client_ip
+
+from . import selectors, services
+from .models import AccessToken
+
+
+def _client(request: HttpRequest) -> str:
+    return f"{client_ip(request) or '?'} {request.headers.get('User-Agent', '')}".strip()
+
+
+def kubeconfig_for(*, request: HttpRequest, instance: Instance, token: str) -> str:
+    """A kubeconfig whose server is this portal's proxy for the instance, and whose only
+    credential is the token: nothing of the cluster's own address or credentials."""
+    name = f"{settings.PORTAL_ID}-{instance.name}"
+    context: dict[str, str] = {"cluster": name, "user": f"{request.user.get_username()}@{name}"}
+    if instance.kind == ComputeProfile.Kind.NAMESPACE:
+        context["namespace"] = instance_object_name(
+            key=instance.key, owner=instance.workspace.owner.get_username(), name=instance.name
+        )
+    cluster = {"server": request.build_absolute_uri(f"/k8s/{instance.pk}/")}
+    if settings.ACCESS_KUBECONFIG_CA_FILE:
+        cluster["certificate-authority-data"] = base64.b64encode(
+            Path(settings.ACCESS_KUBECONFIG_CA_FILE).read_bytes()).decode()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": cluster}],
+        "users": [{"name": context["user"], "user": {"token": token}}],
+        "contexts": [{"name": name, "context": context}],
+        "current-context": name,
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def access_panel(request: HttpRequest) -> HttpResponse:
+    """The instance page's remote-access card (loaded by htmx, as notebooks are)."""
+    wanted = request.GET.get("instance", "")
+    if not wanted.isdigit():
+        raise Http404("No such instance.")
+    instance = get_instance_for_user(request, int(wanted))
+    context = {
+        "instance": instance,
+        "has_api": instance.cluster.backend == "kubernetes",
+        "tokens": list(selectors.tokens_of(user=request.user, instance=instance)[:50]),
+        "requests": selectors.recent_proxy_requests(instance=instance),
+        "default_hours": f"{settings.ACCESS_TOKEN_TTL_HOURS:g}",
+        "max_hours": f"{settings.ACCESS_TOKEN_MAX_TTL_HOURS:g}",
+        "secure": request.is_secure(),
+    }
+    return render(request, "access/partials/panel.html", context)
+
+
+@require_POST
+def kubeconfig_download(request: HttpRequest, pk: int) -> HttpResponse:
+    instance = get_instance_for_user(request, pk)
+    if instance.cluster.backend != "kubernetes":
+        raise Http404("This instance has no Kubernetes API.")
+    try:
+        hours = float(request.POST.get("hours") or settings.ACCESS_TOKEN_TTL_HOURS)
+    except ValueError:
+        hours = -1.0
+    try:
+        _, token = services.issue_access_token(
+            user=request.user, instance=instance, hours=hours, client=_client(request),
+            ip_address=client_ip(request),
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("instances:detail", pk=instance.pk)
+    response = HttpResponse(
+        kubeconfig_for(request=request, instance=instance, token=token),
+        content_type="application/yaml",
+    )
+    response["Content-Disposition"] = f'attachment; filename="{instance.name}-kubeconfig.yaml"'
+    response["Cache-Control"] = "no-store"  # it carries a credential
+    return response
+
+
+@require_POST
+def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    token = get_object_or_404(AccessToken.objects.select_related("instance__workspace"),
+                              pk=pk, user=request.user)
+    instance = get_instance_for_user(request, token.instance_id)
+    if services.revoke_access_token(token=token, by=request.user, ip_address=client_ip(request)):
+        messages.info(request, f"Token {token.prefix}… revoked.")
+    return redirect("instances:detail", pk=instance.pk)
+
+
+@require_POST
+def tokens_revoke_all(request: HttpRequest, pk: int) -> HttpResponse:
+    instance = get_instance_for_user(request, pk)
+    count = services.revoke_access_tokens(
+        instance=instance, user=request.user, reason=f"revoked by {request.user.get_username()}",
+        by=request.user, ip_address=client_ip(request),
+    )
+    messages.info(request, f"{count} token{'s' if count != 1 else ''} revoked.")
+    return redirect("instances:detail", pk=instance.pk)
