@@ -112,12 +112,12 @@ def lost_access(*, user: AbstractBaseUser, instance_id: int) -> tuple[Instance |
     if not user.is_active:
         return None, "user deactivated"
     instance = instance_for_user(user=user, pk=instance_id)
-    # A role is what lets someone have instances of their own; a collaborator (a guest, too)
-    # reaches a shared instance without one.
-    if not role_of(user) and (instance is None or instance.workspace.owner_id == user.pk):
-        return None, "role removed"
     if instance is None:
         return None, "access to the instance removed"
+    # A role is what lets someone have instances of their own; a collaborator (a guest, too)
+    # reaches a shared instance without one.
+    if instance.workspace.owner_id == user.pk and not role_of(user):
+        return None, "role removed"
     if instance.status in GONE:
         return None, "instance deleted"
     return instance, ""

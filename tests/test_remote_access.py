@@ -539,3 +539,25 @@ def test_in_a_browser_the_instance_page_downloads_a_kubeconfig_and_revokes_it(
     page.click("#access-tokens button:has-text('Revoke')")
     page.wait_for_selector(f"text=Token {prefix}… revoked.")
     assert "revoked (revoked by alice)" in page.inner_text("#access-tokens")
+
+
+# --- collaborators ------------------------------------------------------------------------
+
+
+def test_a_collaborator_without_a_role_reaches_the_shared_instance_until_removed(
+    client, alice, portal, alice_instance, tmp_path
+):
+    from .conftest import make_user
+    from .test_collaborators import share_with
+
+    carol = make_user("carol", group=None)  # a guest-like collaborator: no role of her own
+    collaborator = share_with(alice_instance, alice, carol)
+    config, _ = download_kubeconfig(client, carol, alice_instance, tmp_path)
+    token = config["users"][0]["user"]["token"]
+    assert status_of(portal, alice_instance, token) == 200
+
+    services.remove_collaborator(collaborator=collaborator, by=alice)
+
+    assert status_of(portal, alice_instance, token) == 401
+    row = AccessToken.objects.get(user=carol)
+    assert row.revoked_at is not None and row.revoked_reason == "access to the instance removed"
