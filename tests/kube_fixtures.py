@@ -79,3 +79,9 @@ def notebook_setup(emu, alice, profiles, cluster):
 def deploy_notebook(alice, instance, profile, name="explore"):
     return notebook_services.deploy_notebook(instance=instance, name=name, profile=profile,
                                              by=alice, gpus=1)
+
+
+# What Pod Security `restricted` asks of a container: pods the tests create must pass it,
+# as the emulator and a real server both enforce it in the portal's namespaces.
+RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+              "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}

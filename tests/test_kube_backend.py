@@ -30,7 +30,7 @@ from notebooks.models import Notebook
 
 from .conftest import wait_for, workspace_of
 from .kit import kubeemu
-from .kube_fixtures import deploy_notebook
+from .kube_fixtures import RESTRICTED, deploy_notebook
 
 Status = Instance.Status
 NS_KINDS = ["ResourceQuota", "LimitRange", "NetworkPolicy", "RoleBinding"]
@@ -476,7 +476,8 @@ def test_a_notebook_whose_image_cannot_be_pulled_fails_in_words(emu, api, alice,
     # The ReplicaSet's pod, as the controllers would create it: play them.
     pod = core.create_namespaced_pod(ns, {
         "metadata": {"name": f"{name}-abc", "labels": {"gpupaas.io/notebook": notebook.key}},
-        "spec": {"containers": [{"name": "notebook", "image": "x"}]}})
+        "spec": {"containers": [{"name": "notebook", "image": "x",
+                                 "securityContext": RESTRICTED}]}})
 
     def event(reason: str, message: str, kind: str = "Normal") -> None:
         core.create_namespaced_event(ns, {
