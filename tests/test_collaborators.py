@@ -446,7 +446,8 @@ def test_a_new_notebook_token_rolls_the_kubernetes_deployment_without_revealing_
     from .test_kube_manifests import TLS, notebook
 
     def template(token: str) -> dict:
-        secret, deployment, _, _ = m.notebook_objects(notebook(token=token), TLS)
+        objects = {o["kind"]: o for o in m.notebook_objects(notebook(token=token), TLS)}
+        secret, deployment = objects["Secret"], objects["Deployment"]
         assert secret["stringData"] == {"token": token}
         return deployment["spec"]["template"]["metadata"]["annotations"]
 

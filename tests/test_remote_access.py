@@ -461,12 +461,11 @@ def real_profile(request, transactional_db, tmp_path) -> ComputeProfile:
         server = request.getfixturevalue("real_kube")
     except pytest.FixtureLookupError:
         pytest.skip("the real API server kit (fixture real_kube) is not on this branch")
-    token = server.portal_token()
     for obj in documented_impersonation_rbac():
-        server.apply_admin(obj)
+        server.plane.apply_admin(obj)
     cluster = Cluster(name="real", display_name="Real API server", backend="kubernetes")
-    cluster.set_kubeconfig(
-        server.write_kubeconfig(tmp_path / "portal-sa.yaml", token=token).read_text())
+    cluster.set_kubeconfig(server.plane.write_kubeconfig(
+        tmp_path / "portal-sa.yaml", token=server.token).read_text())
     cluster.save()
     return ComputeProfile.objects.create(
         name="real-ns", display_name="Namespace (real)", kind="namespace", cluster=cluster,

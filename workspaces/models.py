@@ -60,11 +60,11 @@ class Workspace(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="workspace"
     )
     max_gpus = models.PositiveIntegerField(
-        null=True, blank=True,
+        "GPU quota", null=True, blank=True,
         help_text="GPUs the workspace may hold at one time. Empty: from the owner's groups.",
     )
     max_instances = models.PositiveIntegerField(
-        null=True, blank=True,
+        "instance quota", null=True, blank=True,
         help_text="Instances the workspace may hold at one time. Empty: from the owner's groups.",
     )
     created_at = models.DateTimeField(auto_now_add=True)

@@ -253,7 +253,13 @@ class KubernetesBackend:
         for obj in objects:
             for pause in (0.1, 0.3, 1.0, None):
                 try:
-                    applied.append(self.kube.apply(obj))
+                    if obj["metadata"]["name"] == m.PORTAL_BINDING and obj["kind"] == "RoleBinding":
+                        # Its own binding is created, never applied: cluster-wide the portal
+                        # may create RoleBindings but not patch them; inside, this grants it.
+                        self.kube.create(obj)
+                        applied.append(obj)
+                    else:
+                        applied.append(self.kube.apply(obj))
                     break
                 except BackendError as exc:
                     # The API server's RBAC cache honours the portal's fresh RoleBinding in
