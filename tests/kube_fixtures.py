@@ -3,6 +3,8 @@ the official client, a portal Cluster pointing at it, and one profile per instan
 
 tests/conftest.py imports the fixtures, so every test module sees them."""
 
+import secrets
+
 import pytest
 from kubernetes import client as k8s
 
@@ -13,7 +15,7 @@ from notebooks import services as notebook_services
 from notebooks.models import NotebookProfile
 
 from .conftest import workspace_of
-from .kit import kubeemu
+from .kit import kubeemu, targets
 
 
 @pytest.fixture
@@ -32,7 +34,10 @@ def api(emu):
 @pytest.fixture
 def cluster(emu, db, tmp_path, settings) -> Cluster:
     settings.KUBE_RETRY_BASE_S = 0.01
-    settings.PORTAL_ID = "test-portal"
+    # On the real server a portal id per test: namespaces of earlier tests may still be
+    # terminating and must not count as this portal's orphans.
+    real = isinstance(emu, targets.RealTarget)
+    settings.PORTAL_ID = f"test-portal-{secrets.token_hex(3)}" if real else "test-portal"
     cluster = Cluster(name="emu", display_name="Emulated cluster", backend="kubernetes")
     cluster.set_kubeconfig(emu.kubeconfig(tmp_path / "kubeconfig").read_text())
     cluster.save()

@@ -8,7 +8,6 @@ admin."""
 import base64
 import datetime
 import json
-import secrets
 import shutil
 import subprocess
 import time
@@ -22,15 +21,14 @@ from kubernetes import client as k8s
 from clusters.backends import TransientBackendError, get_backend
 from clusters.backends.kubernetes.status import explain_events
 from clusters.crypto import decrypt
-from clusters.models import Cluster
 from instances import services
-from instances.models import ComputeProfile, Instance
+from instances.models import Instance
 from notebooks import services as notebook_services
 from notebooks.models import Notebook
 
 from .conftest import wait_for, workspace_of
 from .kit import kubeemu, targets
-from .kube_fixtures import RESTRICTED, deploy_notebook
+from .kube_fixtures import RESTRICTED, deploy_notebook, launch, namespace_of, provision
 
 Status = Instance.Status
 NS_KINDS = ["ResourceQuota", "LimitRange", "NetworkPolicy", "RoleBinding"]
@@ -40,45 +38,6 @@ NS_KINDS = ["ResourceQuota", "LimitRange", "NetworkPolicy", "RoleBinding"]
 def emu(kube):
     """The API server under test (see tests/kit/targets.py): emulator or real."""
     return kube
-
-
-@pytest.fixture
-def api(emu):
-    with k8s.ApiClient(emu.client_configuration()) as api_client:
-        yield api_client
-
-
-@pytest.fixture
-def cluster(emu, db, tmp_path, settings) -> Cluster:
-    settings.KUBE_RETRY_BASE_S = 0.01
-    # Its own portal id per test: on the real server, namespaces of earlier tests may still
-    # be terminating and must not count as this portal's orphans.
-    settings.PORTAL_ID = f"test-portal-{secrets.token_hex(3)}"
-    cluster = Cluster(name="emu", display_name="Emulated cluster", backend="kubernetes")
-    cluster.set_kubeconfig(emu.kubeconfig(tmp_path / "kubeconfig").read_text())
-    cluster.save()
-    return cluster
-
-
-@pytest.fixture
-def profiles(cluster) -> dict[str, ComputeProfile]:
-    def make(kind: str, gpus: int = 2) -> ComputeProfile:
-        return ComputeProfile.objects.create(
-            name=f"{kind}-{gpus}", display_name=f"{kind} {gpus}", kind=kind, cluster=cluster,
-            gpus=gpus, cpu=8, memory_gib=64, storage_gib=100, published=True,
-            cluster_class="gpu-cluster", kubernetes_version="v1.31.0",
-        )
-
-    return {kind: make(kind) for kind in ("namespace", "vcluster", "dedicated")}
-
-
-def launch(user, profile, name="train", workspace=None) -> Instance:
-    workspace = workspace or workspace_of(user)
-    return services.launch_instance(workspace=workspace, name=name, profile=profile, by=user)
-
-
-def provision(instance: Instance) -> Instance:
-    return services.provision_instance(instance_id=instance.pk)
 
 
 def backoff(timeout: float = 60.0):
@@ -104,11 +63,6 @@ def later(minutes: int) -> str:
     """An event time after anything the real scheduler has reported so far."""
     at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=minutes)
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def namespace_of(emu, instance: Instance) -> dict:
-    [ns] = emu.objects("Namespace", label_selector=f"gpupaas.io/instance={instance.key}")
-    return ns
 
 
 def test_a_namespace_instance_provisions_runs_and_deletes(emu, alice, profiles):
