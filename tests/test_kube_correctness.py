@@ -533,6 +533,12 @@ def fast_polls(monkeypatch):
     monkeypatch.setenv("KUBE_RETRY_BASE_S", "0.01")
 
 
+def cluster_applies(emu, name: str) -> int:
+    """How many times the portal applied the Cluster API Cluster `name`."""
+    return sum(1 for r in emu.requests.records()
+               if r.method == "PATCH" and r.resource.startswith("clusters") and r.name == name)
+
+
 def test_a_long_wait_is_polled_past_eight_tries_and_completes(
     fast_polls, celery_worker_process, emu, api, alice, profiles
 ):
@@ -541,9 +547,7 @@ def test_a_long_wait_is_polled_past_eight_tries_and_completes(
     name = f"alice-slow-{instance.pk}"
 
     def applies() -> int:
-        return sum(1 for r in emu.requests.records()
-                   if r.method == "PATCH" and r.resource.startswith("clusters")
-                   and r.name == name)
+        return cluster_applies(emu, name)
 
     wait_for(lambda: applies() >= 12, timeout=60)  # Celery's default would stop at 9
     objects = k8s.CustomObjectsApi(api)
@@ -573,9 +577,7 @@ def test_polling_backs_off_to_its_cap(backed_off_polls, celery_worker_process, e
     name = f"alice-slow-{instance.pk}"
 
     def applies() -> int:
-        return sum(1 for r in emu.requests.records()
-                   if r.method == "PATCH" and r.resource.startswith("clusters")
-                   and r.name == name)
+        return cluster_applies(emu, name)
 
     wait_for(applies, timeout=30)
     time.sleep(6)
