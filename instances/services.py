@@ -296,11 +296,13 @@ def _apply_state(instance: Instance, state: InstanceState) -> Instance:
     return instance
 
 
-def provision_instance(*, instance_id: int) -> Instance | None:
+def provision_instance(*, instance_id: int, applied: bool = False) -> Instance | None:
     """Ensure the instance exists on its cluster; returns it in its new state.
 
-    Raises TransientBackendError for the task to retry; any other backend refusal fails the
-    instance with the reason in plain words.
+    `applied`: this provisioning attempt already applied the instance's objects, so only
+    read how far the cluster got (polls cost status reads, not writes; drift is the
+    reconcile pass's to restore). Raises TransientBackendError for the task to retry; any
+    other backend refusal fails the instance with the reason in plain words.
     """
     instance = _with_relations().filter(pk=instance_id).first()
     if instance is None or instance.status not in (Status.PENDING, Status.PROVISIONING):
@@ -314,7 +316,8 @@ def provision_instance(*, instance_id: int) -> Instance | None:
         if instance is None:
             return None
     try:
-        state = get_backend(instance.cluster).ensure_instance(instance_spec(instance))
+        backend, spec = get_backend(instance.cluster), instance_spec(instance)
+        state = backend.instance_state(spec) if applied else backend.ensure_instance(spec)
     except TransientBackendError as exc:
         _note(instance.pk, status=Status.PROVISIONING, message=f"{exc.message} Retrying.",
               detail=exc.detail)

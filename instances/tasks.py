@@ -1,5 +1,7 @@
 """Thin Celery wrappers: take ids, call one service, own retries and polling."""
 
+from typing import Any
+
 from celery import Task, shared_task
 from django.conf import settings
 
@@ -28,11 +30,14 @@ def watch(task: Task, model: type, pk: int) -> None:
     services.hold_lease(model=model, pk=pk, seconds=settings.POLL_LEASE_GRACE_S)
 
 
-def poll_again(task: Task, model: type, pk: int, *, first: float, cap: float) -> Exception:
-    """Look again later, backing off exponentially to the cap; the lease covers the wait."""
+def poll_again(task: Task, model: type, pk: int, *, first: float, cap: float,
+               **kwargs: Any) -> Exception:
+    """Look again later, backing off exponentially to the cap; the lease covers the wait.
+    `kwargs` change the next look's arguments (a failed try is retried with its own)."""
     countdown = min(cap, first * 2 ** task.request.retries)
     services.hold_lease(model=model, pk=pk, seconds=countdown + settings.POLL_LEASE_GRACE_S)
-    return task.retry(countdown=countdown)
+    return task.retry(countdown=countdown,
+                      kwargs={**(task.request.kwargs or {}), **kwargs} if kwargs else None)
 
 
 def done(model: type, pk: int) -> None:
@@ -40,13 +45,14 @@ def done(model: type, pk: int) -> None:
 
 
 @shared_task(bind=True, **POLL)
-def provision_instance_task(self, instance_id: int) -> str | None:
+def provision_instance_task(self, instance_id: int, applied: bool = False) -> str | None:
     watch(self, Instance, instance_id)
-    instance = services.provision_instance(instance_id=instance_id)
+    instance = services.provision_instance(instance_id=instance_id, applied=applied)
     if instance is not None and instance.status == Instance.Status.PROVISIONING:
-        # The cluster is still bringing it up: look again later.
+        # The cluster is still bringing it up: look again later, reading its status only
+        # (applied once per chain; a chain the reconcile pass starts applies again).
         raise poll_again(self, Instance, instance_id, first=settings.INSTANCE_POLL_S,
-                         cap=settings.INSTANCE_POLL_MAX_S)
+                         cap=settings.INSTANCE_POLL_MAX_S, applied=True)
     done(Instance, instance_id)
     return instance.status if instance else None
 

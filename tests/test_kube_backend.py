@@ -8,6 +8,7 @@ admin."""
 import base64
 import datetime
 import json
+import secrets
 import shutil
 import subprocess
 import time
@@ -316,6 +317,60 @@ def test_stuck_workloads_are_explained_in_plain_words(emu, api, alice, profiles)
     assert instance.status == Status.FAILED
     assert instance.status_message == "Image pull failed: the cluster cannot download the image."
     assert "not found" in instance.status_detail
+
+
+@pytest.fixture
+def fast_polls(monkeypatch):
+    """Polls every 0.05 s backing off to 0.4 s; set before the worker starts (it reads these
+    from its environment)."""
+    monkeypatch.setenv("INSTANCE_POLL_S", "0.05")
+    monkeypatch.setenv("INSTANCE_POLL_MAX_S", "0.4")
+    monkeypatch.setenv("KUBE_RETRY_BASE_S", "0.01")
+    monkeypatch.setenv("PORTAL_ID", f"test-poll-{secrets.token_hex(3)}")
+
+
+def test_a_stuck_instance_is_applied_once_then_polled_with_reads_only(
+    fast_polls, celery_worker_process, emu, alice, profiles
+):
+    emu.auto_ready = False  # its control plane never starts
+    emu.requests.reset()
+    instance = launch(alice, profiles["vcluster"], name="stuck")
+    ns = f"alice-stuck-{instance.pk}"
+
+    def looks() -> list:
+        return [r for r in emu.requests.records() if r.namespace == ns and r.verb == "get"
+                and r.resource == "statefulsets.apps" and r.name == "vcluster"]
+
+    wait_for(lambda: len(looks()) >= 6, timeout=60)
+
+    instance.refresh_from_db()
+    assert instance.status == Status.PROVISIONING
+    assert instance.status_message == "Starting the virtual cluster's control plane."
+    records = emu.requests.records()
+    first_look = next(i for i, r in enumerate(records) if r.verb == "get"
+                      and r.resource == "statefulsets.apps" and r.namespace == ns)
+    writes = [r for r in records[:first_look] if r.method != "GET"]
+    assert [(r.method, r.resource, r.name) for r in records[first_look:]
+            if r.method != "GET"] == []
+    # Each object was written once (a 403 retried while RBAC catches up aside).
+    written = Counter((w.resource, w.namespace, w.name) for w in writes if not w.failed)
+    assert written and set(written.values()) == {1}, written
+
+
+def test_a_poll_that_finds_its_object_deleted_applies_the_instance_again(
+    emu, alice, profiles
+):
+    emu.auto_ready = False
+    instance = provision(launch(alice, profiles["vcluster"], name="vc"))
+    ns = namespace_of(emu, instance)["metadata"]["name"]
+    emu.requests.reset()
+    assert services.provision_instance(instance_id=instance.pk, applied=True).status == (
+        Status.PROVISIONING)
+    assert emu.requests.count(method="GET") == emu.requests.total  # a read, nothing written
+
+    emu.delete_object("StatefulSet", "vcluster", ns)
+    services.provision_instance(instance_id=instance.pk, applied=True)
+    assert emu.get("StatefulSet", "vcluster", ns) is not None
 
 
 def test_quota_refusals_are_explained():

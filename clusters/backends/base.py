@@ -116,6 +116,11 @@ class ClusterBackend(Protocol):
         """Create or patch everything the instance needs; safe to call any number of times."""
         ...
 
+    def instance_state(self, spec: InstanceSpec) -> InstanceState:
+        """Observe an instance whose objects were applied, on its way up: read its status,
+        write nothing (unless what it is waiting on is missing altogether)."""
+        ...
+
     def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
         """Start or continue removing an instance; phase `gone` once nothing is left.
 

@@ -45,6 +45,7 @@ LISTED_KINDS = [
     ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"), ("v1", "Service"),
     ("apps/v1", "StatefulSet"), ("cluster.x-k8s.io/v1beta1", "Cluster"),
 ]
+CAPI_CLUSTER = ("cluster.x-k8s.io/v1beta1", "Cluster")
 
 _clients: dict[int, tuple[Any, KubeClient]] = {}
 _clients_lock = threading.Lock()
@@ -229,6 +230,26 @@ class KubernetesBackend:
             return self._ensure_dedicated(spec)
         self._ensure_host_policy()
         applied = self._apply_all(self._instance_objects(spec))
+        return self._namespaced_state(spec, applied[-1])
+
+    def instance_state(self, spec: InstanceSpec) -> InstanceState:
+        """How far an applied instance got, read without writing: one GET of the object whose
+        status tells (the last one applied; the Cluster API Cluster), plus what explains a
+        wait. Only when that object is missing (deleted meanwhile) is the instance applied
+        again; drift in its other objects is the reconcile pass's to restore."""
+        if spec.kind == "dedicated":
+            cluster = self.kube.get(*CAPI_CLUSTER, m.object_name(spec), self.cs.capi_namespace)
+            return (self._dedicated_state(spec, cluster) if cluster is not None
+                    else self.ensure_instance(spec))
+        last = self._instance_objects(spec)[-1]
+        meta = last["metadata"]
+        found = self.kube.get(last["apiVersion"], last["kind"], meta["name"],
+                              meta.get("namespace"))
+        return (self._namespaced_state(spec, found) if found is not None
+                else self.ensure_instance(spec))
+
+    def _namespaced_state(self, spec: InstanceSpec, last: Manifest) -> InstanceState:
+        """A namespace or vcluster instance's state, from the last of its objects."""
         ns = m.object_name(spec)
         plural = "s" if spec.gpus != 1 else ""
         if spec.kind == "namespace":
@@ -236,7 +257,7 @@ class KubernetesBackend:
                 "running", f"Ready: namespace {ns} with room for {spec.gpus} GPU{plural}.",
                 detail=f"namespace {ns} on {self.cluster}",
             )
-        return self._vcluster_state(spec, ns, applied[-1])
+        return self._vcluster_state(spec, ns, last)
 
     def _instance_objects(self, spec: InstanceSpec) -> list[Manifest]:
         """A namespace or vcluster instance's objects in order: the namespace, the portal's
@@ -294,7 +315,9 @@ class KubernetesBackend:
     def _ensure_dedicated(self, spec: InstanceSpec) -> InstanceState:
         if not spec.cluster_class:
             raise BackendError("This size names no ClusterClass; ask your administrator.")
-        cluster = self.kube.apply(m.capi_cluster(spec, self.cs))
+        return self._dedicated_state(spec, self.kube.apply(m.capi_cluster(spec, self.cs)))
+
+    def _dedicated_state(self, spec: InstanceSpec, cluster: Manifest) -> InstanceState:
         status = cluster.get("status") or {}
         if status.get("failureMessage"):
             return InstanceState("failed", "The dedicated cluster could not be created.",

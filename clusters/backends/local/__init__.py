@@ -125,6 +125,10 @@ class LocalBackend:
             gpu_simulated=inventory.simulated,
         )
 
+    def instance_state(self, spec: InstanceSpec) -> InstanceState:
+        # A local instance is running once ensured; ensuring again costs no request.
+        return self.ensure_instance(spec)
+
     def check_connection(self) -> str:
         inventory = self.inventory()
         kind = "simulated GPU slots" if inventory.simulated else f"× {inventory.model}"
