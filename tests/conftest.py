@@ -287,4 +287,4 @@ def page(monkeypatch, tmp_path):
 
 # The Kubernetes backend's fixtures (emulated cluster, portal Cluster, profiles), for every
 # module; imported last because they use the helpers above.
-from .kube_fixtures import api, cluster, emu, notebook_setup, profiles  # noqa: E402, F401
+from .kube_fixtures import api, cluster, emu, notebook_setup, profiles, real  # noqa: E402, F401

@@ -26,6 +26,16 @@ def emu():
 
 
 @pytest.fixture
+def real(real_kube):
+    """The session's real control plane as one test sees it (tests/kit/targets.py): the
+    portal's ServiceAccount token through the counting proxy; what the test made is removed
+    after it."""
+    target = targets.RealTarget(real_kube)
+    yield target
+    target.close()
+
+
+@pytest.fixture
 def api(emu):
     with k8s.ApiClient(emu.client_configuration()) as api_client:
         yield api_client

@@ -447,6 +447,7 @@ class StandIns:
         self.interval = interval
         self.start_pods = True  # False: bound pods stay Pending (tests that play the kubelet)
         self.admit_ingresses = False
+        self.provide_volumes = True  # False: claims stay unbound, as with no StorageClass
         self.failures: dict[str, str] = {}  # image substring -> "ImagePull" | "CrashLoop"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="envtest-kubelet")
@@ -484,7 +485,9 @@ class StandIns:
                 self._fail(pod, path, failure)
             elif self.start_pods:
                 self._run_pod(pod, path)
-        for claim in req("GET", "/api/v1/persistentvolumeclaims")["items"]:
+        claims = req("GET", "/api/v1/persistentvolumeclaims")["items"] if (
+            self.provide_volumes) else []
+        for claim in claims:
             if not claim["spec"].get("volumeName") and (claim.get("status") or {}).get(
                     "phase") == "Pending":
                 self._provide_volume(claim)

@@ -91,12 +91,14 @@ class RealTarget(_Proxied):
         assert server.stand_ins is not None
         self.stand_ins = server.stand_ins
         self.stand_ins.start_pods, self.stand_ins.admit_ingresses = True, False
+        self.stand_ins.provide_volumes = True
         self.stand_ins.failures.clear()
 
     def close(self) -> None:
         """Remove the namespaces this test made (not waiting: pods go with them)."""
         self.proxy.stop()
         self.stand_ins.start_pods, self.stand_ins.admit_ingresses = True, False
+        self.stand_ins.provide_volumes = True
         self.stand_ins.failures.clear()
         for ns in self.plane.admin_request("GET", "/api/v1/namespaces")["items"]:
             name = ns["metadata"]["name"]

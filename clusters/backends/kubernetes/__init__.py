@@ -234,13 +234,15 @@ class KubernetesBackend:
 
     def instance_state(self, spec: InstanceSpec) -> InstanceState:
         """How far an applied instance got, read without writing: one GET of the object whose
-        status tells (the last one applied; the Cluster API Cluster), plus what explains a
-        wait. Only when that object is missing (deleted meanwhile) is the instance applied
+        status tells (the vcluster StatefulSet, the Cluster API Cluster), plus what explains
+        a wait. Only when that object is missing (deleted meanwhile) is the instance applied
         again; drift in its other objects is the reconcile pass's to restore."""
         if spec.kind == "dedicated":
             cluster = self.kube.get(*CAPI_CLUSTER, m.object_name(spec), self.cs.capi_namespace)
             return (self._dedicated_state(spec, cluster) if cluster is not None
                     else self.ensure_instance(spec))
+        if spec.kind == "namespace":  # running once applied: nothing to wait for
+            return self.ensure_instance(spec)
         last = self._instance_objects(spec)[-1]
         meta = last["metadata"]
         found = self.kube.get(last["apiVersion"], last["kind"], meta["name"],
