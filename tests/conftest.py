@@ -47,22 +47,14 @@ def real_kube():
 @pytest.fixture(params=["emulator", "real"])
 def kube(request):
     """The Kubernetes API the test runs against: the emulator, then the real server."""
-    from .kit import kubeemu, targets
+    from .kit import targets
 
     if request.param == "real":
-        target = targets.RealTarget(request.getfixturevalue("real_kube"))
-        try:
+        with targets.on_real_server(request.getfixturevalue("real_kube")) as target:
             yield target
-        finally:
-            target.close()
         return
-    with kubeemu.start() as emulator:
-        emulator.add_resource(*kubeemu.CLUSTER_API)
-        target = targets.EmulatorTarget(emulator)
-        try:
-            yield target
-        finally:
-            target.close()
+    with targets.emulated() as target:
+        yield target
 
 
 @pytest.fixture(scope="session")

@@ -30,9 +30,8 @@ def real(real_kube):
     """The session's real control plane as one test sees it (tests/kit/targets.py): the
     portal's ServiceAccount token through the counting proxy; what the test made is removed
     after it."""
-    target = targets.RealTarget(real_kube)
-    yield target
-    target.close()
+    with targets.on_real_server(real_kube) as target:
+        yield target
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, get_args
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
@@ -2686,7 +2686,61 @@ class _Handler(BaseHTTPRequestHandler):
 # ---------------------------------------------------------------------------- emulator
 
 
-class Emulator:
+class Served:
+    """The lifecycle the emulator and the kit's proxy (``kubeproxy``) share: an HTTP server
+    on loopback answered by a thread, the request counter and fault injector its handlers
+    use, and a stop that leaves nothing serving (kept-alive connections and held faults
+    included). A subclass binds with ``_listen``, adjusts the socket if it must, then
+    ``_serve``s."""
+
+    server_class: ClassVar[type[_Server]] = _Server
+    thread_name: ClassVar[str] = "kubeemu-http"
+
+    def _listen(self, host: str, port: int, faults: Faults | None = None) -> None:
+        self.requests = RequestCounter()
+        self._injector = _FaultInjector(faults or Faults())
+        self._stopping = threading.Event()
+        self._server = self.server_class((host, port), self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # stop() waits up to one poll interval
+            name=self.thread_name,
+            daemon=True,
+        )
+
+    def _serve(self) -> None:
+        self._thread.start()
+
+    def _closing(self) -> None:
+        """What to end before the server stops (the emulator's store)."""
+
+    def stop(self) -> None:
+        """Stop serving; idempotent. Held faults and open watches end at once."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._closing()
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.close_connections()
+        self._thread.join(timeout=2)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def faults(self) -> Faults:
+        return self._injector.faults
+
+    @faults.setter
+    def faults(self, value: Faults | None) -> None:
+        self._injector = _FaultInjector(value or Faults())
+
+
+class Emulator(Served):
     """A running emulator: an HTTP server on ``url`` in front of a ``Store``.
 
     Create it with ``start()``. Direct store access (``get``, ``objects``, ``create``,
@@ -2716,17 +2770,8 @@ class Emulator:
             ready_delay=ready_delay,
             namespace_delete_delay=namespace_delete_delay,
         )
-        self.requests = RequestCounter()
-        self._injector = _FaultInjector(faults or Faults())
-        self._stopping = threading.Event()
-        self._server = _Server((host, port), self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # stop() waits up to one poll interval
-            name="kubeemu-http",
-            daemon=True,
-        )
-        self._thread.start()
+        self._listen(host, port, faults)
+        self._serve()
 
     # -- lifecycle
 
@@ -2742,32 +2787,10 @@ class Emulator:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def stop(self) -> None:
-        """Stop serving; idempotent. Held faults and open watches end at once."""
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
+    def _closing(self) -> None:
         self.store.close()
-        self._server.shutdown()
-        self._server.server_close()
-        self._server.close_connections()
-        self._thread.join(timeout=2)
-
-    def __enter__(self) -> Emulator:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- knobs
-
-    @property
-    def faults(self) -> Faults:
-        return self._injector.faults
-
-    @faults.setter
-    def faults(self, value: Faults | None) -> None:
-        self._injector = _FaultInjector(value or Faults())
 
     @property
     def auto_ready(self) -> bool:

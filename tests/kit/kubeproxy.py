@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import kubeemu
-from .kubeemu import Faults, RequestCounter, RequestRecord, _FaultInjector, _parse_route
+from .kubeemu import Faults, RequestCounter, RequestRecord, _parse_route
 
 __all__ = ["Faults", "Proxy", "RequestCounter", "start"]
 
@@ -42,87 +42,6 @@ def _status(code: int, reason: str, message: str, **details: Any) -> bytes:
     if details:
         body["details"] = details
     return json.dumps(body).encode()
-
-
-class Proxy:
-    def __init__(self, upstream: str, *, ca_file: str | None = None,
-                 serving: tuple[str, str] | None = None) -> None:
-        parts = urlsplit(upstream)
-        self.upstream_https = parts.scheme == "https"
-        self.upstream_host = parts.hostname or "127.0.0.1"
-        self.upstream_port = parts.port or (443 if self.upstream_https else 80)
-        self.ssl_context = None
-        if self.upstream_https:
-            self.ssl_context = ssl.create_default_context(cafile=ca_file)
-        self.requests = RequestCounter()
-        self._injector = _FaultInjector(Faults())
-        self._stopping = threading.Event()
-        self._local = threading.local()
-        self._server = _Server(("127.0.0.1", 0), self)  # `.emulator` is this proxy
-        self.scheme = "http"
-        if serving:  # kubectl sends no bearer token over plain HTTP
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*serving)
-            self._server.socket = context.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False)
-            self.scheme = "https"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True,
-                                        name="kubeproxy")
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{self.scheme}://{host}:{port}"
-
-    @property
-    def faults(self) -> Faults:
-        return self._injector.faults
-
-    @faults.setter
-    def faults(self, value: Faults | None) -> None:
-        self._injector = _FaultInjector(value or Faults())
-
-    def stop(self) -> None:
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._server.close_connections()
-        self._thread.join(timeout=2)
-
-    def __enter__(self) -> Proxy:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def forward(self, method: str, path: str, headers: dict[str, str],
-                body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-        """One request upstream on this handler thread's kept-alive connection."""
-        for attempt in range(2):  # a kept-alive connection the upstream closed: reopen once
-            conn = getattr(self._local, "conn", None)
-            if conn is None:
-                if self.upstream_https:
-                    conn = http.client.HTTPSConnection(self.upstream_host, self.upstream_port,
-                                                       context=self.ssl_context, timeout=120)
-                else:
-                    conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port,
-                                                      timeout=120)
-                self._local.conn = conn
-            try:
-                conn.request(method, path, body=body or None, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                return response.status, response.getheaders(), data
-            except (http.client.HTTPException, OSError):
-                conn.close()
-                self._local.conn = None
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
 
 
 class _Handler(kubeemu._Handler):
@@ -208,6 +127,61 @@ class _Handler(kubeemu._Handler):
 
 class _Server(kubeemu._Server):
     handler_class = _Handler
+
+
+class Proxy(kubeemu.Served):
+    server_class = _Server
+    thread_name = "kubeproxy"
+
+    def __init__(self, upstream: str, *, ca_file: str | None = None,
+                 serving: tuple[str, str] | None = None) -> None:
+        parts = urlsplit(upstream)
+        self.upstream_https = parts.scheme == "https"
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or (443 if self.upstream_https else 80)
+        self.ssl_context = None
+        if self.upstream_https:
+            self.ssl_context = ssl.create_default_context(cafile=ca_file)
+        self._local = threading.local()
+        self._listen("127.0.0.1", 0)  # the handlers' `.emulator` is this proxy
+        self.scheme = "http"
+        if serving:  # kubectl sends no bearer token over plain HTTP
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*serving)
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False)
+            self.scheme = "https"
+        self._serve()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{self.scheme}://{host}:{port}"
+
+    def forward(self, method: str, path: str, headers: dict[str, str],
+                body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One request upstream on this handler thread's kept-alive connection."""
+        for attempt in range(2):  # a kept-alive connection the upstream closed: reopen once
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                if self.upstream_https:
+                    conn = http.client.HTTPSConnection(self.upstream_host, self.upstream_port,
+                                                       context=self.ssl_context, timeout=120)
+                else:
+                    conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port,
+                                                      timeout=120)
+                self._local.conn = conn
+            try:
+                conn.request(method, path, body=body or None, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                return response.status, response.getheaders(), data
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                self._local.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def start(upstream: str, *, ca_file: str | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,26 @@ class RealTarget(_Proxied):
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
         raise AssertionError(f"{kind} {name} still there a minute after deletion")
+
+
+@contextlib.contextmanager
+def emulated(**options: Any) -> Iterator[EmulatorTarget]:
+    """A fresh emulator (serving Cluster API's Cluster too) behind its proxy; `options` go to
+    ``kubeemu.start``."""
+    with kubeemu.start(**options) as emulator:
+        emulator.add_resource(*kubeemu.CLUSTER_API)
+        target = EmulatorTarget(emulator)
+        try:
+            yield target
+        finally:
+            target.close()
+
+
+@contextlib.contextmanager
+def on_real_server(server: envtest.RealServer) -> Iterator[RealTarget]:
+    """The running control plane, for one test or run: what it made is removed after."""
+    target = RealTarget(server)
+    try:
+        yield target
+    finally:
+        target.close()
