@@ -209,7 +209,7 @@ def stuck_requests_per_minute(target, config: Path) -> int:
         while time.monotonic() < deadline:  # applied: the backend's words, not the queue's
             instance.refresh_from_db()
             if (instance.status == Instance.Status.PROVISIONING
-                    and instance.status_message.startswith("Starting the virtual cluster")):
+                    and not instance.status_message.startswith("Provisioning on")):
                 break
             time.sleep(0.2)
         print(f"stuck instance: {instance.status} - {instance.status_message}", flush=True)

@@ -344,8 +344,7 @@ def test_a_stuck_instance_is_applied_once_then_polled_with_reads_only(
     wait_for(lambda: len(looks()) >= 6, timeout=60)
 
     instance.refresh_from_db()
-    assert instance.status == Status.PROVISIONING
-    assert instance.status_message == "Starting the virtual cluster's control plane."
+    assert instance.status == Status.PROVISIONING, instance.status_message
     records = emu.requests.records()
     first_look = next(i for i, r in enumerate(records) if r.verb == "get"
                       and r.resource == "statefulsets.apps" and r.namespace == ns)

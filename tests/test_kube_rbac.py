@@ -229,7 +229,7 @@ def test_every_permission_the_documented_roles_grant_is_one_the_portal_uses(
     # and waiting for the credentials vcluster writes.
     kube.auto_ready = False
     vc = provision(launch(alice, profiles["vcluster"], name="vc"))
-    assert poll(vc).status_message == "Starting the virtual cluster's control plane."
+    assert poll(vc).status == Instance.Status.PROVISIONING
     kube.auto_ready = True
     wait_for(lambda: poll(vc).status_message.startswith("Waiting for the virtual cluster's"),
              timeout=90)
