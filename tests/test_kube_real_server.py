@@ -167,6 +167,19 @@ def test_on_a_real_server_reconcile_restores_drift_and_404s_are_told_apart(
         "The namespace gpupaas-clusters is missing on Real API server; an administrator must "
         "create it.")
 
+    # The namespace without the portal's binding there, then with it, as documented.
+    admin = client_as(real)
+    k8s.CoreV1Api(admin).create_namespace({"metadata": {"name": "gpupaas-clusters"}})
+    unbound = provision(launch(alice, dedicated, name="unbound"))
+    assert unbound.status_message == (
+        "The portal may not manage Cluster API clusters in gpupaas-clusters on Real API "
+        "server; an administrator must bind it to gpupaas-portal-manager there.")
+    k8s.RbacAuthorizationV1Api(admin).create_namespaced_role_binding("gpupaas-clusters", {
+        "metadata": {"name": "gpupaas-portal"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "gpupaas-portal-manager"},
+        "subjects": [{"kind": "ServiceAccount", "name": envtest.PORTAL_ACCOUNT,
+                      "namespace": envtest.PORTAL_NAMESPACE}]})
     request.getfixturevalue("without_cluster_api")
     # The server stops serving the kind a moment after its CRD is gone.
     wait_for(lambda: provision(launch(alice, dedicated, name=f"b{time.monotonic_ns()}"))

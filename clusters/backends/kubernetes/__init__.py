@@ -317,7 +317,29 @@ class KubernetesBackend:
     def _ensure_dedicated(self, spec: InstanceSpec) -> InstanceState:
         if not spec.cluster_class:
             raise BackendError("This size names no ClusterClass; ask your administrator.")
-        return self._dedicated_state(spec, self.kube.apply(m.capi_cluster(spec, self.cs)))
+        try:
+            cluster = self.kube.apply(m.capi_cluster(spec, self.cs))
+        except BackendError as exc:
+            raise self._explain_capi_refusal(exc) from exc
+        return self._dedicated_state(spec, cluster)
+
+    def _explain_capi_refusal(self, exc: BackendError) -> BackendError:
+        """The portal's account holds rights in the Cluster API namespace only through the
+        manager role bound there, so a missing namespace answers 403, not 404: a list of
+        namespaces by name (a cluster-wide right it has) says which of the two it is."""
+        if not exc.message.startswith("The cluster refused the portal's credentials"):
+            return exc
+        ns = self.cs.capi_namespace
+        try:
+            exists = self.kube.list("v1", "Namespace", field_selector=f"metadata.name={ns}")
+        except BackendError:
+            return exc
+        if not exists:
+            return BackendError(f"The namespace {ns} is missing on {self.cluster}; an "
+                                "administrator must create it.", detail=exc.detail)
+        return BackendError(
+            f"The portal may not manage Cluster API clusters in {ns} on {self.cluster}; an "
+            f"administrator must bind it to {m.PORTAL_MANAGER_ROLE} there.", detail=exc.detail)
 
     def _dedicated_state(self, spec: InstanceSpec, cluster: Manifest) -> InstanceState:
         status = cluster.get("status") or {}
