@@ -460,9 +460,10 @@ class KubernetesBackend:
         deployment = kube.get("apps/v1", "Deployment", name, ns)
         if deployment is None:
             return NotebookState("gone", "", "The notebook's objects are missing.")
-        slices = kube.list(*ENDPOINT_SLICE, namespace=ns,
-                           label_selector=f"kubernetes.io/service-name={name}")
-        if workload_available(deployment) and endpoints_ready(slices):
+        # Endpoints matter only once the Deployment is available: not listed before.
+        if workload_available(deployment) and endpoints_ready(kube.list(
+                *ENDPOINT_SLICE, namespace=ns,
+                label_selector=f"kubernetes.io/service-name={name}")):
             return self._running(spec)
         refused = explain_replica_failure(deployment)
         if refused:
