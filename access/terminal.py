@@ -46,7 +46,7 @@ NO_KUSTOMIZE = ("kustomize does not run in the browser shell (it can fetch remot
 # normalisation (`_` reads as `-`).
 REFUSED_FLAGS = {
     "server": WHERE, "insecure-skip-tls-verify": WHERE, "tls-server-name": WHERE,
-    "certificate-authority": WHERE,
+    "certificate-authority": WHERE, "proxy-url": WHERE,
     "token": AS_YOU, "username": AS_YOU, "password": AS_YOU, "client-certificate": AS_YOU,
     "client-key": AS_YOU, "as": AS_YOU, "as-group": AS_YOU, "as-uid": AS_YOU,
     "as-user-extra": AS_YOU,
@@ -204,15 +204,28 @@ def _command_index(args: list[str]) -> int:
     return j
 
 
+SYNTAX = ("Pipes, redirections and other shell syntax are not interpreted here: each line "
+          "runs one kubectl command (paste a manifest after kubectl apply -f -, then press "
+          "Ctrl-D).")
+
+
+def split_line(line: str) -> list[str]:
+    """The words of a command line, as a shell would quote them; operators outside quotes
+    (`;`, `|`, `&&`, `>`...) are refused rather than passed on as arguments."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    if any(token and set(token) <= set("();<>|&") for token in lexer):
+        raise Refused(SYNTAX)
+    return shlex.split(line)
+
+
 def check_command(words: list[str], *, scratch: str) -> list[str]:
     """kubectl's arguments for a command line split into `words` (the first is `kubectl`),
     or Refused with the reason. Files are confined to `scratch`."""
     args = list(words[1:])
     for word in args:
         if word in SHELL_SYNTAX or (word[:1] in "<>" and len(word) > 1):
-            raise Refused("Pipes, redirections and other shell syntax are not interpreted "
-                          "here: each line runs one kubectl command (paste a manifest after "
-                          "kubectl apply -f -, then press Ctrl-D).")
+            raise Refused(SYNTAX)
     if not args or args[0] in ("-h", "--help"):
         return args
     start = _command_index(args)
@@ -279,7 +292,8 @@ def check_command(words: list[str], *, scratch: str) -> list[str]:
         raise Refused(f"kubectl apply edit-last-applied is refused: {NO_EDITOR}.")
     for value in either_values:
         if not value.startswith("-") or value == "-":
-            confine(value, scratch, stdin_ok=True)
+            for path in _file_values("filename", value):
+                confine(path, scratch, stdin_ok=True)
     for name, value in files:
         for path in _file_values(name, value):
             confine(path, scratch, stdin_ok=name == "filename")
@@ -429,9 +443,12 @@ def _one_line(config: dict, line: str) -> bool:
     if not line or line.startswith("#"):
         return True
     try:
-        words = shlex.split(line)
+        words = split_line(line)
     except ValueError as exc:
         print(f"Cannot read that line: {exc}.")
+        return True
+    except Refused as exc:
+        print(f"\x1b[31mRefused:\x1b[0m {exc}")
         return True
     if not words:
         return True
