@@ -361,8 +361,12 @@ def _complete_kubectl(config: dict, words: list[str], text: str) -> list[str]:
             continue
         candidates.append(candidate)
     if not candidates and not directive & 4:  # ShellCompDirectiveNoFileComp
-        candidates = _complete_files(config["scratch"], text)
-    return [c for c in candidates if c.startswith(text)]
+        return [c for c in _complete_files(config["scratch"], text) if c.startswith(text)]
+    # Python's readline adds no space after a completed word: kubectl's words get one,
+    # unless kubectl asks for none (ShellCompDirectiveNoSpace) or a value follows (`--x=`).
+    space = "" if directive & 2 else " "
+    return [c if c.endswith(("=", "/")) else c + space
+            for c in candidates if c.startswith(text)]
 
 
 def _complete_files(scratch: str, text: str) -> list[str]:
