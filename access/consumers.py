@@ -89,12 +89,13 @@ class ShellConsumer(AsyncWebsocketConsumer):
         if grant.kind == "kubectl":
             listener = await loopback.listener()
             return await sync_to_async(shell.start_kubectl, thread_sensitive=False)(
-                instance=grant.instance_name, namespace=grant.namespace,
+                owner=grant.user_id, instance=grant.instance_name, namespace=grant.namespace,
                 username=grant.username, token=grant.token,
                 server=f"{listener.base_url}/k8s/{grant.instance_id}/", ca_pem=listener.ca_pem,
             )
         terminal = await database_sync_to_async(services.sandbox_terminal)(grant=grant)
-        return await sync_to_async(shell.start_terminal, thread_sensitive=False)(terminal)
+        return await sync_to_async(shell.start_terminal, thread_sensitive=False)(
+            terminal, owner=grant.user_id)
 
     # -- the terminal's output to the page, its keystrokes to the terminal
 
@@ -150,6 +151,8 @@ class ShellConsumer(AsyncWebsocketConsumer):
                     loop.add_writer(fd, lambda f=writable: f.done() or f.set_result(None))
                     try:
                         await asyncio.wait_for(writable, 30)
+                    except TimeoutError:
+                        return  # nothing reads the terminal's input: drop the rest
                     finally:
                         loop.remove_writer(fd)
                 except OSError:

@@ -10,12 +10,14 @@ A shell is one process in a pseudo-terminal whose master end the WebSocket consu
 - *Local instances*: a login shell in the sandbox, as the workspace's own OS user (the local
   backend's `terminal()`).
 
-Where the portal runs as root, every kubectl shell holds a *slot*: an OS user of its own
-(`<LOCAL_USER_PREFIX>sh<n>`, created on demand like the workspaces' users) and a folder
-`<LOCAL_SANDBOX_ROOT>/.shells/<n>/`, leased with a file lock for as long as the shell runs
-(a crashed web process releases it). Two shells never share files or processes, and
-everything a slot's user runs is ended when the shell closes. Elsewhere kubectl shells run as
-the portal's own user, still with a clean environment, the limits and the argument filter.
+Every shell holds a *slot*, one of SHELL_MAX_SESSIONS on the machine (at most
+SHELL_PER_USER per portal user): a folder `<LOCAL_SANDBOX_ROOT>/.shells/<n>/` leased with a
+file lock for as long as the shell runs (a crashed web process releases it). Where the
+portal runs as root, a kubectl shell's slot also has an OS user of its own
+(`<LOCAL_USER_PREFIX>sh<n>`, created on demand like the workspaces' users): two shells never
+share files or processes, and everything a slot's user runs is ended when the shell closes.
+Elsewhere kubectl shells run as the portal's own user, still with a clean environment, the
+limits and the argument filter.
 
 No shell gets anything of the portal's environment: the process starts with a handful of
 variables built here.
@@ -29,7 +31,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import tempfile
 import termios
 import time
 from dataclasses import dataclass, field
@@ -53,9 +54,9 @@ class ShellUnavailable(Exception):
 @dataclass
 class Slot:
     number: int
-    lock: IO[str]  # flock held while the shell runs
-    user: tenants.Tenant
+    lock: IO[str]  # flock held while the shell runs; holds the owner's user id
     folder: Path
+    user: tenants.Tenant | None = None  # its OS user, for a kubectl shell as root
 
 
 @dataclass
@@ -63,7 +64,6 @@ class ShellProcess:
     popen: subprocess.Popen
     fd: int  # the pseudo-terminal's master end, non-blocking
     slot: Slot | None = None
-    folder: Path | None = None  # the session's own folder, removed at the end
     ended: bool = field(default=False)
 
 
@@ -133,38 +133,63 @@ def _kill_all(match) -> None:
         time.sleep(0.02)
 
 
-def _lease_slot() -> Slot:
+def _lease_slot(*, owner: int, with_user: bool) -> Slot:
+    """One of SHELL_MAX_SESSIONS slots of this machine, for as long as the shell runs (its
+    file lock; a crashed web process releases it), at most SHELL_PER_USER per portal user.
+    `with_user`: the slot's own OS user, with nothing left running of an earlier holder."""
     root = shells_root()
     locks = root / ".locks"
     locks.mkdir(mode=0o700, exist_ok=True)
-    for number in range(settings.SHELL_MAX_SESSIONS):
-        handle = open(locks / f"{number}.lock", "a+")  # noqa: SIM115 - held for the session
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        try:
+    free: list[tuple[int, IO[str]]] = []
+    held_by_owner = 0
+    try:
+        for number in range(settings.SHELL_MAX_SESSIONS):
+            handle = open(locks / f"{number}.lock", "a+")  # noqa: SIM115 - held for the session
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                held_by_owner += handle.read().strip() == str(owner)
+                handle.close()
+                continue
+            if free:
+                handle.close()  # one free slot is enough
+            else:
+                free.append((number, handle))
+        if held_by_owner >= settings.SHELL_PER_USER:
+            raise ShellUnavailable(
+                f"You have {held_by_owner} shell{'s' if held_by_owner != 1 else ''} open "
+                "already; close one to open another.")
+        if not free:
+            raise ShellUnavailable(
+                f"All {settings.SHELL_MAX_SESSIONS} browser shells of this server are in use; "
+                "try again in a moment.")
+        number, handle = free.pop()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(owner))
+        handle.flush()
+        folder = root / str(number)
+        user = None
+        if with_user:
             user = tenants.ensure_os_user(tenants.shell_username(number))
             # Whatever an earlier holder left (a crashed web process) goes first, so nothing
             # of theirs can touch what is written for the new one.
             _kill_all(lambda pid, uid=user.uid: _uid_of(pid) == uid)
-            folder = root / str(number)
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(mode=0o750)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(mode=0o750)
+        if user is not None:
             os.chown(folder, 0, user.gid)  # theirs to read, not to change
-            return Slot(number=number, lock=handle, user=user, folder=folder)
-        except BaseException:
+        return Slot(number=number, lock=handle, folder=folder, user=user)
+    except BaseException:
+        for _, handle in free:
             handle.close()
-            raise
-    raise ShellUnavailable(
-        f"All {settings.SHELL_MAX_SESSIONS} browser shells of this server are in use; try "
-        "again in a moment.")
+        raise
 
 
-def _own_folder(path: Path, slot: Slot | None) -> Path:
+def _own_folder(path: Path, slot: Slot) -> Path:
     path.mkdir(mode=0o700)
-    if slot is not None:
+    if slot.user is not None:
         os.chown(path, slot.user.uid, slot.user.gid)
     return path
 
@@ -197,13 +222,14 @@ def limits() -> dict[str, int]:
     }
 
 
-def start_kubectl(*, instance: str, namespace: str, username: str, token: str, server: str,
-                  ca_pem: bytes) -> ShellProcess:
+def start_kubectl(*, owner: int, instance: str, namespace: str, username: str, token: str,
+                  server: str, ca_pem: bytes) -> ShellProcess:
     """The kubectl REPL for one session, with its own kubeconfig and folder."""
     kubectl = kubectl_path()
-    slot = _lease_slot() if os.geteuid() == 0 else None
+    slot = _lease_slot(owner=owner, with_user=os.geteuid() == 0)
+    user = slot.user
     try:
-        folder = slot.folder if slot else Path(tempfile.mkdtemp(prefix="s-", dir=shells_root()))
+        folder = slot.folder
         home = _own_folder(folder / "home", slot)
         files = _own_folder(folder / "files", slot)
         _own_folder(home / "tmp", slot)
@@ -220,13 +246,13 @@ def start_kubectl(*, instance: str, namespace: str, username: str, token: str, s
                 "users": [{"name": username, "user": {"token": token}}],
                 "contexts": [{"name": instance, "context": context}],
             }, f, sort_keys=False)
-            if slot is not None:
-                os.fchown(f.fileno(), 0, slot.user.gid)  # readable by the shell, not writable
+            if user is not None:
+                os.fchown(f.fileno(), 0, user.gid)  # readable by the shell, not writable
         config = {
             "mode": "kubectl", "kubectl": kubectl, "scratch": str(files),
             "instance": instance, "namespace": namespace,
             "banner": banner(instance=instance, namespace=namespace, username=username),
-            "limits": {**limits(), "processes": settings.SHELL_PROCESSES if slot else 0},
+            "limits": {**limits(), "processes": settings.SHELL_PROCESSES if user else 0},
         }
         env = {
             "PATH": SAFE_PATH, "HOME": str(home), "TMPDIR": str(home / "tmp"),
@@ -238,13 +264,11 @@ def start_kubectl(*, instance: str, namespace: str, username: str, token: str, s
             "GOMAXPROCS": "2", "GOMEMLIMIT": f"{max(settings.SHELL_MEMORY_MB // 4, 64)}MiB",
         }
         popen, master = _spawn(config, env=env, cwd=str(files),
-                               uid=slot.user.uid if slot else None,
-                               gid=slot.user.gid if slot else None)
+                               uid=user.uid if user else None, gid=user.gid if user else None)
     except BaseException:
-        if slot is not None:
-            _release(slot)
+        _release(slot)
         raise
-    return ShellProcess(popen=popen, fd=master, slot=slot, folder=None if slot else folder)
+    return ShellProcess(popen=popen, fd=master, slot=slot)
 
 
 def _b64(data: bytes) -> str:
@@ -262,12 +286,18 @@ def banner(*, instance: str, namespace: str, username: str) -> str:
         "Tab completes, Up/Down recall, Ctrl-C stops a command. Type help for more.\r\n")
 
 
-def start_terminal(terminal: Terminal) -> ShellProcess:
-    """A backend's login shell (a local sandbox), set up by the same launcher."""
+def start_terminal(terminal: Terminal, *, owner: int) -> ShellProcess:
+    """A backend's login shell (a local sandbox), set up by the same launcher; it holds a
+    slot too, so the machine's and the user's caps count it."""
+    slot = _lease_slot(owner=owner, with_user=False)
     config = {"mode": "exec", "argv": list(terminal.argv), "limits": {"open_files": 4096}}
-    popen, master = _spawn(config, env=terminal.env, cwd=terminal.cwd, uid=terminal.uid,
-                           gid=terminal.gid)
-    return ShellProcess(popen=popen, fd=master)
+    try:
+        popen, master = _spawn(config, env=terminal.env, cwd=terminal.cwd, uid=terminal.uid,
+                               gid=terminal.gid)
+    except BaseException:
+        _release(slot)
+        raise
+    return ShellProcess(popen=popen, fd=master, slot=slot)
 
 
 def resize(process: ShellProcess, *, rows: int, cols: int) -> None:
@@ -277,8 +307,11 @@ def resize(process: ShellProcess, *, rows: int, cols: int) -> None:
 
 
 def _release(slot: Slot) -> None:
-    _kill_all(lambda pid: _uid_of(pid) == slot.user.uid)
+    if slot.user is not None:
+        _kill_all(lambda pid, uid=slot.user.uid: _uid_of(pid) == uid)
     shutil.rmtree(slot.folder, ignore_errors=True)
+    slot.lock.seek(0)
+    slot.lock.truncate()
     slot.lock.close()
 
 
@@ -302,5 +335,3 @@ def stop(process: ShellProcess) -> None:
     _kill_all(lambda pid: _session_of(pid) == leader)
     if process.slot is not None:
         _release(process.slot)
-    if process.folder is not None:
-        shutil.rmtree(process.folder, ignore_errors=True)

@@ -404,6 +404,7 @@ SHELL_MEMORY_MB = env_int("SHELL_MEMORY_MB", 2048)
 SHELL_FILE_MB = env_int("SHELL_FILE_MB", 100)
 SHELL_PROCESSES = env_int("SHELL_PROCESSES", 256)
 SHELL_MAX_SESSIONS = env_int("SHELL_MAX_SESSIONS", 32)
+SHELL_PER_USER = env_int("SHELL_PER_USER", 4)
 # Django Channels carries the shells' WebSockets; its layer tells open shells that access
 # changed. Redis where there is one; in memory in the embedded default (a single process).
 CHANNEL_LAYER_URL = env_str("CHANNEL_LAYER_URL") or (

@@ -189,8 +189,10 @@ def test_flags_that_change_server_or_identity_are_refused_and_nothing_runs(
     before = len(emu.requests.records())
     shell.type("kubectl get pods --server=https://example.com")
     shell.wait_for("--server is refused")
-    shell.type("kubectl get pods --as=system:admin; cat /etc/passwd")
+    shell.type("kubectl get pods --as=system:admin")
     shell.wait_for("--as is refused")
+    shell.type("kubectl get pods; cat /etc/passwd")
+    shell.wait_for("shell syntax are not interpreted here")
     shell.type("kubectl apply -f /etc/passwd")
     shell.wait_for("/etc/passwd is outside this session's folder")
     shell.type("cat /etc/passwd")
@@ -332,3 +334,26 @@ def test_a_local_instance_gets_a_shell_in_its_sandbox_as_the_workspaces_user(
     assert "Permission denied" in shell.text or "No such file" in shell.text
     shell.type("exit")
     shell.wait_closed()
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_shells_are_capped_per_person_and_per_machine(
+    open_shell, client, alice, bob, alice_kube, profile, settings  # noqa: F811
+):
+    settings.SHELL_PER_USER, settings.SHELL_MAX_SESSIONS = 1, 2
+    first = open_shell(session_cookie(client, alice), alice_kube.pk)
+    first.wait_for("Kubernetes shell")
+    second = open_shell(session_cookie(client, alice), alice_kube.pk)
+    second.wait_closed()
+    assert second.closed_reason == "You have 1 shell open already; close one to open another."
+
+    bobs = kube_instance(bob, profile, name="bobs")
+    open_shell(session_cookie(client, bob), bobs.pk).wait_for("Kubernetes shell")
+    carol = make_user("carol")
+    third = open_shell(session_cookie(client, carol), kube_instance(carol, profile, "c").pk)
+    third.wait_closed()
+    assert "All 2 browser shells of this server are in use" in third.closed_reason
+    # Nothing of the refused ones is left: no process, no live token.
+    assert wait_for(lambda: AccessToken.objects.filter(revoked_at__isnull=True).count() == 2,
+                    timeout=5)
+    assert len(shell_processes()) == 2
