@@ -604,20 +604,42 @@ def test_on_a_real_server_exec_is_upgraded_as_the_user_and_its_answer_reaches_ku
 ):
     """No kubelet runs beside the test server, so no exec can complete: what is proven is
     that the WebSocket upgrade reaches the API server as the user, and its answer reaches
-    kubectl (a pod not scheduled; another namespace forbidden)."""
+    kubectl (a pod not scheduled; a scheduled one whose node has no kubelet to upgrade to;
+    another namespace forbidden)."""
     instance, kubeconfig = real_kubeconfig
     import json
 
-    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(restricted_pod("web")))
-    unscheduled = kubectl(kubeconfig, "exec", "web", "--", "echo", "x", check=False)
-    assert "pod web does not have a host assigned" in unscheduled.stderr
-    forbidden = kubectl(kubeconfig, "exec", "-n", "kube-system", "etcd", "--", "sh",
-                        check=False)
-    assert ('User "test-portal:user:alice" cannot create resource "pods/exec"'
-            in forbidden.stderr) or ('cannot get resource "pods/exec"' in forbidden.stderr), \
-        forbidden.stderr
-    assert wait_for(lambda: ProxyRequest.objects.filter(verb="exec", status=400).exists(),
+    nowhere = restricted_pod("nowhere", nodeSelector={"gpupaas.test/no-such-node": "x"})
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(nowhere))
+    unscheduled = kubectl(kubeconfig, "exec", "nowhere", "--", "echo", "x", check=False)
+    assert "pod nowhere does not have a host assigned" in unscheduled.stderr
+
+    # The real scheduler binds this one to one of the kit's stand-in nodes, whose kubelet
+    # does not exist: the API server tries to upgrade to it, and says so.
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(restricted_pod("bound")))
+    wait_for(lambda: kubectl(kubeconfig, "get", "pod", "bound", "-o",
+                             "jsonpath={.spec.nodeName}").stdout, timeout=30)
+    bound = kubectl(kubeconfig, "exec", "bound", "--", "echo", "x", check=False)
+    assert bound.returncode == 1 and "unable to upgrade connection" in bound.stderr
+    # kubectl reads the pod before exec; the upgrade itself, as kubectl sends it, is refused
+    # by the API server (RBAC on pods/exec), and that answer comes back whole.
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with open(kubeconfig) as f:
+        server = yaml.safe_load(f)["clusters"][0]["cluster"]["server"]
+    url = (server.replace("https", "wss", 1)
+           + "api/v1/namespaces/kube-system/pods/etcd/exec?command=sh&stdout=true")
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, ssl=trusting_the_portal(), subprotocols=["v5.channel.k8s.io"],
+                additional_headers={"Authorization": f"Bearer {token_of(kubeconfig)}"})
+    assert refused.value.response.status_code == 403
+    status = json.loads(refused.value.response.body)
+    assert 'User "test-portal:user:alice" cannot' in status["message"]
+    assert '"pods/exec"' in status["message"] and status["reason"] == "Forbidden"
+    assert wait_for(lambda: ProxyRequest.objects.filter(verb="exec", status=403).exists(),
                     timeout=5)
+    assert ProxyRequest.objects.filter(verb="exec", status=400).exists()
 
 
 def test_on_a_real_server_asking_to_be_someone_else_changes_nothing(real_kubeconfig):

@@ -25,7 +25,7 @@ from workspaces.models import AuditEvent
 from .conftest import make_user, running_instance, wait_for
 from .kit.asgi import serve
 from .test_collaborators import share_with
-from .test_remote_access import emu, namespace_of, profile  # noqa: F401  (fixtures)
+from .test_remote_access import emu, namespace_of, profile, real_profile  # noqa: F401
 from .test_remote_access import running_instance as kube_instance
 
 KUBECTL = shutil.which("kubectl")
@@ -311,6 +311,20 @@ def test_a_shell_without_keystrokes_closes_after_the_idle_timeout(
     assert 1.5 < closed_after < 5
     assert shell.close_code == 4408
     assert "without a keystroke" in shell.closed_reason
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_on_a_real_server_the_shell_has_the_scope_of_a_downloaded_kubeconfig(
+    open_shell, client, alice, real_profile  # noqa: F811
+):
+    instance = kube_instance(alice, real_profile, name="real")
+    shell = open_shell(session_cookie(client, alice), instance.pk)
+    shell.wait_for("Kubernetes shell for real")
+    shell.type("kubectl auth can-i create deployments")
+    shell.wait_for("\nyes\n")
+    shell.type("kubectl get pods -n kube-system")
+    shell.wait_for("Forbidden")
+    assert f'User "{settings.PORTAL_ID}:user:alice" cannot list resource "pods"' in shell.text
 
 
 # --- local instances: a login shell in the sandbox ----------------------------------------
