@@ -36,7 +36,7 @@ from .conftest import make_user, wait_for, workspace_of
 from .kit.asgi import serve
 from .test_identity import PROVIDER_ID, idp, sign_in, sso  # noqa: F401  (fixtures)
 from .test_remote_access import emu, profile, real_profile, tls  # noqa: F401  (fixtures)
-from .test_shell import fresh_channel_layer
+from .test_shell import fresh_channel_layer, no_shell_left
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,7 +47,7 @@ def portal(transactional_db, settings):
     from gpupaas.asgi import application
 
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
-    with serve(application) as url, fresh_channel_layer():
+    with serve(application) as url, fresh_channel_layer(), no_shell_left():
         yield SimpleNamespace(url=url)
 
 
@@ -347,7 +347,7 @@ def test_a_collaborators_kubectl_works_until_removed_then_every_path_ends(
     cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
     from gpupaas.asgi import application
 
-    with serve(application, tls=tls) as url, fresh_channel_layer():
+    with serve(application, tls=tls) as url, fresh_channel_layer(), no_shell_left():
         with open(path, "w") as f:
             yaml.safe_dump(aimed_at(config, url), f)
         kubectl(path, "apply", "-f", "-", stdin=CONFIGMAP.format(name="from-carol",

@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -39,8 +39,22 @@ def portal(transactional_db, settings) -> str:
     from gpupaas.asgi import application
 
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
-    with serve(application) as url, fresh_channel_layer():
+    with serve(application) as url, fresh_channel_layer(), no_shell_left():
         yield url
+
+
+@contextmanager
+def no_shell_left():
+    """Shells still open when the test's server stops end with it (as they do when a web
+    process exits: their terminal closes), so their OS users can be removed after the run."""
+    import signal
+
+    try:
+        yield
+    finally:
+        for pid in shell_processes():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @contextmanager
