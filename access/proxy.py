@@ -5,6 +5,13 @@ this instance, and a user still allowed on it. Then it goes to the instance's AP
 portal's credentials (impersonating the user for namespace instances), and the answer
 streams back chunk by chunk, so watches and `logs -f` arrive as they happen. Long requests
 are re-decided every ACCESS_RECHECK_S: a watch ends within about a second of a revocation.
+
+exec, attach and port-forward arrive as WebSocket upgrades (kubectl 1.31 and newer speak
+`v5.channel.k8s.io`; port-forward tunnels `SPDY/3.1+portforward.k8s.io` inside WebSocket
+frames): decided the same way, connected to the instance's API with the same credential and
+impersonation, offering the client's subprotocols, and relayed frame by frame. A raw SPDY
+upgrade cannot pass through ASGI: it is answered with the API server's own refusal when it
+has one (a forbidden namespace, a pod that is not scheduled), else with a clear 400.
 """
 
 import asyncio
@@ -15,8 +22,10 @@ import time
 from typing import Any
 
 import httpx
+import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from websockets.asyncio.client import connect as websocket_connect
 
 from . import services
 from .services import Grant, Refusal
@@ -30,6 +39,10 @@ HOP_BY_HOP = frozenset({
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
 })
 MAX_BODY = 64 * 1024 * 1024  # kube-apiserver itself refuses requests over 3 MiB
+STREAMING = ("exec", "attach", "portforward")  # pod subresources that upgrade
+NO_SPDY = ("The portal passes exec, attach and port-forward over WebSockets only (kubectl "
+           "1.31 or newer, or a client speaking v5.channel.k8s.io); SPDY upgrades cannot "
+           "pass through it.")
 
 
 def _status(code: int, reason: str, message: str) -> bytes:
@@ -89,34 +102,146 @@ class KubeProxy:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
-            # exec, attach and port-forward are not proxied yet: refuse the upgrade plainly.
-            await receive()
-            await send({"type": "websocket.close", "code": 1003})
+            await self.websocket(scope, receive, send)
             return
         await self.http(scope, receive, send)
 
-    async def http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        started = time.monotonic()
+    async def decide(self, scope: dict[str, Any]) -> tuple[
+            dict[str, str], str, str, str | None, str, Grant | Refusal]:
+        """Parse and decide one request: (headers, path, query, client ip, user agent,
+        decision)."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope["headers"]}
-        method, query = scope["method"], scope.get("query_string", b"").decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
         # The path as the client encoded it, so names pass to the API server unchanged.
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         _, _, instance_part, *rest = raw_path.split("/", 3)  # '', 'k8s', '<id>', rest
-        if not instance_part.isdigit():
-            await self.answer(send, 404, "NotFound", "No such instance.")
-            return
-        auth = headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        path = "/" + (rest[0] if rest else "")
         user_agent = headers.get("user-agent", "")
         client_ip = _client_ip(scope, headers)
+        if not instance_part.isdigit():
+            return headers, path, query, client_ip, user_agent, Refusal(
+                404, "NotFound", "No such instance.")
         client = f"{client_ip or '?'} {user_agent}".strip()
         decision = await sync_to_async(services.authorize_proxy_request)(
-            token=token, instance_id=int(instance_part), client=client
+            token=_bearer(headers), instance_id=int(instance_part), client=client
         )
+        return headers, path, query, client_ip, user_agent, decision
+
+    def forward_headers(self, headers: dict[str, str], grant: Grant) -> dict[str, str]:
+        forward = {k: v for k, v in headers.items()
+                   if k not in HOP_BY_HOP and k != "authorization"
+                   and not k.startswith("impersonate-")}
+        forward.update(grant.upstream.headers)
+        forward.update(grant.impersonate)
+        return forward
+
+    async def websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """exec, attach and port-forward: the upgrade is decided like any request, then made
+        again to the instance's API and the frames relayed both ways, unchanged."""
+        started = time.monotonic()
+        if (await receive())["type"] != "websocket.connect":
+            return
+        headers, path, query, client_ip, user_agent, decision = await self.decide(scope)
+        if isinstance(decision, Refusal):
+            await self.refuse_upgrade(scope, send, decision.status,
+                                      _status(decision.status, decision.reason,
+                                              decision.message))
+            return
+        token = _bearer(headers)
+        audit = {"grant": decision, "method": "GET", "verb": _stream_verb(path),
+                 "path": path + (f"?{query}" if query else ""), "client_ip": client_ip,
+                 "user_agent": user_agent}
+        url = decision.upstream.base_url + path + (f"?{query}" if query else "")
+        url = "ws" + url[4:] if url.startswith("http") else url  # http→ws, https→wss
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")
+                   if p.strip()]
+        forward = {k: v for k, v in self.forward_headers(headers, decision).items()
+                   if not k.startswith("sec-websocket-")}
+        try:
+            upstream = await websocket_connect(
+                url, additional_headers=forward, subprotocols=offered or None,
+                ssl=(decision.upstream.ssl_context or None) if url.startswith("wss:") else None,
+                user_agent_header=None, compression=None, max_size=None, ping_interval=None,
+                open_timeout=15, close_timeout=5,
+            )
+        except websockets.InvalidStatus as exc:
+            # The API server's own answer (forbidden, not found, not scheduled...): kubectl
+            # reads the Status in its body.
+            response = exc.response
+            await self.refuse_upgrade(scope, send, response.status_code, response.body or b"",
+                                      response.headers.get("Content-Type", "application/json"))
+            await self.audit(audit, response.status_code, started)
+            return
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            log.warning("proxy: upgrade to %s failed: %r", url, exc)
+            await self.refuse_upgrade(scope, send, 502, _status(
+                502, "ServiceUnavailable", f"The portal cannot reach the instance's API: {exc}"))
+            await self.audit(audit, 502, started)
+            return
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+        tasks = [
+            asyncio.ensure_future(self.client_to_upstream(receive, upstream)),
+            asyncio.ensure_future(self.upstream_to_client(upstream, send)),
+            asyncio.ensure_future(self.wait_revoked(token, decision)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await upstream.close()
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+        await self.audit(audit, 101, started)
+
+    async def client_to_upstream(self, receive: Any, upstream: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                await upstream.send(message["bytes"])
+            elif message.get("text") is not None:
+                await upstream.send(message["text"])
+
+    async def upstream_to_client(self, upstream: Any, send: Any) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for data in upstream:
+                key = "bytes" if isinstance(data, bytes) else "text"
+                await send({"type": "websocket.send", key: data})
+
+    async def refuse_upgrade(self, scope: dict[str, Any], send: Any, status: int, body: bytes,
+                             content_type: str = "application/json") -> None:
+        """Answer an upgrade with an HTTP response (where the server can), so the client
+        reads the reason; else close the handshake (the server answers 403)."""
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send({
+            "type": "websocket.http.response.start", "status": status,
+            "headers": [(b"content-type", content_type.encode("latin-1")),
+                        (b"content-length", str(len(body)).encode())],
+        })
+        await send({"type": "websocket.http.response.body", "body": body})
+
+    async def audit(self, audit: dict[str, Any], status: int, started: float) -> None:
+        await sync_to_async(services.record_proxy_request)(
+            **audit, status=status, duration_ms=int((time.monotonic() - started) * 1000))
+
+    async def http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.monotonic()
+        method = scope["method"]
+        headers, path, query, client_ip, user_agent, decision = await self.decide(scope)
         if isinstance(decision, Refusal):
             await self.answer(send, decision.status, decision.reason, decision.message)
             return
+        token = _bearer(headers)
+        # kubectl falls back to SPDY when a WebSocket upgrade was refused: the request goes on
+        # without the upgrade, so the API server's reason (forbidden, not scheduled) reaches
+        # kubectl; only its "upgrade required" is replaced by why SPDY cannot pass.
+        spdy = headers.get("upgrade", "").lower().startswith("spdy/")
 
         body = bytearray()
         while True:
@@ -130,17 +255,12 @@ class KubeProxy:
             if not message.get("more_body"):
                 break
 
-        path = "/" + (rest[0] if rest else "")
-        forward = {k: v for k, v in headers.items()
-                   if k not in HOP_BY_HOP and k != "authorization"
-                   and not k.startswith("impersonate-")}
-        forward.update(decision.upstream.headers)
-        forward.update(decision.impersonate)
+        forward = self.forward_headers(headers, decision)
         url = decision.upstream.base_url + path + (f"?{query}" if query else "")
         request = self.client_for(decision).build_request(
             method, url, headers=forward, content=bytes(body)
         )
-        state = {"status": 0, "started": False}
+        state = {"status": 0, "started": False, "spdy": spdy}
         streaming = asyncio.ensure_future(self.relay(request, decision, send, state))
         watchers = [
             asyncio.ensure_future(self.wait_disconnect(receive)),
@@ -177,6 +297,15 @@ class KubeProxy:
             return
         try:
             state["status"] = response.status_code
+            if state.get("spdy"):
+                body = await response.aread()
+                if response.status_code < 400 or b"Upgrade request required" in body:
+                    state["status"] = 400
+                    await self.answer(send, 400, "BadRequest", NO_SPDY)
+                    return
+                await self.answer_raw(send, response.status_code, body,
+                                      response.headers.get("content-type", "application/json"))
+                return
             await send({
                 "type": "http.response.start",
                 "status": response.status_code,
@@ -209,10 +338,36 @@ class KubeProxy:
                 return
 
     async def answer(self, send: Any, code: int, reason: str, message: str) -> None:
-        body = _status(code, reason, message)
+        await self.answer_raw(send, code, _status(code, reason, message))
+
+    async def answer_raw(self, send: Any, code: int, body: bytes,
+                         content_type: str = "application/json") -> None:
         await send({
             "type": "http.response.start", "status": code,
-            "headers": [(b"content-type", b"application/json"),
+            "headers": [(b"content-type", content_type.encode("latin-1")),
                         (b"content-length", str(len(body)).encode())],
         })
         await send({"type": "http.response.body", "body": body})
+
+
+def _bearer(headers: dict[str, str]) -> str:
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
+def _stream_verb(path: str) -> str:
+    """exec, attach or portforward, as the audit trail names a streaming request."""
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    return last if last in STREAMING else "upgrade"
+
+
+async def refuse_path(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Anything outside /k8s/ on a listener that serves only the proxy."""
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = _status(404, "NotFound", "Only the Kubernetes proxy is served here.")
+    await send({"type": "http.response.start", "status": 404,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})

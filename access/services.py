@@ -1,10 +1,11 @@
 """The verbs of remote access: issuing and revoking tokens, deciding every proxied request,
 and the audit trail of what went through. The only writers of AccessToken and ProxyRequest."""
 
+import logging
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -13,7 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from clusters.backends.kubernetes.names import access_group, access_user
+from clusters.backends import BackendError, Terminal, get_backend
+from clusters.backends.kubernetes.names import access_group, access_user, instance_object_name
 from clusters.backends.kubernetes.upstream import (
     Upstream,
     cluster_upstream,
@@ -22,10 +24,13 @@ from clusters.backends.kubernetes.upstream import (
 from clusters.crypto import decrypt
 from instances.models import ComputeProfile, Instance
 from instances.selectors import instance_for_user
+from instances.services import instance_spec
 from workspaces.selectors import role_of
 from workspaces.services import record_audit
 
-from .models import AccessToken, ProxyRequest, hash_token
+from .models import SHELL_CLIENT, AccessToken, ProxyRequest, hash_token
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "gpk_"  # recognisable in logs and by secret scanners
 GONE = (Instance.Status.DELETING, Instance.Status.DELETED)
@@ -77,6 +82,7 @@ def revoke_access_token(
                 action="access_token.revoked", obj=token.instance, actor=by,
                 workspace=token.instance.workspace, ip_address=ip_address, token=token.prefix,
             )
+            tell_shells_on_commit(token.instance_id)
     return bool(revoked)
 
 
@@ -103,6 +109,7 @@ def revoke_access_tokens(
                 workspace=instance.workspace, ip_address=ip_address, count=count,
                 reason=reason, user=user.get_username() if user is not None else None,
             )
+            tell_shells_on_commit(instance.pk)
     return count
 
 
@@ -121,6 +128,31 @@ def lost_access(*, user: AbstractBaseUser, instance_id: int) -> tuple[Instance |
     if instance.status in GONE:
         return None, "instance deleted"
     return instance, ""
+
+
+def shell_group(instance_id: int) -> str:
+    """The channel-layer group of the browser shells open on one instance."""
+    return f"shells.instance.{int(instance_id)}"
+
+
+def tell_shells_on_commit(instance_id: int) -> None:
+    """Once committed, open shells on the instance decide their access again at once (they
+    also do every ACCESS_RECHECK_S, so a lost message costs at most that)."""
+
+    def tell() -> None:
+        from asgiref.sync import async_to_sync
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            async_to_sync(layer.group_send)(shell_group(instance_id),
+                                            {"type": "access.changed"})
+        except Exception as exc:  # the layer down must not undo a revocation
+            log.warning("could not tell the shells of instance %s: %r", instance_id, exc)
+
+    transaction.on_commit(tell)
 
 
 def revoke_lost_access() -> int:
@@ -256,3 +288,138 @@ def record_proxy_request(
         method=method[:10], verb=verb[:20], path=path[:500], status=status,
         duration_ms=duration_ms, client_ip=client_ip, user_agent=user_agent[:200],
     )
+
+
+# --- browser shells --------------------------------------------------------------------------
+
+
+class ShellRefused(Exception):
+    """No shell on this instance for this user; `hidden`: answer as for an instance that does
+    not exist (someone else's), else say `message`."""
+
+    def __init__(self, message: str, *, hidden: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hidden = hidden
+
+
+@dataclass(frozen=True)
+class ShellGrant:
+    """A browser shell one user may open on one instance, decided when it opens."""
+
+    user_id: int
+    username: str
+    instance_id: int
+    instance_name: str
+    kind: str  # "kubectl" (a Kubernetes instance) or "sandbox" (a local one)
+    namespace: str  # kubectl's default namespace (namespace instances)
+    token_id: int | None  # the session token (kubectl shells)
+    token: str  # its plain value, for the shell's kubeconfig only
+    expires_at: datetime
+
+
+def shell_offer(*, instance: Instance) -> tuple[str, str]:
+    """(kind, why not): what "Open shell" gives on this instance, or why it cannot now."""
+    if instance.status != Instance.Status.RUNNING:
+        return "", f"A shell opens once {instance.name} is running."
+    if instance.cluster.backend == "kubernetes":
+        from .shell import ShellUnavailable, kubectl_path
+
+        try:
+            kubectl_path()
+        except ShellUnavailable as exc:
+            return "kubectl", str(exc)
+        return "kubectl", ""
+    from clusters.backends.local.tenants import isolated
+
+    try:
+        separate = isolated()
+    except BackendError as exc:
+        return "sandbox", exc.message
+    if not separate:
+        return "sandbox", (
+            "Shells on local sandboxes need the portal to run as root, so that each "
+            "workspace has its own OS user; this portal runs in single-user mode, where a "
+            "shell would run as the portal itself. Use a JupyterLab terminal in a notebook.")
+    return "sandbox", ""
+
+
+def open_shell(*, user: AbstractBaseUser, instance_id: int, client: str = "",
+               ip_address: str | None = None) -> ShellGrant:
+    """Decide a new browser shell: the user may reach the running instance now (the same
+    decision as the proxy's). A kubectl shell gets a session token of the kind a downloaded
+    kubeconfig holds, valid for at most SHELL_MAX_SESSION_S: the same identity, scope and
+    audit trail."""
+    instance, _ = lost_access(user=user, instance_id=instance_id)
+    if instance is None:
+        raise ShellRefused("No such instance.", hidden=True)
+    kind, problem = shell_offer(instance=instance)
+    if problem:
+        raise ShellRefused(problem)
+    seconds = min(settings.SHELL_MAX_SESSION_S, settings.ACCESS_TOKEN_MAX_TTL_HOURS * 3600)
+    token, plain, namespace = None, "", ""
+    if kind == "kubectl":
+        token, plain = issue_access_token(
+            user=user, instance=instance, hours=seconds / 3600,
+            client=f"{SHELL_CLIENT} · {client}", ip_address=ip_address,
+        )
+        if instance.kind == NAMESPACE:
+            namespace = instance_object_name(key=instance.key,
+                                             owner=instance.workspace.owner.get_username(),
+                                             name=instance.name)
+    record_audit(action="shell.opened", obj=instance, actor=user, workspace=instance.workspace,
+                 ip_address=ip_address, kind=kind, token=token.prefix if token else None)
+    return ShellGrant(
+        user_id=user.pk, username=user.get_username(), instance_id=instance.pk,
+        instance_name=instance.name, kind=kind, namespace=namespace,
+        token_id=token.pk if token else None, token=plain,
+        expires_at=token.expires_at if token else timezone.now() + timedelta(seconds=seconds),
+    )
+
+
+def sandbox_terminal(*, grant: ShellGrant) -> Terminal:
+    """The login shell the local backend offers in the instance's sandbox."""
+    instance = Instance.objects.select_related("workspace__owner", "cluster", "profile").get(
+        pk=grant.instance_id)
+    try:
+        return get_backend(instance.cluster).terminal(
+            instance_spec(instance), tuple(instance.gpu_indices))
+    except BackendError as exc:
+        raise ShellRefused(exc.message) from exc
+
+
+def shell_access(*, grant: ShellGrant) -> str:
+    """Why an open shell must close now ('' while it may stay): asked every ACCESS_RECHECK_S
+    and whenever access on its instance changes. A kubectl shell is held to its session
+    token as the proxy holds every request (revoked, expired, access lost); a sandbox shell
+    to the same access decision."""
+    if grant.token:
+        decision = authorize_proxy_request(token=grant.token, instance_id=grant.instance_id,
+                                           touch=False)
+        return decision.message if isinstance(decision, Refusal) else ""
+    close_old_connections()
+    user = get_user_model().objects.filter(pk=grant.user_id).first()
+    if user is None:
+        return "The account was removed."
+    instance, reason = lost_access(user=user, instance_id=grant.instance_id)
+    if instance is None:
+        return f"Access to {grant.instance_name} ended ({reason})."
+    if instance.status != Instance.Status.RUNNING:
+        return f"{instance.name} is {instance.status_label.lower()}."
+    return ""
+
+
+def close_shell(*, grant: ShellGrant, reason: str, ip_address: str | None = None) -> None:
+    """The shell closed: its session token dies with it, and the audit trail says why."""
+    close_old_connections()
+    with transaction.atomic():
+        if grant.token_id is not None:
+            AccessToken.objects.filter(pk=grant.token_id, revoked_at__isnull=True).update(
+                revoked_at=timezone.now(), revoked_reason=f"shell closed: {reason}"[:200])
+        instance = Instance.objects.select_related("workspace").filter(
+            pk=grant.instance_id).first()
+        if instance is not None:
+            record_audit(action="shell.closed", obj=instance,
+                         actor=get_user_model().objects.filter(pk=grant.user_id).first(),
+                         workspace=instance.workspace, ip_address=ip_address,
+                         reason=reason[:200])

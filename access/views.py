@@ -52,9 +52,12 @@ def access_panel(request: HttpRequest) -> HttpResponse:
     if not wanted.isdigit():
         raise Http404("No such instance.")
     instance = get_instance_for_user(request, int(wanted))
+    shell_kind, shell_problem = services.shell_offer(instance=instance)
     context = {
         "instance": instance,
         "has_api": instance.cluster.backend == "kubernetes",
+        "shell_kind": shell_kind,
+        "shell_problem": shell_problem,
         "tokens": list(selectors.tokens_of(user=request.user, instance=instance)[:50]),
         "requests": selectors.recent_proxy_requests(instance=instance),
         "default_hours": f"{settings.ACCESS_TOKEN_TTL_HOURS:g}",
@@ -109,3 +112,21 @@ def tokens_revoke_all(request: HttpRequest, pk: int) -> HttpResponse:
     )
     messages.info(request, f"{count} token{'s' if count != 1 else ''} revoked.")
     return redirect("instances:detail", pk=instance.pk)
+
+
+def shell_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """The browser terminal: xterm.js on a WebSocket to access.consumers.ShellConsumer."""
+    instance = get_instance_for_user(request, pk)
+    kind, problem = services.shell_offer(instance=instance)
+    response = render(request, "access/shell.html", {
+        "instance": instance,
+        "kind": kind,
+        "problem": problem,
+        "idle_minutes": f"{settings.SHELL_IDLE_TIMEOUT_S / 60:g}",
+    })
+    # xterm.js sizes its cells and colours through <style> elements it creates; scripts stay
+    # limited to the portal's own files.
+    response["Content-Security-Policy"] = settings.CONTENT_SECURITY_POLICY.replace(
+        "style-src 'self'", "style-src 'self' 'unsafe-inline'")
+    response["Cache-Control"] = "no-store"
+    return response

@@ -82,7 +82,11 @@ def watch_latency(env: dict[str, str], emu, namespace: str) -> list[float]:
 
 def pod(name: str) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"a": "b"}},
-            "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}]}}
+            # Pod Security `restricted`, which instance namespaces enforce.
+            "spec": {"containers": [{"name": "main", "image": "busybox:1.36", "securityContext": {
+                "allowPrivilegeEscalation": False, "runAsNonRoot": True, "runAsUser": 1000,
+                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+            }}]}}
 
 
 def main() -> None:

@@ -393,6 +393,30 @@ ACCESS_KUBECONFIG_CA_FILE = env_str("ACCESS_KUBECONFIG_CA_FILE")
 ACCESS_RECHECK_S = float(env_str("ACCESS_RECHECK_S", "1"))
 ACCESS_AUDIT_RETENTION_DAYS = env_int("ACCESS_AUDIT_RETENTION_DAYS", 90)
 
+# Browser shells (access.consumers, access.shell): the kubectl they run, when they close (no
+# keystroke for SHELL_IDLE_TIMEOUT_S, or SHELL_MAX_SESSION_S in all), the limits of every
+# process of a kubectl shell, and how many may be open at once on one machine.
+SHELL_KUBECTL = env_str("SHELL_KUBECTL")
+SHELL_IDLE_TIMEOUT_S = env_int("SHELL_IDLE_TIMEOUT_S", 15 * 60)
+SHELL_MAX_SESSION_S = env_int("SHELL_MAX_SESSION_S", 8 * 3600)
+SHELL_CPU_S = env_int("SHELL_CPU_S", 300)
+SHELL_MEMORY_MB = env_int("SHELL_MEMORY_MB", 2048)
+SHELL_FILE_MB = env_int("SHELL_FILE_MB", 100)
+SHELL_PROCESSES = env_int("SHELL_PROCESSES", 256)
+SHELL_MAX_SESSIONS = env_int("SHELL_MAX_SESSIONS", 32)
+SHELL_PER_USER = env_int("SHELL_PER_USER", 4)
+# Django Channels carries the shells' WebSockets; its layer tells open shells that access
+# changed. Redis where there is one; in memory in the embedded default (a single process).
+CHANNEL_LAYER_URL = env_str("CHANNEL_LAYER_URL") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "")
+CHANNEL_LAYERS = {"default": {
+    "BACKEND": "channels_redis.core.RedisChannelLayer",
+    # The layer blocks up to 5 s on Redis per receive: the client's read timeout (5 s by
+    # default in redis-py 8) must be longer.
+    "CONFIG": {"hosts": [{"address": CHANNEL_LAYER_URL, "socket_timeout": 30}],
+               "prefix": env_str("CACHE_KEY_PREFIX", "gpupaas") + ":channels"},
+} if CHANNEL_LAYER_URL else {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -5,8 +5,9 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.db import connection
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import Resolver404, resolve
 
 from instances.selectors import has_shared_instances
 from workspaces.selectors import role_of
@@ -66,8 +67,20 @@ class RoleRequiredMiddleware:
             if not request.portal_role:
                 request.shared_only = has_shared_instances(user=request.user)
                 if not request.shared_only:
+                    if names_an_object(request.path):
+                        # An instance or notebook they may not see (say, one they were
+                        # removed from): as for anyone else, it does not exist.
+                        raise Http404("No such object.")
                     return render(request, "portal/no_access.html", status=403)
         return self.get_response(request)
+
+
+def names_an_object(path: str) -> bool:
+    """The URL names one object (an instance, a notebook...) by its id."""
+    try:
+        return "pk" in resolve(path).kwargs
+    except Resolver404:
+        return False
 
 
 class IdleTimeoutMiddleware:

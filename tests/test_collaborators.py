@@ -361,8 +361,15 @@ def test_someone_without_a_role_sees_just_what_is_shared(client, alice, shared):
     assert not Workspace.objects.filter(owner=dana).exists()
 
     services.remove_collaborator(collaborator=collaborator, by=alice)
-    assert client.get(reverse("instances:detail", args=[shared.pk])).status_code == 403
+    # Their only shared instance is gone: its URLs are 404s, as for anyone it is not shared
+    # with (not the no-access page, which would say it exists); the rest says "no access".
+    for url in (reverse("instances:detail", args=[shared.pk]),
+                reverse("instances:status", args=[shared.pk]),
+                reverse("access:shell", args=[shared.pk]),
+                reverse("access:kubeconfig", args=[shared.pk])):
+        assert client.get(url, HTTP_HX_REQUEST="true").status_code == 404, url
     assert client.get("/").status_code == 403
+    assert client.get(reverse("instances:list")).status_code == 403
 
 
 def test_someone_outside_the_idp_sets_a_password_and_becomes_a_guest(client, alice, shared):

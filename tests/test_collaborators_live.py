@@ -1,20 +1,27 @@
 """Collaborators with the real parts: the invitation travels through a real SMTP server on
 loopback, the invitee signs in at the real OpenID Connect provider (tests/kit/oidc.py), and a
-real browser does the whole journey against the live server, with a real Celery worker and
-real JupyterLab."""
+real browser does the whole journey against the portal as production serves it (uvicorn:
+pages, the Kubernetes proxy and the shell's WebSockets), with a real Celery worker, real
+JupyterLab and a real shell."""
 
 import email
+import os
 import re
+import shutil
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
 from email import policy
+from types import SimpleNamespace
 
 import pytest
 import requests
+import yaml
 from aiosmtpd.controller import Controller
 from allauth.socialaccount.models import SocialAccount
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.urls import reverse
@@ -26,9 +33,22 @@ from notebooks.models import Notebook, NotebookProfile
 from workspaces.services import ensure_workspace
 
 from .conftest import make_user, wait_for, workspace_of
-from .test_identity import PROVIDER_ID, idp, portal, sign_in, sso  # noqa: F401  (fixtures)
+from .kit.asgi import serve
+from .test_identity import PROVIDER_ID, idp, sign_in, sso  # noqa: F401  (fixtures)
+from .test_remote_access import emu, profile, real_profile, tls  # noqa: F401  (fixtures)
+from .test_shell import fresh_channel_layer, no_shell_left
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def portal(transactional_db, settings):
+    """The whole portal over ASGI on this test's database: the shell needs WebSockets."""
+    from gpupaas.asgi import application
+
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+    with serve(application) as url, fresh_channel_layer(), no_shell_left():
+        yield SimpleNamespace(url=url)
 
 
 class Inbox:
@@ -233,6 +253,24 @@ def test_the_whole_journey_invite_accept_use_and_removal_ends_it_at_once(
     carols.click("button:has-text('Accept invitation')")
     carols.wait_for_selector("h1:has-text('lab')")
     carols.wait_for_selector("text=shared with you")
+    # ...opens a shell in the sandbox (as the workspace's own OS user), and keeps it open.
+    shell = carols.context.new_page()
+    shell.set_default_timeout(20_000)
+    shell.goto(instance_url)
+    with_shell = os.geteuid() == 0  # sandbox shells need the portal to run as root
+    if with_shell:
+        shell.click("a:has-text('Open shell')")
+        shell.wait_for_selector("#shell-state:has-text('Connected')")
+        shell.click("#terminal")
+        shell.keyboard.type("id -un; echo shell-$((6*7))")
+        shell.keyboard.press("Enter")
+        shell.wait_for_function(
+            "(text) => document.querySelector('.xterm-rows').textContent.includes(text)",
+            arg="shell-42")
+        assert f"{settings.LOCAL_USER_PREFIX}{instance.workspace_id}" in shell.inner_text(
+            ".xterm-rows")
+    else:
+        assert "need the portal to run as root" in shell.inner_text("#remote-access")
     carols.click("a:has-text('olivias-nb')")
     carols.wait_for_selector("text=Open JupyterLab")
     open_url = carols.get_attribute("a:has-text('Open JupyterLab')", "href")
@@ -246,12 +284,20 @@ def test_the_whole_journey_invite_accept_use_and_removal_ends_it_at_once(
     page.wait_for_selector("text=carol@corp.example no longer has access to lab")
     removed_at = time.monotonic()
 
-    # 4. Within a second: the old notebook token is refused, and carol's next page and
-    # partial are 404s (those from the very commit: access is read on every request).
+    # 4. Within a second: the old notebook token is refused, her open shell closes, and
+    # carol's next page and partial are 404s (access is read on every request).
     wait_for(lambda: not answers(notebook.url, old_token), timeout=5, interval=0.05)
     refused_after = time.monotonic() - removed_at
+    if with_shell:
+        shell.wait_for_selector("#shell-state:has-text('Closed: Access to lab ended')",
+                                timeout=5_000)
+        closed_after = time.monotonic() - removed_at
+        assert closed_after < 1.5, f"the shell stayed open {closed_after:.2f}s"
+        assert shell.is_visible("#shell-reconnect")
     assert carols.reload().status == 404
     assert carols.request.get(f"{portal.url}/instances/{instance.pk}/status/").status == 404
+    assert carols.request.get(f"{portal.url}/access/instances/{instance.pk}/shell/").status \
+        == 404
     assert refused_after < 1.0, f"the old token still worked {refused_after:.2f}s later"
     # olivia's notebook comes back with a new token, and her notebook page tells her why.
     page.goto(f"{portal.url}/notebooks/{notebook.pk}/")
@@ -261,3 +307,66 @@ def test_the_whole_journey_invite_accept_use_and_removal_ends_it_at_once(
         "?token=")
     assert new_token != old_token and answers(lab_url, new_token)
     assert not answers(lab_url, old_token)
+
+
+# --- a collaborator's kubectl: downloaded kubeconfig and shell, until removed -----------------
+
+
+@pytest.fixture(params=["emulator", "real"])
+def kube_profile(request, transactional_db):
+    """A namespace profile on the Kubernetes API emulator, then on the real API server of
+    the kit (skipped where there is none)."""
+    if request.param == "real":
+        return request.getfixturevalue("real_profile")
+    return request.getfixturevalue("profile")
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_a_collaborators_kubectl_works_until_removed_then_every_path_ends(
+    kube_profile, client, alice, tls, settings, tmp_path  # noqa: F811
+):
+    from websockets.sync.client import connect
+
+    from .test_collaborators import share_with
+    from .test_remote_access import (
+        CONFIGMAP,
+        aimed_at,
+        download_kubeconfig,
+        kubectl,
+        namespace_of,
+    )
+    from .test_remote_access import running_instance as kube_instance
+    from .test_shell import Shell
+
+    settings.ACCESS_KUBECONFIG_CA_FILE = str(tls[0])
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+    instance = kube_instance(alice, kube_profile, name="shared-kube")
+    carol = make_user("carol", group=None)  # no role: only what is shared with her
+    collaborator = share_with(instance, alice, carol)
+    config, path = download_kubeconfig(client, carol, instance, tmp_path)
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+    from gpupaas.asgi import application
+
+    with serve(application, tls=tls) as url, fresh_channel_layer(), no_shell_left():
+        with open(path, "w") as f:
+            yaml.safe_dump(aimed_at(config, url), f)
+        kubectl(path, "apply", "-f", "-", stdin=CONFIGMAP.format(name="from-carol",
+                                                                   value="carol"))
+        assert kubectl(path, "get", "configmap", "from-carol", "-o",
+                       "jsonpath={.data.greeting}").stdout == "carol"
+        with connect(url.replace("https", "wss", 1)
+                     + f"/access/instances/{instance.pk}/shell/socket/",
+                     ssl=ssl.create_default_context(cafile=str(tls[0])),
+                     additional_headers={"Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
+                                         "Origin": url}) as socket_:
+            shell = Shell(socket_)
+            shell.type("kubectl get configmap from-carol -o name")
+            shell.wait_for("configmap/from-carol")
+            assert f"namespace {namespace_of(instance)}" in shell.text
+
+            services.remove_collaborator(collaborator=collaborator, by=alice)
+
+            assert shell.wait_closed(timeout=5) < 1.5
+            assert shell.close_code == 4403
+        refused = kubectl(path, "get", "configmaps", check=False)
+        assert refused.returncode == 1 and "You must be logged in" in refused.stderr

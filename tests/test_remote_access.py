@@ -194,7 +194,9 @@ def test_the_instance_page_lists_the_tokens_and_recent_requests(
     client, alice, alice_instance, alice_kubeconfig
 ):
     kubectl(alice_kubeconfig, "get", "configmaps")
-    wait_for(lambda: ProxyRequest.objects.filter(verb="list").exists(), timeout=5)
+    # Discovery requests are lists too: wait for this one's row (written after it answered).
+    wait_for(lambda: ProxyRequest.objects.filter(path__contains="/configmaps").exists(),
+             timeout=5)
     page = client.get(f"/access/?instance={alice_instance.pk}").content.decode()
     token = AccessToken.objects.get()
     assert f"{token.prefix}…" in page
@@ -437,6 +439,97 @@ def test_the_audit_names_the_kubernetes_verb(method, path, query, verb):
     assert kube_verb(method, path, query) == verb
 
 
+# --- exec, attach and port-forward: WebSockets through the proxy ----------------------------
+
+
+def restricted_pod(name: str, **spec) -> dict:
+    """A pod that passes Pod Security `restricted` (the instance namespace enforces it)."""
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {**spec, "containers": [{
+            "name": "app", "image": "busybox",
+            "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                                "runAsUser": 1000, "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+        }]},
+    }
+
+
+def test_kubectl_exec_goes_through_the_portal_over_a_websocket(
+    emu, alice_instance, alice_kubeconfig
+):
+    ns = namespace_of(alice_instance)
+    # Bound to a node, as the scheduler would: the emulator's "kubelet" answers exec.
+    emu.create(restricted_pod("web", nodeName="node-1"), namespace=ns)
+    emu.requests.reset()
+
+    result = kubectl(alice_kubeconfig, "exec", "web", "--", "echo", "hello", "from", "web")
+
+    assert result.stdout == "hello from web\n"
+    [upgrade] = [r for r in emu.requests.records() if r.path.startswith(
+        f"/api/v1/namespaces/{ns}/pods/web/exec")]
+    # Upgraded as alice, never with her token or anything she sent about identity.
+    assert upgrade.headers["upgrade"].lower() == "websocket"
+    assert upgrade.headers["impersonate-user"] == "test-portal:user:alice"
+    assert upgrade.headers["authorization"] == f"Bearer {PORTAL_CREDENTIAL}"
+    assert "v5.channel.k8s.io" in upgrade.headers["sec-websocket-protocol"]
+    row = wait_for(lambda: ProxyRequest.objects.filter(verb="exec").first(), timeout=5)
+    assert row.status == 101 and row.path.startswith(f"/api/v1/namespaces/{ns}/pods/web/exec")
+
+    # The remote command's exit code reaches kubectl too.
+    failed = kubectl(alice_kubeconfig, "exec", "web", "--", "ls", check=False)
+    assert failed.returncode == 127 and "ls: not found" in failed.stderr
+
+
+def test_the_api_servers_refusal_of_an_exec_reaches_kubectl(
+    emu, alice_instance, alice_kubeconfig, tls, portal
+):
+    ns = namespace_of(alice_instance)
+    emu.create(restricted_pod("pending"), namespace=ns)  # never scheduled: no node
+
+    unscheduled = kubectl(alice_kubeconfig, "exec", "pending", "--", "echo", "x", check=False)
+    missing = kubectl(alice_kubeconfig, "exec", "nope", "--", "echo", "x", check=False)
+
+    assert unscheduled.returncode == 1
+    assert "pod pending does not have a host assigned" in unscheduled.stderr
+    assert 'pods "nope" not found' in missing.stderr
+
+    # A client that can only speak SPDY is told why it cannot pass, not left to guess.
+    emu.create(restricted_pod("web", nodeName="node-1"), namespace=ns)
+    with httpx.Client(verify=trusting_the_portal()) as http:
+        answer = http.post(
+            f"{portal}/k8s/{alice_instance.pk}/api/v1/namespaces/{ns}/pods/web/exec"
+            "?command=echo&stdout=true",
+            headers={"Authorization": f"Bearer {token_of(alice_kubeconfig)}",
+                     "Connection": "Upgrade", "Upgrade": "SPDY/3.1"})
+    assert answer.status_code == 400 and "over WebSockets only" in answer.json()["message"]
+
+
+def test_a_revoked_token_cannot_open_an_exec_stream(emu, alice_instance, alice_kubeconfig,
+                                                   portal):
+    import json
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    ns = namespace_of(alice_instance)
+    emu.create(restricted_pod("web", nodeName="node-1"), namespace=ns)
+    access.revoke_access_tokens(instance=alice_instance, reason="test")
+
+    refused = kubectl(alice_kubeconfig, "exec", "web", "--", "echo", "x", check=False)
+    assert refused.returncode == 1 and "You must be logged in" in refused.stderr
+    # The upgrade itself, as kubectl would send it once past its first request: refused with
+    # a Status, never passed on.
+    url = (portal.replace("https", "wss", 1) + f"/k8s/{alice_instance.pk}/api/v1/namespaces/"
+           f"{ns}/pods/web/exec?command=echo&command=x&stdout=true")
+    with pytest.raises(InvalidStatus) as upgrade:
+        connect(url, ssl=trusting_the_portal(), subprotocols=["v5.channel.k8s.io"],
+                additional_headers={"Authorization": f"Bearer {token_of(alice_kubeconfig)}"})
+    assert upgrade.value.response.status_code == 401
+    assert "revoked" in json.loads(upgrade.value.response.body)["message"]
+    assert not [r for r in emu.requests.records() if "/exec" in r.path]
+
+
 # --- against a real kube-apiserver (KUBEBUILDER_ASSETS) ------------------------------------
 # The emulator enforces no RBAC: namespace scope and `auth can-i` need the real server, from
 # the real-server kit's session fixture `real_kube` (skipped when there is none).
@@ -504,6 +597,49 @@ def test_on_a_real_server_the_user_is_admin_of_the_namespace_only(real_kubeconfi
     assert 'User "test-portal:user:alice" cannot list resource "pods"' in refused.stderr
     wait_for(lambda: ProxyRequest.objects.filter(
         status=403, path__contains="/namespaces/kube-system/").exists(), timeout=5)
+
+
+def test_on_a_real_server_exec_is_upgraded_as_the_user_and_its_answer_reaches_kubectl(
+    real_kubeconfig
+):
+    """No kubelet runs beside the test server, so no exec can complete: what is proven is
+    that the WebSocket upgrade reaches the API server as the user, and its answer reaches
+    kubectl (a pod not scheduled; a scheduled one whose node has no kubelet to upgrade to;
+    another namespace forbidden)."""
+    instance, kubeconfig = real_kubeconfig
+    import json
+
+    nowhere = restricted_pod("nowhere", nodeSelector={"gpupaas.test/no-such-node": "x"})
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(nowhere))
+    unscheduled = kubectl(kubeconfig, "exec", "nowhere", "--", "echo", "x", check=False)
+    assert "pod nowhere does not have a host assigned" in unscheduled.stderr
+
+    # The real scheduler binds this one to one of the kit's stand-in nodes, whose kubelet
+    # does not exist: the API server tries to upgrade to it, and says so.
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=json.dumps(restricted_pod("bound")))
+    wait_for(lambda: kubectl(kubeconfig, "get", "pod", "bound", "-o",
+                             "jsonpath={.spec.nodeName}").stdout, timeout=30)
+    bound = kubectl(kubeconfig, "exec", "bound", "--", "echo", "x", check=False)
+    assert bound.returncode == 1 and "unable to upgrade connection" in bound.stderr
+    # kubectl reads the pod before exec; the upgrade itself, as kubectl sends it, is refused
+    # by the API server (RBAC on pods/exec), and that answer comes back whole.
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with open(kubeconfig) as f:
+        server = yaml.safe_load(f)["clusters"][0]["cluster"]["server"]
+    url = (server.replace("https", "wss", 1)
+           + "api/v1/namespaces/kube-system/pods/etcd/exec?command=sh&stdout=true")
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, ssl=trusting_the_portal(), subprotocols=["v5.channel.k8s.io"],
+                additional_headers={"Authorization": f"Bearer {token_of(kubeconfig)}"})
+    assert refused.value.response.status_code == 403
+    status = json.loads(refused.value.response.body)
+    assert 'User "test-portal:user:alice" cannot' in status["message"]
+    assert '"pods/exec"' in status["message"] and status["reason"] == "Forbidden"
+    assert wait_for(lambda: ProxyRequest.objects.filter(verb="exec", status=403).exists(),
+                    timeout=5)
+    assert ProxyRequest.objects.filter(verb="exec", status=400).exists()
 
 
 def test_on_a_real_server_asking_to_be_someone_else_changes_nothing(real_kubeconfig):

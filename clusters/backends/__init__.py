@@ -8,6 +8,7 @@ from .base import (
     InstanceState,
     NotebookSpec,
     NotebookState,
+    Terminal,
     TransientBackendError,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "InstanceState",
     "NotebookSpec",
     "NotebookState",
+    "Terminal",
     "TransientBackendError",
     "get_backend",
 ]

@@ -94,6 +94,19 @@ class GpuInventory:
     sharing: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class Terminal:
+    """A login shell inside an instance, as a browser terminal runs it: the command, where,
+    with what environment (nothing of the portal's), and as which OS user (None: the
+    portal's own)."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    env: dict[str, str]
+    uid: int | None = None
+    gid: int | None = None
+
+
 class BackendError(Exception):
     """The cluster refused for a reason retrying will not fix; `message` is for the user."""
 

@@ -43,7 +43,12 @@ Known gaps versus a real API server (the backend tests also run against one; see
 - list pages are not snapshot-consistent; watches are never compacted (no 410 Gone);
 - field selectors accept any field path; custom resources are not validated against their
   CRD schema and there is no version conversion (objects are served as stored);
-- a single fake node: DaemonSets count one scheduled pod.
+- a single fake node: DaemonSets count one scheduled pod;
+- exec, attach and port-forward: refused as a real server refuses them (missing pod, a pod
+  not scheduled, no upgrade); for a pod bound to a node (``spec.nodeName``), exec over
+  WebSocket (``v5.channel.k8s.io``/``v4``) is answered as a kubelet would for a container
+  that has only ``echo``: its arguments on stdout, exit 0, anything else exit 127. attach and
+  port-forward are not modelled.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import bisect
 import contextlib
 import copy
 import datetime
+import hashlib
 import itertools
 import json
 import os
@@ -2520,6 +2526,21 @@ class _Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+POD_STREAMS = ("exec", "attach", "portforward")
+
+
+def _ws_frame(payload: bytes, *, opcode: int) -> bytes:
+    """One final, unmasked WebSocket frame (a server's)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x80 | opcode, size])
+    elif size < 65536:
+        head = bytes([0x80 | opcode, 126]) + struct.pack("!H", size)
+    else:
+        head = bytes([0x80 | opcode, 127]) + struct.pack("!Q", size)
+    return head + payload
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "kubeemu/1"
@@ -2581,6 +2602,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         route = _parse_route(method, url.path, query)
+        if route.plural == "pods" and route.group == "" and route.subresource in POD_STREAMS:
+            self._pod_stream(route, parse_qs(url.query, keep_blank_values=True))
+            return
         record = emu.requests._begin(
             RequestRecord(
                 method,
@@ -2611,6 +2635,62 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_stream(response.stream)
         else:
             self._send(response.code, response.body, response.content_type)
+
+    def _pod_stream(self, route: _Route, query: dict[str, list[str]]) -> None:
+        """exec, attach, port-forward: the real server's refusals, and exec over WebSocket in
+        a pod bound to a node, answered as for a container that has only `echo`."""
+        emu = self.server.emulator
+        record = emu.requests._begin(RequestRecord(
+            self.command, self.path, route.verb, route.resource, route.namespace, route.name,
+            route.pattern, headers={k.lower(): v for k, v in self.headers.items()}))
+        self._read_body()
+        info = emu.catalog.lookup("", "v1", "pods")
+        pod = emu.store.find(info, route.namespace, route.name or "")
+        upgrade = (self.headers.get("Upgrade") or "").lower()
+        offered = [p.strip() for p in (self.headers.get("Sec-WebSocket-Protocol") or "")
+                   .split(",")]
+        protocol = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io")
+                         if p in offered), None)
+        error = None
+        if pod is None:
+            error = _not_found("", "pods", route.name or "")
+        elif not (pod.get("spec") or {}).get("nodeName"):
+            error = ApiError(400, "BadRequest",
+                             f"pod {route.name} does not have a host assigned")
+        elif upgrade != "websocket" or route.subresource != "exec" or protocol is None:
+            error = ApiError(400, "BadRequest", "Upgrade request required")
+        if error is not None:
+            emu.requests._finish(record, error.code)
+            self._send(error.code, error.status())
+            return
+        key = self.headers.get("Sec-WebSocket-Key") or ""
+        accept = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        emu.requests._finish(record, 101)
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.send_header("Sec-WebSocket-Protocol", protocol)
+        self.end_headers()
+        command = query.get("command") or []
+        if command[:1] == ["echo"]:
+            frames = [b"\x01" + (" ".join(command[1:]) + "\n").encode()]
+            status: Obj = {"metadata": {}, "status": "Success"}
+        else:
+            frames = [b"\x02" + f"kubeemu: {' '.join(command)}: not found\n".encode()]
+            status = {
+                "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                "message": f"command terminated with non-zero exit code: error executing "
+                           f"command {command}, exit code 127",
+                "details": {"causes": [{"reason": "ExitCode", "message": "127"}]},
+            }
+        frames.append(b"\x03" + json.dumps(status).encode())
+        for payload in frames:
+            self.wfile.write(_ws_frame(payload, opcode=2))
+        self.wfile.write(_ws_frame(struct.pack("!H", 1000), opcode=8))
+        self.wfile.flush()
+        self.close_connection = True
 
     def _send(
         self, code: int, body: Any, content_type: str = "application/json", *, close: bool = False

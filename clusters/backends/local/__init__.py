@@ -32,12 +32,14 @@ from ..base import (
     InstanceState,
     NotebookSpec,
     NotebookState,
+    Terminal,
 )
 from . import environments, jupyter
 from .gpus import allocate_slots, local_inventory, release_slots
 from .tenants import (
     Tenant,
     ensure_tenant,
+    isolated,
     mode_line,
     own,
     protect_portal_files,
@@ -174,6 +176,37 @@ class LocalBackend:
             except BackendError as exc:
                 states[spec.key] = InstanceState("failed", exc.message, detail=exc.detail)
         return states
+
+    def terminal(self, spec: InstanceSpec, gpu_indices: tuple[int, ...]) -> Terminal:
+        """A login shell in the sandbox, as the workspace's own OS user: what its notebooks'
+        terminals get (the sandbox as HOME, its GPUs, a minimal PATH), nothing of the
+        portal's. Only where each workspace has its own OS user: a shell as the portal's
+        user would reach the portal's database and secrets."""
+        if not isolated():
+            raise BackendError(
+                "Shells on local sandboxes need the portal to run as root, so that each "
+                "workspace has its own OS user; this portal runs in single-user mode.")
+        with self._locked(spec.key) as lock:
+            sandbox = self.sandbox(spec.key)
+            if self._deleted(lock) or not sandbox.is_dir():
+                raise BackendError("This instance's sandbox is gone.")
+            tenant = ensure_tenant(spec.workspace)
+        work = sandbox / "work"
+        return Terminal(
+            argv=("/bin/bash", "--login"),
+            cwd=str(work if work.is_dir() else sandbox),
+            env={
+                "HOME": str(sandbox),
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpu_indices),
+                "SHELL": "/bin/bash",
+                "LANG": "C.UTF-8",
+                "TERM": "xterm-256color",
+                "USER": tenant.name,
+                "LOGNAME": tenant.name,
+            },
+            uid=tenant.uid, gid=tenant.gid,
+        )
 
     # -- notebooks: a JupyterLab process per notebook, working in the instance's sandbox
 

@@ -66,7 +66,20 @@ def ensure_tenant(workspace: str) -> Tenant | None:
     """The workspace's OS user, created if missing; None in single-user mode."""
     if not isolated():
         return None
-    name = username(workspace)
+    return ensure_os_user(username(workspace))
+
+
+def shell_username(slot: int) -> str:
+    """The OS user of one browser-shell slot (`gpw-sh3`): a kubectl shell runs as the user
+    of the slot it holds, so two open shells never share files or processes."""
+    prefix = settings.LOCAL_USER_PREFIX
+    if not PREFIX_RE.match(prefix):
+        raise BackendError(f"LOCAL_USER_PREFIX {prefix!r} is not a safe OS user name prefix.")
+    return f"{prefix}sh{int(slot)}"
+
+
+def ensure_os_user(name: str) -> Tenant:
+    """An unprivileged OS user the portal created (root only), created if missing."""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
@@ -80,7 +93,7 @@ def ensure_tenant(workspace: str) -> Tenant | None:
             entry = pwd.getpwnam(name)
         except KeyError:
             raise BackendError(
-                "Could not create the workspace's OS user.", detail=result.stderr
+                f"Could not create the OS user {name}.", detail=result.stderr
             ) from None
     if entry.pw_gecos != COMMENT:
         raise BackendError(f"The OS user {name} exists and was not created by the portal.")
