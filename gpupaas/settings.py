@@ -129,6 +129,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+elif env_int("DATABASE_POOL_SIZE", 10) > 0:
+    # Served over ASGI, every request runs its sync code in a thread of its own: persistent
+    # connections would be one per thread (100 launches at once ran PostgreSQL out of
+    # connections). A bounded pool per process shares them; a request waits for a free one.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 10),
+        "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 30),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -252,12 +261,14 @@ if CELERY_BROKER_URL == "filesystem://":
     # A broker that needs no server: messages are files under var/broker, shared by web,
     # worker and beat on one machine.
     _broker_dir = VAR_DIR / "broker"
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        # Its exchange tables; kombu's default is ./control, in whatever folder it started.
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "gpupaas")
