@@ -10,6 +10,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from gpupaas.logs import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -96,6 +98,9 @@ MIDDLEWARE = [
 if env_bool("QUERY_COUNT_HEADER", False):
     # Benchmarks read the number of SQL queries a page ran from a response header.
     MIDDLEWARE.insert(0, "portal.middleware.QueryCountHeaderMiddleware")
+# First of all: /healthz, /readyz and /metrics before any session, host check or redirect;
+# every other request gets its request id, log context and metrics (portal.ops).
+MIDDLEWARE.insert(0, "portal.ops.OpsMiddleware")
 
 ROOT_URLCONF = "gpupaas.urls"
 WSGI_APPLICATION = "gpupaas.wsgi.application"
@@ -253,7 +258,6 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
 SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
-SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]  # load balancer probes speak plain HTTP
 
 # --- Celery -------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -277,6 +281,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The worker logs in the portal's format (LOGGING below), with the request ids.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 RECONCILE_INTERVAL_S = env_int("RECONCILE_INTERVAL_S", 30)
@@ -404,11 +410,16 @@ ACCESS_KUBECONFIG_CA_FILE = env_str("ACCESS_KUBECONFIG_CA_FILE")
 ACCESS_RECHECK_S = float(env_str("ACCESS_RECHECK_S", "1"))
 ACCESS_AUDIT_RETENTION_DAYS = env_int("ACCESS_AUDIT_RETENTION_DAYS", 90)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    # httpx logs every proxied request at INFO; the proxy keeps its own audit trail.
-    "loggers": {"django.db.backends": {"level": "INFO"}, "httpx": {"level": "WARNING"}},
-}
+# --- Operations: logs, metrics ----------------------------------------------------------
+# json: one object a line (production); text: readable lines (`make run` sets it). Every line
+# carries the request id, user id and instance id where known (gpupaas.logs).
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
+# /metrics (Prometheus) answers a bearer token equal to METRICS_TOKEN, or a direct peer (not
+# through a proxy) in one of METRICS_ALLOWED_NETWORKS; with neither set it is off (404).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS")
+# A cluster's GPU inventory is asked at most this often (seconds) for the metrics.
+METRICS_INVENTORY_MAX_AGE_S = float(env_str("METRICS_INVENTORY_MAX_AGE_S", "30"))
+# The Celery worker's own /metrics port (task durations and failures); 0: none.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0)
