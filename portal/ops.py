@@ -28,8 +28,18 @@ _migrated = False  # once every migration was applied, they stay applied (for th
 
 
 def check_database() -> str:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return ""
+    import psycopg
+
+    # A connection of its own, not one from the pool: the question is whether PostgreSQL
+    # answers (within seconds, not the pool's wait), not whether this process is busy.
+    params = {key: value for key, value in connection.get_connection_params().items()
+              if key not in ("cursor_factory", "context", "prepare_threshold")}
+    with psycopg.connect(**params, connect_timeout=3) as conn:
+        conn.execute("SELECT 1")
     return ""
 
 
@@ -51,7 +61,7 @@ def check_migrations() -> str:
 def check_broker() -> str:
     from gpupaas.celery import app
 
-    with app.connection_for_write() as conn:
+    with app.connection_for_write(settings.CELERY_BROKER_URL) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
         if conn.transport_cls in ("redis", "rediss"):
             conn.default_channel.client.ping()  # the connection above is lazy for Redis

@@ -116,6 +116,7 @@ class RateLimiter:
 @dataclass(frozen=True)
 class ClientSettings:
     cluster: str  # for messages
+    name: str = ""  # the cluster's slug, for metrics labels (the message name when empty)
     qps: float = 20
     burst: int = 40
     timeout_s: float = 10
@@ -182,9 +183,9 @@ class KubeClient:
                 problem = f"{method} {path}: {type(exc).__name__}: {exc}"
                 retry_after = None
             finally:
-                KUBE_REQUESTS.labels(self.settings.cluster, verb, code).inc()
-                KUBE_LATENCY.labels(self.settings.cluster, verb).observe(
-                    time.monotonic() - started)
+                label = self.settings.name or self.settings.cluster
+                KUBE_REQUESTS.labels(label, verb, code).inc()
+                KUBE_LATENCY.labels(label, verb).observe(time.monotonic() - started)
             if attempt + 1 < attempts:
                 delay = self.settings.retry_base_s * 2**attempt
                 # The server's own Retry-After (429, 503) wins: it knows when it has room.
