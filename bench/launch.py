@@ -128,7 +128,7 @@ def wait_up(port: int) -> None:
         try:
             conn = http.client.HTTPConnection(HOST, port, timeout=5)
             conn.request("GET", "/healthz")
-            if conn.getresponse().status < 500:
+            if conn.getresponse().status == 200:
                 return
         except (OSError, http.client.HTTPException):
             pass

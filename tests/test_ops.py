@@ -151,7 +151,6 @@ def scrape(base: str) -> dict[str, float]:
 def test_kubernetes_api_requests_are_counted_by_verb_and_code(metrics_on, cluster):
     from clusters.backends import get_backend
     from clusters.backends.kubernetes import client_for
-
     from gpupaas.asgi import application
 
     listed = series("gpupaas_kube_api_requests_total", cluster="emu", verb="list", code="200")
