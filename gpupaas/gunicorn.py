@@ -16,6 +16,7 @@ worker_class = "uvicorn_worker.UvicornWorker"
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 accesslog = None
+control_socket_disable = True  # no control socket in $HOME (read-only in the image)
 logconfig_dict = logging_config(log_format=os.environ.get("LOG_FORMAT", "json"),
                                 level=os.environ.get("LOG_LEVEL", "INFO"))
 

@@ -148,12 +148,16 @@ def task_finished(task_id: str | None = None, task: Any = None, state: str | Non
 
 
 def serve_worker_metrics(port: int, token: str, networks: list[str]) -> None:
-    """The Celery worker's own /metrics (its pods are scraped apart from the web's), on a
-    thread of the worker's main process, with the same guard as the portal's."""
+    """The Celery worker's own /metrics (its pods are scraped apart from the web's), with the
+    same guard as the portal's, and /healthz for its probes: a thread of the worker's main
+    process, so it answers as long as that process runs."""
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO", "").rstrip("/") == "/healthz":  # the kubelet's probes
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
         ok = allowed(authorization=environ.get("HTTP_AUTHORIZATION", ""),
                      peer=environ.get("REMOTE_ADDR"),
                      forwarded=bool(environ.get("HTTP_X_FORWARDED_FOR")),
