@@ -65,7 +65,13 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         uid, iid = user_id.get(), instance_id.get()
-        request = current_request.get()
+        # Django's own lines about a request ("Bad Request: ...") come after the middleware
+        # is done with it, but carry the request itself.
+        request = getattr(record, "request", None)
+        if not hasattr(request, "META"):  # not a Django request
+            request = current_request.get()
+        if getattr(request, "request_id", None) and not request_id.get():
+            record.request_id = request.request_id
         if request is not None:
             from_request = _from_request(request)
             uid = uid if uid is not None else from_request[0]
@@ -78,7 +84,8 @@ class ContextFilter(logging.Filter):
 
 # Attributes every LogRecord has; anything else a caller passed in `extra` is logged too.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message", "asctime", "request_id", "user_id", "instance_id", "taskName"}
+    "message", "asctime", "request_id", "user_id", "instance_id", "taskName", "request",
+    "context"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -331,3 +331,47 @@ def test_a_portal_whose_database_and_broker_are_down_is_alive_but_not_ready(tmp_
     assert lines[1].startswith("database: OperationalError")
     assert lines[2] == "migrations: not checked: the database does not answer"
     assert lines[3].startswith("broker: ")
+
+
+# --- log lines -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def log_lines():
+    """What the console handler writes, in both formats, while the test runs."""
+    import io
+    import logging
+
+    from gpupaas import logs
+
+    streams = {"json": io.StringIO(), "text": io.StringIO()}
+    handlers = []
+    for kind, formatter in (("json", logs.JsonFormatter()), ("text", logs.TextFormatter())):
+        handler = logging.StreamHandler(streams[kind])
+        handler.addFilter(logs.ContextFilter())
+        handler.setFormatter(formatter)
+        handlers.append(handler)
+        logging.getLogger().addHandler(handler)
+    yield streams
+    for handler in handlers:
+        logging.getLogger().removeHandler(handler)
+
+
+def test_every_line_of_a_request_carries_its_request_and_user_ids(
+        alice_client, alice, catalogue, log_lines):
+    alice_client.post("/instances/new/", {"name": "Bad_Name", "profile": catalogue[1].pk},
+                      HTTP_X_REQUEST_ID="req-bad-1")
+    alice_client.get("/instances/", HTTP_X_REQUEST_ID="bad id\n{forged}")
+    lines = [json.loads(line) for line in log_lines["json"].getvalue().splitlines()]
+    refused = [line for line in lines if line["request_id"] == "req-bad-1"]
+    # The portal's request line, and Django's own "Bad Request" line after it.
+    assert [line["logger"] for line in refused] == ["gpupaas.requests", "django.request"]
+    assert all(line["user_id"] == alice.pk for line in refused)
+    assert refused[0]["view"] == "instances:new" and refused[0]["status"] == 400
+    assert "request" not in refused[1]
+    # A request id that could forge or fill log lines is replaced by one of the portal's.
+    listed = [line for line in lines if line["message"].startswith("GET /instances/ ")]
+    assert re.fullmatch(r"[0-9a-f]{32}", listed[0]["request_id"])
+    text = log_lines["text"].getvalue()
+    assert re.search(rf"INFO gpupaas\.requests \[req=req-bad-1 user={alice.pk}\] "
+                     r"POST /instances/new/ 400 \d+ms", text)
