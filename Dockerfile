@@ -8,7 +8,7 @@
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 VAR_DIR=/var/lib/gpupaas \
-    LOG_FORMAT=json HOME=/tmp
+    LOG_FORMAT=json HOME=/tmp WEB_CONCURRENCY=4
 WORKDIR /app
 RUN groupadd --system --gid 10001 portal \
     && useradd --system --uid 10001 --gid 10001 --home /app portal \
