@@ -33,5 +33,5 @@ RUN SECRET_KEY=build-only python manage.py collectstatic --noinput
 USER 10001:10001
 EXPOSE 8000 9808
 # ASGI: pages and the streaming Kubernetes proxy (/k8s/) in one server. Workers:
-# WEB_CONCURRENCY (default 2); each request is logged once, by the portal, with its id.
+# WEB_CONCURRENCY (4 here); each request is logged once, by the portal, with its id.
 CMD ["gunicorn", "-c", "python:gpupaas.gunicorn", "gpupaas.asgi:application"]
