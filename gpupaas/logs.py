@@ -31,8 +31,8 @@ current_request: contextvars.ContextVar[Any] = contextvars.ContextVar(
 # A request id a client or proxy sends is kept only when it is short and plain, so it cannot
 # forge log lines or fill them.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-# URL namespaces whose `pk` is an instance's.
-_INSTANCE_NAMESPACES = {"instances", "access"}
+# Views whose `pk` is an instance's: every view of `instances`, and these of other apps.
+_INSTANCE_VIEWS = {"access:kubeconfig", "access:revoke_all"}
 
 
 def new_request_id(offered: str | None = None) -> str:
@@ -53,7 +53,8 @@ def _from_request(request: Any) -> tuple[int | None, int | None]:
             wrapped, "is_authenticated", False):
         uid = wrapped.pk
     match = getattr(request, "resolver_match", None)
-    if match is not None and match.namespace in _INSTANCE_NAMESPACES:
+    if match is not None and (match.namespace == "instances"
+                              or match.view_name in _INSTANCE_VIEWS):
         pk = match.kwargs.get("pk")
         if isinstance(pk, int):
             iid = pk
