@@ -375,3 +375,12 @@ def test_every_line_of_a_request_carries_its_request_and_user_ids(
     text = log_lines["text"].getvalue()
     assert re.search(rf"INFO gpupaas\.requests \[req=req-bad-1 user={alice.pk}\] "
                      r"POST /instances/new/ 400 \d+ms", text)
+
+
+def test_lines_of_an_instances_pages_carry_its_id(alice_client, alice, alices_instance,
+                                                   log_lines):
+    alice_client.get(f"/instances/{alices_instance.pk}/status/", HTTP_X_REQUEST_ID="req-st")
+    [line] = [json.loads(line) for line in log_lines["json"].getvalue().splitlines()
+              if '"req-st"' in line]
+    assert (line["user_id"], line["instance_id"]) == (alice.pk, alices_instance.pk)
+    assert line["view"] == "instances:status"
