@@ -39,6 +39,8 @@ bench: $(VENV)/.installed-test
 		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/kube.py
 	$(BIN)/python bench/notebooks.py
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_proxy,$(DATABASE_URL)) $(BIN)/python bench/proxy.py
+	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_launch,$(DATABASE_URL)) \
+		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/launch.py
 
 # Needs the envtest binaries: KUBEBUILDER_ASSETS=/path/to/bin make record-contracts
 record-contracts: $(VENV)/.installed-test

@@ -20,12 +20,16 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from websockets.asyncio.client import connect as websocket_connect
+
+from clusters.backends.kubernetes.client import request_verb
+from gpupaas.metrics import PROXY_LATENCY, PROXY_REQUESTS
 
 from . import services
 from .services import Grant, Refusal
@@ -55,23 +59,7 @@ def _status(code: int, reason: str, message: str) -> bytes:
 
 def kube_verb(method: str, path: str, query: str) -> str:
     """The Kubernetes verb of a request, as audit logs name it."""
-    parts = [p for p in path.split("/") if p]
-    if "watch=true" in query or "watch=1" in query or (len(parts) > 2 and parts[2] == "watch"):
-        return "watch"
-    if parts[:1] == ["api"]:
-        rest = parts[2:]
-    elif parts[:1] == ["apis"]:
-        rest = parts[3:]
-    else:
-        return "get" if method in ("GET", "HEAD") else method.lower()
-    if rest[:1] == ["namespaces"] and len(rest) >= 3:
-        rest = rest[2:]  # namespaces/<ns>/<resource>...: the resource decides
-    named = len(rest) >= 2
-    return {
-        "GET": "get" if named else "list", "HEAD": "get" if named else "list",
-        "POST": "create", "PUT": "update", "PATCH": "patch",
-        "DELETE": "delete" if named else "deletecollection",
-    }.get(method, method.lower())
+    return request_verb(method, path, dict(parse_qsl(query)))
 
 
 def _client_ip(scope: dict[str, Any], headers: dict[str, str]) -> str | None:
@@ -104,7 +92,21 @@ class KubeProxy:
         if scope["type"] == "websocket":
             await self.websocket(scope, receive, send)
             return
-        await self.http(scope, receive, send)
+        started, answered = time.monotonic(), {"status": 0}
+
+        async def counted(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answered["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self.http(scope, receive, counted)
+        finally:
+            _, _, _, *rest = scope["path"].split("/", 3)  # '', 'k8s', '<id>', rest
+            verb = kube_verb(scope["method"], "/" + (rest[0] if rest else ""),
+                             scope.get("query_string", b"").decode("latin-1"))
+            PROXY_REQUESTS.labels(verb, str(answered["status"] or 499)).inc()
+            PROXY_LATENCY.labels(verb).observe(time.monotonic() - started)
 
     async def decide(self, scope: dict[str, Any]) -> tuple[
             dict[str, str], str, str, str | None, str, Grant | Refusal]:

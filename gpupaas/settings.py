@@ -10,6 +10,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from gpupaas.logs import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -96,6 +98,9 @@ MIDDLEWARE = [
 if env_bool("QUERY_COUNT_HEADER", False):
     # Benchmarks read the number of SQL queries a page ran from a response header.
     MIDDLEWARE.insert(0, "portal.middleware.QueryCountHeaderMiddleware")
+# First of all: /healthz, /readyz and /metrics before any session, host check or redirect;
+# every other request gets its request id, log context and metrics (portal.ops).
+MIDDLEWARE.insert(0, "portal.ops.OpsMiddleware")
 
 ROOT_URLCONF = "gpupaas.urls"
 WSGI_APPLICATION = "gpupaas.wsgi.application"
@@ -128,6 +133,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
+    }
+elif env_int("DATABASE_POOL_SIZE", 10) > 0:
+    # Served over ASGI, every request runs its sync code in a thread of its own: persistent
+    # connections would be one per thread (100 launches at once ran PostgreSQL out of
+    # connections). A bounded pool per process shares them; a request waits for a free one.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 10),
+        "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 30),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -244,7 +258,6 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
 SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
-SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]  # load balancer probes speak plain HTTP
 
 # --- Celery -------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -252,12 +265,14 @@ if CELERY_BROKER_URL == "filesystem://":
     # A broker that needs no server: messages are files under var/broker, shared by web,
     # worker and beat on one machine.
     _broker_dir = VAR_DIR / "broker"
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (_broker_dir / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        # Its exchange tables; kombu's default is ./control, in whatever folder it started.
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "gpupaas")
@@ -266,6 +281,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The worker logs in the portal's format (LOGGING below), with the request ids.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 RECONCILE_INTERVAL_S = env_int("RECONCILE_INTERVAL_S", 30)
@@ -417,11 +434,16 @@ CHANNEL_LAYERS = {"default": {
                "prefix": env_str("CACHE_KEY_PREFIX", "gpupaas") + ":channels"},
 } if CHANNEL_LAYER_URL else {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    # httpx logs every proxied request at INFO; the proxy keeps its own audit trail.
-    "loggers": {"django.db.backends": {"level": "INFO"}, "httpx": {"level": "WARNING"}},
-}
+# --- Operations: logs, metrics ----------------------------------------------------------
+# json: one object a line (production); text: readable lines (`make run` sets it). Every line
+# carries the request id, user id and instance id where known (gpupaas.logs).
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"))
+# /metrics (Prometheus) answers a bearer token equal to METRICS_TOKEN, or a direct peer (not
+# through a proxy) in one of METRICS_ALLOWED_NETWORKS; with neither set it is off (404).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS")
+# A cluster's GPU inventory is asked at most this often (seconds) for the metrics.
+METRICS_INVENTORY_MAX_AGE_S = float(env_str("METRICS_INVENTORY_MAX_AGE_S", "30"))
+# The Celery worker's own /metrics port (task durations and failures); 0: none.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0)

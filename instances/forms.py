@@ -14,6 +14,7 @@ class LaunchForm(forms.Form):
         max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 2})
     )
     profile = forms.ModelChoiceField(
+        label="Size",
         queryset=ComputeProfile.objects.none(),
         error_messages={
             "invalid_choice": "This size is not available to you. Pick one of the sizes shown.",

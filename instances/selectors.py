@@ -1,3 +1,4 @@
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -183,9 +184,12 @@ class Overview:
 HOLDING = [Instance.Status.PROVISIONING, Instance.Status.RUNNING, Instance.Status.DELETING]
 
 
-def admin_overview(*, failed_since: datetime, top: int = 10, failed_limit: int = 50) -> Overview:
-    """What the administrators' overview shows, in a fixed number of queries whatever the
-    rows: GPUs per cluster, instances by status, recent failures, top workspaces."""
+def cluster_gpus(*, inventory_max_age_s: float = 0) -> list[ClusterGpus]:
+    """GPUs per cluster, allocated and in total, in a fixed number of queries whatever the
+    rows (plus one inventory question per cluster; an unreachable cluster says why instead
+    of taking the caller down). With `inventory_max_age_s`, a cluster's inventory answered
+    in this process that recently is reused (metrics scrapes must not question every API
+    server every few seconds)."""
     # GPUs a cluster has given out: on the local cluster its slot rows, elsewhere what the
     # instances that hold resources there (provisioning, running, deleting) were sized at.
     slots = (GpuAllocation.objects.filter(cluster=OuterRef("pk")).order_by()
@@ -196,19 +200,32 @@ def admin_overview(*, failed_since: datetime, top: int = 10, failed_limit: int =
         slots=Coalesce(Subquery(slots, output_field=IntegerField()), Value(0)),
         sized=Coalesce(Subquery(sized, output_field=IntegerField()), Value(0)),
     ))
-    for cluster in clusters:
-        cluster.allocated = cluster.slots if cluster.backend == Cluster.Backend.LOCAL else (
-            cluster.sized)
-    held = ~Q(instances__status=Instance.Status.DELETED)
     gpus = []
     for cluster in clusters:
-        try:
-            inventory = get_backend(cluster).inventory()
-        except Exception as exc:  # an unreachable cluster must not take the page down
-            gpus.append(ClusterGpus(cluster, cluster.allocated, None, False, str(exc)[:200]))
+        allocated = cluster.slots if cluster.backend == Cluster.Backend.LOCAL else cluster.sized
+        cached = _inventories.get(cluster.pk)
+        if inventory_max_age_s and cached and time.monotonic() - cached[0] < inventory_max_age_s:
+            total, simulated, problem = cached[1:]
         else:
-            gpus.append(ClusterGpus(cluster, cluster.allocated, inventory.total,
-                                    inventory.simulated))
+            try:
+                inventory = get_backend(cluster).inventory()
+            except Exception as exc:  # an unreachable cluster must not take the page down
+                total, simulated, problem = None, False, str(exc)[:200]
+            else:
+                total, simulated, problem = inventory.total, inventory.simulated, ""
+            _inventories[cluster.pk] = (time.monotonic(), total, simulated, problem)
+        gpus.append(ClusterGpus(cluster, allocated, total, simulated, problem))
+    return gpus
+
+
+_inventories: dict[int, tuple[float, int | None, bool, str]] = {}
+
+
+def admin_overview(*, failed_since: datetime, top: int = 10, failed_limit: int = 50) -> Overview:
+    """What the administrators' overview shows, in a fixed number of queries whatever the
+    rows: GPUs per cluster, instances by status, recent failures, top workspaces."""
+    gpus = cluster_gpus()
+    held = ~Q(instances__status=Instance.Status.DELETED)
     counts = dict(Instance.objects.values_list("status").annotate(n=Count("id")).order_by())
     by_status = [(label, counts.get(value, 0)) for value, label in Instance.Status.choices]
     failed = list(

@@ -57,7 +57,9 @@ def _validate_launch(
     *, workspace: Workspace, name: str, description: str, profile: ComputeProfile,
     by: AbstractBaseUser,
 ) -> None:
-    """Every rule a launch must pass, checked under the workspace lock."""
+    """The rules a launch must pass that need no lock: the name, the description, the size
+    being open to the user, and the name being free (the unique constraint is what makes
+    that exact; this check only says it first, in words)."""
     errors: dict[str, list[str]] = {}
     if not name:
         errors.setdefault("name", []).append("Give the instance a name.")
@@ -82,7 +84,6 @@ def _validate_launch(
     if Instance.objects.filter(workspace=workspace, name=name).exclude(
             status=Status.DELETED).exists():
         raise ValidationError({"name": f"You already have an instance named {name}."})
-    _check_quota(workspace=workspace, gpus=profile.gpus)
 
 
 def _check_quota(*, workspace: Workspace, gpus: int) -> None:
@@ -130,30 +131,32 @@ def launch_instance(
     from .tasks import provision_instance_task
 
     name, description = name.strip(), description.strip()
+    _validate_launch(
+        workspace=workspace, name=name, description=description, profile=profile, by=by
+    )
     with transaction.atomic():
         # The workspace row lock serialises launches: concurrent ones can never pass quota.
+        # Only what the quota needs happens under it (every launch of the workspace waits).
         workspace = lock_workspace(workspace_id=workspace.pk) or workspace
-        _validate_launch(
-            workspace=workspace, name=name, description=description, profile=profile, by=by
-        )
+        _check_quota(workspace=workspace, gpus=profile.gpus)
         try:
-            with transaction.atomic():
-                instance = Instance.objects.create(
-                    workspace=workspace,
-                    name=name,
-                    description=description,
-                    profile=profile,
-                    launched_by=by,
-                    cluster=profile.cluster,
-                    kind=profile.kind,
-                    gpus=profile.gpus,
-                    gpu_model=profile.gpu_model,
-                    cpu=profile.cpu,
-                    memory_gib=profile.memory_gib,
-                    storage_gib=profile.storage_gib,
-                    status=Status.PENDING,
-                    status_message="Waiting for a worker to start provisioning.",
-                )
+            # No savepoint of its own: a clash rolls the whole launch back anyway.
+            instance = Instance.objects.create(
+                workspace=workspace,
+                name=name,
+                description=description,
+                profile=profile,
+                launched_by=by,
+                cluster=profile.cluster,
+                kind=profile.kind,
+                gpus=profile.gpus,
+                gpu_model=profile.gpu_model,
+                cpu=profile.cpu,
+                memory_gib=profile.memory_gib,
+                storage_gib=profile.storage_gib,
+                status=Status.PENDING,
+                status_message="Waiting for a worker to start provisioning.",
+            )
         except IntegrityError as exc:
             raise ValidationError({"name": f"You already have an instance named {name}."}) from exc
         record_audit(

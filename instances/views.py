@@ -104,6 +104,11 @@ def instance_new(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"You launched {instance.name}.")
             return redirect("instances:detail", pk=instance.pk)
+    if request.method == "POST" and request.headers.get("HX-Request"):
+        # The wizard's own submit (htmx): answer with why, above the form the user is still
+        # looking at; the size cards, quota and page around it need not be worked out again.
+        return render(request, "instances/partials/launch_feedback.html", {"form": form},
+                      status=400)
     usage = selectors.quota_usage(workspace=workspace)
     cards = size_cards(profiles, usage)
     clusters = {p.cluster for p in profiles}

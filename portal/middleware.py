@@ -15,7 +15,7 @@ from workspaces.selectors import role_of
 # Reachable without a role: signing out, the no-access page itself, the admin (which
 # checks staff status on its own), and invitation links (accepting one gives access).
 OPEN_PREFIXES = (
-    "/accounts/", "/static/", "/healthz/", "/signed-out/", "/admin/", "/invitations/",
+    "/accounts/", "/static/", "/signed-out/", "/admin/", "/invitations/",
 )
 
 

@@ -6,6 +6,5 @@ app_name = "portal"
 urlpatterns = [
     path("", views.landing, name="landing"),
     path("ping/", views.ping, name="ping"),
-    path("healthz/", views.healthz, name="healthz"),
     path("signed-out/", views.signed_out, name="signed_out"),
 ]

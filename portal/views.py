@@ -67,11 +67,6 @@ def ping(request: HttpRequest) -> HttpResponse:
 
 
 @login_not_required
-def healthz(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("ok", content_type="text/plain")
-
-
-@login_not_required
 def login(request: HttpRequest) -> HttpResponse:
     """With an identity provider, signing in means going there (and coming back to the page
     asked for); `?local` is the administrators' break-glass password form."""

@@ -146,8 +146,13 @@ def test_a_launch_that_lost_the_quota_race_says_why_in_plain_words(
     other.wait_for_selector("h1:has-text('train-b')")
 
     page.click("button:has-text('Launch')")
-    error = page.wait_for_selector("fieldset.sizes .error")
+    # The wizard sends the form with htmx: the refusal comes back alone, above the form,
+    # and takes the focus so a screen reader says it.
+    error = page.wait_for_selector("#launch-feedback .form-error[role=alert]")
     assert error.inner_text() == (
-        "Your quota is 8 GPUs and 6 are in use by train-a and train-b; this size needs 4.")
-    assert page.get_attribute("fieldset.sizes", "aria-invalid") == "true"
+        "Size: Your quota is 8 GPUs and 6 are in use by train-a and train-b; this size "
+        "needs 4.")
+    assert page.evaluate("document.activeElement.closest('#launch-feedback') !== null")
+    assert page.get_attribute("#launch-feedback a", "href") == "#step-2"
     assert page.input_value("#id_name") == "train-c"  # what she typed is kept
+    assert page.url.endswith("/instances/new/")

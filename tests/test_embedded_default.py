@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -49,6 +51,10 @@ def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_en
         assert f"is running at {base}" in banner
         mail_dir = os.path.join(embedded_env["VAR_DIR"], "mail")
         assert f"Mail (invitations) is written to {mail_dir}" in banner
+        output: list[str] = []  # the three processes' lines, read as they come
+        reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")),
+                                  daemon=True)
+        reader.start()
 
         s = requests.Session()
 
@@ -58,7 +64,7 @@ def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_en
             except (requests.ConnectionError, requests.Timeout):  # still starting, or busy
                 return False
 
-        wait_for(up, 30, 0.2)
+        wait_for(up, 90, 0.2)  # a busy machine imports the kubernetes client slowly
         s.post(base + "/accounts/login/", headers={"Referer": base}, data={
             "login": "demo", "password": "embedded-demo-42",
             "csrfmiddlewaretoken": s.cookies["csrftoken"],
@@ -78,6 +84,16 @@ def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_en
         proc.wait(30)
     assert proc.returncode == 0
     assert [pid for pid in children if alive(pid)] == [], "a process outlived runportal"
+    # `make run` logs readable lines, not production's JSON, each request with its ids.
+    reader.join(10)
+    launch = [line for line in output if "POST /instances/new/ 302" in line]
+    assert launch, "".join(output[-40:])
+    assert re.search(r"INFO gpupaas\.requests \[req=[0-9a-f]{32} user=\d+\] POST", launch[0])
+    assert not any(line.startswith("{") for line in output)
+    # The filesystem broker keeps its exchange tables under var/, not in the checkout.
+    control = Path(embedded_env["VAR_DIR"]) / "broker" / "control"
+    assert sorted(p.name for p in control.iterdir()) == [
+        "celery.pidbox.exchange", "gpupaas.exchange"]
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", int(embedded_env["PORT"]))) != 0
 

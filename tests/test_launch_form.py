@@ -177,3 +177,44 @@ def test_local_size_cards_never_promise_more_than_this_machine(alice_client, cat
     assert f"up to {min(64, machine.cpus)} CPU" in full_node
     assert f"up to {min(512, machine.memory_gib)} GiB memory" in full_node
     assert "limits on this machine" in page and "not reservations" in page
+
+
+# --- the wizard's own submit (htmx): the reasons alone, not the page again ---------------------
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+def test_the_wizard_submits_with_htmx_into_its_feedback_area(alice_client, catalogue):
+    page = alice_client.get(NEW).content.decode()
+    assert 'hx-post="/instances/new/"' in page
+    assert 'hx-target="#launch-feedback"' in page
+    assert '<div id="launch-feedback">' in page
+
+
+def test_a_refusal_sent_by_the_wizard_answers_with_every_reason_alone(
+        alice_client, alice, catalogue, django_assert_max_num_queries):
+    ws = workspace_of(alice)
+    ws.max_gpus = 4
+    ws.save()
+    alice_client.post(NEW, {"name": "train-a", "profile": catalogue[4].pk})
+    with django_assert_max_num_queries(10):  # no size cards, quota bar or layout to work out
+        response = alice_client.post(NEW, {"name": "Bad_Name", "profile": catalogue[2].pk,
+                                           "description": "x" * 501}, **HTMX)
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert body.startswith('<div id="launch-feedback">') and "<html" not in body
+    assert 'role="alert"' in body
+    assert '<a href="#id_name">Name</a>: Use lowercase letters, digits and hyphens' in body
+    assert '<a href="#id_description">Description</a>: Ensure this value has at most 500' in body
+    quota = alice_client.post(NEW, {"name": "train-b", "profile": catalogue[2].pk}, **HTMX)
+    assert quota.status_code == 400
+    assert ('<a href="#step-2">Size</a>: Your quota is 4 GPUs and 4 are in use by train-a; '
+            "this size needs 2.") in quota.content.decode()
+    assert list(Instance.objects.values_list("name", flat=True)) == ["train-a"]
+
+
+def test_a_launch_sent_by_the_wizard_takes_the_browser_to_the_instance(alice_client, catalogue):
+    response = alice_client.post(NEW, {"name": "train", "profile": catalogue[1].pk}, **HTMX)
+    assert response.status_code == 204
+    instance = Instance.objects.get(name="train")
+    assert response["HX-Redirect"] == f"/instances/{instance.pk}/"

@@ -41,3 +41,19 @@ document.addEventListener("change", (event) => {
     summary.textContent = event.target.dataset.summary;
   }
 });
+
+// The launch wizard's refusals come back as 400 with the reasons (#launch-feedback): htmx
+// swaps only 2xx answers unless told, and the reasons are what the user must see.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.xhr.status === 400 && event.detail.target.id === "launch-feedback") {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
+document.addEventListener("htmx:afterSwap", (event) => {
+  const feedback = document.querySelector("#launch-feedback .form-error");
+  if (feedback && event.detail.target.id === "launch-feedback") {
+    feedback.focus();
+    feedback.scrollIntoView({ block: "center" });
+  }
+});

@@ -69,7 +69,8 @@ def client_for(cluster: Cluster) -> KubeClient:
         client = KubeClient(
             api,
             ClientSettings(
-                cluster=str(cluster), qps=settings.KUBE_QPS, burst=settings.KUBE_BURST,
+                cluster=str(cluster), name=cluster.name, qps=settings.KUBE_QPS,
+                burst=settings.KUBE_BURST,
                 timeout_s=settings.KUBE_REQUEST_TIMEOUT_S, retries=settings.KUBE_RETRIES,
                 retry_base_s=settings.KUBE_RETRY_BASE_S,
             ),

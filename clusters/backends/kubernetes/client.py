@@ -14,6 +14,8 @@ import urllib3
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.rest import ApiException
 
+from gpupaas.metrics import KUBE_LATENCY, KUBE_REQUESTS
+
 from ..base import BackendError, TransientBackendError
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,33 @@ FIELD_MANAGER = "gpupaas"
 RETRY_AFTER_MAX_S = 30.0  # a longer wait is the task's to take, not a worker thread's
 
 
+def request_verb(method: str, path: str, query: dict[str, str] | None = None,
+                 content_type: str = "") -> str:
+    """The Kubernetes verb of a request, as the API server's own metrics and audit log name
+    it (a server-side apply is `apply`)."""
+    if method == "PATCH" and content_type == "application/apply-patch+yaml":
+        return "apply"
+    if (query or {}).get("watch") in ("true", "1"):
+        return "watch"
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]
+    else:  # /version, /healthz...
+        return "get" if method in ("GET", "HEAD") else method.lower()
+    if rest[:1] == ["watch"]:
+        return "watch"
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]  # namespaces/<ns>/<resource>...: the resource decides
+    named = len(rest) >= 2
+    return {
+        "GET": "get" if named else "list", "HEAD": "get" if named else "list",
+        "POST": "create", "PUT": "update", "PATCH": "patch",
+        "DELETE": "delete" if named else "deletecollection",
+    }.get(method, method.lower())
+
+
 def resource_path(api_version: str, kind: str, namespace: str | None = None,
                   name: str | None = None) -> str:
     prefix, plural, namespaced = RESOURCES[(api_version, kind)]
@@ -87,6 +116,7 @@ class RateLimiter:
 @dataclass(frozen=True)
 class ClientSettings:
     cluster: str  # for messages
+    name: str = ""  # the cluster's slug, for metrics labels (the message name when empty)
     qps: float = 20
     burst: int = 40
     timeout_s: float = 10
@@ -125,8 +155,10 @@ class KubeClient:
         TransientBackendError once retries are spent.
         """
         attempts = self.settings.retries + 1
+        verb = request_verb(method, path, query, content_type)
         for attempt in range(attempts):
             self.limiter.acquire()
+            started, code = time.monotonic(), "error"
             try:
                 # Undecoded: we read plain JSON, whatever models this client version ships.
                 response = self.api.call_api(
@@ -139,8 +171,10 @@ class KubeClient:
                     _preload_content=False,
                     _request_timeout=self.settings.timeout_s,
                 )
+                code = str(response.status)
                 return json.loads(response.data or b"null")
             except ApiException as exc:
+                code = str(exc.status or "error")
                 if exc.status not in TRANSIENT_STATUS:
                     raise
                 problem = f"{method} {path}: HTTP {exc.status} {exc.reason}"
@@ -148,6 +182,10 @@ class KubeClient:
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 problem = f"{method} {path}: {type(exc).__name__}: {exc}"
                 retry_after = None
+            finally:
+                label = self.settings.name or self.settings.cluster
+                KUBE_REQUESTS.labels(label, verb, code).inc()
+                KUBE_LATENCY.labels(label, verb).observe(time.monotonic() - started)
             if attempt + 1 < attempts:
                 delay = self.settings.retry_base_s * 2**attempt
                 # The server's own Retry-After (429, 503) wins: it knows when it has room.

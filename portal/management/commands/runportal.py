@@ -29,11 +29,11 @@ class Command(BaseCommand):
         celery = [python, "-m", "celery", "-A", "gpupaas"]
         commands = {
             # ASGI (uvicorn workers under gunicorn): the Kubernetes proxy streams watches.
+            # gpupaas.gunicorn: the portal's log format, and each request logged once.
             "web": [
-                python, "-m", "gunicorn", "gpupaas.asgi:application", "--bind", f"{host}:{port}",
-                "--worker-class", "uvicorn_worker.UvicornWorker",
-                "--workers", os.environ.get("WEB_CONCURRENCY", "2"), "--access-logfile", "-",
-                *tls,
+                python, "-m", "gunicorn", "-c", "python:gpupaas.gunicorn",
+                "gpupaas.asgi:application", "--bind", f"{host}:{port}",
+                "--workers", os.environ.get("WEB_CONCURRENCY", "2"), *tls,
             ],
             "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"],
             "beat": [
@@ -48,7 +48,11 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop_like_ctrl_c)
         if tenants.isolated():
             os.umask(0o077)  # what the portal writes (database, broker) is for it alone
-        procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
+        # Readable lines here, not production's JSON; each process keeps its metrics apart.
+        env = {**os.environ, "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text")}
+        procs = {name: subprocess.Popen(cmd, env={
+            **env, "PROMETHEUS_MULTIPROC_DIR": str(settings.VAR_DIR / "metrics" / name)})
+            for name, cmd in commands.items()}
         self.stdout.write(self.style.SUCCESS(
             f"\n  {settings.SITE_NAME} is running at {scheme}://{host}:{port}\n"
             "  (web, worker and beat; press Ctrl-C to stop all of them and the local "
