@@ -75,6 +75,8 @@ INSTALLED_APPS = [
     "instances",
     "notebooks",
     "access",
+    "ninja",  # the JSON API's OpenAPI document and interactive docs (static files)
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -283,6 +285,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notebooks.tasks.reconcile_notebooks",
         "schedule": float(RECONCILE_INTERVAL_S),
     },
+    "api-token-sweep": {
+        "task": "api.tasks.sweep_api_tokens",
+        "schedule": float(RECONCILE_INTERVAL_S),
+    },
 }
 
 # --- Sign-in hardening (issue 8): ID tokens, shared cache, login limits, headers -----------
@@ -392,6 +398,13 @@ ACCESS_TOKEN_MAX_TTL_HOURS = float(env_str("ACCESS_TOKEN_MAX_TTL_HOURS", "24"))
 ACCESS_KUBECONFIG_CA_FILE = env_str("ACCESS_KUBECONFIG_CA_FILE")
 ACCESS_RECHECK_S = float(env_str("ACCESS_RECHECK_S", "1"))
 ACCESS_AUDIT_RETENTION_DAYS = env_int("ACCESS_AUDIT_RETENTION_DAYS", 90)
+
+# JSON API (api/): personal access tokens expire after at most API_TOKEN_MAX_DAYS (users pick,
+# the default is offered), and each token (or browser session) may send API_RATE_LIMIT
+# requests (count/s|m|h|d, counted in the shared cache; empty: no limit).
+API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365)
+API_TOKEN_DEFAULT_DAYS = env_int("API_TOKEN_DEFAULT_DAYS", 30)
+API_RATE_LIMIT = env_str("API_RATE_LIMIT", "600/m")
 
 LOGGING = {
     "version": 1,
