@@ -20,7 +20,7 @@ from instances.models import Collaborator, Instance
 from notebooks.models import Notebook, NotebookProfile
 from workspaces.models import AuditEvent
 
-from .conftest import make_user, running_instance, workspace_of
+from .conftest import make_user, running_instance
 from .kube_fixtures import launch, provision
 
 PROBLEM = "application/problem+json"
