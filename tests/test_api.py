@@ -289,6 +289,11 @@ def test_collaborators_are_invited_listed_and_removed_with_the_pages_rules(
     assert again["errors"] == [{"field": "emails", "pointer": "#/emails", "detail": (
         "Not a valid email address: not-an-address. Nothing was sent.")}]
 
+    too_long = "a" * 60 + "@" + ".".join(["b" * 63] * 3) + ".com"  # valid, 256 characters
+    refused = problem(alice_api("POST", f"/instances/{instance.pk}/collaborators",
+                                {"emails": [too_long]}), 422)
+    assert refused["errors"][0]["detail"].startswith("Not a valid email address: aaaa")
+
     [listed] = alice_api("GET", f"/instances/{instance.pk}/collaborators").json()
     assert listed["status"] == "pending"
     gone = alice_api("DELETE", f"/instances/{instance.pk}/collaborators/{listed['id']}")
