@@ -398,7 +398,7 @@ def test_a_token_over_its_budget_gets_429_with_retry_after(alice, bob, settings,
         assert alice_api("GET", "/instances").status_code == 200
     limited = alice_api("GET", "/instances")
     problem(limited, 429)
-    assert 50 <= int(limited["Retry-After"]) <= 60
+    assert 1 <= int(limited["Retry-After"]) <= 60  # until the minute's window ends
     assert bob_api("GET", "/instances").status_code == 200  # a budget per token
 
 
@@ -410,3 +410,15 @@ def test_the_schema_and_docs_are_served_without_signing_in(client):
     docs = client.get("/api/docs")
     assert docs.status_code == 200 and b"swagger-ui" in docs.content
     assert problem(client.get("/api/v2/nothing"), 404)["detail"].startswith("No such API")
+
+
+def test_the_budget_is_counted_per_window_and_renews_with_the_next(db):
+    from allauth.core.internal.ratelimit import parse_rate
+
+    from api.ratelimit import consume
+
+    rate, start = parse_rate("2/m"), 1_800_000_000.0  # a minute boundary
+    assert [consume("token:1", rate, now=start + s) for s in (1, 2)] == [0.0, 0.0]
+    assert consume("token:1", rate, now=start + 45) == 15.0  # refused: 15 s to the next window
+    assert consume("token:2", rate, now=start + 45) == 0.0  # another token's own budget
+    assert consume("token:1", rate, now=start + 61) == 0.0

@@ -119,6 +119,36 @@ def test_every_operation_answers_within_its_schema_and_never_with_a_server_error
                             "POST /api/v1/instances/{instance_id}/retry"], answered
 
 
+def test_a_token_shared_by_parallel_jobs_gets_exactly_its_budget(live_api, settings):
+    """One atomic count per request in the shared cache (Redis): 20 clients at once on one
+    token get exactly the budget, never a refusal below it, and then 429 with Retry-After."""
+    import threading
+
+    import httpx
+
+    settings.API_RATE_LIMIT = "30/h"
+    statuses: list[int] = []
+    retry_after: list[int] = []
+    barrier = threading.Barrier(20)
+
+    def job() -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {live_api['token']}"}) as http:
+            barrier.wait()
+            for _ in range(2):
+                response = http.get(f"{live_api['url']}/api/v1/quota")
+                statuses.append(response.status_code)
+                if response.status_code == 429:
+                    retry_after.append(int(response.headers["Retry-After"]))
+
+    threads = [threading.Thread(target=job) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] * 30 + [429] * 10
+    assert all(0 < seconds <= 3600 for seconds in retry_after)
+
+
 # --- the gpupaas command ---------------------------------------------------------------------
 
 
