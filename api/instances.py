@@ -118,16 +118,12 @@ def list_instances(
     page_size: int = Query(settings.INSTANCES_PER_PAGE, ge=1, le=100),
 ) -> dict:
     """Instances you own or collaborate on, newest first, a page at a time."""
-    instances = (selectors.accessible_instances(user=request.user)
+    instances = (selectors.listable_instances(user=request.user, scope=scope)
                  .select_related("profile", "workspace__owner").order_by("-created_at", "-id"))
     instances = (instances.filter(status=status) if status
                  else instances.exclude(status=Status_.DELETED))
     if name:
         instances = instances.filter(name=name)
-    if scope == "own":
-        instances = instances.filter(workspace__owner=request.user)
-    elif scope == "shared":
-        instances = instances.exclude(workspace__owner=request.user)
     items, paging = page_of(instances, page, page_size)
     return {**paging, "items": [instance_out(request, i) for i in items]}
 
