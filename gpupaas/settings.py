@@ -77,6 +77,8 @@ INSTALLED_APPS = [
     "instances",
     "notebooks",
     "access",
+    "ninja",  # the JSON API's OpenAPI document and interactive docs (static files)
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -300,6 +302,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notebooks.tasks.reconcile_notebooks",
         "schedule": float(RECONCILE_INTERVAL_S),
     },
+    "api-token-sweep": {
+        "task": "api.tasks.sweep_api_tokens",
+        "schedule": float(RECONCILE_INTERVAL_S),
+    },
 }
 
 # --- Sign-in hardening (issue 8): ID tokens, shared cache, login limits, headers -----------
@@ -447,3 +453,10 @@ METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS")
 METRICS_INVENTORY_MAX_AGE_S = float(env_str("METRICS_INVENTORY_MAX_AGE_S", "30"))
 # The Celery worker's own /metrics port (task durations and failures); 0: none.
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0)
+
+# JSON API (api/): personal access tokens expire after at most API_TOKEN_MAX_DAYS (users pick,
+# the default is offered), and each token (or browser session) may send API_RATE_LIMIT
+# requests (count/s|m|h|d, counted in the shared cache; empty: no limit).
+API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365)
+API_TOKEN_DEFAULT_DAYS = env_int("API_TOKEN_DEFAULT_DAYS", 30)
+API_RATE_LIMIT = env_str("API_RATE_LIMIT", "600/m")

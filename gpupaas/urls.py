@@ -2,6 +2,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
+from api.main import urls as api_urls
 from portal.invitations import invitation, invitation_guest
 from portal.views import admin_overview, email_managed, login, social_signup
 
@@ -15,6 +16,8 @@ urlpatterns = [
     path("invitations/<str:token>/", invitation, name="invitation"),
     path("invitations/<str:token>/guest/", invitation_guest, name="invitation_guest"),
     path("access/", include("access.urls")),
+    path("api/", api_urls()),
+    path("api-tokens/", include("api.urls")),
     # Before allauth's own: sign-in goes to the identity provider when one is configured.
     path("accounts/login/", login, name="account_login"),
     path("accounts/email/", email_managed, name="account_email"),

@@ -438,6 +438,7 @@ def reconcile_instances() -> ReconcileSummary:
 
 INVITATION_SALT = "instances.invitation"
 EMAIL_SEPARATORS = re.compile(r"[\s,;]+")
+EMAIL_MAX = Collaborator._meta.get_field("email").max_length  # 254, as RFC 5321 allows
 
 
 def _token_hash(secret: str) -> str:
@@ -462,6 +463,9 @@ def parse_emails(text: str) -> list[str]:
         try:
             validate_email(email)
         except ValidationError:
+            invalid.append(raw)
+            continue
+        if len(email) > EMAIL_MAX:  # valid, but longer than an address can be stored
             invalid.append(raw)
             continue
         if email not in emails:

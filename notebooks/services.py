@@ -140,6 +140,17 @@ def delete_notebook(
     return notebook
 
 
+def reveal_notebook_token(
+    *, notebook: Notebook, by: AbstractBaseUser, ip_address: str | None = None
+) -> str:
+    """The notebook's token, for someone the caller found allowed on its instance; asked for
+    explicitly (the API, not a listing), so the audit log says who saw it and when."""
+    record_audit(action="notebook.token_revealed", obj=notebook, actor=by,
+                 workspace=notebook.instance.workspace, ip_address=ip_address,
+                 instance=notebook.instance.name)
+    return notebook.token
+
+
 def rotate_notebook_tokens(*, instance_id: int, reason: str = "") -> int:
     """Give every live notebook whose token predates the instance's last access removal a
     new token, and restart the running ones with it: whoever lost access knew the old one.

@@ -13,9 +13,10 @@ from instances.selectors import has_shared_instances
 from workspaces.selectors import role_of
 
 # Reachable without a role: signing out, the no-access page itself, the admin (which
-# checks staff status on its own), and invitation links (accepting one gives access).
+# checks staff status on its own), invitation links (accepting one gives access), and the
+# JSON API (which asks the same question itself and answers in JSON, token or session).
 OPEN_PREFIXES = (
-    "/accounts/", "/static/", "/signed-out/", "/admin/", "/invitations/",
+    "/accounts/", "/static/", "/signed-out/", "/admin/", "/invitations/", "/api/",
 )
 
 

@@ -1,0 +1,49 @@
+"""The JSON API: `/api/v1/…`, its OpenAPI document at `/api/openapi.json` and interactive
+docs at `/api/docs`. Every endpoint is a thin caller of the services the pages call."""
+
+from typing import Any
+
+from django.urls import URLPattern, URLResolver, re_path
+from ninja import NinjaAPI
+
+from . import instances, notebooks, problems
+from .auth import BearerToken, PortalSession
+from .ratelimit import TokenRateLimit
+
+DESCRIPTION = """\
+Everything the portal's pages do for an end user, for scripts, CI jobs and the `gpupaas`
+command. Authenticate with a personal access token from the **API tokens** page
+(`Authorization: Bearer gpa_…`; read-only tokens may only GET), or with your browser session
+(writes need the `X-CSRFToken` header).
+
+Errors are RFC 9457 problem details (`application/problem+json`): `status`, `title`,
+`detail` in the pages' words and, for validation errors (422), `errors` naming each field.
+Another user's objects answer 404. Each token has a request budget (429 with `Retry-After`).
+"""
+
+
+class PortalAPI(NinjaAPI):
+    def get_openapi_schema(self, **kwargs: Any) -> Any:
+        return problems.document_problems(super().get_openapi_schema(**kwargs))
+
+    def get_openapi_operation_id(self, operation: Any) -> str:
+        return operation.view_func.__name__
+
+
+api = PortalAPI(
+    title="GPU portal API", version="1", description=DESCRIPTION, urls_namespace="api",
+    auth=[BearerToken(), PortalSession()], throttle=[TokenRateLimit()],
+)
+problems.install(api)
+api.add_router("/v1/", instances.router)
+api.add_router("/v1/", notebooks.router)
+
+
+def urls() -> tuple[list[URLPattern | URLResolver], str, str]:
+    """The API's URL patterns. The API authenticates each request itself (a token or the
+    session, else a 401 problem), so the portal's sign-in redirect does not apply to it."""
+    patterns, app_name, namespace = api.urls
+    patterns = [*patterns, re_path(r"^(?P<rest>.*)$", problems.api_not_found)]
+    for pattern in patterns:
+        pattern.callback.login_required = False
+    return patterns, app_name, namespace

@@ -1,0 +1,199 @@
+"""What the API reads and answers, as typed schemas (the OpenAPI document is made of them).
+
+Request fields carry only their types here: their rules are the pages' forms and services,
+so a refusal says exactly what the page would. The documented limits (maxLength, pattern)
+say the same rules for readers of the schema."""
+
+from datetime import datetime
+from typing import Literal
+
+from ninja import Schema
+from pydantic import ConfigDict, Field
+
+from instances.models import INSTANCE_NAME_MAX, Instance, instance_name_validator
+from notebooks.models import Notebook
+
+NAME_RULES = {"maxLength": INSTANCE_NAME_MAX, "pattern": instance_name_validator.regex.pattern}
+InstanceStatus = Literal[tuple(Instance.Status.values)]  # type: ignore[valid-type]
+NotebookStatus = Literal[tuple(Notebook.Status.values)]  # type: ignore[valid-type]
+
+
+def required(*names: str) -> ConfigDict:
+    """Fields the schema documents as required, that the form checks (with its message)."""
+    return ConfigDict(json_schema_extra={"required": list(names)})
+
+
+class TokenOut(Schema):
+    name: str
+    prefix: str
+    scope: Literal["read", "write"]
+    expires_at: datetime
+
+
+class MeOut(Schema):
+    username: str
+    email: str
+    role: str = Field(description="admin, end-user, or empty: only instances shared with you.")
+    token: TokenOut | None = Field(description="The token this request came with; null for a "
+                                   "browser session.")
+
+
+class ProfileOut(Schema):
+    name: str = Field(description="What to pass as `profile` when launching.")
+    display_name: str
+    description: str
+    kind: str
+    gpus: int
+    gpu_model: str
+    cpu: float = Field(description="CPU cores (on the local machine, capped at what it has).")
+    memory_gib: int
+    storage_gib: int
+    fits: bool = Field(description="Whether launching it now fits your quota.")
+    refusal: str = Field(description="Why it does not fit now; empty when it does.")
+    cost: str = Field(description="What launching it takes from your quota.")
+
+
+class QuotaOut(Schema):
+    max_gpus: int
+    max_instances: int
+    gpus_used: int
+    instances_used: int
+    gpus_left: int
+    instances_left: int
+
+
+class InstanceOut(Schema):
+    id: int
+    name: str
+    description: str
+    status: InstanceStatus
+    status_label: str
+    status_message: str = Field(description="What is happening, in plain words; on failure, "
+                                "the reason.")
+    final: bool = Field(description="No worker will change the status by itself any more.")
+    profile: str
+    size: str
+    kind: str
+    gpus: int
+    gpu_model: str
+    cpu: float
+    memory_gib: int
+    storage_gib: int
+    owner: str
+    shared: bool = Field(description="Shared with you by its owner.")
+    created_at: datetime
+    status_changed_at: datetime
+    running_since: datetime | None
+    deleted_at: datetime | None
+    page: str = Field(description="The instance's page in the portal.")
+
+
+class Page(Schema):
+    count: int = Field(description="How many match, on all pages.")
+    page: int
+    page_size: int
+    pages: int
+
+
+class InstancePage(Page):
+    items: list[InstanceOut]
+
+
+class LaunchIn(Schema):
+    model_config = required("name", "profile")
+
+    name: str = Field("", json_schema_extra=NAME_RULES,
+                      description="A DNS-1123 label, unique among your live instances.")
+    profile: str = Field("", description="The size: a profile `name` from GET /profiles.")
+    description: str = Field("", json_schema_extra={"maxLength": 500})
+
+
+class EventOut(Schema):
+    id: int
+    at: datetime
+    action: str = Field(description="e.g. instance.launched, instance.running.")
+    actor: str | None = Field(description="Who did it; null when the portal's worker did.")
+    message: str
+
+
+class NotebookOut(Schema):
+    id: int
+    name: str
+    description: str
+    instance_id: int
+    instance: str
+    profile: str
+    profile_name: str
+    status: NotebookStatus
+    status_label: str
+    step: str
+    status_message: str
+    final: bool
+    url: str = Field(description="The notebook's address (without its token; see POST "
+                     "/notebooks/{id}/token).")
+    cpu: float
+    memory_gib: int
+    gpus: int
+    token_renewed: bool = Field(description="Its token was replaced after deployment (someone "
+                                "lost access to the instance).")
+    created_at: datetime
+    running_since: datetime | None
+    page: str
+
+
+class NotebookPage(Page):
+    items: list[NotebookOut]
+
+
+class DeployIn(Schema):
+    model_config = required("name", "profile")
+
+    name: str = Field("", json_schema_extra={**NAME_RULES, "maxLength": 40})
+    profile: str = Field("", description="A notebook profile name, e.g. datascience.")
+    description: str = Field("", json_schema_extra={"maxLength": 500})
+    cpu: float | None = Field(None, description="Empty: the profile's default.")
+    memory_gib: int | None = Field(None, description="Empty: the profile's default.")
+    gpus: int | None = Field(None, description="Empty: the profile's default.")
+
+
+class NotebookTokenOut(Schema):
+    token: str
+    open_url: str = Field(description="The URL that signs you straight in.")
+
+
+class KubeconfigIn(Schema):
+    hours: float | None = Field(None, description="How long its token is valid; empty: the "
+                                "portal's default. At most the administrator's maximum.")
+
+
+class KubeconfigOut(Schema):
+    kubeconfig: str = Field(description="YAML; its only credential is a token for this "
+                            "instance, through the portal's Kubernetes proxy.")
+    context: str
+    token_prefix: str
+    expires_at: datetime
+
+
+class CollaboratorOut(Schema):
+    id: int
+    email: str
+    status: Literal["pending", "accepted"]
+    status_label: str
+    user: str | None
+    guest: bool
+    invited_by: str | None
+    created_at: datetime
+    expires_at: datetime
+    accepted_at: datetime | None
+
+
+class InviteIn(Schema):
+    model_config = required("emails")
+
+    emails: list[str] = Field(default_factory=list, description="One or more addresses.")
+
+
+class InviteOut(Schema):
+    sent: list[CollaboratorOut]
+    unsent: list[CollaboratorOut] = Field(description="The mail server refused these; "
+                                          "resend them later.")

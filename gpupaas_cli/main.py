@@ -1,0 +1,399 @@
+"""`gpupaas`: the portal from a shell, a notebook or a CI job, through its JSON API.
+
+    gpupaas login --url https://gpu.example.com --token gpa_…
+    gpupaas sizes
+    gpupaas launch train --size gpu-1 --wait
+    gpupaas ls
+    gpupaas kubeconfig train
+    gpupaas notebook deploy train --profile datascience --open
+    gpupaas rm train --yes
+
+Every command takes `-o json` and prints JSON on stdout (progress and errors go to stderr).
+"""
+
+import json
+import os
+import sys
+import time
+import webbrowser
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from . import client
+from .client import Api, ApiProblem
+
+EPILOG = "Exit codes: " + "; ".join(f"{code} {what}" for code, what in client.EXIT_CODES.items())
+app = typer.Typer(help=__doc__.split("\n\n")[0], epilog=EPILOG, no_args_is_help=True,
+                  add_completion=False, rich_markup_mode=None)
+notebook_app = typer.Typer(help="Deploy, list and delete notebooks.", epilog=EPILOG,
+                           no_args_is_help=True)
+app.add_typer(notebook_app, name="notebook")
+out = Console()
+err = Console(stderr=True)
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+Output = Annotated[Format, typer.Option("--output", "-o", help="table (for people) or json.")]
+Wait = Annotated[bool, typer.Option("--wait", help="Show progress until it is running (or "
+                                    "failed, with the reason).")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
+Poll = Annotated[float, typer.Option("--poll", hidden=True, help="Seconds between checks.")]
+
+
+def emit(data: Any, output: Format) -> None:
+    if output == Format.json:
+        print(json.dumps(data, indent=2, default=str))
+
+
+def _when(value: str | None) -> str:
+    return (value or "")[:16].replace("T", " ")
+
+
+# --- login -------------------------------------------------------------------------------
+
+
+@app.command()
+def login(
+    url: Annotated[str, typer.Option(help="The portal's address, e.g. https://gpu.example.com",
+                                     prompt="Portal URL")],
+    token: Annotated[str, typer.Option(help="A personal access token (API tokens page).",
+                                       prompt="Token", hide_input=True)],
+    output: Output = Format.table,
+) -> None:
+    """Check a token with the portal and save it, with the URL, for the other commands
+    (in the user's config folder, readable by the user alone)."""
+    me = Api(url, token).get("/me")
+    path = client.save_config(url, token)
+    if output == Format.json:
+        emit({**me, "config": str(path)}, output)
+        return
+    scope = "read-only" if me["token"] and me["token"]["scope"] == "read" else "read-write"
+    out.print(f"Logged in to {url.rstrip('/')} as {me['username']} ({scope} token "
+              f"{me['token']['name'] if me['token'] else ''}); saved to {path}.")
+
+
+# --- sizes, quota --------------------------------------------------------------------------
+
+
+@app.command()
+def sizes(output: Output = Format.table) -> None:
+    """The sizes you may launch, and whether each fits your quota now."""
+    api = Api.from_config()
+    profiles = api.get("/profiles")
+    if output == Format.json:
+        return emit(profiles, output)
+    quota = api.get("/quota")
+    table = Table("SIZE", "NAME", "GPUS", "CPU", "MEMORY", "FITS NOW", box=None)
+    for p in profiles:
+        gpus = f"{p['gpus']}{' × ' + p['gpu_model'] if p['gpu_model'] else ''}"
+        table.add_row(p["name"], p["display_name"], gpus, f"{p['cpu']:g}",
+                      f"{p['memory_gib']} GiB", "yes" if p["fits"] else f"no: {p['refusal']}")
+    out.print(table)
+    out.print(f"Quota: {quota['gpus_used']} of {quota['max_gpus']} GPUs and "
+              f"{quota['instances_used']} of {quota['max_instances']} instances in use.")
+
+
+# --- instances -----------------------------------------------------------------------------
+
+
+def _wait(api: Api, path: str, what: str, *, timeout: float, poll: float,
+          until: str = "running") -> dict[str, Any]:
+    """Poll until the object is `until` or failed, printing each new status message."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    with err.status(f"{what}: waiting…") as spinner:
+        while True:
+            obj = api.get(path)
+            line = f"{obj['status_label']}: {obj['status_message']}".rstrip(": ")
+            if line != seen:
+                err.print(f"  {obj['status_label'].lower():<13} {obj['status_message']}")
+                seen = line
+            spinner.update(f"{what}: {line}")
+            if obj["status"] in (until, "failed") or (obj["final"] and obj["status"] != until
+                                                       and until == "running"):
+                return obj
+            if time.monotonic() > deadline:
+                raise ApiProblem(f"{what} is still {obj['status']} after {timeout:g} s: "
+                                 f"{obj['status_message']}", client.TIMED_OUT)
+            time.sleep(poll)
+
+
+@app.command()
+def launch(
+    name: Annotated[str, typer.Argument(help="A name: lowercase letters, digits and hyphens.")],
+    size: Annotated[str, typer.Option("--size", "-s", help="A size from `gpupaas sizes`.")],
+    description: Annotated[str, typer.Option(help="What it is for.")] = "",
+    wait: Wait = False,
+    timeout: Timeout = 1800.0,
+    poll: Poll = 2.0,
+    output: Output = Format.table,
+) -> None:
+    """Launch an instance of a size."""
+    api = Api.from_config()
+    instance = api.post("/instances", {"name": name, "profile": size,
+                                       "description": description})
+    if output == Format.table:
+        err.print(f"Launched {instance['name']} ({instance['size']}): {instance['page']}")
+    if wait:
+        instance = _wait(api, f"/instances/{instance['id']}", instance["name"],
+                         timeout=timeout, poll=poll)
+    emit(instance, output)
+    if instance["status"] == "failed":
+        err.print(f"{instance['name']} failed: {instance['status_message']}")
+        raise typer.Exit(client.FAILED)
+    if output == Format.table and wait:
+        out.print(f"{instance['name']} is running.")
+
+
+@app.command("ls")
+def list_instances(
+    status: Annotated[str | None, typer.Option(help="Only this status (e.g. running, "
+                                               "failed, deleted).")] = None,
+    scope: Annotated[str, typer.Option(help="all, own or shared.")] = "all",
+    output: Output = Format.table,
+) -> None:
+    """Your instances and those shared with you (not deleted ones, unless asked)."""
+    instances = Api.from_config().all_pages("/instances", status=status, scope=scope)
+    if output == Format.json:
+        return emit(instances, output)
+    if not instances:
+        out.print("No instances. Launch one with `gpupaas launch NAME --size SIZE`.")
+        return
+    table = Table("NAME", "STATUS", "SIZE", "GPUS", "OWNER", "LAUNCHED", box=None)
+    for i in instances:
+        table.add_row(i["name"], i["status"], i["profile"], str(i["gpus"]),
+                      i["owner"] + (" (shared)" if i["shared"] else ""), _when(i["created_at"]))
+    out.print(table)
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="NAME, or OWNER/NAME for a shared instance.")],
+    output: Output = Format.table,
+) -> None:
+    """An instance's details and its timeline."""
+    api = Api.from_config()
+    instance = api.get(f"/instances/{api.instance_named(name)['id']}")
+    events = api.get(f"/instances/{instance['id']}/events")
+    if output == Format.json:
+        return emit({**instance, "events": events}, output)
+    facts = Table.grid(padding=(0, 2))
+    for label, value in [
+        ("Name", instance["name"]), ("Status", instance["status_label"]),
+        ("Message", instance["status_message"]), ("Size", instance["size"]),
+        ("GPUs", str(instance["gpus"])), ("CPU", f"{instance['cpu']:g}"),
+        ("Memory", f"{instance['memory_gib']} GiB"), ("Owner", instance["owner"]),
+        ("Launched", _when(instance["created_at"])), ("Page", instance["page"]),
+    ]:
+        facts.add_row(label, value)
+    out.print(facts)
+    if events:
+        out.print("\nTimeline")
+        for e in events:
+            out.print(f"  {_when(e['at'])}  {e['action']:<24} {e['actor'] or 'portal'}  "
+                      f"{e['message']}")
+
+
+@app.command()
+def rm(
+    name: Annotated[str, typer.Argument(help="NAME, or OWNER/NAME for a shared instance.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until it is deleted.")] = False,
+    timeout: Timeout = 600.0,
+    poll: Poll = 2.0,
+    output: Output = Format.table,
+) -> None:
+    """Delete an instance (asks first, unless --yes). Its notebooks go with it."""
+    api = Api.from_config()
+    instance = api.instance_named(name)
+    if not yes and not typer.confirm(f"Delete {instance['name']}? This cannot be undone.",
+                                     err=True):
+        err.print("Cancelled; nothing was deleted.")
+        raise typer.Exit(client.ERROR)
+    instance = api.delete(f"/instances/{instance['id']}")
+    if wait:
+        instance = _wait(api, f"/instances/{instance['id']}", instance["name"],
+                         timeout=timeout, poll=poll, until="deleted")
+    emit(instance, output)
+    if output == Format.table:
+        out.print(f"{instance['name']} is {instance['status']}"
+                  f"{'' if instance['status'] == 'deleted' else ': ' + instance['status_message']}")
+
+
+# --- remote access -------------------------------------------------------------------------
+
+
+def kubeconfig_target(explicit: Path | None) -> Path:
+    """Where kubectl reads its configuration: --file, else the first file KUBECONFIG names,
+    else ~/.kube/config."""
+    if explicit:
+        return explicit
+    named = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    return Path(named[0]).expanduser() if named else Path.home() / ".kube" / "config"
+
+
+def merge_kubeconfig(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new`'s cluster, user and context replace entries of the same names; everything else
+    in `existing` stays. Its context becomes the current one."""
+    merged = dict(existing) if existing else {"apiVersion": "v1", "kind": "Config"}
+    for section in ("clusters", "users", "contexts"):
+        names = {entry["name"] for entry in new.get(section, [])}
+        kept = [e for e in merged.get(section) or [] if e.get("name") not in names]
+        merged[section] = kept + list(new.get(section, []))
+    merged["current-context"] = new["current-context"]
+    return merged
+
+
+@app.command()
+def kubeconfig(
+    name: Annotated[str, typer.Argument(help="NAME, or OWNER/NAME for a shared instance.")],
+    hours: Annotated[float | None, typer.Option(help="How long its token is valid.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Write here instead of "
+                                              "KUBECONFIG or ~/.kube/config.")] = None,
+    stdout: Annotated[bool, typer.Option("--stdout", help="Print it, write nothing.")] = False,
+    output: Output = Format.table,
+) -> None:
+    """Get a kubeconfig for an instance and merge it into your kubectl configuration (its
+    context becomes the current one)."""
+    api = Api.from_config()
+    instance = api.instance_named(name)
+    answer = api.post(f"/instances/{instance['id']}/kubeconfig",
+                      {} if hours is None else {"hours": hours})
+    if stdout:
+        if output == Format.json:
+            return emit(answer, output)
+        print(answer["kubeconfig"], end="")
+        return
+    target = kubeconfig_target(file)
+    existing = yaml.safe_load(target.read_text()) if target.exists() else {}
+    merged = merge_kubeconfig(existing or {}, yaml.safe_load(answer["kubeconfig"]))
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(merged, f, sort_keys=False)
+    target.chmod(0o600)
+    if output == Format.json:
+        return emit({"file": str(target), "context": answer["context"],
+                     "expires_at": answer["expires_at"]}, output)
+    out.print(f"Wrote context {answer['context']} to {target} (current context now); its token "
+              f"expires {_when(answer['expires_at'])}.")
+
+
+# --- notebooks -----------------------------------------------------------------------------
+
+
+@notebook_app.command("deploy")
+def notebook_deploy(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    profile: Annotated[str, typer.Option(help="minimal, datascience, spark, tensorflow…")],
+    name: Annotated[str | None, typer.Option(help="Its name; default: the profile's.")] = None,
+    cpu: Annotated[float | None, typer.Option(help="Default: the profile's.")] = None,
+    memory_gib: Annotated[int | None, typer.Option(help="Default: the profile's.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="Default: the profile's.")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Wait until it runs, then open it in "
+                                        "the browser (signed in).")] = False,
+    wait: Wait = False,
+    timeout: Timeout = 1800.0,
+    poll: Poll = 2.0,
+    output: Output = Format.table,
+) -> None:
+    """Deploy a Jupyter notebook onto a running instance."""
+    api = Api.from_config()
+    target = api.instance_named(instance)
+    body = {"name": name or profile, "profile": profile, "cpu": cpu, "memory_gib": memory_gib,
+            "gpus": gpus}
+    notebook = api.post(f"/instances/{target['id']}/notebooks",
+                        {k: v for k, v in body.items() if v is not None})
+    if output == Format.table:
+        err.print(f"Deploying {notebook['name']} on {target['name']}: {notebook['page']}")
+    if wait or open_:
+        notebook = _wait(api, f"/notebooks/{notebook['id']}", notebook["name"],
+                         timeout=timeout, poll=poll)
+    if notebook["status"] == "failed":
+        emit(notebook, output)
+        err.print(f"{notebook['name']} failed: {notebook['status_message']}")
+        raise typer.Exit(client.FAILED)
+    if open_:
+        secret = api.post(f"/notebooks/{notebook['id']}/token")
+        webbrowser.open(secret["open_url"])
+        if output == Format.table:
+            out.print(f"Opened {notebook['url']}")
+    emit(notebook, output)
+    if output == Format.table and notebook["status"] == "running" and not open_:
+        out.print(f"{notebook['name']} is running at {notebook['url']}")
+
+
+@notebook_app.command("ls")
+def notebook_list(
+    instance: Annotated[str | None, typer.Argument(help="Only this instance's.")] = None,
+    output: Output = Format.table,
+) -> None:
+    """Your notebooks (on your instances and those shared with you)."""
+    api = Api.from_config()
+    params = {"instance": api.instance_named(instance)["id"]} if instance else {}
+    notebooks = api.all_pages("/notebooks", **params)
+    if output == Format.json:
+        return emit(notebooks, output)
+    table = Table("NAME", "INSTANCE", "STATUS", "PROFILE", "URL", box=None)
+    for n in notebooks:
+        table.add_row(n["name"], n["instance"], n["status"], n["profile"], n["url"])
+    out.print(table)
+
+
+@notebook_app.command("rm")
+def notebook_remove(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The notebook's name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    output: Output = Format.table,
+) -> None:
+    """Delete a notebook."""
+    api = Api.from_config()
+    target = api.instance_named(instance)
+    found = [n for n in api.all_pages("/notebooks", instance=target["id"]) if n["name"] == name]
+    if not found:
+        raise ApiProblem(f"{target['name']} has no notebook named {name}.", client.NOT_FOUND)
+    if not yes and not typer.confirm(f"Delete notebook {name}?", err=True):
+        err.print("Cancelled; nothing was deleted.")
+        raise typer.Exit(client.ERROR)
+    notebook = api.delete(f"/notebooks/{found[0]['id']}")
+    emit(notebook, output)
+    if output == Format.table:
+        out.print(f"{name} is {notebook['status']}.")
+
+
+def report(problem: ApiProblem, as_json: bool) -> None:
+    if as_json:
+        document = problem.document or {"detail": problem.detail, "status": problem.status}
+        print(json.dumps(document, indent=2), file=sys.stderr)
+        return
+    err.print(f"Error: {problem.detail}", highlight=False)
+    for e in problem.errors:
+        if e.get("field") and e["field"] != "__all__":
+            err.print(f"  {e['field']}: {e['detail']}", highlight=False)
+
+
+def run() -> None:
+    """The console script: problems become a message on stderr and a documented exit code."""
+    try:
+        app()
+    except ApiProblem as problem:
+        argv = sys.argv[1:]
+        as_json = any(a in ("-ojson", "--output=json") for a in argv) or any(
+            a in ("-o", "--output") and argv[i + 1:i + 2] == ["json"] for i, a in enumerate(argv))
+        report(problem, as_json)
+        sys.exit(problem.code)
+
+
+if __name__ == "__main__":
+    run()
