@@ -78,7 +78,7 @@ def api_server():
                 target.close()
         return
     with kubeemu.start(namespace_delete_delay=0.0) as emu:
-        emu.add_resource(*kubeemu.CLUSTER_API)
+        emu.add_upstream_kinds()
         target = targets.EmulatorTarget(emu)
         try:
             yield target, f"the API emulator ({envtest.skip_reason()})"

@@ -44,6 +44,19 @@ def real_kube():
         yield server
 
 
+@pytest.fixture(scope="session")
+def real_inner(real_kube):
+    """A second real control plane, once per session: the cluster inside the virtual and
+    dedicated instances of the real-server tests (their notebooks run there)."""
+    from .kit import envtest, inner
+
+    server = inner.RealInner(envtest.assets()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=["emulator", "real"])
 def kube(request):
     """The Kubernetes API the test runs against: the emulator, then the real server."""
@@ -57,7 +70,7 @@ def kube(request):
             target.close()
         return
     with kubeemu.start() as emulator:
-        emulator.add_resource(*kubeemu.CLUSTER_API)
+        emulator.add_upstream_kinds()
         target = targets.EmulatorTarget(emulator)
         try:
             yield target
@@ -287,4 +300,14 @@ def page(monkeypatch, tmp_path):
 
 # The Kubernetes backend's fixtures (emulated cluster, portal Cluster, profiles), for every
 # module; imported last because they use the helpers above.
-from .kube_fixtures import api, cluster, emu, notebook_setup, profiles  # noqa: E402, F401
+from .kube_fixtures import (  # noqa: E402, F401
+    api,
+    capi,
+    cluster,
+    emu,
+    flux,
+    inside,
+    notebook_setup,
+    profiles,
+    upstream,
+)

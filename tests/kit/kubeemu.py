@@ -82,6 +82,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLUSTER_API",
+    "UPSTREAM_KINDS",
     "DISCOVERY_FILE",
     "FAULT_KINDS",
     "MUTATING_VERBS",
@@ -112,7 +113,18 @@ MUTATING_VERBS: frozenset[str] = frozenset(
 )
 # What a real kube-apiserver served, recorded by `make record-contracts` (tests/kit/contracts).
 DISCOVERY_FILE = Path(__file__).with_name("contracts") / "discovery.json"
-CLUSTER_API = ("cluster.x-k8s.io", "v1beta1", "clusters", "Cluster")
+CLUSTER_API = ("cluster.x-k8s.io", "v1beta2", "clusters", "Cluster")
+# The kinds of Flux (source- and helm-controller), Cluster API and its Helm add-on provider
+# (CAAPH) that the portal uses, at the versions their CRDs serve and store: a test declares
+# them (``add_upstream_kinds``) where a real cluster would have them installed.
+UPSTREAM_KINDS = (
+    ("helm.toolkit.fluxcd.io", "v2", "helmreleases", "HelmRelease"),
+    ("source.toolkit.fluxcd.io", "v1", "helmrepositories", "HelmRepository"),
+    CLUSTER_API,
+    ("cluster.x-k8s.io", "v1beta2", "machinedeployments", "MachineDeployment"),
+    ("addons.cluster.x-k8s.io", "v1alpha1", "helmchartproxies", "HelmChartProxy"),
+    ("addons.cluster.x-k8s.io", "v1alpha1", "helmreleaseproxies", "HelmReleaseProxy"),
+)
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 WORKLOADS = frozenset({"deployments", "statefulsets", "replicasets", "daemonsets"})
@@ -2814,6 +2826,11 @@ class Emulator:
             )
         )
 
+    def add_upstream_kinds(self) -> None:
+        """Serve Flux's, Cluster API's and CAAPH's kinds (``UPSTREAM_KINDS``)."""
+        for kind in UPSTREAM_KINDS:
+            self.add_resource(*kind)
+
     def add_hook(self, hook: WriteHook) -> None:
         """Call ``hook(store, event)`` after every API create/update/patch, under the store
         lock, to play a controller the emulator lacks (e.g. set an Ingress status)."""
@@ -3213,7 +3230,7 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
     )
     if args.cluster_api:
-        emu.add_resource(*CLUSTER_API)
+        emu.add_upstream_kinds()
     for spec in args.resource:
         parts = spec.split("/")
         if len(parts) not in (4, 5):

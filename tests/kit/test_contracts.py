@@ -15,7 +15,7 @@ RECORDED = json.loads(contracts.ANSWERS.read_text())
 @pytest.fixture(scope="module")
 def replayed():
     with kubeemu.start(namespace_delete_delay=0.5) as emu:
-        emu.add_resource(*kubeemu.CLUSTER_API)
+        emu.add_upstream_kinds()
         # the emulator's controllers act within a tenth of a second
         yield contracts.run(contracts.Client(emu.url), None, settle=lambda: time.sleep(0.3))
 
