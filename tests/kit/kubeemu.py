@@ -856,6 +856,138 @@ def _ingress_host_causes(ingress: Obj) -> list[Obj]:
     return causes
 
 
+# What the upstream CRDs' schemas say about the objects the portal writes (Flux, Cluster API,
+# CAAPH), a small part of them written down here: the fields each declares where the portal
+# writes (``True``: anything below, as ``x-kubernetes-preserve-unknown-fields`` or a part
+# the portal never writes; a one-item list: each item), the required ones, and the rules the
+# portal could break. A real server prunes what its schema does not declare (or refuses it
+# under strict validation), checks required fields and CEL rules; so does the emulator for
+# these, held to the recorded contracts (contracts.py).
+_ANY = True
+UPSTREAM_SCHEMAS: dict[tuple[str, str], Obj] = {
+    ("helm.toolkit.fluxcd.io", "helmreleases"): {"spec": {
+        "chart": {"metadata": _ANY, "spec": {
+            "chart": _ANY, "version": _ANY, "interval": _ANY, "reconcileStrategy": _ANY,
+            "valuesFiles": _ANY, "ignoreMissingValuesFiles": _ANY, "verify": _ANY,
+            "sourceRef": {"apiVersion": _ANY, "kind": _ANY, "name": _ANY, "namespace": _ANY}}},
+        **dict.fromkeys((
+            "chartRef", "commonMetadata", "dependsOn", "driftDetection", "install", "interval",
+            "kubeConfig", "maxHistory", "persistentClient", "postRenderers", "releaseName",
+            "rollback", "serviceAccountName", "storageNamespace", "suspend", "targetNamespace",
+            "test", "timeout", "uninstall", "upgrade", "values", "valuesFrom"), _ANY)}},
+    ("source.toolkit.fluxcd.io", "helmrepositories"): {"spec": dict.fromkeys((
+        "accessFrom", "certSecretRef", "insecure", "interval", "passCredentials", "provider",
+        "secretRef", "suspend", "timeout", "type", "url"), _ANY)},
+    ("cluster.x-k8s.io", "clusters"): {"spec": {
+        **dict.fromkeys(("availabilityGates", "clusterNetwork", "controlPlaneEndpoint",
+                         "controlPlaneRef", "infrastructureRef", "paused"), _ANY),
+        "topology": {
+            "classRef": {"name": _ANY, "namespace": _ANY}, "controlPlane": _ANY,
+            "variables": _ANY, "version": _ANY,
+            "workers": {"machineDeployments": [dict.fromkeys((
+                "class", "deletion", "failureDomain", "healthCheck", "metadata",
+                "minReadySeconds", "name", "readinessGates", "replicas", "rollout", "taints",
+                "variables"), _ANY)], "machinePools": _ANY}}}},
+    ("cluster.x-k8s.io", "machinedeployments"): {"spec": dict.fromkeys((
+        "clusterName", "deletion", "machineNaming", "paused", "remediation", "replicas",
+        "rollout", "selector", "template"), _ANY)},
+    ("addons.cluster.x-k8s.io", "helmchartproxies"): {"spec": dict.fromkeys((
+        "chartName", "clusterSelector", "credentials", "namespace", "options",
+        "reconcileStrategy", "releaseName", "repoURL", "tlsConfig", "valuesTemplate",
+        "version"), _ANY)},
+    ("addons.cluster.x-k8s.io", "helmreleaseproxies"): {"spec": dict.fromkeys((
+        "chartName", "clusterRef", "credentials", "namespace", "options",
+        "reconcileStrategy", "releaseName", "repoURL", "tlsConfig", "values", "version"),
+        _ANY)},
+}
+# (path of an object, with [*] for every item; the fields it requires), when it is there.
+UPSTREAM_REQUIRED: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {
+    ("helm.toolkit.fluxcd.io", "helmreleases"): [
+        ("spec", ("interval",)), ("spec.chart", ("spec",)),
+        ("spec.chart.spec", ("chart", "sourceRef")), ("spec.chart.spec.sourceRef",
+                                                     ("kind", "name"))],
+    ("source.toolkit.fluxcd.io", "helmrepositories"): [("spec", ("url",))],
+    ("cluster.x-k8s.io", "clusters"): [
+        ("spec.topology", ("classRef", "version")), ("spec.topology.classRef", ("name",)),
+        ("spec.topology.workers.machineDeployments[*]", ("class", "name"))],
+    ("cluster.x-k8s.io", "machinedeployments"): [("spec", ("clusterName", "selector",
+                                                           "template"))],
+    ("addons.cluster.x-k8s.io", "helmchartproxies"): [
+        ("spec", ("chartName", "clusterSelector", "repoURL"))],
+}
+# (path of a string, the least length its schema allows).
+UPSTREAM_MIN_LENGTH = {
+    ("cluster.x-k8s.io", "clusters"): [
+        ("spec.topology.classRef.name", 1), ("spec.topology.version", 1),
+        ("spec.topology.workers.machineDeployments[*].class", 1),
+        ("spec.topology.workers.machineDeployments[*].name", 1)],
+}
+
+
+def _at(obj: Any, path: str) -> list[tuple[str, Any]]:
+    """The values at a dotted path ([*]: every item of a list), with their field paths."""
+    found: list[tuple[str, Any]] = [("", obj)]
+    for part in path.split("."):
+        name, every = part.removesuffix("[*]"), part.endswith("[*]")
+        step = []
+        for where, value in found:
+            if isinstance(value, dict) and name in value:
+                child, at = value[name], f"{where}.{name}" if where else name
+                if every and isinstance(child, list):
+                    step += [(f"{at}[{i}]", item) for i, item in enumerate(child)]
+                elif not every:
+                    step.append((at, child))
+        found = step
+    return found
+
+
+def _undeclared(value: Any, schema: Any, where: str = "") -> list[str]:
+    """Field paths in `value` that `schema` does not declare (see UPSTREAM_SCHEMAS)."""
+    if schema is _ANY or not isinstance(value, dict | list):
+        return []
+    if isinstance(schema, list):
+        return [f for i, item in enumerate(value if isinstance(value, list) else [])
+                for f in _undeclared(item, schema[0], f"{where}[{i}]")]
+    out = []
+    for key, child in (value.items() if isinstance(value, dict) else []):
+        at = f"{where}.{key}" if where else key
+        out += [at] if key not in schema else _undeclared(child, schema[key], at)
+    return out
+
+
+def _prune(value: Any, schema: Any) -> None:
+    if schema is _ANY or not isinstance(value, dict | list):
+        return
+    if isinstance(schema, list):
+        for item in value if isinstance(value, list) else []:
+            _prune(item, schema[0])
+        return
+    for key in [k for k in value if k not in schema]:
+        del value[key]
+    for key, child in value.items():
+        _prune(child, schema[key])
+
+
+def _upstream_causes(info: ResourceInfo, obj: Obj) -> list[Obj]:
+    """Required fields, lengths and CEL rules of the upstream CRDs, as the server words them."""
+    key = (info.group, info.plural)
+    causes = [_cause(f"{where}.{field}", "Required value", "FieldValueRequired")
+              for path, fields in UPSTREAM_REQUIRED.get(key, [])
+              for where, value in _at(obj, path) if isinstance(value, dict)
+              for field in fields if field not in value]
+    for path, least in UPSTREAM_MIN_LENGTH.get(key, []):
+        for where, value in _at(obj, path):
+            if isinstance(value, str) and len(value) < least:
+                causes.append(_cause(where, f'Invalid value: "{value}": {where} in body should '
+                                     f"be at least {least} chars long"))
+    spec = obj.get("spec")
+    if key == ("helm.toolkit.fluxcd.io", "helmreleases") and isinstance(spec, dict) and (
+            ("chart" in spec) == ("chartRef" in spec)):
+        causes.append(_cause("spec", 'Invalid value: "object": either chart or chartRef must '
+                                     "be set"))
+    return causes
+
+
 def _restricted_violations(spec: Obj) -> list[str]:
     """What Pod Security `restricted` refuses in a pod spec, worded as the API server words it
     (the checks the portal's pods meet: privilege escalation, capabilities, non-root, seccomp,
@@ -1376,6 +1508,14 @@ class Store:
     def _validate(self, info: ResourceInfo, obj: Obj, strict: bool) -> None:
         schemas = self.validate and not info.custom
         causes = _label_causes(obj["metadata"].get("labels"))
+        upstream = UPSTREAM_SCHEMAS.get((info.group, info.plural))
+        if upstream is not None and self.validate:
+            unknown = _undeclared({k: v for k, v in obj.items() if k == "spec"}, upstream)
+            if strict and unknown:
+                fields = ", ".join(f'unknown field "{f}"' for f in unknown)
+                raise ApiError(400, "BadRequest", f"strict decoding error: {fields}")
+            _prune(obj, {**dict.fromkeys(obj, _ANY), **upstream})
+            causes += _upstream_causes(info, obj)
         if schemas:
             causes += _Schemas.causes(obj)
         if (info.group, info.plural) == ("networking.k8s.io", "ingresses"):

@@ -327,13 +327,22 @@ class KubernetesBackend:
             return self._vcluster_credentials(spec, release)
         why = ready.get("message") if current and ready.get("message") else (
             "waiting for Flux's helm-controller to install the chart")
+        detail = f"{what}: Ready={ready}" if ready else ""
+        # The chart's pods say more than Flux while it waits for them: unschedulable, an
+        # image that cannot be pulled (which no retry mends).
+        explained = explain_events(self.kube.list("v1", "Event", namespace=ns))
+        if explained:
+            why, detail, final = explained
+            if final:
+                return InstanceState("failed", why, detail=detail)
+            why = why[0].lower() + why[1:].rstrip(".")
         late = self._late(spec, release, settings.VCLUSTER_READY_TIMEOUT_S)
         if late:
             return InstanceState(
                 "failed", f"The virtual cluster was not ready after {late}: {why}",
-                detail=f"{what}: Ready={ready}")
+                detail=detail)
         return InstanceState("provisioning", f"Installing the virtual cluster: {why}",
-                             detail=f"{what}: Ready={ready}" if ready else "")
+                             detail=detail)
 
     def _vcluster_credentials(self, spec: InstanceSpec, release: Manifest) -> InstanceState:
         ns = m.object_name(spec)

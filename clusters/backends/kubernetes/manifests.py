@@ -473,10 +473,12 @@ def capi_addons(cs: ClusterSettings) -> list[Manifest]:
         "    default: true\n"
         "  service:\n"
         "    type: LoadBalancer\n"
-        "    annotations:\n"
-        "      external-dns.alpha.kubernetes.io/hostname: "
-        f"'*.{{{{ .Cluster.metadata.name }}}}.{cs.ingress_domain}'\n"
     )
+    if cs.ingress_domain:  # CAAPH renders `{{ .Cluster... }}` for each selected cluster
+        ingress_values += (
+            "    annotations:\n"
+            "      external-dns.alpha.kubernetes.io/hostname: "
+            f"'*.{{{{ .Cluster.metadata.name }}}}.{cs.ingress_domain}'\n")
     return [
         {
             "apiVersion": CAAPH,
