@@ -363,11 +363,21 @@ def test_every_custom_object_the_portal_writes_comes_back_as_sent(emu, flux, cap
             *m.capi_addons(backend.cs), m.capi_cluster(services.instance_spec(big), backend.cs)]
     kinds = {"HelmRepository": HELM_REPOSITORY, "HelmRelease": HELM_RELEASE,
              "HelmChartProxy": CHART_PROXY, "Cluster": CLUSTER}
+    versions = {}
     for obj in sent:
         stored = emu.get(kinds[obj["kind"]], obj["metadata"]["name"],
                          obj["metadata"]["namespace"])
         assert _contains(stored["spec"], obj["spec"]), obj["kind"]
         assert _contains(stored["metadata"]["labels"], obj["metadata"]["labels"])
+        versions[obj["metadata"]["name"], obj["kind"]] = stored["metadata"]["resourceVersion"]
+
+    # Applying again changes nothing: the same resourceVersions.
+    for instance in (vc, big):
+        backend.ensure_instance(services.instance_spec(instance))
+    for (name, kind), version in versions.items():
+        namespace = next(o["metadata"]["namespace"] for o in sent
+                         if (o["metadata"]["name"], o["kind"]) == (name, kind))
+        assert emu.get(kinds[kind], name, namespace)["metadata"]["resourceVersion"] == version
 
 
 def _contains(stored, sent) -> bool:

@@ -240,24 +240,29 @@ def test_on_a_real_server_reconcile_restores_drift_and_404s_are_told_apart(
         name="big", display_name="big", kind="dedicated", cluster=real_cluster, gpus=1,
         cpu=64, memory_gib=512, storage_gib=500, published=True, cluster_class="gpu")
     first = provision(launch(alice, dedicated, name="big"))
-    assert first.status_message == (
-        "Cluster API is not installed on Real API server; dedicated clusters need it.")
+    assert first.status_message == ("Cluster API Add-on Provider Helm (CAAPH) is not installed "
+                                    "on Real API server; dedicated clusters need it.")
 
-    # Cluster API's CRD, reduced to what the portal writes: play its installation.
+    # Cluster API's and CAAPH's CRDs, reduced to what the portal writes: play their
+    # installation (tests/test_kube_clusters.py loads the upstream ones).
     extensions = k8s.ApiextensionsV1Api(client_as(apiserver))
-    extensions.create_custom_resource_definition({
-        "metadata": {"name": "clusters.cluster.x-k8s.io"},
-        "spec": {"group": "cluster.x-k8s.io", "scope": "Namespaced",
-                 "names": {"plural": "clusters", "singular": "cluster", "kind": "Cluster",
-                           "listKind": "ClusterList"},
-                 "versions": [{"name": "v1beta1", "served": True, "storage": True,
-                               "subresources": {"status": {}},
-                               "schema": {"openAPIV3Schema": {
-                                   "type": "object",
-                                   "x-kubernetes-preserve-unknown-fields": True}}}]}})
-    wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in (
-        extensions.read_custom_resource_definition("clusters.cluster.x-k8s.io").status
-        .conditions or [])), timeout=90)
+    for plural, kind, group, version in (
+            ("clusters", "Cluster", "cluster.x-k8s.io", "v1beta2"),
+            ("helmchartproxies", "HelmChartProxy", "addons.cluster.x-k8s.io", "v1alpha1")):
+        extensions.create_custom_resource_definition({
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"plural": plural, "singular": kind.lower(), "kind": kind,
+                               "listKind": f"{kind}List"},
+                     "versions": [{"name": version, "served": True, "storage": True,
+                                   "subresources": {"status": {}},
+                                   "schema": {"openAPIV3Schema": {
+                                       "type": "object",
+                                       "x-kubernetes-preserve-unknown-fields": True}}}]}})
+        wait_for(lambda name=f"{plural}.{group}": any(
+            c.type == "Established" and c.status == "True" for c in (
+                extensions.read_custom_resource_definition(name).status.conditions or [])),
+            timeout=90)
     wait_for(lambda: provision(launch(alice, dedicated, name=f"b{time.monotonic_ns()}"))
              .status_message.startswith("The namespace"), timeout=90)
     second = provision(launch(alice, dedicated, name="big2"))
@@ -313,22 +318,7 @@ def test_a_notebooks_objects_are_accepted_and_applying_again_changes_nothing(
         ns, label_selector=selector).items, timeout=90)
 
 
-def test_a_virtual_clusters_objects_pass_real_admission_and_apply_again_unchanged(
-    apiserver, real_cluster, alice
-):
-    from clusters.backends import get_backend
-    from instances import services
-
-    profile = ComputeProfile.objects.create(
-        name="vc-1", display_name="vc 1", kind="vcluster", cluster=real_cluster, gpus=1,
-        cpu=8, memory_gib=32, storage_gib=50, published=True)
-    instance = provision(launch(alice, profile, name="vc"))
-    assert instance.status == "provisioning", instance.status_message
-    ns = f"alice-vc-{instance.pk}"
-    apps = k8s.AppsV1Api(client_as(apiserver))
-    before = apps.read_namespaced_stateful_set("vcluster", ns).metadata.resource_version
-    get_backend(real_cluster).ensure_instance(services.instance_spec(instance))
-    assert apps.read_namespaced_stateful_set("vcluster", ns).metadata.resource_version == before
+# A virtual cluster's objects on a real server, with Flux's CRDs: tests/test_kube_clusters.py.
 
 
 def test_scheduling_and_quota_refusals_are_said_in_words(apiserver, real_cluster, alice):
