@@ -439,3 +439,45 @@ def test_without_flux_a_virtual_cluster_fails_in_words(db, alice, tmp_path, sett
     assert instance.status == Status.FAILED
     assert instance.status_message == (
         "Flux (source-controller) is not installed on Bare; virtual clusters need it.")
+
+
+def test_the_kubernetes_proxy_reaches_the_dedicated_cluster_with_its_current_kubeconfig(
+    transactional_db, emu, capi, inside, alice, profiles, cluster, settings
+):
+    """The portal's proxy forwards to the workload cluster over verified TLS, with the
+    kubeconfig Cluster API keeps now: after a rotation, the next read uses the new one."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    from access import services as access
+
+    settings.DEDICATED_CREDENTIALS_TTL_S = 0  # read it again at every request
+    instance = until(capi, provision(launch(alice, profiles["dedicated"], name="big")),
+                     Status.RUNNING)
+    _, token = access.issue_access_token(user=alice, instance=instance)
+
+    def nodes() -> list[str]:
+        grant = access.authorize_proxy_request(token=token, instance_id=instance.pk,
+                                               touch=False)
+        assert isinstance(grant, access.Grant), grant
+        assert grant.impersonate == {}  # the user is admin of their own cluster
+        url = urlsplit(grant.upstream.base_url)
+        conn = http.client.HTTPSConnection(url.hostname, url.port,
+                                           context=grant.upstream.ssl_context, timeout=30)
+        conn.request("GET", "/api/v1/nodes", headers=grant.upstream.headers)
+        answer = json.loads(conn.getresponse().read())
+        conn.close()
+        return sorted(n["metadata"]["name"] for n in answer["items"])
+
+    assert "gpu-h200-1" in nodes()
+    elsewhere = inner_kit.EmulatedInner(gpu_nodes=False)
+    try:
+        elsewhere.add_node("rotated-node", "", 0)
+        with admin_api(emu) as api:
+            k8s.CoreV1Api(api).patch_namespaced_secret(
+                f"alice-big-{instance.pk}-kubeconfig", cluster.capi_namespace,
+                {"data": {"value": base64.b64encode(elsewhere.kubeconfig.encode()).decode()}})
+        assert nodes() == ["rotated-node"]
+    finally:
+        elsewhere.close()
