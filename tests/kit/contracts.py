@@ -1,7 +1,8 @@
 """Recorded contracts: what a real kube-apiserver answers to the requests that matter to the
 portal, so that the emulator can be held to the same answers in CI, where no real server runs.
 
-``make record-contracts`` (needs ``$KUBEBUILDER_ASSETS``) starts the envtest control plane,
+``make record-contracts`` (needs ``$KUBEBUILDER_ASSETS``, and ``$ENVTEST_CRDS`` for the upstream
+CRDs of Flux, Cluster API and CAAPH) starts the envtest control plane,
 sends ``corpus()`` and writes ``contracts/answers.json`` (status, reason, fields named, and a
 normalised body: no uids, timestamps or resourceVersions) and ``contracts/discovery.json``
 (what ``/api``, ``/apis`` and every group version answered, which the emulator serves).
@@ -373,6 +374,9 @@ def record() -> int:
     binaries = envtest.assets()
     if binaries is None:
         print(f"record-contracts: {envtest.skip_reason()}", file=sys.stderr)
+        return 2
+    if envtest.crds_folder() is None:
+        print(f"record-contracts: {envtest.CRDS_SKIP}", file=sys.stderr)
         return 2
     with envtest.running(binaries) as server:
         plane = server.plane

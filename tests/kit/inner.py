@@ -91,7 +91,7 @@ class RealInner:
             "client-certificate-data": base64.b64encode(certs["admin.crt"].read_bytes())
             .decode(),
             "client-key-data": base64.b64encode(certs["admin.key"].read_bytes()).decode()})
-        self.target = _InnerView(self.server)
+        self.target = _InnerView(self.server, self.kubeconfig)
         return self
 
     def stop(self) -> None:
@@ -102,8 +102,9 @@ class _InnerView(targets.RealTarget):
     """The real inner cluster as a test sees it; the portal reaches it directly (it has its
     own admin kubeconfig, as vcluster and Cluster API write them), so no proxy of ours."""
 
-    def __init__(self, server: envtest.RealServer) -> None:  # noqa: D107 (no proxy here)
+    def __init__(self, server: envtest.RealServer, kubeconfig: str) -> None:
         self.server = server
+        self.kubeconfig = kubeconfig  # the text a controller writes, not the portal's file
         self.plane = server.plane
         assert server.stand_ins is not None
         self.stand_ins = server.stand_ins
