@@ -209,8 +209,8 @@ def corpus() -> list[Case]:
 def _upstream_cases(instance: Any, cs: Any) -> list[Case]:
     """Flux's, Cluster API's and CAAPH's kinds as their CRDs serve them (``ENVTEST_CRDS``):
     what the portal writes for a dedicated cluster, and the schema's refusals that matter
-    (required fields, a CEL rule, a field of another version under strict validation, and
-    the same field dropped without it)."""
+    (required fields, a CEL rule, a field of another version: refused by server-side apply,
+    dropped without a word by a create)."""
     from clusters.backends.kubernetes import manifests as m
 
     dedicated = replace(instance, kind="dedicated", cluster_class="gpu-cluster",
@@ -247,8 +247,9 @@ def _upstream_cases(instance: Any, cs: Any) -> list[Case]:
         Case("a Cluster whose worker pool has no class", "POST", clusters, no_worker_class),
         Case("a v1beta1 field in a v1beta2 Cluster, strict apply", "PATCH",
              f"{clusters}/old-field?fieldManager=gpupaas&fieldValidation=Strict", old, APPLY),
-        Case("the same field without strict validation is dropped", "PATCH",
+        Case("a v1beta1 field in a v1beta2 Cluster, apply", "PATCH",
              f"{clusters}/old-field?fieldManager=gpupaas", old, APPLY),
+        Case("a v1beta1 field in a v1beta2 Cluster, create", "POST", clusters, old),
         Case("read back what was kept", "GET", f"{clusters}/old-field",
              compare=("status", "body.spec")),
         Case("list Clusters by label: items carry their kind", "GET",

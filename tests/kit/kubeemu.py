@@ -924,6 +924,11 @@ UPSTREAM_MIN_LENGTH = {
 }
 
 
+# Kinds whose CRDs carry CEL rules (x-kubernetes-validations).
+UPSTREAM_CEL = frozenset({("helm.toolkit.fluxcd.io", "helmreleases"),
+                          ("cluster.x-k8s.io", "clusters")})
+
+
 def _at(obj: Any, path: str) -> list[tuple[str, Any]]:
     """The values at a dotted path ([*]: every item of a list), with their field paths."""
     found: list[tuple[str, Any]] = [("", obj)]
@@ -981,10 +986,14 @@ def _upstream_causes(info: ResourceInfo, obj: Obj) -> list[Obj]:
                 causes.append(_cause(where, f'Invalid value: "{value}": {where} in body should '
                                      f"be at least {least} chars long"))
     spec = obj.get("spec")
-    if key == ("helm.toolkit.fluxcd.io", "helmreleases") and isinstance(spec, dict) and (
+    if any(c["reason"] == "FieldValueRequired" for c in causes) and key in UPSTREAM_CEL:
+        # A missing required field keeps the CRD's CEL rules from running, and says so.
+        causes.append(_cause("<nil>", "Invalid value: null: some validation rules were not "
+                             "checked because the object was invalid; correct the existing "
+                             "errors to complete validation"))
+    elif key == ("helm.toolkit.fluxcd.io", "helmreleases") and isinstance(spec, dict) and (
             ("chart" in spec) == ("chartRef" in spec)):
-        causes.append(_cause("spec", 'Invalid value: "object": either chart or chartRef must '
-                                     "be set"))
+        causes.append(_cause("spec", "Invalid value: either chart or chartRef must be set"))
     return causes
 
 
@@ -1912,6 +1921,15 @@ class Store:
                     )
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "an apply patch must be an object")
+                upstream = UPSTREAM_SCHEMAS.get((info.group, info.plural))
+                if upstream is not None and self.validate and subresource is None and (
+                        unknown := _undeclared({"spec": body.get("spec")}, upstream)):
+                    # Server-side apply types the patch against the CRD's schema first, and
+                    # refuses (500, no reason) a field it does not declare, strict or not.
+                    raise ApiError(500, "", (
+                        f"failed to create typed patch object ({namespace}/{name}; "
+                        f"{info.api_version}, Kind={info.kind}): .{unknown[0]}: field not "
+                        "declared in schema"))
                 if self.find(info, namespace, name) is None and subresource is None:
                     body = copy.deepcopy(body)
                     body.setdefault("metadata", {}).setdefault("name", name)

@@ -163,7 +163,7 @@ class KubeClient:
                 )
                 return json.loads(response.data or b"null")
             except ApiException as exc:
-                if exc.status not in TRANSIENT_STATUS:
+                if exc.status not in TRANSIENT_STATUS or _invalid_patch(exc):
                     raise
                 problem = f"{method} {path}: HTTP {exc.status} {exc.reason}"
                 retry_after = _retry_after(exc)
@@ -294,6 +294,12 @@ class KubeClient:
         return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
 
 
+def _invalid_patch(exc: ApiException) -> bool:
+    """Server-side apply answers 500 when a field is not in a CRD's schema ("failed to create
+    typed patch object … field not declared in schema"): no retry will change that."""
+    return exc.status == 500 and "failed to create typed patch object" in _status(exc)[0]
+
+
 def _retry_after(exc: ApiException) -> float | None:
     """Seconds the server asked us to wait (Retry-After), capped; None when it did not say."""
     value = exc.headers.get("Retry-After") if exc.headers else None
@@ -352,7 +358,7 @@ def _refusal(exc: ApiException, manifest: Manifest | None = None,
             message = "Quota exceeded on the cluster."
     elif exc.status == 404:
         message = _not_found(status, manifest, cluster)
-    elif exc.status == 422:
+    elif exc.status == 422 or _invalid_patch(exc):
         message = f"The cluster rejected{what} as invalid."
     else:
         message = f"The cluster refused{what} (HTTP {exc.status})."
