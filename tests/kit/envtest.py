@@ -387,14 +387,19 @@ class Resolver:
         self.infos: list[tuple[str, str, str, str, bool]] = []  # group, version, plural, kind, ns
 
     def refresh(self) -> None:
-        infos = []
+        infos, seen = [], set()
         groups = [("", v) for v in self.request("GET", "/api")["versions"]]
         for group in self.request("GET", "/apis")["groups"]:
-            groups.append((group["name"], group["preferredVersion"]["version"]))
+            # The preferred version first; then the others, for kinds only they serve (CAAPH's
+            # v1alpha1 HelmChartProxy beside Cluster API's v1beta2 ClusterResourceSet).
+            preferred = group["preferredVersion"]["version"]
+            groups += [(group["name"], v["version"]) for v in sorted(
+                group["versions"], key=lambda v: v["version"] != preferred)]
         for group, version in groups:
             path = f"/apis/{group}/{version}" if group else f"/api/{version}"
             for r in self.request("GET", path)["resources"]:
-                if "/" not in r["name"]:
+                if "/" not in r["name"] and (group, r["name"]) not in seen:
+                    seen.add((group, r["name"]))
                     infos.append((group, version, r["name"], r["kind"], r["namespaced"]))
         self.infos = infos
 
