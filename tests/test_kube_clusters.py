@@ -150,6 +150,27 @@ def test_a_chart_that_fails_to_install_is_said_in_fluxs_words(emu, flux, alice, 
     assert "Stalled RetriesExceeded" in instance.status_detail
 
 
+def test_retrying_a_failed_virtual_cluster_asks_flux_to_try_the_chart_again(
+    emu, flux, alice, profiles
+):
+    flux.fail = "image ghcr.io/loft-sh/vcluster-oss:0.20.6: not found"
+    instance = until(flux, provision(launch(alice, profiles["vcluster"], name="vc")),
+                     Status.FAILED)
+    flux.fail = ""  # the administrator mirrored the image
+    flux.reconcile()
+    assert provision(instance).status == Status.FAILED  # Flux does not retry on its own
+
+    time.sleep(1.1)  # Flux's condition times are whole seconds
+    services.retry_instance(instance=instance, by=alice)
+    instance = provision(instance)
+    assert instance.status_message == (
+        "Installing the virtual cluster: Flux was asked to try its chart again.")
+    release = emu.get(HELM_RELEASE, "vcluster", f"alice-vc-{instance.pk}")
+    assert release["metadata"]["annotations"]["reconcile.fluxcd.io/resetAt"]
+
+    assert until(flux, instance, Status.RUNNING).status == Status.RUNNING
+
+
 def test_a_virtual_cluster_not_ready_in_time_fails_in_words(emu, upstream, alice, profiles,
                                                              settings):
     settings.VCLUSTER_READY_TIMEOUT_S = 1

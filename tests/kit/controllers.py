@@ -100,9 +100,15 @@ class Flux(_Controller):
             meta = release["metadata"]
             chart = release["spec"]["chart"]["spec"]
             revision = f"{meta['namespace']}/{meta['name']}.v1"
+            status = release.get("status") or {}
+            reset = (meta.get("annotations") or {}).get("reconcile.fluxcd.io/resetAt")
+            stalled = any(c["type"] == "Stalled" and c["status"] == "True"
+                          for c in status.get("conditions") or [])
+            if stalled and (not reset or reset == status.get("lastHandledResetAt")):
+                continue  # Flux does not try a stalled release again unless asked
             if self.fail:
                 status = {"observedGeneration": meta["generation"], "failures": 3,
-                          "installFailures": 3, "conditions": [
+                          "installFailures": 3, "lastHandledResetAt": reset, "conditions": [
                               cond("Ready", "False", "InstallFailed",
                                    f"Helm install failed for release {revision} with chart "
                                    f"{chart['chart']}@{chart['version']}: {self.fail}"),
@@ -110,7 +116,8 @@ class Flux(_Controller):
                                    "Failed to install after 3 attempt(s)"),
                               cond("Released", "False", "InstallFailed", self.fail)]}
             else:
-                status = {"observedGeneration": meta["generation"], "conditions": [
+                status = {"observedGeneration": meta["generation"], "lastHandledResetAt": reset,
+                          "conditions": [
                     cond("Ready", "True", "InstallSucceeded",
                          f"Helm install succeeded for release {revision} with chart "
                          f"{chart['chart']}@{chart['version']}"),

@@ -51,6 +51,8 @@ COMPONENTS = [
     ("dedicated", "Cluster API", [(m.CAPI, "Cluster"), (m.CAPI, "MachineDeployment")]),
     ("dedicated", "its Helm add-on provider (CAAPH)", [(m.CAAPH, "HelmChartProxy")]),
 ]
+# Asks Flux's helm-controller to forget a release's failures and try again.
+RESET_ANNOTATION = "reconcile.fluxcd.io/resetAt"
 # Flux's reasons for a chart that did not install or upgrade.
 CHART_FAILED = {"InstallFailed": "install", "UpgradeFailed": "upgrade",
                 "ArtifactFailed": "fetch", "InitFailed": "start installing"}
@@ -321,7 +323,21 @@ class KubernetesBackend:
         what = f"HelmRelease {ns}/{m.VCLUSTER_RELEASE}"
         failed = _release_failure(release)
         if failed:  # Flux stopped retrying: its remediation retries are spent
-            return failed
+            # Condition times are whole seconds: a failure within the second after this
+            # attempt began is this attempt's.
+            stalled_at = _timestamp(condition(release, "Stalled").get("lastTransitionTime")) + 1
+            if not spec.waiting_since or spec.waiting_since <= stalled_at:
+                return failed
+            # Someone asked to retry since: Flux resets its failure count and tries again
+            # (asked once per attempt; the annotation says when).
+            asked = (meta.get("annotations") or {}).get(RESET_ANNOTATION, "")
+            if _timestamp(asked) <= stalled_at:
+                now = datetime.datetime.now(datetime.UTC).isoformat()
+                self.kube.annotate(m.FLUX_HELM, "HelmRelease", m.VCLUSTER_RELEASE, ns, {
+                    "reconcile.fluxcd.io/requestedAt": now, RESET_ANNOTATION: now})
+            return InstanceState(
+                "provisioning", "Installing the virtual cluster: Flux was asked to try its "
+                "chart again.", detail=failed.detail)
         current = status.get("observedGeneration", -1) >= meta.get("generation", 0)
         if ready.get("status") == "True" and current:
             return self._vcluster_credentials(spec, release)

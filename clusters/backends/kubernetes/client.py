@@ -230,6 +230,18 @@ class KubeClient:
             if exc.status != 404:
                 raise _refusal(exc, None, self.settings.cluster) from exc
 
+    def annotate(self, api_version: str, kind: str, name: str, namespace: str,
+                 annotations: dict[str, str]) -> None:
+        """Set annotations a controller reads as requests (Flux's reconcile.fluxcd.io/*),
+        apart from the portal's applied fields."""
+        try:
+            self.request("PATCH", resource_path(api_version, kind, namespace, name),
+                         body={"metadata": {"annotations": annotations}},
+                         query={"fieldManager": f"{FIELD_MANAGER}-requests"},
+                         content_type="application/merge-patch+json")
+        except ApiException as exc:
+            raise _refusal(exc, None, self.settings.cluster) from exc
+
     def get(self, api_version: str, kind: str, name: str,
             namespace: str | None = None) -> Manifest | None:
         try:
