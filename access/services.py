@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
+from clusters.backends import BackendError, get_backend
 from clusters.backends.kubernetes.names import access_group, access_user
 from clusters.backends.kubernetes.upstream import (
     Upstream,
@@ -22,6 +23,7 @@ from clusters.backends.kubernetes.upstream import (
 from clusters.crypto import decrypt
 from instances.models import ComputeProfile, Instance
 from instances.selectors import instance_for_user
+from instances.services import instance_spec
 from workspaces.selectors import role_of
 from workspaces.services import record_audit
 
@@ -30,6 +32,7 @@ from .models import AccessToken, ProxyRequest, hash_token
 TOKEN_PREFIX = "gpk_"  # recognisable in logs and by secret scanners
 GONE = (Instance.Status.DELETING, Instance.Status.DELETED)
 NAMESPACE = ComputeProfile.Kind.NAMESPACE
+DEDICATED = ComputeProfile.Kind.DEDICATED
 
 
 def issue_access_token(
@@ -178,18 +181,29 @@ UPSTREAM_TTL_S = 300.0  # rebuilt now and then: exec plugins and in-cluster toke
 
 def _upstream(instance: Instance) -> tuple[str, Upstream]:
     """The portal's credentials for this instance's API; built once per process and while
-    the credential is unchanged, since building one writes temporary certificate files."""
+    the credential is unchanged, since building one writes temporary certificate files. A
+    dedicated cluster's kubeconfig is read again from Cluster API's secret every
+    DEDICATED_CREDENTIALS_TTL_S (it is rotated there, and the portal keeps no copy); a
+    virtual or dedicated cluster is only ever reached over verified TLS."""
+    ttl = UPSTREAM_TTL_S
     if instance.kind == NAMESPACE:
         cluster = instance.cluster
         key = f"cluster:{cluster.pk}:{cluster.updated_at.timestamp()}"
         build = lambda: cluster_upstream(cluster)  # noqa: E731
+    elif instance.kind == DEDICATED:
+        key, ttl = f"instance:{instance.pk}:workload", settings.DEDICATED_CREDENTIALS_TTL_S
+        build = lambda: upstream_from_kubeconfig(  # noqa: E731
+            get_backend(instance.cluster).workload_kubeconfig(instance_spec(instance)),
+            what=f"instance {instance.name}", verified_tls=True,
+        )
     else:
         key = f"instance:{instance.pk}:{hash_token(instance.kubeconfig_encrypted)[:16]}"
         build = lambda: upstream_from_kubeconfig(  # noqa: E731
-            decrypt(instance.kubeconfig_encrypted), what=f"instance {instance.name}"
+            decrypt(instance.kubeconfig_encrypted), what=f"instance {instance.name}",
+            verified_tls=True,
         )
     cached = _upstreams.get(key)
-    if cached is None or time.monotonic() - cached[0] > UPSTREAM_TTL_S:
+    if cached is None or time.monotonic() - cached[0] > ttl:
         cached = (time.monotonic(), build())
         _upstreams[key] = cached
     return key, cached[1]
@@ -233,7 +247,10 @@ def authorize_proxy_request(
                   or row.client != client[:300]):
         # At most one write every few seconds per token, not one per request.
         AccessToken.objects.filter(pk=row.pk).update(last_used_at=now, client=client[:300])
-    key, upstream = _upstream(instance)
+    try:
+        key, upstream = _upstream(instance)
+    except BackendError as exc:
+        return Refusal(503, "ServiceUnavailable", exc.message)
     impersonate = {}
     if instance.kind == NAMESPACE:
         impersonate = {

@@ -199,10 +199,10 @@ class RealTarget(_Proxied):
 
 @contextlib.contextmanager
 def emulated(**options: Any) -> Iterator[EmulatorTarget]:
-    """A fresh emulator (serving Cluster API's Cluster too) behind its proxy; `options` go to
-    ``kubeemu.start``."""
+    """A fresh emulator (serving the Flux, Cluster API and CAAPH kinds too) behind its proxy;
+    `options` go to ``kubeemu.start``."""
     with kubeemu.start(**options) as emulator:
-        emulator.add_resource(*kubeemu.CLUSTER_API)
+        emulator.add_upstream_kinds()
         target = EmulatorTarget(emulator)
         try:
             yield target
