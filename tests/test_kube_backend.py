@@ -27,6 +27,7 @@ from notebooks.models import Notebook
 from .conftest import wait_for, workspace_of
 from .kit import kubeemu, targets
 from .kube_fixtures import RESTRICTED, deploy_notebook, launch, namespace_of, provision
+from .test_kube_clusters import HELM_RELEASE
 
 Status = Instance.Status
 NS_KINDS = ["ResourceQuota", "LimitRange", "NetworkPolicy", "RoleBinding"]
@@ -291,9 +292,9 @@ def test_a_stuck_instance_is_applied_once_then_polled_with_reads_only(
 
 
 def test_a_poll_that_finds_its_object_deleted_applies_the_instance_again(
-    emu, alice, profiles
+    upstream, alice, profiles
 ):
-    emu.auto_ready = False
+    emu = upstream  # Flux's kinds served; no Flux runs, so the release never gets ready
     instance = provision(launch(alice, profiles["vcluster"], name="vc"))
     ns = namespace_of(emu, instance)["metadata"]["name"]
     emu.requests.reset()
@@ -301,9 +302,9 @@ def test_a_poll_that_finds_its_object_deleted_applies_the_instance_again(
         Status.PROVISIONING)
     assert emu.requests.count(method="GET") == emu.requests.total  # a read, nothing written
 
-    emu.delete_object("StatefulSet", "vcluster", ns)
+    emu.delete_object(HELM_RELEASE, "vcluster", ns)
     services.provision_instance(instance_id=instance.pk, applied=True)
-    assert emu.get("StatefulSet", "vcluster", ns) is not None
+    assert emu.get(HELM_RELEASE, "vcluster", ns) is not None
 
 
 def test_quota_refusals_are_explained():
