@@ -42,7 +42,8 @@ bench: $(VENV)/.installed-test
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_launch,$(DATABASE_URL)) \
 		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/launch.py
 
-# Needs the envtest binaries: KUBEBUILDER_ASSETS=/path/to/bin make record-contracts
+# Needs the envtest binaries and the upstream CRDs (Flux, Cluster API, CAAPH):
+# KUBEBUILDER_ASSETS=/path/to/bin ENVTEST_CRDS=/path/to/crds make record-contracts
 record-contracts: $(VENV)/.installed-test
 	DJANGO_SETTINGS_MODULE=gpupaas.settings $(BIN)/python -m tests.kit.contracts
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 TOKEN_PREFIX = "gpk_"  # recognisable in logs and by secret scanners
 GONE = (Instance.Status.DELETING, Instance.Status.DELETED)
 NAMESPACE = ComputeProfile.Kind.NAMESPACE
+DEDICATED = ComputeProfile.Kind.DEDICATED
 
 
 def issue_access_token(
@@ -210,18 +211,29 @@ UPSTREAM_TTL_S = 300.0  # rebuilt now and then: exec plugins and in-cluster toke
 
 def _upstream(instance: Instance) -> tuple[str, Upstream]:
     """The portal's credentials for this instance's API; built once per process and while
-    the credential is unchanged, since building one writes temporary certificate files."""
+    the credential is unchanged, since building one writes temporary certificate files. A
+    dedicated cluster's kubeconfig is read again from Cluster API's secret every
+    DEDICATED_CREDENTIALS_TTL_S (it is rotated there, and the portal keeps no copy); a
+    virtual or dedicated cluster is only ever reached over verified TLS."""
+    ttl = UPSTREAM_TTL_S
     if instance.kind == NAMESPACE:
         cluster = instance.cluster
         key = f"cluster:{cluster.pk}:{cluster.updated_at.timestamp()}"
         build = lambda: cluster_upstream(cluster)  # noqa: E731
+    elif instance.kind == DEDICATED:
+        key, ttl = f"instance:{instance.pk}:workload", settings.DEDICATED_CREDENTIALS_TTL_S
+        build = lambda: upstream_from_kubeconfig(  # noqa: E731
+            get_backend(instance.cluster).workload_kubeconfig(instance_spec(instance)),
+            what=f"instance {instance.name}", verified_tls=True,
+        )
     else:
         key = f"instance:{instance.pk}:{hash_token(instance.kubeconfig_encrypted)[:16]}"
         build = lambda: upstream_from_kubeconfig(  # noqa: E731
-            decrypt(instance.kubeconfig_encrypted), what=f"instance {instance.name}"
+            decrypt(instance.kubeconfig_encrypted), what=f"instance {instance.name}",
+            verified_tls=True,
         )
     cached = _upstreams.get(key)
-    if cached is None or time.monotonic() - cached[0] > UPSTREAM_TTL_S:
+    if cached is None or time.monotonic() - cached[0] > ttl:
         cached = (time.monotonic(), build())
         _upstreams[key] = cached
     return key, cached[1]
@@ -265,7 +277,10 @@ def authorize_proxy_request(
                   or row.client != client[:300]):
         # At most one write every few seconds per token, not one per request.
         AccessToken.objects.filter(pk=row.pk).update(last_used_at=now, client=client[:300])
-    key, upstream = _upstream(instance)
+    try:
+        key, upstream = _upstream(instance)
+    except BackendError as exc:
+        return Refusal(503, "ServiceUnavailable", exc.message)
     impersonate = {}
     if instance.kind == NAMESPACE:
         impersonate = {

@@ -403,7 +403,25 @@ KUBE_BURST = env_int("KUBE_BURST", 40)
 KUBE_REQUEST_TIMEOUT_S = float(env_str("KUBE_REQUEST_TIMEOUT_S", "10"))
 KUBE_RETRIES = env_int("KUBE_RETRIES", 4)
 KUBE_RETRY_BASE_S = float(env_str("KUBE_RETRY_BASE_S", "0.5"))
-VCLUSTER_IMAGE = env_str("VCLUSTER_IMAGE", "ghcr.io/loft-sh/vcluster-oss:0.20.0")
+# `vcluster` profiles: the pinned vcluster chart (installed by Flux) and its control plane
+# image; whether the portal reaches each virtual cluster's API through the ingress
+# controller (a portal outside the cluster) instead of its Service; the namespace the portal
+# runs in when its credential does not say (NetworkPolicies let it in from there).
+VCLUSTER_CHART_VERSION = env_str("VCLUSTER_CHART_VERSION", "0.20.6")
+VCLUSTER_CHART_REPOSITORY = env_str("VCLUSTER_CHART_REPOSITORY", "https://charts.loft.sh")
+VCLUSTER_IMAGE = env_str("VCLUSTER_IMAGE", "ghcr.io/loft-sh/vcluster-oss:0.20.6")
+VCLUSTER_API_VIA_INGRESS = env_bool("VCLUSTER_API_VIA_INGRESS", False)
+PORTAL_NAMESPACE = env_str("PORTAL_NAMESPACE", "gpupaas-system")
+# `dedicated` profiles: the add-ons every Cluster API cluster gets (CAAPH HelmChartProxies).
+GPU_OPERATOR_CHART_VERSION = env_str("GPU_OPERATOR_CHART_VERSION", "v25.3.4")
+INGRESS_NGINX_CHART_VERSION = env_str("INGRESS_NGINX_CHART_VERSION", "4.12.1")
+# How long a virtual or dedicated cluster may take to be ready before it is failed, with the
+# controllers' last words (chart install, machines, GPU nodes).
+VCLUSTER_READY_TIMEOUT_S = env_int("VCLUSTER_READY_TIMEOUT_S", 900)
+DEDICATED_READY_TIMEOUT_S = env_int("DEDICATED_READY_TIMEOUT_S", 2700)
+# The Kubernetes proxy reads a dedicated cluster's kubeconfig again after this long (Cluster
+# API rotates it; the portal keeps no copy).
+DEDICATED_CREDENTIALS_TTL_S = env_int("DEDICATED_CREDENTIALS_TTL_S", 60)
 
 # Remote access: the tokens of downloaded kubeconfigs (hours; users pick up to the maximum),
 # how often the Kubernetes proxy re-checks a long request such as a watch, and how long its

@@ -17,6 +17,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 
 from clusters.backends import get_backend
+from clusters.backends.kubernetes.manifests import Reservation, reserved
 from clusters.models import Cluster, GpuAllocation
 from workspaces.models import Workspace
 from workspaces.selectors import effective_quota
@@ -258,3 +259,11 @@ def admin_overview(*, failed_since: datetime, top: int = 10, failed_limit: int =
         [:top]
     )
     return Overview(gpus, by_status, failed, top_workspaces)
+
+
+def reserved_by_cluster(*, instance: Instance) -> Reservation:
+    """What a virtual cluster's own control plane takes of its instance (its requests count
+    against the instance's quota like any pod's); nothing for other kinds."""
+    if instance.cluster.backend != Cluster.Backend.KUBERNETES:
+        return Reservation()
+    return reserved(instance.kind)

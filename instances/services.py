@@ -230,6 +230,9 @@ def instance_spec(instance: Instance) -> InstanceSpec:
         kubernetes_version=instance.profile.kubernetes_version,
         worker_class=instance.profile.worker_class,
         gpus_per_node=instance.profile.gpus_per_node,
+        waiting_since=(instance.status_changed_at.timestamp()
+                       if instance.status == Status.PROVISIONING and instance.status_changed_at
+                       else 0.0),
     )
 
 

@@ -179,6 +179,7 @@ def _detail_context(instance: Instance, form: InviteForm | None = None) -> dict:
         "instance": instance,
         "limits": limits,
         "local_mode": local_mode,
+        "reserved": selectors.reserved_by_cluster(instance=instance),
         "collaborators": selectors.collaborators_of(instance=instance),
         "invite_form": form or InviteForm(),
         "collaborator_limit": settings.COLLABORATORS_PER_INSTANCE,

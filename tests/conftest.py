@@ -44,6 +44,19 @@ def real_kube():
         yield server
 
 
+@pytest.fixture(scope="session")
+def real_inner(real_kube):
+    """A second real control plane, once per session: the cluster inside the virtual and
+    dedicated instances of the real-server tests (their notebooks run there)."""
+    from .kit import envtest, inner
+
+    server = inner.RealInner(envtest.assets()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=["emulator", "real"])
 def kube(request):
     """The Kubernetes API the test runs against: the emulator, then the real server."""
@@ -279,4 +292,15 @@ def page(monkeypatch, tmp_path):
 
 # The Kubernetes backend's fixtures (emulated cluster, portal Cluster, profiles), for every
 # module; imported last because they use the helpers above.
-from .kube_fixtures import api, cluster, emu, notebook_setup, profiles, real  # noqa: E402, F401
+from .kube_fixtures import (  # noqa: E402, F401
+    api,
+    capi,
+    cluster,
+    emu,
+    flux,
+    inside,
+    notebook_setup,
+    profiles,
+    real,
+    upstream,
+)

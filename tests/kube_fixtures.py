@@ -15,13 +15,13 @@ from notebooks import services as notebook_services
 from notebooks.models import NotebookProfile
 
 from .conftest import workspace_of
-from .kit import kubeemu, targets
+from .kit import controllers, envtest, inner, kubeemu, targets
 
 
 @pytest.fixture
 def emu():
     with kubeemu.start() as emulator:
-        emulator.add_resource(*kubeemu.CLUSTER_API)
+        emulator.add_upstream_kinds()
         yield emulator
 
 
@@ -99,3 +99,63 @@ def deploy_notebook(alice, instance, profile, name="explore"):
 # as the emulator and a real server both enforce it in the portal's namespaces.
 RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
               "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+# --- virtual and dedicated clusters: the controllers and the cluster inside ------------------
+
+
+@pytest.fixture
+def upstream(emu):
+    """Flux, Cluster API and CAAPH are served: declared on the emulator, the upstream CRDs on
+    the real server (skips there without ENVTEST_CRDS)."""
+    if getattr(emu, "real", False) and not emu.server.crds:
+        pytest.skip(envtest.CRDS_SKIP)
+    return emu
+
+
+@pytest.fixture
+def inside(emu, request):
+    """The cluster inside a virtual or dedicated instance: a second real control plane next
+    to the real server, an emulator over TLS next to the emulator."""
+    if getattr(emu, "real", False):
+        yield request.getfixturevalue("real_inner").target
+        return
+    cluster = inner.EmulatedInner()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def admin_api(emu) -> k8s.ApiClient:
+    return k8s.ApiClient(emu.client_configuration())
+
+
+@pytest.fixture
+def flux(upstream, inside, cluster, settings):
+    """Flux's controllers (and vcluster's secret), played for this test's portal."""
+    with admin_api(upstream) as api:
+        yield controllers.Flux(api, inside.kubeconfig,
+                               selector=f"gpupaas.io/portal={settings.PORTAL_ID}")
+
+
+@pytest.fixture
+def capi(upstream, inside, cluster, settings):
+    """Cluster API's and CAAPH's controllers, played for this test's portal, with the Cluster
+    API namespace made as docs/kubernetes.md has the administrator make it (on the real
+    server a fresh one per test, since a namespace takes a while to go)."""
+    if getattr(upstream, "real", False):
+        cluster.capi_namespace = f"capi-{secrets.token_hex(3)}"
+        cluster.save()
+    ns = cluster.capi_namespace
+    with admin_api(upstream) as api:
+        k8s.CoreV1Api(api).create_namespace({"metadata": {"name": ns}})
+        if getattr(upstream, "real", False):
+            k8s.RbacAuthorizationV1Api(api).create_namespaced_role_binding(ns, {
+                "metadata": {"name": "gpupaas-portal"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "gpupaas-portal-cluster-api"},
+                "subjects": [{"kind": "ServiceAccount", "name": envtest.PORTAL_ACCOUNT,
+                              "namespace": envtest.PORTAL_NAMESPACE}]})
+        yield controllers.ClusterApi(api, inside.kubeconfig,
+                                     selector=f"gpupaas.io/portal={settings.PORTAL_ID}")

@@ -5,7 +5,6 @@ names the envtest binaries (skipped otherwise). The portal connects through the 
 counting, fault-injecting proxy; on the real server with the documented RBAC, never as
 admin."""
 
-import base64
 import datetime
 import json
 import secrets
@@ -15,13 +14,11 @@ import time
 from collections import Counter
 
 import pytest
-import yaml
 from django.core.exceptions import ValidationError
 from kubernetes import client as k8s
 
 from clusters.backends import TransientBackendError, get_backend
 from clusters.backends.kubernetes.status import explain_events
-from clusters.crypto import decrypt
 from instances import services
 from instances.models import Instance
 from notebooks import services as notebook_services
@@ -30,6 +27,7 @@ from notebooks.models import Notebook
 from .conftest import wait_for, workspace_of
 from .kit import kubeemu, targets
 from .kube_fixtures import RESTRICTED, deploy_notebook, launch, namespace_of, provision
+from .test_kube_clusters import HELM_RELEASE
 
 Status = Instance.Status
 NS_KINDS = ["ResourceQuota", "LimitRange", "NetworkPolicy", "RoleBinding"]
@@ -106,72 +104,7 @@ def test_provisioning_twice_changes_nothing(emu, alice, profiles):
     assert after == before
 
 
-def test_a_virtual_cluster_is_running_once_its_control_plane_and_credentials_are(
-    emu, api, alice, profiles
-):
-    instance = provision(launch(alice, profiles["vcluster"], name="vc"))
-    ns = namespace_of(emu, instance)["metadata"]["name"]
-    assert instance.status == Status.PROVISIONING
-    assert emu.get("StatefulSet", "vcluster", ns) is not None
-
-    # vcluster's own controller writes its admin kubeconfig into a secret: play it.
-    kubeconfig = yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "vc",
-        "clusters": [{"name": "vc", "cluster": {"server": "https://localhost:8443"}}],
-        "users": [{"name": "vc", "user": {"token": "vc-admin"}}],
-        "contexts": [{"name": "vc", "context": {"cluster": "vc", "user": "vc"}}],
-    })
-    k8s.CoreV1Api(api).create_namespaced_secret(ns, {
-        "metadata": {"name": "vc-vcluster"},
-        "data": {"config": base64.b64encode(kubeconfig.encode()).decode()},
-    })
-    wait_for(lambda: (emu.get("StatefulSet", "vcluster", ns).get("status") or {}).get(
-        "readyReplicas"))  # the emulator's controller brings the control plane up
-    instance = provision(instance)
-
-    assert instance.status == Status.RUNNING, instance.status_message
-    stored = yaml.safe_load(decrypt(instance.kubeconfig_encrypted))
-    assert stored["clusters"][0]["cluster"]["server"] == f"https://vcluster.{ns}.svc:443"
-    assert "vc-admin" not in instance.kubeconfig_encrypted  # encrypted at rest
-
-    delete_until_gone(instance, alice)
-    assert emu.get("StatefulSet", "vcluster", ns) is None
-
-
-def test_a_dedicated_cluster_follows_cluster_api(emu, api, alice, profiles):
-    api_core = k8s.CoreV1Api(api)
-    api_core.create_namespace({"metadata": {"name": "gpupaas-clusters"}})
-    if emu.real:  # what docs/kubernetes.md has the administrator do on a management cluster
-        k8s.RbacAuthorizationV1Api(api).create_namespaced_role_binding("gpupaas-clusters", {
-            "metadata": {"name": "gpupaas-portal"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "gpupaas-portal-manager"},
-            "subjects": [{"kind": "ServiceAccount", "name": "gpupaas-portal",
-                          "namespace": "gpupaas-system"}]})
-    instance = provision(launch(alice, profiles["dedicated"], name="big"))
-    assert instance.status == Status.PROVISIONING
-    assert instance.status_message.startswith("Creating the dedicated cluster")
-    name = f"alice-big-{instance.pk}"
-    cluster = emu.get("Cluster.cluster.x-k8s.io", name, "gpupaas-clusters")
-    assert cluster["spec"]["topology"]["class"] == "gpu-cluster"
-
-    # Cluster API's controllers mark it ready and write its kubeconfig: play them.
-    k8s.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-        "cluster.x-k8s.io", "v1beta1", "gpupaas-clusters", "clusters", name,
-        {"status": {"phase": "Provisioned",
-                    "conditions": [{"type": "Ready", "status": "True",
-                                    "lastTransitionTime": "2026-11-28T00:00:00Z"}]}},
-    )
-    api_core.create_namespaced_secret("gpupaas-clusters", {
-        "metadata": {"name": f"{name}-kubeconfig"},
-        "data": {"value": base64.b64encode(b"apiVersion: v1\nkind: Config\n").decode()},
-    })
-    instance = provision(instance)
-    assert instance.status == Status.RUNNING, instance.status_message
-    assert decrypt(instance.kubeconfig_encrypted).startswith("apiVersion: v1")
-
-    delete_until_gone(instance, alice)
-    assert emu.get("Cluster.cluster.x-k8s.io", name, "gpupaas-clusters") is None
+# Virtual and dedicated clusters (Flux, Cluster API): tests/test_kube_clusters.py.
 
 
 def test_reconcile_restores_drift(emu, alice, profiles):
@@ -292,7 +225,8 @@ def test_an_unreachable_cluster_is_said_in_words(alice, profiles, cluster, setti
         "The cluster Emulated cluster is not answering; the portal keeps trying.")
 
 
-def test_stuck_workloads_are_explained_in_plain_words(emu, api, alice, profiles):
+def test_stuck_workloads_are_explained_in_plain_words(upstream, api, alice, profiles):
+    emu = upstream  # Flux is there; nothing plays it, so the chart's pods are what says why
     emu.auto_ready = False
     instance = provision(launch(alice, profiles["vcluster"], name="vc"))
     ns = namespace_of(emu, instance)["metadata"]["name"]
@@ -309,7 +243,8 @@ def test_stuck_workloads_are_explained_in_plain_words(emu, api, alice, profiles)
          later(minutes=1))
     instance = provision(instance)
     assert instance.status == Status.PROVISIONING
-    assert instance.status_message.startswith("Unschedulable: no free GPU of that model")
+    assert instance.status_message.startswith(
+        "Installing the virtual cluster: unschedulable: no free GPU of that model")
 
     warn("Failed", 'Failed to pull image "ghcr.io/loft-sh/vcluster-oss:0.20.0": not found',
          later(minutes=5))
@@ -357,9 +292,9 @@ def test_a_stuck_instance_is_applied_once_then_polled_with_reads_only(
 
 
 def test_a_poll_that_finds_its_object_deleted_applies_the_instance_again(
-    emu, alice, profiles
+    upstream, alice, profiles
 ):
-    emu.auto_ready = False
+    emu = upstream  # Flux's kinds served; no Flux runs, so the release never gets ready
     instance = provision(launch(alice, profiles["vcluster"], name="vc"))
     ns = namespace_of(emu, instance)["metadata"]["name"]
     emu.requests.reset()
@@ -367,9 +302,9 @@ def test_a_poll_that_finds_its_object_deleted_applies_the_instance_again(
         Status.PROVISIONING)
     assert emu.requests.count(method="GET") == emu.requests.total  # a read, nothing written
 
-    emu.delete_object("StatefulSet", "vcluster", ns)
+    emu.delete_object(HELM_RELEASE, "vcluster", ns)
     services.provision_instance(instance_id=instance.pk, applied=True)
-    assert emu.get("StatefulSet", "vcluster", ns) is not None
+    assert emu.get(HELM_RELEASE, "vcluster", ns) is not None
 
 
 def test_quota_refusals_are_explained():

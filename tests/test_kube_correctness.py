@@ -3,13 +3,10 @@ cluster"). Driven through the official client against the emulator, as the other
 tests; the cluster-side actors (controllers, kubelet) are played through the API too, so the
 same tests can run against a real API server."""
 
-import base64
 import json
-import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import yaml
@@ -29,11 +26,11 @@ from notebooks.models import Notebook
 
 from .conftest import wait_for
 from .kit import kubeemu
+from .kit.inner import EmulatedInner
 from .kube_fixtures import RESTRICTED, deploy_notebook, launch, namespace_of, provision
 
 Status = Instance.Status
 NbStatus = Notebook.Status
-CAPI = ("cluster.x-k8s.io", "v1beta1", "clusters")
 
 
 def advance(notebook: Notebook) -> Notebook:
@@ -283,36 +280,7 @@ def test_a_terminating_namespace_is_not_a_permission_problem(emu, api, alice, no
 # --- health is read --------------------------------------------------------------------------
 
 
-def test_a_dedicated_instance_whose_cluster_turns_unready_leaves_running(
-    emu, api, alice, profiles
-):
-    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": "gpupaas-clusters"}})
-    instance = provision(launch(alice, profiles["dedicated"], name="big"))
-    name = f"alice-big-{instance.pk}"
-    objects = k8s.CustomObjectsApi(api)
-
-    def ready(status: str, message: str = "") -> None:
-        objects.patch_namespaced_custom_object_status(*CAPI[:2], "gpupaas-clusters", CAPI[2],
-                                                      name, {"status": {"conditions": [{
-                                                          "type": "Ready", "status": status,
-                                                          "message": message,
-                                                          "lastTransitionTime":
-                                                          "2026-11-28T00:00:00Z"}]}})
-
-    ready("True")
-    k8s.CoreV1Api(api).create_namespaced_secret("gpupaas-clusters", {
-        "metadata": {"name": f"{name}-kubeconfig"},
-        "data": {"value": base64.b64encode(b"apiVersion: v1\nkind: Config\n").decode()}})
-    assert provision(instance).status == Status.RUNNING
-
-    ready("False", "0 of 1 control plane machines are ready")
-    services.reconcile_instances()
-
-    instance.refresh_from_db()
-    assert instance.status == Status.FAILED
-    assert instance.status_message == (
-        f"The dedicated cluster {name} is no longer ready: 0 of 1 control plane machines are "
-        "ready")
+# A dedicated cluster that turns unavailable: tests/test_kube_clusters.py.
 
 
 def running_notebook(emu, alice, instance, profile, name="explore") -> Notebook:
@@ -541,9 +509,8 @@ def cluster_looks(emu, name: str) -> int:
 
 
 def test_a_long_wait_is_polled_past_eight_tries_and_completes(
-    fast_polls, celery_worker_process, emu, api, alice, profiles
+    fast_polls, celery_worker_process, emu, capi, alice, profiles
 ):
-    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": "gpupaas-clusters"}})
     instance = launch(alice, profiles["dedicated"], name="slow")
     name = f"alice-slow-{instance.pk}"
 
@@ -551,13 +518,7 @@ def test_a_long_wait_is_polled_past_eight_tries_and_completes(
         return cluster_looks(emu, name)
 
     wait_for(lambda: looks() >= 12, timeout=60)  # Celery's default would stop at 9
-    objects = k8s.CustomObjectsApi(api)
-    objects.patch_namespaced_custom_object_status(*CAPI[:2], "gpupaas-clusters", CAPI[2], name, {
-        "status": {"conditions": [{"type": "Ready", "status": "True",
-                                   "lastTransitionTime": "2026-11-28T00:00:00Z"}]}})
-    k8s.CoreV1Api(api).create_namespaced_secret("gpupaas-clusters", {
-        "metadata": {"name": f"{name}-kubeconfig"},
-        "data": {"value": base64.b64encode(b"apiVersion: v1\nkind: Config\n").decode()}})
+    capi.reconcile()  # Cluster API brings it up: control plane, GPU workers, kubeconfig
 
     wait_for(lambda: Instance.objects.get(pk=instance.pk).status == Status.RUNNING, timeout=60)
     instance.refresh_from_db()
@@ -571,9 +532,8 @@ def backed_off_polls(monkeypatch):
     monkeypatch.setenv("PORTAL_ID", "test-portal")
 
 
-def test_polling_backs_off_to_its_cap(backed_off_polls, celery_worker_process, emu, api,
+def test_polling_backs_off_to_its_cap(backed_off_polls, celery_worker_process, emu, capi,
                                       alice, profiles):
-    k8s.CoreV1Api(api).create_namespace({"metadata": {"name": "gpupaas-clusters"}})
     instance = launch(alice, profiles["dedicated"], name="slow")
     name = f"alice-slow-{instance.pk}"
 
@@ -596,12 +556,11 @@ def test_reconciling_notebooks_inside_a_virtual_cluster_costs_lists_and_no_write
 
     profile = NotebookProfile.objects.create(name="p", display_name="P", image="img",
                                              default_cpu=1, default_memory_gib=1)
-    with kubeemu.start() as inner:  # the virtual cluster's own API server
-        inner.add_hook(kubeemu.serve_endpoints)
-        config = inner.kubeconfig(Path(os.environ.get("TMPDIR", "/tmp")) / f"inner-{id(inner)}")
+    inner = EmulatedInner()  # the virtual cluster's own API server, over TLS
+    try:
         instance = launch(alice, profiles["vcluster"], name="vc")
         Instance.objects.filter(pk=instance.pk).update(
-            status=Status.RUNNING, kubeconfig_encrypted=encrypt(config.read_text()))
+            status=Status.RUNNING, kubeconfig_encrypted=encrypt(inner.kubeconfig))
         instance.refresh_from_db()
         notebooks = [advance(notebook_services.deploy_notebook(
             instance=instance, name=f"n{i}", profile=profile, by=alice, gpus=0))
@@ -625,6 +584,8 @@ def test_reconciling_notebooks_inside_a_virtual_cluster_costs_lists_and_no_write
         assert [(w.method, w.name) for w in writes] == [
             ("PATCH", "notebooks"), ("PATCH", f"nb-n1-{notebooks[1].pk}")]
         assert inner.get("Service", f"nb-n1-{notebooks[1].pk}", "notebooks") is not None
+    finally:
+        inner.close()
 
 
 def test_registering_a_cluster_installs_the_host_policy(client, admin_user, emu, api,

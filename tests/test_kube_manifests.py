@@ -36,7 +36,10 @@ def all_objects() -> list[dict]:
     return [
         *m.namespace_objects(spec(), CS),
         m.portal_role_binding(spec(), CS, account=("gpupaas-system", "gpupaas-portal")),
-        *m.vcluster_objects(spec(kind="vcluster"), CS),
+        # The vcluster's NetworkPolicy; its Flux objects are held to the upstream CRDs on the
+        # real server (tests/test_kube_clusters.py).
+        *[o for o in m.vcluster_objects(spec(kind="vcluster"), CS)
+          if o["kind"] == "NetworkPolicy"],
         *m.notebook_objects(notebook(), TLS),
         *m.notebook_objects(notebook(gpus=0), m.ClusterSettings(ingress_domain="x.test")),
     ]
@@ -119,21 +122,106 @@ def test_the_portal_holds_the_manager_role_in_its_namespace_only():
                                     "namespace": "gpupaas-system"}]
 
 
-def test_the_vcluster_runs_restricted_and_uses_the_storage_class():
-    statefulset = m.vcluster_objects(spec(kind="vcluster"), CS)[-1]
-    pod = statefulset["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    assert container["image"].endswith(f":{m.VCLUSTER_VERSION}")
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast-ssd"
+def test_a_vcluster_is_a_flux_release_of_the_pinned_chart():
+    policy, repository, release = m.vcluster_objects(spec(kind="vcluster"), CS)
+    ns = "alice-train-llama-42"
+    assert repository == {
+        "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+        "metadata": {"name": "vcluster", "namespace": ns,
+                     "labels": m.labels(spec(kind="vcluster"), CS)},
+        "spec": {"url": "https://charts.loft.sh", "interval": "1h"},
+    }
+    assert release["apiVersion"] == "helm.toolkit.fluxcd.io/v2"
+    assert {k: v for k, v in release["spec"].items() if k != "values"} == {
+        "releaseName": "vcluster", "interval": "10m", "timeout": "10m",
+        "chart": {"spec": {"chart": "vcluster", "version": "0.20.6", "interval": "1h",
+                           "sourceRef": {"kind": "HelmRepository", "name": "vcluster"}}},
+        "install": {"remediation": {"retries": 2}},
+        "upgrade": {"remediation": {"retries": 2}},
+    }
+    # Only the portal's namespace reaches the virtual cluster's API.
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": {"app": "vcluster", "release": "vcluster"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "gpupaas-system"}}}],
+            "ports": [{"protocol": "TCP", "port": 8443}]}],
+    }
+
+
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                        "runAsNonRoot": True, "runAsUser": 12345, "runAsGroup": 12345,
+                        "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def test_the_vclusters_values_pass_pod_security_restricted_and_sync_ingresses():
+    values = m.vcluster_values(spec(kind="vcluster"), CS)
+    control_plane = values["controlPlane"]
+    statefulset = control_plane["statefulSet"]
+    assert statefulset["security"] == {
+        "podSecurityContext": {"runAsNonRoot": True, "runAsUser": 12345, "runAsGroup": 12345,
+                               "fsGroup": 12345, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containerSecurityContext": RESTRICTED_CONTAINER,
+    }
+    # The init containers that copy the Kubernetes binaries run restricted too.
+    assert control_plane["distro"]["k8s"]["securityContext"] == RESTRICTED_CONTAINER
+    assert statefulset["image"] == {"registry": "ghcr.io", "repository": "loft-sh/vcluster-oss",
+                                    "tag": "0.20.6"}
+    assert statefulset["persistence"]["volumeClaim"] == {
+        "enabled": True, "size": "5Gi", "storageClass": "fast-ssd"}
+    assert values["policies"] == {"podSecurityStandard": "restricted",
+                                  "resourceQuota": {"enabled": False},
+                                  "limitRange": {"enabled": False}}
+    assert values["sync"] == {"toHost": {"ingresses": {"enabled": True}}}
+    assert values["telemetry"] == {"enabled": False}
+
+
+def test_the_vcluster_kubeconfig_names_the_address_its_certificate_is_for():
+    values = m.vcluster_values(spec(kind="vcluster"), CS)
+    ns = "alice-train-llama-42"
+    assert values["exportKubeConfig"] == {"server": f"https://vcluster.{ns}.svc:443"}
+    assert values["controlPlane"]["proxy"]["extraSANs"] == [
+        f"vcluster.{ns}.svc", f"vcluster.{ns}.svc.cluster.local", f"vcluster.{ns}"]
+    assert "ingress" not in values["controlPlane"]
+
+
+def test_a_portal_outside_the_cluster_reaches_vclusters_through_the_ingress():
+    outside = m.ClusterSettings(portal_id="p", ingress_domain="apps.example.com",
+                                vcluster_via_ingress=True)
+    values = m.vcluster_values(spec(kind="vcluster"), outside)
+    assert values["exportKubeConfig"] == {"server": "https://vc-i42.apps.example.com"}
+    assert values["controlPlane"]["proxy"]["extraSANs"] == ["vc-i42.apps.example.com"]
+    # Its host ends in the instance's tag, as the host policy requires.
+    assert values["controlPlane"]["ingress"] == {
+        "enabled": True, "host": "vc-i42.apps.example.com",
+        "spec": {"ingressClassName": "nginx"}}
+    policy = m.vcluster_objects(spec(kind="vcluster"), outside)[0]
+    assert policy["spec"]["ingress"][0]["from"] == m.ingress_sources(outside)
+
+
+def test_the_virtual_clusters_requests_are_what_it_reserves():
+    values = m.vcluster_values(spec(kind="vcluster"), CS)
+    control_plane = values["controlPlane"]["statefulSet"]["resources"]["requests"]
+    coredns = values["controlPlane"]["coredns"]["deployment"]["resources"]["requests"]
+    init = values["controlPlane"]["distro"]["k8s"]["resources"]["requests"]
+    millis = lambda q: int(q.removesuffix("m"))  # noqa: E731
+    mib = lambda q: int(q.removesuffix("Mi"))  # noqa: E731
+    # A pod's quota is the larger of its init containers and its running ones.
+    assert millis(init["cpu"]) <= millis(control_plane["cpu"])
+    assert m.reserved("vcluster") == m.Reservation(
+        cpu_millis=millis(control_plane["cpu"]) + millis(coredns["cpu"]),
+        memory_mib=mib(control_plane["memory"]) + mib(coredns["memory"]), storage_gib=5)
+    assert str(m.reserved("vcluster")) == "0.22 CPU and 320 MiB memory"
+    assert not m.reserved("namespace") and not m.reserved("dedicated")
 
 
 def test_a_dedicated_cluster_sizes_its_gpu_pool_from_the_profile():
     cluster = m.capi_cluster(spec(kind="dedicated", gpus=12), CS)
+    assert cluster["apiVersion"] == "cluster.x-k8s.io/v1beta2"  # the storage version
     assert cluster["metadata"]["namespace"] == "gpupaas-clusters"
+    assert cluster["metadata"]["labels"]["gpupaas.io/addons"] == "test-portal"
     assert cluster["spec"]["topology"] == {
-        "class": "gpu-cluster",
+        "classRef": {"name": "gpu-cluster"},
         "version": "v1.31.0",
         "controlPlane": {"replicas": 1},
         "workers": {"machineDeployments": [
@@ -142,6 +230,44 @@ def test_a_dedicated_cluster_sizes_its_gpu_pool_from_the_profile():
     }
     secret = m.capi_kubeconfig_secret_name(spec(kind="dedicated"))
     assert secret == "alice-train-llama-42-kubeconfig"
+
+
+def test_every_dedicated_cluster_gets_the_gpu_operator_and_ingress_nginx_from_caaph():
+    cs = m.ClusterSettings(portal_id="p", ingress_domain="apps.example.com")
+    gpu, ingress = m.capi_addons(cs)
+    assert gpu == {
+        "apiVersion": "addons.cluster.x-k8s.io/v1alpha1", "kind": "HelmChartProxy",
+        "metadata": {"name": "gpupaas-p-gpu-operator", "namespace": "gpupaas-clusters",
+                     "labels": {"app.kubernetes.io/managed-by": "gpupaas",
+                                "gpupaas.io/portal": "p"}},
+        "spec": {"clusterSelector": {"matchLabels": {"gpupaas.io/addons": "p"}},
+                 "repoURL": "https://helm.ngc.nvidia.com/nvidia", "chartName": "gpu-operator",
+                 "version": "v25.3.4", "releaseName": "gpu-operator",
+                 "namespace": "gpu-operator",
+                 "options": {"install": {"createNamespace": True}, "wait": True,
+                             "timeout": "15m"}},
+    }
+    assert ingress["spec"]["chartName"] == "ingress-nginx"
+    assert ingress["spec"]["version"] == "4.12.1"
+    values = ingress["spec"]["valuesTemplate"]
+    # CAAPH renders the template per Cluster: the wildcard of that cluster's own domain.
+    assert ("external-dns.alpha.kubernetes.io/hostname: "
+            "'*.{{ .Cluster.metadata.name }}.apps.example.com'") in values
+    assert "name: nginx" in values
+
+
+def test_a_dedicated_clusters_notebooks_use_its_own_domain_and_ingress_class():
+    cs = m.ClusterSettings(portal_id="p", ingress_domain="apps.example.com",
+                           ingress_class="traefik")
+    inside = notebook(instance=spec(kind="dedicated"), host_suffix="k3x9q2m7ab")
+    assert m.notebook_host(inside, cs) == (
+        "nb-explore-9-k3x9q2m7ab-i42.alice-train-llama-42.apps.example.com")
+    ingress = next(o for o in m.notebook_objects(inside, cs) if o["kind"] == "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["metadata"]["annotations"] == m.NGINX_ANNOTATIONS
+    # A vcluster's Ingresses are synced to the host: the host's class and domain.
+    virtual = notebook(instance=spec(kind="vcluster"), host_suffix="k3x9q2m7ab")
+    assert m.notebook_host(virtual, cs).endswith("-i42.apps.example.com")
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,9 @@
 """The portal's RBAC, as docs/kubernetes.md documents it, checked by a real API server's own
 authorizer and admission: what it may not do (a hostile tenant who steals the portal's token
-gains little), and that every cluster-wide permission it keeps is one it uses."""
+gains little), and that every permission its three roles grant is one it uses."""
 
 import base64
 import re
-import secrets
 
 import pytest
 import yaml
@@ -13,12 +12,16 @@ from kubernetes import client as k8s
 from clusters.backends import get_backend
 from clusters.backends.kubernetes.credentials import token_claims
 from instances import services
+from instances.models import Instance
 from notebooks import services as notebook_services
 from notebooks.models import Notebook, NotebookProfile
 
 from .conftest import wait_for, workspace_of
 from .kit import envtest, kubeemu
-from .test_kube_backend import delete_until_gone, launch, namespace_of, provision
+from .kit import inner as inner_kit
+from .kube_fixtures import admin_api, launch, namespace_of, provision
+from .test_kube_backend import delete_until_gone
+from .test_kube_clusters import deleted
 
 PORTAL = f"system:serviceaccount:{envtest.PORTAL_NAMESPACE}:{envtest.PORTAL_ACCOUNT}"
 
@@ -142,6 +145,9 @@ def test_test_connection_names_what_a_weaker_token_lacks(real, db, tmp_path):
 
 
 Triple = tuple[str, str, str]  # API group, resource[/subresource], verb
+# Served only with Flux, Cluster API and CAAPH installed (ENVTEST_CRDS on the real server).
+UPSTREAM_GROUPS = {"helm.toolkit.fluxcd.io", "source.toolkit.fluxcd.io", "cluster.x-k8s.io",
+                   "addons.cluster.x-k8s.io"}
 
 
 def granted(rules: list[dict]) -> set[Triple]:
@@ -158,12 +164,15 @@ def documented_role(name: str) -> set[Triple]:
     return granted(role["rules"])
 
 
-def used(records) -> tuple[set[Triple], set[Triple]]:
-    """(cluster-wide, in namespaces): the triples of every request the server authorized.
-    Any answer but 401 and 403 means it did (a 404 or 409 comes after authorization); a
-    server-side apply answered 201 created the object, which RBAC checks as `create` too."""
-    cluster_wide: set[Triple] = set()
-    in_namespaces: set[Triple] = set()
+def used(records, capi_namespace: str) -> dict[str, set[Triple]]:
+    """The triples of every request the server authorized, by where RBAC looks for them:
+    `cluster` (no namespace), `capi` (the Cluster API namespace), `managed` (the namespaces
+    the portal made). Any answer but 401 and 403 means it authorized the request (a 404 or
+    409 comes after); a server-side apply answered 201 created the object, which RBAC
+    checks as `create` too. The portal's own RoleBinding in a new namespace is created on
+    its cluster-wide right (in a new namespace it holds none before), and so is the owner's,
+    which an apply creates."""
+    scopes: dict[str, set[Triple]] = {"cluster": set(), "managed": set(), "capi": set()}
     for record in records:
         if not record.resource or record.status is None or record.status in (401, 403):
             continue
@@ -172,79 +181,87 @@ def used(records) -> tuple[set[Triple], set[Triple]]:
         name = f"{plural}/{subresource}" if subresource else plural
         verbs = {record.verb} | ({"create"} if record.verb == "patch"
                                  and record.status == 201 else set())
-        into = cluster_wide if record.namespace is None else in_namespaces
-        into |= {(group, name, verb) for verb in verbs}
-    return cluster_wide, in_namespaces
+        for verb in verbs:
+            if record.namespace is None or (name, verb) == ("rolebindings", "create"):
+                scope = "cluster"
+            else:
+                scope = "capi" if record.namespace == capi_namespace else "managed"
+            scopes[scope].add((group, name, verb))
+    return scopes
+
+
+@pytest.fixture
+def emu(kube):
+    return kube
+
+
+def polled_until(controller, instance: Instance, message: str) -> Instance:
+    """Let the kit's controller act, then look as the provisioning chain does (status only,
+    its objects already applied), until the instance's message starts with `message`."""
+    def step():
+        controller.reconcile()
+        found = services.provision_instance(instance_id=instance.pk, applied=True)
+        return found if found.status_message.startswith(message) else None
+
+    return wait_for(step, timeout=90)
 
 
 def test_every_permission_the_documented_roles_grant_is_one_the_portal_uses(
-    kube, alice, settings, tmp_path
+    kube, cluster, profiles, alice, request
 ):
     """Drive every backend path (provision, poll, notebook, reconcile, drift, delete; each
-    instance kind), note each request the portal makes, and compare with what the two
+    instance kind), note each request the portal makes, and compare with what the three
     documented roles grant: `gpupaas-portal` cluster-wide, `gpupaas-portal-manager` in the
-    namespaces it manages. Nothing granted goes unused, except what RBAC's escalation check
-    makes the portal hold: every permission of the vcluster Role it writes. On the emulator
-    the same requests are counted (it enforces no RBAC); the real server also refuses any
-    request the roles do not allow."""
-    from clusters.backends.kubernetes import cluster_settings
-    from clusters.backends.kubernetes import manifests as m
-    from clusters.models import Cluster
-    from instances.models import ComputeProfile, Instance
-
-    settings.KUBE_RETRY_BASE_S = 0.01
-    settings.PORTAL_ID = f"rbac-proof-{secrets.token_hex(3)}"
-    cluster = Cluster(name="real", display_name="Real", backend="kubernetes",
-                      ingress_domain="apps.example.com")
-    cluster.set_kubeconfig(kube.kubeconfig(tmp_path / "kubeconfig").read_text())
+    namespaces it manages, `gpupaas-portal-cluster-api` in the Cluster API namespace. Nothing
+    granted goes unused. On the emulator the same requests are counted (it enforces no
+    RBAC); the real server also refuses any request the roles do not allow. Without the
+    upstream CRDs there (no ENVTEST_CRDS) the vcluster and dedicated paths are left out,
+    and with them what only they use."""
+    real = getattr(kube, "real", False)
+    upstream = not real or bool(kube.server.crds)
+    cluster.ingress_domain = "apps.example.com"
     cluster.save()
     workspace = workspace_of(alice)
     workspace.max_instances, workspace.max_gpus = 10, 100
     workspace.save()
-    profiles = {kind: ComputeProfile.objects.create(
-        name=kind, display_name=kind, kind=kind, cluster=cluster, gpus=2, cpu=8, memory_gib=64,
-        storage_gib=100, published=True, cluster_class="gpu-cluster",
-        kubernetes_version="v1.31.0") for kind in ("namespace", "vcluster", "dedicated")}
     kube.add_hook(kubeemu.admit_ingresses)
     kube.add_hook(kubeemu.serve_endpoints)  # the real server's own controller does
-    admin = k8s.ApiClient(kube.client_configuration())
-    core = k8s.CoreV1Api(admin)
-    # The Cluster API namespace, with the portal's manager role bound there as documented.
-    core.create_namespace({"metadata": {"name": "gpupaas-clusters"}})
-    k8s.RbacAuthorizationV1Api(admin).create_namespaced_role_binding("gpupaas-clusters", {
-        "metadata": {"name": "gpupaas-portal"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "gpupaas-portal-manager"},
-        "subjects": [{"kind": "ServiceAccount", "name": envtest.PORTAL_ACCOUNT,
-                      "namespace": envtest.PORTAL_NAMESPACE}]})
-
-    def poll(instance: Instance) -> Instance:
-        return services.provision_instance(instance_id=instance.pk, applied=True)
+    # The kit's Flux and Cluster API (its namespace made and, on the real server, the
+    # portal's cluster-api role bound there, as docs/kubernetes.md has the administrator do).
+    flux = request.getfixturevalue("flux") if upstream else None
+    capi = request.getfixturevalue("capi") if upstream else None
 
     get_backend(cluster).check_connection()
     plain = provision(launch(alice, profiles["namespace"], name="plain"))
     get_backend(cluster).ensure_instance(services.instance_spec(plain))  # over what exists
     ns = namespace_of(kube, plain)["metadata"]["name"]
-    # A virtual cluster: its control plane starting (the events say why not yet), then up
-    # and waiting for the credentials vcluster writes.
-    kube.auto_ready = False
-    vc = provision(launch(alice, profiles["vcluster"], name="vc"))
-    assert poll(vc).status == Instance.Status.PROVISIONING
-    kube.auto_ready = True
-    wait_for(lambda: poll(vc).status_message.startswith("Waiting for the virtual cluster's"),
-             timeout=90)
-    # A dedicated cluster, polled until Cluster API says it is ready.
-    dedicated = provision(launch(alice, profiles["dedicated"], name="big"))
-    assert poll(dedicated).status == Instance.Status.PROVISIONING, dedicated.status_message
-    name = f"alice-big-{dedicated.pk}"
-    k8s.CustomObjectsApi(admin).patch_namespaced_custom_object_status(
-        "cluster.x-k8s.io", "v1beta1", "gpupaas-clusters", "clusters", name, {"status": {
-            "conditions": [{"type": "Ready", "status": "True",
-                            "lastTransitionTime": "2026-11-29T00:00:00Z"}]}})
-    core.create_namespaced_secret("gpupaas-clusters", {
-        "metadata": {"name": f"{name}-kubeconfig"},
-        "data": {"value": base64.b64encode(b"apiVersion: v1\nkind: Config\n").decode()}})
-    assert poll(dedicated).status == Instance.Status.RUNNING, dedicated.status_message
+    clusters = []
+    if upstream:
+        # A virtual cluster: Flux has not installed it yet (the events say why not), then
+        # it runs.
+        vc = provision(launch(alice, profiles["vcluster"], name="vc"))
+        assert services.provision_instance(instance_id=vc.pk, applied=True).status_message \
+            == "Installing the virtual cluster: waiting for Flux's helm-controller to " \
+               "install the chart"
+        clusters.append((flux, polled_until(flux, vc, "Ready: virtual cluster")))
+        # A dedicated cluster whose workers join without GPUs at first (the add-on's release
+        # says why), read until Cluster API and the GPU operator have it ready.
+        gpu_inside = capi.kubeconfig
+        cpu_only = inner_kit.EmulatedInner(gpu_nodes=False)
+        try:
+            cpu_only.add_node("cpu-1", "", 0)
+            capi.kubeconfig, capi.addon_fail = cpu_only.kubeconfig, "driver: ErrImagePull"
+            big = provision(launch(alice, profiles["dedicated"], name="big"))
+            polled_until(capi, big, "Workers joined; waiting for GPU nodes (add-on gpu-operator")
+            # Cluster API moves it to GPU workers: their kubeconfig replaces the old one.
+            capi.kubeconfig, capi.addon_fail = gpu_inside, ""
+            with admin_api(kube) as api:
+                k8s.CoreV1Api(api).patch_namespaced_secret(
+                    f"alice-big-{big.pk}-kubeconfig", cluster.capi_namespace,
+                    {"data": {"value": base64.b64encode(gpu_inside.encode()).decode()}})
+            clusters.append((capi, polled_until(capi, big, "Ready: dedicated cluster")))
+        finally:
+            cpu_only.close()
     # A notebook, watched while its pod cannot start yet, then until it runs.
     notebook_profile = NotebookProfile.objects.create(
         name="minimal", display_name="Minimal", image="quay.io/jupyter/minimal-notebook",
@@ -261,29 +278,33 @@ def test_every_permission_the_documented_roles_grant_is_one_the_portal_uses(
     notebook_services.reconcile_notebooks()
     kube.delete_object("ResourceQuota", "instance-quota", ns)
     services.reconcile_instances()  # restores it
+    assert kube.get("ResourceQuota", "instance-quota", ns) is not None
     bindings = {b["metadata"]["name"] for b in kube.objects("RoleBinding", ns)}
     notebook_services.delete_notebook(notebook=notebook, by=alice)
     wait_for(lambda: notebook_services.teardown_notebook(notebook_id=notebook.pk).status
              == Notebook.Status.DELETED, timeout=60)
-    for instance in (plain, vc, dedicated):
-        delete_until_gone(instance, alice)
+    delete_until_gone(plain, alice)
+    for controller, instance in clusters:
+        deleted(controller, instance, alice, timeout=90)
 
-    cluster_wide, in_namespaces = used(kube.requests.records())
-    portal_role = documented_role("gpupaas-portal")
-    # The portal's own RoleBinding in a new namespace is created on its cluster-wide right,
-    # before it holds any there.
-    cluster_wide |= {t for t in in_namespaces if t == ("rbac.authorization.k8s.io",
-                                                       "rolebindings", "create")}
-    assert portal_role - cluster_wide == set(), "gpupaas-portal grants what nothing uses"
-
-    manager = documented_role("gpupaas-portal-manager")
-    needed = in_namespaces - portal_role  # what the cluster-wide role does not already allow
-    [vcluster_role] = [o for o in m.vcluster_objects(
-        services.instance_spec(vc), cluster_settings(cluster)) if o["kind"] == "Role"]
-    escalation = granted(vcluster_role["rules"])
-    assert escalation <= manager, "the manager role cannot grant the vcluster Role"
-    assert manager - needed - escalation == set(), "gpupaas-portal-manager grants unused"
-    if kube.real:
-        assert needed <= manager  # else the server would have refused the cycle
+    cluster.refresh_from_db()
+    scopes = used(kube.requests.records(), cluster.capi_namespace)
+    roles = {name: documented_role(name) for name in (
+        "gpupaas-portal", "gpupaas-portal-manager", "gpupaas-portal-cluster-api")}
+    if not upstream:  # their kinds are not served here: nothing could use them
+        roles = {name: {t for t in role if t[0] not in UPSTREAM_GROUPS}
+                 for name, role in roles.items()}
+    portal = roles["gpupaas-portal"]
+    unused = portal - scopes["cluster"]
+    assert unused == set(), f"gpupaas-portal grants what nothing uses: {sorted(unused)}"
+    # In a namespace both roles apply: what the cluster-wide one allows is not needed again.
+    for scope, name in (("managed", "gpupaas-portal-manager"),
+                        ("capi", "gpupaas-portal-cluster-api")):
+        needed = scopes[scope] - portal
+        unused = roles[name] - needed
+        assert unused == set(), f"{name} grants what nothing uses: {sorted(unused)}"
+        if real:  # else the server would have refused the cycle
+            assert needed <= roles[name], f"{name} lacks {sorted(needed - roles[name])}"
+    if real:
         # `bind`: the owner's binding to admin and the portal's own to the manager role.
         assert bindings == {"owner-admin", "gpupaas-portal"}

@@ -31,6 +31,9 @@ class InstanceSpec:
     kubernetes_version: str = ""
     worker_class: str = ""
     gpus_per_node: int = 8
+    # When this provisioning attempt began (epoch seconds; 0: unknown): how long a virtual or
+    # dedicated cluster has been waiting is counted from here or its object's creation.
+    waiting_since: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,11 @@ class ClusterBackend(Protocol):
         """Start or continue removing an instance; phase `gone` once nothing is left.
 
         `spec` is absent for orphans, which the portal no longer knows."""
+        ...
+
+    def workload_kubeconfig(self, spec: InstanceSpec) -> str:
+        """A dedicated cluster's admin kubeconfig, read now from where its controller keeps it
+        ('' until there is one, or for kinds that have none)."""
         ...
 
     def release_instance(self, key: str) -> None:

@@ -1,7 +1,8 @@
 """Recorded contracts: what a real kube-apiserver answers to the requests that matter to the
 portal, so that the emulator can be held to the same answers in CI, where no real server runs.
 
-``make record-contracts`` (needs ``$KUBEBUILDER_ASSETS``) starts the envtest control plane,
+``make record-contracts`` (needs ``$KUBEBUILDER_ASSETS``, and ``$ENVTEST_CRDS`` for the upstream
+CRDs of Flux, Cluster API and CAAPH) starts the envtest control plane,
 sends ``corpus()`` and writes ``contracts/answers.json`` (status, reason, fields named, and a
 normalised body: no uids, timestamps or resourceVersions) and ``contracts/discovery.json``
 (what ``/api``, ``/apis`` and every group version answered, which the emulator serves).
@@ -107,6 +108,7 @@ def corpus() -> list[Case]:
     ingress = next(o for o in objects if o["kind"] == "Ingress")
     service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"]
                    .startswith("nb-"))
+    cases += _upstream_cases(instance, cs)
     cases += [
         Case("create again: already exists", "POST", _collection(objects[1]), objects[1]),
         Case("list a built-in kind: items carry no kind", "GET",
@@ -204,6 +206,58 @@ def corpus() -> list[Case]:
     return cases
 
 
+def _upstream_cases(instance: Any, cs: Any) -> list[Case]:
+    """Flux's, Cluster API's and CAAPH's kinds as their CRDs serve them (``ENVTEST_CRDS``):
+    what the portal writes for a dedicated cluster, and the schema's refusals that matter
+    (required fields, a CEL rule, a field of another version: refused by server-side apply,
+    dropped without a word by a create)."""
+    from clusters.backends.kubernetes import manifests as m
+
+    dedicated = replace(instance, kind="dedicated", cluster_class="gpu-cluster",
+                        kubernetes_version="v1.31.0", worker_class="gpu-worker")
+    cluster = m.capi_cluster(dedicated, cs)
+    ns = cluster["metadata"]["namespace"]
+    clusters = f"/apis/cluster.x-k8s.io/v1beta2/namespaces/{ns}/clusters"
+    cases = [Case("create the Cluster API namespace", "POST", "/api/v1/namespaces",
+                  {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})]
+    for obj in [*m.capi_addons(cs), cluster]:
+        cases.append(Case(f"create {obj['kind']} {obj['metadata']['name']}", "POST",
+                          _collection(obj), obj))
+    release = m.vcluster_objects(instance, cs)[-1]
+    releases = _collection(release)
+    no_interval = copy.deepcopy(release)
+    no_interval["metadata"]["name"] = "no-interval"
+    del no_interval["spec"]["interval"]
+    both = copy.deepcopy(release)
+    both["metadata"]["name"] = "both"
+    both["spec"]["chartRef"] = {"kind": "OCIRepository", "name": "vcluster"}
+    old = copy.deepcopy(cluster)
+    old["metadata"]["name"] = "old-field"
+    old["spec"]["topology"]["class"] = "gpu-cluster"  # v1beta1's name for classRef
+    no_class = copy.deepcopy(cluster)
+    no_class["metadata"]["name"] = "no-class"
+    del no_class["spec"]["topology"]["classRef"]
+    no_worker_class = copy.deepcopy(cluster)
+    no_worker_class["metadata"]["name"] = "no-worker-class"
+    no_worker_class["spec"]["topology"]["workers"]["machineDeployments"][0]["class"] = ""
+    cases += [
+        Case("a HelmRelease without an interval", "POST", releases, no_interval),
+        Case("a HelmRelease with both chart and chartRef (CEL)", "POST", releases, both),
+        Case("a Cluster with no classRef", "POST", clusters, no_class),
+        Case("a Cluster whose worker pool has no class", "POST", clusters, no_worker_class),
+        Case("a v1beta1 field in a v1beta2 Cluster, strict apply", "PATCH",
+             f"{clusters}/old-field?fieldManager=gpupaas&fieldValidation=Strict", old, APPLY),
+        Case("a v1beta1 field in a v1beta2 Cluster, apply", "PATCH",
+             f"{clusters}/old-field?fieldManager=gpupaas", old, APPLY),
+        Case("a v1beta1 field in a v1beta2 Cluster, create", "POST", clusters, old),
+        Case("read back what was kept", "GET", f"{clusters}/old-field",
+             compare=("status", "body.spec")),
+        Case("list Clusters by label: items carry their kind", "GET",
+             f"{clusters}?labelSelector=gpupaas.io%2Fportal%3Dcontracts"),
+    ]
+    return cases
+
+
 # ---------------------------------------------------------------------------- answers
 
 
@@ -285,16 +339,22 @@ def run(admin: Client, portal: Client | None, *, settle: Any = None) -> dict[str
 # ---------------------------------------------------------------------------- recording
 
 
+# Served by the upstream CRDs when installed; the emulator declares them (kubeemu.UPSTREAM_KINDS)
+# only where a test has them installed.
+UPSTREAM_GROUPS = frozenset({"helm.toolkit.fluxcd.io", "source.toolkit.fluxcd.io",
+                             "cluster.x-k8s.io", "addons.cluster.x-k8s.io"})
+
+
 def record_discovery(admin: Client) -> list[Obj]:
     """Every group version's resource list, preferred version of a group first; the
-    stand-in Cluster API CRD is left out (the emulator declares its own)."""
+    upstream CRDs' groups are left out (the emulator declares its own)."""
     documents = []
     _, core = admin.send("GET", "/api")
     for version in core["versions"]:
         documents.append(admin.send("GET", f"/api/{version}")[1])
     _, groups = admin.send("GET", "/apis")
     for group in groups["groups"]:
-        if group["name"] == "cluster.x-k8s.io":
+        if group["name"] in UPSTREAM_GROUPS:
             continue
         for version in group["versions"]:
             documents.append(admin.send("GET", f"/apis/{version['groupVersion']}")[1])
@@ -315,6 +375,9 @@ def record() -> int:
     binaries = envtest.assets()
     if binaries is None:
         print(f"record-contracts: {envtest.skip_reason()}", file=sys.stderr)
+        return 2
+    if envtest.crds_folder() is None:
+        print(f"record-contracts: {envtest.CRDS_SKIP}", file=sys.stderr)
         return 2
     with envtest.running(binaries) as server:
         plane = server.plane

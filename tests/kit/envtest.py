@@ -387,14 +387,19 @@ class Resolver:
         self.infos: list[tuple[str, str, str, str, bool]] = []  # group, version, plural, kind, ns
 
     def refresh(self) -> None:
-        infos = []
+        infos, seen = [], set()
         groups = [("", v) for v in self.request("GET", "/api")["versions"]]
         for group in self.request("GET", "/apis")["groups"]:
-            groups.append((group["name"], group["preferredVersion"]["version"]))
+            # The preferred version first; then the others, for kinds only they serve (CAAPH's
+            # v1alpha1 HelmChartProxy beside Cluster API's v1beta2 ClusterResourceSet).
+            preferred = group["preferredVersion"]["version"]
+            groups += [(group["name"], v["version"]) for v in sorted(
+                group["versions"], key=lambda v: v["version"] != preferred)]
         for group, version in groups:
             path = f"/apis/{group}/{version}" if group else f"/api/{version}"
             for r in self.request("GET", path)["resources"]:
-                if "/" not in r["name"]:
+                if "/" not in r["name"] and (group, r["name"]) not in seen:
+                    seen.add((group, r["name"]))
                     infos.append((group, version, r["name"], r["kind"], r["namespaced"]))
         self.infos = infos
 
@@ -602,20 +607,26 @@ def _pod_ip(pod: Obj) -> str:
 
 
 class RealServer:
-    """What a test session holds: the control plane, the stand-ins, the portal's token."""
+    """What a test session holds: the control plane, the stand-ins, the portal's token, and
+    the upstream CRDs (Flux, Cluster API, CAAPH) when ``$ENVTEST_CRDS`` names them."""
 
-    def __init__(self, binaries: Path) -> None:
+    def __init__(self, binaries: Path, *, upstream_crds: bool = True,
+                 portal_rbac: bool = True) -> None:
         self.plane = ControlPlane(binaries)
         self.stand_ins: StandIns | None = None
         self.token = ""
+        self.crds = crds_folder() if upstream_crds else None
+        self.portal_rbac = portal_rbac
 
     def start(self) -> RealServer:
         self.plane.start()
         try:
-            self.token = self.plane.portal_token()
+            if self.portal_rbac:
+                self.token = self.plane.portal_token()
             self.stand_ins = StandIns(self.plane)
             self.stand_ins.start()
-            install_cluster_api(self.plane)
+            if self.crds:
+                install_crds(self.plane, self.crds)
         except BaseException:
             self.stop()
             raise
@@ -627,12 +638,40 @@ class RealServer:
         self.plane.stop()
 
 
+def crds_folder() -> Path | None:
+    """The upstream CRDs' folder (``$ENVTEST_CRDS``), or None. They are other projects'
+    files, loaded from where the machine keeps them, never copied into this repository."""
+    folder = os.environ.get("ENVTEST_CRDS")
+    if folder and Path(folder).is_dir() and any(Path(folder).rglob("*.yaml")):
+        return Path(folder)
+    return None
+
+
+CRDS_SKIP = ("no upstream CRDs (Flux, Cluster API, CAAPH): set ENVTEST_CRDS to their folder "
+             "(see its README)")
+
+
 def install_crds(plane: ControlPlane, folder: Path) -> None:
-    """Upstream CRDs (a folder named by ``ENVTEST_CRDS``), for the tests that need them."""
+    """Upstream CRDs (a folder named by ``ENVTEST_CRDS``), applied server-side as they are
+    (they are too big for a client-side apply), then waited for until served."""
+    kinds = []
     for path in sorted(folder.rglob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 plane.apply_admin(doc)
+                storage = next(v["name"] for v in doc["spec"]["versions"] if v.get("storage"))
+                kinds.append(f"/apis/{doc['spec']['group']}/{storage}/"
+                             f"{doc['spec']['names']['plural']}")
+    deadline = time.monotonic() + 60
+    for path in kinds:
+        while True:
+            try:
+                plane.admin_request("GET", path)
+                break
+            except AdminError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{path} was never served") from None
+                time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -642,32 +681,3 @@ def running(binaries: Path) -> Iterator[RealServer]:
         yield server
     finally:
         server.stop()
-
-
-# The emulator serves Cluster API's Cluster from its own declaration (kubeemu.CLUSTER_API);
-# the real server gets the same as a minimal CRD of ours. Cluster API's own CRDs convert
-# v1beta1 through a webhook that does not run here.
-CLUSTER_API_CRD: Obj = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "clusters.cluster.x-k8s.io"},
-    "spec": {
-        "group": "cluster.x-k8s.io", "scope": "Namespaced",
-        "names": {"plural": "clusters", "singular": "cluster", "kind": "Cluster",
-                  "listKind": "ClusterList"},
-        "versions": [{"name": "v1beta1", "served": True, "storage": True,
-                      "subresources": {"status": {}},
-                      "schema": {"openAPIV3Schema": {
-                          "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}
-
-
-def install_cluster_api(plane: ControlPlane) -> None:
-    plane.apply_admin(CLUSTER_API_CRD)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # served once the CRD is Established
-        with contextlib.suppress(AdminError):
-            plane.admin_request("GET", "/apis/cluster.x-k8s.io/v1beta1/clusters")
-            return
-        time.sleep(0.2)
-    raise RuntimeError("the Cluster CRD was never served")

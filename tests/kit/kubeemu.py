@@ -88,6 +88,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLUSTER_API",
+    "UPSTREAM_KINDS",
     "DISCOVERY_FILE",
     "FAULT_KINDS",
     "MUTATING_VERBS",
@@ -118,7 +119,18 @@ MUTATING_VERBS: frozenset[str] = frozenset(
 )
 # What a real kube-apiserver served, recorded by `make record-contracts` (tests/kit/contracts).
 DISCOVERY_FILE = Path(__file__).with_name("contracts") / "discovery.json"
-CLUSTER_API = ("cluster.x-k8s.io", "v1beta1", "clusters", "Cluster")
+CLUSTER_API = ("cluster.x-k8s.io", "v1beta2", "clusters", "Cluster")
+# The kinds of Flux (source- and helm-controller), Cluster API and its Helm add-on provider
+# (CAAPH) that the portal uses, at the versions their CRDs serve and store: a test declares
+# them (``add_upstream_kinds``) where a real cluster would have them installed.
+UPSTREAM_KINDS = (
+    ("helm.toolkit.fluxcd.io", "v2", "helmreleases", "HelmRelease"),
+    ("source.toolkit.fluxcd.io", "v1", "helmrepositories", "HelmRepository"),
+    CLUSTER_API,
+    ("cluster.x-k8s.io", "v1beta2", "machinedeployments", "MachineDeployment"),
+    ("addons.cluster.x-k8s.io", "v1alpha1", "helmchartproxies", "HelmChartProxy"),
+    ("addons.cluster.x-k8s.io", "v1alpha1", "helmreleaseproxies", "HelmReleaseProxy"),
+)
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 WORKLOADS = frozenset({"deployments", "statefulsets", "replicasets", "daemonsets"})
@@ -850,6 +862,147 @@ def _ingress_host_causes(ingress: Obj) -> list[Obj]:
     return causes
 
 
+# What the upstream CRDs' schemas say about the objects the portal writes (Flux, Cluster API,
+# CAAPH), a small part of them written down here: the fields each declares where the portal
+# writes (``True``: anything below, as ``x-kubernetes-preserve-unknown-fields`` or a part
+# the portal never writes; a one-item list: each item), the required ones, and the rules the
+# portal could break. A real server prunes what its schema does not declare (or refuses it
+# under strict validation), checks required fields and CEL rules; so does the emulator for
+# these, held to the recorded contracts (contracts.py).
+_ANY = True
+UPSTREAM_SCHEMAS: dict[tuple[str, str], Obj] = {
+    ("helm.toolkit.fluxcd.io", "helmreleases"): {"spec": {
+        "chart": {"metadata": _ANY, "spec": {
+            "chart": _ANY, "version": _ANY, "interval": _ANY, "reconcileStrategy": _ANY,
+            "valuesFiles": _ANY, "ignoreMissingValuesFiles": _ANY, "verify": _ANY,
+            "sourceRef": {"apiVersion": _ANY, "kind": _ANY, "name": _ANY, "namespace": _ANY}}},
+        **dict.fromkeys((
+            "chartRef", "commonMetadata", "dependsOn", "driftDetection", "install", "interval",
+            "kubeConfig", "maxHistory", "persistentClient", "postRenderers", "releaseName",
+            "rollback", "serviceAccountName", "storageNamespace", "suspend", "targetNamespace",
+            "test", "timeout", "uninstall", "upgrade", "values", "valuesFrom"), _ANY)}},
+    ("source.toolkit.fluxcd.io", "helmrepositories"): {"spec": dict.fromkeys((
+        "accessFrom", "certSecretRef", "insecure", "interval", "passCredentials", "provider",
+        "secretRef", "suspend", "timeout", "type", "url"), _ANY)},
+    ("cluster.x-k8s.io", "clusters"): {"spec": {
+        **dict.fromkeys(("availabilityGates", "clusterNetwork", "controlPlaneEndpoint",
+                         "controlPlaneRef", "infrastructureRef", "paused"), _ANY),
+        "topology": {
+            "classRef": {"name": _ANY, "namespace": _ANY}, "controlPlane": _ANY,
+            "variables": _ANY, "version": _ANY,
+            "workers": {"machineDeployments": [dict.fromkeys((
+                "class", "deletion", "failureDomain", "healthCheck", "metadata",
+                "minReadySeconds", "name", "readinessGates", "replicas", "rollout", "taints",
+                "variables"), _ANY)], "machinePools": _ANY}}}},
+    ("cluster.x-k8s.io", "machinedeployments"): {"spec": dict.fromkeys((
+        "clusterName", "deletion", "machineNaming", "paused", "remediation", "replicas",
+        "rollout", "selector", "template"), _ANY)},
+    ("addons.cluster.x-k8s.io", "helmchartproxies"): {"spec": dict.fromkeys((
+        "chartName", "clusterSelector", "credentials", "namespace", "options",
+        "reconcileStrategy", "releaseName", "repoURL", "tlsConfig", "valuesTemplate",
+        "version"), _ANY)},
+    ("addons.cluster.x-k8s.io", "helmreleaseproxies"): {"spec": dict.fromkeys((
+        "chartName", "clusterRef", "credentials", "namespace", "options",
+        "reconcileStrategy", "releaseName", "repoURL", "tlsConfig", "values", "version"),
+        _ANY)},
+}
+# (path of an object, with [*] for every item; the fields it requires), when it is there.
+UPSTREAM_REQUIRED: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {
+    ("helm.toolkit.fluxcd.io", "helmreleases"): [
+        ("spec", ("interval",)), ("spec.chart", ("spec",)),
+        ("spec.chart.spec", ("chart", "sourceRef")), ("spec.chart.spec.sourceRef",
+                                                     ("kind", "name"))],
+    ("source.toolkit.fluxcd.io", "helmrepositories"): [("spec", ("url",))],
+    ("cluster.x-k8s.io", "clusters"): [
+        ("spec.topology", ("classRef", "version")), ("spec.topology.classRef", ("name",)),
+        ("spec.topology.workers.machineDeployments[*]", ("class", "name"))],
+    ("cluster.x-k8s.io", "machinedeployments"): [("spec", ("clusterName", "selector",
+                                                           "template"))],
+    ("addons.cluster.x-k8s.io", "helmchartproxies"): [
+        ("spec", ("chartName", "clusterSelector", "repoURL"))],
+}
+# (path of a string, the least length its schema allows).
+UPSTREAM_MIN_LENGTH = {
+    ("cluster.x-k8s.io", "clusters"): [
+        ("spec.topology.classRef.name", 1), ("spec.topology.version", 1),
+        ("spec.topology.workers.machineDeployments[*].class", 1),
+        ("spec.topology.workers.machineDeployments[*].name", 1)],
+}
+
+
+# Kinds whose CRDs carry CEL rules (x-kubernetes-validations).
+UPSTREAM_CEL = frozenset({("helm.toolkit.fluxcd.io", "helmreleases"),
+                          ("cluster.x-k8s.io", "clusters")})
+
+
+def _at(obj: Any, path: str) -> list[tuple[str, Any]]:
+    """The values at a dotted path ([*]: every item of a list), with their field paths."""
+    found: list[tuple[str, Any]] = [("", obj)]
+    for part in path.split("."):
+        name, every = part.removesuffix("[*]"), part.endswith("[*]")
+        step = []
+        for where, value in found:
+            if isinstance(value, dict) and name in value:
+                child, at = value[name], f"{where}.{name}" if where else name
+                if every and isinstance(child, list):
+                    step += [(f"{at}[{i}]", item) for i, item in enumerate(child)]
+                elif not every:
+                    step.append((at, child))
+        found = step
+    return found
+
+
+def _undeclared(value: Any, schema: Any, where: str = "") -> list[str]:
+    """Field paths in `value` that `schema` does not declare (see UPSTREAM_SCHEMAS)."""
+    if schema is _ANY or not isinstance(value, dict | list):
+        return []
+    if isinstance(schema, list):
+        return [f for i, item in enumerate(value if isinstance(value, list) else [])
+                for f in _undeclared(item, schema[0], f"{where}[{i}]")]
+    out = []
+    for key, child in (value.items() if isinstance(value, dict) else []):
+        at = f"{where}.{key}" if where else key
+        out += [at] if key not in schema else _undeclared(child, schema[key], at)
+    return out
+
+
+def _prune(value: Any, schema: Any) -> None:
+    if schema is _ANY or not isinstance(value, dict | list):
+        return
+    if isinstance(schema, list):
+        for item in value if isinstance(value, list) else []:
+            _prune(item, schema[0])
+        return
+    for key in [k for k in value if k not in schema]:
+        del value[key]
+    for key, child in value.items():
+        _prune(child, schema[key])
+
+
+def _upstream_causes(info: ResourceInfo, obj: Obj) -> list[Obj]:
+    """Required fields, lengths and CEL rules of the upstream CRDs, as the server words them."""
+    key = (info.group, info.plural)
+    causes = [_cause(f"{where}.{field}", "Required value", "FieldValueRequired")
+              for path, fields in UPSTREAM_REQUIRED.get(key, [])
+              for where, value in _at(obj, path) if isinstance(value, dict)
+              for field in fields if field not in value]
+    for path, least in UPSTREAM_MIN_LENGTH.get(key, []):
+        for where, value in _at(obj, path):
+            if isinstance(value, str) and len(value) < least:
+                causes.append(_cause(where, f'Invalid value: "{value}": {where} in body should '
+                                     f"be at least {least} chars long"))
+    spec = obj.get("spec")
+    if any(c["reason"] == "FieldValueRequired" for c in causes) and key in UPSTREAM_CEL:
+        # A missing required field keeps the CRD's CEL rules from running, and says so.
+        causes.append(_cause("<nil>", "Invalid value: null: some validation rules were not "
+                             "checked because the object was invalid; correct the existing "
+                             "errors to complete validation"))
+    elif key == ("helm.toolkit.fluxcd.io", "helmreleases") and isinstance(spec, dict) and (
+            ("chart" in spec) == ("chartRef" in spec)):
+        causes.append(_cause("spec", "Invalid value: either chart or chartRef must be set"))
+    return causes
+
+
 def _restricted_violations(spec: Obj) -> list[str]:
     """What Pod Security `restricted` refuses in a pod spec, worded as the API server words it
     (the checks the portal's pods meet: privilege escalation, capabilities, non-root, seccomp,
@@ -1370,6 +1523,14 @@ class Store:
     def _validate(self, info: ResourceInfo, obj: Obj, strict: bool) -> None:
         schemas = self.validate and not info.custom
         causes = _label_causes(obj["metadata"].get("labels"))
+        upstream = UPSTREAM_SCHEMAS.get((info.group, info.plural))
+        if upstream is not None and self.validate:
+            unknown = _undeclared({k: v for k, v in obj.items() if k == "spec"}, upstream)
+            if strict and unknown:
+                fields = ", ".join(f'unknown field "{f}"' for f in unknown)
+                raise ApiError(400, "BadRequest", f"strict decoding error: {fields}")
+            _prune(obj, {**dict.fromkeys(obj, _ANY), **upstream})
+            causes += _upstream_causes(info, obj)
         if schemas:
             causes += _Schemas.causes(obj)
         if (info.group, info.plural) == ("networking.k8s.io", "ingresses"):
@@ -1766,6 +1927,15 @@ class Store:
                     )
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "an apply patch must be an object")
+                upstream = UPSTREAM_SCHEMAS.get((info.group, info.plural))
+                if upstream is not None and self.validate and subresource is None and (
+                        unknown := _undeclared({"spec": body.get("spec")}, upstream)):
+                    # Server-side apply types the patch against the CRD's schema first, and
+                    # refuses (500, no reason) a field it does not declare, strict or not.
+                    raise ApiError(500, "", (
+                        f"failed to create typed patch object ({namespace}/{name}; "
+                        f"{info.api_version}, Kind={info.kind}): .{unknown[0]}: field not "
+                        "declared in schema"))
                 if self.find(info, namespace, name) is None and subresource is None:
                     body = copy.deepcopy(body)
                     body.setdefault("metadata", {}).setdefault("name", name)
@@ -2917,6 +3087,11 @@ class Emulator(Served):
             )
         )
 
+    def add_upstream_kinds(self) -> None:
+        """Serve Flux's, Cluster API's and CAAPH's kinds (``UPSTREAM_KINDS``)."""
+        for kind in UPSTREAM_KINDS:
+            self.add_resource(*kind)
+
     def add_hook(self, hook: WriteHook) -> None:
         """Call ``hook(store, event)`` after every API create/update/patch, under the store
         lock, to play a controller the emulator lacks (e.g. set an Ingress status)."""
@@ -3316,7 +3491,7 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
     )
     if args.cluster_api:
-        emu.add_resource(*CLUSTER_API)
+        emu.add_upstream_kinds()
     for spec in args.resource:
         parts = spec.split("/")
         if len(parts) not in (4, 5):

@@ -1006,7 +1006,7 @@ def test_runs_as_a_process(tmp_path: Path) -> None:
         assert line.startswith("kubeemu listening on http://127.0.0.1:"), line
         with config.new_client_from_config(config_file=str(kubeconfig)) as api_client:
             clusters = client.CustomObjectsApi(api_client).list_cluster_custom_object(
-                "cluster.x-k8s.io", "v1beta1", "clusters"
+                "cluster.x-k8s.io", "v1beta2", "clusters"
             )
         assert clusters["items"] == []
     finally:

@@ -1,10 +1,13 @@
 """The production backend: instances as namespaces, virtual clusters or Cluster API clusters."""
 
+import datetime
 import logging
+import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -30,10 +33,8 @@ from .status import (
     explain_events,
     explain_pod,
     explain_replica_failure,
-    point_kubeconfig_at,
     secret_value,
     workload_available,
-    workload_ready,
 )
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,20 @@ Target = tuple[str, str, str, str | None]  # apiVersion, kind, name, namespace
 LISTED_KINDS = [
     ("v1", "Namespace"), ("v1", "ResourceQuota"), ("v1", "LimitRange"),
     ("networking.k8s.io/v1", "NetworkPolicy"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-    ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"), ("v1", "Service"),
-    ("apps/v1", "StatefulSet"), ("cluster.x-k8s.io/v1beta1", "Cluster"),
+    (m.FLUX_SOURCE, "HelmRepository"), (m.FLUX_HELM, "HelmRelease"), (m.CAPI, "Cluster"),
 ]
-CAPI_CLUSTER = ("cluster.x-k8s.io/v1beta1", "Cluster")
+CAPI_CLUSTER = (m.CAPI, "Cluster")
+# What Test connection looks for, per profile kind that needs it.
+COMPONENTS = [
+    ("vcluster", "Flux", [(m.FLUX_HELM, "HelmRelease"), (m.FLUX_SOURCE, "HelmRepository")]),
+    ("dedicated", "Cluster API", [(m.CAPI, "Cluster"), (m.CAPI, "MachineDeployment")]),
+    ("dedicated", "its Helm add-on provider (CAAPH)", [(m.CAAPH, "HelmChartProxy")]),
+]
+# Asks Flux's helm-controller to forget a release's failures and try again.
+RESET_ANNOTATION = "reconcile.fluxcd.io/resetAt"
+# Flux's reasons for a chart that did not install or upgrade.
+CHART_FAILED = {"InstallFailed": "install", "UpgradeFailed": "upgrade",
+                "ArtifactFailed": "fetch", "InitFailed": "start installing"}
 
 _clients: dict[int, tuple[Any, KubeClient]] = {}
 _clients_lock = threading.Lock()
@@ -88,6 +99,12 @@ def cluster_settings(cluster: Cluster) -> m.ClusterSettings:
         storage_class=cluster.storage_class,
         capi_namespace=cluster.capi_namespace,
         vcluster_image=settings.VCLUSTER_IMAGE,
+        vcluster_chart_version=settings.VCLUSTER_CHART_VERSION,
+        vcluster_repository=settings.VCLUSTER_CHART_REPOSITORY,
+        vcluster_via_ingress=settings.VCLUSTER_API_VIA_INGRESS,
+        portal_namespace=settings.PORTAL_NAMESPACE,
+        gpu_operator_version=settings.GPU_OPERATOR_CHART_VERSION,
+        ingress_nginx_version=settings.INGRESS_NGINX_CHART_VERSION,
         ingress_domain=cluster.ingress_domain,
         ingress_class=cluster.ingress_class,
         ingress_https=cluster.ingress_https,
@@ -121,6 +138,8 @@ class KubernetesBackend:
         # namespace it creates; None for other credentials (an admin's certificate).
         self.claims = token_claims(bearer_token(self.kube.api.configuration))
         self.account = self.claims.service_account if self.claims else None
+        if self.account:  # the vclusters' NetworkPolicy lets in the namespace it runs in
+            self.cs = replace(self.cs, portal_namespace=self.account[0])
 
     # -- what the cluster offers
 
@@ -180,7 +199,27 @@ class KubernetesBackend:
                             for kind, needs in missing.items())
         return (f"Connected: Kubernetes {version}; allocatable GPUs: {offered}.{notes} "
                 f"{expiry_in_words(self.claims).capitalize()}; permissions: "
-                f"{lacking or 'all that every profile kind needs'}.{policy}")
+                f"{lacking or 'all that every profile kind needs'}.{policy}"
+                f"{self._components()}")
+
+    def _components(self) -> str:
+        """Which of the controllers vcluster and dedicated profiles need are installed, as far
+        as their CRDs tell (discovery: served or not)."""
+        words = []
+        for kind, name, kinds in COMPONENTS:
+            try:
+                absent = [f"{k} {v.rsplit('/', 1)[-1]}" for v, k in kinds
+                          if not self.kube.served(v, k)]
+            except BackendError as exc:
+                words.append(f" Could not tell whether {name} is installed: {exc.message}")
+                continue
+            served = ", ".join(f"{k} {v.rsplit('/', 1)[-1]}" for v, k in kinds)
+            if absent:
+                words.append(f" {name} is not installed (no {', '.join(absent)}): {kind} "
+                             "profiles cannot run here.")
+            else:
+                words.append(f" {name}: {served} served.")
+        return "".join(words)
 
     def missing_permissions(self) -> dict[str, list[str]]:
         """Per profile kind, the cluster-wide permissions the credential lacks, in words
@@ -235,7 +274,7 @@ class KubernetesBackend:
 
     def instance_state(self, spec: InstanceSpec) -> InstanceState:
         """How far an applied instance got, read without writing: one GET of the object whose
-        status tells (the vcluster StatefulSet, the Cluster API Cluster), plus what explains
+        status tells (the vcluster's HelmRelease, the Cluster API Cluster), plus what explains
         a wait. Only when that object is missing (deleted meanwhile) is the instance applied
         again; drift in its other objects is the reconcile pass's to restore."""
         if spec.kind == "dedicated":
@@ -260,7 +299,7 @@ class KubernetesBackend:
                 "running", f"Ready: namespace {ns} with room for {spec.gpus} GPU{plural}.",
                 detail=f"namespace {ns} on {self.cluster}",
             )
-        return self._vcluster_state(spec, ns, last)
+        return self._vcluster_state(spec, last)
 
     def _instance_objects(self, spec: InstanceSpec) -> list[Manifest]:
         """A namespace or vcluster instance's objects in order: the namespace, the portal's
@@ -294,31 +333,124 @@ class KubernetesBackend:
                     time.sleep(pause)
         return applied
 
-    def _vcluster_state(self, spec: InstanceSpec, ns: str, statefulset: Manifest) -> InstanceState:
-        if workload_ready(statefulset):
-            secret = self.kube.get("v1", "Secret", m.vcluster_kubeconfig_secret_name(), ns)
-            kubeconfig = secret_value(secret, "config")
-            if kubeconfig:
-                server = f"https://{m.VCLUSTER_RELEASE}.{ns}.svc:443"
-                return InstanceState(
-                    "running", f"Ready: virtual cluster in namespace {ns}.",
-                    detail=f"vcluster {m.VCLUSTER_VERSION} in {ns}",
-                    kubeconfig=point_kubeconfig_at(kubeconfig, server),
-                )
-            return InstanceState("provisioning", "Waiting for the virtual cluster's credentials.")
-        return self._waiting(ns, "Starting the virtual cluster's control plane.")
+    # -- virtual clusters: a Flux HelmRelease of the vcluster chart
 
-    def _waiting(self, ns: str, message: str) -> InstanceState:
+    def _vcluster_state(self, spec: InstanceSpec, release: Manifest | None) -> InstanceState:
+        """Running once Flux reports the release of the current spec Ready and the kubeconfig
+        vcluster exported answers over verified TLS; failed when Flux gave up on the chart
+        (its own words) or nothing was ready in time."""
+        ns = m.object_name(spec)
+        if release is None:
+            return InstanceState("provisioning", "Waiting for the virtual cluster's release.")
+        meta, status = release["metadata"], release.get("status") or {}
+        ready = condition(release, "Ready")
+        what = f"HelmRelease {ns}/{m.VCLUSTER_RELEASE}"
+        failed = _release_failure(release)
+        if failed:  # Flux stopped retrying: its remediation retries are spent
+            # Condition times are whole seconds: a failure within the second after this
+            # attempt began is this attempt's.
+            stalled_at = _timestamp(condition(release, "Stalled").get("lastTransitionTime")) + 1
+            if not spec.waiting_since or spec.waiting_since <= stalled_at:
+                return failed
+            # Someone asked to retry since: Flux resets its failure count and tries again
+            # (asked once per attempt; the annotation says when).
+            asked = (meta.get("annotations") or {}).get(RESET_ANNOTATION, "")
+            if _timestamp(asked) <= stalled_at:
+                now = datetime.datetime.now(datetime.UTC).isoformat()
+                self.kube.annotate(m.FLUX_HELM, "HelmRelease", m.VCLUSTER_RELEASE, ns, {
+                    "reconcile.fluxcd.io/requestedAt": now, RESET_ANNOTATION: now})
+            return InstanceState(
+                "provisioning", "Installing the virtual cluster: Flux was asked to try its "
+                "chart again.", detail=failed.detail)
+        current = status.get("observedGeneration", -1) >= meta.get("generation", 0)
+        if ready.get("status") == "True" and current:
+            return self._vcluster_credentials(spec, release)
+        why = ready.get("message") if current and ready.get("message") else (
+            "waiting for Flux's helm-controller to install the chart")
+        detail = f"{what}: Ready={ready}" if ready else ""
+        # The chart's pods say more than Flux while it waits for them: unschedulable, an
+        # image that cannot be pulled (which no retry mends).
         explained = explain_events(self.kube.list("v1", "Event", namespace=ns))
-        if explained is None:
-            return InstanceState("provisioning", message)
-        text, detail, final = explained
-        return InstanceState("failed" if final else "provisioning", text, detail=detail)
+        if explained:
+            why, detail, final = explained
+            if final:
+                return InstanceState("failed", why, detail=detail)
+            why = why[0].lower() + why[1:].rstrip(".")
+        late = self._late(spec, release, settings.VCLUSTER_READY_TIMEOUT_S)
+        if late:
+            return InstanceState(
+                "failed", f"The virtual cluster was not ready after {late}: {why}",
+                detail=detail)
+        return InstanceState("provisioning", f"Installing the virtual cluster: {why}",
+                             detail=detail)
+
+    def _vcluster_credentials(self, spec: InstanceSpec, release: Manifest) -> InstanceState:
+        ns = m.object_name(spec)
+        secret_name = m.vcluster_kubeconfig_secret_name()
+        kubeconfig = secret_value(self.kube.get("v1", "Secret", secret_name, ns), "config")
+        if not kubeconfig:
+            return InstanceState(
+                "provisioning", "Waiting for the virtual cluster's credentials.",
+                detail=f"no key config in secret {ns}/{secret_name} yet")
+        inner, server = self._inner_client(kubeconfig, what=f"the virtual cluster {ns}")
+        try:
+            version = inner.version().get("gitVersion", "unknown version")
+        except BackendError as exc:
+            problem = _tls_problem(exc.detail)
+            why = (f"its API at {server} failed TLS verification ({problem})" if problem
+                   else f"its API at {server} does not answer yet")
+            late = self._late(spec, release, settings.VCLUSTER_READY_TIMEOUT_S)
+            if late:
+                return InstanceState("failed", f"The virtual cluster was not ready after "
+                                     f"{late}: {why}.", detail=exc.detail)
+            return InstanceState("provisioning", f"Waiting for the virtual cluster: {why}.",
+                                 detail=exc.detail)
+        return InstanceState(
+            "running", f"Ready: virtual cluster in namespace {ns}.",
+            detail=f"vcluster chart {self.cs.vcluster_chart_version} in {ns}, Kubernetes "
+                   f"{version} at {server}",
+            kubeconfig=kubeconfig,
+        )
+
+    def _inner_client(self, kubeconfig: str, *, what: str) -> tuple[KubeClient, str]:
+        """A client for a virtual or dedicated cluster's own API, verified over TLS: a
+        kubeconfig that is not HTTPS or turns verification off is refused, never used."""
+        try:
+            config = yaml.safe_load(kubeconfig)
+            api = api_client(config)
+        except Exception as exc:
+            raise BackendError(f"The credentials of {what} cannot be used: {exc}",
+                               detail=repr(exc)) from exc
+        server = api.configuration.host
+        if not server.startswith("https://") or not api.configuration.verify_ssl:
+            raise BackendError(
+                f"The kubeconfig of {what} does not verify its server over TLS ({server}); "
+                "the portal never connects insecurely.",
+                detail=f"server {server}, verify_ssl={api.configuration.verify_ssl}")
+        settings_ = replace(self.kube.settings, cluster=what, retries=min(
+            self.kube.settings.retries, 1))
+        return KubeClient(api, settings_, self.kube.limiter), server
+
+    def _late(self, spec: InstanceSpec, obj: Manifest, limit: float) -> str:
+        """'15 minutes' when the object (or this provisioning attempt, if later) is older
+        than `limit` seconds; '' otherwise."""
+        created = _timestamp((obj.get("metadata") or {}).get("creationTimestamp"))
+        since = max(created, spec.waiting_since)
+        if not since or time.time() - since <= limit:
+            return ""
+        return _duration(limit)
+
+    # -- dedicated clusters: Cluster API
 
     def _ensure_dedicated(self, spec: InstanceSpec) -> InstanceState:
         if not spec.cluster_class:
             raise BackendError("This size names no ClusterClass; ask your administrator.")
+        if not spec.worker_class:
+            raise BackendError("This size names no worker class of its ClusterClass; ask your "
+                               "administrator.")
         try:
+            for addon in m.capi_addons(self.cs):
+                self.kube.apply(addon)
             cluster = self.kube.apply(m.capi_cluster(spec, self.cs))
         except BackendError as exc:
             raise self._explain_capi_refusal(exc) from exc
@@ -326,7 +458,7 @@ class KubernetesBackend:
 
     def _explain_capi_refusal(self, exc: BackendError) -> BackendError:
         """The portal's account holds rights in the Cluster API namespace only through the
-        manager role bound there, so a missing namespace answers 403, not 404: a list of
+        cluster-api role bound there, so a missing namespace answers 403, not 404: a list of
         namespaces by name (a cluster-wide right it has) says which of the two it is."""
         if not exc.message.startswith("The cluster refused the portal's credentials"):
             return exc
@@ -340,34 +472,95 @@ class KubernetesBackend:
                                 "administrator must create it.", detail=exc.detail)
         return BackendError(
             f"The portal may not manage Cluster API clusters in {ns} on {self.cluster}; an "
-            f"administrator must bind it to {m.PORTAL_MANAGER_ROLE} there.", detail=exc.detail)
+            f"administrator must bind it to {m.PORTAL_CLUSTER_API_ROLE} there.", detail=exc.detail)
 
     def _dedicated_state(self, spec: InstanceSpec, cluster: Manifest) -> InstanceState:
+        """Running only when the control plane is available, every GPU worker machine is
+        ready and a node of the workload cluster reports allocatable GPUs. Until then the
+        controllers' own words say what is happening; past DEDICATED_READY_TIMEOUT_S they
+        say why it failed."""
+        name, ns = m.object_name(spec), self.cs.capi_namespace
         status = cluster.get("status") or {}
-        if status.get("failureMessage"):
-            return InstanceState("failed", "The dedicated cluster could not be created.",
-                                 detail=status["failureMessage"])
-        ready = condition(cluster, "Ready")
-        if ready.get("status") == "True":
-            secret = self.kube.get("v1", "Secret", m.capi_kubeconfig_secret_name(spec),
-                                   self.cs.capi_namespace)
-            kubeconfig = secret_value(secret, "value")
-            if kubeconfig:
+        failure = ((status.get("deprecated") or {}).get("v1beta1") or {}).get("failureMessage")
+        if failure:
+            return InstanceState("failed", f"The dedicated cluster could not be created: "
+                                 f"{failure}", detail=f"Cluster {ns}/{name}: {failure}")
+        late = self._late(spec, cluster, settings.DEDICATED_READY_TIMEOUT_S)
+        control_plane = condition(cluster, "ControlPlaneAvailable")
+        if control_plane.get("status") != "True":
+            why = control_plane.get("message") or f"phase {status.get('phase', 'Pending')}"
+            if late:
                 return InstanceState(
-                    "running", f"Ready: dedicated cluster {m.object_name(spec)}.",
-                    detail=f"Cluster API cluster {self.cs.capi_namespace}/{m.object_name(spec)}",
-                    kubeconfig=kubeconfig,
-                )
-            return InstanceState("provisioning", "Waiting for the dedicated cluster's credentials.")
-        phase = status.get("phase", "Pending")
-        why = ready.get("message") or f"phase {phase}"
-        return InstanceState("provisioning", f"Creating the dedicated cluster ({why}).")
+                    "failed", f"The dedicated cluster's control plane was not ready after "
+                    f"{late}: {why}", detail=f"Cluster {ns}/{name}: {control_plane}")
+            return InstanceState("provisioning",
+                                 f"Creating the dedicated cluster's control plane ({why}).")
+        pools = self.kube.list(m.CAPI, "MachineDeployment", namespace=ns,
+                               label_selector=f"{m.CLUSTER_NAME_LABEL}={name}")
+        waiting = [pool for pool in pools if not _pool_ready(pool)]
+        if not pools or waiting:
+            why = (_pool_message(waiting[0]) if waiting else
+                   condition(cluster, "WorkersAvailable").get("message")
+                   or "Cluster API has not created them yet")
+            if late:
+                return InstanceState("failed", f"Machines not provisioned after {late}: {why}",
+                                     detail=f"MachineDeployments of {ns}/{name}: {why}")
+            return InstanceState("provisioning", f"Waiting for the GPU workers ({why}).")
+        kubeconfig = self.workload_kubeconfig(spec)
+        if not kubeconfig:
+            return InstanceState("provisioning",
+                                 "Waiting for the dedicated cluster's credentials.")
+        inner, _ = self._inner_client(kubeconfig, what=f"the dedicated cluster {name}")
+        try:
+            nodes = inner.list("v1", "Node")
+        except BackendError as exc:
+            return InstanceState("provisioning", "Waiting for the dedicated cluster's API to "
+                                 "answer.", detail=exc.detail)
+        gpus = {node["metadata"]["name"]: int(
+            ((node.get("status") or {}).get("allocatable") or {}).get(
+                self.cs.gpu_resource_name, 0) or 0) for node in nodes}
+        total = sum(gpus.values())
+        if not total:
+            why = self._addon_problem(name) or (
+                f"no node reports allocatable {self.cs.gpu_resource_name} yet")
+            if late:
+                return InstanceState("failed", f"No GPU nodes after {late}: {why}",
+                                     detail=f"nodes of {name}: {gpus}")
+            return InstanceState("provisioning",
+                                 f"Workers joined; waiting for GPU nodes ({why}).")
+        with_gpus = sum(1 for n in gpus.values() if n)
+        return InstanceState(
+            "running", f"Ready: dedicated cluster {name} with {total} GPU"
+            f"{'s' if total != 1 else ''} on {with_gpus} node{'s' if with_gpus != 1 else ''}.",
+            detail=f"Cluster API cluster {ns}/{name}; notebooks under "
+                   f"{m.dedicated_domain(spec, self.cs)}",
+        )
+
+    def _addon_problem(self, name: str) -> str:
+        """What an add-on's HelmReleaseProxy says, when it is not ready (CAAPH's words)."""
+        proxies = self.kube.list(m.CAAPH, "HelmReleaseProxy", namespace=self.cs.capi_namespace,
+                                 label_selector=f"{m.CLUSTER_NAME_LABEL}={name}")
+        for proxy in proxies:
+            ready = condition(proxy, "Ready")
+            if ready.get("status") == "False" and ready.get("message"):
+                chart = (proxy.get("spec") or {}).get("chartName", proxy["metadata"]["name"])
+                return f"add-on {chart}: {ready['message']}"
+        return ""
+
+    def workload_kubeconfig(self, spec: InstanceSpec) -> str:
+        """The dedicated cluster's admin kubeconfig, read now from the secret Cluster API
+        keeps (and rotates): the portal never keeps a copy that could go stale."""
+        secret = self.kube.get("v1", "Secret", m.capi_kubeconfig_secret_name(spec),
+                               self.cs.capi_namespace)
+        return secret_value(secret, "value")
 
     def _targets(self, key: str, spec: InstanceSpec | None) -> list[Target]:
         if spec is not None:
             if spec.kind == "dedicated":
-                return [("cluster.x-k8s.io/v1beta1", "Cluster", m.object_name(spec),
-                         self.cs.capi_namespace)]
+                return [(m.CAPI, "Cluster", m.object_name(spec), self.cs.capi_namespace)]
+            if spec.kind == "vcluster":  # Flux uninstalls the chart first, then the namespace
+                return [(m.FLUX_HELM, "HelmRelease", m.VCLUSTER_RELEASE, m.object_name(spec)),
+                        ("v1", "Namespace", m.object_name(spec), None)]
             return [("v1", "Namespace", m.object_name(spec), None)]
         found = self._roots(f"{m.selector(self.cs)},{m.INSTANCE_LABEL}={key}")
         return [(o["apiVersion"], o["kind"], o["metadata"]["name"],
@@ -376,14 +569,35 @@ class KubernetesBackend:
     def _roots(self, selector: str) -> list[Manifest]:
         """The objects whose deletion removes an instance: Namespaces and Cluster API Clusters."""
         return (self.kube.list("v1", "Namespace", label_selector=selector)
-                + self.kube.list("cluster.x-k8s.io/v1beta1", "Cluster", label_selector=selector))
+                + self.kube.list(m.CAPI, "Cluster", label_selector=selector))
 
     def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
-        remaining = [t for t in self._targets(key, spec) if self.kube.delete(*t) is not None]
-        if not remaining:
-            return InstanceState("gone", "Resources released.")
-        names = ", ".join(f"{kind} {name}" for _, kind, name, _ in remaining)
-        return InstanceState("deleting", f"Waiting for the cluster to remove {names}.")
+        """Ask for each of the instance's roots to go, in order, and say what is still there.
+        A root's deletion waits for the one before it to be gone: the vcluster's release is
+        uninstalled by Flux before its namespace goes."""
+        for target in self._targets(key, spec):
+            _, kind, name, _ = target
+            try:
+                answer = self.kube.delete(*target)
+            except BackendError as exc:
+                # Once its namespace is being deleted, the portal's own RoleBinding there is
+                # gone first: the release goes with the namespace (Flux's finalizer still
+                # uninstalls it), so on to the namespace.
+                if kind == "HelmRelease" and exc.detail.startswith("HTTP 403"):
+                    continue
+                raise
+            if answer is None:
+                continue
+            if kind == "HelmRelease":
+                return InstanceState("deleting",
+                                     "Waiting for Flux to uninstall the virtual cluster.")
+            if kind == "Cluster":
+                phase = (answer.get("status") or {}).get("phase") if answer else ""
+                return InstanceState("deleting", f"Waiting for Cluster API to remove the "
+                                     f"dedicated cluster {name}"
+                                     + (f" (phase {phase})." if phase else "."))
+            return InstanceState("deleting", f"Waiting for the cluster to remove {kind} {name}.")
+        return InstanceState("gone", "Resources released.")
 
     def list_instance_keys(self) -> set[str]:
         return {o["metadata"]["labels"][m.INSTANCE_LABEL] for o in self._roots(m.selector(self.cs))
@@ -408,6 +622,12 @@ class KubernetesBackend:
                 states[spec.key] = InstanceState(
                     "gone", "Its namespace was deleted outside the portal.")
                 continue
+            if spec.kind == "vcluster":
+                release = present.get(("HelmRelease", m.object_name(spec), m.VCLUSTER_RELEASE))
+                failed = _release_failure(release)
+                if failed:
+                    states[spec.key] = failed
+                    continue
             restored = [obj for obj in desired if _ref(obj) not in present]
             self._apply_all(restored)
             states[spec.key] = InstanceState(
@@ -421,13 +641,22 @@ class KubernetesBackend:
 
     def _notebook_client(self, spec: NotebookSpec) -> KubeClient:
         """Notebooks of a namespace instance live on this cluster; those of a virtual or
-        dedicated cluster live inside it, reached with its own kubeconfig."""
-        if spec.instance.kind == "namespace":
+        dedicated cluster live inside it, reached with its own kubeconfig over verified TLS:
+        the one vcluster exported (kept since it turned running), or the dedicated cluster's
+        read now from Cluster API's secret."""
+        instance = spec.instance
+        if instance.kind == "namespace":
             return self.kube
-        if not spec.instance_kubeconfig:
+        if instance.kind == "dedicated":
+            kubeconfig = self.workload_kubeconfig(instance)
+            what = f"the dedicated cluster {m.object_name(instance)}"
+        else:
+            kubeconfig = spec.instance_kubeconfig
+            what = f"the virtual cluster {m.object_name(instance)}"
+        if not kubeconfig:
             raise BackendError("The instance's cluster has no credentials yet.")
-        return KubeClient(api_client(yaml.safe_load(spec.instance_kubeconfig)),
-                          self.kube.settings, self.kube.limiter)
+        client, _ = self._inner_client(kubeconfig, what=what)
+        return replace_settings(client, self.kube.settings)
 
     def _require_domain(self) -> None:
         if not self.cs.ingress_domain:
@@ -602,12 +831,76 @@ class KubernetesBackend:
 
 
 def _dedicated_health(name: str, cluster: Manifest | None) -> InstanceState:
-    """A running dedicated instance is only as good as its Cluster API Cluster."""
+    """A running dedicated instance is only as good as its Cluster API Cluster (v1beta2: its
+    summary condition is Available)."""
     if cluster is None:
         return InstanceState("gone", "Its cluster was deleted outside the portal.")
-    ready = condition(cluster, "Ready")
-    if ready.get("status") == "False":
-        why = ready.get("message") or ready.get("reason") or "no reason given"
+    available = condition(cluster, "Available")
+    if available.get("status") == "False":
+        why = available.get("message") or available.get("reason") or "no reason given"
         return InstanceState("failed", f"The dedicated cluster {name} is no longer ready: {why}",
-                             detail=f"Cluster condition Ready=False: {ready}")
+                             detail=f"Cluster condition Available=False: {available}")
     return InstanceState("running", f"Ready: dedicated cluster {name}.")
+
+
+def _release_failure(release: Manifest | None) -> InstanceState | None:
+    """A running vcluster whose release Flux gave up on (a failed upgrade, say)."""
+    if release is None or condition(release, "Stalled").get("status") != "True":
+        return None
+    ready, stalled = condition(release, "Ready"), condition(release, "Stalled")
+    why = ready.get("message") or stalled.get("message") or "no reason given"
+    action = CHART_FAILED.get(ready.get("reason", ""), "install")
+    meta = release["metadata"]
+    return InstanceState(
+        "failed", f"The virtual cluster's chart failed to {action}: {why}",
+        detail=f"HelmRelease {meta.get('namespace')}/{meta['name']}: Ready "
+               f"{ready.get('reason')}, Stalled {stalled.get('reason')}: {why}")
+
+
+def _pool_ready(pool: Manifest) -> bool:
+    wanted = (pool.get("spec") or {}).get("replicas", 1)
+    return (pool.get("status") or {}).get("readyReplicas", 0) >= max(wanted, 1)
+
+
+def _pool_message(pool: Manifest) -> str:
+    """Why a worker pool is not ready, in its controller's words."""
+    for kind in ("MachinesReady", "Available", "ScalingUp"):
+        found = condition(pool, kind)
+        if found.get("message") and found.get("status") != ("True" if kind != "ScalingUp"
+                                                            else "False"):
+            return found["message"]
+    status = pool.get("status") or {}
+    wanted = (pool.get("spec") or {}).get("replicas", 1)
+    return f"{status.get('readyReplicas', 0)} of {wanted} machines ready"
+
+
+def _timestamp(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _duration(seconds: float) -> str:
+    """'15 minutes', '1 minute', '30 seconds'."""
+    if seconds >= 60:
+        minutes = round(seconds / 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    whole = max(int(seconds), 1)
+    return f"{whole} second{'s' if whole != 1 else ''}"
+
+
+def _tls_problem(detail: str) -> str:
+    """The certificate problem in a failed request's detail, in the TLS library's words
+    ('certificate verify failed: unable to get local issuer certificate'), or ''."""
+    found = re.search(r"(certificate verify failed: [^('\"]+|Hostname mismatch[^'\"]*|"
+                      r"IP address mismatch[^'\"]*)", detail)
+    return found.group(1).strip().rstrip(".") if found else ""
+
+
+def replace_settings(client: KubeClient, base: Any) -> KubeClient:
+    """The inner client with the host's pacing and retries, keeping its own name."""
+    client.settings = replace(base, cluster=client.settings.cluster)
+    return client

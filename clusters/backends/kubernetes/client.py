@@ -48,7 +48,29 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
         "/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies", False),
     ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding"): (
         "/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings", False),
-    ("cluster.x-k8s.io/v1beta1", "Cluster"): ("/apis/cluster.x-k8s.io/v1beta1", "clusters", True),
+    # Flux (vcluster instances), Cluster API and its Helm add-on provider (dedicated ones).
+    ("helm.toolkit.fluxcd.io/v2", "HelmRelease"): (
+        "/apis/helm.toolkit.fluxcd.io/v2", "helmreleases", True),
+    ("source.toolkit.fluxcd.io/v1", "HelmRepository"): (
+        "/apis/source.toolkit.fluxcd.io/v1", "helmrepositories", True),
+    ("cluster.x-k8s.io/v1beta2", "Cluster"): ("/apis/cluster.x-k8s.io/v1beta2", "clusters", True),
+    ("cluster.x-k8s.io/v1beta2", "MachineDeployment"): (
+        "/apis/cluster.x-k8s.io/v1beta2", "machinedeployments", True),
+    ("addons.cluster.x-k8s.io/v1alpha1", "HelmChartProxy"): (
+        "/apis/addons.cluster.x-k8s.io/v1alpha1", "helmchartproxies", True),
+    ("addons.cluster.x-k8s.io/v1alpha1", "HelmReleaseProxy"): (
+        "/apis/addons.cluster.x-k8s.io/v1alpha1", "helmreleaseproxies", True),
+}
+# Kinds a CRD serves: the API server drops fields its schema does not declare without a word
+# (a v1beta1 field sent as v1beta2 vanishes), so their applies ask for strict validation.
+CUSTOM_GROUPS = ("helm.toolkit.fluxcd.io/", "source.toolkit.fluxcd.io/", "cluster.x-k8s.io/",
+                 "addons.cluster.x-k8s.io/")
+# What provides each group, for the 404 of a kind that is not served.
+PROVIDERS = {
+    "helm.toolkit.fluxcd.io/": "Flux (helm-controller)",
+    "source.toolkit.fluxcd.io/": "Flux (source-controller)",
+    "cluster.x-k8s.io/": "Cluster API",
+    "addons.cluster.x-k8s.io/": "Cluster API Add-on Provider Helm (CAAPH)",
 }
 TRANSIENT_STATUS = {0, 429, 500, 502, 503, 504}  # 0: the client's own TLS/protocol failure
 FIELD_MANAGER = "gpupaas"
@@ -175,12 +197,20 @@ class KubeClient:
                 return json.loads(response.data or b"null")
             except ApiException as exc:
                 code = str(exc.status or "error")
-                if exc.status not in TRANSIENT_STATUS:
+                if exc.status not in TRANSIENT_STATUS or _invalid_patch(exc):
                     raise
                 problem = f"{method} {path}: HTTP {exc.status} {exc.reason}"
                 retry_after = _retry_after(exc)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 problem = f"{method} {path}: {type(exc).__name__}: {exc}"
+                retry_after = None
+            except AttributeError as exc:
+                # The client turns a TLS failure into ApiException(status=0) without a body,
+                # then fails decoding that body: the TLS problem is in the exception before.
+                cause = exc.__context__
+                if not isinstance(cause, ApiException):
+                    raise
+                problem = f"{method} {path}: TLS: {cause.reason}"
                 retry_after = None
             finally:
                 label = self.settings.name or self.settings.cluster
@@ -206,9 +236,11 @@ class KubeClient:
         meta = manifest["metadata"]
         path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"),
                              meta["name"])
+        query = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        if manifest["apiVersion"].startswith(CUSTOM_GROUPS):
+            query["fieldValidation"] = "Strict"
         try:
-            return self.request("PATCH", path, body=manifest,
-                                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            return self.request("PATCH", path, body=manifest, query=query,
                                 content_type="application/apply-patch+yaml")
         except ApiException as exc:
             raise _refusal(exc, manifest, self.settings.cluster) from exc
@@ -235,6 +267,18 @@ class KubeClient:
         except ApiException as exc:
             if exc.status != 404:
                 raise _refusal(exc, None, self.settings.cluster) from exc
+
+    def annotate(self, api_version: str, kind: str, name: str, namespace: str,
+                 annotations: dict[str, str]) -> None:
+        """Set annotations a controller reads as requests (Flux's reconcile.fluxcd.io/*),
+        apart from the portal's applied fields."""
+        try:
+            self.request("PATCH", resource_path(api_version, kind, namespace, name),
+                         body={"metadata": {"annotations": annotations}},
+                         query={"fieldManager": f"{FIELD_MANAGER}-requests"},
+                         content_type="application/merge-patch+json")
+        except ApiException as exc:
+            raise _refusal(exc, None, self.settings.cluster) from exc
 
     def get(self, api_version: str, kind: str, name: str,
             namespace: str | None = None) -> Manifest | None:
@@ -288,6 +332,23 @@ class KubeClient:
     def version(self) -> Manifest:
         return self.request("GET", "/version")
 
+    def served(self, api_version: str, kind: str) -> bool:
+        """Whether the server serves this kind (its CRD is installed), from discovery."""
+        prefix, plural, _ = RESOURCES[(api_version, kind)]
+        try:
+            found = self.request("GET", prefix)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise _refusal(exc, None, self.settings.cluster) from exc
+        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
+
+
+def _invalid_patch(exc: ApiException) -> bool:
+    """Server-side apply answers 500 when a field is not in a CRD's schema ("failed to create
+    typed patch object … field not declared in schema"): no retry will change that."""
+    return exc.status == 500 and "failed to create typed patch object" in _status(exc)[0]
+
 
 def _retry_after(exc: ApiException) -> float | None:
     """Seconds the server asked us to wait (Retry-After), capped; None when it did not say."""
@@ -312,8 +373,12 @@ def _not_found(status: Manifest, manifest: Manifest | None, cluster: str) -> str
     installed), the object's namespace is missing, or the object itself vanished."""
     details = status.get("details") or {}
     if not details.get("kind"):  # "the server could not find the requested resource"
-        if manifest and manifest["apiVersion"].startswith("cluster.x-k8s.io/"):
-            return f"Cluster API is not installed on {cluster}; dedicated clusters need it."
+        provider = next((name for prefix, name in PROVIDERS.items()
+                         if manifest and manifest["apiVersion"].startswith(prefix)), "")
+        if provider.startswith("Cluster API"):
+            return f"{provider} is not installed on {cluster}; dedicated clusters need it."
+        if provider:
+            return f"{provider} is not installed on {cluster}; virtual clusters need it."
         what = f"{manifest['kind']} ({manifest['apiVersion']})" if manifest else "this kind"
         return f"{cluster} does not serve {what}; the component that provides it is missing."
     if details["kind"] == "namespaces" and manifest and (
@@ -343,7 +408,7 @@ def _refusal(exc: ApiException, manifest: Manifest | None = None,
             message = "Quota exceeded on the cluster."
     elif exc.status == 404:
         message = _not_found(status, manifest, cluster)
-    elif exc.status == 422:
+    elif exc.status == 422 or _invalid_patch(exc):
         message = f"The cluster rejected{what} as invalid."
     else:
         message = f"The cluster refused{what} (HTTP {exc.status})."

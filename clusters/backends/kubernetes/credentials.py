@@ -28,8 +28,8 @@ NEEDS: dict[str, list[tuple[str, str, str, str]]] = {
         ("bind", "rbac.authorization.k8s.io", "clusterroles", "gpupaas-portal-manager"),
         ("bind", "rbac.authorization.k8s.io", "clusterroles", "admin"),
     ],
-    "vcluster": [("list", "apps", "statefulsets", ""),
-                 ("list", "rbac.authorization.k8s.io", "roles", "")],
+    "vcluster": [("list", "helm.toolkit.fluxcd.io", "helmreleases", ""),
+                 ("list", "source.toolkit.fluxcd.io", "helmrepositories", "")],
     "dedicated": [("list", "cluster.x-k8s.io", "clusters", "")],
 }
 

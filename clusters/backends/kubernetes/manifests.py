@@ -22,7 +22,8 @@ RBAC = "rbac.authorization.k8s.io"
 # On every tenant namespace: the tag its Ingress hosts must carry (see host_policy).
 HOST_TAG_LABEL = "gpupaas.io/host-tag"
 VCLUSTER_RELEASE = "vcluster"
-VCLUSTER_VERSION = "0.20.0"
+# The vcluster chart the portal installs (its values below follow this version's schema).
+VCLUSTER_VERSION = "0.20.6"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,15 @@ class ClusterSettings:
     storage_class: str = ""
     capi_namespace: str = "gpupaas-clusters"
     vcluster_image: str = f"ghcr.io/loft-sh/vcluster-oss:{VCLUSTER_VERSION}"
+    vcluster_chart_version: str = VCLUSTER_VERSION
+    vcluster_repository: str = "https://charts.loft.sh"
+    # False: the portal runs in this cluster and reaches each vcluster through its Service.
+    # True: the portal is outside; it goes through the ingress controller (SSL passthrough).
+    vcluster_via_ingress: bool = False
+    # Where the portal runs, let in to the vcluster API by a NetworkPolicy.
+    portal_namespace: str = "gpupaas-system"
+    gpu_operator_version: str = "v25.3.4"
+    ingress_nginx_version: str = "4.12.1"
     ingress_domain: str = ""
     ingress_class: str = "nginx"
     # HTTPS with the ingress controller's default certificate (a wildcard for the domain):
@@ -207,116 +217,186 @@ def namespace_objects(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]
     ]
 
 
-# --- vcluster --------------------------------------------------------------------------------
+# --- vcluster (through Flux) -------------------------------------------------------------------
+
+FLUX_HELM = "helm.toolkit.fluxcd.io/v2"
+FLUX_SOURCE = "source.toolkit.fluxcd.io/v1"
+# The vcluster pods the chart makes carry these labels (chart templates/statefulset.yaml).
+VCLUSTER_POD_LABELS = {"app": "vcluster", "release": VCLUSTER_RELEASE}
+VCLUSTER_PORT = 8443
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a kind of instance spends of its own quota on itself, before any notebook."""
+
+    cpu_millis: int = 0
+    memory_mib: int = 0
+    storage_gib: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.cpu_millis or self.memory_mib or self.storage_gib)
+
+    @property
+    def cpu(self) -> str:
+        """Cores as people write them: 0.22."""
+        return f"{self.cpu_millis / 1000:g}"
+
+    def __str__(self) -> str:
+        """'0.22 CPU and 320 MiB memory'."""
+        return f"{self.cpu} CPU and {self.memory_mib} MiB memory"
+
+
+# The virtual cluster's requests, set in its values below and counted by the instance's
+# ResourceQuota like any pod: the control plane (its copy-binaries init container asks less,
+# and a pod's quota is the larger of its init and its running containers) and CoreDNS.
+VCLUSTER_CONTROL_PLANE = {"cpu": "200m", "memory": "256Mi"}
+VCLUSTER_COREDNS = {"cpu": "20m", "memory": "64Mi"}
+VCLUSTER_DATA_GIB = 5
+VCLUSTER_RESERVED = Reservation(cpu_millis=220, memory_mib=320, storage_gib=VCLUSTER_DATA_GIB)
+
+
+def reserved(kind: str) -> Reservation:
+    """What an instance of this kind holds back from its notebooks."""
+    return VCLUSTER_RESERVED if kind == "vcluster" else Reservation()
+
+
+def vcluster_api_host(spec: InstanceSpec, cs: ClusterSettings) -> str:
+    """Where the portal reaches the virtual cluster's API: its Service, from inside the host
+    cluster; or, for a portal outside it, a host under the ingress domain that the ingress
+    controller passes through (TLS end to end). It ends in the instance's host tag, as the
+    host policy requires of every Ingress in the namespace."""
+    if cs.vcluster_via_ingress:
+        return f"vc-{host_tag(spec)}.{cs.ingress_domain}"
+    return f"{VCLUSTER_RELEASE}.{object_name(spec)}.svc"
+
+
+def vcluster_server(spec: InstanceSpec, cs: ClusterSettings) -> str:
+    host = vcluster_api_host(spec, cs)
+    return f"https://{host}" if cs.vcluster_via_ingress else f"https://{host}:443"
+
+
+def _image(reference: str) -> Manifest:
+    """`registry/repository:tag` as the vcluster chart takes an image."""
+    name, _, tag = reference.rpartition(":") if ":" in reference.rsplit("/", 1)[-1] else (
+        reference, "", "")
+    registry, _, repository = name.partition("/")
+    return {"registry": registry, "repository": repository, "tag": tag}
+
+
+# Pod Security `restricted` for every container the chart runs in the host namespace.
+VCLUSTER_UID = 12345
+_RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": VCLUSTER_UID,
+    "runAsGroup": VCLUSTER_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def vcluster_values(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
+    """The chart's values (vcluster 0.20 schema): a non-root control plane that passes the
+    namespace's Pod Security `restricted`, its requests pinned (the instance quota counts
+    them, see VCLUSTER_RESERVED), its kubeconfig exported for the address the portal uses
+    and its certificate valid for that address, Ingresses synced to the host (notebooks are
+    reached through the host's ingress controller), and no quota or limits of its own (the
+    namespace has the instance's)."""
+    host = vcluster_api_host(spec, cs)
+    sans = [host] if cs.vcluster_via_ingress else [
+        host, f"{host}.cluster.local", f"{VCLUSTER_RELEASE}.{object_name(spec)}"]
+    volume: Manifest = {"enabled": True, "size": f"{VCLUSTER_DATA_GIB}Gi"}
+    if cs.storage_class:
+        volume["storageClass"] = cs.storage_class
+    control_plane: Manifest = {
+        "distro": {"k8s": {
+            "enabled": True,
+            "securityContext": _RESTRICTED_CONTAINER,
+            "resources": {"requests": {"cpu": "40m", "memory": "64Mi"},
+                          "limits": {"cpu": "100m", "memory": "256Mi"}},
+        }},
+        "backingStore": {"database": {"embedded": {"enabled": True}}},
+        "statefulSet": {
+            "image": _image(cs.vcluster_image),
+            "security": {
+                "podSecurityContext": {"runAsNonRoot": True, "runAsUser": VCLUSTER_UID,
+                                       "runAsGroup": VCLUSTER_UID, "fsGroup": VCLUSTER_UID,
+                                       "seccompProfile": {"type": "RuntimeDefault"}},
+                "containerSecurityContext": _RESTRICTED_CONTAINER,
+            },
+            "resources": {"requests": {**VCLUSTER_CONTROL_PLANE, "ephemeral-storage": "400Mi"},
+                          "limits": {"memory": "2Gi", "ephemeral-storage": "8Gi"}},
+            "persistence": {"volumeClaim": volume},
+        },
+        "proxy": {"extraSANs": sans},
+        "coredns": {"deployment": {"resources": {
+            "requests": dict(VCLUSTER_COREDNS), "limits": {"cpu": "1", "memory": "170Mi"}}}},
+    }
+    if cs.vcluster_via_ingress:
+        ingress: Manifest = {"enabled": True, "host": host}
+        if cs.ingress_class:
+            ingress["spec"] = {"ingressClassName": cs.ingress_class}
+        control_plane["ingress"] = ingress
+    return {
+        "controlPlane": control_plane,
+        "sync": {"toHost": {"ingresses": {"enabled": True}}},
+        "policies": {
+            "podSecurityStandard": "restricted",
+            "resourceQuota": {"enabled": False},
+            "limitRange": {"enabled": False},
+        },
+        "exportKubeConfig": {"server": vcluster_server(spec, cs)},
+        "telemetry": {"enabled": False},
+    }
 
 
 def vcluster_objects(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]:
-    """The objects the vcluster chart (VCLUSTER_VERSION) installs, reduced to what a GPU
-    instance needs: the control plane StatefulSet, its services, and its namespaced RBAC."""
-    ns, name = object_name(spec), VCLUSTER_RELEASE
-    sa = f"vc-{name}"
-    app_labels = {"app": "vcluster", "release": name}
-    meta_labels = {**labels(spec, cs), **app_labels}
-
-    def meta(object_name: str) -> Manifest:
-        return {"name": object_name, "namespace": ns, "labels": meta_labels}
-
-    restricted = {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "runAsUser": 12345,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-    claim: Manifest = {
-        "metadata": {"name": "data"},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": "5Gi"}},
-        },
-    }
-    if cs.storage_class:
-        claim["spec"]["storageClassName"] = cs.storage_class
+    """The virtual cluster, declared for Flux: a NetworkPolicy that lets the portal reach its
+    API, the chart's HelmRepository, and the HelmRelease of the pinned chart (last: the one
+    whose status says how it went). Flux's helm-controller installs the chart."""
+    ns = object_name(spec)
+    portal_peers: list[Manifest] = [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": cs.portal_namespace}}}]
+    if cs.vcluster_via_ingress:  # through the ingress controller (already let in)
+        portal_peers = ingress_sources(cs)
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(sa)},
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": meta(sa),
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": [
-                        "configmaps", "secrets", "services", "pods", "pods/attach",
-                        "pods/portforward", "pods/exec", "persistentvolumeclaims",
-                        "endpoints", "events",
-                    ],
-                    "verbs": ["create", "delete", "patch", "update", "get", "list", "watch"],
-                },
-                {"apiGroups": [""], "resources": ["pods/status", "pods/ephemeralcontainers"],
-                 "verbs": ["patch", "update"]},
-                {"apiGroups": ["apps"], "resources": ["statefulsets", "replicasets", "deployments"],
-                 "verbs": ["get", "list", "watch"]},
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": meta(sa),
-            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": sa},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta(name),
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(spec, cs, "allow-portal-to-vcluster", ns),
             "spec": {
-                "type": "ClusterIP",
-                "selector": app_labels,
-                "ports": [{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}],
+                "podSelector": {"matchLabels": dict(VCLUSTER_POD_LABELS)},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": portal_peers,
+                             "ports": [{"protocol": "TCP", "port": VCLUSTER_PORT}]}],
             },
         },
         {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": meta(f"{name}-headless"),
-            "spec": {
-                "clusterIP": "None",
-                "selector": app_labels,
-                "ports": [{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}],
-            },
+            "apiVersion": FLUX_SOURCE,
+            "kind": "HelmRepository",
+            "metadata": _meta(spec, cs, VCLUSTER_RELEASE, ns),
+            "spec": {"url": cs.vcluster_repository, "interval": "1h"},
         },
         {
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "metadata": meta(name),
+            "apiVersion": FLUX_HELM,
+            "kind": "HelmRelease",
+            "metadata": _meta(spec, cs, VCLUSTER_RELEASE, ns),
             "spec": {
-                "serviceName": f"{name}-headless",
-                "replicas": 1,
-                "selector": {"matchLabels": app_labels},
-                "template": {
-                    "metadata": {"labels": app_labels},
-                    "spec": {
-                        "serviceAccountName": sa,
-                        "terminationGracePeriodSeconds": 10,
-                        "securityContext": {"runAsNonRoot": True,
-                                            "seccompProfile": {"type": "RuntimeDefault"}},
-                        "containers": [
-                            {
-                                "name": "syncer",
-                                "image": cs.vcluster_image,
-                                "ports": [{"name": "https", "containerPort": 8443}],
-                                "resources": {
-                                    "requests": {"cpu": "200m", "memory": "256Mi"},
-                                    "limits": {"cpu": "2", "memory": "2Gi"},
-                                },
-                                "securityContext": restricted,
-                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                            }
-                        ],
-                    },
-                },
-                "volumeClaimTemplates": [claim],
+                "releaseName": VCLUSTER_RELEASE,
+                "interval": "10m",
+                "timeout": "10m",
+                "chart": {"spec": {
+                    "chart": "vcluster",
+                    "version": cs.vcluster_chart_version,
+                    "sourceRef": {"kind": "HelmRepository", "name": VCLUSTER_RELEASE},
+                    "interval": "1h",
+                }},
+                # A failed install is retried twice, then Flux stops (Stalled) and the portal
+                # reports the failure in Flux's words.
+                "install": {"remediation": {"retries": 2}},
+                "upgrade": {"remediation": {"retries": 2}},
+                "values": vcluster_values(spec, cs),
             },
         },
     ]
@@ -329,27 +409,36 @@ def vcluster_kubeconfig_secret_name() -> str:
 
 # --- dedicated (Cluster API) -------------------------------------------------------------------
 
+CAPI = "cluster.x-k8s.io/v1beta2"
+CAAPH = "addons.cluster.x-k8s.io/v1alpha1"
+CLUSTER_NAME_LABEL = "cluster.x-k8s.io/cluster-name"
+# Set on every dedicated Cluster of this portal: the add-ons' HelmChartProxies select by it.
+ADDONS_LABEL = "gpupaas.io/addons"
+WORKER_POOL = "gpu-workers"
+# The ingress-nginx add-on's IngressClass, inside every dedicated cluster.
+DEDICATED_INGRESS_CLASS = "nginx"
+
 
 def capi_cluster(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
-    """A Cluster API Cluster from the profile's ClusterClass, with a GPU worker pool big
-    enough for the profile's GPUs."""
+    """A Cluster API Cluster (v1beta2, the storage version) from the profile's ClusterClass,
+    with a GPU worker pool big enough for the profile's GPUs, labelled for the add-ons."""
     nodes = max(1, -(-spec.gpus // max(spec.gpus_per_node, 1)))
     return {
-        "apiVersion": "cluster.x-k8s.io/v1beta1",
+        "apiVersion": CAPI,
         "kind": "Cluster",
         "metadata": {
             "name": object_name(spec),
             "namespace": cs.capi_namespace,
-            "labels": labels(spec, cs),
+            "labels": {**labels(spec, cs), ADDONS_LABEL: cs.portal_id},
         },
         "spec": {
             "topology": {
-                "class": spec.cluster_class,
+                "classRef": {"name": spec.cluster_class},
                 "version": spec.kubernetes_version,
                 "controlPlane": {"replicas": 1},
                 "workers": {
                     "machineDeployments": [
-                        {"class": spec.worker_class, "name": "gpu-workers", "replicas": nodes}
+                        {"class": spec.worker_class, "name": WORKER_POOL, "replicas": nodes}
                     ]
                 },
             }
@@ -360,6 +449,68 @@ def capi_cluster(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
 def capi_kubeconfig_secret_name(spec: InstanceSpec) -> str:
     """The secret Cluster API writes the workload cluster's kubeconfig to (key `value`)."""
     return f"{object_name(spec)}-kubeconfig"
+
+
+def dedicated_domain(spec: InstanceSpec, cs: ClusterSettings) -> str:
+    """Each dedicated cluster's own ingress domain: its ingress controller is its own, so its
+    notebooks' hosts must resolve to it (a wildcard record `*.<domain>`, which the
+    ingress-nginx add-on asks external-dns for)."""
+    return f"{object_name(spec)}.{cs.ingress_domain}"
+
+
+def capi_addons(cs: ClusterSettings) -> list[Manifest]:
+    """The add-ons every dedicated cluster of this portal gets, as Cluster API Add-on
+    Provider Helm (CAAPH) HelmChartProxies selecting the portal's Clusters by label: the
+    NVIDIA GPU Operator (driver, device plugin, GPU feature discovery: nodes then advertise
+    `nvidia.com/gpu` and their model) and ingress-nginx (notebooks' Ingresses), each pinned."""
+    selector = {"matchLabels": {ADDONS_LABEL: cs.portal_id}}
+    meta = {"namespace": cs.capi_namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, PORTAL_LABEL: cs.portal_id}}
+    ingress_values = (
+        "controller:\n"
+        "  ingressClassResource:\n"
+        f"    name: {DEDICATED_INGRESS_CLASS}\n"
+        "    default: true\n"
+        "  service:\n"
+        "    type: LoadBalancer\n"
+    )
+    if cs.ingress_domain:  # CAAPH renders `{{ .Cluster... }}` for each selected cluster
+        ingress_values += (
+            "    annotations:\n"
+            "      external-dns.alpha.kubernetes.io/hostname: "
+            f"'*.{{{{ .Cluster.metadata.name }}}}.{cs.ingress_domain}'\n")
+    return [
+        {
+            "apiVersion": CAAPH,
+            "kind": "HelmChartProxy",
+            "metadata": {**meta, "name": f"gpupaas-{cs.portal_id}-gpu-operator"},
+            "spec": {
+                "clusterSelector": selector,
+                "repoURL": "https://helm.ngc.nvidia.com/nvidia",
+                "chartName": "gpu-operator",
+                "version": cs.gpu_operator_version,
+                "releaseName": "gpu-operator",
+                "namespace": "gpu-operator",
+                "options": {"install": {"createNamespace": True}, "wait": True,
+                            "timeout": "15m"},
+            },
+        },
+        {
+            "apiVersion": CAAPH,
+            "kind": "HelmChartProxy",
+            "metadata": {**meta, "name": f"gpupaas-{cs.portal_id}-ingress-nginx"},
+            "spec": {
+                "clusterSelector": selector,
+                "repoURL": "https://kubernetes.github.io/ingress-nginx",
+                "chartName": "ingress-nginx",
+                "version": cs.ingress_nginx_version,
+                "releaseName": "ingress-nginx",
+                "namespace": "ingress-nginx",
+                "options": {"install": {"createNamespace": True}, "wait": True},
+                "valuesTemplate": ingress_values,
+            },
+        },
+    ]
 
 
 # --- notebooks ---------------------------------------------------------------------------------
@@ -390,7 +541,18 @@ def notebook_host(spec: NotebookSpec, cs: ClusterSettings) -> str:
     requires of every Ingress in its namespace."""
     tail = f"-{spec.host_suffix}-{host_tag(spec.instance)}" if spec.host_suffix else ""
     head = notebook_name(spec)[:63 - len(tail)].rstrip("-")
-    return f"{head}{tail}.{cs.ingress_domain}"
+    return f"{head}{tail}.{notebook_domain(spec.instance, cs)}"
+
+
+def notebook_domain(spec: InstanceSpec, cs: ClusterSettings) -> str:
+    """The host cluster's ingress domain, or a dedicated cluster's own."""
+    return dedicated_domain(spec, cs) if spec.kind == "dedicated" else cs.ingress_domain
+
+
+def notebook_ingress_class(spec: InstanceSpec, cs: ClusterSettings) -> str:
+    """The host cluster's ingress class (a vcluster syncs Ingresses to it), or the one the
+    ingress-nginx add-on installs in a dedicated cluster."""
+    return DEDICATED_INGRESS_CLASS if spec.kind == "dedicated" else cs.ingress_class
 
 
 def notebook_url(spec: NotebookSpec, cs: ClusterSettings) -> str:
@@ -487,12 +649,13 @@ def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
             }]},
         }],
     }
-    if cs.ingress_class:
-        ingress_spec["ingressClassName"] = cs.ingress_class
+    ingress_class = notebook_ingress_class(spec.instance, cs)
+    if ingress_class:
+        ingress_spec["ingressClassName"] = ingress_class
     if cs.ingress_https:  # no secretName: the controller's default (wildcard) certificate
         ingress_spec["tls"] = [{"hosts": [notebook_host(spec, cs)]}]
     ingress_meta = dict(meta)
-    if "nginx" in cs.ingress_class:
+    if "nginx" in ingress_class:
         ingress_meta["annotations"] = dict(NGINX_ANNOTATIONS)
     placement: Manifest = {}
     if spec.gpus:
@@ -593,6 +756,8 @@ def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
 
 PORTAL_BINDING = "gpupaas-portal"
 PORTAL_MANAGER_ROLE = "gpupaas-portal-manager"
+# What it may do in the Cluster API namespace, bound there by an administrator.
+PORTAL_CLUSTER_API_ROLE = "gpupaas-portal-cluster-api"
 
 
 def portal_role_binding(spec: InstanceSpec, cs: ClusterSettings, *,

@@ -3,8 +3,6 @@
 import base64
 from typing import Any
 
-import yaml
-
 Manifest = dict[str, Any]
 
 
@@ -101,12 +99,6 @@ def endpoints_ready(slices: list[Manifest]) -> bool:
     )
 
 
-def workload_ready(obj: Manifest) -> bool:
-    """A StatefulSet or Deployment with every wanted replica ready."""
-    wanted = obj.get("spec", {}).get("replicas", 1)
-    return (obj.get("status") or {}).get("readyReplicas", 0) >= wanted
-
-
 def condition(obj: Manifest, kind: str) -> Manifest:
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond.get("type") == kind:
@@ -117,11 +109,3 @@ def condition(obj: Manifest, kind: str) -> Manifest:
 def secret_value(secret: Manifest | None, key: str) -> str:
     data = (secret or {}).get("data") or {}
     return base64.b64decode(data[key]).decode() if key in data else ""
-
-
-def point_kubeconfig_at(kubeconfig: str, server: str) -> str:
-    """vcluster writes a kubeconfig for localhost; the portal reaches it through its Service."""
-    config = yaml.safe_load(kubeconfig)
-    for entry in config.get("clusters") or []:
-        entry.setdefault("cluster", {})["server"] = server
-    return yaml.safe_dump(config, sort_keys=False)

@@ -25,7 +25,10 @@ class Upstream:
 
 
 def upstream_from_kubeconfig(kubeconfig: str | None, *, in_cluster: bool = False,
-                             what: str = "the cluster") -> Upstream:
+                             what: str = "the cluster", verified_tls: bool = False) -> Upstream:
+    """`verified_tls`: a virtual or dedicated cluster's own kubeconfig, which must be HTTPS
+    with verification on (an administrator may turn it off for a registered cluster, never
+    for these)."""
     try:
         config = api_client(
             None if in_cluster else yaml.safe_load(kubeconfig or ""), in_cluster=in_cluster
@@ -34,6 +37,10 @@ def upstream_from_kubeconfig(kubeconfig: str | None, *, in_cluster: bool = False
         raise BackendError(
             f"The portal cannot use the credentials of {what}: {exc}", detail=repr(exc)
         ) from exc
+    if verified_tls and (not config.host.startswith("https://") or not config.verify_ssl):
+        raise BackendError(
+            f"The kubeconfig of {what} does not verify its server over TLS; the portal never "
+            "connects to it insecurely.", detail=f"server {config.host}")
     if config.refresh_api_key_hook is not None:  # exec plugins and expiring tokens
         config.refresh_api_key_hook(config)
     # As the client itself authenticates (its auth settings name the header and its value).

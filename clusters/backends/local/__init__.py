@@ -147,6 +147,9 @@ class LocalBackend:
         release_slots(cluster=self.cluster, holder=key)
         return InstanceState(phase="gone", message="Resources released.")
 
+    def workload_kubeconfig(self, spec: InstanceSpec) -> str:
+        return ""  # a sandbox has no Kubernetes API
+
     def release_instance(self, key: str) -> None:
         with self._locked(key):
             self._stop_servers(key)
