@@ -123,7 +123,7 @@ class Session:
 
 
 def wait_up(port: int) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a busy machine imports the portal slowly
     while True:
         try:
             conn = http.client.HTTPConnection(HOST, port, timeout=5)
