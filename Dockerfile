@@ -17,6 +17,8 @@ COPY clusters ./clusters
 COPY instances ./instances
 COPY notebooks ./notebooks
 COPY access ./access
+COPY api ./api
+COPY gpupaas_cli ./gpupaas_cli
 RUN pip install --no-cache-dir .
 COPY manage.py ./
 COPY templates ./templates
