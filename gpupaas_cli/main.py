@@ -119,8 +119,8 @@ def _wait(api: Api, path: str, what: str, *, timeout: float, poll: float,
                 err.print(f"  {obj['status_label'].lower():<13} {obj['status_message']}")
                 seen = line
             spinner.update(f"{what}: {line}")
-            if obj["status"] in (until, "failed") or (obj["final"] and obj["status"] != until
-                                                       and until == "running"):
+            # Failed, or final some other way (deleted meanwhile): no use waiting on.
+            if obj["status"] in (until, "failed") or obj["final"]:
                 return obj
             if time.monotonic() > deadline:
                 raise ApiProblem(f"{what} is still {obj['status']} after {timeout:g} s: "
@@ -148,8 +148,9 @@ def launch(
         instance = _wait(api, f"/instances/{instance['id']}", instance["name"],
                          timeout=timeout, poll=poll)
     emit(instance, output)
-    if instance["status"] == "failed":
-        err.print(f"{instance['name']} failed: {instance['status_message']}")
+    if wait and instance["status"] != "running":
+        what = "failed" if instance["status"] == "failed" else f"is {instance['status']}"
+        err.print(f"{instance['name']} {what}: {instance['status_message']}")
         raise typer.Exit(client.FAILED)
     if output == Format.table and wait:
         out.print(f"{instance['name']} is running.")
@@ -319,9 +320,10 @@ def notebook_deploy(
     if wait or open_:
         notebook = _wait(api, f"/notebooks/{notebook['id']}", notebook["name"],
                          timeout=timeout, poll=poll)
-    if notebook["status"] == "failed":
+    if (wait or open_) and notebook["status"] != "running":
         emit(notebook, output)
-        err.print(f"{notebook['name']} failed: {notebook['status_message']}")
+        what = "failed" if notebook["status"] == "failed" else f"is {notebook['status']}"
+        err.print(f"{notebook['name']} {what}: {notebook['status_message']}")
         raise typer.Exit(client.FAILED)
     if open_:
         secret = api.post(f"/notebooks/{notebook['id']}/token")

@@ -98,6 +98,8 @@ class IdleTimeoutMiddleware:
             last = request.session.get("last_seen", now)
             if now - last > settings.SESSION_IDLE_TIMEOUT_S:
                 logout(request)
+                if request.path.startswith("/api/"):  # the API answers for itself: a 401
+                    return self.get_response(request)
                 messages.info(request, "You were signed out after a period of inactivity.")
                 return redirect(f"{settings.LOGIN_URL_PATH}?next={request.path}")
             if now - last >= 60 or "last_seen" not in request.session:

@@ -422,3 +422,13 @@ def test_the_budget_is_counted_per_window_and_renews_with_the_next(db):
     assert consume("token:1", rate, now=start + 45) == 15.0  # refused: 15 s to the next window
     assert consume("token:2", rate, now=start + 45) == 0.0  # another token's own budget
     assert consume("token:1", rate, now=start + 61) == 0.0
+
+
+def test_an_idle_session_gets_a_401_problem_not_the_sign_in_page(alice, settings):
+    settings.SESSION_IDLE_TIMEOUT_S = 60
+    browser = Client()
+    browser.force_login(alice)
+    session = browser.session
+    session["last_seen"] = 1  # long ago
+    session.save()
+    problem(browser.get("/api/v1/instances"), 401)

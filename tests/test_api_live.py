@@ -284,6 +284,34 @@ def test_kubeconfig_merges_into_the_file_kubeconfig_names(alice, profiles, live_
     assert len(yaml.safe_load(first.read_text())["contexts"]) == 2
 
 
+def test_notebook_deploy_open_waits_for_jupyterlab_and_opens_it_signed_in(
+        alice, catalogue, minimal, portal, gpupaas, tmp_path):
+    """The real thing: a worker starts JupyterLab from the Minimal environment; --open asks
+    for the token (audited) and hands the signed-in URL to the user's browser ($BROWSER)."""
+    import urllib.request
+
+    from workspaces.models import AuditEvent
+
+    running_instance(alice, catalogue[1], "lab")
+    token = api_services.create_api_token(user=alice, name="k", days=7, scope="write")[1]
+    opened = tmp_path / "opened-url"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    done = gpupaas("notebook", "deploy", "lab", "--profile", "minimal", "--open",
+                   "--poll", "0.5", extra_env={"GPUPAAS_URL": portal, "GPUPAAS_TOKEN": token,
+                                               "BROWSER": str(browser)}, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "reachable" in done.stderr.lower() or "running" in done.stderr.lower()
+    url = opened.read_text().strip()
+    notebook = Notebook.objects.get(name="minimal")
+    assert url == f"{notebook.url}?token={notebook.token}"
+    with urllib.request.urlopen(url, timeout=10) as lab:  # JupyterLab takes the token
+        assert lab.status == 200 and "JupyterLab" in lab.read().decode()
+    revealed = AuditEvent.objects.get(action="notebook.token_revealed")
+    assert revealed.actor == alice and revealed.object_id == str(notebook.pk)
+
+
 @pytest.fixture
 def live_server_url(transactional_db):
     from gpupaas.asgi import application

@@ -64,7 +64,10 @@ def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_en
             except (requests.ConnectionError, requests.Timeout):  # still starting, or busy
                 return False
 
-        wait_for(up, 90, 0.2)  # a busy machine imports the kubernetes client slowly
+        try:
+            wait_for(up, 90, 0.2)  # a busy machine imports the kubernetes client slowly
+        except AssertionError:
+            raise AssertionError("the portal never answered:\n" + "".join(output[-60:])) from None
         s.post(base + "/accounts/login/", headers={"Referer": base}, data={
             "login": "demo", "password": "embedded-demo-42",
             "csrfmiddlewaretoken": s.cookies["csrftoken"],
