@@ -265,16 +265,17 @@ def fast_polls(monkeypatch):
 
 
 def test_a_stuck_instance_is_applied_once_then_polled_with_reads_only(
-    fast_polls, celery_worker_process, emu, alice, profiles
+    fast_polls, celery_worker_process, upstream, alice, profiles
 ):
-    emu.auto_ready = False  # its control plane never starts
+    emu = upstream  # Flux's kinds served; no Flux runs, so its release never gets ready
     emu.requests.reset()
     instance = launch(alice, profiles["vcluster"], name="stuck")
     ns = f"alice-stuck-{instance.pk}"
 
     def looks() -> list:
         return [r for r in emu.requests.records() if r.namespace == ns and r.verb == "get"
-                and r.resource == "statefulsets.apps" and r.name == "vcluster"]
+                and r.resource == "helmreleases.helm.toolkit.fluxcd.io"
+                and r.name == "vcluster"]
 
     wait_for(lambda: len(looks()) >= 6, timeout=60)
 
@@ -282,7 +283,7 @@ def test_a_stuck_instance_is_applied_once_then_polled_with_reads_only(
     assert instance.status == Status.PROVISIONING, instance.status_message
     records = emu.requests.records()
     first_look = next(i for i, r in enumerate(records) if r.verb == "get"
-                      and r.resource == "statefulsets.apps" and r.namespace == ns)
+                      and r.resource == "helmreleases.helm.toolkit.fluxcd.io" and r.namespace == ns)
     writes = [r for r in records[:first_look] if r.method != "GET"]
     assert [(r.method, r.resource, r.name) for r in records[first_look:]
             if r.method != "GET"] == []
