@@ -154,9 +154,8 @@ def delete_instance(request: HttpRequest, instance_id: Id) -> Status:
     """Delete the instance: it turns `deleting` at once, and `deleted` once a worker has
     released its resources (its GPUs then go back to the quota)."""
     instance = instance_or_404(request, instance_id)
-    if not instance.is_active or instance.status == Status_.DELETING:
-        already = "deleted" if not instance.is_active else "being deleted"
-        raise ApiError(409, f"{instance.name} is already {already}.")
+    if instance.already_gone:
+        raise ApiError(409, instance.already_gone)
     services.delete_instance(instance=instance, by=request.user, ip_address=client_ip(request))
     return Status(202, instance_out(request, instance_or_404(request, instance_id)))
 

@@ -18,7 +18,6 @@ from .schemas import DeployIn, NotebookOut, NotebookPage, NotebookStatus, Notebo
 
 router = Router(tags=["notebooks"])
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
-GONE = (Notebook.Status.DELETING, Notebook.Status.DELETED)
 
 
 def notebook_out(request: HttpRequest, n: Notebook) -> dict:
@@ -93,9 +92,8 @@ def get_notebook(request: HttpRequest, notebook_id: Id) -> dict:
 @router.delete("/notebooks/{notebook_id}", response={202: NotebookOut, **problems(404, 409, 422)})
 def delete_notebook(request: HttpRequest, notebook_id: Id) -> Status:
     notebook = notebook_or_404(request, notebook_id)
-    if notebook.status in GONE:
-        already = "deleted" if notebook.status == Notebook.Status.DELETED else "being deleted"
-        raise ApiError(409, f"{notebook.name} is already {already}.")
+    if notebook.already_gone:
+        raise ApiError(409, notebook.already_gone)
     services.delete_notebook(notebook=notebook, by=request.user, ip_address=client_ip(request))
     return Status(202, notebook_out(request, notebook_or_404(request, notebook_id)))
 
@@ -106,7 +104,7 @@ def reveal_notebook_token(request: HttpRequest, notebook_id: Id) -> dict:
     """The notebook's token and a URL that signs you in. Asked for explicitly, and written to
     the audit log (notebook.token_revealed), since it is a credential."""
     notebook = notebook_or_404(request, notebook_id)
-    if notebook.status in GONE:
+    if notebook.is_gone:
         raise ApiError(409, f"{notebook.name} is {notebook.status_label.lower()}.")
     token = services.reveal_notebook_token(notebook=notebook, by=request.user,
                                            ip_address=client_ip(request))

@@ -168,6 +168,15 @@ class Instance(models.Model):
         return self.status != self.Status.DELETED
 
     @property
+    def already_gone(self) -> str:
+        """Why a delete asked now changes nothing ("train is already being deleted."), for
+        the pages and the API alike; '' while it can still be deleted."""
+        if not self.is_active or self.status == self.Status.DELETING:
+            already = "deleted" if not self.is_active else "being deleted"
+            return f"{self.name} is already {already}."
+        return ""
+
+    @property
     def steps(self) -> list[tuple[str, str]]:
         """(label, done|current|todo) on the way up, so that provisioning shows as a step
         even when it is over in a moment."""

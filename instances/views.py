@@ -141,10 +141,9 @@ def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
 def instance_delete(request: HttpRequest, pk: int) -> HttpResponse:
     instance = get_instance_for_user(request, pk)
     if request.method == "POST":
-        if not instance.is_active or instance.status == Instance.Status.DELETING:
+        if instance.already_gone:
             # Confirmed in a tab opened before someone else deleted it: say so, change nothing.
-            already = "deleted" if not instance.is_active else "being deleted"
-            messages.info(request, f"{instance.name} is already {already}.")
+            messages.info(request, instance.already_gone)
             return redirect("instances:list")
         services.delete_instance(instance=instance, by=request.user, ip_address=client_ip(request))
         messages.success(request, f"You asked to delete {instance.name}.")

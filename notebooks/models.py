@@ -145,6 +145,19 @@ class Notebook(models.Model):
         return f"nb-{self.pk}"
 
     @property
+    def is_gone(self) -> bool:
+        return self.status in (self.Status.DELETING, self.Status.DELETED)
+
+    @property
+    def already_gone(self) -> str:
+        """Why a delete asked now changes nothing, for the pages and the API alike; '' while
+        it can still be deleted."""
+        if not self.is_gone:
+            return ""
+        already = "deleted" if self.status == self.Status.DELETED else "being deleted"
+        return f"{self.name} is already {already}."
+
+    @property
     def token(self) -> str:
         return decrypt(self.token_encrypted)
 

@@ -88,9 +88,8 @@ def notebook_status(request: HttpRequest, pk: int) -> HttpResponse:
 def notebook_delete(request: HttpRequest, pk: int) -> HttpResponse:
     notebook = get_notebook_for_user(request, pk)
     if request.method == "POST":
-        if notebook.status in (Notebook.Status.DELETING, Notebook.Status.DELETED):
-            already = "deleted" if notebook.status == Notebook.Status.DELETED else "being deleted"
-            messages.info(request, f"{notebook.name} is already {already}.")
+        if notebook.already_gone:
+            messages.info(request, notebook.already_gone)
             return redirect("notebooks:list")
         services.delete_notebook(notebook=notebook, by=request.user,
                                  ip_address=client_ip(request))
