@@ -32,14 +32,13 @@ import http.client
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,22 +56,8 @@ PASSWORD = "bench-password-1"
 USERNAME = "alice"
 HOST = "127.0.0.1"
 
-
-def recreate_database() -> None:
-    import psycopg
-
-    parts = urlsplit(DATABASE_URL)
-    name = parts.path.lstrip("/")
-    admin = f"{parts.scheme}://{parts.netloc}/postgres".replace("postgres://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+# The database named above (pages.py reads the same DATABASE_URL, set first here).
+from bench.pages import free_port, recreate_database  # noqa: E402
 
 
 class Session:
