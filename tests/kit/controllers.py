@@ -52,6 +52,18 @@ class _Controller:
         self.objects.patch_namespaced_custom_object_status(
             *ref[:2], meta["namespace"], ref[2], meta["name"], {"status": status})
 
+    def _create_or_get(self, ref: tuple[str, str, str], obj: Obj) -> Obj:
+        """Create `obj`, or read the one an earlier pass made."""
+        meta = obj["metadata"]
+        try:
+            return self.objects.create_namespaced_custom_object(
+                *ref[:2], meta["namespace"], ref[2], obj)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return self.objects.get_namespaced_custom_object(
+                *ref[:2], meta["namespace"], ref[2], meta["name"])
+
     def _finalize(self, ref: tuple[str, str, str], obj: Obj, finalizer: str) -> bool:
         """Add our finalizer to a live object, or drop it from one being deleted (what the
         controller does once its clean-up is done). True when the object is being deleted."""
@@ -203,14 +215,7 @@ class ClusterApi(_Controller):
                                           "kind": "DockerMachineTemplate", "name": name}}},
             },
         }
-        try:
-            made = self.objects.create_namespaced_custom_object(
-                *POOLS[:2], meta["namespace"], POOLS[2], pool)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            made = self.objects.get_namespaced_custom_object(
-                *POOLS[:2], meta["namespace"], POOLS[2], name)
+        made = self._create_or_get(POOLS, pool)
         wanted = topology["replicas"]
         if self.machines_fail:
             status = {"replicas": wanted, "readyReplicas": 0, "availableReplicas": 0,
@@ -240,14 +245,7 @@ class ClusterApi(_Controller):
                      "version": "v25.3.4", "namespace": "gpu-operator",
                      "releaseName": "gpu-operator"},
         }
-        try:
-            made = self.objects.create_namespaced_custom_object(
-                *ADDONS[:2], meta["namespace"], ADDONS[2], proxy)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            made = self.objects.get_namespaced_custom_object(
-                *ADDONS[:2], meta["namespace"], ADDONS[2], name)
+        made = self._create_or_get(ADDONS, proxy)
         self._status(ADDONS, made, {"status": "failed", "conditions": [
             {"type": "Ready", "status": "False", "severity": "Error",
              "reason": "HelmInstallOrUpgradeFailed", "message": self.addon_fail,
