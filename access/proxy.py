@@ -29,6 +29,7 @@ from django.conf import settings
 from websockets.asyncio.client import connect as websocket_connect
 
 from clusters.backends.kubernetes.client import request_verb
+from gpupaas import logs
 from gpupaas.metrics import PROXY_LATENCY, PROXY_REQUESTS
 
 from . import services
@@ -89,6 +90,22 @@ class KubeProxy:
         return client
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # As every page has: a request id (the client's X-Request-ID when plain, else a new
+        # one) on the log lines about this request and on its answer, and its instance's id.
+        offered = next((v.decode("latin-1") for k, v in scope.get("headers", [])
+                        if k.lower() == b"x-request-id"), None)
+        rid = logs.new_request_id(offered)
+        instance_part = scope["path"].split("/", 3)[2:3]
+        tokens = (logs.request_id.set(rid), logs.user_id.set(None), logs.instance_id.set(
+            int(instance_part[0]) if instance_part and instance_part[0].isdigit() else None))
+        try:
+            await self.serve(scope, receive, send, rid)
+        finally:
+            for var, token in zip((logs.request_id, logs.user_id, logs.instance_id), tokens,
+                                  strict=True):
+                var.reset(token)
+
+    async def serve(self, scope: dict[str, Any], receive: Any, send: Any, rid: str) -> None:
         if scope["type"] == "websocket":
             await self.websocket(scope, receive, send)
             return
@@ -97,6 +114,8 @@ class KubeProxy:
         async def counted(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 answered["status"] = message["status"]
+                message = {**message, "headers": [
+                    *message.get("headers", []), (b"x-request-id", rid.encode())]}
             await send(message)
 
         try:
@@ -128,6 +147,8 @@ class KubeProxy:
         decision = await sync_to_async(services.authorize_proxy_request)(
             token=_bearer(headers), instance_id=int(instance_part), client=client
         )
+        if isinstance(decision, Grant):
+            logs.user_id.set(decision.user_id)
         return headers, path, query, client_ip, user_agent, decision
 
     def forward_headers(self, headers: dict[str, str], grant: Grant) -> dict[str, str]:

@@ -8,20 +8,86 @@ WebSockets go to Channels with the session's user, and only from the portal's ow
 user's cookie).
 """
 
+import asyncio
 import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 
-from django.core.asgi import get_asgi_application
+import django
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.base import BaseHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gpupaas.settings")
-django_application = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application does
+
+
+class PagesHandler(ASGIHandler):
+    """Django's ASGI handler running the middleware and the view as one sync call.
+
+    Every page, its middleware included, is sync code. Django's own ASGI handler runs the
+    middleware chain in async mode, which adapts each sync part on its own and so crosses
+    between the event loop and a worker thread several times a request; here the whole of
+    `get_response` (as Django's WSGI handler runs it) is one call on the request's thread.
+    Reading the body, the disconnect watch, the signals and streaming the answer stay
+    Django's ASGI code."""
+
+    def __init__(self) -> None:
+        BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+
+    async def get_response_async(self, request):
+        return await sync_to_async(self.get_response)(request)
+
+
+django_asgi = PagesHandler()
 
 # Need the apps loaded above.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from access.proxy import KubeProxy, refuse_path  # noqa: E402
 from access.routing import websocket_urlpatterns  # noqa: E402
+
+
+class DjangoThreads:
+    """Django's sync code (every page and partial) on a fixed set of reused threads.
+
+    Django runs each request's sync code on a thread made for it. A burst of requests (100
+    launches at once) then made 100 threads per process that fought over the GIL while all
+    but DATABASE_POOL_SIZE of them waited for a connection anyway. Here a request waits in
+    the event loop for one of `threads` threads, which stay for the next request; everything
+    Django does for the request still happens on that one thread (asgiref's
+    ThreadSensitiveContext with an executor: Django's own context inside it uses it)."""
+
+    def __init__(self, app, threads: int) -> None:
+        self.app = app
+        self.threads = threads
+        # Per event loop (one in a server process; tests may run several): idle threads and
+        # how many were made.
+        self.loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def __call__(self, scope, receive, send) -> None:
+        loop = asyncio.get_running_loop()
+        if loop not in self.loops:
+            self.loops[loop] = (asyncio.Queue(), [0])
+        idle, made = self.loops[loop]
+        if idle.empty() and made[0] < self.threads:
+            made[0] += 1
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django")
+        else:
+            executor = await idle.get()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.app(scope, receive, send)
+        finally:
+            idle.put_nowait(executor)
+
+
+django_application = DjangoThreads(django_asgi, settings.WEB_THREADS) \
+    if settings.WEB_THREADS else django_asgi
 
 PROXY_PREFIX = "/k8s/"
 kube_proxy = KubeProxy()

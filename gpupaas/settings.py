@@ -137,14 +137,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
     }
 elif env_int("DATABASE_POOL_SIZE", 10) > 0:
-    # Served over ASGI, every request runs its sync code in a thread of its own: persistent
-    # connections would be one per thread (100 launches at once ran PostgreSQL out of
+    # Served over ASGI, Django's sync code runs on WEB_THREADS threads per process, and
+    # Channels' consumers on threads of their own: persistent connections would be one per
+    # thread (with a thread per request, 100 launches at once ran PostgreSQL out of
     # connections). A bounded pool per process shares them; a request waits for a free one.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 10),
         "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 30),
     }
+# Threads per web process for Django's sync code (gpupaas.asgi.DjangoThreads): requests
+# beyond them wait in the event loop (a page is a few milliseconds of CPU: more threads than
+# cores only take turns). A gunicorn worker opens a pooled connection for each at start
+# (gpupaas/gunicorn.py). 0: a new thread per request, as Django does by itself.
+WEB_THREADS = min(env_int("WEB_THREADS", 2), env_int("DATABASE_POOL_SIZE", 10))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -214,6 +220,9 @@ SOCIALACCOUNT_PROVIDERS = {
 SESSION_IDLE_TIMEOUT_S = env_int("SESSION_IDLE_TIMEOUT_S", 8 * 3600)
 SESSION_COOKIE_AGE = env_int("SESSION_MAX_AGE_S", 7 * 24 * 3600)
 SESSION_COOKIE_HTTPONLY = True
+# Sessions are read from the cache (Redis in production) and written through to the
+# database: a page costs no session query, and a cache restart signs nobody out.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 SESSION_COOKIE_SAMESITE = "Lax"
 
 LANGUAGE_CODE = "en-us"
@@ -322,7 +331,7 @@ OIDC_HTTP_TIMEOUT_S = float(env_str("OIDC_HTTP_TIMEOUT_S") or "10")
 CACHE_URL = env_str("CACHE_URL") or (
     CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else "")
 CACHES = {"default": {
-    "BACKEND": "django.core.cache.backends.redis.RedisCache" if CACHE_URL
+    "BACKEND": "gpupaas.cache.RedisCache" if CACHE_URL
     else "django.core.cache.backends.filebased.FileBasedCache",
     "LOCATION": CACHE_URL or str(VAR_DIR / "cache"),
     "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "gpupaas"),

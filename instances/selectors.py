@@ -30,7 +30,10 @@ def launchable_profiles(*, user: AbstractBaseUser) -> QuerySet[ComputeProfile]:
     time, never cached: publishing or a changed membership shows on the next request."""
     visible = Q(groups__isnull=True) | Q(groups__in=user.groups.all())
     ids = ComputeProfile.objects.filter(visible, published=True).values("id")
-    return ComputeProfile.objects.filter(id__in=ids).select_related("cluster")
+    # Each row says whom it was read for: a launch of a size read here for its user (the
+    # wizard's and the API's choices) need not ask again (instances.services).
+    return (ComputeProfile.objects.filter(id__in=ids).select_related("cluster")
+            .annotate(launchable_by=Value(user.pk, output_field=IntegerField())))
 
 
 def live_instances(*, owner: AbstractBaseUser) -> QuerySet[Instance]:

@@ -54,12 +54,10 @@ def _plural(n: int, word: str) -> str:
 
 
 def _validate_launch(
-    *, workspace: Workspace, name: str, description: str, profile: ComputeProfile,
-    by: AbstractBaseUser,
+    *, name: str, description: str, profile: ComputeProfile, by: AbstractBaseUser,
 ) -> None:
-    """The rules a launch must pass that need no lock: the name, the description, the size
-    being open to the user, and the name being free (the unique constraint is what makes
-    that exact; this check only says it first, in words)."""
+    """The rules of the launch itself: the name, the description and the size being open
+    to the user."""
     errors: dict[str, list[str]] = {}
     if not name:
         errors.setdefault("name", []).append("Give the instance a name.")
@@ -76,24 +74,32 @@ def _validate_launch(
         errors.setdefault("description", []).append(
             f"Use at most 500 characters ({len(description)} given)."
         )
-    if not launchable_profiles(user=by).filter(pk=profile.pk).exists():
+    if getattr(profile, "launchable_by", None) != by.pk \
+            and not launchable_profiles(user=by).filter(pk=profile.pk).exists():
         errors.setdefault("profile", []).append("This size is not available to you.")
     if errors:
         raise ValidationError(errors)
 
-    if Instance.objects.filter(workspace=workspace, name=name).exclude(
-            status=Status.DELETED).exists():
-        raise ValidationError({"name": f"You already have an instance named {name}."})
 
-
-def _check_quota(*, workspace: Workspace, gpus: int) -> None:
-    """Refuse what would pass the quota, naming the holders. Failed instances hold nothing:
-    their GPUs were released when they failed."""
-    holding = list(
-        Instance.objects.filter(workspace=workspace, status__in=Instance.HOLDS_QUOTA)
-        .order_by("created_at")
-        .values_list("name", "gpus")
+def _holding(workspace: Workspace, *, named: str = "") -> tuple[list[tuple[str, int]], bool]:
+    """What the workspace holds against its quota, as (name, GPUs) oldest first, and
+    whether a live instance (any state but deleted) already has the name `named`: one
+    query for both. Failed instances hold nothing: their GPUs went back when they failed."""
+    wanted = Q(status__in=Instance.HOLDS_QUOTA) | Q(name=named) if named \
+        else Q(status__in=Instance.HOLDS_QUOTA)
+    rows = list(
+        Instance.objects.filter(wanted, workspace=workspace).exclude(status=Status.DELETED)
+        .order_by("created_at").values_list("name", "gpus", "status")
     )
+    holding = [(n, gpus) for n, gpus, status in rows if status in Instance.HOLDS_QUOTA]
+    return holding, bool(named) and any(n == named for n, _, _ in rows)
+
+
+def _check_quota(*, workspace: Workspace, gpus: int,
+                 holding: list[tuple[str, int]] | None = None) -> None:
+    """Refuse what would pass the quota, naming the holders (read now unless given)."""
+    if holding is None:
+        holding, _ = _holding(workspace)
     quota = effective_quota(workspace=workspace)
     if len(holding) >= quota.max_instances:
         raise ValidationError({"profile": (
@@ -131,9 +137,15 @@ def launch_instance(
     from .tasks import provision_instance_task
 
     name, description = name.strip(), description.strip()
-    _validate_launch(
-        workspace=workspace, name=name, description=description, profile=profile, by=by
-    )
+    _validate_launch(name=name, description=description, profile=profile, by=by)
+    # Without the lock first: a name in use, or a quota that the committed instances already
+    # fill, is refused from what is read now, so a burst of launches on a full workspace
+    # (the start of a class) is answered without queueing on the lock. The unique
+    # constraint is what makes the name exact, and the check under the lock the quota.
+    holding, name_taken = _holding(workspace, named=name)
+    if name_taken:
+        raise ValidationError({"name": f"You already have an instance named {name}."})
+    _check_quota(workspace=workspace, gpus=profile.gpus, holding=holding)
     with transaction.atomic():
         # The workspace row lock serialises launches: concurrent ones can never pass quota.
         # Only what the quota needs happens under it (every launch of the workspace waits).

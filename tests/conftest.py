@@ -25,6 +25,11 @@ from workspaces.models import Workspace
 from workspaces.services import ensure_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
+# The Python processes the tests start import as production does, not a grammar they never
+# use (tests/kit/helper_imports/rfc3987_syntax.py says why): read when each one starts.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT / "tests" / "kit" / "helper_imports"),
+     *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 # Persistent connections outlive the live server's thread and block dropping the test database.
 for alias in settings.DATABASES:

@@ -197,7 +197,7 @@ def test_a_refusal_sent_by_the_wizard_answers_with_every_reason_alone(
     ws.max_gpus = 4
     ws.save()
     alice_client.post(NEW, {"name": "train-a", "profile": catalogue[4].pk})
-    with django_assert_max_num_queries(10):  # no size cards, quota bar or layout to work out
+    with django_assert_max_num_queries(6):  # no size cards, quota bar or layout to work out
         response = alice_client.post(NEW, {"name": "Bad_Name", "profile": catalogue[2].pk,
                                            "description": "x" * 501}, **HTMX)
     assert response.status_code == 400
@@ -218,3 +218,48 @@ def test_a_launch_sent_by_the_wizard_takes_the_browser_to_the_instance(alice_cli
     assert response.status_code == 204
     instance = Instance.objects.get(name="train")
     assert response["HX-Redirect"] == f"/instances/{instance.pk}/"
+
+
+def test_a_refusal_of_a_full_workspace_costs_the_same_few_queries_however_many_it_holds(
+        alice_client, alice, catalogue, django_assert_max_num_queries):
+    """What a burst of refused launches costs each (the start of a class): the user and
+    role, the workspace, the size (read once: the form's read vouches for the service) and
+    one read of what the workspace holds; no lock, no transaction, no session query."""
+    ws = workspace_of(alice)
+    ws.max_gpus, ws.max_instances = 30, 100
+    ws.save()
+    for i in range(15):
+        assert alice_client.post(NEW, {"name": f"job-{i}", "profile": catalogue[2].pk},
+                                 **HTMX).status_code == 204
+    with django_assert_max_num_queries(5) as queries:
+        response = alice_client.post(NEW, {"name": "one-more", "profile": catalogue[2].pk},
+                                     **HTMX)
+    assert response.status_code == 400
+    assert "Your quota is 30 GPUs and 30 are in use by job-0, job-1" in response.content.decode()
+    sql = " ".join(q["sql"] for q in queries.captured_queries)
+    assert "FOR UPDATE" not in sql and "django_session" not in sql
+
+
+def test_a_size_read_for_someone_else_is_asked_about_again(alice, bob, catalogue):
+    """The service trusts a size only when it was read as launchable for the very user who
+    launches: one read for alice does not let bob launch a size closed to him."""
+    from django.contrib.auth.models import Group
+    from django.core.exceptions import ValidationError
+
+    from instances import services
+    from instances.selectors import launchable_profiles
+
+    researchers = Group.objects.create(name="Researchers")
+    big = catalogue[8]
+    big.groups.add(researchers)
+    alice.groups.add(researchers)
+    read_for_alice = launchable_profiles(user=alice).get(pk=big.pk)
+    with pytest.raises(ValidationError, match="This size is not available to you."):
+        services.launch_instance(workspace=workspace_of(bob), name="sneaky",
+                                 profile=read_for_alice, by=bob)
+    with pytest.raises(ValidationError, match="This size is not available to you."):
+        services.launch_instance(workspace=workspace_of(bob), name="sneaky",
+                                 profile=ComputeProfile.objects.get(pk=big.pk), by=bob)
+    assert not Instance.objects.exists()
+    assert services.launch_instance(workspace=workspace_of(alice), name="fine",
+                                    profile=read_for_alice, by=alice).gpus == 8

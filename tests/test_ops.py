@@ -384,3 +384,27 @@ def test_lines_of_an_instances_pages_carry_its_id(alice_client, alice, alices_in
               if '"req-st"' in line]
     assert (line["user_id"], line["instance_id"]) == (alice.pk, alices_instance.pk)
     assert line["view"] == "instances:status"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_web_worker_holds_a_connection_per_page_thread_before_its_first_page(tmp_path):
+    """A burst right after a deploy finds each gunicorn worker ready: its database pool
+    already holds a connection for each of its WEB_THREADS threads (opened at start, not by
+    the first requests), and no more than the pool allows."""
+
+    def connections_to_test_db() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                           [settings.DATABASES["default"]["NAME"]])
+            return cursor.fetchone()[0]
+
+    before = connections_to_test_db()
+    proc, base, log = start_portal(tmp_path, WEB_CONCURRENCY="2", WEB_THREADS="3")
+    try:
+        # Only /healthz was asked, which touches no database.
+        wait_for(lambda: connections_to_test_db() == before + 2 * 3, 20, 0.2)
+        assert requests.get(base + "/accounts/login/", timeout=30).status_code == 200
+        time.sleep(0.5)
+        assert connections_to_test_db() == before + 2 * 3, log.read_text()[-2000:]
+    finally:
+        stop(proc)

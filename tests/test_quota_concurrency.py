@@ -62,3 +62,96 @@ def test_twenty_concurrent_launches_never_exceed_the_instance_quota(alice, catal
     assert len(launched) == 3
     assert Instance.objects.filter(workspace=workspace).count() == 3
     assert all(r.startswith("Your quota is 3 instances and 3 are in use by ") for r in refused)
+
+
+def hold_workspace_lock(workspace_id: int, then=None) -> tuple[threading.Event, threading.Thread]:
+    """Another transaction holding the workspace row (as a launch under way does) until the
+    returned event is set; it runs `then` before it commits."""
+    from workspaces.services import lock_workspace
+
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        from django.db import transaction
+
+        try:
+            with transaction.atomic():
+                lock_workspace(workspace_id=workspace_id)
+                taken.set()
+                release.wait(30)
+                if then is not None:
+                    then()
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    return release, holder
+
+
+def launch_in_thread(**kwargs) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def launch() -> None:
+        try:
+            outcome.append(services.launch_instance(**kwargs))
+        except ValidationError as exc:
+            outcome.append(" ".join(exc.messages))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=launch)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_launch_on_a_full_workspace_is_refused_without_waiting_for_its_lock(alice, catalogue):
+    """At the start of a class the workspace is full after a few launches: the other
+    students' launches are answered at once, not one by one behind the row lock."""
+    workspace = workspace_of(alice)
+    workspace.max_gpus = 2
+    workspace.save()
+    services.launch_instance(workspace=workspace, name="first", profile=catalogue[2], by=alice)
+    release, holder = hold_workspace_lock(workspace.pk)
+    try:
+        thread, outcome = launch_in_thread(workspace=workspace, name="second",
+                                           profile=catalogue[2], by=alice)
+        thread.join(5)
+        assert not thread.is_alive(), "the refusal waited for the workspace lock"
+        assert outcome == ["Your quota is 2 GPUs and 2 are in use by first; this size needs 2."]
+        name_taken, taken_outcome = launch_in_thread(workspace=workspace, name="first",
+                                                     profile=catalogue[1], by=alice)
+        name_taken.join(5)
+        assert taken_outcome == ["You already have an instance named first."]
+    finally:
+        release.set()
+        holder.join()
+    assert list(Instance.objects.values_list("name", flat=True)) == ["first"]
+
+
+def test_a_launch_that_fits_still_waits_for_the_lock_and_counts_what_came_first(
+        alice, catalogue):
+    """The early refusal reads without the lock; a launch that looks like it fits still takes
+    the lock and checks again, so one that committed meanwhile is counted."""
+    workspace = workspace_of(alice)
+    workspace.max_gpus = 2
+    workspace.save()
+    profile = catalogue[2]
+
+    def launch_first() -> None:  # the launch that held the lock first commits its instance
+        Instance.objects.create(
+            workspace=workspace, name="early", profile=profile, launched_by=alice,
+            cluster=profile.cluster, kind=profile.kind, gpus=2, cpu=1, memory_gib=1,
+            storage_gib=1, status=Instance.Status.PENDING)
+
+    release, holder = hold_workspace_lock(workspace.pk, then=launch_first)
+    thread, outcome = launch_in_thread(workspace=workspace, name="late", profile=profile,
+                                       by=alice)
+    thread.join(1)
+    assert thread.is_alive(), "a launch that fits must wait for the workspace lock"
+    release.set()
+    holder.join()
+    thread.join(10)
+    assert outcome == ["Your quota is 2 GPUs and 2 are in use by early; this size needs 2."]
+    assert list(Instance.objects.values_list("name", flat=True)) == ["early"]

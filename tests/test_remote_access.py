@@ -696,3 +696,20 @@ def test_a_collaborator_without_a_role_reaches_the_shared_instance_until_removed
     assert status_of(portal, alice_instance, token) == 401
     row = AccessToken.objects.get(user=carol)
     assert row.revoked_at is not None and row.revoked_reason == "access to the instance removed"
+
+
+def test_every_proxied_answer_carries_its_request_id(portal, http, alice_instance,
+                                                     alice_kubeconfig):
+    """As every page: the client's X-Request-ID when it is plain, else a new one, on the
+    answer (and the proxy's log lines), whether the request was forwarded or refused."""
+    token = token_of(alice_kubeconfig)
+    url = f"{portal}/k8s/{alice_instance.pk}/api"
+    granted = http.get(url, headers={"Authorization": f"Bearer {token}",
+                                     "X-Request-ID": "kubectl-run-7"})
+    assert granted.status_code == 200 and granted.headers["X-Request-ID"] == "kubectl-run-7"
+    refused = http.get(url, headers={"X-Request-ID": "not plain; injected=1"})
+    assert refused.status_code == 401
+    made_up = refused.headers["X-Request-ID"]
+    assert made_up != "not plain; injected=1" and len(made_up) == 32 and made_up.isalnum()
+    again = http.get(url, headers={"Authorization": f"Bearer {token}"})
+    assert again.headers["X-Request-ID"] not in (made_up, "kubectl-run-7")

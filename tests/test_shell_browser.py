@@ -86,6 +86,9 @@ def test_a_user_opens_the_shell_runs_kubectl_and_is_refused_another_server(
     # Paste from the clipboard (the button, as Ctrl+Shift+V does).
     page.evaluate("navigator.clipboard.writeText('kubectl api-versions')")
     page.click("#shell-paste")
+    # The button reads the clipboard asynchronously: Enter goes once the text is in the line
+    # (pressed at once, it could arrive first and leave the pasted command unsent).
+    wait_for_screen(page, "$ kubectl api-versions")
     page.keyboard.press("Enter")
     wait_for_screen(page, "apps/v1")
     assert page.evaluate("window.__csp") == []

@@ -59,6 +59,9 @@ def serve(app: Any, *, tls: tuple[Path, Path] | None = None,
         app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="warning",
         access_log=False, ssl_certfile=str(tls[0]) if tls else None,
         ssl_keyfile=str(tls[1]) if tls else None,
+        # A refused WebSocket whose client keeps its socket open keeps its consumer waiting
+        # for the disconnect: stopping waits this long for such tasks, then cancels them.
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="asgi-server", daemon=True)
@@ -73,6 +76,7 @@ def serve(app: Any, *, tls: tuple[Path, Path] | None = None,
     finally:
         server.should_exit = True
         thread.join(timeout)
-        # The app's database work ran on asgiref's one sync thread: close what it opened
-        # there, or the test database cannot be flushed or dropped.
+        # Database work outside a page (the proxy's, Channels') ran on asgiref's one sync
+        # thread: close what it opened there, or the test database cannot be flushed or
+        # dropped. Pages close theirs at the end of each request.
         SyncToAsync.single_thread_executor.submit(connections.close_all).result()
