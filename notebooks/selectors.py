@@ -5,15 +5,16 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, QuerySet, Sum
 
 from instances.models import Instance
-from instances.selectors import accessible_instances, reserved_by_cluster
+from instances.selectors import accessible_instances, listable_instances, reserved_by_cluster
 
 from .models import Notebook, NotebookProfile
 
 
 def live_notebooks(*, user: AbstractBaseUser) -> QuerySet[Notebook]:
-    """Notebooks on the instances the user owns or collaborates on."""
+    """Notebooks on the instances the user owns or collaborates on, found through the
+    instances' indexes (`listable_instances`), not by reading every instance."""
     return (
-        Notebook.objects.filter(instance__in=accessible_instances(user=user).values("pk"))
+        Notebook.objects.filter(instance__in=listable_instances(user=user).values("pk"))
         .exclude(status=Notebook.Status.DELETED)
         .select_related("profile", "instance")
     )
