@@ -60,11 +60,17 @@ class DjangoThreads:
     but DATABASE_POOL_SIZE of them waited for a connection anyway. Here a request waits in
     the event loop for one of `threads` threads, which stay for the next request; everything
     Django does for the request still happens on that one thread (asgiref's
-    ThreadSensitiveContext with an executor: Django's own context inside it uses it)."""
+    ThreadSensitiveContext with an executor: Django's own context inside it uses it).
 
-    def __init__(self, app, threads: int) -> None:
+    A request keeps its thread until its answer is sent, so a slow view, a slow upload or a
+    client that does not read its answer keeps one. A request that waited `spare_after`
+    seconds for a thread gets a spare one of its own, as Django would give it: a few such
+    requests (or a hostile client's many) slow the others by that much, never stop them."""
+
+    def __init__(self, app, threads: int, spare_after: float = 2.0) -> None:
         self.app = app
         self.threads = threads
+        self.spare_after = spare_after
         # Per event loop (one in a server process; tests may run several): idle threads and
         # how many were made.
         self.loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -74,16 +80,24 @@ class DjangoThreads:
         if loop not in self.loops:
             self.loops[loop] = (asyncio.Queue(), [0])
         idle, made = self.loops[loop]
+        spare = False
         if idle.empty() and made[0] < self.threads:
             made[0] += 1
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django")
         else:
-            executor = await idle.get()
+            try:
+                executor = await asyncio.wait_for(idle.get(), self.spare_after)
+            except TimeoutError:
+                spare = True
+                executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-spare")
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.app(scope, receive, send)
         finally:
-            idle.put_nowait(executor)
+            if spare:
+                executor.shutdown(wait=False)
+            else:
+                idle.put_nowait(executor)
 
 
 django_application = DjangoThreads(django_asgi, settings.WEB_THREADS) \

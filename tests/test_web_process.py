@@ -117,3 +117,39 @@ def record_thread(get_response):
         return response
 
     return middleware
+
+
+def test_a_request_kept_waiting_for_a_thread_gets_a_spare_one():
+    """One request holding the only thread (a slow view, or a client that does not read its
+    answer) delays the next by `spare_after`, not by as long as it holds it."""
+    finished: dict[str, float] = {}
+
+    def slow() -> None:
+        time.sleep(2)
+
+    def quick() -> str:
+        return threading.current_thread().name
+
+    names: list[str] = []
+
+    async def django_like(scope, receive, send) -> None:
+        async with ThreadSensitiveContext():
+            if scope["path"] == "/slow":
+                await sync_to_async(slow)()
+            else:
+                names.append(await sync_to_async(quick)())
+        finished[scope["path"]] = time.monotonic()
+
+    app = DjangoThreads(django_like, threads=1, spare_after=0.2)
+
+    async def both() -> float:
+        started = time.monotonic()
+        slow_one = asyncio.ensure_future(app({"type": "http", "path": "/slow"}, None, None))
+        await asyncio.sleep(0.05)
+        await app({"type": "http", "path": "/quick"}, None, None)
+        await slow_one
+        return started
+
+    started = asyncio.run(both())
+    assert finished["/quick"] - started < 1.0 < finished["/slow"] - started
+    assert names == ["django-spare_0"]
