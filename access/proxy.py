@@ -96,14 +96,10 @@ class KubeProxy:
                         if k.lower() == b"x-request-id"), None)
         rid = logs.new_request_id(offered)
         instance_part = scope["path"].split("/", 3)[2:3]
-        tokens = (logs.request_id.set(rid), logs.user_id.set(None), logs.instance_id.set(
-            int(instance_part[0]) if instance_part and instance_part[0].isdigit() else None))
-        try:
+        instance = int(instance_part[0]) if instance_part and instance_part[0].isdigit() \
+            else None
+        with logs.bound(request_id=rid, user_id=None, instance_id=instance):
             await self.serve(scope, receive, send, rid)
-        finally:
-            for var, token in zip((logs.request_id, logs.user_id, logs.instance_id), tokens,
-                                  strict=True):
-                var.reset(token)
 
     async def serve(self, scope: dict[str, Any], receive: Any, send: Any, rid: str) -> None:
         if scope["type"] == "websocket":

@@ -17,6 +17,8 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -39,6 +41,20 @@ def new_request_id(offered: str | None = None) -> str:
     if offered and _REQUEST_ID.match(offered):
         return offered
     return uuid.uuid4().hex
+
+
+@contextmanager
+def bound(**values: Any) -> Iterator[None]:
+    """The lines logged inside carry these (any of request_id, user_id, instance_id,
+    current_request); what was bound before is back afterwards."""
+    contexts = {"request_id": request_id, "user_id": user_id, "instance_id": instance_id,
+                "current_request": current_request}
+    tokens = [(contexts[name], contexts[name].set(value)) for name, value in values.items()]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
 
 
 def _from_request(request: Any) -> tuple[int | None, int | None]:

@@ -173,9 +173,8 @@ class OpsMiddleware:
             return metrics_view(request)
         rid = logs.new_request_id(request.META.get("HTTP_X_REQUEST_ID"))
         request.request_id = rid
-        tokens = (logs.request_id.set(rid), logs.current_request.set(request))
         started = time.perf_counter()
-        try:
+        with logs.bound(request_id=rid, current_request=request):
             response = self.get_response(request)
             elapsed = time.perf_counter() - started
             match = getattr(request, "resolver_match", None)
@@ -187,6 +186,3 @@ class OpsMiddleware:
                      elapsed * 1000, extra={"view": view, "status": response.status_code,
                                             "duration_ms": round(elapsed * 1000, 1)})
             return response
-        finally:
-            logs.current_request.reset(tokens[1])
-            logs.request_id.reset(tokens[0])
