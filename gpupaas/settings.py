@@ -126,6 +126,7 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'portal.sqlite3'}")
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 10)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -136,21 +137,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-elif env_int("DATABASE_POOL_SIZE", 10) > 0:
+elif DATABASE_POOL_SIZE > 0:
     # Served over ASGI, Django's sync code runs on WEB_THREADS threads per process, and
     # Channels' consumers on threads of their own: persistent connections would be one per
     # thread (with a thread per request, 100 launches at once ran PostgreSQL out of
     # connections). A bounded pool per process shares them; a request waits for a free one.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 10),
+        "min_size": 1, "max_size": DATABASE_POOL_SIZE,
         "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 30),
     }
 # Threads per web process for Django's sync code (gpupaas.asgi.DjangoThreads): requests
 # beyond them wait in the event loop (a page is a few milliseconds of CPU: more threads than
 # cores only take turns). A gunicorn worker opens a pooled connection for each at start
 # (gpupaas/gunicorn.py). 0: a new thread per request, as Django does by itself.
-WEB_THREADS = min(env_int("WEB_THREADS", 2), env_int("DATABASE_POOL_SIZE", 10))
+WEB_THREADS = min(env_int("WEB_THREADS", 2), DATABASE_POOL_SIZE)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
