@@ -2,14 +2,15 @@
 
 Every request is decided afresh (`services.authorize_proxy_request`): a live token bound to
 this instance, and a user still allowed on it. Then it goes to the instance's API with the
-portal's credentials (impersonating the user for namespace instances), and the answer
+instance's own credential (a namespace instance's access ServiceAccount token, a virtual or
+dedicated cluster's admin kubeconfig; never the portal's, never impersonating), and the answer
 streams back chunk by chunk, so watches and `logs -f` arrive as they happen. Long requests
 are re-decided every ACCESS_RECHECK_S: a watch ends within about a second of a revocation.
 
 exec, attach and port-forward arrive as WebSocket upgrades (kubectl 1.31 and newer speak
 `v5.channel.k8s.io`; port-forward tunnels `SPDY/3.1+portforward.k8s.io` inside WebSocket
-frames): decided the same way, connected to the instance's API with the same credential and
-impersonation, offering the client's subprotocols, and relayed frame by frame. A raw SPDY
+frames): decided the same way, connected to the instance's API with the same credential,
+offering the client's subprotocols, and relayed frame by frame. A raw SPDY
 upgrade cannot pass through ASGI: it is answered with the API server's own refusal when it
 has one (a forbidden namespace, a pod that is not scheduled), else with a clear 400.
 """
@@ -38,7 +39,8 @@ from .services import Grant, Refusal
 log = logging.getLogger(__name__)
 
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection, never forwarded. The client's
-# own credentials and impersonation requests never reach the cluster: the portal sets both.
+# own credentials and impersonation requests never reach the cluster: the portal sets the
+# credential, and impersonates no one.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
@@ -152,7 +154,6 @@ class KubeProxy:
                    if k not in HOP_BY_HOP and k != "authorization"
                    and not k.startswith("impersonate-")}
         forward.update(grant.upstream.headers)
-        forward.update(grant.impersonate)
         return forward
 
     async def websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -4,7 +4,7 @@ and the audit trail of what went through. The only writers of AccessToken and Pr
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -15,7 +15,7 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from clusters.backends import BackendError, Terminal, get_backend
-from clusters.backends.kubernetes.names import access_group, access_user, instance_object_name
+from clusters.backends.kubernetes.names import instance_object_name
 from clusters.backends.kubernetes.upstream import (
     Upstream,
     cluster_upstream,
@@ -193,9 +193,8 @@ class Grant:
     token_id: int
     user_id: int
     instance_id: int
-    upstream_key: str
-    upstream: Upstream
-    impersonate: dict[str, str]  # empty for vcluster and dedicated instances
+    upstream_key: str  # the connection pool: one per cluster or inner cluster
+    upstream: Upstream  # with the credential this request is forwarded with
 
 
 @dataclass(frozen=True)
@@ -207,6 +206,10 @@ class Refusal:
 
 _upstreams: dict[str, tuple[float, Upstream]] = {}
 UPSTREAM_TTL_S = 300.0  # rebuilt now and then: exec plugins and in-cluster tokens rotate
+# Namespace instances' access tokens (TokenRequest, ten minutes): instance -> (token, expiry).
+# Reused while at least ACCESS_TOKEN_MARGIN_S of their life is left.
+_access_tokens: dict[int, tuple[str, float]] = {}
+ACCESS_TOKEN_MARGIN_S = 300.0
 
 
 def _upstream(instance: Instance) -> tuple[str, Upstream]:
@@ -217,26 +220,40 @@ def _upstream(instance: Instance) -> tuple[str, Upstream]:
     virtual or dedicated cluster is only ever reached over verified TLS."""
     ttl = UPSTREAM_TTL_S
     if instance.kind == NAMESPACE:
+        # The host cluster's address and trust, without the portal's own credential: the
+        # request goes with the instance's access token (_with_access_token).
         cluster = instance.cluster
-        key = f"cluster:{cluster.pk}:{cluster.updated_at.timestamp()}"
-        build = lambda: cluster_upstream(cluster)  # noqa: E731
+        key = f"cluster:{cluster.pk}:{cluster.updated_at.timestamp()}:access"
+        build = lambda: cluster_upstream(cluster, own_credentials=False)  # noqa: E731
     elif instance.kind == DEDICATED:
         key, ttl = f"instance:{instance.pk}:workload", settings.DEDICATED_CREDENTIALS_TTL_S
         build = lambda: upstream_from_kubeconfig(  # noqa: E731
             get_backend(instance.cluster).workload_kubeconfig(instance_spec(instance)),
-            what=f"instance {instance.name}", verified_tls=True,
+            what=f"instance {instance.name}", from_cluster=True,
         )
     else:
         key = f"instance:{instance.pk}:{hash_token(instance.kubeconfig_encrypted)[:16]}"
         build = lambda: upstream_from_kubeconfig(  # noqa: E731
             decrypt(instance.kubeconfig_encrypted), what=f"instance {instance.name}",
-            verified_tls=True,
+            from_cluster=True,
         )
     cached = _upstreams.get(key)
     if cached is None or time.monotonic() - cached[0] > ttl:
         cached = (time.monotonic(), build())
         _upstreams[key] = cached
     return key, cached[1]
+
+
+def _with_access_token(instance: Instance, upstream: Upstream) -> Upstream:
+    """A namespace instance's users act on the cluster as its access ServiceAccount, which
+    holds `admin` in the instance's namespace and nothing else: the API server scopes every
+    request, and the portal impersonates no one. Its short-lived token is minted by
+    TokenRequest and reused for a few minutes; it never leaves the portal."""
+    token, expires = _access_tokens.get(instance.pk, ("", 0.0))
+    if expires - time.time() < ACCESS_TOKEN_MARGIN_S:
+        token, expires = get_backend(instance.cluster).access_token(instance_spec(instance))
+        _access_tokens[instance.pk] = (token, expires)
+    return replace(upstream, headers={"Authorization": f"Bearer {token}"})
 
 
 def _refuse(message: str) -> Refusal:
@@ -279,18 +296,13 @@ def authorize_proxy_request(
         AccessToken.objects.filter(pk=row.pk).update(last_used_at=now, client=client[:300])
     try:
         key, upstream = _upstream(instance)
+        if instance.kind == NAMESPACE:
+            upstream = _with_access_token(instance, upstream)
     except BackendError as exc:
         return Refusal(503, "ServiceUnavailable", exc.message)
-    impersonate = {}
-    if instance.kind == NAMESPACE:
-        impersonate = {
-            "Impersonate-User": access_user(portal_id=settings.PORTAL_ID,
-                                            username=row.user.get_username()),
-            "Impersonate-Group": access_group(portal_id=settings.PORTAL_ID, key=instance.key),
-        }
     return Grant(
         token_id=row.pk, user_id=row.user_id, instance_id=instance.pk, upstream_key=key,
-        upstream=upstream, impersonate=impersonate,
+        upstream=upstream,
     )
 
 

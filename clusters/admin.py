@@ -3,8 +3,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 
 from .backends import BackendError, get_backend
+from .backends.kubernetes import cluster_settings, policies
 from .backends.local import tenants
 from .models import Cluster, GpuAllocation
 
@@ -68,7 +70,7 @@ class ClusterAdmin(admin.ModelAdmin):
     ]
     prepopulated_fields = {"name": ["display_name"]}
     actions = ["test_connection"]
-    readonly_fields = ["notebooks_run_as"]
+    readonly_fields = ["notebooks_run_as", "admission_policies"]
     fieldsets = [
         (None, {"fields": ["display_name", "name", "backend", "description",
                            "notebooks_run_as"]}),
@@ -78,6 +80,7 @@ class ClusterAdmin(admin.ModelAdmin):
             "ingress_from_namespaces", "ingress_from_cidrs", "gpu_resource_name",
             "gpu_model_label", "storage_class", "capi_namespace",
         ]}),
+        ("Admission policies", {"fields": ["admission_policies"]}),
     ]
 
     def save_model(self, request: HttpRequest, obj: Cluster, form: forms.Form,
@@ -85,11 +88,12 @@ class ClusterAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         if obj.backend != Cluster.Backend.KUBERNETES:
             return
-        # The Ingress host policy protects tenants from the first notebook on.
+        # The policies protect tenants (and the cluster from the portal) from the first
+        # instance on; the portal may not install them itself.
         try:
-            report = get_backend(obj).install_host_policy()
+            report = get_backend(obj).policy_report().strip()
         except BackendError as exc:
-            report = f"The Ingress host policy could not be installed: {exc.message}"
+            report = f"Could not read the admission policies: {exc.message}"
         level = messages.SUCCESS if report.endswith("installed.") else messages.WARNING
         self.message_user(request, f"{obj}: {report}", level)
 
@@ -103,6 +107,17 @@ class ClusterAdmin(admin.ModelAdmin):
         if cluster.backend != Cluster.Backend.LOCAL:
             return "-"
         return tenants.mode_line()
+
+    @admin.display(description="apply on the cluster")
+    def admission_policies(self, cluster: Cluster) -> str:
+        """The exact YAML an administrator applies with `kubectl apply -f`: the policies and
+        this cluster's parameter (docs/kubernetes.md, 'Admission policies')."""
+        if cluster.backend != Cluster.Backend.KUBERNETES or not cluster.pk:
+            return "-"
+        objects = [*policies.admission_policies(),
+                   policies.cluster_params(cluster_settings(cluster))]
+        text = "---\n".join(yaml.safe_dump(o, sort_keys=False) for o in objects)
+        return format_html('<pre class="policy-yaml">{}</pre>', text)
 
     @admin.action(description="Test connection")
     def test_connection(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:

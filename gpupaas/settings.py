@@ -432,6 +432,9 @@ DEDICATED_READY_TIMEOUT_S = env_int("DEDICATED_READY_TIMEOUT_S", 2700)
 # The Kubernetes proxy reads a dedicated cluster's kubeconfig again after this long (Cluster
 # API rotates it; the portal keeps no copy).
 DEDICATED_CREDENTIALS_TTL_S = env_int("DEDICATED_CREDENTIALS_TTL_S", 60)
+# Whether an administrator's pasted kubeconfig may run an exec credential plugin (EKS, GKE,
+# OIDC login helpers) on the portal's machine. Kubeconfigs read from clusters never may.
+KUBECONFIG_EXEC_ALLOWED = env_bool("KUBECONFIG_EXEC_ALLOWED", False)
 
 # Remote access: the tokens of downloaded kubeconfigs (hours; users pick up to the maximum),
 # how often the Kubernetes proxy re-checks a long request such as a watch, and how long its

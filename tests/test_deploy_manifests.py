@@ -17,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from clusters.backends.kubernetes import policies
+
 from .conftest import ROOT
 from .kit import envtest, kubeemu
 
@@ -60,13 +62,6 @@ def env_example_keys() -> set[str]:
     return set(re.findall(r"^([A-Z][A-Z0-9_]*)=", text, re.M))
 
 
-def documented_impersonation_rbac() -> list[dict]:
-    text = envtest.RBAC_DOC.read_text()
-    match = re.search(r"<!-- portal-impersonation-rbac -->\s*```yaml\n(.*?)```", text, re.S)
-    assert match, "docs/kubernetes.md lost its impersonation RBAC block"
-    return [doc for doc in yaml.safe_load_all(match.group(1)) if doc]
-
-
 # --- as data (CI) ------------------------------------------------------------------------------
 
 
@@ -88,7 +83,7 @@ def test_every_object_is_valid_against_the_kubernetes_schema(production):
 def test_the_rbac_is_exactly_what_docs_kubernetes_md_documents(production):
     """One source of truth: the manifests' RBAC objects equal the documented blocks (the
     kustomization only adds its labels)."""
-    documented = envtest.documented_rbac() + documented_impersonation_rbac()
+    documented = envtest.documented_rbac() + envtest.documented_policies()
     kinds = {doc["kind"] for doc in documented}
 
     def key(obj: dict) -> tuple[str, str]:
@@ -101,6 +96,8 @@ def test_the_rbac_is_exactly_what_docs_kubernetes_md_documents(production):
 
     rendered = {key(o): bare(o) for o in production if o["kind"] in kinds}
     assert rendered == {key(d): d for d in documented}
+    # The policies are the ones the portal's code describes (the admin page shows those).
+    assert envtest.documented_policies() == policies.admission_policies()
     subjects = one(production, "ClusterRoleBinding", "gpupaas-portal")["subjects"]
     account = one(production, "ServiceAccount", "gpupaas-portal")
     assert subjects == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
@@ -253,3 +250,24 @@ def test_every_object_is_admitted_by_a_real_api_server_without_warnings(real_kub
                                ("batch/v1", "jobs", "gpupaas-migrate")):
         plane.admin_request("DELETE", f"/apis/{kind}/namespaces/gpupaas-system/{plural}/{name}",
                             {"propagationPolicy": "Background"})
+
+
+def test_the_portal_can_impersonate_no_one_nor_write_admission_policies(production):
+    """A stolen portal token is no more than the portal: no `impersonate` verb on anything
+    (RBAC cannot limit it to a prefix), and no write of any admission policy or binding
+    (it could loosen one, or deny every pod in the cluster)."""
+    rules = [rule for o in production if o["kind"] in ("ClusterRole", "Role")
+             for rule in o.get("rules") or []]
+    assert rules
+    assert not [r for r in rules if "impersonate" in r["verbs"] or "*" in r["verbs"]]
+    admission = [r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"]]
+    assert admission and all(r["verbs"] == ["get"] and r.get("resourceNames")
+                             for r in admission)
+    # Tokens only of ServiceAccounts in its own namespaces: granted by the manager role,
+    # which it binds only there (the confinement policy keeps it so).
+    token_rules = [(o["metadata"]["name"], r) for o in production
+                   if o["kind"] == "ClusterRole" for r in o["rules"]
+                   if "serviceaccounts/token" in r["resources"]]
+    assert [name for name, _ in token_rules] == ["gpupaas-portal-manager"]
+    assert {o["metadata"]["name"] for o in production if o["kind"] == "ClusterRoleBinding"} \
+        == {"gpupaas-portal"}

@@ -116,7 +116,8 @@ def test_reconcile_restores_drift(emu, alice, profiles):
 
     services.reconcile_instances()
 
-    assert emu.get("RoleBinding", "owner-admin", ns)["subjects"][0]["name"] == "alice"
+    assert emu.get("RoleBinding", "owner-admin", ns)["subjects"] == [
+        {"kind": "ServiceAccount", "name": "gpupaas-access", "namespace": ns}]
     assert emu.get("NetworkPolicy", "default-deny-ingress", ns) is not None
     assert emu.get("ResourceQuota", "instance-quota", ns) is not None
     instance.refresh_from_db()

@@ -214,7 +214,8 @@ def test_a_virtual_clusters_api_is_used_only_over_verified_tls(emu, flux, inside
     else:
         assert instance.status == Status.FAILED
         assert instance.status_message.startswith(f"The kubeconfig of the virtual cluster "
-                                                  f"alice-vc-{instance.pk} does not verify")
+                                                  f"alice-vc-{instance.pk} is refused: its "
+                                                  "cluster 'inner' ")
         assert instance.status_message.endswith("the portal never connects insecurely.")
 
 
@@ -484,7 +485,8 @@ def test_the_kubernetes_proxy_reaches_the_dedicated_cluster_with_its_current_kub
         grant = access.authorize_proxy_request(token=token, instance_id=instance.pk,
                                                touch=False)
         assert isinstance(grant, access.Grant), grant
-        assert grant.impersonate == {}  # the user is admin of their own cluster
+        # The user is admin of their own cluster: the cluster's own credential, no other.
+        assert not [k for k in grant.upstream.headers if k.lower().startswith("impersonate")]
         url = urlsplit(grant.upstream.base_url)
         conn = http.client.HTTPSConnection(url.hostname, url.port,
                                            context=grant.upstream.ssl_context, timeout=30)

@@ -3,7 +3,9 @@ cluster"). Driven through the official client against the emulator, as the other
 tests; the cluster-side actors (controllers, kubelet) are played through the API too, so the
 same tests can run against a real API server."""
 
+import html
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -139,14 +141,11 @@ def test_each_object_is_one_server_side_apply_request(emu, api, alice, profiles,
     instance = provision(instance)
     assert instance.status == Status.RUNNING
     writes = [r for r in emu.requests.records() if r.method != "GET"]
-    policies = [r for r in writes if "/admissionregistration.k8s.io/" in r.path]
-    applied = [r for r in writes if r not in policies]
-    # namespace, quota, limits, 2 network policies, owner binding: one apply each
-    assert len(applied) == 6
-    assert all(r.method == "PATCH" and r.verb == "patch" for r in applied)
-    # The host policy and its binding are created once and never patched: the portal's
-    # account may create admission policies but not change them.
-    assert [r.method for r in policies] == ["POST", "POST"]
+    # namespace, quota, limits, 2 network policies, access account, owner binding: one
+    # apply each, and no admission policy: those are the administrator's.
+    assert len(writes) == 7
+    assert all(r.method == "PATCH" and r.verb == "patch" for r in writes)
+    assert not [r for r in writes if "/admissionregistration.k8s.io/" in r.path]
     assert not [r for r in emu.requests.records() if r.status == 409]
 
 
@@ -397,7 +396,7 @@ def test_events_of_a_notebook_whose_name_starts_alike_are_not_its_own(
 # --- ingress, placement, storage ------------------------------------------------------------
 
 
-def test_notebook_hosts_are_unguessable_and_the_host_policy_is_installed(
+def test_notebook_hosts_are_unguessable_and_carry_the_namespaces_tag(
     emu, api, alice, notebook_setup
 ):
     emu.add_hook(kubeemu.serve_endpoints)
@@ -407,12 +406,8 @@ def test_notebook_hosts_are_unguessable_and_the_host_policy_is_installed(
     assert one.host_suffix != two.host_suffix and len(one.host_suffix) == 10
     assert one.url == (f"http://nb-one-{one.pk}-{one.host_suffix}-i{instance.pk}"
                        ".apps.example.com/lab")
-    policies = k8s.AdmissionregistrationV1Api(api)
-    policy = policies.read_validating_admission_policy("gpupaas-test-portal-ingress-hosts")
-    assert "apps.example.com" in policy.spec.variables[0].expression
-    binding = policies.read_validating_admission_policy_binding(
-        "gpupaas-test-portal-ingress-hosts")
-    assert binding.spec.validation_actions == ["Deny"]
+    # The host rule is the administrator's policy: the portal wrote none.
+    assert not k8s.AdmissionregistrationV1Api(api).list_validating_admission_policy().items
     ns = k8s.CoreV1Api(api).read_namespace(namespace_of(emu, instance)["metadata"]["name"])
     assert ns.metadata.labels["gpupaas.io/host-tag"] == f"i{instance.pk}"
 
@@ -588,21 +583,48 @@ def test_reconciling_notebooks_inside_a_virtual_cluster_costs_lists_and_no_write
         inner.close()
 
 
-def test_registering_a_cluster_installs_the_host_policy(client, admin_user, emu, api,
-                                                       tmp_path, settings):
+def test_the_admin_applies_the_policies_and_test_connection_checks_them(
+        client, admin_user, emu, api, tmp_path, settings):
+    """Registering a cluster shows the exact YAML to apply (the policies and this cluster's
+    parameter); Test connection says whether they are there and whether the parameter agrees
+    with the portal's settings. The portal itself writes no admission policy."""
     settings.PORTAL_ID = "test-portal"
     client.force_login(admin_user)
-    response = client.post("/admin/clusters/cluster/add/", {
+    form = {
         "display_name": "GPU farm", "name": "gpu-farm", "backend": "kubernetes",
         "kubeconfig": emu.kubeconfig(tmp_path / "config").read_text(),
         "ingress_domain": "apps.example.com", "ingress_class": "nginx",
         "ingress_namespace": "ingress-nginx", "gpu_resource_name": "nvidia.com/gpu",
         "gpu_model_label": "nvidia.com/gpu.product", "capi_namespace": "gpupaas-clusters",
-    }, follow=True)
-    assert "GPU farm: Ingress host policy installed." in response.content.decode()
-    binding = k8s.AdmissionregistrationV1Api(api).read_validating_admission_policy_binding(
-        "gpupaas-test-portal-ingress-hosts")
-    assert binding.spec.policy_name == "gpupaas-test-portal-ingress-hosts"
+    }
+    response = client.post("/admin/clusters/cluster/add/", form, follow=True)
+    assert "GPU farm: Admission policies missing: gpupaas-portal-confined, " \
+        "gpupaas-ingress-hosts, gpupaas-gpu-model" in response.content.decode()
+    cluster = Cluster.objects.get(name="gpu-farm")
+    page = client.get(f"/admin/clusters/cluster/{cluster.pk}/change/").content.decode()
+    shown = re.search(r'<pre class="policy-yaml">(.*?)</pre>', page, re.S).group(1)
+    objects = list(yaml.safe_load_all(html.unescape(shown)))
+    assert objects[-1]["data"]["ingressDomain"] == "apps.example.com"
+    assert not k8s.AdmissionregistrationV1Api(api).list_validating_admission_policy().items
+
+    emu.create({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "gpupaas-system"}})
+    for obj in objects:  # the administrator: kubectl apply -f
+        emu.create(obj)
+    tested = client.post("/admin/clusters/cluster/", {
+        "action": "test_connection", "_selected_action": [cluster.pk]}, follow=True)
+    assert "Admission policies installed." in tested.content.decode()
+
+    form["ingress_domain"] = "new.example.com"  # the domain changes in the portal only
+    form["kubeconfig"] = ""
+    client.post(f"/admin/clusters/cluster/{cluster.pk}/change/", form)
+    tested = client.post("/admin/clusters/cluster/", {
+        "action": "test_connection", "_selected_action": [cluster.pk]}, follow=True)
+    assert ("The policies&#x27; parameter gpupaas-cluster differs from the portal: "
+            "ingressDomain is &#x27;apps.example.com&#x27; on the cluster, "
+            "&#x27;new.example.com&#x27; here.") in tested.content.decode()
+
+
 
 
 def test_one_broken_cluster_never_stops_the_notebook_pass_for_the_others(

@@ -6,6 +6,7 @@ import pytest
 
 from clusters.backends import InstanceSpec, NotebookSpec
 from clusters.backends.kubernetes import manifests as m
+from clusters.backends.kubernetes import policies
 from clusters.backends.kubernetes.names import dns_label, instance_object_name, label_value
 
 K8S_VERSION = "1.31"
@@ -70,8 +71,11 @@ def test_the_namespace_carries_ownership_and_restricted_pod_security():
                 "pod-security.kubernetes.io/warn-version": "v1.31",
                 "gpupaas.io/host-tag": "i42",
             },
+            # The GPU model its pods must select (the administrator's gpupaas-gpu-model policy).
+            "annotations": {"gpupaas.io/gpu-model": "H200"},
         },
     }
+    assert "annotations" not in m.namespace(spec(gpu_model=""), CS)["metadata"]
 
 
 def test_the_quota_holds_the_size_and_forbids_external_services():
@@ -103,13 +107,22 @@ def test_the_owner_is_admin_of_the_namespace_only():
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"
     }
+    # Only the instance's access account, which the proxy's tokens belong to: no portal user
+    # name ever becomes a cluster User or Group.
     assert binding["subjects"] == [
-        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"},
-        # The group the portal's Kubernetes proxy impersonates for this instance's users.
-        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-         "name": f"{CS.portal_id}:instance:inst-42"},
-    ]
+        {"kind": "ServiceAccount", "name": "gpupaas-access", "namespace": "alice-train-llama-42"}]
     assert binding["metadata"]["namespace"] == "alice-train-llama-42"
+    account = m.access_account(spec(), CS)
+    assert account["metadata"]["name"] == "gpupaas-access"
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_a_vclusters_users_hold_nothing_in_its_host_namespace():
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in m.namespace_objects(
+        spec(kind="vcluster"), CS)]
+    assert ("RoleBinding", "owner-admin") not in kinds
+    assert ("ServiceAccount", "gpupaas-access") not in kinds
+    assert "annotations" not in m.namespace(spec(kind="vcluster"), CS)["metadata"]
 
 
 def test_the_portal_holds_the_manager_role_in_its_namespace_only():
@@ -403,18 +416,20 @@ def test_notebook_sources_are_the_clusters_to_choose():
     kubernetes_validate.validate(allow, K8S_VERSION, strict=True)
 
 
-def test_the_host_policy_limits_ingress_hosts_to_the_namespaces_own_tag():
-    policy, binding = m.host_policy(TLS)
-    assert policy["metadata"]["name"] == binding["spec"]["policyName"] == (
-        "gpupaas-test-portal-ingress-hosts")
-    assert policy["spec"]["variables"] == [{"name": "suffix", "expression": (
-        "'-' + namespaceObject.metadata.labels['gpupaas.io/host-tag'] + '.apps.example.com'")}]
-    assert policy["spec"]["failurePolicy"] == "Fail"
-    assert binding["spec"]["validationActions"] == ["Deny"]
-    assert binding["spec"]["matchResources"]["namespaceSelector"] == {
-        "matchLabels": {"app.kubernetes.io/managed-by": "gpupaas",
-                        "gpupaas.io/portal": "test-portal"},
-        "matchExpressions": [{"key": "gpupaas.io/host-tag", "operator": "Exists"}],
-    }
-    for obj in (policy, binding):
+def test_the_admission_policies_are_schema_valid_and_read_the_clusters_parameter():
+    objects = policies.admission_policies()
+    assert [o["metadata"]["name"] for o in objects] == [
+        "gpupaas-portal-confined", "gpupaas-portal-confined", "gpupaas-ingress-hosts",
+        "gpupaas-ingress-hosts", "gpupaas-gpu-model", "gpupaas-gpu-model"]
+    for obj in [*objects, policies.cluster_params(TLS)]:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    bindings = {o["metadata"]["name"]: o["spec"] for o in objects
+                if o["kind"] == "ValidatingAdmissionPolicyBinding"}
+    assert all(b["validationActions"] == ["Deny"] for b in bindings.values())
+    for name in ("gpupaas-ingress-hosts", "gpupaas-gpu-model"):
+        assert bindings[name]["paramRef"] == {"name": "gpupaas-cluster",
+                                              "namespace": "gpupaas-system",
+                                              "parameterNotFoundAction": "Deny"}
+    assert policies.cluster_params(TLS)["data"] == {
+        "ingressDomain": "apps.example.com", "gpuResource": "nvidia.com/gpu",
+        "gpuModelLabel": "nvidia.com/gpu.product"}

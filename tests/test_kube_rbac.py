@@ -234,6 +234,8 @@ def test_every_permission_the_documented_roles_grant_is_one_the_portal_uses(
     get_backend(cluster).check_connection()
     plain = provision(launch(alice, profiles["namespace"], name="plain"))
     get_backend(cluster).ensure_instance(services.instance_spec(plain))  # over what exists
+    # What the Kubernetes proxy asks for its users: a token of the instance's access account.
+    assert get_backend(cluster).access_token(services.instance_spec(plain))[0]
     ns = namespace_of(kube, plain)["metadata"]["name"]
     clusters = []
     if upstream:

@@ -26,7 +26,7 @@ from clusters.models import Cluster
 from instances import services
 from instances.models import ComputeProfile, Instance
 
-from .conftest import ROOT, make_user, wait_for, workspace_of
+from .conftest import make_user, wait_for, workspace_of
 from .kit import kubeemu
 from .kit.asgi import self_signed, serve
 
@@ -232,7 +232,7 @@ def test_another_users_instance_access_pages_are_404(client, alice, bob, alice_i
 # --- kubectl through the proxy -------------------------------------------------------------
 
 
-def test_kubectl_gets_and_applies_as_the_user_impersonated_in_the_namespace(
+def test_kubectl_gets_and_applies_as_the_instances_access_account(
     emu, alice_instance, alice_kubeconfig
 ):
     ns = namespace_of(alice_instance)
@@ -245,14 +245,13 @@ def test_kubectl_gets_and_applies_as_the_user_impersonated_in_the_namespace(
 
     assert out == "world"
     assert emu.get("ConfigMap", "hello", ns)["data"] == {"greeting": "world"}
-    records = emu.requests.records()
-    assert records and all(
-        r.headers.get("impersonate-user") == "test-portal:user:alice"
-        and r.headers.get("impersonate-group") == f"test-portal:instance:{alice_instance.key}"
-        for r in records
-    )
-    # The portal's own credential, never the user's token.
-    assert {r.headers.get("authorization") for r in records} == {f"Bearer {PORTAL_CREDENTIAL}"}
+    records = [r for r in emu.requests.records() if "/serviceaccounts/" not in r.path]
+    # As the instance's access account (a token the portal asked for, TokenRequest), never
+    # the portal's own credential, never the user's token, never impersonating anyone.
+    assert records and {r.user for r in records} == {
+        f"system:serviceaccount:{ns}:gpupaas-access"}
+    assert not [r for r in records if any(h.startswith("impersonate-") for h in r.headers)]
+    assert f"Bearer {PORTAL_CREDENTIAL}" not in {r.headers.get("authorization") for r in records}
     assert {r.verb for r in records} >= {"get", "create"}
     audit = ProxyRequest.objects.filter(instance=alice_instance, user__username="alice")
     wait_for(lambda: set(audit.values_list("verb", flat=True)) >= {"get", "create"}, timeout=5)
@@ -302,15 +301,13 @@ def test_client_sent_impersonation_and_credentials_never_reach_the_cluster(
                  "Impersonate-Extra-Scopes": "all", "Proxy-Authorization": "Basic eA=="},
     )
     assert response.status_code == 200  # the emulator enforces no RBAC; the headers count
-    records = emu.requests.records()
+    records = [r for r in emu.requests.records() if "/serviceaccounts/" not in r.path]
     assert len(records) >= 2
     for record in records:
-        assert record.headers["impersonate-user"] == "test-portal:user:alice"
-        assert record.headers["impersonate-group"] == (
-            f"test-portal:instance:{alice_instance.key}")
-        assert "impersonate-extra-scopes" not in record.headers
+        assert not [h for h in record.headers if h.startswith("impersonate-")]
         assert "proxy-authorization" not in record.headers
-        assert record.headers["authorization"] == f"Bearer {PORTAL_CREDENTIAL}"
+        assert record.user == f"system:serviceaccount:{namespace_of(alice_instance)}:" \
+            "gpupaas-access"
 
 
 # --- refused ------------------------------------------------------------------------------
@@ -468,10 +465,10 @@ def test_kubectl_exec_goes_through_the_portal_over_a_websocket(
     assert result.stdout == "hello from web\n"
     [upgrade] = [r for r in emu.requests.records() if r.path.startswith(
         f"/api/v1/namespaces/{ns}/pods/web/exec")]
-    # Upgraded as alice, never with her token or anything she sent about identity.
+    # Upgraded as the instance's access account, never with her token or the portal's.
     assert upgrade.headers["upgrade"].lower() == "websocket"
-    assert upgrade.headers["impersonate-user"] == "test-portal:user:alice"
-    assert upgrade.headers["authorization"] == f"Bearer {PORTAL_CREDENTIAL}"
+    assert upgrade.user == f"system:serviceaccount:{ns}:gpupaas-access"
+    assert "impersonate-user" not in upgrade.headers
     assert "v5.channel.k8s.io" in upgrade.headers["sec-websocket-protocol"]
     row = wait_for(lambda: ProxyRequest.objects.filter(verb="exec").first(), timeout=5)
     assert row.status == 101 and row.path.startswith(f"/api/v1/namespaces/{ns}/pods/web/exec")
@@ -535,27 +532,16 @@ def test_a_revoked_token_cannot_open_an_exec_stream(emu, alice_instance, alice_k
 # the real-server kit's session fixture `real_kube` (skipped when there is none).
 
 
-def documented_impersonation_rbac() -> list[dict]:
-    """The impersonation rule of docs/kubernetes.md, exactly as an administrator copies it."""
-    import re
-
-    text = (ROOT / "docs" / "kubernetes.md").read_text()
-    block = re.search(r"<!-- portal-impersonation-rbac -->\s*```yaml\n(.*?)```", text, re.S)
-    return [doc for doc in yaml.safe_load_all(block.group(1)) if doc]
-
-
 @pytest.fixture
 def real_profile(request, transactional_db, tmp_path) -> ComputeProfile:
     """A namespace profile on the real API server, reached with the portal's documented
-    RBAC (its ServiceAccount token) plus the documented impersonation rule."""
+    RBAC and admission policies (its ServiceAccount token), and no impersonation rule."""
     if not os.environ.get("KUBEBUILDER_ASSETS"):
         pytest.skip("no real API server: set KUBEBUILDER_ASSETS")
     try:
         server = request.getfixturevalue("real_kube")
     except pytest.FixtureLookupError:
         pytest.skip("the real API server kit (fixture real_kube) is not on this branch")
-    for obj in documented_impersonation_rbac():
-        server.plane.apply_admin(obj)
     cluster = Cluster(name="real", display_name="Real API server", backend="kubernetes")
     cluster.set_kubeconfig(server.plane.write_kubeconfig(
         tmp_path / "portal-sa.yaml", token=server.token).read_text())
@@ -593,8 +579,9 @@ def test_on_a_real_server_the_user_is_admin_of_the_namespace_only(real_kubeconfi
 
     refused = kubectl(kubeconfig, "get", "pods", "-n", "kube-system", check=False)
     assert refused.returncode != 0
-    # The API server refused it, naming the impersonated user: not the portal.
-    assert 'User "test-portal:user:alice" cannot list resource "pods"' in refused.stderr
+    # The API server refused it, naming the instance's access account: not the portal.
+    assert (f'User "system:serviceaccount:{ns}:gpupaas-access" cannot list resource "pods"'
+            in refused.stderr)
     wait_for(lambda: ProxyRequest.objects.filter(
         status=403, path__contains="/namespaces/kube-system/").exists(), timeout=5)
 
@@ -635,7 +622,8 @@ def test_on_a_real_server_exec_is_upgraded_as_the_user_and_its_answer_reaches_ku
                 additional_headers={"Authorization": f"Bearer {token_of(kubeconfig)}"})
     assert refused.value.response.status_code == 403
     status = json.loads(refused.value.response.body)
-    assert 'User "test-portal:user:alice" cannot' in status["message"]
+    assert (f'User "system:serviceaccount:{namespace_of(instance)}:gpupaas-access" cannot'
+            in status["message"])
     assert '"pods/exec"' in status["message"] and status["reason"] == "Forbidden"
     assert wait_for(lambda: ProxyRequest.objects.filter(verb="exec", status=403).exists(),
                     timeout=5)

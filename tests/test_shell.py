@@ -181,8 +181,8 @@ def test_kubectl_runs_as_the_user_through_the_portal_with_the_same_audit(
     assert wait_for(lambda: ProxyRequest.objects.filter(
         token=token, path=f"/api/v1/namespaces/{namespace}", status=200).exists(), timeout=5), \
         list(ProxyRequest.objects.values_list("path", "status"))
-    assert emu.requests.records()[-1].headers["impersonate-user"] == (
-        f"{settings.PORTAL_ID}:user:alice")
+    assert emu.requests.records()[-1].user == (
+        f"system:serviceaccount:{namespace}:gpupaas-access")
     assert AuditEvent.objects.filter(action="shell.opened", object_id=str(alice_kube.pk))\
         .exists()
 

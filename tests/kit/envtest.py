@@ -74,14 +74,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def documented_rbac() -> list[Obj]:
-    """The RBAC objects of docs/kubernetes.md: the YAML block that follows the marker
-    ``<!-- portal-rbac -->``, exactly as an administrator would copy it."""
+def documented_block(marker: str) -> list[Obj]:
+    """The objects of one YAML block of docs/kubernetes.md, the one after ``<!-- marker -->``,
+    exactly as an administrator would copy it."""
     text = RBAC_DOC.read_text()
-    match = re.search(r"<!-- portal-rbac -->\s*```yaml\n(.*?)```", text, re.S)
+    match = re.search(rf"<!-- {marker} -->\s*```yaml\n(.*?)```", text, re.S)
     if not match:
-        raise AssertionError(f"{RBAC_DOC} has no '<!-- portal-rbac -->' YAML block")
+        raise AssertionError(f"{RBAC_DOC} has no '<!-- {marker} -->' YAML block")
     return [doc for doc in yaml.safe_load_all(match.group(1)) if doc]
+
+
+def documented_rbac() -> list[Obj]:
+    """The portal's RBAC as docs/kubernetes.md gives it."""
+    return documented_block("portal-rbac")
+
+
+def documented_policies() -> list[Obj]:
+    """The admission policies the administrator installs with the portal, as documented."""
+    return documented_block("portal-policies")
+
+
+# The policies' parameter on the test server: the ingress domain most tests use.
+TEST_POLICY_PARAMS = {
+    "apiVersion": "v1", "kind": "ConfigMap",
+    "metadata": {"name": "gpupaas-cluster", "namespace": "gpupaas-system"},
+    "data": {"ingressDomain": "apps.example.com", "gpuResource": "nvidia.com/gpu",
+             "gpuModelLabel": "nvidia.com/gpu.product"},
+}
 
 
 # ---------------------------------------------------------------------------- certificates
@@ -344,13 +363,14 @@ class ControlPlane:
             return raw.decode()
 
     def portal_token(self, *, seconds: int = 86400) -> str:
-        """Create the portal's ServiceAccount, apply the documented RBAC for it, and return a
-        token of that ServiceAccount (TokenRequest API)."""
+        """Create the portal's ServiceAccount, apply every RBAC and admission policy block the
+        docs show (never a subset) with the policies' parameter, and return a token of that
+        ServiceAccount (TokenRequest API)."""
         ns = PORTAL_NAMESPACE
         self.apply_admin({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         self.apply_admin({"apiVersion": "v1", "kind": "ServiceAccount",
                           "metadata": {"name": PORTAL_ACCOUNT, "namespace": ns}})
-        for obj in documented_rbac():
+        for obj in [*documented_rbac(), *documented_policies(), TEST_POLICY_PARAMS]:
             self.apply_admin(obj)
         answer = self.admin_request(
             "POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{PORTAL_ACCOUNT}/token",

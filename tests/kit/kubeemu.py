@@ -2489,6 +2489,9 @@ class RequestRecord:
     status: int | None = None
     fault: FaultKind | None = None
     headers: dict[str, str] = field(default_factory=dict)  # as received, names lowercased
+    # Who the request's bearer token names, when it is a ServiceAccount token this emulator
+    # minted (TokenRequest); None for any other credential (the emulator authenticates none).
+    user: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -2785,6 +2788,7 @@ class _Handler(BaseHTTPRequestHandler):
                 route.name,
                 route.pattern,
                 headers={k.lower(): v for k, v in self.headers.items()},
+                user=emu.token_user(self.headers.get("Authorization") or ""),
             )
         )
         raw = self._read_body()
@@ -2812,7 +2816,8 @@ class _Handler(BaseHTTPRequestHandler):
         emu = self.server.emulator
         record = emu.requests._begin(RequestRecord(
             self.command, self.path, route.verb, route.resource, route.namespace, route.name,
-            route.pattern, headers={k.lower(): v for k, v in self.headers.items()}))
+            route.pattern, headers={k.lower(): v for k, v in self.headers.items()},
+            user=emu.token_user(self.headers.get("Authorization") or "")))
         self._read_body()
         info = emu.catalog.lookup("", "v1", "pods")
         pod = emu.store.find(info, route.namespace, route.name or "")
@@ -3020,6 +3025,8 @@ class Emulator(Served):
             ready_delay=ready_delay,
             namespace_delete_delay=namespace_delete_delay,
         )
+        self._tokens: dict[str, tuple[str, float]] = {}  # TokenRequest: token -> (user, expiry)
+        self._tokens_lock = threading.Lock()
         self._listen(host, port, faults)
         self._serve()
 
@@ -3212,6 +3219,49 @@ class Emulator(Served):
             traceback.print_exc()
             return _Response(500, ApiError(500, "InternalError", f"kubeemu: {exc!r}").status())
 
+    def _token_request(self, namespace: str | None, name: str, body: Any) -> Obj:
+        """TokenRequest (authentication.k8s.io/v1) for a ServiceAccount, as a real server
+        answers it: the account must exist, at least ten minutes, and the token is a JWT whose
+        subject is the account (its signature means nothing here)."""
+        info = self.catalog.lookup("", "v1", "serviceaccounts")
+        if self.store.find(info, namespace, name) is None:
+            raise _not_found("", "serviceaccounts", name)
+        spec = dict((body or {}).get("spec") or {})
+        seconds = int(spec.get("expirationSeconds") or 3600)
+        if seconds < 600:
+            raise ApiError(422, "Invalid", f'TokenRequest.authentication.k8s.io "{name}" is '
+                           f"invalid: spec.expirationSeconds: Invalid value: {seconds}: may "
+                           "not specify a duration less than 10 minutes")
+        user = f"system:serviceaccount:{namespace}:{name}"
+        expires = int(time.time()) + seconds
+
+        def part(value: Obj) -> str:
+            return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+        token = ".".join([part({"alg": "RS256", "kid": "kubeemu"}), part({
+            "sub": user, "exp": expires, "iat": int(time.time()),
+            "aud": spec.get("audiences") or ["https://kubernetes.default.svc"],
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name}},
+            "jti": uuid.uuid4().hex}), part({"sig": uuid.uuid4().hex})])
+        with self._tokens_lock:
+            self._tokens[token] = (user, float(expires))
+        stamp = datetime.datetime.fromtimestamp(expires, datetime.UTC)
+        return {
+            "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
+            "spec": {"audiences": spec.get("audiences") or ["https://kubernetes.default.svc"],
+                     "expirationSeconds": seconds, "boundObjectRef": None},
+            "status": {"token": token,
+                       "expirationTimestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        }
+
+    def token_user(self, authorization: str) -> str | None:
+        """The ServiceAccount a bearer token minted here names, while it has not expired."""
+        token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+        with self._tokens_lock:
+            found = self._tokens.get(token)
+        return found[0] if found and found[1] > time.time() else None
+
     def _discovery(self, path: str) -> _Response:
         parts = [p for p in path.split("/") if p]
         gvs = self.catalog.group_versions()
@@ -3299,6 +3349,8 @@ class Emulator(Served):
         if sub is not None:
             if sub not in info.subresources or name is None:
                 raise _no_resource()
+            if sub == "token" and info.plural == "serviceaccounts" and route.verb == "create":
+                return _Response(201, self._token_request(ns, name, body))
             if route.verb not in ("get", "update", "patch"):
                 raise _not_allowed()
             if sub == "scale":

@@ -25,6 +25,7 @@ from ..base import (
     NotebookState,
 )
 from . import manifests as m
+from . import policies
 from .client import ClientSettings, KubeClient, RateLimiter, api_client
 from .credentials import NEEDS, bearer_token, expiry_in_words, token_claims
 from .status import (
@@ -43,6 +44,7 @@ Target = tuple[str, str, str, str | None]  # apiVersion, kind, name, namespace
 LISTED_KINDS = [
     ("v1", "Namespace"), ("v1", "ResourceQuota"), ("v1", "LimitRange"),
     ("networking.k8s.io/v1", "NetworkPolicy"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("v1", "ServiceAccount"),
     (m.FLUX_SOURCE, "HelmRepository"), (m.FLUX_HELM, "HelmRelease"), (m.CAPI, "Cluster"),
 ]
 CAPI_CLUSTER = (m.CAPI, "Cluster")
@@ -60,7 +62,8 @@ CHART_FAILED = {"InstallFailed": "install", "UpgradeFailed": "upgrade",
 
 _clients: dict[int, tuple[Any, KubeClient]] = {}
 _clients_lock = threading.Lock()
-_host_policies: set[tuple[int, Any]] = set()  # (cluster, its updated_at) applied by this process
+# How long a user's proxy token lives (the API server's minimum), and how long it is reused.
+ACCESS_TOKEN_S = 600
 
 
 def client_for(cluster: Cluster) -> KubeClient:
@@ -72,7 +75,8 @@ def client_for(cluster: Cluster) -> KubeClient:
             return cached[1]
         try:
             kubeconfig = None if cluster.in_cluster else yaml.safe_load(cluster.kubeconfig)
-            api = api_client(kubeconfig, in_cluster=cluster.in_cluster)
+            api = api_client(kubeconfig, in_cluster=cluster.in_cluster,
+                             allow_exec=settings.KUBECONFIG_EXEC_ALLOWED)
         except Exception as exc:  # a broken kubeconfig is the admin's to fix, in words
             raise BackendError(
                 f"The portal cannot use the credentials of {cluster}: {exc}", detail=repr(exc)
@@ -182,7 +186,7 @@ class KubernetesBackend:
         try:
             version = self.kube.version().get("gitVersion", "unknown version")
             missing = self.missing_permissions()
-            policy = self._ensure_host_policy(force=True)
+            policy = self.policy_report()
         except BackendError as exc:
             return f"{exc.message} ({exc.detail[:300]})"
         except ApiException as exc:
@@ -240,35 +244,51 @@ class KubernetesBackend:
                         f"{verb} {what}" + (f" ({group})" if group else ""))
         return missing
 
-    def install_host_policy(self) -> str:
-        """For the admin, when the cluster is registered or changed: the words say how it went."""
-        return self._ensure_host_policy(force=True).strip()
-
-    def _ensure_host_policy(self, *, force: bool = False) -> str:
-        """Install the Ingress host policy (see manifests.host_policy), once per process and
-        cluster version unless forced; the words say what happened, for Test connection."""
-        key = (self.cluster.pk, self.cluster.updated_at)
+    def policy_report(self) -> str:
+        """Whether the administrator's admission policies are on the cluster and their
+        parameter says what the portal's settings say; the portal reads them, never writes."""
         if not self.cs.ingress_domain:
             return " No ingress domain: notebooks cannot run here until one is set."
-        if key in _host_policies and not force:
-            return ""
-        try:
-            # Created, never changed: the portal's account may create admission policies but
-            # not alter them, so a stolen token cannot loosen this or any other one.
-            for obj in m.host_policy(self.cs):
-                self.kube.create(obj)
-        except BackendError as exc:
-            log.warning("host policy on %s not installed: %s", self.cluster, exc.detail)
-            return f" The Ingress host policy could not be installed: {exc.message}"
-        _host_policies.add(key)
-        return " Ingress host policy installed."
+        missing = [name for name in policies.POLICY_NAMES
+                   if self.kube.get(policies.ADMISSION, "ValidatingAdmissionPolicy", name)
+                   is None]
+        if missing:
+            return (f" Admission policies missing: {', '.join(missing)}; apply the YAML on "
+                    "this cluster's page (docs/kubernetes.md, 'Admission policies').")
+        found = self.kube.get("v1", "ConfigMap", policies.PARAMS_NAME, policies.PORTAL_ACCOUNT[0])
+        wanted = policies.cluster_params(self.cs)["data"]
+        if found is None:
+            return (f" The policies' parameter {policies.PORTAL_ACCOUNT[0]}/"
+                    f"{policies.PARAMS_NAME} is missing, so every Ingress and GPU pod in an "
+                    "instance is refused; apply it from this cluster's page.")
+        differ = [f"{key} is {(found.get('data') or {}).get(key, '')!r} on the cluster, "
+                  f"{value!r} here" for key, value in wanted.items()
+                  if (found.get("data") or {}).get(key, "") != value]
+        if differ:
+            return (f" The policies' parameter {policies.PARAMS_NAME} differs from the portal: "
+                    f"{'; '.join(differ)}. Apply it again from this cluster's page.")
+        return " Admission policies installed."
+
+    def access_token(self, spec: InstanceSpec) -> tuple[str, float]:
+        """A short-lived token of the instance's access account (TokenRequest), with which the
+        proxy forwards its users' requests: the API server scopes it to the namespace by the
+        account's one RoleBinding, and it expires on its own. (token, expiry as epoch s)."""
+        ns = m.object_name(spec)
+        answer = self.kube.create_token(ns, m.ACCESS_ACCOUNT, ACCESS_TOKEN_S)
+        if answer is None:  # an instance made before access accounts: add it now, once
+            self._apply_all([m.access_account(spec, self.cs), m.owner_role_binding(spec, self.cs)])
+            answer = self.kube.create_token(ns, m.ACCESS_ACCOUNT, ACCESS_TOKEN_S)
+        status = (answer or {}).get("status") or {}
+        if not status.get("token"):
+            raise BackendError(f"{self.cluster} gave no token for {ns}/{m.ACCESS_ACCOUNT}.")
+        return status.get("token", ""), _timestamp(status.get("expirationTimestamp")) or (
+            time.time() + ACCESS_TOKEN_S)
 
     # -- instances
 
     def ensure_instance(self, spec: InstanceSpec) -> InstanceState:
         if spec.kind == "dedicated":
             return self._ensure_dedicated(spec)
-        self._ensure_host_policy()
         applied = self._apply_all(self._instance_objects(spec))
         return self._namespaced_state(spec, applied[-1])
 
@@ -417,7 +437,10 @@ class KubernetesBackend:
         kubeconfig that is not HTTPS or turns verification off is refused, never used."""
         try:
             config = yaml.safe_load(kubeconfig)
-            api = api_client(config)
+            api = api_client(config, from_cluster=True)
+        except ValueError as exc:  # check_kubeconfig: a cluster's kubeconfig is data only
+            raise BackendError(f"The kubeconfig of {what} is refused: {exc}.",
+                               detail=repr(exc)) from exc
         except Exception as exc:
             raise BackendError(f"The credentials of {what} cannot be used: {exc}",
                                detail=repr(exc)) from exc

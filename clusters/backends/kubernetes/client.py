@@ -27,6 +27,7 @@ RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("v1", "ResourceQuota"): ("/api/v1", "resourcequotas", True),
     ("v1", "LimitRange"): ("/api/v1", "limitranges", True),
     ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps", True),
     ("v1", "Service"): ("/api/v1", "services", True),
     ("v1", "Secret"): ("/api/v1", "secrets", True),
     ("v1", "Event"): ("/api/v1", "events", True),
@@ -146,14 +147,57 @@ class ClientSettings:
     retry_base_s: float = 0.5
 
 
-def api_client(kubeconfig: dict | None, *, in_cluster: bool = False) -> ApiClient:
-    """An ApiClient without urllib3's own retries: ours count and pace every attempt."""
+# Kubeconfig fields that run a program or read a file of the portal's machine.
+RUNS_CODE = ("exec", "auth-provider")
+READS_FILES = ("certificate-authority", "client-certificate", "client-key", "tokenFile")
+INSECURE = "the portal never connects insecurely"
+
+
+def check_kubeconfig(kubeconfig: Any, *, from_cluster: bool, allow_exec: bool = False) -> None:
+    """Refuse, in words, a kubeconfig that would make the portal run a program or read its own
+    files. One an administrator pasted may use an exec plugin where `allow_exec` (the
+    KUBECONFIG_EXEC_ALLOWED setting) says so; one read from a cluster (a virtual cluster's,
+    a dedicated cluster's) is data only: verified HTTPS with its CA inline, a token or a
+    client certificate inline, nothing else."""
+    if not isinstance(kubeconfig, dict):
+        raise ValueError("it is not a kubeconfig (a YAML mapping)")
+    for entry in kubeconfig.get("users") or []:
+        user = (entry or {}).get("user") or {}
+        name = (entry or {}).get("name", "")
+        for key in RUNS_CODE:
+            if user.get(key) and (from_cluster or not allow_exec):
+                where = ("a kubeconfig read from a cluster never runs one" if from_cluster
+                         else "set KUBECONFIG_EXEC_ALLOWED=true to allow exec plugins in "
+                         "administrators' kubeconfigs")
+                raise ValueError(f"its user {name!r} runs a program ({key}); {where}")
+        if from_cluster and any(user.get(key) for key in READS_FILES):
+            raise ValueError(f"its user {name!r} names a file of the portal's machine")
+    if not from_cluster:
+        return
+    for entry in kubeconfig.get("clusters") or []:
+        cluster = (entry or {}).get("cluster") or {}
+        name = (entry or {}).get("name", "")
+        if not str(cluster.get("server", "")).startswith("https://"):
+            raise ValueError(f"its cluster {name!r} is not served over HTTPS; {INSECURE}")
+        if cluster.get("insecure-skip-tls-verify") or cluster.get("proxy-url"):
+            raise ValueError(f"its cluster {name!r} turns TLS verification off or goes "
+                             f"through a proxy; {INSECURE}")
+        if cluster.get("certificate-authority") or not cluster.get(
+                "certificate-authority-data"):
+            raise ValueError(f"its cluster {name!r} carries no CA of its own; {INSECURE}")
+
+
+def api_client(kubeconfig: dict | None, *, in_cluster: bool = False, from_cluster: bool = False,
+               allow_exec: bool = False) -> ApiClient:
+    """An ApiClient without urllib3's own retries: ours count and pace every attempt. The
+    kubeconfig is checked first (`check_kubeconfig`): loading one runs its exec plugin."""
     from kubernetes import config
 
     configuration = Configuration()
     if in_cluster:
         config.load_incluster_config(client_configuration=configuration)
     else:
+        check_kubeconfig(kubeconfig or {}, from_cluster=from_cluster, allow_exec=allow_exec)
         config.load_kube_config_from_dict(kubeconfig or {}, client_configuration=configuration)
     configuration.retries = False
     return ApiClient(configuration)
@@ -330,7 +374,22 @@ class KubeClient:
             raise _refusal(exc, None, self.settings.cluster) from exc
 
     def version(self) -> Manifest:
-        return self.request("GET", "/version")
+        try:
+            return self.request("GET", "/version")
+        except ApiException as exc:  # a 401 from a cluster that no longer takes the credential
+            raise _refusal(exc, None, self.settings.cluster) from exc
+
+    def create_token(self, namespace: str, account: str, seconds: int) -> Manifest | None:
+        """A TokenRequest for a ServiceAccount (its answer); None when the account is missing."""
+        try:
+            return self.request(
+                "POST", resource_path("v1", "ServiceAccount", namespace, account) + "/token",
+                body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                      "spec": {"expirationSeconds": seconds}})
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _refusal(exc, None, self.settings.cluster) from exc
 
     def served(self, api_version: str, kind: str) -> bool:
         """Whether the server serves this kind (its CRD is installed), from discovery."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..base import InstanceSpec, NotebookSpec, token_digest
-from .names import access_group, dns_label, instance_object_name, label_value
+from .names import dns_label, instance_object_name, label_value
 
 Manifest = dict[str, Any]
 
@@ -19,8 +19,14 @@ PORTAL_LABEL = "gpupaas.io/portal"
 # tighten what instances may run without us noticing.
 PSA_VERSION = "v1.31"
 RBAC = "rbac.authorization.k8s.io"
-# On every tenant namespace: the tag its Ingress hosts must carry (see host_policy).
+# On every tenant namespace: the tag its Ingress hosts must carry (see policies.py).
 HOST_TAG_LABEL = "gpupaas.io/host-tag"
+# On a namespace instance whose size names a GPU model: what its pods must select
+# (policies.gpu_model_policy).
+GPU_MODEL_ANNOTATION = "gpupaas.io/gpu-model"
+# The ServiceAccount users of a namespace instance act as, through the portal's proxy: bound
+# to `admin` in its namespace only, and reached with short-lived TokenRequest tokens.
+ACCESS_ACCOUNT = "gpupaas-access"
 VCLUSTER_RELEASE = "vcluster"
 # The vcluster chart the portal installs (its values below follow this version's schema).
 VCLUSTER_VERSION = "0.20.6"
@@ -96,12 +102,11 @@ def namespace(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
         for mode in ("enforce", "audit", "warn")
         for suffix, value in (("", "restricted"), ("-version", PSA_VERSION))
     }
-    return {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": object_name(spec), "labels": {
-            **labels(spec, cs), **psa, HOST_TAG_LABEL: host_tag(spec)}},
-    }
+    meta: Manifest = {"name": object_name(spec), "labels": {
+        **labels(spec, cs), **psa, HOST_TAG_LABEL: host_tag(spec)}}
+    if spec.kind == "namespace" and spec.gpu_model:
+        meta["annotations"] = {GPU_MODEL_ANNOTATION: spec.gpu_model}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
 
 def resource_quota(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
@@ -189,32 +194,44 @@ def network_policies(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]:
     return [deny, allow]
 
 
+def access_account(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
+    """Who the instance's users are on the cluster: the portal's proxy forwards their requests
+    with a short-lived token of this account (TokenRequest), never impersonating anyone. It
+    mounts its token into no pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(spec, cs, ACCESS_ACCOUNT, object_name(spec)),
+        "automountServiceAccountToken": False,
+    }
+
+
 def owner_role_binding(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
-    # The built-in `admin` ClusterRole, bound in this namespace only: full control of the
-    # instance, nothing outside it (no quota or namespace edits).
+    # The built-in `admin` ClusterRole, bound in this namespace only, to the access account:
+    # full control of the instance, nothing outside it (no quota or namespace edits).
+    ns = object_name(spec)
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _meta(spec, cs, "owner-admin", object_name(spec)),
+        "metadata": _meta(spec, cs, "owner-admin", ns),
         "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "admin"},
-        "subjects": [
-            {"apiGroup": RBAC, "kind": "User", "name": spec.owner},
-            # Whoever the portal's proxy lets in (owner or collaborator) comes as this group.
-            {"apiGroup": RBAC, "kind": "Group",
-             "name": access_group(portal_id=cs.portal_id, key=spec.key)},
-        ],
+        "subjects": [{"kind": "ServiceAccount", "name": ACCESS_ACCOUNT, "namespace": ns}],
     }
 
 
 def namespace_objects(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]:
-    """A `namespace` instance, in the order they are created."""
-    return [
+    """A `namespace` instance (or a vcluster's host namespace), in the order they are created.
+    A vcluster's users reach the virtual cluster only: nothing binds them in the host
+    namespace, where the vcluster's own StatefulSet, Secrets and values live."""
+    objects = [
         namespace(spec, cs),
         resource_quota(spec, cs),
         limit_range(spec, cs),
         *network_policies(spec, cs),
-        owner_role_binding(spec, cs),
     ]
+    if spec.kind == "namespace":
+        objects += [access_account(spec, cs), owner_role_binding(spec, cs)]
+    return objects
 
 
 # --- vcluster (through Flux) -------------------------------------------------------------------
@@ -567,64 +584,6 @@ NGINX_ANNOTATIONS = {
     "nginx.ingress.kubernetes.io/proxy-read-timeout": "3600",
     "nginx.ingress.kubernetes.io/proxy-send-timeout": "3600",
 }
-
-
-def host_policy(cs: ClusterSettings) -> list[Manifest]:
-    """A ValidatingAdmissionPolicy and its binding: in every namespace of this portal, an
-    Ingress may only name hosts that end in the namespace's own tag under the ingress
-    domain. A tenant with `admin` in its namespace therefore cannot claim another tenant's
-    notebook host (nor any other host under the domain) and receive its traffic."""
-    name = f"gpupaas-{cs.portal_id}-ingress-hosts"
-    suffix = (f"'-' + namespaceObject.metadata.labels['{HOST_TAG_LABEL}'] + "
-              f"'.{cs.ingress_domain}'")
-    return [
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY,
-                                                  PORTAL_LABEL: cs.portal_id}},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{
-                    "apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"],
-                    "operations": ["CREATE", "UPDATE"], "resources": ["ingresses"],
-                }]},
-                "variables": [{"name": "suffix", "expression": suffix}],
-                "validations": [
-                    {
-                        "expression": "!has(object.spec.defaultBackend) && "
-                        "has(object.spec.rules) && object.spec.rules.all(r, has(r.host) && "
-                        "r.host.endsWith(variables.suffix))",
-                        "messageExpression": "'every Ingress rule in this namespace needs a "
-                        "host ending in ' + variables.suffix",
-                        "reason": "Forbidden",
-                    },
-                    {
-                        "expression": "!has(object.spec.tls) || object.spec.tls.all(t, "
-                        "!has(t.hosts) || t.hosts.all(h, h.endsWith(variables.suffix)))",
-                        "messageExpression": "'TLS hosts in this namespace must end in ' + "
-                        "variables.suffix",
-                        "reason": "Forbidden",
-                    },
-                ],
-            },
-        },
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY,
-                                                  PORTAL_LABEL: cs.portal_id}},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {
-                    "matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY,
-                                    PORTAL_LABEL: cs.portal_id},
-                    "matchExpressions": [{"key": HOST_TAG_LABEL, "operator": "Exists"}],
-                }},
-            },
-        },
-    ]
 
 
 def notebook_labels(spec: NotebookSpec, cs: ClusterSettings) -> dict[str, str]:

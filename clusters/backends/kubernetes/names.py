@@ -33,15 +33,3 @@ def instance_object_name(*, key: str, owner: str, name: str) -> str:
     room = 63 - len(number) - 1
     readable = dns_label(f"{owner[:20]}-{name}", room)
     return f"{readable}-{number}"
-
-
-def access_group(*, portal_id: str, key: str) -> str:
-    """The group the portal's Kubernetes proxy impersonates for users of one instance; the
-    instance's RoleBinding grants it `admin` in that namespace only."""
-    return f"{portal_id}:instance:{key}"
-
-
-def access_user(*, portal_id: str, username: str) -> str:
-    """The user name the proxy impersonates for a portal user: prefixed, so that no portal
-    user name can ever pose as one of the cluster's own users (`system:...`, an admin)."""
-    return f"{portal_id}:user:{username}"
