@@ -1,5 +1,6 @@
 import yaml
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -7,6 +8,7 @@ from django.utils.html import format_html
 
 from .backends import BackendError, get_backend
 from .backends.kubernetes import cluster_settings, policies
+from .backends.kubernetes.client import check_kubeconfig
 from .backends.local import tenants
 from .models import Cluster, GpuAllocation
 
@@ -38,6 +40,11 @@ class ClusterForm(forms.ModelForm):
             raise forms.ValidationError(f"This is not valid YAML: {exc}") from exc
         if not isinstance(config, dict) or not config.get("clusters"):
             raise forms.ValidationError("This is not a kubeconfig: it lists no clusters.")
+        try:
+            check_kubeconfig(config, from_cluster=False,
+                             allow_exec=settings.KUBECONFIG_EXEC_ALLOWED)
+        except ValueError as exc:
+            raise forms.ValidationError(f"This kubeconfig cannot be used: {exc}.") from exc
         return text
 
     def clean(self) -> dict:

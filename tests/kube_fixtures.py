@@ -3,6 +3,7 @@ the official client, a portal Cluster pointing at it, and one profile per instan
 
 tests/conftest.py imports the fixtures, so every test module sees them."""
 
+import contextlib
 import secrets
 
 import pytest
@@ -159,3 +160,12 @@ def capi(upstream, inside, cluster, settings):
                               "namespace": envtest.PORTAL_NAMESPACE}]})
         yield controllers.ClusterApi(api, inside.kubeconfig,
                                      selector=f"gpupaas.io/portal={settings.PORTAL_ID}")
+        # What the test left: its Clusters keep Cluster API's finalizer, which only the kit's
+        # controller (stopped now) drops. Released, so that nothing later waits on them.
+        custom = k8s.CustomObjectsApi(api)
+        with contextlib.suppress(k8s.ApiException):  # a test that uninstalled Cluster API
+            for item in custom.list_namespaced_custom_object(
+                    "cluster.x-k8s.io", "v1beta2", ns, "clusters").get("items") or []:
+                custom.patch_namespaced_custom_object(
+                    "cluster.x-k8s.io", "v1beta2", ns, "clusters", item["metadata"]["name"],
+                    {"metadata": {"finalizers": None}})

@@ -81,3 +81,31 @@ def test_test_connection_reports_the_server_or_the_error(client, admin_user, emu
     assert "Good: Connected: Kubernetes v" in page
     assert "allocatable GPUs: none." in page
     assert "Bad: The cluster Bad is not answering" in page
+
+
+def test_an_exec_plugin_in_a_pasted_kubeconfig_needs_the_setting(
+        client, admin_user, emu, tmp_path, settings):
+    """An administrator's kubeconfig may run a credential plugin on the portal's machine only
+    where KUBECONFIG_EXEC_ALLOWED says so; refused on the form, nothing saved, nothing run."""
+    import yaml
+
+    marker = tmp_path / "ran"
+    config = yaml.safe_load(emu.kubeconfig(tmp_path / "config").read_text())
+    config["users"][0]["user"] = {"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1", "command": "sh",
+        "args": ["-c", f"touch {marker}; echo '{{\"apiVersion\": "
+                       f"\"client.authentication.k8s.io/v1\", \"kind\": \"ExecCredential\", "
+                       f"\"status\": {{\"token\": \"t\"}}}}'"],
+        "interactiveMode": "Never"}}
+    client.force_login(admin_user)
+    response = client.post(ADD, form(kubeconfig=yaml.safe_dump(config)))
+    assert response.status_code == 200
+    assert ("This kubeconfig cannot be used: its user " in response.content.decode()
+            and "runs a program (exec); set KUBECONFIG_EXEC_ALLOWED=true to allow exec "
+            "plugins in administrators&#x27; kubeconfigs." in response.content.decode())
+    assert not Cluster.objects.exists() and not marker.exists()
+
+    settings.KUBECONFIG_EXEC_ALLOWED = True
+    response = client.post(ADD, form(kubeconfig=yaml.safe_dump(config)), follow=True)
+    assert Cluster.objects.filter(name="gpu-farm").exists(), response.content.decode()[:3000]
+    assert marker.exists()  # its plugin ran, as the administrator allowed

@@ -316,6 +316,21 @@ def test_quota_refusals_are_explained():
     assert explain_events([{"type": "Normal", "reason": "Pulled", "message": "ok"}]) is None
 
 
+def test_a_failed_scheduling_from_before_the_pod_was_scheduled_is_history():
+    """The scheduler's FailedScheduling stays among the events after the pod is bound: once
+    the pod is scheduled, it no longer reads "Unschedulable"; a later pull failure still
+    speaks."""
+    waited = {"type": "Warning", "reason": "FailedScheduling",
+              "lastTimestamp": "2026-12-06T07:00:00Z",
+              "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+    assert explain_events([waited])[0].startswith("Unschedulable")
+    assert explain_events([waited], scheduled_at="2026-12-06T07:01:00Z") is None
+    pull = {"type": "Warning", "reason": "Failed", "lastTimestamp": "2026-12-06T07:02:00Z",
+            "message": 'Failed to pull image "x": not found'}
+    assert explain_events([waited, pull], scheduled_at="2026-12-06T07:01:00Z")[0].startswith(
+        "Image pull failed")
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_real_kubectl_reads_back_the_instance(emu, alice, profiles, tmp_path):
     instance = provision(launch(alice, profiles["namespace"]))

@@ -219,6 +219,37 @@ def test_a_virtual_clusters_api_is_used_only_over_verified_tls(emu, flux, inside
         assert instance.status_message.endswith("the portal never connects insecurely.")
 
 
+@pytest.mark.parametrize("how", ["exec", "auth-provider", "tokenFile"])
+def test_a_kubeconfig_read_from_a_cluster_runs_nothing_and_reads_no_file(
+        emu, flux, inside, alice, profiles, tmp_path, how):
+    """Whoever can write a vcluster's kubeconfig Secret cannot make the portal run a command
+    (an exec credential plugin) or send one of its files: refused before anything loads."""
+    marker = tmp_path / "ran"
+    config = yaml.safe_load(inside.kubeconfig)
+    user = config["users"][0]["user"]
+    if how == "exec":
+        user["exec"] = {"apiVersion": "client.authentication.k8s.io/v1", "command": "sh",
+                        "args": ["-c", f"touch {marker}; echo '{{}}'"],
+                        "interactiveMode": "Never"}
+    elif how == "auth-provider":
+        user["auth-provider"] = {"name": "oidc", "config": {"idp-issuer-url": "https://x"}}
+    else:
+        user["tokenFile"] = "/etc/passwd"
+    flux.kubeconfig = yaml.safe_dump(config)
+    instance = provision(launch(alice, profiles["vcluster"], name="vc"))
+    flux.reconcile()
+
+    instance = provision(instance)
+
+    assert not marker.exists()
+    assert instance.status == Status.FAILED
+    expected = ("names a file of the portal's machine" if how == "tokenFile" else
+                f"runs a program ({how}); a kubeconfig read from a cluster never runs one")
+    assert instance.status_message == (
+        f"The kubeconfig of the virtual cluster alice-vc-{instance.pk} is refused: its user "
+        f"{config['users'][0]['name']!r} {expected}.")
+
+
 def test_the_control_plane_is_counted_against_the_instance_and_said_so(
     emu, flux, alice, profiles, notebooks, client
 ):

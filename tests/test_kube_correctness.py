@@ -657,3 +657,49 @@ def profiles_on(cluster: Cluster):
     return ComputeProfile.objects.create(
         name=f"on-{cluster.name}", display_name=f"on {cluster}", kind="namespace",
         cluster=cluster, gpus=1, cpu=8, memory_gib=64, storage_gib=100, published=True)
+
+
+def test_a_notebook_server_whose_row_is_gone_gives_its_gpu_back(emu, api, alice, notebook_setup):
+    """A Notebook row deleted outside the portal (by hand, a restore from an older backup):
+    its Deployment is scaled to zero on the next pass, so the GPU it held is free; its
+    objects stay for an administrator, and a live notebook beside it is untouched."""
+    emu.add_hook(kubeemu.serve_endpoints)
+    instance, profile = notebook_setup
+    lost = running_notebook(emu, alice, instance, profile, name="lost")
+    kept = running_notebook(emu, alice, instance, profile, name="kept")
+    ns = namespace_of(emu, instance)["metadata"]["name"]
+    Notebook.objects.filter(pk=lost.pk).delete()
+
+    summary = notebook_services.reconcile_notebooks()
+
+    assert summary["orphans_stopped"] == 1
+    apps = k8s.AppsV1Api(api)
+    assert apps.read_namespaced_deployment(f"nb-lost-{lost.pk}", ns).spec.replicas == 0
+    assert apps.read_namespaced_deployment(f"nb-kept-{kept.pk}", ns).spec.replicas == 1
+    assert notebook_services.reconcile_notebooks()["orphans_stopped"] == 0  # once
+
+
+def test_a_refused_credential_and_a_crd_being_deleted_are_said_in_words(scripted):
+    """A 401 on /version (a cluster that no longer takes the credential) is a BackendError in
+    words, never a raw client exception; a kind whose CRD is being deleted says so, not that
+    a role is missing."""
+    refused = scripted((401, {}, {"kind": "Status", "code": 401, "reason": "Unauthorized",
+                                  "message": "Unauthorized"}))
+    kube = KubeClient(api_client(yaml.safe_load(kubeconfig_for(
+        f"http://127.0.0.1:{refused.server_port}"))), ClientSettings(cluster="gone"))
+    with pytest.raises(BackendError) as caught:
+        kube.version()
+    assert caught.value.message == "The cluster refused the portal's credentials or permissions."
+    assert caught.value.detail.startswith("HTTP 401")
+
+    terminating = scripted((405, {}, {
+        "kind": "Status", "code": 405, "reason": "MethodNotAllowed",
+        "message": "create not allowed while custom resource definition is terminating"}))
+    kube = KubeClient(api_client(yaml.safe_load(kubeconfig_for(
+        f"http://127.0.0.1:{terminating.server_port}"))), ClientSettings(cluster="farm"))
+    with pytest.raises(BackendError) as caught:
+        kube.apply({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+                    "metadata": {"name": "c", "namespace": "gpupaas-clusters"}})
+    assert caught.value.message == (
+        "The definition of Cluster (its CRD) is being deleted on farm: nothing of that kind "
+        "can be created until an administrator installs it again.")

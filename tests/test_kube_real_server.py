@@ -139,6 +139,16 @@ def without_cluster_api(real):
             return exc.status == 404
         return False
 
+    # Clusters other tests left behind keep Cluster API's finalizer, which no controller
+    # removes here: the CRD could never finish deleting, and every later create would be
+    # refused. Released first, as Cluster API would once it had cleaned up.
+    for item in real.plane.admin_request(
+            "GET", "/apis/cluster.x-k8s.io/v1beta2/clusters").get("items") or []:
+        meta = item["metadata"]
+        real.plane.admin_request(
+            "PATCH", f"/apis/cluster.x-k8s.io/v1beta2/namespaces/{meta['namespace']}/clusters/"
+            f"{meta['name']}", {"metadata": {"finalizers": None}},
+            content_type="application/merge-patch+json")
     real.plane.admin_request("DELETE", path)
     try:
         wait_for(gone, timeout=90)

@@ -418,6 +418,8 @@ class KubernetesBackend:
         except BackendError as exc:
             problem = _tls_problem(exc.detail)
             why = (f"its API at {server} failed TLS verification ({problem})" if problem
+                   else f"its API at {server} refused the credentials vcluster exported "
+                   f"({exc.detail[:8]})" if exc.detail.startswith(("HTTP 401", "HTTP 403"))
                    else f"its API at {server} does not answer yet")
             late = self._late(spec, release, settings.VCLUSTER_READY_TIMEOUT_S)
             if late:
@@ -738,7 +740,9 @@ class KubernetesBackend:
             if meta.get("uid"):
                 fields += f",involvedObject.uid={meta['uid']}"
             events = kube.list("v1", "Event", namespace=ns, field_selector=fields)
-            explained = explain_events(events)
+            scheduled = condition(pod, "PodScheduled")
+            explained = explain_events(events, scheduled_at=scheduled.get(
+                "lastTransitionTime", "") if scheduled.get("status") == "True" else "")
             if explained:
                 text, detail, final = explained
                 return NotebookState("failed" if final else "deploying", "starting", text,
@@ -842,10 +846,25 @@ class KubernetesBackend:
 
 
     def stop_orphan_notebooks(self, live_keys: Callable[[], set[str]]) -> int:
-        # A notebook's objects live in its instance's namespace (or cluster), so deleting the
-        # instance removes them, and deleting a notebook deletes them by name: the cluster
-        # keeps nothing running that the portal no longer owns.
-        return 0
+        """Scale to zero the notebook servers on this cluster that no notebook row owns (a
+        row deleted by hand, a database restored from an older backup): their GPUs are free
+        at once; their objects and home volume stay, for an administrator to look at. One
+        list, by label, before the rows are read; notebooks inside virtual and dedicated
+        clusters go with their instance."""
+        found = self.kube.list("apps/v1", "Deployment",
+                               label_selector=f"{m.selector(self.cs)},{m.NOTEBOOK_LABEL}")
+        live = live_keys()
+        stopped = 0
+        for deployment in found:
+            meta = deployment["metadata"]
+            key = (meta.get("labels") or {}).get(m.NOTEBOOK_LABEL, "")
+            if key in live or (deployment.get("spec") or {}).get("replicas") == 0:
+                continue
+            log.warning("notebook server %s/%s has no notebook (%s): scaled to zero",
+                        meta.get("namespace"), meta["name"], key)
+            self.kube.scale_to_zero("apps/v1", "Deployment", meta["name"], meta["namespace"])
+            stopped += 1
+        return stopped
 
     def release_instance(self, key: str) -> None:
         # GPUs are held by running pods, not by a namespace or its quota; a failed instance

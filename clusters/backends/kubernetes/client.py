@@ -457,8 +457,12 @@ def _refusal(exc: ApiException, manifest: Manifest | None = None,
         what = f" {manifest['kind']} {manifest['metadata'].get('name', '')}"
     body, status = _status(exc)
     causes = [c.get("reason") for c in (status.get("details") or {}).get("causes") or []]
-    if exc.status == 403 and ("NamespaceTerminating" in causes
-                              or "because it is being terminated" in body):
+    if "custom resource definition is terminating" in body:
+        kind = manifest["kind"] if manifest else "this kind"
+        message = (f"The definition of {kind} (its CRD) is being deleted on {cluster}: nothing "
+                   "of that kind can be created until an administrator installs it again.")
+    elif exc.status == 403 and ("NamespaceTerminating" in causes
+                                or "because it is being terminated" in body):
         message = ("Its namespace is being deleted on the cluster; nothing new can be created "
                    "there.")
     elif exc.status in (401, 403):

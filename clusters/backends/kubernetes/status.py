@@ -6,17 +6,23 @@ from typing import Any
 Manifest = dict[str, Any]
 
 
-def explain_events(events: list[Manifest]) -> tuple[str, str, bool] | None:
+def _event_time(event: Manifest) -> str:
+    return event.get("lastTimestamp") or event.get("eventTime") or ""
+
+
+def explain_events(events: list[Manifest], *, scheduled_at: str = ""
+                   ) -> tuple[str, str, bool] | None:
     """(message for the user, raw detail, whether retrying is pointless) for the most recent
-    warning that explains a stuck workload, or None when nothing does."""
+    warning that explains a stuck workload, or None when nothing does. `scheduled_at`: when
+    the pod was scheduled (its PodScheduled condition); a FailedScheduling event from
+    before then is history, not the reason it waits now."""
     warnings = sorted(
-        (e for e in events if e.get("type") == "Warning"),
-        key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "",
-        reverse=True,
-    )
+        (e for e in events if e.get("type") == "Warning"), key=_event_time, reverse=True)
     for event in warnings:
         reason, text = event.get("reason", ""), event.get("message", "")
         detail = f"{reason}: {text}"
+        if reason == "FailedScheduling" and scheduled_at and _event_time(event) <= scheduled_at:
+            continue
         if "exceeded quota" in text:
             return "Quota exceeded: the instance's resources do not fit its quota.", detail, True
         if reason == "FailedScheduling":
