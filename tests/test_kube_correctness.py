@@ -351,6 +351,9 @@ def test_a_notebook_s_status_follows_its_pod(emu, api, alice, notebook_setup, pr
      'requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=2, limited: '
      'requests.nvidia.com/gpu=2',
      "Quota exceeded: the notebook does not fit the instance's quota."),
+    ('pods "nb-x" is forbidden: maximum cpu usage per Container is 8, but limit is 16',
+     "Too big for the instance: a container asks for more than the instance allows one "
+     "container."),
 ])
 def test_refusals_of_the_pod_are_said_in_words(emu, api, alice, notebook_setup, refusal,
                                                message):

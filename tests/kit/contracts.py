@@ -166,6 +166,34 @@ def corpus() -> list[Case]:
         Case("their controllers say FailedCreate", "GET", f"/api/v1/namespaces/{NS}/events",
              compare=("status", "warnings")),
     ]
+    # A LimitRange maximum: a pod over it is refused, and a Deployment of such pods is
+    # accepted, its ReplicaSet then failing to create them (the portal reads that).
+    limited = f"{NS}-limits"
+    big = {"name": "main", "image": "busybox:1.36", "command": ["sleep", "1d"],
+           "resources": {"limits": {"cpu": "2", "memory": "512Mi"}}}
+    cases += [
+        Case("create a namespace with a LimitRange", "POST", "/api/v1/namespaces",
+             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": limited}}),
+        Case("a LimitRange of at most 1 CPU per container", "POST",
+             f"/api/v1/namespaces/{limited}/limitranges",
+             {"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "small"},
+              "spec": {"limits": [{"type": "Container", "max": {"cpu": "1", "memory": "1Gi"},
+                                   "default": {"cpu": "500m", "memory": "256Mi"}}]}},
+             wait=True),
+        Case("LimitRange: a pod over the maximum", "POST",
+             f"/api/v1/namespaces/{limited}/pods",
+             {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "big"},
+              "spec": {"containers": [big]}},
+             compare=("status", "reason", "fields", "message")),
+        Case("LimitRange: a Deployment over the maximum is accepted", "POST",
+             f"/apis/apps/v1/namespaces/{limited}/deployments",
+             {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "big"},
+              "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "big"}},
+                       "template": {"metadata": {"labels": {"app": "big"}},
+                                    "spec": {"containers": [big]}}}}, wait=True),
+        Case("LimitRange: its ReplicaSet says FailedCreate", "GET",
+             f"/api/v1/namespaces/{limited}/events", compare=("status", "warnings")),
+    ]
     cm = f"/api/v1/namespaces/{NS}/configmaps/applied"
     doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}}
     cases += [
@@ -286,7 +314,8 @@ def normalise(status: int, body: Any) -> Obj:
         if body.get("kind") == "EventList":  # who warned about what, once each
             answer["warnings"] = sorted({
                 f"{e['involvedObject'].get('kind')} {e.get('reason')}: "
-                + ("PodSecurity" if "PodSecurity" in e.get("message", "") else "")
+                + ("PodSecurity" if "PodSecurity" in e.get("message", "") else
+                   "LimitRange maximum" if "usage per Container" in e.get("message", "") else "")
                 for e in body["items"] if e.get("type") == "Warning"})
     if body.get("kind") != "Status":  # events: how many retries were recorded varies
         answer["body"] = _scrub(body) if body.get("kind") not in (

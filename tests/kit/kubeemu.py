@@ -29,10 +29,15 @@ Known gaps versus a real API server (the backend tests also run against one; see
 
 - no authentication or authorization: RBAC objects are stored, never enforced, and access
   reviews are always allowed;
-- admission: only Pod Security ``restricted`` and ResourceQuota on extended resources (GPUs)
-  for Pods, and for the pods of Deployments and StatefulSets (which then stay unready with
-  a FailedCreate Warning, as their controllers report); LimitRange defaults, quota
-  ``status.used`` and webhooks are not modelled;
+- admission: only LimitRange maximums per container, Pod Security ``restricted`` and
+  ResourceQuota on extended resources (GPUs) for Pods, and for the pods of Deployments and
+  StatefulSets (which then stay unready with a FailedCreate Warning, as their controllers
+  report); LimitRange defaults written into pods, quota ``status.used``, webhooks and
+  ValidatingAdmissionPolicies are not modelled (the portal's policies are evaluated by
+  ``tests/kit/admission.py`` and on the real server);
+- TokenRequest mints a JWT-shaped token for an existing ServiceAccount and remembers whom it
+  names (``RequestRecord.user``), but no request is authenticated or authorized with it:
+  impersonation, RBAC and namespace scope are the real server's to prove;
 - no Pods, ReplicaSets or Endpoints are created for workloads; readiness is simulated;
   NetworkPolicy has no effect; no Ingress or LoadBalancer status; no Job controller;
 - server-side apply tracks field managers and answers conflicts (409, or force), but treats
@@ -1043,6 +1048,46 @@ def _restricted_violations(spec: Obj) -> list[str]:
     return problems
 
 
+_QUANTITY = re.compile(r"^([0-9.]+)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
+_SUFFIX = {None: 1, "m": 0.001, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+           "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+           "Pi": 2**50, "Ei": 2**60}
+
+
+def _quantity(text: Any) -> float:
+    found = _QUANTITY.match(str(text).strip())
+    if not found:
+        raise ValueError(f"quantities must match the regular expression: {text!r}")
+    return float(found.group(1)) * _SUFFIX[found.group(2)]
+
+
+def _limit_range_violations(limit_range: Obj, pod: Obj) -> list[str]:
+    """The LimitRanger's refusals of a pod's containers against a LimitRange's `Container`
+    maximums, after its defaults are applied (a container without a limit gets `default`),
+    in its words: "maximum cpu usage per Container is 2, but limit is 4" (Kubernetes
+    plugin/pkg/admission/limitranger, maxConstraint)."""
+    problems = []
+    for item in (limit_range.get("spec") or {}).get("limits") or []:
+        if item.get("type") != "Container":
+            continue
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            resources = container.get("resources") or {}
+            limits = {**(item.get("default") or {}), **(resources.get("limits") or {})}
+            requests = resources.get("requests") or {}
+            for resource, enforced in sorted((item.get("max") or {}).items()):
+                if resource not in limits:
+                    problems.append(f"maximum {resource} usage per Container is {enforced}.  "
+                                    "No limit is specified")
+                elif _quantity(limits[resource]) > _quantity(enforced):
+                    problems.append(f"maximum {resource} usage per Container is {enforced}, "
+                                    f"but limit is {limits[resource]}")
+                elif resource in requests and _quantity(requests[resource]) > _quantity(
+                        enforced):
+                    problems.append(f"maximum {resource} usage per Container is {enforced}, "
+                                    f"but request is {requests[resource]}")
+    return problems
+
+
 def _pod_request(pod: Obj, resource: str) -> int:
     """A pod's request of an extended resource (limits stand in for missing requests)."""
     total = 0
@@ -1589,9 +1634,18 @@ class Store:
     # -- admission
 
     def _admit_pod(self, namespace: str | None, pod: Obj) -> None:
-        """Pod Security Admission (`restricted` only) and ResourceQuota on extended resources
-        (GPUs), answered as the real admission plugins answer."""
+        """LimitRange maximums per container, Pod Security Admission (`restricted` only) and
+        ResourceQuota on extended resources (GPUs), answered as the real admission plugins
+        answer, in their order (LimitRanger, PodSecurity, ResourceQuota)."""
         name = pod["metadata"]["name"]
+        problems = [problem for key, limits in sorted(self._objects.items())
+                    if key[:3] == ("", "limitranges", namespace)
+                    for problem in _limit_range_violations(limits, pod)]
+        if problems:
+            # The LimitRanger's aggregate: one error as is, several in brackets.
+            text = problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
+            raise ApiError(403, "Forbidden", f'pods "{name}" is forbidden: {text}',
+                           {"name": name, "kind": "pods"})
         ns = self._objects.get(("", "namespaces", None, namespace or ""))
         labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
         if labels.get("pod-security.kubernetes.io/enforce") == "restricted":

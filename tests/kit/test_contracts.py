@@ -43,6 +43,8 @@ def test_the_corpus_covers_what_the_portal_writes_and_the_refusals_that_matter()
 @pytest.mark.parametrize("case", [c for c in contracts.corpus() if not c.as_portal],
                          ids=lambda c: c.name)
 def test_the_emulator_answers_like_the_real_server(replayed, case):
+    if case.name not in RECORDED["answers"]:
+        pytest.skip(f"not recorded yet: {case.name!r} (make record-contracts on a real server)")
     expected = RECORDED["answers"][case.name]
     got = replayed[case.name]
     for key in case.compare:

@@ -1027,3 +1027,34 @@ def test_admit_ingresses_plays_an_ingress_controller(emu: kubeemu.Emulator) -> N
         })
     status = emu.get("Ingress", "web")["status"]
     assert status["loadBalancer"]["ingress"] == [{"ip": "127.0.0.1"}]
+
+
+def test_a_limit_range_maximum_refuses_pods_and_fails_deployments(
+    emu: kubeemu.Emulator, core: client.CoreV1Api, apps: client.AppsV1Api
+) -> None:
+    """As the LimitRanger does: a container over a LimitRange's maximum (its own limit, or
+    the default one it gets) is refused in the plugin's words; a Deployment of such pods is
+    accepted and never becomes available, its ReplicaSet reporting FailedCreate."""
+    core.create_namespace({"metadata": {"name": "lim"}})
+    core.create_namespaced_limit_range("lim", {"metadata": {"name": "small"}, "spec": {
+        "limits": [{"type": "Container", "max": {"cpu": "1", "memory": "1Gi"},
+                    "default": {"cpu": "500m", "memory": "256Mi"}}]}})
+    big = {"name": "main", "image": "busybox", "resources": {"limits": {"cpu": "2"}}}
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod("lim", {"metadata": {"name": "big"},
+                                           "spec": {"containers": [big]}})
+    assert refused.value.status == 403
+    assert json.loads(refused.value.body)["message"] == (
+        'pods "big" is forbidden: maximum cpu usage per Container is 1, but limit is 2')
+    fits = {"name": "main", "image": "busybox", "resources": {"limits": {"memory": "1Gi"}}}
+    core.create_namespaced_pod("lim", {"metadata": {"name": "fits"},
+                                       "spec": {"containers": [fits]}})
+
+    apps.create_namespaced_deployment("lim", {"metadata": {"name": "big"}, "spec": {
+        "replicas": 1, "selector": {"matchLabels": {"app": "big"}},
+        "template": {"metadata": {"labels": {"app": "big"}}, "spec": {"containers": [big]}}}})
+    time.sleep(0.3)
+    assert not apps.read_namespaced_deployment("big", "lim").status.available_replicas
+    [event] = [e for e in core.list_namespaced_event("lim").items if e.reason == "FailedCreate"]
+    assert event.involved_object.kind == "ReplicaSet"
+    assert "maximum cpu usage per Container is 1, but limit is 2" in event.message

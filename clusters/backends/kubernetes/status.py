@@ -50,6 +50,9 @@ def explain_replica_failure(deployment: Manifest) -> tuple[str, str, bool] | Non
                 "more privileges than the instance allows.", detail, True)
     if "exceeded quota" in text:
         return "Quota exceeded: the notebook does not fit the instance's quota.", detail, True
+    if "usage per Container" in text:  # the LimitRanger: more than the instance's maximum
+        return ("Too big for the instance: a container asks for more than the instance "
+                "allows one container.", detail, True)
     return "The cluster cannot create the notebook's pod.", detail, False
 
 
