@@ -27,7 +27,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import loopback, services, shell
-from .proxy import _client_ip
+from .proxy import scope_client_ip
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ShellConsumer(AsyncWebsocketConsumer):
         self.write_lock = asyncio.Lock()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in self.scope["headers"]}
-        self.client_ip = _client_ip(self.scope, headers)
+        self.client_ip = scope_client_ip(self.scope, headers)
         user = self.scope.get("user")
         if user is None or not user.is_authenticated or not await self.session_fresh():
             await self.close()  # the handshake is refused: sign in first

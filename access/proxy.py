@@ -32,6 +32,7 @@ from websockets.asyncio.client import connect as websocket_connect
 from clusters.backends.kubernetes.client import request_verb
 from gpupaas import logs
 from gpupaas.metrics import PROXY_LATENCY, PROXY_REQUESTS
+from workspaces.services import client_address
 
 from . import services
 from .services import Grant, Refusal
@@ -65,13 +66,11 @@ def kube_verb(method: str, path: str, query: str) -> str:
     return request_verb(method, path, dict(parse_qsl(query)))
 
 
-def _client_ip(scope: dict[str, Any], headers: dict[str, str]) -> str | None:
-    # As workspaces.services.client_ip does for pages: behind a TLS proxy, the client's.
-    forwarded = headers.get("x-forwarded-for", "")
-    if settings.SECURE_PROXY_SSL_HEADER and forwarded:
-        return forwarded.split(",")[0].strip()
+def scope_client_ip(scope: dict[str, Any], headers: dict[str, str]) -> str | None:
+    """The client's address of an ASGI request, as pages and the API read it
+    (workspaces.services.client_address: TRUSTED_PROXY_COUNT hops, validated)."""
     client = scope.get("client")
-    return client[0] if client else None
+    return client_address(client[0] if client else None, headers.get("x-forwarded-for", ""))
 
 
 class KubeProxy:
@@ -137,7 +136,7 @@ class KubeProxy:
         _, _, instance_part, *rest = raw_path.split("/", 3)  # '', 'k8s', '<id>', rest
         path = "/" + (rest[0] if rest else "")
         user_agent = headers.get("user-agent", "")
-        client_ip = _client_ip(scope, headers)
+        client_ip = scope_client_ip(scope, headers)
         if not instance_part.isdigit():
             return headers, path, query, client_ip, user_agent, Refusal(
                 404, "NotFound", "No such instance.")

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections, transaction
 from django.utils import timezone
 
 from clusters.backends import BackendError, Terminal, get_backend
@@ -26,7 +26,7 @@ from instances.models import ComputeProfile, Instance
 from instances.selectors import instance_for_user
 from instances.services import instance_spec
 from workspaces.selectors import role_of
-from workspaces.services import record_audit
+from workspaces.services import audit_write_failed, ip_address_or_none, record_audit
 
 from .models import SHELL_CLIENT, AccessToken, ProxyRequest, hash_token
 
@@ -310,11 +310,18 @@ def record_proxy_request(
     *, grant: Grant, method: str, verb: str, path: str, status: int, duration_ms: int,
     client_ip: str | None, user_agent: str,
 ) -> None:
-    ProxyRequest.objects.create(
-        user_id=grant.user_id, instance_id=grant.instance_id, token_id=grant.token_id,
-        method=method[:10], verb=verb[:20], path=path[:500], status=status,
-        duration_ms=duration_ms, client_ip=client_ip, user_agent=user_agent[:200],
-    )
+    """The proxy's audit row of one request; as every audit row, never failing the request
+    and never lost in silence (workspaces.services.record_audit)."""
+    fields = {
+        "user_id": grant.user_id, "instance_id": grant.instance_id, "token_id": grant.token_id,
+        "method": method[:10], "verb": verb[:20], "path": path[:500], "status": status,
+        "duration_ms": duration_ms, "client_ip": ip_address_or_none(client_ip),
+        "user_agent": user_agent[:200],
+    }
+    try:
+        ProxyRequest.objects.create(**fields)
+    except (DatabaseError, TypeError, ValueError) as exc:
+        audit_write_failed("proxy", fields, exc)
 
 
 # --- browser shells --------------------------------------------------------------------------

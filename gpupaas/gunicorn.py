@@ -16,6 +16,10 @@ worker_class = "uvicorn_worker.UvicornWorker"
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 accesslog = None
+# Nobody is trusted to rewrite the client's address: not even loopback, where tenants' kernels
+# run on a lab box. The portal reads X-Forwarded-For itself, exactly TRUSTED_PROXY_COUNT hops
+# (workspaces.services.client_address).
+forwarded_allow_ips = ""
 control_socket_disable = True  # no control socket in $HOME (read-only in the image)
 logconfig_dict = logging_config(log_format=os.environ.get("LOG_FORMAT", "json"),
                                 level=os.environ.get("LOG_LEVEL", "INFO"))

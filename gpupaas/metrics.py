@@ -57,6 +57,10 @@ PROXY_LATENCY = Histogram(
     "gpupaas_proxy_request_duration_seconds",
     "Time a proxied request took (a watch: until it ended).", ["verb"],
     buckets=LATENCY_BUCKETS)
+AUDIT_WRITE_FAILURES = Counter(
+    "gpupaas_audit_write_failures_total",
+    "Audit rows that could not be written (each also logged at error level), by trail.",
+    ["trail"])
 TASKS = Counter(
     "gpupaas_celery_tasks_total", "Celery tasks run, by task and outcome.",
     ["task", "outcome"])

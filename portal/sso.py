@@ -270,8 +270,8 @@ def idp_logout_url(request: HttpRequest, user, back: str) -> str:
     """Where to send a user who signed in through the IdP so that its session ends too
     (RP-initiated logout); '' when the user did not or the IdP offers no such endpoint."""
     app = sso_app(request)
-    if app is None or not SocialAccount.objects.filter(user=user, provider=app.provider_id
-                                                      ).exists():
+    if app is None or not user.is_authenticated or not SocialAccount.objects.filter(
+            user=user, provider=app.provider_id).exists():
         return ""
     try:
         provider = app.get_provider(request)

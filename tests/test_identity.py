@@ -191,6 +191,19 @@ def test_logout_ends_the_idp_session_too(sso, portal):
     assert "Test identity provider" in again.text
 
 
+def test_an_anonymous_logout_with_sso_is_no_error(sso, portal):
+    """Someone signed out (or never signed in) following a logout link: the sign-out page
+    answers, never a 500 (the IdP logout hook looked up accounts of an anonymous user)."""
+    session = requests.Session()
+    page = session.get(f"{portal.url}/accounts/logout/", timeout=10)
+    assert page.status_code < 500, page.text[:500]
+    session.get(portal.url + "/", timeout=10)  # a CSRF cookie, as a browser has
+    page = session.post(f"{portal.url}/accounts/logout/",
+                        data={"csrfmiddlewaretoken": session.cookies.get("csrftoken", "")},
+                        headers={"Referer": portal.url}, timeout=10)
+    assert page.status_code < 500, page.text[:500]
+
+
 def test_with_sso_passwords_are_for_administrators_only(sso, portal, client, admin_user,
                                                        settings):
     make_user("lee")

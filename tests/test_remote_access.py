@@ -701,3 +701,20 @@ def test_every_proxied_answer_carries_its_request_id(portal, http, alice_instanc
     assert made_up != "not plain; injected=1" and len(made_up) == 32 and made_up.isalnum()
     again = http.get(url, headers={"Authorization": f"Bearer {token}"})
     assert again.headers["X-Request-ID"] not in (made_up, "kubectl-run-7")
+
+
+@pytest.mark.parametrize("forwarded", ["not-an-ip", "6.6.6.6", "x" * 4000, "6.6.6.6, 7.7.7.7"])
+def test_a_forged_forwarded_address_is_neither_recorded_nor_an_error(
+        emu, portal, http, alice_instance, alice_kubeconfig, forwarded):
+    """Through /k8s/, with no trusted proxy: the write goes through and its audit row names
+    the real peer, whatever X-Forwarded-For says (it once lost the row for `not-an-ip`)."""
+    ns = namespace_of(alice_instance)
+    answer = http.post(
+        f"{portal}/k8s/{alice_instance.pk}/api/v1/namespaces/{ns}/configmaps",
+        json={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "forged"}},
+        headers={"Authorization": f"Bearer {token_of(alice_kubeconfig)}",
+                 "X-Forwarded-For": forwarded})
+    assert answer.status_code == 201, answer.text
+    row = wait_for(lambda: ProxyRequest.objects.filter(verb="create", status=201).first(),
+                   timeout=5)
+    assert row.client_ip == "127.0.0.1"

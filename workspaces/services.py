@@ -1,4 +1,5 @@
 import ipaddress
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -6,10 +7,14 @@ from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import DatabaseError, models, transaction
 from django.http import HttpRequest
 
+from gpupaas.metrics import AUDIT_WRITE_FAILURES
+
 from .models import AuditEvent, GroupPolicy, GuestAccount, Role, Workspace
+
+log = logging.getLogger(__name__)
 
 
 def ensure_workspace(*, user: AbstractBaseUser) -> Workspace:
@@ -35,32 +40,59 @@ def record_audit(
     workspace: Workspace | None = None,
     ip_address: str | None = None,
     **data: Any,
-) -> AuditEvent:
-    return AuditEvent.objects.create(
-        action=action,
-        object_type=obj._meta.label_lower,
-        object_id=str(obj.pk),
-        object_repr=str(obj)[:200],
-        actor=actor,
-        workspace=workspace,
-        ip_address=ip_address,
-        data=data,
-    )
+) -> AuditEvent | None:
+    """One row of the audit trail. Writing it never fails the action it records (in its own
+    savepoint, so the caller's transaction goes on), and a row that cannot be written is
+    never lost in silence: logged at error level with everything it said, and counted
+    (`gpupaas_audit_write_failures_total`)."""
+    fields = {
+        "action": action, "object_type": obj._meta.label_lower, "object_id": str(obj.pk),
+        "object_repr": str(obj)[:200], "actor": actor, "workspace": workspace,
+        "ip_address": ip_address_or_none(ip_address), "data": data,
+    }
+    try:
+        with transaction.atomic():
+            return AuditEvent.objects.create(**fields)
+    except (DatabaseError, TypeError, ValueError) as exc:
+        audit_write_failed("audit", fields, exc)
+        return None
+
+
+def audit_write_failed(trail: str, fields: dict[str, Any], exc: Exception) -> None:
+    AUDIT_WRITE_FAILURES.labels(trail).inc()
+    log.error("audit row not written (%s): %r: %s", trail, exc,
+              {k: getattr(v, "pk", v) for k, v in fields.items()})
+
+
+def ip_address_or_none(text: str | None) -> str | None:
+    """`text` as an IP address in its standard form; None when it is not one."""
+    try:
+        return str(ipaddress.ip_address((text or "").strip()))
+    except ValueError:
+        return None
+
+
+def client_address(peer: str | None, forwarded: str = "") -> str | None:
+    """The client's address, for pages, the API, the Kubernetes proxy and the shell alike.
+
+    With TRUSTED_PROXY_COUNT proxies in front (BEHIND_TLS_PROXY sets one), the entry the
+    outermost trusted proxy wrote: that many from the right of X-Forwarded-For. Entries left
+    of it are whatever the client chose to send. Without proxies, or when that entry is
+    missing or not an address, the connection's peer. Never anything but an address or
+    None."""
+    count = settings.TRUSTED_PROXY_COUNT
+    hops = [hop.strip() for hop in forwarded.split(",")] if forwarded else []
+    if count and len(hops) >= count:
+        found = ip_address_or_none(hops[-count])
+        if found:
+            return found
+    return ip_address_or_none(peer)
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """The address an audit row records: the client's, not the proxy's, behind a TLS proxy.
-
-    The one the outermost trusted proxy saw (as for the login rate limits): entries left of
-    it in X-Forwarded-For are whatever the client chose to send."""
-    forwarded = [ip.strip() for ip in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-    count = settings.TRUSTED_PROXY_COUNT
-    if count and len(forwarded) >= count:
-        try:
-            return str(ipaddress.ip_address(forwarded[-count]))
-        except ValueError:
-            pass  # a proxy that does not write addresses: fall back to the peer
-    return request.META.get("REMOTE_ADDR") or None
+    """The address an audit row records for a page or an API call (see client_address)."""
+    return client_address(request.META.get("REMOTE_ADDR"),
+                          request.META.get("HTTP_X_FORWARDED_FOR", ""))
 
 
 def sync_groups_from_claims(*, user: AbstractBaseUser, claims: dict[str, Any],

@@ -62,6 +62,9 @@ def serve(app: Any, *, tls: tuple[Path, Path] | None = None,
         # A refused WebSocket whose client keeps its socket open keeps its consumer waiting
         # for the disconnect: stopping waits this long for such tasks, then cancels them.
         timeout_graceful_shutdown=2,
+        # As the portal's own servers (gpupaas/gunicorn.py): no forwarder is trusted to
+        # rewrite the client's address, loopback included; the portal reads it itself.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="asgi-server", daemon=True)
