@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 
 from clusters.backends import BackendError, get_backend
 from clusters.backends.local import jupyter
@@ -103,11 +102,12 @@ def test_ctrl_c_on_make_run_stops_local_notebooks_and_says_they_come_back(
 ):
     notebook = until(services.deploy_notebook(instance=alices_instance, name="session",
                                               profile=minimal, by=alice), Status.RUNNING)
-    db = django_settings.DATABASES["default"]
+    # The embedded default's database and broker (SQLite, files): as root the portal refuses
+    # to start on this machine's open Redis and trust PostgreSQL (tests/test_local_exposure.py).
     env = {
-        **os.environ, "PORT": str(jupyter.free_port()), "WEB_CONCURRENCY": "1",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
-                        f"{db['PORT'] or 5432}/{db['NAME']}",
+        **{k: v for k, v in os.environ.items() if k not in (
+            "DATABASE_URL", "CELERY_BROKER_URL", "CACHE_URL", "CHANNEL_LAYER_URL")},
+        "PORT": str(jupyter.free_port()), "WEB_CONCURRENCY": "1",
         "LOCAL_SANDBOX_ROOT": str(sandbox_root), "VAR_DIR": str(tmp_path / "var"),
     }
     log = tmp_path / "runportal.log"

@@ -10,10 +10,13 @@ says so: "single-user mode", notebooks run as the portal's own user.
 import os
 import pwd
 import re
+import socket
+import ssl
 import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -132,3 +135,80 @@ def protect_portal_files() -> None:
         if entry.is_symlink() or entry.resolve() in shared:
             continue
         entry.chmod(stat.S_IMODE(entry.stat().st_mode) & 0o700)
+
+
+# --- what tenants could reach of the portal's -------------------------------------------------
+
+REDIS_SETTINGS = ("CELERY_BROKER_URL", "CACHE_URL", "CHANNEL_LAYER_URL")
+POSTGRES_SOCKET_DIR = "/var/run/postgresql"
+
+
+def open_services() -> list[str]:
+    """The portal's services that any local process, a tenant's kernel included, could use
+    without a credential: a Redis that answers PING to anyone (sessions, the Celery broker,
+    the shells' channel layer), a PostgreSQL that lets its role in without a password (trust
+    authentication, over TCP or its Unix socket). Each in words, with what to change; the
+    portal refuses to start in isolated mode while the list is not empty."""
+    problems = []
+    seen: set[tuple[str, int]] = set()
+    for name in REDIS_SETTINGS:
+        url = getattr(settings, name, "") or ""
+        if not url.startswith(("redis://", "rediss://")):
+            continue
+        parts = urlsplit(url)
+        where = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        if where in seen:
+            continue
+        seen.add(where)
+        if _redis_answers_anyone(*where, tls=url.startswith("rediss://")):
+            problems.append(
+                f"Redis at {where[0]}:{where[1]} ({name}) answers without a password, so any "
+                "tenant's notebook could read sessions and queue the portal's tasks. Give it "
+                "an ACL user with a password (ACL SETUSER portal on >SECRET ~* &* +@all, then "
+                "ACL SETUSER default off) and put it in the URL: "
+                f"redis://portal:SECRET@{where[0]}:{where[1]}/0.")
+    db = settings.DATABASES["default"]
+    if "postgresql" in db["ENGINE"]:
+        host = db.get("HOST") or ""
+        places = [host] if host else []
+        socket_dir = host if host.startswith("/") else POSTGRES_SOCKET_DIR
+        if socket_dir not in places and Path(socket_dir).is_dir():
+            places.append(socket_dir)
+        for place in places:
+            if _postgres_lets_in(place, db.get("PORT") or 5432, db.get("USER") or "postgres",
+                                 db.get("NAME") or "postgres"):
+                shown = place if place.startswith("/") else f"{place}:{db.get('PORT') or 5432}"
+                problems.append(
+                    f"PostgreSQL at {shown} lets the role {db.get('USER') or 'postgres'} in "
+                    "without a password (trust authentication), so any tenant's notebook "
+                    "could read and change the portal's database. Set scram-sha-256 for "
+                    "its host and local lines in pg_hba.conf, give the role a password and "
+                    "put it in DATABASE_URL.")
+                break
+    return problems
+
+
+def _redis_answers_anyone(host: str, port: int, *, tls: bool) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=3) as raw:
+            conn: socket.socket = raw
+            if tls:
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                conn = context.wrap_socket(raw, server_hostname=host)
+            conn.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False  # not reachable from here: not reachable from a tenant either
+
+
+def _postgres_lets_in(host: str, port: int | str, user: str, dbname: str) -> bool:
+    import psycopg
+
+    try:
+        # No password at all: neither the URL's, nor PGPASSWORD, nor a password file.
+        psycopg.connect(host=host, port=port, user=user, dbname=dbname, password="",
+                        passfile="/dev/null", connect_timeout=3).close()
+    except psycopg.Error:
+        return False
+    return True

@@ -5,7 +5,7 @@ import sys
 import time
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from clusters.backends.local import stop_all_servers, tenants
 
@@ -47,6 +47,12 @@ class Command(BaseCommand):
             self.stdout.write(f"  Mail (invitations) is written to {settings.EMAIL_FILE_PATH}")
         signal.signal(signal.SIGTERM, stop_like_ctrl_c)
         if tenants.isolated():
+            # Tenants run code on this machine: nothing of the portal's may answer them.
+            problems = tenants.open_services()
+            if problems:
+                raise CommandError(
+                    "Refusing to start: notebooks run tenants' code on this machine.\n  "
+                    + "\n  ".join(problems))
             os.umask(0o077)  # what the portal writes (database, broker) is for it alone
         # Readable lines here, not production's JSON; each process keeps its metrics apart.
         env = {**os.environ, "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text")}
