@@ -400,6 +400,11 @@ LOCAL_ISOLATION = env_str("LOCAL_ISOLATION", "auto")
 LOCAL_USER_PREFIX = env_str("LOCAL_USER_PREFIX", "gpw-")
 # Single-user mode serves local notebooks to one workspace at a time, unless shared.
 LOCAL_SINGLE_USER_SHARED = env_bool("LOCAL_SINGLE_USER_SHARED", False)
+# Each local notebook and sandbox shell in cgroups of its own (memory, CPU, processes, GPU
+# devices) with a private /tmp, where the portal runs as root (clusters/backends/local/
+# limits.py); the most tasks (processes and threads) one may hold.
+LOCAL_LIMITS = env_bool("LOCAL_LIMITS", True)
+LOCAL_TASKS_MAX = env_int("LOCAL_TASKS_MAX", 512)
 # Notebook environments (one per profile and package list, built with uv) and the Python
 # they are built on (empty: the portal's own, if tenants may run it, else python3).
 LOCAL_ENV_ROOT = Path(env_str("LOCAL_ENV_ROOT", str(VAR_DIR / "envs")))

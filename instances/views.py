@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from clusters.backends import get_backend
+from clusters.backends.local import limits as local_limits
 from clusters.backends.local import machine_limits, tenants
 from clusters.models import Cluster
 from workspaces.services import client_ip, ensure_workspace
@@ -173,7 +174,8 @@ def _detail_context(instance: Instance, form: InviteForm | None = None) -> dict:
         # What the sandbox may really use: the size's figures capped at this machine's.
         cpu, memory_gib = machine_limits().cap(instance.cpu, instance.memory_gib)
         limits = {"cpu": cpu, "memory_gib": memory_gib}
-        local_mode = tenants.mode_line()  # who its notebooks run as, said plainly
+        # Who its notebooks run as, and what the machine enforces, said plainly.
+        local_mode = f"{tenants.mode_line()} {local_limits.mode_line()}"
     return {
         "instance": instance,
         "limits": limits,

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from access.models import AccessToken, ProxyRequest
+from clusters.backends.local import limits as local_limits
 from instances import services as instance_services
 from instances.models import Collaborator, Instance
 from workspaces.models import AuditEvent
@@ -360,6 +361,13 @@ def test_a_local_instance_gets_a_shell_in_its_sandbox_as_the_workspaces_user(
     shell.type(f"cat {settings.VAR_DIR}/secret_key; echo DONE-$((1+1))")
     shell.wait_for("DONE-2")
     assert "Permission denied" in shell.text or "No such file" in shell.text
+    if local_limits.enforced():  # held by the instance's own cgroups, capped at its size
+        shell.type("grep -c gpupaas/sh- /proc/self/cgroup; cat /sys/fs/cgroup/memory$("
+                   "grep memory /proc/self/cgroup | cut -d: -f3)/memory.limit_in_bytes; "
+                   "echo LIM-$((2+1))")
+        screen = shell.wait_for("LIM-3")
+        # memory, cpu, pids (and devices on cgroup v1), at the instance's memory
+        assert re.search(rf"\n[34]\n{instance.memory_gib * 2**30}\nLIM-3", screen), screen
     shell.type("exit")
     shell.wait_closed()
 

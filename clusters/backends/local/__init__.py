@@ -12,6 +12,7 @@ Layout under LOCAL_SANDBOX_ROOT (the portal runs as root: tenants may pass throu
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -34,7 +35,7 @@ from ..base import (
     NotebookState,
     Terminal,
 )
-from . import environments, jupyter
+from . import environments, jupyter, limits
 from .gpus import allocate_slots, local_inventory, release_slots
 from .tenants import (
     Tenant,
@@ -134,7 +135,7 @@ class LocalBackend:
     def check_connection(self) -> str:
         inventory = self.inventory()
         kind = "simulated GPU slots" if inventory.simulated else f"× {inventory.model}"
-        return f"Local machine: {inventory.total} {kind}. {mode_line()}"
+        return f"Local machine: {inventory.total} {kind}. {mode_line()} {limits.mode_line()}"
 
     def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
         with self._locked(key) as lock:
@@ -142,6 +143,7 @@ class LocalBackend:
             lock.write_text(DELETED)
             # Its notebooks go first: nothing may keep running from a sandbox being removed.
             self._stop_servers(key)
+            limits.release(self._shell_limits(key))
             shutil.rmtree(self.sandbox(key), ignore_errors=True)
             shutil.rmtree(self.control_root / key, ignore_errors=True)
         release_slots(cluster=self.cluster, holder=key)
@@ -195,8 +197,15 @@ class LocalBackend:
                 raise BackendError("This instance's sandbox is gone.")
             tenant = ensure_tenant(spec.workspace)
         work = sandbox / "work"
+        argv, uid, gid = ["/bin/bash", "--login"], tenant.uid, tenant.gid
+        if limits.enforced():  # the instance's size, for all its shells together
+            argv = limits.confine(argv, name=self._shell_limits(spec.key), uid=uid, gid=gid,
+                                  limits=limits.for_resources(cpu=spec.cpu,
+                                                              memory_gib=spec.memory_gib,
+                                                              gpus=gpu_indices))
+            uid = gid = None  # it becomes the tenant inside its cgroups
         return Terminal(
-            argv=("/bin/bash", "--login"),
+            argv=tuple(argv),
             cwd=str(work if work.is_dir() else sandbox),
             env={
                 "HOME": str(sandbox),
@@ -208,8 +217,12 @@ class LocalBackend:
                 "USER": tenant.name,
                 "LOGNAME": tenant.name,
             },
-            uid=tenant.uid, gid=tenant.gid,
+            uid=uid, gid=gid,
         )
+
+    def _shell_limits(self, key: str) -> str:
+        """The cgroups the instance's shells share: unique per sandbox root and instance."""
+        return "sh-" + hashlib.sha256(str(self.sandbox(key)).encode()).hexdigest()[:20]
 
     # -- notebooks: a JupyterLab process per notebook, working in the instance's sandbox
 
@@ -252,7 +265,8 @@ class LocalBackend:
                              self._server_id(spec.instance.key, spec.key))
 
     def release_notebook(self, spec: NotebookSpec) -> None:
-        jupyter.stop(self._notebook_folder(spec))  # its files stay in the sandbox
+        # Its files stay in the sandbox.
+        jupyter.stop(self._control(spec), self._server_id(spec.instance.key, spec.key))
 
     def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
         control = self._control(spec)

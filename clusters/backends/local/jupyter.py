@@ -8,6 +8,7 @@ line naming its notebook, so a sweep over /proc finds servers nobody tracks any 
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from ..base import NotebookSpec, NotebookState, token_digest
+from . import limits
 from .environments import Environment
 from .tenants import Tenant
 
@@ -124,6 +126,13 @@ def start(spec: NotebookSpec, *, control: Path, home: Path, env: Environment,
     # Tracked before it starts: whatever happens next, cleanup knows where to look.
     _write_runtime(control, {"pid": None, "port": port, "started": time.time()})
     ids = {"user": tenant.uid, "group": tenant.gid, "extra_groups": []} if tenant else {}
+    if limits.enforced():
+        # Held by its own cgroups from its first instruction; it becomes the tenant there.
+        command = limits.confine(
+            command, name=limits_name(server_id), uid=tenant.uid if tenant else None,
+            gid=tenant.gid if tenant else None, limits=limits.for_resources(
+                cpu=spec.cpu, memory_gib=spec.memory_gib, gpus=spec.gpu_indices))
+        ids = {}
     with open(control / "jupyter.log", "ab") as log:
         process = subprocess.Popen(
             command, cwd=work, env=clean_environment(spec=spec, home=home, env=env),
@@ -184,6 +193,12 @@ def stop(control: Path, server_id: str, grace_s: float = 5.0) -> None:
         if found == server_id:
             stop_pid(other, grace_s)
     (control / "runtime.json").unlink(missing_ok=True)
+    limits.release(limits_name(server_id))
+
+
+def limits_name(server_id: str) -> str:
+    """The cgroups of one notebook server: unique per sandbox root and notebook."""
+    return "nb-" + hashlib.sha256(server_id.encode()).hexdigest()[:20]
 
 
 def stop_pid(pid: int, grace_s: float = 5.0) -> None:

@@ -7,6 +7,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from clusters.backends.local import limits as local_limits
 from clusters.backends.local import stop_all_servers, tenants
 
 
@@ -65,6 +66,7 @@ class Command(BaseCommand):
             "notebooks)\n"
         ))
         self.stdout.write(f"  Local notebooks: {tenants.mode_line()}\n")
+        self.stdout.write(f"  {local_limits.mode_line()}\n")
         try:
             while all(p.poll() is None for p in procs.values()):
                 time.sleep(0.5)
