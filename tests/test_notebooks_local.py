@@ -19,7 +19,8 @@ def until(notebook: Notebook, status: str, step=services.advance_notebook,
           timeout: float = 60) -> Notebook:
     deadline = time.monotonic() + timeout
     while notebook.status != status:
-        assert time.monotonic() < deadline, f"{notebook.status}: {notebook.status_message} {notebook.status_detail}"
+        assert time.monotonic() < deadline, (
+            f"{notebook.status}: {notebook.status_message} {notebook.status_detail}")
         time.sleep(0.2)
         notebook = step(notebook_id=notebook.pk)
     return notebook
