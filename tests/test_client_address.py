@@ -83,3 +83,25 @@ def test_a_live_portal_trusts_no_forwarder_not_even_loopback(tmp_path, monkeypat
             assert ApiToken.objects.get(user=alice).last_used_ip == "127.0.0.1"
     finally:
         stop(proc)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("count", "forwarded", "recorded"), [
+    (0, "6.6.6.6", "192.0.2.5"),
+    (0, "not-an-ip", "192.0.2.5"),
+    (1, "6.6.6.6, 203.0.113.9", "203.0.113.9"),
+    (1, "x" * 5000, "192.0.2.5"),
+    (1, "203.0.113.9, not-an-ip", "192.0.2.5"),
+])
+def test_an_audited_page_records_the_trusted_address_whatever_the_header(
+        client, settings, count, forwarded, recorded):
+    """A page that writes an audit row (creating an API token): forged, long or garbage
+    X-Forwarded-For is neither recorded nor an error."""
+    settings.TRUSTED_PROXY_COUNT = count
+    alice = make_user("alice")
+    client.force_login(alice)
+    page = client.post("/api-tokens/", {"name": "cli", "days": 30, "scope": "read"},
+                       REMOTE_ADDR="192.0.2.5", HTTP_X_FORWARDED_FOR=forwarded)
+    assert page.status_code == 200
+    row = AuditEvent.objects.filter(actor=alice).latest("pk")
+    assert row.ip_address == recorded

@@ -131,11 +131,14 @@ def open_shell(portal):
     after the test."""
     with ExitStack() as stack:
 
-        def opener(cookie: str, instance_id: int, *, origin: str | None = None) -> Shell:
+        def opener(cookie: str, instance_id: int, *, origin: str | None = None,
+                   forwarded: str | None = None) -> Shell:
             url = (portal.replace("http", "ws", 1)
                    + f"/access/instances/{instance_id}/shell/socket/")
             headers = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
                        "Origin": origin or portal}
+            if forwarded is not None:
+                headers["X-Forwarded-For"] = forwarded
             return Shell(stack.enter_context(
                 connect(url, additional_headers=headers, open_timeout=20)))
 
@@ -368,6 +371,21 @@ def test_a_local_instance_gets_a_shell_in_its_sandbox_as_the_workspaces_user(
         screen = shell.wait_for("LIM-3")
         # memory, cpu, pids (and devices on cgroup v1), at the instance's memory
         assert re.search(rf"\n[34]\n{instance.memory_gib * 2**30}\nLIM-3", screen), screen
+    shell.type("exit")
+    shell.wait_closed()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox shells need the portal to run as root")
+@pytest.mark.parametrize("forwarded", ["6.6.6.6", "not-an-ip", "x" * 3000])
+def test_a_shells_audit_row_names_the_real_peer_whatever_the_header(
+        open_shell, client, alice, catalogue, forwarded):
+    instance = running_instance(alice, catalogue[1], "audited")
+    shell = open_shell(session_cookie(client, alice), instance.pk, forwarded=forwarded)
+    shell.type("echo UP-$((1+1))")
+    shell.wait_for("UP-2")
+    opened = wait_for(lambda: AuditEvent.objects.filter(
+        action="shell.opened", object_id=str(instance.pk)).first(), timeout=5)
+    assert opened.ip_address == "127.0.0.1"
     shell.type("exit")
     shell.wait_closed()
 

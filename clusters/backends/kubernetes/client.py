@@ -347,12 +347,17 @@ class KubeClient:
         if field_selector:
             query["fieldSelector"] = field_selector
         try:
-            items = self.request("GET", resource_path(api_version, kind, namespace),
-                                 query=query)["items"] or []
+            answer = self.request("GET", resource_path(api_version, kind, namespace),
+                                  query=query)
         except ApiException as exc:
             if exc.status == 404:
                 return []
             raise _refusal(exc, None, self.settings.cluster) from exc
+        if not isinstance(answer, dict) or "items" not in answer:
+            raise BackendError(
+                f"{self.settings.cluster} answered a list of {kind} with something that is not "
+                "a Kubernetes list.", detail=repr(answer)[:500])
+        items = answer["items"] or []
         for item in items:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)

@@ -50,6 +50,22 @@ def _managed(obj: str) -> str:
             f"&& {obj}.metadata.labels[{MANAGED}] == '{MANAGED_BY}'")
 
 
+def _policy(name: str, *, rules: list[Manifest], validations: list[Manifest],
+            variables: list[Manifest], params: bool = False,
+            conditions: list[Manifest] | None = None) -> Manifest:
+    """A ValidatingAdmissionPolicy that fails closed; `params`: reading the cluster's
+    parameter (a ConfigMap)."""
+    spec: dict[str, Any] = {"failurePolicy": "Fail"}
+    if params:
+        spec["paramKind"] = {"apiVersion": "v1", "kind": "ConfigMap"}
+    spec["matchConstraints"] = {"resourceRules": rules}
+    if conditions:
+        spec["matchConditions"] = conditions
+    spec |= {"variables": variables, "validations": validations}
+    return {"apiVersion": ADMISSION, "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name}, "spec": spec}
+
+
 def _binding(name: str, *, params: bool, namespaces: dict[str, Any] | None = None) -> Manifest:
     spec: dict[str, Any] = {"policyName": name, "validationActions": ["Deny"]}
     if params:
@@ -65,69 +81,61 @@ def confinement_policy() -> list[Manifest]:
     """What the portal's own account may write, whatever its RBAC grants."""
     namespace, account = PORTAL_ACCOUNT
     username = f"system:serviceaccount:{namespace}:{account}"
-    policy = {
-        "apiVersion": ADMISSION,
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": CONFINED},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [
-                {"apiGroups": [""], "apiVersions": ["v1"],
-                 "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["namespaces"]},
-                {"apiGroups": ["rbac.authorization.k8s.io"], "apiVersions": ["v1"],
-                 "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["rolebindings"]},
-            ]},
-            "matchConditions": [{"name": "the-portal",
-                                 "expression": f"request.userInfo.username == '{username}'"}],
-            "variables": [
-                {"name": "isNamespace",
-                 "expression": "request.resource.resource == 'namespaces'"},
-            ],
-            "validations": [
-                {
-                    # Before the change: nothing outside its own namespaces is touched.
-                    "expression": "request.operation == 'CREATE' || !variables.isNamespace "
-                    f"|| ({_managed('oldObject')})",
-                    "message": "the portal manages only namespaces labelled "
-                    f"app.kubernetes.io/managed-by={MANAGED_BY}",
-                    "reason": "Forbidden",
-                },
-                {
-                    # After the change: still its own, still Pod Security restricted.
-                    "expression": "request.operation == 'DELETE' || !variables.isNamespace || "
-                    f"(({_managed('object')}) && {PSA} in object.metadata.labels "
-                    f"&& object.metadata.labels[{PSA}] == 'restricted' "
-                    f"&& (!({PSA_VERSION} in object.metadata.labels) "
-                    f"|| object.metadata.labels[{PSA_VERSION}] == 'latest' "
-                    f"|| object.metadata.labels[{PSA_VERSION}].matches("
-                    r"'^v1[.](3[1-9]|[4-9][0-9])$')))",
-                    "message": "the portal's namespaces keep app.kubernetes.io/managed-by="
-                    f"{MANAGED_BY} and Pod Security enforce=restricted",
-                    "reason": "Forbidden",
-                },
-                {
-                    "expression": f"variables.isNamespace || ({_managed('namespaceObject')})",
-                    "message": "the portal binds roles only in namespaces labelled "
-                    f"app.kubernetes.io/managed-by={MANAGED_BY}",
-                    "reason": "Forbidden",
-                },
-                {
-                    # Its own manager role for itself; `admin` only for a ServiceAccount of
-                    # the namespace (the instance's access account). Nothing else, no one else.
-                    "expression": "variables.isNamespace || request.operation == 'DELETE' || "
-                    "(object.roleRef.kind == 'ClusterRole' && has(object.subjects) && ("
-                    f"(object.roleRef.name == '{PORTAL_MANAGER_ROLE}' && object.subjects.all("
-                    f"s, s.kind == 'ServiceAccount' && s.namespace == '{namespace}' "
-                    f"&& s.name == '{account}')) || "
-                    "(object.roleRef.name == 'admin' && object.subjects.all(s, "
-                    "s.kind == 'ServiceAccount' && s.namespace == object.metadata.namespace))))",
-                    "message": f"the portal binds only {PORTAL_MANAGER_ROLE} to itself and "
-                    "admin to a ServiceAccount of the same namespace",
-                    "reason": "Forbidden",
-                },
-            ],
-        },
-    }
+    writes = ["CREATE", "UPDATE", "DELETE"]
+    policy = _policy(
+        CONFINED,
+        rules=[{"apiGroups": [""], "apiVersions": ["v1"], "operations": writes,
+                "resources": ["namespaces"]},
+               {"apiGroups": ["rbac.authorization.k8s.io"], "apiVersions": ["v1"],
+                "operations": writes, "resources": ["rolebindings"]}],
+        conditions=[{"name": "the-portal",
+                     "expression": f"request.userInfo.username == '{username}'"}],
+        variables=[{"name": "isNamespace",
+                    "expression": "request.resource.resource == 'namespaces'"}],
+        validations=[
+            {
+                # Before the change: nothing outside its own namespaces is touched.
+                "expression": "request.operation == 'CREATE' || !variables.isNamespace "
+                f"|| ({_managed('oldObject')})",
+                "message": "the portal manages only namespaces labelled "
+                f"app.kubernetes.io/managed-by={MANAGED_BY}",
+                "reason": "Forbidden",
+            },
+            {
+                # After the change: still its own, still Pod Security restricted.
+                "expression": "request.operation == 'DELETE' || !variables.isNamespace || "
+                f"(({_managed('object')}) && {PSA} in object.metadata.labels "
+                f"&& object.metadata.labels[{PSA}] == 'restricted' "
+                f"&& (!({PSA_VERSION} in object.metadata.labels) "
+                f"|| object.metadata.labels[{PSA_VERSION}] == 'latest' "
+                f"|| object.metadata.labels[{PSA_VERSION}].matches("
+                r"'^v1[.](3[1-9]|[4-9][0-9])$')))",
+                "message": "the portal's namespaces keep app.kubernetes.io/managed-by="
+                f"{MANAGED_BY} and Pod Security enforce=restricted",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": f"variables.isNamespace || ({_managed('namespaceObject')})",
+                "message": "the portal binds roles only in namespaces labelled "
+                f"app.kubernetes.io/managed-by={MANAGED_BY}",
+                "reason": "Forbidden",
+            },
+            {
+                # Its own manager role for itself; `admin` only for a ServiceAccount of the
+                # namespace (the instance's access account). Nothing else, no one else.
+                "expression": "variables.isNamespace || request.operation == 'DELETE' || "
+                "(object.roleRef.kind == 'ClusterRole' && has(object.subjects) && ("
+                f"(object.roleRef.name == '{PORTAL_MANAGER_ROLE}' && object.subjects.all("
+                f"s, s.kind == 'ServiceAccount' && s.namespace == '{namespace}' "
+                f"&& s.name == '{account}')) || "
+                "(object.roleRef.name == 'admin' && object.subjects.all(s, "
+                "s.kind == 'ServiceAccount' && s.namespace == object.metadata.namespace))))",
+                "message": f"the portal binds only {PORTAL_MANAGER_ROLE} to itself and "
+                "admin to a ServiceAccount of the same namespace",
+                "reason": "Forbidden",
+            },
+        ],
+    )
     return [policy, _binding(CONFINED, params=False)]
 
 
@@ -136,37 +144,29 @@ def ingress_host_policy() -> list[Manifest]:
     the parameter names (`ingressDomain`)."""
     suffix = (f"'-' + namespaceObject.metadata.labels['{HOST_TAG_LABEL}'] + '.' + "
               "params.data.ingressDomain")
-    policy = {
-        "apiVersion": ADMISSION,
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": INGRESS_HOSTS},
-        "spec": {
-            "failurePolicy": "Fail",
-            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
-            "matchConstraints": {"resourceRules": [{
-                "apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"],
-                "operations": ["CREATE", "UPDATE"], "resources": ["ingresses"],
-            }]},
-            "variables": [{"name": "suffix", "expression": suffix}],
-            "validations": [
-                {
-                    "expression": "!has(object.spec.defaultBackend) && has(object.spec.rules) "
-                    "&& object.spec.rules.all(r, has(r.host) && "
-                    "r.host.endsWith(variables.suffix))",
-                    "messageExpression": "'every Ingress rule in this namespace needs a host "
-                    "ending in ' + variables.suffix",
-                    "reason": "Forbidden",
-                },
-                {
-                    "expression": "!has(object.spec.tls) || object.spec.tls.all(t, "
-                    "!has(t.hosts) || t.hosts.all(h, h.endsWith(variables.suffix)))",
-                    "messageExpression": "'TLS hosts in this namespace must end in ' + "
-                    "variables.suffix",
-                    "reason": "Forbidden",
-                },
-            ],
-        },
-    }
+    policy = _policy(
+        INGRESS_HOSTS, params=True,
+        rules=[{"apiGroups": ["networking.k8s.io"], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["ingresses"]}],
+        variables=[{"name": "suffix", "expression": suffix}],
+        validations=[
+            {
+                "expression": "!has(object.spec.defaultBackend) && has(object.spec.rules) "
+                "&& object.spec.rules.all(r, has(r.host) && "
+                "r.host.endsWith(variables.suffix))",
+                "messageExpression": "'every Ingress rule in this namespace needs a host "
+                "ending in ' + variables.suffix",
+                "reason": "Forbidden",
+            },
+            {
+                "expression": "!has(object.spec.tls) || object.spec.tls.all(t, "
+                "!has(t.hosts) || t.hosts.all(h, h.endsWith(variables.suffix)))",
+                "messageExpression": "'TLS hosts in this namespace must end in ' + "
+                "variables.suffix",
+                "reason": "Forbidden",
+            },
+        ],
+    )
     return [policy, _binding(INGRESS_HOSTS, params=True, namespaces={
         "matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY},
         "matchExpressions": [{"key": HOST_TAG_LABEL, "operator": "Exists"}],
@@ -176,41 +176,33 @@ def ingress_host_policy() -> list[Manifest]:
 def gpu_model_policy() -> list[Manifest]:
     """A pod asking for the GPU resource (`gpuResource`) in a namespace annotated with a GPU
     model selects nodes of that model (`gpuModelLabel`), or is refused in words."""
-    policy = {
-        "apiVersion": ADMISSION,
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": GPU_MODEL},
-        "spec": {
-            "failurePolicy": "Fail",
-            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
-            "matchConstraints": {"resourceRules": [{
-                "apiGroups": [""], "apiVersions": ["v1"],
-                "operations": ["CREATE", "UPDATE"], "resources": ["pods"],
-            }]},
-            "variables": [
-                {"name": "model", "expression":
-                    "has(namespaceObject.metadata.annotations) && "
-                    f"'{GPU_MODEL_ANNOTATION}' in namespaceObject.metadata.annotations ? "
-                    f"namespaceObject.metadata.annotations['{GPU_MODEL_ANNOTATION}'] : ''"},
-                {"name": "wantsGpus", "expression":
-                    "(object.spec.containers + (has(object.spec.initContainers) ? "
-                    "object.spec.initContainers : [])).exists(c, has(c.resources) && ("
-                    "(has(c.resources.limits) && params.data.gpuResource in c.resources.limits)"
-                    " || (has(c.resources.requests) && "
-                    "params.data.gpuResource in c.resources.requests)))"},
-            ],
-            "validations": [{
-                "expression": "variables.model == '' || !variables.wantsGpus || ("
-                "has(object.spec.nodeSelector) && params.data.gpuModelLabel in "
-                "object.spec.nodeSelector && "
-                "object.spec.nodeSelector[params.data.gpuModelLabel] == variables.model)",
-                "messageExpression": "'pods of this instance may use only ' + variables.model "
-                "+ ' GPUs: select them with nodeSelector ' + params.data.gpuModelLabel + ': ' "
-                "+ variables.model",
-                "reason": "Forbidden",
-            }],
-        },
-    }
+    policy = _policy(
+        GPU_MODEL, params=True,
+        rules=[{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                "resources": ["pods"]}],
+        variables=[
+            {"name": "model", "expression":
+                "has(namespaceObject.metadata.annotations) && "
+                f"'{GPU_MODEL_ANNOTATION}' in namespaceObject.metadata.annotations ? "
+                f"namespaceObject.metadata.annotations['{GPU_MODEL_ANNOTATION}'] : ''"},
+            {"name": "wantsGpus", "expression":
+                "(object.spec.containers + (has(object.spec.initContainers) ? "
+                "object.spec.initContainers : [])).exists(c, has(c.resources) && ("
+                "(has(c.resources.limits) && params.data.gpuResource in c.resources.limits)"
+                " || (has(c.resources.requests) && "
+                "params.data.gpuResource in c.resources.requests)))"},
+        ],
+        validations=[{
+            "expression": "variables.model == '' || !variables.wantsGpus || ("
+            "has(object.spec.nodeSelector) && params.data.gpuModelLabel in "
+            "object.spec.nodeSelector && "
+            "object.spec.nodeSelector[params.data.gpuModelLabel] == variables.model)",
+            "messageExpression": "'pods of this instance may use only ' + variables.model "
+            "+ ' GPUs: select them with nodeSelector ' + params.data.gpuModelLabel + ': ' "
+            "+ variables.model",
+            "reason": "Forbidden",
+        }],
+    )
     return [policy, _binding(GPU_MODEL, params=True, namespaces={
         "matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY}})]
 
