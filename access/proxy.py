@@ -29,6 +29,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from websockets.asyncio.client import connect as websocket_connect
 
+from clusters.backends import BackendError
 from clusters.backends.kubernetes.client import request_verb
 from gpupaas import logs
 from gpupaas.metrics import PROXY_LATENCY, PROXY_REQUESTS
@@ -188,6 +189,10 @@ class KubeProxy:
             # The API server's own answer (forbidden, not found, not scheduled...): kubectl
             # reads the Status in its body.
             response = exc.response
+            if response.status_code == 401 and decision.access_token:
+                # A stale access token: the next upgrade gets a new one.
+                with contextlib.suppress(BackendError):
+                    await sync_to_async(services.renew_access_token)(decision.instance_id)
             await self.refuse_upgrade(scope, send, response.status_code, response.body or b"",
                                       response.headers.get("Content-Type", "application/json"))
             await self.audit(audit, response.status_code, started)
@@ -308,6 +313,18 @@ class KubeProxy:
         client = self.client_for(grant)
         try:
             response = await client.send(request, stream=True)
+            if response.status_code == 401 and grant.access_token:
+                # The access account was made again since its token was cached: once more,
+                # with a new one.
+                await response.aclose()
+                try:
+                    fresh = await sync_to_async(services.renew_access_token)(grant.instance_id)
+                except BackendError as exc:
+                    state["status"] = 503
+                    await self.answer(send, 503, "ServiceUnavailable", exc.message)
+                    return
+                request.headers.update(fresh)
+                response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             log.warning("proxy: %s %s failed: %r", request.method, request.url, exc)
             state["status"] = 502

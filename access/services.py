@@ -195,6 +195,7 @@ class Grant:
     instance_id: int
     upstream_key: str  # the connection pool: one per cluster or inner cluster
     upstream: Upstream  # with the credential this request is forwarded with
+    access_token: bool = False  # that credential is a namespace instance's access token
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def _upstream(instance: Instance) -> tuple[str, Upstream]:
     return key, cached[1]
 
 
-def _with_access_token(instance: Instance, upstream: Upstream) -> Upstream:
+def _access_header(instance: Instance) -> dict[str, str]:
     """A namespace instance's users act on the cluster as its access ServiceAccount, which
     holds `admin` in the instance's namespace and nothing else: the API server scopes every
     request, and the portal impersonates no one. Its short-lived token is minted by
@@ -253,7 +254,17 @@ def _with_access_token(instance: Instance, upstream: Upstream) -> Upstream:
     if expires - time.time() < ACCESS_TOKEN_MARGIN_S:
         token, expires = get_backend(instance.cluster).access_token(instance_spec(instance))
         _access_tokens[instance.pk] = (token, expires)
-    return replace(upstream, headers={"Authorization": f"Bearer {token}"})
+    return {"Authorization": f"Bearer {token}"}
+
+
+def renew_access_token(instance_id: int) -> dict[str, str]:
+    """The cluster refused the cached token (the account was made again since, which voids
+    its tokens): a new one, for the request to go again once."""
+    close_old_connections()  # on the proxy's worker thread, outside a request cycle
+    _access_tokens.pop(instance_id, None)
+    instance = Instance.objects.select_related("cluster", "workspace__owner").get(
+        pk=instance_id)
+    return _access_header(instance)
 
 
 def _refuse(message: str) -> Refusal:
@@ -297,12 +308,12 @@ def authorize_proxy_request(
     try:
         key, upstream = _upstream(instance)
         if instance.kind == NAMESPACE:
-            upstream = _with_access_token(instance, upstream)
+            upstream = replace(upstream, headers=_access_header(instance))
     except BackendError as exc:
         return Refusal(503, "ServiceUnavailable", exc.message)
     return Grant(
         token_id=row.pk, user_id=row.user_id, instance_id=instance.pk, upstream_key=key,
-        upstream=upstream,
+        upstream=upstream, access_token=instance.kind == NAMESPACE,
     )
 
 

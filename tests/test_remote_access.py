@@ -718,3 +718,24 @@ def test_a_forged_forwarded_address_is_neither_recorded_nor_an_error(
     row = wait_for(lambda: ProxyRequest.objects.filter(verb="create", status=201).first(),
                    timeout=5)
     assert row.client_ip == "127.0.0.1"
+
+
+def test_an_access_account_made_again_costs_the_user_nothing(
+        emu, portal, http, alice_instance, alice_kubeconfig):
+    """Its tokens die with the account (a real server binds them to its uid; the emulator
+    answers 401 too): the proxy asks for a new token and sends the request again, once."""
+    ns = namespace_of(alice_instance)
+    url = f"{portal}/k8s/{alice_instance.pk}/api/v1/namespaces/{ns}/configmaps"
+    headers = {"Authorization": f"Bearer {token_of(alice_kubeconfig)}"}
+    assert http.get(url, headers=headers).status_code == 200
+    emu.delete_object("ServiceAccount", "gpupaas-access", ns)
+    emu.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "gpupaas-access"}}, namespace=ns)
+    emu.requests.reset()
+
+    assert http.get(url, headers=headers).status_code == 200
+    statuses = [r.status for r in emu.requests.records() if r.path.startswith(
+        f"/api/v1/namespaces/{ns}/configmaps")]
+    assert statuses == [401, 200]  # the stale token, then a fresh one
+    assert any("/serviceaccounts/gpupaas-access/token" in r.path
+               for r in emu.requests.records())

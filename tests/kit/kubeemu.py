@@ -2850,7 +2850,11 @@ class _Handler(BaseHTTPRequestHandler):
         if decision is not None and not decision.after:
             self._inject(decision, record)
             return
-        response = emu._dispatch(method, route, query, self.headers.get("Content-Type") or "", raw)
+        if emu.token_refused(self.headers.get("Authorization") or ""):
+            response = _Response(401, ApiError(401, "Unauthorized", "Unauthorized").status())
+        else:
+            response = emu._dispatch(method, route, query,
+                                     self.headers.get("Content-Type") or "", raw)
         if decision is not None:
             if response.stream is not None:
                 response.stream.close()
@@ -3278,7 +3282,8 @@ class Emulator(Served):
         answers it: the account must exist, at least ten minutes, and the token is a JWT whose
         subject is the account (its signature means nothing here)."""
         info = self.catalog.lookup("", "v1", "serviceaccounts")
-        if self.store.find(info, namespace, name) is None:
+        account = self.store.find(info, namespace, name)
+        if account is None:
             raise _not_found("", "serviceaccounts", name)
         spec = dict((body or {}).get("spec") or {})
         seconds = int(spec.get("expirationSeconds") or 3600)
@@ -3298,7 +3303,8 @@ class Emulator(Served):
             "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name}},
             "jti": uuid.uuid4().hex}), part({"sig": uuid.uuid4().hex})])
         with self._tokens_lock:
-            self._tokens[token] = (user, float(expires))
+            self._tokens[token] = (user, float(expires), namespace or "", name,
+                                   account["metadata"].get("uid", ""))
         stamp = datetime.datetime.fromtimestamp(expires, datetime.UTC)
         return {
             "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
@@ -3315,6 +3321,20 @@ class Emulator(Served):
         with self._tokens_lock:
             found = self._tokens.get(token)
         return found[0] if found and found[1] > time.time() else None
+
+    def token_refused(self, authorization: str) -> bool:
+        """A token minted here that a real server would no longer take: expired, or its
+        ServiceAccount deleted since (a token is bound to the account's uid)."""
+        token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+        with self._tokens_lock:
+            found = self._tokens.get(token)
+        if found is None:
+            return False  # not one of ours: the emulator authenticates nothing else
+        _, expires, namespace, name, uid = found
+        account = self.store.find(self.catalog.lookup("", "v1", "serviceaccounts"),
+                                  namespace, name)
+        return expires <= time.time() or account is None or (
+            account["metadata"].get("uid", "") != uid)
 
     def _discovery(self, path: str) -> _Response:
         parts = [p for p in path.split("/") if p]
