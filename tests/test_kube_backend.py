@@ -509,3 +509,24 @@ def test_a_notebook_whose_image_the_cluster_cannot_pull_fails_in_words(emu, alic
 
     notebook = wait_for(failed, timeout=60, interval=0.5)
     assert notebook.status_message == "Image pull failed: the cluster cannot download the image."
+
+
+def test_an_instance_bound_the_old_way_is_rebound_to_its_access_account(emu, alice, profiles):
+    """Instances an older portal made bound the users and groups it impersonated; the next
+    reconcile pass binds `admin` to the access account instead (and makes the account)."""
+    instance = provision(launch(alice, profiles["namespace"]))
+    ns = namespace_of(emu, instance)["metadata"]["name"]
+    emu.delete_object("ServiceAccount", "gpupaas-access", ns)
+    emu.delete_object("RoleBinding", "owner-admin", ns)
+    emu.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "owner-admin", "namespace": ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "admin"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                              "name": f"test-portal:instance:{instance.key}"}]})
+
+    services.reconcile_instances()
+
+    assert emu.get("RoleBinding", "owner-admin", ns)["subjects"] == [
+        {"kind": "ServiceAccount", "name": "gpupaas-access", "namespace": ns}]
+    assert emu.get("ServiceAccount", "gpupaas-access", ns) is not None

@@ -653,7 +653,8 @@ class KubernetesBackend:
                 if failed:
                     states[spec.key] = failed
                     continue
-            restored = [obj for obj in desired if _ref(obj) not in present]
+            restored = [obj for obj in desired if _ref(obj) not in present
+                        or _binds_otherwise(obj, present[_ref(obj)])]
             self._apply_all(restored)
             states[spec.key] = InstanceState(
                 "running", f"Ready: namespace {m.object_name(spec)}.",
@@ -870,6 +871,12 @@ class KubernetesBackend:
         # GPUs are held by running pods, not by a namespace or its quota; a failed instance
         # keeps its objects (and data) for a retry, and deletion removes them.
         return None
+
+
+def _binds_otherwise(desired: Manifest, found: Manifest) -> bool:
+    """A RoleBinding whose subjects are not the portal's: changed by hand, or written by an
+    older portal (which bound users and groups it impersonated, before access accounts)."""
+    return desired["kind"] == "RoleBinding" and found.get("subjects") != desired["subjects"]
 
 
 def _dedicated_health(name: str, cluster: Manifest | None) -> InstanceState:
