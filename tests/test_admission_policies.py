@@ -83,6 +83,7 @@ def test_the_portals_own_objects_are_admitted():
     "a namespace without managed-by", "a managed namespace that is privileged",
     "relabel its namespace privileged", "strip managed-by from its namespace",
     "lower the Pod Security version", "relabel kube-system as managed", "delete kube-system",
+    "a namespace without a host tag", "change its namespace's host tag",
 ])
 def test_the_portal_cannot_escape_its_namespaces(attempt):
     request = {
@@ -105,6 +106,11 @@ def test_the_portal_cannot_escape_its_namespaces(attempt):
             object={**KUBE_SYSTEM, "metadata": {**KUBE_SYSTEM["metadata"], "labels": {
                 **NAMESPACE["metadata"]["labels"]}}}),
         "delete kube-system": as_portal("DELETE", "namespaces", old_object=KUBE_SYSTEM),
+        "a namespace without a host tag": as_portal(
+            "CREATE", "namespaces", object=relabelled(**{"gpupaas.io/host-tag": ""})),
+        "change its namespace's host tag": as_portal(
+            "UPDATE", "namespaces", old_object=NAMESPACE,
+            object=relabelled(**{"gpupaas.io/host-tag": "i43"})),
     }[attempt]
     decision = decide(request)
     assert not decision.allowed
@@ -171,6 +177,13 @@ def test_a_tenant_ingress_names_only_its_own_notebook_hosts():
         decision = decide(tenant("CREATE", "ingresses", hostile, "networking.k8s.io"))
         assert not decision.allowed, hostile
         assert "-i42.apps.example.com" in decision.messages[0]
+
+
+def test_in_a_namespace_of_the_portal_without_a_tag_no_ingress_passes():
+    untagged = relabelled(**{"gpupaas.io/host-tag": ""})
+    request = Request("CREATE", "ingresses", group="networking.k8s.io", username=PORTAL,
+                      object=ingress("portal.apps.example.com"), namespace=untagged)
+    assert not decide(request).allowed
 
 
 def test_without_the_clusters_parameter_every_tenant_ingress_is_refused():

@@ -12,7 +12,8 @@ for any other. Tests hold the three copies equal.
   ServiceAccount of that namespace (the instance's access account) or to
   `gpupaas-portal-manager` for itself.
 - `gpupaas-ingress-hosts`: in a tenant namespace an Ingress names only hosts ending in the
-  namespace's tag under the ingress domain, so no tenant receives another's traffic.
+  namespace's tag under the ingress domain, so no tenant receives another's traffic; in a
+  namespace of the portal without a tag, no Ingress at all.
 - `gpupaas-gpu-model`: a pod that asks for GPUs in an instance whose size names a GPU model
   must select nodes of that model.
 
@@ -102,16 +103,21 @@ def confinement_policy() -> list[Manifest]:
                 "reason": "Forbidden",
             },
             {
-                # After the change: still its own, still Pod Security restricted.
+                # After the change: still its own, still Pod Security restricted, still (or
+                # from the start) carrying the host tag its Ingresses are held to, unchanged.
                 "expression": "request.operation == 'DELETE' || !variables.isNamespace || "
-                f"(({_managed('object')}) && {PSA} in object.metadata.labels "
+                f"(({_managed('object')}) && '{HOST_TAG_LABEL}' in object.metadata.labels "
+                f"&& (request.operation == 'CREATE' || ('{HOST_TAG_LABEL}' in "
+                f"oldObject.metadata.labels && object.metadata.labels['{HOST_TAG_LABEL}'] == "
+                f"oldObject.metadata.labels['{HOST_TAG_LABEL}'])) "
+                f"&& {PSA} in object.metadata.labels "
                 f"&& object.metadata.labels[{PSA}] == 'restricted' "
                 f"&& (!({PSA_VERSION} in object.metadata.labels) "
                 f"|| object.metadata.labels[{PSA_VERSION}] == 'latest' "
                 f"|| object.metadata.labels[{PSA_VERSION}].matches("
                 r"'^v1[.](3[1-9]|[4-9][0-9])$')))",
                 "message": "the portal's namespaces keep app.kubernetes.io/managed-by="
-                f"{MANAGED_BY} and Pod Security enforce=restricted",
+                f"{MANAGED_BY}, their {HOST_TAG_LABEL} and Pod Security enforce=restricted",
                 "reason": "Forbidden",
             },
             {
@@ -167,10 +173,9 @@ def ingress_host_policy() -> list[Manifest]:
             },
         ],
     )
+    # Every namespace of the portal: one without a tag fails the suffix and is refused.
     return [policy, _binding(INGRESS_HOSTS, params=True, namespaces={
-        "matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY},
-        "matchExpressions": [{"key": HOST_TAG_LABEL, "operator": "Exists"}],
-    })]
+        "matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY}})]
 
 
 def gpu_model_policy() -> list[Manifest]:
