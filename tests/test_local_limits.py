@@ -135,6 +135,24 @@ def test_another_instances_gpu_is_refused_even_without_cuda_visible_devices(
         assert answers[str(index)] == 6  # ENXIO: let through, no driver behind it
 
 
+def test_another_instances_dev_node_is_dev_null_inside(alice, catalogue, minimal_environment):
+    """What works on cgroup v2 too: the other GPUs' /dev/nvidiaN nodes are covered by
+    /dev/null in the notebook's mount namespace (a node made for the test, minor 97, which no
+    instance holds)."""
+    node = Path("/dev/nvidia97")
+    os.mknod(node, 0o20666, os.makedev(195, 97))
+    try:
+        notebook = notebook_on(alice, catalogue, "devnode")
+        seen = run_code(notebook.url, notebook.token, textwrap.dedent("""
+            import os
+            st = os.stat("/dev/nvidia97")
+            print(os.major(st.st_rdev), os.minor(st.st_rdev))
+        """)).split()
+        assert seen == ["1", "3"]  # /dev/null's numbers, not the GPU's 195:97
+    finally:
+        node.unlink()
+
+
 def test_another_workspaces_tmp_is_not_there(alice, bob, catalogue, minimal_environment):
     hers = notebook_on(alice, catalogue, "tmp-a")
     his = notebook_on(bob, catalogue, "tmp-b")

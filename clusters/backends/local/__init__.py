@@ -197,28 +197,25 @@ class LocalBackend:
                 raise BackendError("This instance's sandbox is gone.")
             tenant = ensure_tenant(spec.workspace)
         work = sandbox / "work"
+        env = {
+            "HOME": str(sandbox),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpu_indices),
+            "SHELL": "/bin/bash",
+            "LANG": "C.UTF-8",
+            "TERM": "xterm-256color",
+            "USER": tenant.name,
+            "LOGNAME": tenant.name,
+        }
         argv, uid, gid = ["/bin/bash", "--login"], tenant.uid, tenant.gid
         if limits.enforced():  # the instance's size, for all its shells together
             argv = limits.confine(argv, name=self._shell_limits(spec.key), uid=uid, gid=gid,
-                                  limits=limits.for_resources(cpu=spec.cpu,
-                                                              memory_gib=spec.memory_gib,
-                                                              gpus=gpu_indices))
+                                  path=env["PATH"], limits=limits.for_resources(
+                                      cpu=spec.cpu, memory_gib=spec.memory_gib,
+                                      gpus=gpu_indices))
             uid = gid = None  # it becomes the tenant inside its cgroups
-        return Terminal(
-            argv=tuple(argv),
-            cwd=str(work if work.is_dir() else sandbox),
-            env={
-                "HOME": str(sandbox),
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpu_indices),
-                "SHELL": "/bin/bash",
-                "LANG": "C.UTF-8",
-                "TERM": "xterm-256color",
-                "USER": tenant.name,
-                "LOGNAME": tenant.name,
-            },
-            uid=uid, gid=gid,
-        )
+        return Terminal(argv=tuple(argv), cwd=str(work if work.is_dir() else sandbox), env=env,
+                        uid=uid, gid=gid)
 
     def _shell_limits(self, key: str) -> str:
         """The cgroups the instance's shells share: unique per sandbox root and instance."""

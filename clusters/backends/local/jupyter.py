@@ -126,16 +126,18 @@ def start(spec: NotebookSpec, *, control: Path, home: Path, env: Environment,
     # Tracked before it starts: whatever happens next, cleanup knows where to look.
     _write_runtime(control, {"pid": None, "port": port, "started": time.time()})
     ids = {"user": tenant.uid, "group": tenant.gid, "extra_groups": []} if tenant else {}
+    environment = clean_environment(spec=spec, home=home, env=env)
     if limits.enforced():
         # Held by its own cgroups from its first instruction; it becomes the tenant there.
         command = limits.confine(
             command, name=limits_name(server_id), uid=tenant.uid if tenant else None,
-            gid=tenant.gid if tenant else None, limits=limits.for_resources(
-                cpu=spec.cpu, memory_gib=spec.memory_gib, gpus=spec.gpu_indices))
+            gid=tenant.gid if tenant else None, path=environment["PATH"],
+            limits=limits.for_resources(cpu=spec.cpu, memory_gib=spec.memory_gib,
+                                        gpus=spec.gpu_indices))
         ids = {}
     with open(control / "jupyter.log", "ab") as log:
         process = subprocess.Popen(
-            command, cwd=work, env=clean_environment(spec=spec, home=home, env=env),
+            command, cwd=work, env=environment,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, umask=0o077, **ids,
         )

@@ -10,15 +10,18 @@ here directly in the cgroup filesystem (this needs root, which isolated mode has
 - processes: at most LOCAL_TASKS_MAX tasks (threads count), so a fork bomb stops there;
 - devices (cgroup v1): nothing but the usual character devices, the NVIDIA control devices
   and the instance's own `/dev/nvidiaN`: unsetting CUDA_VISIBLE_DEVICES does not reach
-  another instance's GPU;
-- and, in a mount namespace of its own, a private /tmp, /var/tmp and /dev/shm.
+  another instance's GPU; on v1 and v2 alike, the other GPUs' `/dev/nvidiaN` are also
+  covered by /dev/null in its mount namespace;
+- and, in mount and IPC namespaces of its own, a private /tmp, /var/tmp, /dev/shm and SysV
+  IPC.
 
 The process is started by a root shell that joins the cgroups, unshares its mounts, mounts
 the private folders and only then drops to the workspace's OS user (`setpriv`, with
 no_new_privs), so nothing the tenant runs ever lived outside them. cgroup v1 (separate
 hierarchies, as on this project's machines) enforces all of it; v2 enforces memory, CPU and
-processes (its device controller needs eBPF, which this does not load); anywhere else the
-portal says "limits are not enforced on this machine".
+processes, and GPUs through the mount namespace only (its device controller needs eBPF,
+which this does not load); anywhere else the portal says "limits are not enforced on this
+machine".
 """
 
 from __future__ import annotations
@@ -41,19 +44,22 @@ BASE_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                 "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm",
                 f"c {NVIDIA_MAJOR}:255 rwm", f"c {NVIDIA_MAJOR}:254 rwm")
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-# Runs as root: joins the cgroups ($1, colon-separated cgroup.procs files), unshares its
-# mounts and gives itself a fresh /tmp, /var/tmp and /dev/shm; the portal's own folders that
-# live under them ($7) are bound into the fresh one before it is moved into place. Then it
-# becomes the tenant ($2:$3) and runs the rest.
+# Runs as root with the system's PATH (the tenant's, $8, is given back at the end): joins the
+# cgroups ($1, colon-separated cgroup.procs files), unshares its mounts and SysV IPC, gives
+# itself a fresh /tmp, /var/tmp and /dev/shm (the portal's own folders that live under them,
+# $7, are bound into the fresh one before it is moved into place), hides the GPU device
+# nodes of other instances under /dev/null ($9), then becomes the tenant ($2:$3).
 CONFINE = r"""
-set -e
-files=$1; uid=$2; gid=$3; unshare=$4; setpriv=$5; mount=$6; keep=$7; shift 7
+set -ef
+files=$1; uid=$2; gid=$3; unshare=$4; setpriv=$5; mount=$6; keep=$7; path=$8; hide=$9
+shift 9
 IFS=:
 for f in $files; do echo $$ > "$f"; done
 unset IFS
-exec "$unshare" --mount --propagation private -- /bin/sh -c '
-set -e
-mount=$1; setpriv=$2; uid=$3; gid=$4; keep=$5; shift 5
+exec "$unshare" --mount --ipc --propagation private -- /bin/sh -c '
+set -ef
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount=$1; setpriv=$2; uid=$3; gid=$4; keep=$5; path=$6; hide=$7; shift 7
 mask=$(umask)
 umask 022
 for d in /tmp /var/tmp; do
@@ -70,11 +76,18 @@ for d in /tmp /var/tmp; do
   "$mount" --move /mnt "$d"
 done
 [ -d /dev/shm ] && "$mount" -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+IFS=:
+for n in $hide; do
+  [ -c "$n" ] && "$mount" --bind /dev/null "$n"
+done
+unset IFS
 umask "$mask"
 unset PWD OLDPWD  # the shell adds them; the process gets exactly its own environment
+PATH=$path
+export PATH
 if [ "$uid" = "-" ]; then exec "$@"; fi
 exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- "$@"
-' confine "$mount" "$setpriv" "$uid" "$gid" "$keep" "$@"
+' confine "$mount" "$setpriv" "$uid" "$gid" "$keep" "$path" "$hide" "$@"
 """
 
 
@@ -120,9 +133,8 @@ def mode_line() -> str:
     if not kind or tools() is None:
         return ("Limits are not enforced on this machine: a notebook's memory, CPU, processes "
                 "and GPUs are not capped (needs root, cgroups and util-linux).")
-    devices = ", GPU devices" if kind == "v1" else ""
-    return (f"Limits enforced per notebook and shell (cgroup {kind}): memory, CPU, processes"
-            f"{devices}, and a private /tmp.")
+    return (f"Limits enforced per notebook and shell (cgroup {kind}): memory, CPU, processes, "
+            "other instances' GPU devices, and a private /tmp.")
 
 
 def _safe(name: str) -> str:
@@ -185,9 +197,11 @@ def prepare(name: str, limits: Limits) -> list[Path]:
 
 
 def confine(argv: list[str], *, name: str, limits: Limits, uid: int | None,
-            gid: int | None) -> list[str]:
+            gid: int | None, path: str) -> list[str]:
     """The command that runs `argv` held by the cgroups of `name`, with private temporary
-    folders, as `uid`:`gid` (None: as the caller). Start it as root."""
+    folders, as `uid`:`gid` (None: as the caller), with `path` as its PATH (the command's
+    environment's PATH is not used before then: it may name the tenant's folders). Start it
+    as root."""
     found = tools()
     assert found is not None
     procs = prepare(name, limits)
@@ -196,7 +210,14 @@ def confine(argv: list[str], *, name: str, limits: Limits, uid: int | None,
         settings.LOCAL_SANDBOX_ROOT, settings.LOCAL_ENV_ROOT))
     return ["/bin/sh", "-c", CONFINE, "confine", ":".join(str(p) for p in procs),
             "-" if uid is None else str(uid), "-" if gid is None else str(gid), *found,
-            keep, *argv]
+            keep, path, ":".join(other_gpus(limits.gpus)), *argv]
+
+
+def other_gpus(allowed: tuple[int, ...]) -> list[str]:
+    """The GPU device nodes of this machine that are not the process's (`/dev/nvidiaN`)."""
+    return sorted(str(node) for node in Path("/dev").glob("nvidia*")
+                  if re.fullmatch(r"nvidia\d+", node.name)
+                  and int(node.name[6:]) not in allowed)
 
 
 def release(name: str) -> None:
