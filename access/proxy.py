@@ -313,15 +313,26 @@ class KubeProxy:
         client = self.client_for(grant)
         try:
             response = await client.send(request, stream=True)
-            if response.status_code == 401 and grant.access_token:
-                # The access account was made again since its token was cached: once more,
-                # with a new one.
+            if response.status_code == 401 and grant.access_token and "proxy" not in \
+                    request.url.path.split("/"):
+                # The API server's own refusal of the cached token (its account was made
+                # again since): once more, with a new one. Never for a tenant's service
+                # answering 401 through services/<name>/proxy.
+                body = await response.aread()
                 await response.aclose()
-                try:
-                    fresh = await sync_to_async(services.renew_access_token)(grant.instance_id)
-                except BackendError as exc:
-                    state["status"] = 503
-                    await self.answer(send, 503, "ServiceUnavailable", exc.message)
+                fresh = None
+                if _is_unauthorized_status(body):
+                    try:
+                        fresh = await sync_to_async(services.renew_access_token)(
+                            grant.instance_id)
+                    except BackendError as exc:
+                        state["status"] = 503
+                        await self.answer(send, 503, "ServiceUnavailable", exc.message)
+                        return
+                if fresh is None:
+                    state["status"] = 401
+                    await self.answer_raw(send, 401, body, response.headers.get(
+                        "content-type", "application/json"))
                     return
                 request.headers.update(fresh)
                 response = await client.send(request, stream=True)
@@ -384,6 +395,16 @@ class KubeProxy:
                         (b"content-length", str(len(body)).encode())],
         })
         await send({"type": "http.response.body", "body": body})
+
+
+def _is_unauthorized_status(body: bytes) -> bool:
+    """Whether a 401's body is the API server's own Status (not something a pod answered)."""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(status, dict) and status.get("kind") == "Status" \
+        and status.get("reason") == "Unauthorized"
 
 
 def _bearer(headers: dict[str, str]) -> str:

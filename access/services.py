@@ -207,10 +207,13 @@ class Refusal:
 
 _upstreams: dict[str, tuple[float, Upstream]] = {}
 UPSTREAM_TTL_S = 300.0  # rebuilt now and then: exec plugins and in-cluster tokens rotate
-# Namespace instances' access tokens (TokenRequest, ten minutes): instance -> (token, expiry).
-# Reused while at least ACCESS_TOKEN_MARGIN_S of their life is left.
-_access_tokens: dict[int, tuple[str, float]] = {}
+# Namespace instances' access tokens (TokenRequest, ten minutes), by instance and the version of
+# its cluster's settings: (token, when it ends by this process's clock). Reused while at least
+# ACCESS_TOKEN_MARGIN_S of their life is left; renewed on a refusal at most every RENEW_EVERY_S.
+_access_tokens: dict[tuple[int, float], tuple[str, float]] = {}
+_renewed: dict[int, float] = {}
 ACCESS_TOKEN_MARGIN_S = 300.0
+RENEW_EVERY_S = 30.0
 
 
 def _upstream(instance: Instance) -> tuple[str, Upstream]:
@@ -250,18 +253,27 @@ def _access_header(instance: Instance) -> dict[str, str]:
     holds `admin` in the instance's namespace and nothing else: the API server scopes every
     request, and the portal impersonates no one. Its short-lived token is minted by
     TokenRequest and reused for a few minutes; it never leaves the portal."""
-    token, expires = _access_tokens.get(instance.pk, ("", 0.0))
-    if expires - time.time() < ACCESS_TOKEN_MARGIN_S:
-        token, expires = get_backend(instance.cluster).access_token(instance_spec(instance))
-        _access_tokens[instance.pk] = (token, expires)
+    key = (instance.pk, instance.cluster.updated_at.timestamp())
+    token, expires = _access_tokens.get(key, ("", 0.0))
+    if expires - time.monotonic() < ACCESS_TOKEN_MARGIN_S:
+        token, lives = get_backend(instance.cluster).access_token(instance_spec(instance))
+        expires = time.monotonic() + lives
+        _access_tokens[key] = (token, expires)
     return {"Authorization": f"Bearer {token}"}
 
 
-def renew_access_token(instance_id: int) -> dict[str, str]:
-    """The cluster refused the cached token (the account was made again since, which voids
-    its tokens): a new one, for the request to go again once."""
+def renew_access_token(instance_id: int) -> dict[str, str] | None:
+    """The API server refused the cached token (the account was made again since, which
+    voids its tokens): a new one, for the request to go again once. None when one was asked
+    for less than RENEW_EVERY_S ago: a client cannot make the portal mint a token per
+    request."""
+    now = time.monotonic()
+    if now - _renewed.get(instance_id, -RENEW_EVERY_S) < RENEW_EVERY_S:
+        return None
+    _renewed[instance_id] = now
     close_old_connections()  # on the proxy's worker thread, outside a request cycle
-    _access_tokens.pop(instance_id, None)
+    for key in [k for k in _access_tokens if k[0] == instance_id]:
+        del _access_tokens[key]
     instance = Instance.objects.select_related("cluster", "workspace__owner").get(
         pk=instance_id)
     return _access_header(instance)

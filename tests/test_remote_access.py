@@ -739,3 +739,12 @@ def test_an_access_account_made_again_costs_the_user_nothing(
     assert statuses == [401, 200]  # the stale token, then a fresh one
     assert any("/serviceaccounts/gpupaas-access/token" in r.path
                for r in emu.requests.records())
+
+    # Not one token per request, whatever a client does: within RENEW_EVERY_S the refusal
+    # is the answer.
+    emu.delete_object("ServiceAccount", "gpupaas-access", ns)
+    emu.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "gpupaas-access"}}, namespace=ns)
+    emu.requests.reset()
+    assert http.get(url, headers=headers).status_code == 401
+    assert not [r for r in emu.requests.records() if "/token" in r.path]
