@@ -16,7 +16,7 @@ from instances import services as instance_services
 from notebooks import services
 from notebooks.models import Notebook, NotebookProfile
 
-from .conftest import workspace_of
+from .conftest import wait_for, workspace_of
 from .kit.kernel import run_code
 from .test_local_isolation import server_pid
 from .test_notebooks_local import until
@@ -74,12 +74,17 @@ def server_pid_of(notebook: Notebook) -> int:
     return server_pid(Path(settings.LOCAL_SANDBOX_ROOT), notebook)
 
 
-def test_a_fork_bomb_is_capped(alice, catalogue, minimal_environment, settings):
+def test_a_fork_bomb_is_capped_and_the_neighbour_keeps_running(
+        alice, bob, catalogue, minimal_environment, settings, sandbox_root):
+    """The bomb forks until the pids controller says no. Its own server shares the cap and
+    may go down with it (the reconcile starts it again); the machine and the neighbour's
+    notebook do not. It reports through a file in its home, which the test reads."""
     notebook = notebook_on(alice, catalogue, "bomb")
-    bomb = textwrap.dedent("""
+    neighbour = notebook_on(bob, catalogue, "calm-too")
+    report = sandbox_root / "local" / notebook.instance.key / "bomb.txt"
+    bomb = textwrap.dedent(f"""
         import os, time
-        made, refused = 0, None
-        pids = []
+        pids, refused = [], None
         for _ in range(5000):
             try:
                 pid = os.fork()
@@ -92,13 +97,19 @@ def test_a_fork_bomb_is_capped(alice, catalogue, minimal_environment, settings):
             pids.append(pid)
         for pid in pids:
             os.kill(pid, 9)
+        for pid in pids:
             os.waitpid(pid, 0)
-        print(len(pids), refused)
+        with open({str(report)!r}, "w") as out:
+            out.write(f"{{len(pids)}} {{refused}}")
     """)
-    made, refused = run_code(notebook.url, notebook.token, bomb, timeout=120).split()
+    starter = (f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {bomb!r}], "
+               "start_new_session=True); print('started')")
+    assert run_code(notebook.url, notebook.token, starter).strip() == "started"
+    made, refused = wait_for(lambda: report.exists() and report.read_text().split(),
+                             timeout=120)
     assert refused == "11"  # EAGAIN: the pids controller said no
     assert 0 < int(made) < settings.LOCAL_TASKS_MAX
-    assert alive(notebook)
+    assert alive(neighbour)
 
 
 def test_another_instances_gpu_is_refused_even_without_cuda_visible_devices(
