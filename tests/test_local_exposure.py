@@ -107,3 +107,21 @@ def test_with_credentials_required_the_portal_starts(tmp_path, redis_with_acl):
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_every_way_in_is_looked_for(settings):
+    """Not only the configured role over the configured address: the postgres role, TCP
+    beside a socket, a RabbitMQ broker's guest login; a Redis that answers anything but an
+    authentication error is open."""
+    from clusters.backends.local import tenants
+
+    db = settings.DATABASES["default"]
+    settings.DATABASES = {"default": {**db, "USER": "no_such_role", "HOST": "",
+                                      "NAME": "no_such_database"}}
+    settings.CELERY_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+    settings.CACHE_URL = settings.CHANNEL_LAYER_URL = ""
+    found = tenants.open_services()
+    assert any(p.startswith("PostgreSQL at ") and "lets the role postgres in" in p
+               for p in found), found
+    if tenants._amqp_takes_guest("127.0.0.1", 5672):  # this machine's RabbitMQ, as shipped
+        assert any(p.startswith("RabbitMQ at 127.0.0.1:5672") for p in found), found

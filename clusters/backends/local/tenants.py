@@ -145,61 +145,96 @@ POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 
 def open_services() -> list[str]:
     """The portal's services that any local process, a tenant's kernel included, could use
-    without a credential: a Redis that answers PING to anyone (sessions, the Celery broker,
-    the shells' channel layer), a PostgreSQL that lets its role in without a password (trust
-    authentication, over TCP or its Unix socket). Each in words, with what to change; the
-    portal refuses to start in isolated mode while the list is not empty."""
+    without a credential: a Redis that lets anyone in (sessions, the Celery broker, the
+    shells' channel layer), a RabbitMQ broker taking its `guest` login (which it allows from
+    this machine), a PostgreSQL that lets its role or `postgres` in without a password
+    (trust authentication, over TCP or its Unix socket). Each in words, with what to change;
+    the portal refuses to start in isolated mode while the list is not empty."""
     problems = []
-    seen: set[tuple[str, int]] = set()
+    seen: set[str] = set()
     for name in REDIS_SETTINGS:
         url = getattr(settings, name, "") or ""
-        if not url.startswith(("redis://", "rediss://")):
-            continue
         parts = urlsplit(url)
-        where = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        if url.startswith(("redis://", "rediss://")):
+            where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+        elif url.startswith("unix://"):
+            where = parts.path
+        elif url.startswith(("amqp://", "pyamqp://")) and name == "CELERY_BROKER_URL":
+            if _amqp_takes_guest(parts.hostname or "127.0.0.1", parts.port or 5672):
+                problems.append(
+                    f"RabbitMQ at {parts.hostname or '127.0.0.1'}:{parts.port or 5672} "
+                    f"({name}) takes the guest login from this machine, so any tenant's "
+                    "notebook could queue the portal's tasks. Delete the guest user "
+                    "(rabbitmqctl delete_user guest) and give the portal a user of its own.")
+            continue
+        else:
+            continue
         if where in seen:
             continue
         seen.add(where)
-        if _redis_answers_anyone(*where, tls=url.startswith("rediss://")):
+        if _redis_lets_in(where, tls=url.startswith("rediss://")):
             problems.append(
-                f"Redis at {where[0]}:{where[1]} ({name}) answers without a password, so any "
+                f"Redis at {where} ({name}) answers without a password, so any "
                 "tenant's notebook could read sessions and queue the portal's tasks. Give it "
                 "an ACL user with a password (ACL SETUSER portal on >SECRET ~* &* +@all, then "
                 "ACL SETUSER default off) and put it in the URL: "
-                f"redis://portal:SECRET@{where[0]}:{where[1]}/0.")
+                "redis://portal:SECRET@<host>:<port>/0.")
     db = settings.DATABASES["default"]
     if "postgresql" in db["ENGINE"]:
-        host = db.get("HOST") or ""
-        places = [host] if host else []
-        socket_dir = host if host.startswith("/") else POSTGRES_SOCKET_DIR
-        if socket_dir not in places and Path(socket_dir).is_dir():
-            places.append(socket_dir)
-        for place in places:
-            if _postgres_lets_in(place, db.get("PORT") or 5432, db.get("USER") or "postgres",
-                                 db.get("NAME") or "postgres"):
-                shown = place if place.startswith("/") else f"{place}:{db.get('PORT') or 5432}"
-                problems.append(
-                    f"PostgreSQL at {shown} lets the role {db.get('USER') or 'postgres'} in "
-                    "without a password (trust authentication), so any tenant's notebook "
-                    "could read and change the portal's database. Set scram-sha-256 for "
-                    "its host and local lines in pg_hba.conf, give the role a password and "
-                    "put it in DATABASE_URL.")
-                break
+        problems += _postgres_problems(db)
     return problems
 
 
-def _redis_answers_anyone(host: str, port: int, *, tls: bool) -> bool:
+def _postgres_problems(db: dict) -> list[str]:
+    host, port = db.get("HOST") or "", db.get("PORT") or 5432
+    places = [host] if host else []
+    for other in ("127.0.0.1", host if host.startswith("/") else POSTGRES_SOCKET_DIR):
+        if other not in places and (not other.startswith("/") or Path(other).is_dir()):
+            places.append(other)
+    roles = dict.fromkeys([db.get("USER") or "postgres", "postgres"])
+    for place in places:
+        for role in roles:
+            if _postgres_lets_in(place, port, role, db.get("NAME") or "postgres"):
+                shown = place if place.startswith("/") else f"{place}:{port}"
+                return [
+                    f"PostgreSQL at {shown} lets the role {role} in without a password "
+                    "(trust authentication), so any tenant's notebook could read and change "
+                    "the portal's database. Set scram-sha-256 for its host and local lines in "
+                    "pg_hba.conf, give the role a password and put it in DATABASE_URL."]
+    return []
+
+
+def _redis_lets_in(where: str, *, tls: bool) -> bool:
+    """Whether a client with no credential gets anything but an authentication error."""
     try:
-        with socket.create_connection((host, port), timeout=3) as raw:
-            conn: socket.socket = raw
+        if where.startswith("/"):
+            conn = socket.socket(socket.AF_UNIX)
+            conn.settimeout(3)
+            conn.connect(where)
+        else:
+            host, _, port = where.rpartition(":")
+            conn = socket.create_connection((host, int(port)), timeout=3)
+        with conn:
             if tls:
                 context = ssl.create_default_context()
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-                conn = context.wrap_socket(raw, server_hostname=host)
+                conn = context.wrap_socket(conn, server_hostname=where.rpartition(":")[0])
             conn.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
+            answer = conn.recv(64)
     except OSError:
         return False  # not reachable from here: not reachable from a tenant either
+    return bool(answer) and not answer.startswith((b"-NOAUTH", b"-WRONGPASS", b"-ERR AUTH"))
+
+
+def _amqp_takes_guest(host: str, port: int) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(f"amqp://guest:guest@{host}:{port}//", connect_timeout=3) as conn:
+            conn.connect()
+    except Exception:  # refused, not reachable: either way, not a way in
+        return False
+    return True
 
 
 def _postgres_lets_in(host: str, port: int | str, user: str, dbname: str) -> bool:
@@ -208,7 +243,8 @@ def _postgres_lets_in(host: str, port: int | str, user: str, dbname: str) -> boo
     try:
         # No password at all: neither the URL's, nor PGPASSWORD, nor a password file.
         psycopg.connect(host=host, port=port, user=user, dbname=dbname, password="",
-                        passfile="/dev/null", connect_timeout=3).close()
-    except psycopg.Error:
-        return False
+                        passfile="/nonexistent/.pgpass", connect_timeout=3).close()
+    except psycopg.Error as exc:
+        # Past authentication, a missing database is still a way in.
+        return "does not exist" in str(exc) and "database" in str(exc)
     return True
