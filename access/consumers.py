@@ -49,7 +49,7 @@ class ShellConsumer(AsyncWebsocketConsumer):
         self.write_lock = asyncio.Lock()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in self.scope["headers"]}
-        self.client_ip = scope_client_ip(self.scope, headers)
+        self.client_ip = scope_client_ip(self.scope)
         user = self.scope.get("user")
         if user is None or not user.is_authenticated or not await self.session_fresh():
             await self.close()  # the handshake is refused: sign in first

@@ -67,11 +67,14 @@ def kube_verb(method: str, path: str, query: str) -> str:
     return request_verb(method, path, dict(parse_qsl(query)))
 
 
-def scope_client_ip(scope: dict[str, Any], headers: dict[str, str]) -> str | None:
+def scope_client_ip(scope: dict[str, Any]) -> str | None:
     """The client's address of an ASGI request, as pages and the API read it
-    (workspaces.services.client_address: TRUSTED_PROXY_COUNT hops, validated)."""
+    (workspaces.services.client_address: TRUSTED_PROXY_COUNT hops, validated). Several
+    X-Forwarded-For lines count as one list, in order, as Django joins them."""
     client = scope.get("client")
-    return client_address(client[0] if client else None, headers.get("x-forwarded-for", ""))
+    forwarded = ",".join(v.decode("latin-1") for k, v in scope.get("headers", [])
+                         if k.lower() == b"x-forwarded-for")
+    return client_address(client[0] if client else None, forwarded)
 
 
 class KubeProxy:
@@ -137,7 +140,7 @@ class KubeProxy:
         _, _, instance_part, *rest = raw_path.split("/", 3)  # '', 'k8s', '<id>', rest
         path = "/" + (rest[0] if rest else "")
         user_agent = headers.get("user-agent", "")
-        client_ip = scope_client_ip(scope, headers)
+        client_ip = scope_client_ip(scope)
         if not instance_part.isdigit():
             return headers, path, query, client_ip, user_agent, Refusal(
                 404, "NotFound", "No such instance.")

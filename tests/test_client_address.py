@@ -105,3 +105,16 @@ def test_an_audited_page_records_the_trusted_address_whatever_the_header(
     assert page.status_code == 200
     row = AuditEvent.objects.filter(actor=alice).latest("pk")
     assert row.ip_address == recorded
+
+
+def test_several_forwarded_lines_count_as_one_list_on_the_asgi_side(settings):
+    """The proxy and the shell read the same address a page would (Django joins repeated
+    header lines): a second X-Forwarded-For line cannot push the trusted hop aside."""
+    from access.proxy import scope_client_ip
+
+    settings.TRUSTED_PROXY_COUNT = 1
+    scope = {"client": ("10.0.0.2", 5555), "headers": [
+        (b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"203.0.113.9")]}
+    assert scope_client_ip(scope) == "203.0.113.9"
+    settings.TRUSTED_PROXY_COUNT = 2
+    assert scope_client_ip(scope) == "6.6.6.6"

@@ -109,3 +109,17 @@ def test_an_exec_plugin_in_a_pasted_kubeconfig_needs_the_setting(
     response = client.post(ADD, form(kubeconfig=yaml.safe_dump(config)), follow=True)
     assert Cluster.objects.filter(name="gpu-farm").exists(), response.content.decode()[:3000]
     assert marker.exists()  # its plugin ran, as the administrator allowed
+
+
+def test_a_pasted_kubeconfig_that_impersonates_is_refused(client, admin_user, emu, tmp_path):
+    """The client ignores `as:`, so the portal would act as the file's base identity, not the
+    one it names (nor the one the admission policies confine): refused on the form."""
+    import yaml
+
+    config = yaml.safe_load(emu.kubeconfig(tmp_path / "config").read_text())
+    config["users"][0]["user"]["as"] = "system:serviceaccount:gpupaas-system:gpupaas-portal"
+    client.force_login(admin_user)
+    response = client.post(ADD, form(kubeconfig=yaml.safe_dump(config)))
+    assert response.status_code == 200
+    assert "impersonates (as:)" in response.content.decode()
+    assert not Cluster.objects.exists()

@@ -150,6 +150,9 @@ class ClientSettings:
 # Kubeconfig fields that run a program or read a file of the portal's machine.
 RUNS_CODE = ("exec", "auth-provider")
 READS_FILES = ("certificate-authority", "client-certificate", "client-key", "tokenFile")
+# Impersonation in a kubeconfig: the client ignores it, so the credential would act as its
+# base identity, not the one the file names (and the admission policies match).
+IMPERSONATES = ("as", "as-groups", "as-uid", "as-user-extra")
 INSECURE = "the portal never connects insecurely"
 
 
@@ -172,6 +175,9 @@ def check_kubeconfig(kubeconfig: Any, *, from_cluster: bool, allow_exec: bool = 
                 raise ValueError(f"its user {name!r} runs a program ({key}); {where}")
         if from_cluster and any(user.get(key) for key in READS_FILES):
             raise ValueError(f"its user {name!r} names a file of the portal's machine")
+        if any(user.get(key) for key in IMPERSONATES):
+            raise ValueError(f"its user {name!r} impersonates (as:), which the portal's client "
+                             "does not do: give it the identity's own credential")
     if not from_cluster:
         return
     for entry in kubeconfig.get("clusters") or []:
