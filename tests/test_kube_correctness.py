@@ -3,6 +3,7 @@ cluster"). Driven through the official client against the emulator, as the other
 tests; the cluster-side actors (controllers, kubelet) are played through the API too, so the
 same tests can run against a real API server."""
 
+import contextlib
 import html
 import json
 import re
@@ -602,7 +603,8 @@ def test_the_admin_applies_the_policies_and_test_connection_checks_them(
     }
     response = client.post("/admin/clusters/cluster/add/", form, follow=True)
     assert "GPU farm: Admission policies missing: gpupaas-portal-confined, " \
-        "gpupaas-ingress-hosts, gpupaas-gpu-model" in response.content.decode()
+        "gpupaas-portal-confined (binding), gpupaas-ingress-hosts, gpupaas-ingress-hosts " \
+        "(binding), gpupaas-gpu-model, gpupaas-gpu-model (binding)" in response.content.decode()
     cluster = Cluster.objects.get(name="gpu-farm")
     page = client.get(f"/admin/clusters/cluster/{cluster.pk}/change/").content.decode()
     shown = re.search(r'<pre class="policy-yaml">(.*?)</pre>', page, re.S).group(1)
@@ -617,6 +619,21 @@ def test_the_admin_applies_the_policies_and_test_connection_checks_them(
     tested = client.post("/admin/clusters/cluster/", {
         "action": "test_connection", "_selected_action": [cluster.pk]}, follow=True)
     assert "Admission policies installed." in tested.content.decode()
+
+    # A policy that enforces nothing is no policy: a binding gone, a rule loosened.
+    admission = k8s.AdmissionregistrationV1Api(api)
+    admission.delete_validating_admission_policy_binding("gpupaas-gpu-model")
+    admission.patch_validating_admission_policy("gpupaas-portal-confined", {
+        "spec": {"failurePolicy": "Ignore"}})
+    tested = client.post("/admin/clusters/cluster/", {
+        "action": "test_connection", "_selected_action": [cluster.pk]}, follow=True)
+    assert ("Admission policies missing: gpupaas-gpu-model (binding); not as shipped: "
+            "gpupaas-portal-confined;") in tested.content.decode()
+    for obj in objects[:-1]:
+        with contextlib.suppress(kubeemu.ApiError):  # the ones still there
+            emu.create(obj)
+    admission.patch_validating_admission_policy("gpupaas-portal-confined", {
+        "spec": {"failurePolicy": "Fail"}})
 
     form["ingress_domain"] = "new.example.com"  # the domain changes in the portal only
     form["kubeconfig"] = ""

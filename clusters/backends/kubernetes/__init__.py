@@ -249,12 +249,21 @@ class KubernetesBackend:
         parameter says what the portal's settings say; the portal reads them, never writes."""
         if not self.cs.ingress_domain:
             return " No ingress domain: notebooks cannot run here until one is set."
-        missing = [name for name in policies.POLICY_NAMES
-                   if self.kube.get(policies.ADMISSION, "ValidatingAdmissionPolicy", name)
-                   is None]
-        if missing:
-            return (f" Admission policies missing: {', '.join(missing)}; apply the YAML on "
-                    "this cluster's page (docs/kubernetes.md, 'Admission policies').")
+        missing, changed = [], []
+        for wanted in policies.admission_policies():  # each policy, and its binding
+            found = self.kube.get(policies.ADMISSION, wanted["kind"], wanted["metadata"]["name"])
+            what = f"{wanted['metadata']['name']}" + (
+                " (binding)" if wanted["kind"].endswith("Binding") else "")
+            if found is None:
+                missing.append(what)
+            elif not _contains(found.get("spec"), wanted["spec"]):
+                changed.append(what)
+        if missing or changed:
+            said = "; ".join(part for part in (
+                f"missing: {', '.join(missing)}" if missing else "",
+                f"not as shipped: {', '.join(changed)}" if changed else "") if part)
+            return (f" Admission policies {said}; apply the YAML on this cluster's page "
+                    "(docs/kubernetes.md, 'Admission policies').")
         found = self.kube.get("v1", "ConfigMap", policies.PARAMS_NAME, policies.PORTAL_ACCOUNT[0])
         wanted = policies.cluster_params(self.cs)["data"]
         if found is None:
@@ -872,6 +881,17 @@ class KubernetesBackend:
         # GPUs are held by running pods, not by a namespace or its quota; a failed instance
         # keeps its objects (and data) for a retry, and deletion removes them.
         return None
+
+
+def _contains(found: Any, wanted: Any) -> bool:
+    """Whether `found` says all `wanted` says (the server adds its defaults around it)."""
+    if isinstance(wanted, dict):
+        return isinstance(found, dict) and all(
+            _contains(found.get(key), value) for key, value in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(found, list) and len(found) == len(wanted) and all(
+            _contains(f, w) for f, w in zip(found, wanted, strict=True))
+    return found == wanted
 
 
 def _binds_otherwise(desired: Manifest, found: Manifest) -> bool:
