@@ -271,3 +271,22 @@ def test_the_portal_can_impersonate_no_one_nor_write_admission_policies(producti
     assert [name for name, _ in token_rules] == ["gpupaas-portal-manager"]
     assert {o["metadata"]["name"] for o in production if o["kind"] == "ClusterRoleBinding"} \
         == {"gpupaas-portal"}
+
+
+def test_what_test_connection_asks_for_is_what_the_documented_role_grants():
+    """Test connection asks the server for each cluster-wide permission in NEEDS: each must be
+    one the documented gpupaas-portal ClusterRole grants, or every correctly installed
+    cluster would be reported as lacking it (as admission writes once were)."""
+    from clusters.backends.kubernetes.credentials import NEEDS
+
+    [role] = [o for o in envtest.documented_rbac()
+              if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "gpupaas-portal"]
+
+    def granted(verb: str, group: str, resource: str, name: str) -> bool:
+        return any(group in r["apiGroups"] and resource in r["resources"]
+                   and verb in r["verbs"] and (not r.get("resourceNames")
+                                               or name in r["resourceNames"])
+                   for r in role["rules"])
+
+    asked = [need for needs in NEEDS.values() for need in needs]
+    assert asked and [need for need in asked if not granted(*need)] == []
