@@ -225,7 +225,7 @@ def _upstream(instance: Instance) -> tuple[str, Upstream]:
     ttl = UPSTREAM_TTL_S
     if instance.kind == NAMESPACE:
         # The host cluster's address and trust, without the portal's own credential: the
-        # request goes with the instance's access token (_with_access_token).
+        # request goes with the instance's access token (_access_header).
         cluster = instance.cluster
         key = f"cluster:{cluster.pk}:{cluster.updated_at.timestamp()}:access"
         build = lambda: cluster_upstream(cluster, own_credentials=False)  # noqa: E731
