@@ -226,3 +226,39 @@ def test_an_instance_of_any_model_lets_its_pods_choose():
     request = Request("CREATE", "pods", username="x", object=pod(model="NVIDIA-B200"),
                       namespace=anyone)
     assert decide(request).allowed
+
+
+ACCESS_TOKEN_SECRET = {
+    "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+    "metadata": {"name": "forever", "namespace": NS,
+                 "annotations": {"kubernetes.io/service-account.name": "gpupaas-access"}}}
+
+
+def test_only_the_portal_holds_credentials_of_the_access_account():
+    """A tenant with `admin` could otherwise keep the account after losing access: a token
+    Secret that never expires, a long TokenRequest, a pod running as it."""
+    attempts = {
+        "a token Secret for it": tenant("CREATE", "secrets", ACCESS_TOKEN_SECRET),
+        "a pod running as it": tenant("CREATE", "pods", {
+            **pod(gpus=0), "spec": {**pod(gpus=0)["spec"],
+                                    "serviceAccountName": "gpupaas-access"}}),
+        "a pod running as it (the old field)": tenant("CREATE", "pods", {
+            **pod(gpus=0), "spec": {**pod(gpus=0)["spec"], "serviceAccount": "gpupaas-access"}}),
+    }
+    token = Request("CREATE", "serviceaccounts", subresource="token", name="gpupaas-access",
+                    username=f"system:serviceaccount:{NS}:gpupaas-access",
+                    object={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                            "spec": {"expirationSeconds": 31536000}}, namespace=NAMESPACE)
+    attempts["a token of it"] = token
+    for what, request in attempts.items():
+        decision = decide(request)
+        assert not decision.allowed, what
+        assert "gpupaas-access" in decision.messages[0], (what, decision.messages)
+    # The portal itself mints them; tenants' own accounts and pods are theirs.
+    assert decide(Request("CREATE", "serviceaccounts", subresource="token",
+                          name="gpupaas-access", username=PORTAL, object=token.object,
+                          namespace=NAMESPACE)).allowed
+    own = {**ACCESS_TOKEN_SECRET, "metadata": {**ACCESS_TOKEN_SECRET["metadata"], "annotations": {
+        "kubernetes.io/service-account.name": "my-ci"}}}
+    assert decide(tenant("CREATE", "secrets", own)).allowed
+    assert decide(tenant("CREATE", "pods", pod(gpus=0))).allowed

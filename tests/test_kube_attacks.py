@@ -215,3 +215,19 @@ def test_a_tenant_cannot_run_a_privileged_pod_nor_escalate(tenants):
     refused(k8s.CoreV1Api(api).patch_namespace, ns, {"metadata": {"labels": {
         "pod-security.kubernetes.io/enforce": "privileged"}}})
 
+
+
+def test_a_tenant_keeps_no_credential_of_the_access_account(tenants):
+    """After losing access a user must hold nothing of the account the proxy acts as."""
+    ns, api = tenants["alice"]
+    core = k8s.CoreV1Api(api)
+    exc = refused(core.create_namespaced_secret, ns, {
+        "metadata": {"name": "forever", "annotations": {
+            "kubernetes.io/service-account.name": "gpupaas-access"}},
+        "type": "kubernetes.io/service-account-token"})
+    assert "gpupaas-access-account" in body(exc)
+    refused(core.create_namespaced_service_account_token, "gpupaas-access", ns, {
+        "spec": {"expirationSeconds": 31536000}})
+    pod = gpu_pod("NVIDIA-H100")
+    pod["spec"]["serviceAccountName"] = "gpupaas-access"
+    refused(core.create_namespaced_pod, ns, pod)

@@ -420,7 +420,8 @@ def test_the_admission_policies_are_schema_valid_and_read_the_clusters_parameter
     objects = policies.admission_policies()
     assert [o["metadata"]["name"] for o in objects] == [
         "gpupaas-portal-confined", "gpupaas-portal-confined", "gpupaas-ingress-hosts",
-        "gpupaas-ingress-hosts", "gpupaas-gpu-model", "gpupaas-gpu-model"]
+        "gpupaas-ingress-hosts", "gpupaas-gpu-model", "gpupaas-gpu-model",
+        "gpupaas-access-account", "gpupaas-access-account"]
     for obj in [*objects, policies.cluster_params(TLS)]:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     bindings = {o["metadata"]["name"]: o["spec"] for o in objects

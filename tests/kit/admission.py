@@ -39,6 +39,8 @@ class Request:
     object: Obj | None = None
     old_object: Obj | None = None
     namespace: Obj | None = None  # the namespace object, for namespaced resources
+    name: str = ""  # the object's name as the request names it (a TokenRequest's account)
+    subresource: str = ""  # "token" for serviceaccounts/token
 
 
 @dataclass
@@ -70,7 +72,9 @@ def _selects(selector: Obj | None, labels: dict[str, str]) -> bool:
 
 def _matches(policy: Obj, request: Request) -> bool:
     for rule in policy["spec"]["matchConstraints"]["resourceRules"]:
-        if request.group in rule["apiGroups"] and request.resource in rule["resources"] \
+        resource = request.resource + (f"/{request.subresource}" if request.subresource
+                                       else "")
+        if request.group in rule["apiGroups"] and resource in rule["resources"] \
                 and request.operation in rule["operations"]:
             return True
     return False
@@ -100,6 +104,7 @@ def admit(objects: list[Obj], request: Request, params: dict[str, Obj] | None = 
                 "operation": request.operation,
                 "userInfo": {"username": request.username},
                 "resource": {"group": request.group, "resource": request.resource},
+                "name": request.name, "subResource": request.subresource,
             }),
             "object": celpy.json_to_cel(request.object),
             "oldObject": celpy.json_to_cel(request.old_object),

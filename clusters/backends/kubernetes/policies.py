@@ -16,6 +16,8 @@ for any other. Tests hold the three copies equal.
   namespace of the portal without a tag, no Ingress at all.
 - `gpupaas-gpu-model`: a pod that asks for GPUs in an instance whose size names a GPU model
   must select nodes of that model.
+- `gpupaas-access-account`: the instance's access account is the portal's alone: nobody
+  else mints its tokens, makes a token Secret for it or runs a pod as it.
 
 The cluster's own values (ingress domain, GPU resource, GPU model label) are a parameter the
 administrator owns: the ConfigMap `gpupaas-cluster` in the portal's namespace. Changing the
@@ -25,6 +27,7 @@ domain is an edit of that object, and Test connection says when it and the porta
 from typing import Any
 
 from .manifests import (
+    ACCESS_ACCOUNT,
     GPU_MODEL_ANNOTATION,
     HOST_TAG_LABEL,
     MANAGED_BY,
@@ -39,7 +42,8 @@ PARAMS_NAME = "gpupaas-cluster"
 CONFINED = "gpupaas-portal-confined"
 INGRESS_HOSTS = "gpupaas-ingress-hosts"
 GPU_MODEL = "gpupaas-gpu-model"
-POLICY_NAMES = (CONFINED, INGRESS_HOSTS, GPU_MODEL)
+ACCESS_ONLY = "gpupaas-access-account"
+POLICY_NAMES = (CONFINED, INGRESS_HOSTS, GPU_MODEL, ACCESS_ONLY)
 ADMISSION = "admissionregistration.k8s.io/v1"
 MANAGED = "'app.kubernetes.io/managed-by'"
 PSA = "'pod-security.kubernetes.io/enforce'"
@@ -212,9 +216,55 @@ def gpu_model_policy() -> list[Manifest]:
         "matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY}})]
 
 
+def access_account_policy() -> list[Manifest]:
+    """The instance's access account is the portal's to use: nobody else mints its tokens,
+    makes a token Secret for it or runs a pod as it, so no credential of it outlives the
+    ten-minute tokens the proxy holds (a user whose access ends has none left)."""
+    namespace, account = PORTAL_ACCOUNT
+    username = f"system:serviceaccount:{namespace}:{account}"
+    writes = ["CREATE", "UPDATE"]
+    policy = _policy(
+        ACCESS_ONLY,
+        rules=[{"apiGroups": [""], "apiVersions": ["v1"], "operations": writes,
+                "resources": ["pods", "secrets"]},
+               {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                "resources": ["serviceaccounts/token"]}],
+        conditions=[{"name": "not-the-portal",
+                     "expression": f"request.userInfo.username != '{username}'"}],
+        variables=[{"name": "resource", "expression": "request.resource.resource + "
+                    "(has(request.subResource) && request.subResource != '' ? "
+                    "'/' + request.subResource : '')"}],
+        validations=[{
+            "expression": "variables.resource != 'serviceaccounts/token' || "
+            f"request.name != '{ACCESS_ACCOUNT}'",
+            "message": f"only the portal asks for tokens of {ACCESS_ACCOUNT}",
+            "reason": "Forbidden",
+        }, {
+            "expression": "variables.resource != 'secrets' || !has(object.type) || "
+            "object.type != 'kubernetes.io/service-account-token' || "
+            "!has(object.metadata.annotations) || "
+            "!('kubernetes.io/service-account.name' in object.metadata.annotations) || "
+            "object.metadata.annotations['kubernetes.io/service-account.name'] != "
+            f"'{ACCESS_ACCOUNT}'",
+            "message": f"no long-lived token Secret for {ACCESS_ACCOUNT}",
+            "reason": "Forbidden",
+        }, {
+            "expression": "variables.resource != 'pods' || "
+            f"((!has(object.spec.serviceAccountName) || object.spec.serviceAccountName != "
+            f"'{ACCESS_ACCOUNT}') && (!has(object.spec.serviceAccount) || "
+            f"object.spec.serviceAccount != '{ACCESS_ACCOUNT}'))",
+            "message": f"pods do not run as {ACCESS_ACCOUNT}; use a ServiceAccount of your own",
+            "reason": "Forbidden",
+        }],
+    )
+    return [policy, _binding(ACCESS_ONLY, params=False, namespaces={
+        "matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY}})]
+
+
 def admission_policies() -> list[Manifest]:
     """Every policy and binding, in the order an administrator applies them."""
-    return [*confinement_policy(), *ingress_host_policy(), *gpu_model_policy()]
+    return [*confinement_policy(), *ingress_host_policy(), *gpu_model_policy(),
+            *access_account_policy()]
 
 
 def cluster_params(cs: ClusterSettings) -> Manifest:
