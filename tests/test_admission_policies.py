@@ -262,3 +262,8 @@ def test_only_the_portal_holds_credentials_of_the_access_account():
         "kubernetes.io/service-account.name": "my-ci"}}}
     assert decide(tenant("CREATE", "secrets", own)).allowed
     assert decide(tenant("CREATE", "pods", pod(gpus=0))).allowed
+    # The cluster's administrators may.
+    assert decide(Request("CREATE", "serviceaccounts", subresource="token",
+                          name="gpupaas-access", username="kubernetes-admin",
+                          groups=("system:masters", "system:authenticated"),
+                          object=token.object, namespace=NAMESPACE)).allowed

@@ -36,6 +36,7 @@ class Request:
     resource: str  # plural: namespaces, rolebindings, ingresses, pods
     group: str = ""
     username: str = ""
+    groups: tuple[str, ...] = ()
     object: Obj | None = None
     old_object: Obj | None = None
     namespace: Obj | None = None  # the namespace object, for namespaced resources
@@ -102,7 +103,7 @@ def admit(objects: list[Obj], request: Request, params: dict[str, Obj] | None = 
         activation: dict[str, Any] = {
             "request": celpy.json_to_cel({
                 "operation": request.operation,
-                "userInfo": {"username": request.username},
+                "userInfo": {"username": request.username, "groups": list(request.groups)},
                 "resource": {"group": request.group, "resource": request.resource},
                 "name": request.name, "subResource": request.subresource,
             }),

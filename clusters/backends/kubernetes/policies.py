@@ -229,8 +229,12 @@ def access_account_policy() -> list[Manifest]:
                 "resources": ["pods", "secrets"]},
                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                 "resources": ["serviceaccounts/token"]}],
+        # Neither the portal nor the cluster's administrators (system:masters).
         conditions=[{"name": "not-the-portal",
-                     "expression": f"request.userInfo.username != '{username}'"}],
+                     "expression": f"request.userInfo.username != '{username}'"},
+                    {"name": "not-an-administrator",
+                     "expression": "!has(request.userInfo.groups) || "
+                     "!('system:masters' in request.userInfo.groups)"}],
         variables=[{"name": "resource", "expression": "request.resource.resource + "
                     "(has(request.subResource) && request.subResource != '' ? "
                     "'/' + request.subResource : '')"}],
