@@ -62,7 +62,8 @@ CHART_FAILED = {"InstallFailed": "install", "UpgradeFailed": "upgrade",
 
 _clients: dict[int, tuple[Any, KubeClient]] = {}
 _clients_lock = threading.Lock()
-# How long a user's proxy token lives (the API server's minimum), and how long it is reused.
+# How long a user's proxy token lives (the API server's minimum); the proxy reuses it while
+# enough of that is left (access.services.ACCESS_TOKEN_MARGIN_S).
 ACCESS_TOKEN_S = 600
 
 
