@@ -1,5 +1,6 @@
-"""The browser shell's WebSocket (Django Channels): one terminal on the page, one process in
-a pseudo-terminal here (access/shell.py).
+"""The browser shell's WebSocket (Django Channels): one terminal on the page, relayed to an
+`exec` into the user's shell pod in a Kubernetes instance (access/shellpod.py), or, for a
+local sandbox, to a login shell in a pseudo-terminal here (access/shell.py).
 
 Binary frames carry keystrokes in and terminal output out, unchanged; text frames carry JSON
 control messages: `{"type": "resize", "cols": .., "rows": ..}` from the page, and
@@ -7,9 +8,10 @@ control messages: `{"type": "resize", "cols": .., "rows": ..}` from the page, an
 
 The shell lives only while its user may reach the instance: access is decided when it opens
 (someone else's instance is refused like a missing one), again every ACCESS_RECHECK_S, and at
-once when the revoke path signals the instance's group. It also closes after
-SHELL_IDLE_TIMEOUT_S without a keystroke, when its session token expires, and when the
-process ends (`exit`).
+once when the revoke path signals the instance's group (a pod shell's pod is then deleted).
+It also closes after SHELL_IDLE_TIMEOUT_S without a keystroke, when its session token
+expires, and when the shell ends (`exit`). While a shell pod starts, the terminal says what
+it waits for, and why it failed, in the cluster's words.
 """
 
 import asyncio
@@ -26,7 +28,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
 
-from . import loopback, services, shell
+from . import services, shell, shellpod
 from .proxy import scope_client_ip
 
 log = logging.getLogger(__name__)
@@ -40,10 +42,14 @@ UNAVAILABLE = 4503
 
 class ShellConsumer(AsyncWebsocketConsumer):
     grant: services.ShellGrant | None = None
-    process: shell.ShellProcess | None = None
+    process: shell.ShellProcess | None = None  # a local sandbox's shell
+    upstream: Any = None  # a pod shell's exec WebSocket
+    end_code: int | None = None
 
     async def connect(self) -> None:
         self.tasks: list[asyncio.Task] = []
+        self.size: tuple[int, int] | None = None  # (cols, rows), once the page said
+        self.early = b""  # keystrokes typed before the shell was ready (up to 64 KiB)
         self.closing = False
         self.reason = "the browser left"
         self.write_lock = asyncio.Lock()
@@ -68,15 +74,30 @@ class ShellConsumer(AsyncWebsocketConsumer):
             await self.end(exc.message, REFUSED)
             return
         await self.accept()
-        try:
-            self.process = await self.start()
-        except (shell.ShellUnavailable, services.ShellRefused) as exc:
-            await self.end(str(exc), UNAVAILABLE)
-            return
         self.last_input = time.monotonic()
         await self.channel_layer.group_add(services.shell_group(self.grant.instance_id),
                                            self.channel_name)
-        self.tasks = [asyncio.ensure_future(self.pump()), asyncio.ensure_future(self.watch())]
+        self.tasks = [asyncio.ensure_future(self.run()), asyncio.ensure_future(self.watch())]
+
+    async def run(self) -> None:
+        """Start the shell, then relay its output until it ends."""
+        try:
+            if self.grant.kind == "pod":
+                await self.start_pod()
+                await self.pump_pod()
+                return
+            terminal = await database_sync_to_async(services.sandbox_terminal)(
+                grant=self.grant)
+            self.process = await sync_to_async(shell.start_terminal, thread_sensitive=False)(
+                terminal, owner=self.grant.user_id)
+            if self.size:
+                shell.resize(self.process, cols=self.size[0], rows=self.size[1])
+            if self.early:
+                await self.write(self.early)
+        except (shell.ShellUnavailable, services.ShellRefused, shellpod.ShellPodError) as exc:
+            await self.end(str(exc), UNAVAILABLE)
+            return
+        await self.pump()
 
     async def session_fresh(self) -> bool:
         """The page's session has not idled out (as IdleTimeoutMiddleware decides pages)."""
@@ -84,18 +105,71 @@ class ShellConsumer(AsyncWebsocketConsumer):
         last = await database_sync_to_async(session.get)("last_seen")
         return last is None or time.time() - last <= settings.SESSION_IDLE_TIMEOUT_S
 
-    async def start(self) -> shell.ShellProcess:
-        grant = self.grant
-        if grant.kind == "kubectl":
-            listener = await loopback.listener()
-            return await sync_to_async(shell.start_kubectl, thread_sensitive=False)(
-                owner=grant.user_id, instance=grant.instance_name, namespace=grant.namespace,
-                username=grant.username, token=grant.token,
-                server=f"{listener.base_url}/k8s/{grant.instance_id}/", ca_pem=listener.ca_pem,
-            )
-        terminal = await database_sync_to_async(services.sandbox_terminal)(grant=grant)
-        return await sync_to_async(shell.start_terminal, thread_sensitive=False)(
-            terminal, owner=grant.user_id)
+    def portal_url(self) -> str:
+        """The address the browser reached the portal at (the pod's fallback)."""
+        headers = dict(self.scope["headers"])
+        scheme = "https" if self.scope.get("scheme") == "wss" else "http"
+        return f"{scheme}://{headers.get(b'host', b'').decode('latin-1')}"
+
+    async def say(self, line: str) -> None:
+        await self.send(bytes_data=f"\x1b[2m{line}\x1b[0m\r\n".encode())
+
+    # -- a Kubernetes instance: the shell's pod
+
+    async def start_pod(self) -> None:
+        """Start the user's shell pod (or reuse it), saying what it waits for; write its
+        kubeconfig; exec a login shell in it."""
+        handle, body, config = await database_sync_to_async(services.shell_pod)(
+            grant=self.grant, portal_url=self.portal_url())
+        began, said = time.monotonic(), ""
+        while True:
+            pod = await asyncio.to_thread(handle.get)
+            if pod is None:
+                pod = await asyncio.to_thread(handle.create, body)
+            state = shellpod.state(pod)
+            if state.ready:
+                break
+            if state.failed:
+                raise shellpod.ShellPodError(f"Your shell could not start. {state.failed}")
+            if state.waiting != said:
+                said = state.waiting
+                await self.say(said)
+            if time.monotonic() - began > settings.SHELL_START_TIMEOUT_S:
+                raise shellpod.ShellPodError(
+                    f"Your shell did not start within {settings.SHELL_START_TIMEOUT_S} s. "
+                    f"{said}")
+            await asyncio.sleep(0.3 if time.monotonic() - began < 10 else 1)
+        await handle.write_file(f"{shellpod.HOME}/.kube/config", config.encode())
+        self.upstream = await handle.exec(shellpod.LOGIN, tty=True)
+        if self.size:
+            await self.resize_pod(*self.size)
+        if self.early:
+            await self.upstream.send(b"\x00" + self.early)
+        where = f"namespace {handle.namespace}" if self.grant.namespace != "default" \
+            else "the default namespace of its cluster"
+        await self.say(f"Shell in pod {handle.name} ({where}), as you: kubectl and helm "
+                       "reach the instance through the portal. Files in your home last "
+                       "as long as the pod.")
+
+    async def pump_pod(self) -> None:
+        """The exec's output to the page; its error channel's Status ends the shell."""
+        ended = "The shell ended."
+        with contextlib.suppress(Exception):  # a dropped connection ends it as well
+            async for frame in self.upstream:
+                if not isinstance(frame, bytes) or not frame:
+                    continue
+                if frame[0] in (1, 2):
+                    await self.send(bytes_data=frame[1:])
+                elif frame[0] == 3:
+                    why = shellpod.exit_message(frame[1:])
+                    ended = f"The shell ended ({why})." if why else ended
+        if not self.closing:
+            await self.end(ended, ENDED)
+
+    async def resize_pod(self, cols: int, rows: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.upstream.send(b"\x04" + json.dumps(
+                {"Width": max(1, min(cols, 1000)), "Height": max(1, min(rows, 500))}).encode())
 
     # -- the terminal's output to the page, its keystrokes to the terminal
 
@@ -126,16 +200,26 @@ class ShellConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None,
                       bytes_data: bytes | None = None) -> None:
-        if self.process is None or self.closing:
+        if self.closing:
             return
         if bytes_data is not None:
             self.last_input = time.monotonic()
-            await self.write(bytes_data)
+            if self.upstream is not None:
+                with contextlib.suppress(Exception):
+                    await self.upstream.send(b"\x00" + bytes_data)
+            elif self.process is not None:
+                await self.write(bytes_data)
+            else:
+                self.early = (self.early + bytes_data)[:65536]
             return
         with contextlib.suppress(ValueError, TypeError, KeyError):
             message = json.loads(text_data or "")
             if message.get("type") == "resize":
-                shell.resize(self.process, rows=message["rows"], cols=message["cols"])
+                self.size = (int(message["cols"]), int(message["rows"]))
+                if self.upstream is not None:
+                    await self.resize_pod(*self.size)
+                elif self.process is not None:
+                    shell.resize(self.process, rows=self.size[1], cols=self.size[0])
 
     async def write(self, data: bytes) -> None:
         """All of it, waiting while the terminal's input is full (a long paste)."""
@@ -162,7 +246,7 @@ class ShellConsumer(AsyncWebsocketConsumer):
 
     async def watch(self) -> None:
         idle = settings.SHELL_IDLE_TIMEOUT_S
-        failures = 0
+        failures, touched = 0, time.monotonic()
         while True:
             await asyncio.sleep(min(settings.ACCESS_RECHECK_S, max(idle / 4, 0.05)))
             try:
@@ -185,6 +269,10 @@ class ShellConsumer(AsyncWebsocketConsumer):
             if timezone.now() >= self.grant.expires_at:
                 await self.end("The shell reached its time limit; open a new one.", ENDED)
                 return
+            if self.grant.kind == "pod" and time.monotonic() - touched > 60:
+                touched = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await database_sync_to_async(services.touch_shell_pod)(grant=self.grant)
 
     async def check_access(self) -> bool:
         """True once the shell was closed because access ended."""
@@ -198,7 +286,7 @@ class ShellConsumer(AsyncWebsocketConsumer):
 
     async def access_changed(self, event: dict[str, Any]) -> None:
         """The revoke path signalled this instance's group: decide again now."""
-        if self.grant is not None and self.process is not None:
+        if self.grant is not None:
             await self.check_access()
 
     # -- the end
@@ -208,7 +296,7 @@ class ShellConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
-        self.reason = reason
+        self.reason, self.end_code = reason, code
         with contextlib.suppress(Exception):  # the page may be gone already
             await self.send(bytes_data=f"\r\n\x1b[33m[{reason}]\x1b[0m\r\n".encode())
             await self.send(text_data=json.dumps({"type": "closed", "reason": reason,
@@ -228,5 +316,15 @@ class ShellConsumer(AsyncWebsocketConsumer):
                 services.shell_group(self.grant.instance_id), self.channel_name)
         if self.process is not None:
             await sync_to_async(shell.stop, thread_sensitive=False)(self.process)
+        if self.upstream is not None:
+            with contextlib.suppress(Exception):
+                await self.upstream.close()
         await database_sync_to_async(services.close_shell)(
             grant=self.grant, reason=self.reason, ip_address=self.client_ip)
+        if self.grant.kind == "pod":
+            # Access ended: the pod goes now; else it stays for the next shell until idle.
+            await database_sync_to_async(
+                services.end_shell_pod if self.end_code == REFUSED
+                else services.touch_shell_pod)(
+                grant=self.grant, **({"reason": self.reason} if self.end_code == REFUSED
+                                     else {}))

@@ -83,3 +83,25 @@ class ProxyRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verb} {self.path} → {self.status}"
+
+
+class ShellPod(models.Model):
+    """A browser shell's pod in an instance (access/shellpod.py): one per user and instance,
+    reused by every shell the user opens there. `last_active_at` is renewed while a shell is
+    open; the pod is deleted SHELL_IDLE_TIMEOUT_S after it, or at once when access ends."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="shell_pods")
+    namespace = models.CharField(max_length=63)
+    name = models.CharField(max_length=63)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_active_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["instance", "name"],
+                                               name="one_shell_pod_per_name")]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name} on {self.instance}"

@@ -1,12 +1,15 @@
 """The verbs of remote access: issuing and revoking tokens, deciding every proxied request,
 and the audit trail of what went through. The only writers of AccessToken and ProxyRequest."""
 
+import base64
 import logging
 import secrets
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import yaml
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -29,6 +32,8 @@ from workspaces.selectors import role_of
 from workspaces.services import audit_write_failed, ip_address_or_none, record_audit
 
 from .models import SHELL_CLIENT, AccessToken, ProxyRequest, hash_token
+from .models import ShellPod as ShellPodRow
+from .shellpod import ShellPod, ShellPodError, manifest, pod_name
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +267,15 @@ def _access_header(instance: Instance) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def instance_upstream(instance: Instance) -> tuple[str, Upstream]:
+    """The instance's API with the credential its users act with there (raises
+    BackendError): the proxy's, and the browser shell pod's."""
+    key, upstream = _upstream(instance)
+    if instance.kind == NAMESPACE:
+        upstream = replace(upstream, headers=_access_header(instance))
+    return key, upstream
+
+
 def renew_access_token(instance_id: int) -> dict[str, str] | None:
     """The API server refused the cached token (the account was made again since, which
     voids its tokens): a new one, for the request to go again once. None when one was asked
@@ -318,9 +332,7 @@ def authorize_proxy_request(
         # At most one write every few seconds per token, not one per request.
         AccessToken.objects.filter(pk=row.pk).update(last_used_at=now, client=client[:300])
     try:
-        key, upstream = _upstream(instance)
-        if instance.kind == NAMESPACE:
-            upstream = replace(upstream, headers=_access_header(instance))
+        key, upstream = instance_upstream(instance)
     except BackendError as exc:
         return Refusal(503, "ServiceUnavailable", exc.message)
     return Grant(
@@ -368,10 +380,10 @@ class ShellGrant:
     username: str
     instance_id: int
     instance_name: str
-    kind: str  # "kubectl" (a Kubernetes instance) or "sandbox" (a local one)
-    namespace: str  # kubectl's default namespace (namespace instances)
-    token_id: int | None  # the session token (kubectl shells)
-    token: str  # its plain value, for the shell's kubeconfig only
+    kind: str  # "pod" (a Kubernetes instance) or "sandbox" (a local one)
+    namespace: str  # where the shell's pod runs (pod shells)
+    token_id: int | None  # the session token (pod shells)
+    token: str  # its plain value, for the pod's kubeconfig only
     expires_at: datetime
 
 
@@ -380,13 +392,7 @@ def shell_offer(*, instance: Instance) -> tuple[str, str]:
     if instance.status != Instance.Status.RUNNING:
         return "", f"A shell opens once {instance.name} is running."
     if instance.cluster.backend == "kubernetes":
-        from .shell import ShellUnavailable, kubectl_path
-
-        try:
-            kubectl_path()
-        except ShellUnavailable as exc:
-            return "kubectl", str(exc)
-        return "kubectl", ""
+        return "pod", ""
     from clusters.backends.local.tenants import isolated
 
     try:
@@ -404,9 +410,9 @@ def shell_offer(*, instance: Instance) -> tuple[str, str]:
 def open_shell(*, user: AbstractBaseUser, instance_id: int, client: str = "",
                ip_address: str | None = None) -> ShellGrant:
     """Decide a new browser shell: the user may reach the running instance now (the same
-    decision as the proxy's). A kubectl shell gets a session token of the kind a downloaded
-    kubeconfig holds, valid for at most SHELL_MAX_SESSION_S: the same identity, scope and
-    audit trail."""
+    decision as the proxy's). A pod shell gets a session token of the kind a downloaded
+    kubeconfig holds, valid for at most SHELL_MAX_SESSION_S and revoked when the shell
+    closes: the same identity, scope and audit trail."""
     instance, _ = lost_access(user=user, instance_id=instance_id)
     if instance is None:
         raise ShellRefused("No such instance.", hidden=True)
@@ -415,15 +421,14 @@ def open_shell(*, user: AbstractBaseUser, instance_id: int, client: str = "",
         raise ShellRefused(problem)
     seconds = min(settings.SHELL_MAX_SESSION_S, settings.ACCESS_TOKEN_MAX_TTL_HOURS * 3600)
     token, plain, namespace = None, "", ""
-    if kind == "kubectl":
+    if kind == "pod":
         token, plain = issue_access_token(
             user=user, instance=instance, hours=seconds / 3600,
             client=f"{SHELL_CLIENT} · {client}", ip_address=ip_address,
         )
-        if instance.kind == NAMESPACE:
-            namespace = instance_object_name(key=instance.key,
-                                             owner=instance.workspace.owner.get_username(),
-                                             name=instance.name)
+        namespace = instance_object_name(
+            key=instance.key, owner=instance.workspace.owner.get_username(),
+            name=instance.name) if instance.kind == NAMESPACE else "default"
     record_audit(action="shell.opened", obj=instance, actor=user, workspace=instance.workspace,
                  ip_address=ip_address, kind=kind, token=token.prefix if token else None)
     return ShellGrant(
@@ -432,6 +437,106 @@ def open_shell(*, user: AbstractBaseUser, instance_id: int, client: str = "",
         token_id=token.pk if token else None, token=plain,
         expires_at=token.expires_at if token else timezone.now() + timedelta(seconds=seconds),
     )
+
+
+def kubeconfig(*, instance: Instance, username: str, token: str, server: str) -> str:
+    """A kubeconfig whose server is this portal's proxy for the instance (`server`, its
+    `/k8s/<id>/` address) and whose only credential is the token: nothing of the cluster's
+    own address or credentials. A downloaded kubeconfig, and the shell pod's."""
+    name = f"{settings.PORTAL_ID}-{instance.name}"
+    context: dict[str, str] = {"cluster": name, "user": f"{username}@{name}"}
+    if instance.kind == NAMESPACE:
+        context["namespace"] = instance_object_name(
+            key=instance.key, owner=instance.workspace.owner.get_username(), name=instance.name
+        )
+    cluster = {"server": server}
+    if settings.ACCESS_KUBECONFIG_CA_FILE:
+        cluster["certificate-authority-data"] = base64.b64encode(
+            Path(settings.ACCESS_KUBECONFIG_CA_FILE).read_bytes()).decode()
+    return yaml.safe_dump({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": cluster}],
+        "users": [{"name": context["user"], "user": {"token": token}}],
+        "contexts": [{"name": name, "context": context}],
+        "current-context": name,
+    }, sort_keys=False)
+
+
+def shell_pod(*, grant: ShellGrant, portal_url: str) -> tuple[ShellPod, dict, str]:
+    """The user's shell pod on the instance (the handle, the manifest to create when it is
+    missing) and the kubeconfig to write into it: the portal's proxy as the pod reaches it
+    (SHELL_PORTAL_URL, else PORTAL_URL, else `portal_url`, the address the browser used),
+    with the shell's own token. Raises ShellRefused."""
+    close_old_connections()
+    instance = Instance.objects.select_related("cluster", "workspace__owner").get(
+        pk=grant.instance_id)
+    try:
+        _, upstream = instance_upstream(instance)
+    except BackendError as exc:
+        raise ShellRefused(exc.message) from exc
+    name = pod_name(grant.user_id)
+    ShellPodRow.objects.update_or_create(
+        instance=instance, name=name,
+        defaults={"user_id": grant.user_id, "namespace": grant.namespace,
+                  "last_active_at": timezone.now()})
+    image = instance.cluster.shell_image or settings.SHELL_IMAGE
+    base = settings.SHELL_PORTAL_URL or settings.PORTAL_URL or portal_url.rstrip("/")
+    config = kubeconfig(instance=instance, username=grant.username, token=grant.token,
+                        server=f"{base}/k8s/{instance.pk}/")
+    return (ShellPod(upstream, namespace=grant.namespace, name=name),
+            manifest(name=name, namespace=grant.namespace, image=image,
+                     user_id=grant.user_id), config)
+
+
+def touch_shell_pod(*, grant: ShellGrant) -> None:
+    """An open shell keeps its pod from the idle sweep."""
+    close_old_connections()
+    ShellPodRow.objects.filter(instance_id=grant.instance_id,
+                               name=pod_name(grant.user_id)).update(
+        last_active_at=timezone.now())
+
+
+def delete_shell_pod(row: ShellPodRow, *, reason: str) -> None:
+    """Delete a shell pod (it may be gone already) and forget it; a cluster that cannot be
+    reached keeps the row, for the next sweep."""
+    instance = Instance.objects.select_related("cluster", "workspace__owner").filter(
+        pk=row.instance_id).first()
+    if instance is not None and instance.status not in GONE:
+        try:
+            _, upstream = instance_upstream(instance)
+            ShellPod(upstream, namespace=row.namespace, name=row.name).delete()
+        except (BackendError, ShellPodError) as exc:
+            log.warning("shell pod %s/%s on instance %s: not deleted yet: %s",
+                        row.namespace, row.name, row.instance_id, exc)
+            return
+        record_audit(action="shell.pod_deleted", obj=instance, actor=None,
+                     workspace=instance.workspace, pod=row.name, reason=reason)
+    row.delete()
+
+
+def end_shell_pod(*, grant: ShellGrant, reason: str) -> None:
+    """Access ended while a shell was open: its pod goes now, not after the idle timeout."""
+    close_old_connections()
+    for row in ShellPodRow.objects.filter(instance_id=grant.instance_id,
+                                          name=pod_name(grant.user_id)):
+        delete_shell_pod(row, reason=reason)
+
+
+def sweep_shell_pods() -> int:
+    """Periodic: delete the shell pods no shell has used for SHELL_IDLE_TIMEOUT_S, and those
+    whose user lost access to the instance. Returns how many went."""
+    idle_since = timezone.now() - timedelta(seconds=settings.SHELL_IDLE_TIMEOUT_S)
+    deleted = 0
+    for row in ShellPodRow.objects.select_related("user"):
+        reason = "idle" if row.last_active_at < idle_since else ""
+        if not reason:
+            reason = "account removed" if row.user is None else lost_access(
+                user=row.user, instance_id=row.instance_id)[1]
+        if reason:
+            delete_shell_pod(row, reason=reason)
+            deleted += not ShellPodRow.objects.filter(pk=row.pk).exists()
+    return deleted
 
 
 def sandbox_terminal(*, grant: ShellGrant) -> Terminal:

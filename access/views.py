@@ -1,7 +1,3 @@
-import base64
-from pathlib import Path
-
-import yaml
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -9,8 +5,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from clusters.backends.kubernetes.names import instance_object_name
-from instances.models import ComputeProfile, Instance
+from instances.models import Instance
 from instances.views import get_instance_for_user
 from workspaces.services import client_ip
 
@@ -23,27 +18,10 @@ def _client(request: HttpRequest) -> str:
 
 
 def kubeconfig_for(*, request: HttpRequest, instance: Instance, token: str) -> str:
-    """A kubeconfig whose server is this portal's proxy for the instance, and whose only
-    credential is the token: nothing of the cluster's own address or credentials."""
-    name = f"{settings.PORTAL_ID}-{instance.name}"
-    context: dict[str, str] = {"cluster": name, "user": f"{request.user.get_username()}@{name}"}
-    if instance.kind == ComputeProfile.Kind.NAMESPACE:
-        context["namespace"] = instance_object_name(
-            key=instance.key, owner=instance.workspace.owner.get_username(), name=instance.name
-        )
-    cluster = {"server": request.build_absolute_uri(f"/k8s/{instance.pk}/")}
-    if settings.ACCESS_KUBECONFIG_CA_FILE:
-        cluster["certificate-authority-data"] = base64.b64encode(
-            Path(settings.ACCESS_KUBECONFIG_CA_FILE).read_bytes()).decode()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": name, "cluster": cluster}],
-        "users": [{"name": context["user"], "user": {"token": token}}],
-        "contexts": [{"name": name, "context": context}],
-        "current-context": name,
-    }
-    return yaml.safe_dump(config, sort_keys=False)
+    """A downloaded kubeconfig: the portal's proxy at the address this request used."""
+    return services.kubeconfig(instance=instance, username=request.user.get_username(),
+                               token=token,
+                               server=request.build_absolute_uri(f"/k8s/{instance.pk}/"))
 
 
 def access_panel(request: HttpRequest) -> HttpResponse:

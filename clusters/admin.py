@@ -27,7 +27,7 @@ class ClusterForm(forms.ModelForm):
             "display_name", "name", "backend", "description", "in_cluster", "ingress_domain",
             "ingress_class", "ingress_https", "ingress_namespace", "ingress_from_namespaces",
             "ingress_from_cidrs", "gpu_resource_name", "gpu_model_label", "storage_class",
-            "capi_namespace",
+            "capi_namespace", "shell_image",
         ]
 
     def clean_kubeconfig(self) -> str:
@@ -85,7 +85,7 @@ class ClusterAdmin(admin.ModelAdmin):
         ("Kubernetes", {"fields": [
             "ingress_domain", "ingress_class", "ingress_https", "ingress_namespace",
             "ingress_from_namespaces", "ingress_from_cidrs", "gpu_resource_name",
-            "gpu_model_label", "storage_class", "capi_namespace",
+            "gpu_model_label", "storage_class", "capi_namespace", "shell_image",
         ]}),
         ("Admission policies", {"fields": ["admission_policies"]}),
     ]

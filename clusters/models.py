@@ -58,6 +58,11 @@ class Cluster(models.Model):
         help_text="Node label that names the GPU model.",
     )
     storage_class = models.CharField(max_length=100, blank=True)
+    shell_image = models.CharField(
+        max_length=300, blank=True,
+        help_text="Image of the browser shell's pod (kubectl, helm and a shell, run as a "
+        "non-root user). Empty: the portal's SHELL_IMAGE. Pin it by digest.",
+    )
     capi_namespace = models.CharField(
         "Cluster API namespace", max_length=63, default="gpupaas-clusters",
         help_text="Where Cluster objects for dedicated instances are created.",

@@ -452,16 +452,19 @@ ACCESS_KUBECONFIG_CA_FILE = env_str("ACCESS_KUBECONFIG_CA_FILE")
 ACCESS_RECHECK_S = float(env_str("ACCESS_RECHECK_S", "1"))
 ACCESS_AUDIT_RETENTION_DAYS = env_int("ACCESS_AUDIT_RETENTION_DAYS", 90)
 
-# Browser shells (access.consumers, access.shell): the kubectl they run, when they close (no
-# keystroke for SHELL_IDLE_TIMEOUT_S, or SHELL_MAX_SESSION_S in all), the limits of every
-# process of a kubectl shell, and how many may be open at once on one machine.
-SHELL_KUBECTL = env_str("SHELL_KUBECTL")
+# Browser shells (access.consumers): when they close (no keystroke for SHELL_IDLE_TIMEOUT_S,
+# or SHELL_MAX_SESSION_S in all). On Kubernetes instances a shell is a pod in the instance
+# (access/shellpod.py): SHELL_IMAGE unless the cluster names one, its limits, how long it
+# may take to start, and the portal's address as the pod reaches it (SHELL_PORTAL_URL, else
+# PORTAL_URL, else the address the browser used). Local sandbox shells run on this machine:
+# at most SHELL_MAX_SESSIONS at once, SHELL_PER_USER per person.
 SHELL_IDLE_TIMEOUT_S = env_int("SHELL_IDLE_TIMEOUT_S", 15 * 60)
 SHELL_MAX_SESSION_S = env_int("SHELL_MAX_SESSION_S", 8 * 3600)
-SHELL_CPU_S = env_int("SHELL_CPU_S", 300)
-SHELL_MEMORY_MB = env_int("SHELL_MEMORY_MB", 2048)
-SHELL_FILE_MB = env_int("SHELL_FILE_MB", 100)
-SHELL_PROCESSES = env_int("SHELL_PROCESSES", 256)
+SHELL_IMAGE = env_str("SHELL_IMAGE", "docker.io/alpine/k8s:1.32.4")
+SHELL_CPU_LIMIT = env_str("SHELL_CPU_LIMIT", "1")
+SHELL_MEMORY_LIMIT = env_str("SHELL_MEMORY_LIMIT", "1Gi")
+SHELL_START_TIMEOUT_S = env_int("SHELL_START_TIMEOUT_S", 180)
+SHELL_PORTAL_URL = env_str("SHELL_PORTAL_URL").rstrip("/")
 SHELL_MAX_SESSIONS = env_int("SHELL_MAX_SESSIONS", 32)
 SHELL_PER_USER = env_int("SHELL_PER_USER", 4)
 # Django Channels carries the shells' WebSockets; its layer tells open shells that access

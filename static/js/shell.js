@@ -73,8 +73,35 @@
     };
   }
 
-  term.onData((data) => {
+  function sendData(data) {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(data));
+  }
+  // The phone key row: Esc, Tab, arrows and the symbols a phone keyboard hides; Ctrl applies
+  // to the next key typed (Ctrl then c sends Ctrl-C).
+  const KEYS = { esc: "\x1b", tab: "\t", up: "\x1b[A", down: "\x1b[B", right: "\x1b[C",
+                 left: "\x1b[D", "|": "|", "-": "-" };
+  let ctrl = false;
+  const ctrlButton = document.querySelector('#shell-keys [data-key="ctrl"]');
+  document.querySelectorAll("#shell-keys button").forEach((button) => {
+    button.addEventListener("click", () => {
+      const key = button.dataset.key;
+      if (key === "ctrl") {
+        ctrl = !ctrl;
+        button.setAttribute("aria-pressed", String(ctrl));
+      } else {
+        sendData(KEYS[key]);
+      }
+      term.focus();
+    });
+  });
+  term.onData((data) => {
+    if (ctrl && data.length === 1) {
+      const code = data.toUpperCase().charCodeAt(0);
+      if (code >= 64 && code <= 95) data = String.fromCharCode(code - 64);
+      ctrl = false;
+      ctrlButton.setAttribute("aria-pressed", "false");
+    }
+    sendData(data);
   });
   term.onResize(sendSize);
   window.addEventListener("resize", () => fit.fit());

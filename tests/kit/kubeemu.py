@@ -52,8 +52,9 @@ Known gaps versus a real API server (the backend tests also run against one; see
 - exec, attach and port-forward: refused as a real server refuses them (missing pod, a pod
   not scheduled, no upgrade); for a pod bound to a node (``spec.nodeName``), exec over
   WebSocket (``v5.channel.k8s.io``/``v4``) is answered as a kubelet would for a container
-  that has only ``echo``: its arguments on stdout, exit 0, anything else exit 127. attach and
-  port-forward are not modelled.
+  that has only ``echo``: its arguments on stdout, exit 0, anything else exit 127; pods the
+  kit's kubelet stand-in runs (tests/kit/kubelet.py) execute for real in a container of
+  their own. attach and port-forward are not modelled.
 """
 
 from __future__ import annotations
@@ -2906,6 +2907,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Sec-WebSocket-Accept", accept)
         self.send_header("Sec-WebSocket-Protocol", protocol)
         self.end_headers()
+        if emu.kubelet is not None and emu.kubelet.runs(pod):
+            emu.kubelet.exec(self, pod, query, protocol)
+            self.close_connection = True
+            return
         command = query.get("command") or []
         if command[:1] == ["echo"]:
             frames = [b"\x01" + (" ".join(command[1:]) + "\n").encode()]
@@ -3083,6 +3088,7 @@ class Emulator(Served):
             ready_delay=ready_delay,
             namespace_delete_delay=namespace_delete_delay,
         )
+        self.kubelet: Any = None  # tests/kit/kubelet.py, where a test lets pods run
         self._tokens: dict[str, tuple[str, float]] = {}  # TokenRequest: token -> (user, expiry)
         self._tokens_lock = threading.Lock()
         self._listen(host, port, faults)

@@ -72,15 +72,6 @@ def ensure_tenant(workspace: str) -> Tenant | None:
     return ensure_os_user(username(workspace))
 
 
-def shell_username(slot: int) -> str:
-    """The OS user of one browser-shell slot (`gpw-sh3`): a kubectl shell runs as the user
-    of the slot it holds, so two open shells never share files or processes."""
-    prefix = settings.LOCAL_USER_PREFIX
-    if not PREFIX_RE.match(prefix):
-        raise BackendError(f"LOCAL_USER_PREFIX {prefix!r} is not a safe OS user name prefix.")
-    return f"{prefix}sh{int(slot)}"
-
-
 def ensure_os_user(name: str) -> Tenant:
     """An unprivileged OS user the portal created (root only), created if missing."""
     try:
