@@ -57,7 +57,13 @@ class ShellConsumer(AsyncWebsocketConsumer):
                    for k, v in self.scope["headers"]}
         self.client_ip = scope_client_ip(self.scope)
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated or not await self.session_fresh():
+        if headers.get("authorization", "").startswith("Bearer "):
+            # `gpupaas shell`: an API token that may write, instead of a session cookie.
+            user = await database_sync_to_async(services.shell_user_from_api_token)(
+                plain=headers["authorization"][7:].strip(), ip_address=self.client_ip)
+        elif user is not None and user.is_authenticated and not await self.session_fresh():
+            user = None
+        if user is None or not user.is_authenticated:
             await self.close()  # the handshake is refused: sign in first
             return
         try:

@@ -5,6 +5,7 @@
     gpupaas launch train --size gpu-1 --wait
     gpupaas ls
     gpupaas kubeconfig train
+    gpupaas shell train
     gpupaas notebook deploy train --profile datascience --open
     gpupaas rm train --yes
 
@@ -232,6 +233,22 @@ def rm(
 
 
 # --- remote access -------------------------------------------------------------------------
+
+
+@app.command()
+def shell(
+    name: Annotated[str, typer.Argument(help="NAME, or OWNER/NAME for a shared instance.")],
+) -> None:
+    """A shell on an instance in this terminal, as the browser's "Open shell" gives it: a pod
+    of a Kubernetes instance (kubectl and helm reach it through the portal), the sandbox of a
+    local one. Every key goes to the shell (Ctrl-C too); `exit` ends it. Needs a token that
+    may write."""
+    from . import shell as terminal
+
+    api = Api.from_config()
+    instance = api.instance_named(name)
+    config = client.load_config()
+    raise typer.Exit(terminal.run(config["url"], config["token"], instance["id"]))
 
 
 def kubeconfig_target(explicit: Path | None) -> Path:

@@ -283,7 +283,7 @@ def page(monkeypatch, tmp_path):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context()
+        context = browser.new_context(ignore_https_errors=True)  # self-signed test portals
         page = context.new_page()
         page.set_default_timeout(20_000)
         try:

@@ -1,6 +1,7 @@
 """`make run`'s embedded default works on its own: SQLite, the filesystem broker, the local
 backend, three processes that start together and stop together."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -47,39 +49,46 @@ def embedded_env(prepared_var, tmp_path) -> dict[str, str]:
     return {**base_env(tmp_path / "var"), "PORT": str(free_port())}
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_env, stop_signal):
-    base = f"http://127.0.0.1:{embedded_env['PORT']}"
+def start_portal(env: dict[str, str]) -> tuple[subprocess.Popen, list[str], str]:
+    """`manage.py runportal` until its pages answer: the process, its output lines as they
+    come (read by a thread), its address."""
+    base = f"http://127.0.0.1:{env['PORT']}"
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "runportal"], cwd=ROOT, env=embedded_env,
+        [sys.executable, "manage.py", "runportal"], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    try:
-        banner = ""
-        while "is running at" not in banner:
-            line = proc.stdout.readline()
-            assert line, "runportal exited before printing its URL"
-            banner += line
-        assert f"is running at {base}" in banner
-        mail_dir = os.path.join(embedded_env["VAR_DIR"], "mail")
-        assert f"Mail (invitations) is written to {mail_dir}" in banner
-        output: list[str] = []  # the three processes' lines, read as they come
-        reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")),
-                                  daemon=True)
-        reader.start()
+    banner = ""
+    while "is running at" not in banner:
+        line = proc.stdout.readline()
+        assert line, "runportal exited before printing its URL:\n" + banner
+        banner += line
+    assert f"is running at {base}" in banner
+    mail_dir = os.path.join(env["VAR_DIR"], "mail")
+    assert f"Mail (invitations) is written to {mail_dir}" in banner
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")),
+                     daemon=True).start()
 
-        s = requests.Session()
-
-        def up() -> bool:
-            try:
-                return s.get(base + "/accounts/login/", timeout=2).status_code == 200
-            except (requests.ConnectionError, requests.Timeout):  # still starting, or busy
-                return False
-
+    def up() -> bool:
         try:
-            wait_for(up, 90, 0.2)  # a busy machine imports the kubernetes client slowly
-        except AssertionError:
-            raise AssertionError("the portal never answered:\n" + "".join(output[-60:])) from None
+            return requests.get(base + "/accounts/login/", timeout=2).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):  # still starting, or busy
+            return False
+
+    try:
+        wait_for(up, 90, 0.2)  # a busy machine imports the kubernetes client slowly
+    except AssertionError:
+        proc.kill()
+        raise AssertionError("the portal never answered:\n" + "".join(output[-60:])) from None
+    return proc, output, base
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_env, stop_signal):
+    proc, output, base = start_portal(embedded_env)
+    try:
+        s = requests.Session()
+        s.get(base + "/accounts/login/")
         children = children_of(proc.pid)
         assert len(children) == 3  # web, worker, beat
         # Ctrl-C's run shows the worker at work too; the other signal's, only the stopping.
@@ -95,7 +104,7 @@ def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_en
     if stop_signal != signal.SIGINT:
         return
     # `make run` logs readable lines, not production's JSON, each request with its ids.
-    reader.join(10)
+    wait_for(lambda: any("POST /instances/new/ 302" in line for line in output), 10)
     launch = [line for line in output if "POST /instances/new/ 302" in line]
     assert launch, "".join(output[-40:])
     assert re.search(r"INFO gpupaas\.requests \[req=[0-9a-f]{32} user=\d+\] POST", launch[0])
@@ -106,7 +115,38 @@ def test_the_embedded_default_launches_an_instance_and_stops_cleanly(embedded_en
         "celery.pidbox.exchange", "gpupaas.exchange"]
 
 
-def launch_and_wait(s: requests.Session, base: str) -> None:
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox shells need the portal to run as root")
+def test_runportal_as_root_serves_a_working_sandbox_shell(embedded_env):
+    """Through runportal itself (its umask, its users, its web server), not another server."""
+    from websockets.sync.client import connect
+
+    proc, output, base = start_portal(embedded_env)
+    try:
+        s = requests.Session()
+        s.get(base + "/accounts/login/")
+        instance_url = launch_and_wait(s, base)
+        instance_id = instance_url.rstrip("/").rsplit("/", 1)[-1]
+        cookie = "; ".join(f"{k}={v}" for k, v in s.cookies.items())
+        with connect(f"ws://127.0.0.1:{embedded_env['PORT']}/access/instances/{instance_id}"
+                     "/shell/socket/", additional_headers={"Cookie": cookie, "Origin": base},
+                     open_timeout=20) as shell:
+            shell.send(b"id -un; echo SHELL-$((40+2))\r")
+            screen = b""
+            deadline = time.monotonic() + 30
+            while b"SHELL-42" not in screen.replace(b"SHELL-$((40+2))", b""):
+                assert time.monotonic() < deadline, screen.decode(errors="replace")
+                with contextlib.suppress(TimeoutError):
+                    frame = shell.recv(timeout=1)
+                    screen += frame if isinstance(frame, bytes) else frame.encode()
+        tenant = embedded_env.get("LOCAL_USER_PREFIX", "gpw-")  # the workspace's OS user
+        assert f"\n{tenant}".encode() in screen, screen
+        assert b"Permission denied" not in screen and b"could not start" not in screen
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def launch_and_wait(s: requests.Session, base: str) -> str:
     """Sign in as demo, launch an instance and see it run on a simulated GPU."""
     s.post(base + "/accounts/login/", headers={"Referer": base}, data={
         "login": "demo", "password": "embedded-demo-42",
@@ -120,6 +160,7 @@ def launch_and_wait(s: requests.Session, base: str) -> None:
     status_url = launched.url + "status/"
     wait_for(lambda: "status-running" in s.get(status_url).text, 40, 0.5)
     assert "simulated GPU 0 on Local machine" in s.get(status_url).text
+    return launched.url
 
 
 def children_of(pid: int) -> list[int]:

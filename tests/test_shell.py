@@ -11,9 +11,8 @@ import re
 import shutil
 import time
 from contextlib import ExitStack, contextmanager, suppress
-from pathlib import Path
-
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import yaml
@@ -484,3 +483,35 @@ def test_sandbox_shells_are_capped_per_person_and_per_machine(
     assert "All 2 browser shells of this server are in use" in third.closed_reason
     first.type("echo STILL-$((1+2))")
     first.wait_for("STILL-3")
+
+
+# --- the same shell from the command line ---------------------------------------------------
+
+
+def gpupaas_shell(portal, tls, token, name, stdin):  # noqa: F811
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUPAAS_", "DJANGO"))}
+    env.update({"GPUPAAS_URL": portal, "GPUPAAS_TOKEN": token, "SSL_CERT_FILE": str(tls[0])})
+    return subprocess.run([sys.executable, "-m", "gpupaas_cli", "shell", name], input=stdin,
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_gpupaas_shell_opens_the_same_shell_in_the_users_terminal(
+    portal, tls, alice, alice_kube, kubelet  # noqa: F811
+):
+    from api.services import create_api_token
+
+    _, writer = create_api_token(user=alice, name="cli", days=1, scope="write")
+    done = gpupaas_shell(portal, tls, writer, "train",
+                         "echo CLI-$((20+22)); kubectl get configmaps >/dev/null && "
+                         "echo API-OK\nexit 3\n")
+    assert "CLI-42" in done.stdout and "API-OK" in done.stdout, (done.stdout, done.stderr)
+    assert done.returncode == 0, done.stderr
+    assert "The shell ended (exit code 3)." in done.stderr
+
+    _, reader = create_api_token(user=alice, name="read", days=1, scope="read")
+    refused = gpupaas_shell(portal, tls, reader, "train", "echo NO\n")
+    assert refused.returncode == 3 and "NO" not in refused.stdout
+    assert "a token that may write" in refused.stderr
