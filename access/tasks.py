@@ -10,4 +10,5 @@ def sweep_remote_access() -> dict[str, int]:
     return {
         "revoked": services.revoke_lost_access(),
         "purged": services.purge_proxy_requests(),
+        "shell_pods_deleted": services.sweep_shell_pods(),
     }
