@@ -43,14 +43,18 @@ ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x01\x02]")
 
 
 @pytest.fixture
-def portal(transactional_db, settings, tls) -> str:  # noqa: F811
-    """Pages, proxy and WebSockets as the production server serves them, over HTTPS (kubectl
-    sends tokens over HTTPS only); kubeconfigs carry its self-signed certificate."""
+def portal(request, transactional_db, settings, tls) -> str:  # noqa: F811
+    """Pages, proxy and WebSockets as the production server serves them. For Kubernetes
+    instances over HTTPS (the shell pod's kubectl sends tokens over HTTPS only; kubeconfigs
+    carry the self-signed certificate); local sandboxes' shells over plain HTTP, as
+    `make run` serves them."""
     from gpupaas.asgi import application
 
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
     settings.ACCESS_KUBECONFIG_CA_FILE = str(tls[0])
-    with serve(application, tls=tls) as url, fresh_channel_layer(), no_shell_left():
+    secure = bool({"kubelet", "alice_kube", "profile"} & set(request.fixturenames))
+    with serve(application, tls=tls if secure else None) as url, fresh_channel_layer(), \
+            no_shell_left():
         yield url
 
 
@@ -153,7 +157,8 @@ def open_shell(portal, tls):  # noqa: F811
             if forwarded is not None:
                 headers["X-Forwarded-For"] = forwarded
             return Shell(stack.enter_context(
-                connect(url, additional_headers=headers, open_timeout=20, ssl=trust)))
+                connect(url, additional_headers=headers, open_timeout=20,
+                        ssl=trust if url.startswith("wss:") else None)))
 
         yield opener
 
