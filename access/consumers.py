@@ -44,6 +44,9 @@ class ShellConsumer(AsyncWebsocketConsumer):
     grant: services.ShellGrant | None = None
     process: shell.ShellProcess | None = None  # a local sandbox's shell
     upstream: Any = None  # a pod shell's exec WebSocket
+    pod: shellpod.ShellPod | None = None
+    renew_every = 0.0  # seconds between writes of the pod's kubeconfig (its token expires)
+    written = 0.0
     end_code: int | None = None
 
     async def connect(self) -> None:
@@ -125,8 +128,9 @@ class ShellConsumer(AsyncWebsocketConsumer):
     async def start_pod(self) -> None:
         """Start the user's shell pod (or reuse it), saying what it waits for; write its
         kubeconfig; exec a login shell in it."""
-        handle, body, config = await database_sync_to_async(services.shell_pod)(
-            grant=self.grant, portal_url=self.portal_url())
+        handle, body, config, self.renew_every = await database_sync_to_async(
+            services.shell_pod)(grant=self.grant, portal_url=self.portal_url())
+        self.pod = handle
         began, said = time.monotonic(), ""
         while True:
             pod = await asyncio.to_thread(handle.get)
@@ -145,7 +149,8 @@ class ShellConsumer(AsyncWebsocketConsumer):
                     f"Your shell did not start within {settings.SHELL_START_TIMEOUT_S} s. "
                     f"{said}")
             await asyncio.sleep(0.3 if time.monotonic() - began < 10 else 1)
-        await handle.write_file(f"{shellpod.HOME}/.kube/config", config.encode())
+        await handle.write_file(shellpod.KUBECONFIG, config.encode())
+        self.written = time.monotonic()
         self.upstream = await handle.exec(shellpod.LOGIN, tty=True)
         if self.size:
             await self.resize_pod(*self.size)
@@ -275,10 +280,25 @@ class ShellConsumer(AsyncWebsocketConsumer):
             if timezone.now() >= self.grant.expires_at:
                 await self.end("The shell reached its time limit; open a new one.", ENDED)
                 return
+            if self.renew_every and self.upstream is not None and \
+                    time.monotonic() - self.written > self.renew_every:
+                await self.renew_kubeconfig()
             if self.grant.kind == "pod" and time.monotonic() - touched > 60:
                 touched = time.monotonic()
                 with contextlib.suppress(Exception):
                     await database_sync_to_async(services.touch_shell_pod)(grant=self.grant)
+
+    async def renew_kubeconfig(self) -> None:
+        """A fresh short-lived token into the pod's kubeconfig (the fallback where the pod
+        cannot reach the portal); a failure is said and tried again on the next pass."""
+        self.written = time.monotonic()
+        try:
+            config, _ = await database_sync_to_async(services.renewed_shell_kubeconfig)(
+                grant=self.grant)
+            await self.pod.write_file(shellpod.KUBECONFIG, config.encode())
+        except (services.ShellRefused, shellpod.ShellPodError) as exc:
+            log.warning("shell on instance %s: kubeconfig not renewed: %s",
+                        self.grant.instance_id, exc)
 
     async def check_access(self) -> bool:
         """True once the shell was closed because access ended."""

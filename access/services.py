@@ -33,7 +33,7 @@ from workspaces.services import audit_write_failed, ip_address_or_none, record_a
 
 from .models import SHELL_CLIENT, AccessToken, ProxyRequest, hash_token
 from .models import ShellPod as ShellPodRow
-from .shellpod import ShellPod, ShellPodError, manifest, pod_name
+from .shellpod import CA_DIR, IN_CLUSTER, ShellPod, ShellPodError, manifest, pod_name
 
 log = logging.getLogger(__name__)
 
@@ -476,11 +476,10 @@ def kubeconfig(*, instance: Instance, username: str, token: str, server: str) ->
     }, sort_keys=False)
 
 
-def shell_pod(*, grant: ShellGrant, portal_url: str) -> tuple[ShellPod, dict, str]:
+def shell_pod(*, grant: ShellGrant, portal_url: str) -> tuple[ShellPod, dict, str, float]:
     """The user's shell pod on the instance (the handle, the manifest to create when it is
-    missing) and the kubeconfig to write into it: the portal's proxy as the pod reaches it
-    (SHELL_PORTAL_URL, else PORTAL_URL, else `portal_url`, the address the browser used),
-    with the shell's own token. Raises ShellRefused."""
+    missing), the kubeconfig to write into it, and how often to write it again (0: never).
+    Raises ShellRefused."""
     close_old_connections()
     instance = Instance.objects.select_related("cluster", "workspace__owner").get(
         pk=grant.instance_id)
@@ -494,12 +493,54 @@ def shell_pod(*, grant: ShellGrant, portal_url: str) -> tuple[ShellPod, dict, st
         defaults={"user_id": grant.user_id, "namespace": grant.namespace,
                   "last_active_at": timezone.now()})
     image = instance.cluster.shell_image or settings.SHELL_IMAGE
-    base = settings.SHELL_PORTAL_URL or settings.PORTAL_URL or portal_url.rstrip("/")
-    config = kubeconfig(instance=instance, username=grant.username, token=grant.token,
-                        server=f"{base}/k8s/{instance.pk}/")
+    config, renew = shell_kubeconfig(instance=instance, grant=grant, portal_url=portal_url)
     return (ShellPod(upstream, namespace=grant.namespace, name=name),
             manifest(name=name, namespace=grant.namespace, image=image,
-                     user_id=grant.user_id), config)
+                     user_id=grant.user_id), config, renew)
+
+
+def shell_kubeconfig(*, instance: Instance, grant: ShellGrant,
+                     portal_url: str) -> tuple[str, float]:
+    """The shell pod's kubeconfig and how often it must be written again (0: never).
+
+    Where the cluster's pods reach the portal: its proxy as the pod reaches it
+    (SHELL_PORTAL_URL, else PORTAL_URL, else `portal_url`, the address the browser used),
+    with the shell's own session token. Where they cannot (the cluster's "shell pods reach
+    the portal" off), a namespace instance's pod goes straight to the API server with a
+    TokenRequest token of the instance's access account, which lives at most ten minutes:
+    renewed at half its life while a shell is open, so a copy outlives the user's access by
+    no more than that."""
+    if instance.cluster.shell_reaches_portal:
+        base = settings.SHELL_PORTAL_URL or settings.PORTAL_URL or portal_url.rstrip("/")
+        return kubeconfig(instance=instance, username=grant.username, token=grant.token,
+                          server=f"{base}/k8s/{instance.pk}/"), 0.0
+    if instance.kind != NAMESPACE:
+        raise ShellRefused(
+            "This cluster's pods cannot reach the portal, and a virtual or dedicated "
+            "cluster's shell has no token of its own to fall back on; an administrator "
+            "makes the portal reachable from the cluster (see the docs).")
+    try:
+        token, lives = get_backend(instance.cluster).access_token(instance_spec(instance))
+    except BackendError as exc:
+        raise ShellRefused(exc.message) from exc
+    name = f"{settings.PORTAL_ID}-{instance.name}"
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": name, "cluster": {
+            "server": IN_CLUSTER, "certificate-authority": f"{CA_DIR}/ca.crt"}}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name,
+                                                "namespace": grant.namespace}}],
+        "current-context": name,
+    }, sort_keys=False), max(lives / 2, 1.0)
+
+
+def renewed_shell_kubeconfig(*, grant: ShellGrant) -> tuple[str, float]:
+    """The fallback kubeconfig again, with a new token (see shell_kubeconfig)."""
+    close_old_connections()
+    instance = Instance.objects.select_related("cluster", "workspace__owner").get(
+        pk=grant.instance_id)
+    return shell_kubeconfig(instance=instance, grant=grant, portal_url="")
 
 
 def touch_shell_pod(*, grant: ShellGrant) -> None:

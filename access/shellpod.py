@@ -34,6 +34,9 @@ from clusters.backends.kubernetes.upstream import Upstream
 
 CONTAINER = "shell"
 HOME = "/home/shell"
+CA_DIR = "/var/run/gpupaas"  # the cluster's CA (kube-root-ca.crt), for the fallback token
+IN_CLUSTER = "https://kubernetes.default.svc"
+KUBECONFIG = f"{HOME}/.kube/config"
 SHELL_UID = 65532  # the "nonroot" user of distroless-style images
 PROTOCOLS = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
 # The pod's main process: nothing but waiting, so an exec always has a container to join,
@@ -81,7 +84,7 @@ def manifest(*, name: str, namespace: str, image: str, user_id: int) -> dict[str
                 "command": ["sh", "-c", KEEPER],
                 "workingDir": HOME,
                 "env": [{"name": "HOME", "value": HOME},
-                        {"name": "KUBECONFIG", "value": f"{HOME}/.kube/config"},
+                        {"name": "KUBECONFIG", "value": KUBECONFIG},
                         {"name": "TERM", "value": "xterm-256color"}],
                 "resources": {
                     "requests": {"cpu": "100m", "memory": "256Mi"},
@@ -93,10 +96,15 @@ def manifest(*, name: str, namespace: str, image: str, user_id: int) -> dict[str
                     "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
                 },
                 "volumeMounts": [{"name": "home", "mountPath": HOME},
-                                 {"name": "tmp", "mountPath": "/tmp"}],
+                                 {"name": "tmp", "mountPath": "/tmp"},
+                                 {"name": "kube-ca", "mountPath": CA_DIR, "readOnly": True}],
             }],
             "volumes": [{"name": "home", "emptyDir": {"sizeLimit": "1Gi"}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                        # The cluster's CA, which every namespace has: only used where the
+                        # shell's kubeconfig goes straight to the API server.
+                        {"name": "kube-ca", "configMap": {"name": "kube-root-ca.crt",
+                                                          "optional": True}}],
         },
     }
 

@@ -27,7 +27,7 @@ class ClusterForm(forms.ModelForm):
             "display_name", "name", "backend", "description", "in_cluster", "ingress_domain",
             "ingress_class", "ingress_https", "ingress_namespace", "ingress_from_namespaces",
             "ingress_from_cidrs", "gpu_resource_name", "gpu_model_label", "storage_class",
-            "capi_namespace", "shell_image",
+            "capi_namespace", "shell_image", "shell_reaches_portal",
         ]
 
     def clean_kubeconfig(self) -> str:
@@ -86,6 +86,7 @@ class ClusterAdmin(admin.ModelAdmin):
             "ingress_domain", "ingress_class", "ingress_https", "ingress_namespace",
             "ingress_from_namespaces", "ingress_from_cidrs", "gpu_resource_name",
             "gpu_model_label", "storage_class", "capi_namespace", "shell_image",
+            "shell_reaches_portal",
         ]}),
         ("Admission policies", {"fields": ["admission_policies"]}),
     ]

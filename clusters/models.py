@@ -63,6 +63,14 @@ class Cluster(models.Model):
         help_text="Image of the browser shell's pod (kubectl, helm and a shell, run as a "
         "non-root user). Empty: the portal's SHELL_IMAGE. Pin it by digest.",
     )
+    shell_reaches_portal = models.BooleanField(
+        "shell pods reach the portal", default=True,
+        help_text="The cluster's pods reach the portal's URL over HTTPS, so a browser "
+        "shell's kubectl goes through the portal (audited, cut off when access ends). Off: "
+        "on namespace instances the shell pod gets a token of the instance's access account "
+        "that lives at most 10 minutes, renewed while a shell is open, and kubectl goes "
+        "straight to the API server.",
+    )
     capi_namespace = models.CharField(
         "Cluster API namespace", max_length=63, default="gpupaas-clusters",
         help_text="Where Cluster objects for dedicated instances are created.",

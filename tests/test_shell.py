@@ -296,6 +296,37 @@ def test_the_attack_list_cannot_touch_a_file_of_the_portals_machine(
     assert "\n65532\n" in screen
 
 
+def test_where_pods_cannot_reach_the_portal_the_shell_gets_a_short_lived_account_token(
+    open_shell, client, alice, alice_kube, emu, kubelet, monkeypatch  # noqa: F811
+):
+    alice_kube.cluster.shell_reaches_portal = False
+    alice_kube.cluster.save()
+    real = access_services.shell_kubeconfig
+    # Renewed every second here (at half its ten minutes in production).
+    monkeypatch.setattr(access_services, "shell_kubeconfig",
+                        lambda **kwargs: (real(**kwargs)[0], 1.0))
+    shell = open_shell(session_cookie(client, alice), alice_kube.pk)
+    shell.wait_for("Shell in pod")
+
+    def kubeconfig() -> dict:
+        marker = f"KC-{time.monotonic_ns()}"
+        shell.type(f"echo {marker}-START; cat $KUBECONFIG; echo {marker}-$((1+1))")
+        text = shell.wait_for(f"{marker}-2")
+        return yaml.safe_load(text.split(f"{marker}-START\n")[-1].split(f"{marker}-2")[0])
+
+    first = kubeconfig()
+    assert first["clusters"][0]["cluster"] == {
+        "server": "https://kubernetes.default.svc",
+        "certificate-authority": "/var/run/gpupaas/ca.crt"}
+    token = first["users"][0]["user"]["token"]
+    namespace = namespace_of(alice_kube)
+    assert emu.token_user(f"Bearer {token}") == (
+        f"system:serviceaccount:{namespace}:gpupaas-access")
+    time.sleep(2.5)
+    renewed = kubeconfig()["users"][0]["user"]["token"]
+    assert renewed != token and emu.token_user(f"Bearer {renewed}")
+
+
 def test_a_pod_that_cannot_start_says_why_in_the_clusters_words(
     open_shell, client, alice, alice_kube, emu, kubelet  # noqa: F811
 ):
@@ -413,7 +444,7 @@ def test_on_a_real_server_the_shell_pod_is_admitted_and_its_credential_scoped(
     restricted, the access account's rights) but never runs, so exec needs a real cluster."""
     instance = kube_instance(alice, real_profile, name="real")
     grant = access_services.open_shell(user=alice, instance_id=instance.pk)
-    handle, body, config = access_services.shell_pod(grant=grant,
+    handle, body, config, _ = access_services.shell_pod(grant=grant,
                                                      portal_url="https://127.0.0.1:1")
     created = handle.create(body)
     assert created["spec"]["automountServiceAccountToken"] is False
