@@ -325,7 +325,7 @@ def authorize_proxy_request(
     if instance.status != Instance.Status.RUNNING:
         return Refusal(503, "ServiceUnavailable",
                        f"{instance.name} is {instance.status_label.lower()}, not running.")
-    if instance.cluster.backend != "kubernetes":
+    if not instance.has_kubernetes_api:
         return Refusal(404, "NotFound", f"{instance.name} has no Kubernetes API.")
     if touch and (row.last_used_at is None or (now - row.last_used_at).total_seconds() >= 5
                   or row.client != client[:300]):
@@ -391,7 +391,7 @@ def shell_offer(*, instance: Instance) -> tuple[str, str]:
     """(kind, why not): what "Open shell" gives on this instance, or why it cannot now."""
     if instance.status != Instance.Status.RUNNING:
         return "", f"A shell opens once {instance.name} is running."
-    if instance.cluster.backend == "kubernetes":
+    if instance.has_kubernetes_api:
         return "pod", ""
     from clusters.backends.local.tenants import isolated
 

@@ -33,7 +33,7 @@ def access_panel(request: HttpRequest) -> HttpResponse:
     shell_kind, shell_problem = services.shell_offer(instance=instance)
     context = {
         "instance": instance,
-        "has_api": instance.cluster.backend == "kubernetes",
+        "has_api": instance.has_kubernetes_api,
         "shell_kind": shell_kind,
         "shell_problem": shell_problem,
         "tokens": list(selectors.tokens_of(user=request.user, instance=instance)[:50]),
@@ -48,7 +48,7 @@ def access_panel(request: HttpRequest) -> HttpResponse:
 @require_POST
 def kubeconfig_download(request: HttpRequest, pk: int) -> HttpResponse:
     instance = get_instance_for_user(request, pk)
-    if instance.cluster.backend != "kubernetes":
+    if not instance.has_kubernetes_api:
         raise Http404("This instance has no Kubernetes API.")
     try:
         hours = float(request.POST.get("hours") or settings.ACCESS_TOKEN_TTL_HOURS)

@@ -199,7 +199,7 @@ def create_kubeconfig(request: HttpRequest, instance_id: Id, payload: Kubeconfig
     """A kubeconfig for the instance, reaching it through the portal's Kubernetes proxy with a
     new token of yours (the instance page's Download kubeconfig)."""
     instance = instance_or_404(request, instance_id)
-    if instance.cluster.backend != "kubernetes":
+    if not instance.has_kubernetes_api:
         raise ApiError(409, "This instance has no Kubernetes API.")
     hours = settings.ACCESS_TOKEN_TTL_HOURS if payload.hours is None else payload.hours
     token, plain = access_services.issue_access_token(

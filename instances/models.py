@@ -160,6 +160,12 @@ class Instance(models.Model):
         return "" if message.rstrip(".").lower() == self.status.lower() else message
 
     @property
+    def has_kubernetes_api(self) -> bool:
+        """It runs on a Kubernetes cluster, so kubeconfigs, the proxy and pod shells apply
+        (a local sandbox has no API)."""
+        return self.cluster.backend == "kubernetes"
+
+    @property
     def is_final(self) -> bool:
         return self.status in self.FINAL_STATES
 

@@ -267,6 +267,6 @@ def admin_overview(*, failed_since: datetime, top: int = 10, failed_limit: int =
 def reserved_by_cluster(*, instance: Instance) -> Reservation:
     """What a virtual cluster's own control plane takes of its instance (its requests count
     against the instance's quota like any pod's); nothing for other kinds."""
-    if instance.cluster.backend != Cluster.Backend.KUBERNETES:
+    if not instance.has_kubernetes_api:
         return Reservation()
     return reserved(instance.kind)

@@ -68,6 +68,21 @@ def test_the_workspace_list_shows_quota_source_use_and_last_activity(
     assert 'class="field-last_activity">never<' in rows["bob"]
 
 
+def test_the_admins_gpus_in_use_count_what_the_quota_check_counts(
+    admin_client, alice, catalogue
+):
+    """A failed instance holds no GPUs for the quota check, so the admin does not count it
+    either: the same rule (Instance.HOLDS_QUOTA) in both places."""
+    launch(alice, catalogue[2], "running")
+    failed = launch(alice, catalogue[4], "broken")
+    Instance.objects.filter(pk=failed.pk).update(status=Instance.Status.FAILED)
+
+    page = admin_client.get(WORKSPACES).content.decode()
+    row = page.split(">alice<")[1].split("</tr>")[0]
+    assert 'class="field-gpus_in_use">2<' in row
+    assert 'class="field-instances_in_use">1<' in row
+
+
 def test_lowering_a_quota_below_use_warns_and_says_what_happens(admin_client, alice, catalogue):
     launch(alice, catalogue[4], "train-a")
     workspace = workspace_of(alice)

@@ -59,7 +59,7 @@ def effective_quota(*, workspace: Workspace) -> Quota:
 def with_usage(workspaces: QuerySet[Workspace]) -> QuerySet[Workspace]:
     """Workspaces annotated with what the admin list shows, in one query whatever the rows:
     the owner's most generous group quota (group_gpus, group_instances), GPUs and instances
-    held (everything not deleted counts), and the last audited activity."""
+    held (as the quota check counts them), and the last audited activity."""
     from instances.models import Instance
 
     from .models import AuditEvent
@@ -71,8 +71,9 @@ def with_usage(workspaces: QuerySet[Workspace]) -> QuerySet[Workspace]:
             output_field=IntegerField(),
         )
 
-    held = (Instance.objects.filter(workspace=OuterRef("pk"))
-            .exclude(status=Instance.Status.DELETED).order_by().values("workspace"))
+    # What the quota check counts (Instance.HOLDS_QUOTA): a failed instance holds nothing.
+    held = (Instance.objects.filter(workspace=OuterRef("pk"), status__in=Instance.HOLDS_QUOTA)
+            .order_by().values("workspace"))
     return workspaces.annotate(
         group_gpus=best("default_max_gpus"),
         group_instances=best("default_max_instances"),
