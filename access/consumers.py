@@ -26,12 +26,25 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.utils import timezone
+
+from api.services import TokenRefused, authenticate_api_token
 
 from . import services, shell, shellpod
 from .proxy import scope_client_ip
 
 log = logging.getLogger(__name__)
+
+
+def user_of_api_token(*, plain: str, ip_address: str | None) -> AbstractBaseUser | None:
+    """The user of a live API token that may write (`gpupaas shell`), else None: a shell
+    changes things, so a read-only token opens none."""
+    try:
+        token, _ = authenticate_api_token(plain=plain, ip_address=ip_address)
+    except TokenRefused:
+        return None
+    return token.user if token.can_write else None
 
 # Close codes the page reads (static/js/shell.js): the final ones are not retried.
 ENDED = 4000  # the process ended, or the time limit
@@ -62,7 +75,7 @@ class ShellConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         if headers.get("authorization", "").startswith("Bearer "):
             # `gpupaas shell`: an API token that may write, instead of a session cookie.
-            user = await database_sync_to_async(services.shell_user_from_api_token)(
+            user = await database_sync_to_async(user_of_api_token)(
                 plain=headers["authorization"][7:].strip(), ip_address=self.client_ip)
         elif user is not None and user.is_authenticated and not await self.session_fresh():
             user = None

@@ -439,19 +439,6 @@ def open_shell(*, user: AbstractBaseUser, instance_id: int, client: str = "",
     )
 
 
-def shell_user_from_api_token(*, plain: str, ip_address: str | None = None
-                              ) -> AbstractBaseUser | None:
-    """The user of a live API token that may write (`gpupaas shell`), else None: a shell
-    changes things, so a read-only token opens none."""
-    from api.services import TokenRefused, authenticate_api_token
-
-    try:
-        token, _ = authenticate_api_token(plain=plain, ip_address=ip_address)
-    except TokenRefused:
-        return None
-    return token.user if token.can_write else None
-
-
 def kubeconfig(*, instance: Instance, username: str, token: str, server: str) -> str:
     """A kubeconfig whose server is this portal's proxy for the instance (`server`, its
     `/k8s/<id>/` address) and whose only credential is the token: nothing of the cluster's

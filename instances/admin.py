@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
 
 from clusters.models import Cluster
-from notebooks.selectors import cores
+from gpupaas.formats import cores
 from workspaces.services import client_ip
 
 from . import services

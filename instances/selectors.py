@@ -7,6 +7,7 @@ from django.db.models import (
     Count,
     Exists,
     IntegerField,
+    Max,
     OuterRef,
     Q,
     QuerySet,
@@ -19,7 +20,7 @@ from django.db.models.functions import Coalesce
 from clusters.backends import get_backend
 from clusters.backends.kubernetes.manifests import Reservation, reserved
 from clusters.models import Cluster, GpuAllocation
-from workspaces.models import Workspace
+from workspaces.models import AuditEvent, GroupPolicy, Workspace
 from workspaces.selectors import effective_quota
 
 from .models import Collaborator, ComputeProfile, Instance
@@ -270,3 +271,31 @@ def reserved_by_cluster(*, instance: Instance) -> Reservation:
     if not instance.has_kubernetes_api:
         return Reservation()
     return reserved(instance.kind)
+
+
+def with_usage(workspaces: QuerySet[Workspace]) -> QuerySet[Workspace]:
+    """Workspaces annotated with what the admin list shows, in one query whatever the rows:
+    the owner's most generous group quota (group_gpus, group_instances), GPUs and instances
+    held (as the quota check counts them), and the last audited activity."""
+    def best(field: str) -> Subquery:
+        return Subquery(
+            GroupPolicy.objects.filter(group__user=OuterRef("owner_id"))
+            .order_by().values("group__user").annotate(best=Max(field)).values("best")[:1],
+            output_field=IntegerField(),
+        )
+
+    # What the quota check counts (Instance.HOLDS_QUOTA): a failed instance holds nothing.
+    held = (Instance.objects.filter(workspace=OuterRef("pk"), status__in=Instance.HOLDS_QUOTA)
+            .order_by().values("workspace"))
+    return workspaces.annotate(
+        group_gpus=best("default_max_gpus"),
+        group_instances=best("default_max_instances"),
+        gpus_used=Coalesce(Subquery(held.annotate(n=Sum("gpus")).values("n")[:1],
+                                    output_field=IntegerField()), Value(0)),
+        instances_used=Coalesce(Subquery(held.annotate(n=Count("id")).values("n")[:1],
+                                         output_field=IntegerField()), Value(0)),
+        last_activity=Subquery(
+            AuditEvent.objects.filter(workspace=OuterRef("pk")).order_by("-created_at")
+            .values("created_at")[:1]
+        ),
+    )

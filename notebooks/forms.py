@@ -2,9 +2,10 @@ from decimal import Decimal
 
 from django import forms
 
+from gpupaas.formats import cores
 from instances.models import instance_name_validator
 
-from .selectors import cores, gpus_phrase
+from .selectors import gpus_phrase
 
 
 class DeployForm(forms.Form):

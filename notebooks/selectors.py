@@ -4,6 +4,7 @@ from decimal import Decimal
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, QuerySet, Sum
 
+from gpupaas.formats import cores
 from instances.models import Instance
 from instances.selectors import accessible_instances, listable_instances, reserved_by_cluster
 
@@ -74,11 +75,6 @@ class Capacity:
 def gpus_phrase(n: int) -> str:
     """GPU counts as people say them: no GPU, 1 GPU, 2 GPUs."""
     return "no GPU" if not n else f"{n} GPU{'' if n == 1 else 's'}"
-
-
-def cores(value: Decimal) -> str:
-    """CPU cores as people write them: 8, 0.5 (never 8.0)."""
-    return f"{Decimal(value).normalize():f}"
 
 
 def instance_capacity(*, instance: Instance) -> Capacity:

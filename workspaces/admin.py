@@ -8,8 +8,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
 
+from instances.selectors import with_usage
+
 from .models import AuditEvent, GroupPolicy, GuestAccount, IdpGroupMapping, Workspace
-from .selectors import Quota, effective_quota, resolve_quota, with_usage
+from .selectors import Quota, effective_quota, resolve_quota
 
 
 class GroupPolicyInline(admin.StackedInline):

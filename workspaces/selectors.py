@@ -2,8 +2,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import Count, IntegerField, Max, OuterRef, QuerySet, Subquery, Sum, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Max
 
 from .models import GroupPolicy, Role, Workspace
 
@@ -54,38 +53,6 @@ def effective_quota(*, workspace: Workspace) -> Quota:
             gpus=Max("default_max_gpus"), instances=Max("default_max_instances"))
     return resolve_quota(own_gpus=workspace.max_gpus, own_instances=workspace.max_instances,
                          group_gpus=best["gpus"], group_instances=best["instances"])
-
-
-def with_usage(workspaces: QuerySet[Workspace]) -> QuerySet[Workspace]:
-    """Workspaces annotated with what the admin list shows, in one query whatever the rows:
-    the owner's most generous group quota (group_gpus, group_instances), GPUs and instances
-    held (as the quota check counts them), and the last audited activity."""
-    from instances.models import Instance
-
-    from .models import AuditEvent
-
-    def best(field: str) -> Subquery:
-        return Subquery(
-            GroupPolicy.objects.filter(group__user=OuterRef("owner_id"))
-            .order_by().values("group__user").annotate(best=Max(field)).values("best")[:1],
-            output_field=IntegerField(),
-        )
-
-    # What the quota check counts (Instance.HOLDS_QUOTA): a failed instance holds nothing.
-    held = (Instance.objects.filter(workspace=OuterRef("pk"), status__in=Instance.HOLDS_QUOTA)
-            .order_by().values("workspace"))
-    return workspaces.annotate(
-        group_gpus=best("default_max_gpus"),
-        group_instances=best("default_max_instances"),
-        gpus_used=Coalesce(Subquery(held.annotate(n=Sum("gpus")).values("n")[:1],
-                                    output_field=IntegerField()), Value(0)),
-        instances_used=Coalesce(Subquery(held.annotate(n=Count("id")).values("n")[:1],
-                                         output_field=IntegerField()), Value(0)),
-        last_activity=Subquery(
-            AuditEvent.objects.filter(workspace=OuterRef("pk")).order_by("-created_at")
-            .values("created_at")[:1]
-        ),
-    )
 
 
 def role_of(user: AbstractBaseUser) -> str:
