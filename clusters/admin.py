@@ -6,11 +6,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from workspaces.services import client_ip
+
 from .backends import BackendError, get_backend
 from .backends.kubernetes import cluster_settings, policies
 from .backends.kubernetes.client import check_kubeconfig
 from .backends.local import tenants
 from .models import Cluster, GpuAllocation
+from .services import save_cluster
 
 
 class ClusterForm(forms.ModelForm):
@@ -93,7 +96,8 @@ class ClusterAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Cluster, form: forms.Form,
                    change: bool) -> None:
-        super().save_model(request, obj, form, change)
+        save_cluster(cluster=obj, fields=form.fields, by=request.user,
+                     ip_address=client_ip(request))
         if obj.backend != Cluster.Backend.KUBERNETES:
             return
         # The policies protect tenants (and the cluster from the portal) from the first

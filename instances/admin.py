@@ -67,13 +67,22 @@ class ComputeProfileAdmin(admin.ModelAdmin):
         return {**super().get_changeform_initial_data(request),
                 "sort_order": 0 if last is None else last + 10}
 
+    def save_model(self, request: HttpRequest, obj: ComputeProfile, form: forms.Form,
+                   change: bool) -> None:
+        services.save_profile(profile=obj, fields=form.fields, by=request.user,
+                              ip_address=client_ip(request))
+
     @admin.action(description="Publish selected profiles")
     def publish(self, request: HttpRequest, queryset: QuerySet[ComputeProfile]) -> None:
-        self.message_user(request, f"{queryset.update(published=True)} profile(s) published.")
+        count = services.set_profiles_published(profiles=queryset, published=True,
+                                                by=request.user, ip_address=client_ip(request))
+        self.message_user(request, f"{count} profile(s) published.")
 
     @admin.action(description="Unpublish selected profiles (running instances keep running)")
     def unpublish(self, request: HttpRequest, queryset: QuerySet[ComputeProfile]) -> None:
-        self.message_user(request, f"{queryset.update(published=False)} profile(s) unpublished.")
+        count = services.set_profiles_published(profiles=queryset, published=False,
+                                                by=request.user, ip_address=client_ip(request))
+        self.message_user(request, f"{count} profile(s) unpublished.")
 
 
 class CollaboratorInline(admin.TabularInline):

@@ -34,7 +34,7 @@ from clusters.models import Cluster
 from gpupaas.celery import app as celery_app
 from workspaces.models import Workspace
 from workspaces.selectors import effective_quota
-from workspaces.services import create_guest_account, lock_workspace, record_audit
+from workspaces.services import changes, create_guest_account, lock_workspace, record_audit
 
 from .models import (
     INSTANCE_NAME_MAX,
@@ -744,3 +744,32 @@ def accept_invitation_as_guest(
         collaborator = accept_invitation(token=token, user=user, proven_email=collaborator.email,
                                          ip_address=ip_address)
     return user, collaborator
+
+
+# --- the catalogue (the admin's writes) ---------------------------------------------------
+
+
+def save_profile(*, profile: ComputeProfile, fields: Iterable[str],
+                 by: AbstractBaseUser | None, ip_address: str | None = None) -> None:
+    """Save a compute profile as the admin form set it, and audit what changed."""
+    with transaction.atomic():
+        old = ComputeProfile.objects.filter(pk=profile.pk).first() if profile.pk else None
+        changed = changes(old, profile, fields)
+        profile.save()
+        if changed:
+            record_audit(action="profile.added" if old is None else "profile.changed",
+                         obj=profile, actor=by, ip_address=ip_address, changes=changed)
+
+
+def set_profiles_published(*, profiles: QuerySet[ComputeProfile], published: bool,
+                           by: AbstractBaseUser | None, ip_address: str | None = None) -> int:
+    """Publish or unpublish profiles (running instances keep running); one audit row per
+    profile that changed. Returns how many changed."""
+    with transaction.atomic():
+        changed = list(profiles.select_for_update().exclude(published=published))
+        ComputeProfile.objects.filter(pk__in=[p.pk for p in changed]).update(
+            published=published)
+        for profile in changed:
+            record_audit(action="profile.published" if published else "profile.unpublished",
+                         obj=profile, actor=by, ip_address=ip_address)
+    return len(changed)

@@ -13,7 +13,7 @@ from django.utils import timezone
 from clusters.models import Cluster
 from instances import services
 from instances.models import ComputeProfile, Instance
-from workspaces.models import GroupPolicy
+from workspaces.models import AuditEvent, GroupPolicy
 
 from .conftest import make_user, running_instance, workspace_of
 
@@ -81,6 +81,27 @@ def test_the_admins_gpus_in_use_count_what_the_quota_check_counts(
     row = page.split(">alice<")[1].split("</tr>")[0]
     assert 'class="field-gpus_in_use">2<' in row
     assert 'class="field-instances_in_use">1<' in row
+
+
+def test_quota_changes_and_publishing_are_in_the_audit_trail(admin_client, admin_user, alice,
+                                                              catalogue):
+    workspace = workspace_of(alice)
+    admin_client.post(f"{WORKSPACES}{workspace.pk}/change/",
+                      {"max_gpus": "3", "max_instances": ""})
+    event = AuditEvent.objects.get(action="workspace.quota_changed")
+    assert event.actor == admin_user and event.workspace == workspace
+    assert event.data["changes"] == {"max_gpus": [None, 3]}
+
+    profile = catalogue[2]
+    admin_client.post("/admin/instances/computeprofile/", {
+        "action": "unpublish", "_selected_action": [str(profile.pk)]})
+    profile.refresh_from_db()
+    assert profile.published is False
+    assert AuditEvent.objects.filter(action="profile.unpublished", object_id=str(profile.pk),
+                                     actor=admin_user).count() == 1
+    admin_client.post("/admin/instances/computeprofile/", {
+        "action": "unpublish", "_selected_action": [str(profile.pk)]})
+    assert AuditEvent.objects.filter(action="profile.unpublished").count() == 1  # no change
 
 
 def test_lowering_a_quota_below_use_warns_and_says_what_happens(admin_client, alice, catalogue):
@@ -187,3 +208,13 @@ def test_an_end_user_never_sees_the_overview(alice_client, alice, catalogue):
     launch(alice, catalogue[1], "mine")
     response = alice_client.get(OVERVIEW)
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_a_profile_saved_in_the_admin_records_what_changed(admin_user, catalogue):
+    profile = catalogue[1]
+    profile.display_name, profile.gpus = "Small, renamed", 1
+    services.save_profile(profile=profile, fields=["display_name", "gpus", "groups"],
+                          by=admin_user, ip_address="10.1.2.3")
+    event = AuditEvent.objects.get(action="profile.changed")
+    assert event.data["changes"] == {"display_name": ["Small · 1 GPU", "Small, renamed"]}
+    assert (event.actor, event.ip_address) == (admin_user, "10.1.2.3")

@@ -4,6 +4,7 @@ and "Test connection" says what the cluster offers, or why it cannot be reached.
 import pytest
 
 from clusters.models import Cluster
+from workspaces.models import AuditEvent
 
 from .kit import kubeemu
 
@@ -22,7 +23,8 @@ def form(**overrides) -> dict:
         "description": "", "kubeconfig": "", "ingress_domain": "apps.example.com",
         "ingress_class": "nginx", "ingress_namespace": "ingress-nginx",
         "gpu_resource_name": "nvidia.com/gpu", "gpu_model_label": "nvidia.com/gpu.product",
-        "storage_class": "", "capi_namespace": "gpupaas-clusters",
+        "storage_class": "", "capi_namespace": "gpupaas-clusters", "shell_image": "",
+        "shell_reaches_portal": "on",
     }
     return {**data, **overrides}
 
@@ -43,6 +45,14 @@ def test_a_kubeconfig_is_stored_encrypted_and_never_shown_back(client, admin_use
     client.post(f"/admin/clusters/cluster/{cluster.pk}/change/", form(ingress_class="traefik"))
     cluster.refresh_from_db()
     assert cluster.kubeconfig == text.strip() and cluster.ingress_class == "traefik"
+
+    # Both saves are in the audit trail, by the administrator; the kubeconfig by name only.
+    added, changed = AuditEvent.objects.filter(object_id=str(cluster.pk)).order_by("id")
+    assert (added.action, added.actor) == ("cluster.added", admin_user)
+    assert added.data["changes"]["kubeconfig_encrypted"] == "changed"
+    assert emu.url not in str(added.data)
+    assert (changed.action, changed.data["changes"]) == (
+        "cluster.changed", {"ingress_class": ["nginx", "traefik"]})
 
 
 @pytest.mark.parametrize(

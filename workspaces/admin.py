@@ -12,6 +12,7 @@ from instances.selectors import with_usage
 
 from .models import AuditEvent, GroupPolicy, GuestAccount, IdpGroupMapping, Workspace
 from .selectors import Quota, effective_quota, resolve_quota
+from .services import client_ip, set_quota
 
 
 class GroupPolicyInline(admin.StackedInline):
@@ -97,7 +98,7 @@ class WorkspaceAdmin(admin.ModelAdmin):
         return naturaltime(workspace.last_activity) if workspace.last_activity else "never"
 
     def save_model(self, request: HttpRequest, obj: Workspace, form, change: bool) -> None:
-        super().save_model(request, obj, form, change)
+        set_quota(workspace=obj, by=request.user, ip_address=client_ip(request))
         # Lowering a quota below what is held takes nothing away: say what it does mean.
         quota = effective_quota(workspace=obj)
         usage = with_usage(Workspace.objects.filter(pk=obj.pk)).get()

@@ -1,12 +1,13 @@
 import ipaddress
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group
-from django.core.exceptions import ValidationError
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import DatabaseError, models, transaction
 from django.http import HttpRequest
 
@@ -93,6 +94,45 @@ def client_ip(request: HttpRequest) -> str | None:
     """The address an audit row records for a page or an API call (see client_address)."""
     return client_address(request.META.get("REMOTE_ADDR"),
                           request.META.get("HTTP_X_FORWARDED_FOR", ""))
+
+
+def changes(old: models.Model | None, new: models.Model, fields: Iterable[str], *,
+            secret: Iterable[str] = ()) -> dict[str, Any]:
+    """What an administrator's save changed, for its audit row: {field: [before, after]},
+    only the names of `secret` fields (their values never go into the trail)."""
+    found: dict[str, Any] = {}
+    for name in fields:
+        try:
+            field = new._meta.get_field(name)
+        except FieldDoesNotExist:
+            continue  # a form's own field (a pasted kubeconfig): its model field says it
+        if field.many_to_many:
+            continue  # saved after the object: the form's groups are audited by their view
+        name = field.attname
+        before = getattr(old, name, None) if old is not None else None
+        after = getattr(new, name, None)
+        if before != after or old is None:
+            found[name] = "changed" if name in set(secret) else [
+                _plain(before), _plain(after)]
+    return found
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def set_quota(*, workspace: Workspace, by: AbstractBaseUser | None,
+              ip_address: str | None = None) -> dict[str, Any]:
+    """Save a workspace's own quota (as the admin form set it) and audit the change: what
+    it was and what it is. Returns the changes ({} when nothing changed)."""
+    with transaction.atomic():
+        old = Workspace.objects.select_for_update().get(pk=workspace.pk)
+        changed = changes(old, workspace, ["max_gpus", "max_instances"])
+        workspace.save()
+        if changed:
+            record_audit(action="workspace.quota_changed", obj=workspace, actor=by,
+                         workspace=workspace, ip_address=ip_address, changes=changed)
+    return changed
 
 
 def sync_groups_from_claims(*, user: AbstractBaseUser, claims: dict[str, Any],
