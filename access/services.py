@@ -28,6 +28,7 @@ from clusters.crypto import decrypt
 from instances.models import ComputeProfile, Instance
 from instances.selectors import instance_for_user
 from instances.services import instance_spec
+from workspaces.models import AuditAction
 from workspaces.selectors import role_of
 from workspaces.services import audit_write_failed, ip_address_or_none, record_audit
 
@@ -69,7 +70,7 @@ def issue_access_token(
             expires_at=timezone.now() + timedelta(hours=hours), created_from=client[:300],
         )
         record_audit(
-            action="access_token.issued", obj=instance, actor=user,
+            action=AuditAction.ACCESS_TOKEN_ISSUED, obj=instance, actor=user,
             workspace=instance.workspace, ip_address=ip_address, token=token.prefix,
             expires_at=token.expires_at.isoformat(),
         )
@@ -85,7 +86,7 @@ def revoke_access_token(
         )
         if revoked:
             record_audit(
-                action="access_token.revoked", obj=token.instance, actor=by,
+                action=AuditAction.ACCESS_TOKEN_REVOKED, obj=token.instance, actor=by,
                 workspace=token.instance.workspace, ip_address=ip_address, token=token.prefix,
             )
             tell_shells_on_commit(token.instance_id)
@@ -111,7 +112,7 @@ def revoke_access_tokens(
         count = live.update(revoked_at=timezone.now(), revoked_reason=reason[:200])
         if count:
             record_audit(
-                action="access_token.revoked", obj=instance, actor=by,
+                action=AuditAction.ACCESS_TOKEN_REVOKED, obj=instance, actor=by,
                 workspace=instance.workspace, ip_address=ip_address, count=count,
                 reason=reason, user=user.get_username() if user is not None else None,
             )
@@ -429,8 +430,9 @@ def open_shell(*, user: AbstractBaseUser, instance_id: int, client: str = "",
         namespace = instance_object_name(
             key=instance.key, owner=instance.workspace.owner.get_username(),
             name=instance.name) if instance.kind == NAMESPACE else "default"
-    record_audit(action="shell.opened", obj=instance, actor=user, workspace=instance.workspace,
-                 ip_address=ip_address, kind=kind, token=token.prefix if token else None)
+    record_audit(action=AuditAction.SHELL_OPENED, obj=instance, actor=user,
+                 workspace=instance.workspace, ip_address=ip_address, kind=kind,
+                 token=token.prefix if token else None)
     return ShellGrant(
         user_id=user.pk, username=user.get_username(), instance_id=instance.pk,
         instance_name=instance.name, kind=kind, namespace=namespace,
@@ -551,7 +553,7 @@ def delete_shell_pod(row: ShellPodRow, *, reason: str) -> None:
             log.warning("shell pod %s/%s on instance %s: not deleted yet: %s",
                         row.namespace, row.name, row.instance_id, exc)
             return
-        record_audit(action="shell.pod_deleted", obj=instance, actor=None,
+        record_audit(action=AuditAction.SHELL_POD_DELETED, obj=instance, actor=None,
                      workspace=instance.workspace, pod=row.name, reason=reason)
     row.delete()
 
@@ -622,7 +624,7 @@ def close_shell(*, grant: ShellGrant, reason: str, ip_address: str | None = None
         instance = Instance.objects.select_related("workspace").filter(
             pk=grant.instance_id).first()
         if instance is not None:
-            record_audit(action="shell.closed", obj=instance,
+            record_audit(action=AuditAction.SHELL_CLOSED, obj=instance,
                          actor=get_user_model().objects.filter(pk=grant.user_id).first(),
                          workspace=instance.workspace, ip_address=ip_address,
                          reason=reason[:200])

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from access.models import hash_token
 from instances.selectors import has_shared_instances
-from workspaces.models import Workspace
+from workspaces.models import AuditAction, Workspace
 from workspaces.selectors import role_of
 from workspaces.services import record_audit
 
@@ -64,7 +64,7 @@ def create_api_token(
             user=user, name=name, scope=scope, token_hash=hash_token(plain),
             prefix=plain[:len(TOKEN_PREFIX) + 6], expires_at=timezone.now() + timedelta(days=days),
         )
-        record_audit(action="api_token.created", obj=token, actor=user,
+        record_audit(action=AuditAction.API_TOKEN_CREATED, obj=token, actor=user,
                      workspace=_workspace_of(user), ip_address=ip_address, token=token.prefix,
                      scope=scope, expires_at=token.expires_at.isoformat())
     return token, plain
@@ -80,7 +80,7 @@ def revoke_api_token(
         revoked = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
             revoked_at=timezone.now(), revoked_reason=reason[:200])
         if revoked:
-            record_audit(action="api_token.revoked", obj=token, actor=by,
+            record_audit(action=AuditAction.API_TOKEN_REVOKED, obj=token, actor=by,
                          workspace=_workspace_of(token.user), ip_address=ip_address,
                          token=token.prefix, reason=reason)
     return bool(revoked)

@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 
+from workspaces.models import AuditAction
 from workspaces.services import changes, record_audit
 
 from .models import Cluster
@@ -21,5 +22,6 @@ def save_cluster(*, cluster: Cluster, fields: Iterable[str], by: AbstractBaseUse
         changed = changes(old, cluster, [*fields, *SECRET], secret=SECRET)
         cluster.save()
         if changed:
-            record_audit(action="cluster.added" if old is None else "cluster.changed",
+            record_audit(action=(AuditAction.CLUSTER_ADDED if old is None
+                                 else AuditAction.CLUSTER_CHANGED),
                          obj=cluster, actor=by, ip_address=ip_address, changes=changed)

@@ -32,7 +32,7 @@ from clusters.backends import (
 from clusters.crypto import encrypt
 from clusters.models import Cluster
 from gpupaas.celery import app as celery_app
-from workspaces.models import Workspace
+from workspaces.models import AuditAction, Workspace
 from workspaces.selectors import effective_quota
 from workspaces.services import changes, create_guest_account, lock_workspace, record_audit
 
@@ -172,7 +172,7 @@ def launch_instance(
         except IntegrityError as exc:
             raise ValidationError({"name": f"You already have an instance named {name}."}) from exc
         record_audit(
-            action="instance.launched", obj=instance, actor=by, workspace=workspace,
+            action=AuditAction.INSTANCE_LAUNCHED, obj=instance, actor=by, workspace=workspace,
             ip_address=ip_address, profile=profile.name, gpus=profile.gpus,
         )
         transaction.on_commit(lambda: provision_instance_task.delay(instance.pk))
@@ -279,8 +279,8 @@ def _transition(
             return None
         instance = _with_relations().get(pk=instance_id)
         record_audit(
-            action=f"instance.{to}", obj=instance, actor=actor, workspace=instance.workspace,
-            ip_address=ip_address, message=message,
+            action=AuditAction.status("instance", to), obj=instance, actor=actor,
+            workspace=instance.workspace, ip_address=ip_address, message=message,
         )
     return instance
 
@@ -583,7 +583,7 @@ def invite_collaborator(
                 token_hash="-")
             token, collaborator.token_hash = _new_token(collaborator.pk)
             collaborator.save(update_fields=["token_hash"])
-            record_audit(action="collaborator.invited", obj=collaborator, actor=by,
+            record_audit(action=AuditAction.COLLABORATOR_INVITED, obj=collaborator, actor=by,
                          workspace=instance.workspace, ip_address=ip_address,
                          instance=instance.name, email=email, expires_at=expires.isoformat())
             pending.append((collaborator, token))
@@ -603,7 +603,7 @@ def resend_invitation(
         ).update(token_hash=token_hash, expires_at=expires):
             raise ValidationError("Only a pending invitation can be sent again.")
         collaborator.refresh_from_db()
-        record_audit(action="collaborator.resent", obj=collaborator, actor=by,
+        record_audit(action=AuditAction.COLLABORATOR_RESENT, obj=collaborator, actor=by,
                      workspace=collaborator.instance.workspace, ip_address=ip_address,
                      email=collaborator.email, expires_at=expires.isoformat())
     return _deliver([(collaborator, token)], base_url)
@@ -618,7 +618,7 @@ def revoke_invitation(
             pk=collaborator.pk, status=Collaborator.Status.PENDING
         ).update(status=Collaborator.Status.REVOKED, ended_at=timezone.now())
         if revoked:
-            record_audit(action="collaborator.revoked", obj=collaborator, actor=by,
+            record_audit(action=AuditAction.COLLABORATOR_REVOKED, obj=collaborator, actor=by,
                          workspace=collaborator.instance.workspace, ip_address=ip_address,
                          email=collaborator.email)
     return bool(revoked)
@@ -639,7 +639,7 @@ def remove_collaborator(
             return False
         instance = collaborator.instance
         Instance.objects.filter(pk=instance.pk).update(access_revoked_at=now)
-        record_audit(action="collaborator.removed", obj=collaborator, actor=by,
+        record_audit(action=AuditAction.COLLABORATOR_REMOVED, obj=collaborator, actor=by,
                      workspace=instance.workspace, ip_address=ip_address,
                      email=collaborator.email)
         reason = f"{collaborator.email} was removed from {instance.name}"
@@ -726,7 +726,7 @@ def accept_invitation(
             raise InvitationError("This invitation was used or withdrawn a moment ago.",
                                   collaborator=collaborator)
         collaborator.refresh_from_db()
-        record_audit(action="collaborator.accepted", obj=collaborator, actor=user,
+        record_audit(action=AuditAction.COLLABORATOR_ACCEPTED, obj=collaborator, actor=user,
                      workspace=instance.workspace, ip_address=ip_address,
                      email=collaborator.email)
     return collaborator
@@ -757,7 +757,8 @@ def save_profile(*, profile: ComputeProfile, fields: Iterable[str],
         changed = changes(old, profile, fields)
         profile.save()
         if changed:
-            record_audit(action="profile.added" if old is None else "profile.changed",
+            record_audit(action=(AuditAction.PROFILE_ADDED if old is None
+                                 else AuditAction.PROFILE_CHANGED),
                          obj=profile, actor=by, ip_address=ip_address, changes=changed)
 
 
@@ -770,6 +771,7 @@ def set_profiles_published(*, profiles: QuerySet[ComputeProfile], published: boo
         ComputeProfile.objects.filter(pk__in=[p.pk for p in changed]).update(
             published=published)
         for profile in changed:
-            record_audit(action="profile.published" if published else "profile.unpublished",
+            record_audit(action=(AuditAction.PROFILE_PUBLISHED if published
+                                 else AuditAction.PROFILE_UNPUBLISHED),
                          obj=profile, actor=by, ip_address=ip_address)
     return len(changed)

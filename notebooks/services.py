@@ -27,6 +27,7 @@ from clusters.crypto import decrypt, encrypt
 from clusters.models import Cluster
 from instances.models import Instance
 from instances.services import claim_unwatched, instance_spec
+from workspaces.models import AuditAction
 from workspaces.services import lock_workspace, record_audit
 
 from .models import Notebook, NotebookProfile
@@ -94,7 +95,7 @@ def deploy_notebook(
         except IntegrityError as exc:
             raise ValidationError(
                 {"name": f"{instance.name} already has a notebook named {name}."}) from exc
-        record_audit(action="notebook.deploying", obj=notebook, actor=by,
+        record_audit(action=AuditAction.NOTEBOOK_DEPLOYING, obj=notebook, actor=by,
                      workspace=instance.workspace, ip_address=ip_address,
                      instance=instance.name, profile=profile.name)
         transaction.on_commit(lambda: advance_notebook_task.delay(notebook.pk))
@@ -145,7 +146,7 @@ def reveal_notebook_token(
 ) -> str:
     """The notebook's token, for someone the caller found allowed on its instance; asked for
     explicitly (the API, not a listing), so the audit log says who saw it and when."""
-    record_audit(action="notebook.token_revealed", obj=notebook, actor=by,
+    record_audit(action=AuditAction.NOTEBOOK_TOKEN_REVEALED, obj=notebook, actor=by,
                  workspace=notebook.instance.workspace, ip_address=ip_address,
                  instance=notebook.instance.name)
     return notebook.token
@@ -178,7 +179,7 @@ def rotate_notebook_tokens(*, instance_id: int, reason: str = "") -> int:
                 fields.update(status=Status.DEPLOYING, step="", status_changed_at=timezone.now(),
                               status_message=f"Restarting with a new token{why}.")
             Notebook.objects.filter(pk=notebook.pk).update(**fields)
-            record_audit(action="notebook.token_rotated", obj=notebook,
+            record_audit(action=AuditAction.NOTEBOOK_TOKEN_ROTATED, obj=notebook,
                          workspace=instance.workspace, reason=reason, restarted=restart)
             if restart:
                 transaction.on_commit(
@@ -253,7 +254,7 @@ def _transition(
         if not updated:
             return None
         notebook = _load(notebook_id)
-        record_audit(action=f"notebook.{to}", obj=notebook, actor=actor,
+        record_audit(action=AuditAction.status("notebook", to), obj=notebook, actor=actor,
                      workspace=notebook.instance.workspace, ip_address=ip_address,
                      message=message)
     return notebook

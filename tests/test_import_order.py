@@ -60,3 +60,15 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
     monkeypatch.setattr(f"{__name__}.ORDER", ["workspaces", "instances"])
     assert upward_imports() == ["workspaces/services.py:2 imports instances.models"]
+
+
+def test_every_status_transition_has_a_named_audit_action():
+    """Transitions are audited as AuditAction.status(kind, status): each status of an
+    instance and a notebook must be a member, or its transition would fail to record."""
+    from instances.models import Instance
+    from notebooks.models import Notebook
+    from workspaces.models import AuditAction
+
+    for kind, statuses in (("instance", Instance.Status), ("notebook", Notebook.Status)):
+        for status in statuses:
+            assert AuditAction.status(kind, status).value == f"{kind}.{status}"

@@ -76,6 +76,51 @@ class Workspace(models.Model):
         return f"{self.owner.get_username()}'s workspace"
 
 
+class AuditAction(models.TextChoices):
+    """Every action the audit trail records, named once (grep for the member)."""
+
+    INSTANCE_LAUNCHED = "instance.launched", "instance launched"
+    INSTANCE_PENDING = "instance.pending", "instance pending"
+    INSTANCE_PROVISIONING = "instance.provisioning", "instance provisioning"
+    INSTANCE_RUNNING = "instance.running", "instance running"
+    INSTANCE_FAILED = "instance.failed", "instance failed"
+    INSTANCE_DELETING = "instance.deleting", "instance deleting"
+    INSTANCE_DELETED = "instance.deleted", "instance deleted"
+    NOTEBOOK_DEPLOYING = "notebook.deploying", "notebook deploying"
+    NOTEBOOK_RUNNING = "notebook.running", "notebook running"
+    NOTEBOOK_FAILED = "notebook.failed", "notebook failed"
+    NOTEBOOK_DELETING = "notebook.deleting", "notebook deleting"
+    NOTEBOOK_DELETED = "notebook.deleted", "notebook deleted"
+    NOTEBOOK_TOKEN_REVEALED = "notebook.token_revealed", "notebook token revealed"
+    NOTEBOOK_TOKEN_ROTATED = "notebook.token_rotated", "notebook token rotated"
+    COLLABORATOR_INVITED = "collaborator.invited", "collaborator invited"
+    COLLABORATOR_RESENT = "collaborator.resent", "invitation sent again"
+    COLLABORATOR_ACCEPTED = "collaborator.accepted", "invitation accepted"
+    COLLABORATOR_REVOKED = "collaborator.revoked", "invitation revoked"
+    COLLABORATOR_REMOVED = "collaborator.removed", "collaborator removed"
+    ACCESS_TOKEN_ISSUED = "access_token.issued", "kubeconfig token issued"
+    ACCESS_TOKEN_REVOKED = "access_token.revoked", "kubeconfig tokens revoked"
+    API_TOKEN_CREATED = "api_token.created", "API token created"
+    API_TOKEN_REVOKED = "api_token.revoked", "API token revoked"
+    SHELL_OPENED = "shell.opened", "shell opened"
+    SHELL_CLOSED = "shell.closed", "shell closed"
+    SHELL_POD_DELETED = "shell.pod_deleted", "shell pod deleted"
+    USER_GROUPS_SYNCED = "user.groups_synced", "groups synced from the IdP"
+    USER_GUEST_CREATED = "user.guest_created", "guest account created"
+    WORKSPACE_QUOTA_CHANGED = "workspace.quota_changed", "workspace quota changed"
+    PROFILE_ADDED = "profile.added", "profile added"
+    PROFILE_CHANGED = "profile.changed", "profile changed"
+    PROFILE_PUBLISHED = "profile.published", "profile published"
+    PROFILE_UNPUBLISHED = "profile.unpublished", "profile unpublished"
+    CLUSTER_ADDED = "cluster.added", "cluster added"
+    CLUSTER_CHANGED = "cluster.changed", "cluster changed"
+
+    @classmethod
+    def status(cls, kind: str, status: str) -> "AuditAction":
+        """The transition of an instance or a notebook to `status` (ValueError if none)."""
+        return cls(f"{kind}.{status}")
+
+
 class AuditEvent(models.Model):
     """Who did what to which object, when, and from where. Written by services only."""
 
@@ -85,7 +130,7 @@ class AuditEvent(models.Model):
         help_text="Empty when the system (a worker) acted.",
     )
     workspace = models.ForeignKey(Workspace, null=True, blank=True, on_delete=models.SET_NULL)
-    action = models.CharField(max_length=64, db_index=True)
+    action = models.CharField(max_length=64, db_index=True, choices=AuditAction.choices)
     object_type = models.CharField(max_length=64)
     object_id = models.CharField(max_length=64)
     object_repr = models.CharField(max_length=200)

@@ -13,7 +13,7 @@ from django.http import HttpRequest
 
 from gpupaas.metrics import AUDIT_WRITE_FAILURES
 
-from .models import AuditEvent, GroupPolicy, GuestAccount, Role, Workspace
+from .models import AuditAction, AuditEvent, GroupPolicy, GuestAccount, Role, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def lock_workspace(*, workspace_id: int | None) -> Workspace | None:
 
 def record_audit(
     *,
-    action: str,
+    action: AuditAction,
     obj: models.Model,
     actor: AbstractBaseUser | None = None,
     workspace: Workspace | None = None,
@@ -130,7 +130,7 @@ def set_quota(*, workspace: Workspace, by: AbstractBaseUser | None,
         changed = changes(old, workspace, ["max_gpus", "max_instances"])
         workspace.save()
         if changed:
-            record_audit(action="workspace.quota_changed", obj=workspace, actor=by,
+            record_audit(action=AuditAction.WORKSPACE_QUOTA_CHANGED, obj=workspace, actor=by,
                          workspace=workspace, ip_address=ip_address, changes=changed)
     return changed
 
@@ -159,7 +159,7 @@ def sync_groups_from_claims(*, user: AbstractBaseUser, claims: dict[str, Any],
         added = {g.name for g in wanted - current}
         removed = {g.name for g in current - wanted}
         if added or removed:
-            record_audit(action="user.groups_synced", obj=user, actor=user,
+            record_audit(action=AuditAction.USER_GROUPS_SYNCED, obj=user, actor=user,
                          added=sorted(added), removed=sorted(removed))
     return added, removed
 
@@ -192,6 +192,6 @@ def create_guest_account(*, email: str, password: str,
         user.set_password(password)
         user.save()
         GuestAccount.objects.create(user=user, email=email)
-        record_audit(action="user.guest_created", obj=user, actor=user, ip_address=ip_address,
-                     email=email)
+        record_audit(action=AuditAction.USER_GUEST_CREATED, obj=user, actor=user,
+                     ip_address=ip_address, email=email)
     return user
