@@ -6,7 +6,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from instances.models import Instance
-from instances.views import get_instance_for_user
+from instances.selectors import instance_or_404
 from workspaces.services import client_ip
 
 from . import selectors, services
@@ -29,7 +29,7 @@ def access_panel(request: HttpRequest) -> HttpResponse:
     wanted = request.GET.get("instance", "")
     if not wanted.isdigit():
         raise Http404("No such instance.")
-    instance = get_instance_for_user(request, int(wanted))
+    instance = instance_or_404(user=request.user, pk=int(wanted))
     shell_kind, shell_problem = services.shell_offer(instance=instance)
     context = {
         "instance": instance,
@@ -47,7 +47,7 @@ def access_panel(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def kubeconfig_download(request: HttpRequest, pk: int) -> HttpResponse:
-    instance = get_instance_for_user(request, pk)
+    instance = instance_or_404(user=request.user, pk=pk)
     if not instance.has_kubernetes_api:
         raise Http404("This instance has no Kubernetes API.")
     try:
@@ -75,7 +75,7 @@ def kubeconfig_download(request: HttpRequest, pk: int) -> HttpResponse:
 def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     token = get_object_or_404(AccessToken.objects.select_related("instance__workspace"),
                               pk=pk, user=request.user)
-    instance = get_instance_for_user(request, token.instance_id)
+    instance = instance_or_404(user=request.user, pk=token.instance_id)
     if services.revoke_access_token(token=token, by=request.user, ip_address=client_ip(request)):
         messages.info(request, f"Token {token.prefix}… revoked.")
     return redirect("instances:detail", pk=instance.pk)
@@ -83,7 +83,7 @@ def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 def tokens_revoke_all(request: HttpRequest, pk: int) -> HttpResponse:
-    instance = get_instance_for_user(request, pk)
+    instance = instance_or_404(user=request.user, pk=pk)
     count = services.revoke_access_tokens(
         instance=instance, user=request.user, reason=f"revoked by {request.user.get_username()}",
         by=request.user, ip_address=client_ip(request),
@@ -94,7 +94,7 @@ def tokens_revoke_all(request: HttpRequest, pk: int) -> HttpResponse:
 
 def shell_page(request: HttpRequest, pk: int) -> HttpResponse:
     """The browser terminal: xterm.js on a WebSocket to access.consumers.ShellConsumer."""
-    instance = get_instance_for_user(request, pk)
+    instance = instance_or_404(user=request.user, pk=pk)
     kind, problem = services.shell_offer(instance=instance)
     response = render(request, "access/shell.html", {
         "instance": instance,

@@ -8,11 +8,9 @@ from django.http import HttpRequest
 from ninja import Path, Query, Router, Status
 
 from access import services as access_services
-from access.views import kubeconfig_for
 from instances import selectors, services
 from instances.forms import LaunchForm
 from instances.models import Collaborator, Instance
-from instances.views import base_url, size_cards
 from workspaces.models import AuditEvent
 from workspaces.services import client_ip
 
@@ -90,7 +88,7 @@ def list_profiles(request: HttpRequest) -> list[dict]:
         "gpu_model": c.profile.gpu_model, "cpu": float(c.cpu), "memory_gib": c.memory_gib,
         "storage_gib": c.profile.storage_gib, "fits": not c.refusal, "refusal": c.refusal,
         "cost": c.cost,
-    } for c in size_cards(selectors.launchable_profiles(user=request.user), usage)]
+    } for c in selectors.size_cards(selectors.launchable_profiles(user=request.user), usage)]
 
 
 @router.get("/quota", response={200: QuotaOut, **problems()})
@@ -207,7 +205,9 @@ def create_kubeconfig(request: HttpRequest, instance_id: Id, payload: Kubeconfig
         client=f"{client_ip(request) or '?'} {request.headers.get('User-Agent', '')}".strip(),
         ip_address=client_ip(request))
     return Status(201, {
-        "kubeconfig": kubeconfig_for(request=request, instance=instance, token=plain),
+        "kubeconfig": access_services.kubeconfig(
+            instance=instance, username=request.user.get_username(), token=plain,
+            server=request.build_absolute_uri(f"/k8s/{instance.pk}/")),
         "context": f"{settings.PORTAL_ID}-{instance.name}", "token_prefix": token.prefix,
         "expires_at": token.expires_at,
     })
@@ -255,8 +255,8 @@ def invite_collaborators(request: HttpRequest, instance_id: Id, payload: InviteI
     nothing: one bad address refuses the lot, naming every reason."""
     instance = instance_or_404(request, instance_id)
     invitations = services.invite_collaborator(
-        instance=instance, emails=payload.emails, by=request.user, base_url=base_url(request),
-        ip_address=client_ip(request))
+        instance=instance, emails=payload.emails, by=request.user,
+        base_url=selectors.base_url(request), ip_address=client_ip(request))
     return Status(201, _invitations(invitations))
 
 
@@ -266,7 +266,7 @@ def resend_invitation(request: HttpRequest, instance_id: Id, collaborator_id: Id
     """A new link and expiry for a pending invitation; the old link stops working."""
     collaborator = collaborator_or_404(instance_or_404(request, instance_id), collaborator_id)
     return _invitations(services.resend_invitation(
-        collaborator=collaborator, by=request.user, base_url=base_url(request),
+        collaborator=collaborator, by=request.user, base_url=selectors.base_url(request),
         ip_address=client_ip(request)))
 
 

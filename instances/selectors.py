@@ -1,7 +1,10 @@
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import (
     Count,
@@ -16,9 +19,11 @@ from django.db.models import (
     Value,
 )
 from django.db.models.functions import Coalesce
+from django.http import Http404, HttpRequest
 
 from clusters.backends import get_backend
 from clusters.backends.kubernetes.manifests import Reservation, reserved
+from clusters.backends.local import machine_limits
 from clusters.models import Cluster, GpuAllocation
 from workspaces.models import AuditEvent, GroupPolicy, Workspace
 from workspaces.selectors import effective_quota
@@ -299,3 +304,52 @@ def with_usage(workspaces: QuerySet[Workspace]) -> QuerySet[Workspace]:
             .values("created_at")[:1]
         ),
     )
+
+
+# --- what pages, the API and the portal ask of a request ----------------------------------
+
+
+def instance_or_404(*, user: AbstractBaseUser, pk: int) -> Instance:
+    """The instance when the user owns it or collaborates on it, else 404: someone else's
+    instance is never revealed."""
+    instance = instance_for_user(user=user, pk=pk)
+    if instance is None:
+        raise Http404("No such instance.")
+    return instance
+
+
+def shared_only(request: HttpRequest) -> bool:
+    """A person whose only access is what others shared (no role): no workspace, no quota,
+    no catalogue. Set by the portal's role middleware."""
+    return getattr(request, "shared_only", False)
+
+
+def base_url(request: HttpRequest) -> str:
+    """Where links in mail point: the configured public address, else this request's."""
+    return settings.PORTAL_URL or request.build_absolute_uri("/")
+
+
+@dataclass(frozen=True)
+class SizeCard:
+    profile: ComputeProfile
+    refusal: str
+    cost: str
+    cpu: Decimal
+    memory_gib: int
+    local: bool
+
+
+def size_cards(profiles: Iterable[ComputeProfile], usage: QuotaUsage) -> list[SizeCard]:
+    """The sizes as the wizard and the API show them. On the local cluster CPU and memory
+    are limits on this machine, so a card never promises more than it has (no 64 CPUs on a
+    2-CPU box)."""
+    machine = machine_limits()
+    cards = []
+    for p in profiles:
+        local = p.cluster.backend == Cluster.Backend.LOCAL
+        cpu, memory_gib = machine.cap(p.cpu, p.memory_gib) if local else (p.cpu, p.memory_gib)
+        cards.append(SizeCard(
+            profile=p, refusal=usage.refusal(p.gpus), cost=usage.cost(p.gpus), cpu=cpu,
+            memory_gib=memory_gib, local=local,
+        ))
+    return cards

@@ -1,12 +1,9 @@
-from collections.abc import Iterable
-from dataclasses import dataclass
-from decimal import Decimal
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -18,52 +15,7 @@ from workspaces.services import client_ip, ensure_workspace
 
 from . import selectors, services
 from .forms import InviteForm, LaunchForm
-from .models import Collaborator, ComputeProfile, Instance
-
-
-def get_instance_for_user(request: HttpRequest, pk: int) -> Instance:
-    """The instance when the user owns it or collaborates on it, else 404: someone else's
-    instance is never revealed."""
-    instance = selectors.instance_for_user(user=request.user, pk=pk)
-    if instance is None:
-        raise Http404("No such instance.")
-    return instance
-
-
-def shared_only(request: HttpRequest) -> bool:
-    """A person whose only access is what others shared (no role): no workspace, no quota,
-    no catalogue. Set by the portal's role middleware."""
-    return getattr(request, "shared_only", False)
-
-
-def base_url(request: HttpRequest) -> str:
-    """Where links in mail point: the configured public address, else this request's."""
-    return settings.PORTAL_URL or request.build_absolute_uri("/")
-
-
-@dataclass(frozen=True)
-class SizeCard:
-    profile: ComputeProfile
-    refusal: str
-    cost: str
-    cpu: Decimal
-    memory_gib: int
-    local: bool
-
-
-def size_cards(profiles: Iterable[ComputeProfile], usage: selectors.QuotaUsage) -> list[SizeCard]:
-    """The sizes as the wizard shows them. On the local cluster CPU and memory are limits on
-    this machine, so a card never promises more than it has (no 64 CPUs on a 2-CPU box)."""
-    machine = machine_limits()
-    cards = []
-    for p in profiles:
-        local = p.cluster.backend == Cluster.Backend.LOCAL
-        cpu, memory_gib = machine.cap(p.cpu, p.memory_gib) if local else (p.cpu, p.memory_gib)
-        cards.append(SizeCard(
-            profile=p, refusal=usage.refusal(p.gpus), cost=usage.cost(p.gpus), cpu=cpu,
-            memory_gib=memory_gib, local=local,
-        ))
-    return cards
+from .models import Collaborator, Instance
 
 
 def offers_simulated_gpus(cluster: Cluster) -> bool:
@@ -79,13 +31,14 @@ def instance_list(request: HttpRequest) -> HttpResponse:
         return render(request, "instances/partials/table.html", {"page": page, "polling": polling})
     shared = list(selectors.shared_instances(user=request.user)[:200])
     return render(request, "instances/list.html", {
-        "page": page, "polling": polling, "shared": shared, "shared_only": shared_only(request),
+        "page": page, "polling": polling, "shared": shared,
+        "shared_only": selectors.shared_only(request),
     })
 
 
 @require_http_methods(["GET", "POST"])
 def instance_new(request: HttpRequest) -> HttpResponse:
-    if shared_only(request):
+    if selectors.shared_only(request):
         return render(request, "portal/no_access.html", status=403)
     workspace = ensure_workspace(user=request.user)
     profiles = selectors.launchable_profiles(user=request.user)
@@ -111,7 +64,7 @@ def instance_new(request: HttpRequest) -> HttpResponse:
         return render(request, "instances/partials/launch_feedback.html", {"form": form},
                       status=400)
     usage = selectors.quota_usage(workspace=workspace)
-    cards = size_cards(profiles, usage)
+    cards = selectors.size_cards(profiles, usage)
     clusters = {p.cluster for p in profiles}
     simulated = any(offers_simulated_gpus(cluster) for cluster in clusters)
     local = any(c.backend == Cluster.Backend.LOCAL for c in clusters)
@@ -128,19 +81,19 @@ def instance_new(request: HttpRequest) -> HttpResponse:
 
 
 def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    instance = get_instance_for_user(request, pk)
+    instance = selectors.instance_or_404(user=request.user, pk=pk)
     return render(request, "instances/detail.html", _detail_context(instance))
 
 
 def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
     """The live part of the detail page; the page includes the same partial."""
-    instance = get_instance_for_user(request, pk)
+    instance = selectors.instance_or_404(user=request.user, pk=pk)
     return render(request, "instances/partials/status.html", {"instance": instance})
 
 
 @require_http_methods(["GET", "POST"])
 def instance_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    instance = get_instance_for_user(request, pk)
+    instance = selectors.instance_or_404(user=request.user, pk=pk)
     if request.method == "POST":
         if instance.already_gone:
             # Confirmed in a tab opened before someone else deleted it: say so, change nothing.
@@ -155,7 +108,7 @@ def instance_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["POST"])
 def instance_retry(request: HttpRequest, pk: int) -> HttpResponse:
     """Send a failed instance back to provisioning under its name, if it fits the quota."""
-    instance = get_instance_for_user(request, pk)
+    instance = selectors.instance_or_404(user=request.user, pk=pk)
     try:
         if services.retry_instance(instance=instance, by=request.user,
                                    ip_address=client_ip(request)):
@@ -208,13 +161,14 @@ def _report(request: HttpRequest, invitations: services.Invitations) -> None:
 @require_POST
 def collaborators(request: HttpRequest, pk: int) -> HttpResponse:
     """Invite the addresses typed in the instance page's collaborators card."""
-    instance = get_instance_for_user(request, pk)
+    instance = selectors.instance_or_404(user=request.user, pk=pk)
     form = InviteForm(request.POST)
     if form.is_valid():
         try:
             invitations = services.invite_collaborator(
                 instance=instance, emails=form.cleaned_data["emails"],
-                by=request.user, base_url=base_url(request), ip_address=client_ip(request))
+                by=request.user, base_url=selectors.base_url(request),
+                ip_address=client_ip(request))
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
@@ -224,7 +178,7 @@ def collaborators(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _collaborator_for(request: HttpRequest, pk: int, collaborator_pk: int) -> Collaborator:
-    instance = get_instance_for_user(request, pk)
+    instance = selectors.instance_or_404(user=request.user, pk=pk)
     return get_object_or_404(
         Collaborator.objects.select_related("instance__workspace"),
         pk=collaborator_pk, instance=instance, status__in=Collaborator.LIVE_STATES)
@@ -235,7 +189,7 @@ def collaborator_resend(request: HttpRequest, pk: int, collaborator_pk: int) -> 
     collaborator = _collaborator_for(request, pk, collaborator_pk)
     try:
         _report(request, services.resend_invitation(
-            collaborator=collaborator, by=request.user, base_url=base_url(request),
+            collaborator=collaborator, by=request.user, base_url=selectors.base_url(request),
             ip_address=client_ip(request)))
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))

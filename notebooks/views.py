@@ -6,7 +6,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from clusters.models import Cluster
-from instances.views import get_instance_for_user
+from instances.selectors import instance_or_404
 from workspaces.services import client_ip
 
 from . import selectors, services
@@ -18,7 +18,7 @@ def get_notebook_for_user(request: HttpRequest, pk: int) -> Notebook:
     """A notebook on an instance the user owns or collaborates on, or 404: anyone else's
     notebook (and token) never shows. Access is the instance's, decided in one place."""
     notebook = get_object_or_404(Notebook.objects.select_related("profile", "created_by"), pk=pk)
-    notebook.instance = get_instance_for_user(request, notebook.instance_id)
+    notebook.instance = instance_or_404(user=request.user, pk=notebook.instance_id)
     return notebook
 
 
@@ -30,7 +30,7 @@ def notebook_list(request: HttpRequest) -> HttpResponse:
         # ASCII digits only: str.isdigit() and int() also take '²' or Arabic-Indic digits.
         if not (wanted.isascii() and wanted.isdecimal()):
             raise Http404("No such instance.")
-        instance = get_instance_for_user(request, int(wanted))
+        instance = instance_or_404(user=request.user, pk=int(wanted))
         notebooks = notebooks.filter(instance=instance)
     notebooks = list(notebooks[:200])
     context = {"notebooks": notebooks, "instance": instance,

@@ -14,7 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
 from instances import selectors as instance_selectors
-from instances.views import shared_only
+from instances.selectors import shared_only
 from notebooks import selectors as notebook_selectors
 from workspaces.models import GuestAccount
 from workspaces.services import ensure_workspace

@@ -52,6 +52,22 @@ def test_no_app_imports_an_app_above_it():
     assert upward_imports() == []
 
 
+def test_views_are_imported_by_url_configurations_only():
+    """Helpers that other apps need live in selectors or services, never in a views
+    module."""
+    found = []
+    for app in ORDER:
+        for path in sorted((ROOT / app).rglob("*.py")):
+            if path.name == "urls.py" or "migrations" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                        and node.module.split(".")[0] in ORDER
+                        and node.module.endswith(".views")):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}")
+    assert found == []
+
+
 def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     """The check itself: a services module of the floor importing instances is caught."""
     fake = tmp_path / "workspaces"
