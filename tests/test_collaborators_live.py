@@ -313,19 +313,26 @@ def test_the_whole_journey_invite_accept_use_and_removal_ends_it_at_once(
 
 
 @pytest.fixture(params=["emulator", "real"])
-def kube_profile(request, transactional_db):
-    """A namespace profile on the Kubernetes API emulator, then on the real API server of
-    the kit (skipped where there is none)."""
+def kube_profile(request, transactional_db, tmp_path):
+    """A namespace profile on the Kubernetes API emulator, with the kit's kubelet stand-in
+    running the shell's pod, then on the real API server of the kit (skipped where there is
+    none; it has no kubelet, so no shell there)."""
     if request.param == "real":
-        return request.getfixturevalue("real_profile")
-    return request.getfixturevalue("profile")
+        yield request.getfixturevalue("real_profile")
+        return
+    from .kit import kubelet
+
+    if not kubelet.available():
+        pytest.skip("the kubelet stand-in needs root, unshare, chroot and setpriv")
+    stand_in = kubelet.Kubelet(request.getfixturevalue("emu"), tmp_path / "kubelet")
+    yield request.getfixturevalue("profile")
+    stand_in.close()
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_a_collaborators_kubectl_works_until_removed_then_every_path_ends(
     kube_profile, client, alice, tls, settings, tmp_path  # noqa: F811
 ):
-    from websockets.sync.client import connect
 
     from .test_collaborators import share_with
     from .test_remote_access import (
@@ -333,10 +340,8 @@ def test_a_collaborators_kubectl_works_until_removed_then_every_path_ends(
         aimed_at,
         download_kubeconfig,
         kubectl,
-        namespace_of,
     )
     from .test_remote_access import running_instance as kube_instance
-    from .test_shell import Shell
 
     settings.ACCESS_KUBECONFIG_CA_FILE = str(tls[0])
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
@@ -354,19 +359,33 @@ def test_a_collaborators_kubectl_works_until_removed_then_every_path_ends(
                                                                    value="carol"))
         assert kubectl(path, "get", "configmap", "from-carol", "-o",
                        "jsonpath={.data.greeting}").stdout == "carol"
-        with connect(url.replace("https", "wss", 1)
-                     + f"/access/instances/{instance.pk}/shell/socket/",
-                     ssl=ssl.create_default_context(cafile=str(tls[0])),
-                     additional_headers={"Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
-                                         "Origin": url}) as socket_:
-            shell = Shell(socket_)
-            shell.type("kubectl get configmap from-carol -o name")
-            shell.wait_for("configmap/from-carol")
-            assert f"namespace {namespace_of(instance)}" in shell.text
-
+        if kube_profile.cluster.name == "real":
+            # No kubelet on the kit's real server: the shell's pod never runs there.
             services.remove_collaborator(collaborator=collaborator, by=alice)
-
-            assert shell.wait_closed(timeout=5) < 1.5
-            assert shell.close_code == 4403
+        else:
+            open_shell_then_remove(url, tls, cookie, instance, collaborator, alice)
         refused = kubectl(path, "get", "configmaps", check=False)
         assert refused.returncode == 1 and "You must be logged in" in refused.stderr
+
+
+def open_shell_then_remove(url, tls, cookie, instance, collaborator, alice):  # noqa: F811
+    """carol's browser shell works in her pod, and closes within a second of her removal."""
+    from websockets.sync.client import connect
+
+    from .test_remote_access import namespace_of
+    from .test_shell import Shell
+
+    with connect(url.replace("https", "wss", 1)
+                 + f"/access/instances/{instance.pk}/shell/socket/",
+                 ssl=ssl.create_default_context(cafile=str(tls[0])),
+                 additional_headers={"Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
+                                     "Origin": url}) as socket_:
+        shell = Shell(socket_)
+        shell.type("kubectl get configmap from-carol -o name")
+        shell.wait_for("configmap/from-carol")
+        assert f"namespace {namespace_of(instance)}" in shell.text  # in its pod there
+
+        services.remove_collaborator(collaborator=collaborator, by=alice)
+
+        assert shell.wait_closed(timeout=5) < 1.5
+        assert shell.close_code == 4403
