@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from ninja import Path, Query, Router, Status
 
 from access import services as access_services
-from instances import selectors, services
+from instances import collaborators, selectors, services
 from instances.forms import LaunchForm
 from instances.models import Collaborator, Instance
 from workspaces.models import AuditEvent
@@ -243,7 +243,7 @@ def list_collaborators(request: HttpRequest, instance_id: Id) -> list[dict]:
     return [collaborator_out(c) for c in selectors.collaborators_of(instance=instance)]
 
 
-def _invitations(invitations: services.Invitations) -> dict:
+def _invitations(invitations: collaborators.Invitations) -> dict:
     return {"sent": [collaborator_out(c) for c in invitations.sent],
             "unsent": [collaborator_out(c) for c in invitations.unsent]}
 
@@ -254,7 +254,7 @@ def invite_collaborators(request: HttpRequest, instance_id: Id, payload: InviteI
     """Invite addresses to share the instance; each gets a mail with an accept link. All or
     nothing: one bad address refuses the lot, naming every reason."""
     instance = instance_or_404(request, instance_id)
-    invitations = services.invite_collaborator(
+    invitations = collaborators.invite_collaborator(
         instance=instance, emails=payload.emails, by=request.user,
         base_url=selectors.base_url(request), ip_address=client_ip(request))
     return Status(201, _invitations(invitations))
@@ -265,7 +265,7 @@ def invite_collaborators(request: HttpRequest, instance_id: Id, payload: InviteI
 def resend_invitation(request: HttpRequest, instance_id: Id, collaborator_id: Id) -> dict:
     """A new link and expiry for a pending invitation; the old link stops working."""
     collaborator = collaborator_or_404(instance_or_404(request, instance_id), collaborator_id)
-    return _invitations(services.resend_invitation(
+    return _invitations(collaborators.resend_invitation(
         collaborator=collaborator, by=request.user, base_url=selectors.base_url(request),
         ip_address=client_ip(request)))
 
@@ -278,7 +278,7 @@ def remove_collaborator(request: HttpRequest, instance_id: Id, collaborator_id: 
     collaborator = collaborator_or_404(instance_or_404(request, instance_id), collaborator_id)
     ip = client_ip(request)
     if collaborator.status == Collaborator.Status.PENDING:
-        services.revoke_invitation(collaborator=collaborator, by=request.user, ip_address=ip)
+        collaborators.revoke_invitation(collaborator=collaborator, by=request.user, ip_address=ip)
     else:
-        services.remove_collaborator(collaborator=collaborator, by=request.user, ip_address=ip)
+        collaborators.remove_collaborator(collaborator=collaborator, by=request.user, ip_address=ip)
     return Status(204, None)

@@ -14,6 +14,13 @@ from clusters.models import Cluster
 from workspaces.services import client_ip, ensure_workspace
 
 from . import selectors, services
+from .collaborators import (
+    Invitations,
+    invite_collaborator,
+    remove_collaborator,
+    resend_invitation,
+    revoke_invitation,
+)
 from .forms import InviteForm, LaunchForm
 from .models import Collaborator, Instance
 
@@ -149,7 +156,7 @@ def _back_to_instance(request: HttpRequest, instance: Instance, form: InviteForm
                   status=400)
 
 
-def _report(request: HttpRequest, invitations: services.Invitations) -> None:
+def _report(request: HttpRequest, invitations: Invitations) -> None:
     if invitations.sent:
         messages.success(request, "Invitation sent to " + ", ".join(
             c.email for c in invitations.sent) + ".")
@@ -165,7 +172,7 @@ def collaborators(request: HttpRequest, pk: int) -> HttpResponse:
     form = InviteForm(request.POST)
     if form.is_valid():
         try:
-            invitations = services.invite_collaborator(
+            invitations = invite_collaborator(
                 instance=instance, emails=form.cleaned_data["emails"],
                 by=request.user, base_url=selectors.base_url(request),
                 ip_address=client_ip(request))
@@ -188,7 +195,7 @@ def _collaborator_for(request: HttpRequest, pk: int, collaborator_pk: int) -> Co
 def collaborator_resend(request: HttpRequest, pk: int, collaborator_pk: int) -> HttpResponse:
     collaborator = _collaborator_for(request, pk, collaborator_pk)
     try:
-        _report(request, services.resend_invitation(
+        _report(request, resend_invitation(
             collaborator=collaborator, by=request.user, base_url=selectors.base_url(request),
             ip_address=client_ip(request)))
     except ValidationError as exc:
@@ -199,7 +206,7 @@ def collaborator_resend(request: HttpRequest, pk: int, collaborator_pk: int) -> 
 @require_POST
 def collaborator_revoke(request: HttpRequest, pk: int, collaborator_pk: int) -> HttpResponse:
     collaborator = _collaborator_for(request, pk, collaborator_pk)
-    if services.revoke_invitation(collaborator=collaborator, by=request.user,
+    if revoke_invitation(collaborator=collaborator, by=request.user,
                                   ip_address=client_ip(request)):
         messages.info(request, f"The invitation to {collaborator.email} was revoked.")
     return _back_to_instance(request, collaborator.instance)
@@ -208,7 +215,7 @@ def collaborator_revoke(request: HttpRequest, pk: int, collaborator_pk: int) -> 
 @require_POST
 def collaborator_remove(request: HttpRequest, pk: int, collaborator_pk: int) -> HttpResponse:
     collaborator = _collaborator_for(request, pk, collaborator_pk)
-    if services.remove_collaborator(collaborator=collaborator, by=request.user,
+    if remove_collaborator(collaborator=collaborator, by=request.user,
                                     ip_address=client_ip(request)):
         messages.info(request, (
             f"{collaborator.email} no longer has access to {collaborator.instance.name}. Its "

@@ -17,7 +17,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from instances import services
+from instances import collaborators
 from instances.models import Collaborator
 from workspaces.models import GuestAccount
 from workspaces.services import client_ip, guest_refusal
@@ -44,7 +44,7 @@ def proven_email(request: HttpRequest) -> str:
     return guest.email if guest else verified_sso_email(request, request.user)
 
 
-def _refused(request: HttpRequest, error: services.InvitationError) -> HttpResponse:
+def _refused(request: HttpRequest, error: collaborators.InvitationError) -> HttpResponse:
     return render(request, "portal/invitation_refused.html", {"reason": error.message},
                   status=400)
 
@@ -71,16 +71,16 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
     """GET explains the invitation; POST accepts it for the signed-in user, whose verified
     address must be the invited one (else a page that says which it was for)."""
     try:
-        collaborator = services.invitation_for_token(token)
-    except services.InvitationError as exc:
+        collaborator = collaborators.invitation_for_token(token)
+    except collaborators.InvitationError as exc:
         return _refused(request, exc)
     if request.method == "GET" or not request.user.is_authenticated:
         return _page(request, collaborator)
     try:
-        services.accept_invitation(token=token, user=request.user,
+        collaborators.accept_invitation(token=token, user=request.user,
                                    proven_email=proven_email(request),
                                    ip_address=client_ip(request))
-    except services.InvitationError as exc:
+    except collaborators.InvitationError as exc:
         if exc.code != "mismatch":
             return _refused(request, exc)
         return _page(request, collaborator, status=403)
@@ -93,18 +93,18 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
 def invitation_guest(request: HttpRequest, token: str) -> HttpResponse:
     """Someone outside the identity provider sets a password: the link proved the address."""
     try:
-        collaborator = services.invitation_for_token(token)
-    except services.InvitationError as exc:
+        collaborator = collaborators.invitation_for_token(token)
+    except collaborators.InvitationError as exc:
         return _refused(request, exc)
     if request.user.is_authenticated:
         return redirect("invitation", token=token)
     form = GuestForm(request.POST)
     if form.is_valid():
         try:
-            user, collaborator = services.accept_invitation_as_guest(
+            user, collaborator = collaborators.accept_invitation_as_guest(
                 token=token, password=form.cleaned_data["password1"],
                 ip_address=client_ip(request))
-        except services.InvitationError as exc:
+        except collaborators.InvitationError as exc:
             return _refused(request, exc)
         except ValidationError as exc:
             form.add_error(None, exc)

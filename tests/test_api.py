@@ -15,7 +15,7 @@ from access.services import lost_access
 from api import services as api_services
 from api.models import ApiToken
 from clusters.crypto import encrypt
-from instances import services
+from instances import collaborators
 from instances.models import Collaborator, Instance
 from notebooks.models import Notebook, NotebookProfile
 from workspaces.models import AuditEvent
@@ -315,7 +315,7 @@ def schema_operations(client) -> list[tuple[str, str]]:
 
 def test_every_object_endpoint_is_404_for_another_users_token(
         alice, bob_api, notebook, client):
-    collaborator = services.invite_collaborator(instance=notebook.instance, emails=["c@x.io"],
+    collaborator = collaborators.invite_collaborator(instance=notebook.instance, emails=["c@x.io"],
                                                 by=alice, base_url="http://t/").sent[0]
     ids = {"instance_id": notebook.instance_id, "notebook_id": notebook.pk,
            "collaborator_id": collaborator.pk}

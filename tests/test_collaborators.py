@@ -9,7 +9,7 @@ from django.core import mail, signing
 from django.urls import reverse
 from django.utils import timezone
 
-from instances import selectors, services
+from instances import collaborators, selectors, services
 from instances.models import Collaborator, Instance
 from notebooks import services as notebook_services
 from notebooks.models import Notebook, NotebookProfile
@@ -33,8 +33,8 @@ def shared(alice, catalogue) -> Instance:
     return services.provision_instance(instance_id=instance.pk)
 
 
-def invite(instance, by, *emails) -> services.Invitations:
-    return services.invite_collaborator(instance=instance, emails=list(emails), by=by,
+def invite(instance, by, *emails) -> collaborators.Invitations:
+    return collaborators.invite_collaborator(instance=instance, emails=list(emails), by=by,
                                         base_url=BASE)
 
 
@@ -44,7 +44,7 @@ def link_token(message) -> str:
 
 def share_with(instance, owner, user) -> Collaborator:
     invite(instance, owner, user.email)
-    return services.accept_invitation(token=link_token(mail.outbox[-1]), user=user,
+    return collaborators.accept_invitation(token=link_token(mail.outbox[-1]), user=user,
                                       proven_email=user.email)
 
 
@@ -66,7 +66,7 @@ def test_an_invitation_mail_names_the_instance_the_inviter_the_expiry_and_a_link
     token = link_token(message)
     assert f"{BASE}invitations/{token}/" in message.body
     # Only a hash of the link's secret is stored.
-    _, secret = signing.loads(token, salt=services.INVITATION_SALT)
+    _, secret = signing.loads(token, salt=collaborators.INVITATION_SALT)
     assert secret not in collaborator.token_hash and len(collaborator.token_hash) == 64
     assert AuditEvent.objects.filter(action="collaborator.invited", actor=alice).count() == 1
 
@@ -140,7 +140,7 @@ def test_a_deleted_instance_cannot_be_shared(alice, shared):
 
 def test_accepting_with_the_proven_address_shares_the_instance(alice, carol, shared):
     invite(shared, alice, "CAROL@example.com")
-    collaborator = services.accept_invitation(token=link_token(mail.outbox[0]), user=carol,
+    collaborator = collaborators.accept_invitation(token=link_token(mail.outbox[0]), user=carol,
                                               proven_email="carol@EXAMPLE.com")
     assert collaborator.status == Collaborator.Status.ACCEPTED and collaborator.user == carol
     assert selectors.instance_for_user(user=carol, pk=shared.pk) == shared
@@ -169,17 +169,17 @@ def test_an_unusable_link_is_refused_in_words_and_changes_nothing(
     }[problem]
     if problem == "forged":
         token = signing.dumps([collaborator.pk, "guessed"], key="not-our-secret",
-                              salt=services.INVITATION_SALT)
+                              salt=collaborators.INVITATION_SALT)
     elif problem == "altered":
         token = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
     elif problem == "used":
-        services.accept_invitation(token=token, user=carol, proven_email=carol.email)
+        collaborators.accept_invitation(token=token, user=carol, proven_email=carol.email)
     elif problem == "expired":
         Collaborator.objects.update(expires_at=timezone.now() - timezone.timedelta(minutes=1))
     elif problem == "revoked":
-        services.revoke_invitation(collaborator=collaborator, by=alice)
+        collaborators.revoke_invitation(collaborator=collaborator, by=alice)
     elif problem == "replaced by a resend":
-        services.resend_invitation(collaborator=collaborator, by=alice, base_url=BASE)
+        collaborators.resend_invitation(collaborator=collaborator, by=alice, base_url=BASE)
     elif problem == "instance deleted":
         services.delete_instance(instance=shared, by=alice)
     elif problem == "foreign":
@@ -187,8 +187,8 @@ def test_an_unusable_link_is_refused_in_words_and_changes_nothing(
 
     before = list(Collaborator.objects.values_list("status", "user_id"))
     events = AuditEvent.objects.count()
-    with pytest.raises(services.InvitationError) as refused:
-        services.accept_invitation(token=token, user=user, proven_email=email)
+    with pytest.raises(collaborators.InvitationError) as refused:
+        collaborators.accept_invitation(token=token, user=user, proven_email=email)
     client.force_login(user)
     page = client.post(f"/invitations/{token}/")
     assert page.status_code in (400, 403)
@@ -307,7 +307,7 @@ def test_removal_ends_access_on_the_next_request_and_renews_notebook_tokens(
     client.force_login(carol)
     assert client.get(reverse("instances:detail", args=[shared.pk])).status_code == 200
 
-    assert services.remove_collaborator(collaborator=collaborator, by=alice)
+    assert collaborators.remove_collaborator(collaborator=collaborator, by=alice)
 
     for url in (reverse("instances:detail", args=[shared.pk]),
                 reverse("instances:status", args=[shared.pk]),
@@ -338,7 +338,7 @@ def test_the_reconcile_pass_renews_tokens_a_lost_message_left_behind(alice, caro
     minimal = NotebookProfile.objects.get(name="minimal")
     notebook = notebook_services.deploy_notebook(instance=shared, name="nb", profile=minimal,
                                                  by=alice)
-    services.remove_collaborator(collaborator=collaborator, by=alice)
+    collaborators.remove_collaborator(collaborator=collaborator, by=alice)
     summary = notebook_services.reconcile_notebooks()
     assert summary["tokens_rotated"] == 1
     assert Notebook.objects.get(pk=notebook.pk).token != notebook.token
@@ -360,7 +360,7 @@ def test_someone_without_a_role_sees_just_what_is_shared(client, alice, shared):
     assert client.get(reverse("instances:new")).status_code == 403  # no catalogue
     assert not Workspace.objects.filter(owner=dana).exists()
 
-    services.remove_collaborator(collaborator=collaborator, by=alice)
+    collaborators.remove_collaborator(collaborator=collaborator, by=alice)
     # Their only shared instance is gone: its URLs are 404s, as for anyone it is not shared
     # with (not the no-access page, which would say it exists); the rest says "no access".
     for url in (reverse("instances:detail", args=[shared.pk]),

@@ -26,7 +26,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
-from instances import services
+from instances import collaborators, services
 from instances.models import Collaborator, Instance
 from notebooks import services as notebook_services
 from notebooks.models import Notebook, NotebookProfile
@@ -361,7 +361,7 @@ def test_a_collaborators_kubectl_works_until_removed_then_every_path_ends(
                        "jsonpath={.data.greeting}").stdout == "carol"
         if kube_profile.cluster.name == "real":
             # No kubelet on the kit's real server: the shell's pod never runs there.
-            services.remove_collaborator(collaborator=collaborator, by=alice)
+            collaborators.remove_collaborator(collaborator=collaborator, by=alice)
         else:
             open_shell_then_remove(url, tls, cookie, instance, collaborator, alice)
         refused = kubectl(path, "get", "configmaps", check=False)
@@ -385,7 +385,7 @@ def open_shell_then_remove(url, tls, cookie, instance, collaborator, alice):  # 
         shell.wait_for("configmap/from-carol")
         assert f"namespace {namespace_of(instance)}" in shell.text  # in its pod there
 
-        services.remove_collaborator(collaborator=collaborator, by=alice)
+        collaborators.remove_collaborator(collaborator=collaborator, by=alice)
 
         assert shell.wait_closed(timeout=5) < 1.5
         assert shell.close_code == 4403

@@ -23,7 +23,7 @@ from access import services as access
 from access.models import AccessToken, ProxyRequest
 from access.proxy import kube_verb
 from clusters.models import Cluster
-from instances import services
+from instances import collaborators, services
 from instances.models import ComputeProfile, Instance
 
 from .conftest import make_user, wait_for, workspace_of
@@ -679,7 +679,7 @@ def test_a_collaborator_without_a_role_reaches_the_shared_instance_until_removed
     token = config["users"][0]["user"]["token"]
     assert status_of(portal, alice_instance, token) == 200
 
-    services.remove_collaborator(collaborator=collaborator, by=alice)
+    collaborators.remove_collaborator(collaborator=collaborator, by=alice)
 
     assert status_of(portal, alice_instance, token) == 401
     row = AccessToken.objects.get(user=carol)

@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 from access import services as access_services
 from access.models import AccessToken, ProxyRequest, ShellPod
 from clusters.backends.local import limits as local_limits
-from instances import services as instance_services
+from instances import collaborators
 from instances.models import Collaborator, Instance
 from workspaces.models import AuditEvent
 
@@ -376,7 +376,7 @@ def test_removing_a_collaborator_closes_their_shell_within_a_second_and_deletes_
     shell.wait_for("Shell in pod gpupaas-shell-")
     assert shell_pod(emu, alice_kube, carol) is not None
 
-    instance_services.remove_collaborator(
+    collaborators.remove_collaborator(
         collaborator=Collaborator.objects.get(user=carol), by=alice)
     closed_after = shell.wait_closed(timeout=5)
 
