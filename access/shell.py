@@ -28,6 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import IO
 
+import psutil
 from django.conf import settings
 
 from clusters.backends import BackendError, Terminal
@@ -73,18 +74,11 @@ def shells_root() -> Path:
 
 def _processes(match) -> list[int]:
     pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if match(int(entry.name)):
-                    pids.append(int(entry.name))
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if match(pid):
+                pids.append(pid)
     return pids
-
-
-def _session_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    return int(stat[stat.rindex(")") + 2:].split()[3])  # state ppid pgrp session
 
 
 def _kill_all(match) -> None:
@@ -211,6 +205,6 @@ def stop(process: ShellProcess) -> None:
             os.kill(leader, signal.SIGKILL)
         process.popen.wait(timeout=5)
     # What it started in the background (its session).
-    _kill_all(lambda pid: _session_of(pid) == leader)
+    _kill_all(lambda pid: os.getsid(pid) == leader)
     if process.slot is not None:
         _release(process.slot)

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from django.conf import settings
 from packaging.requirements import InvalidRequirement, Requirement
 
@@ -166,11 +167,10 @@ def build_command(env: Environment) -> list[str]:
 
 def _builder_alive(env: Environment) -> bool:
     try:
-        pid = int(env.build_file.read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
+        cmdline = psutil.Process(int(env.build_file.read_text())).cmdline()
+    except (OSError, ValueError, psutil.Error):
         return False
-    return f"{env.path}.tmp".encode() in cmdline
+    return f"{env.path}.tmp" in cmdline
 
 
 def _finish(env: Environment, returncode: int) -> None:

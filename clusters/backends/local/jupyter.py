@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from ..base import NotebookSpec, NotebookState, token_digest
 from . import limits
 from .environments import Environment
@@ -43,28 +45,26 @@ def read_runtime(control: Path) -> dict:
         return {}
 
 
-def _cmdline(pid: int) -> list[bytes]:
+def _cmdline(pid: int) -> list[str]:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
         return []
 
 
 def _ours(pid: int | None, server_id: str) -> bool:
     """The pid is still this notebook's server (and not a process that reused the pid)."""
-    return bool(pid) and f"{MARKER}{server_id}".encode() in _cmdline(pid)
+    return bool(pid) and f"{MARKER}{server_id}" in _cmdline(pid)
 
 
 def running_servers(scope: str) -> dict[str, int]:
     """{server id: pid} of every marked server whose id lies under `scope`."""
     found = {}
-    prefix = f"{MARKER}{scope.rstrip('/')}/".encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        for arg in _cmdline(int(proc.name)):
+    prefix = f"{MARKER}{scope.rstrip('/')}/"
+    for proc in psutil.process_iter(["cmdline"]):
+        for arg in proc.info["cmdline"] or []:
             if arg.startswith(prefix):
-                found[arg[len(MARKER):].decode(errors="replace")] = int(proc.name)
+                found[arg[len(MARKER):]] = proc.pid
     return found
 
 
@@ -221,26 +221,16 @@ def stop_pid(pid: int, grace_s: float = 5.0) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    return fields[0] != "Z"
 
 
 def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += children.get(p, [])
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def _reap(pid: int) -> None:
