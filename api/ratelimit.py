@@ -2,20 +2,39 @@
 the shared cache, so every web process sees the same count. Over the budget: 429 with
 Retry-After.
 
-The budget is written as the sign-in limits are (`600/m`, parsed by the same allauth
-helper). The counting is not allauth's: its limiter takes a lock per key and, after a second
+The budget is written as the sign-in limits are (`600/m`, `100/5m`: a count per period of
+s, m, h or d). The counting is not allauth's: its limiter takes a lock per key and, after a second
 of waiting, refuses; a token that parallel CI jobs share would get false 429s (the benchmark
 saw 3 in 5 requests refused at 20 concurrent clients). Here each request is one atomic
 increment of a per-window counter (Redis INCR), with no lock."""
 
+import re
 import threading
 import time
+from dataclasses import dataclass
 
-from allauth.core.internal.ratelimit import Rate, parse_rate
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 from ninja.throttling import BaseThrottle
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*")
+
+
+@dataclass(frozen=True)
+class Rate:
+    amount: int
+    duration: float  # seconds
+
+
+def parse_rate(text: str) -> Rate:
+    """`600/m` → 600 per 60 s; `100/5m` → 100 per 300 s. ValueError for anything else."""
+    found = RATE.fullmatch(text)
+    if not found:
+        raise ValueError(f"{text!r} is not a rate like 600/m or 100/5m")
+    amount, multiple, unit = found.groups()
+    return Rate(int(amount), float(int(multiple or 1) * UNITS[unit]))
 
 
 def budget() -> Rate | None:

@@ -413,9 +413,11 @@ def test_the_schema_and_docs_are_served_without_signing_in(client):
 
 
 def test_the_budget_is_counted_per_window_and_renews_with_the_next(db):
-    from allauth.core.internal.ratelimit import parse_rate
+    from api.ratelimit import Rate, consume, parse_rate
 
-    from api.ratelimit import consume
+    assert parse_rate("100/5m") == Rate(100, 300.0) and parse_rate(" 3 / h ") == Rate(3, 3600.0)
+    with pytest.raises(ValueError):
+        parse_rate("600 per minute")
 
     rate, start = parse_rate("2/m"), 1_800_000_000.0  # a minute boundary
     assert [consume("token:1", rate, now=start + s) for s in (1, 2)] == [0.0, 0.0]
