@@ -34,7 +34,7 @@ def instance_list(request: HttpRequest) -> HttpResponse:
     paginator = Paginator(selectors.live_instances(owner=request.user), settings.INSTANCES_PER_PAGE)
     page = paginator.get_page(request.GET.get("page"))
     polling = any(not i.is_final for i in page.object_list)
-    if request.headers.get("HX-Request"):
+    if request.htmx:
         return render(request, "instances/partials/table.html", {"page": page, "polling": polling})
     shared = list(selectors.shared_instances(user=request.user)[:200])
     return render(request, "instances/list.html", {
@@ -65,7 +65,7 @@ def instance_new(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"You launched {instance.name}.")
             return redirect("instances:detail", pk=instance.pk)
-    if request.method == "POST" and request.headers.get("HX-Request"):
+    if request.method == "POST" and request.htmx:
         # The wizard's own submit (htmx): answer with why, above the form the user is still
         # looking at; the size cards, quota and page around it need not be worked out again.
         return render(request, "instances/partials/launch_feedback.html", {"form": form},

@@ -35,7 +35,7 @@ def notebook_list(request: HttpRequest) -> HttpResponse:
     notebooks = list(notebooks[:200])
     context = {"notebooks": notebooks, "instance": instance,
                "polling": any(not n.is_final for n in notebooks)}
-    if request.headers.get("HX-Request") or instance:
+    if request.htmx or instance:
         return render(request, "notebooks/partials/table.html", context)
     return render(request, "notebooks/list.html", context)
 

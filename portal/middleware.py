@@ -8,6 +8,7 @@ from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import Resolver404, resolve
+from django_htmx.http import HttpResponseClientRedirect
 
 from instances.selectors import has_shared_instances
 from workspaces.selectors import role_of
@@ -30,10 +31,8 @@ class HtmxRedirectMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if request.headers.get("HX-Request") and response.status_code in (301, 302):
-            moved = HttpResponse(status=204)
-            moved["HX-Redirect"] = response["Location"]
-            return moved
+        if request.htmx and response.status_code in (301, 302):
+            return HttpResponseClientRedirect(response["Location"], status=204)
         return response
 
 
