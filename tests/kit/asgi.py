@@ -2,8 +2,6 @@
 loopback port, on a background thread: `with serve(app) as url: ...`; with `tls=(cert, key)`
 over HTTPS (kubectl sends bearer tokens over HTTPS only). `self_signed()` makes such a pair."""
 
-import datetime
-import ipaddress
 import socket
 import threading
 import time
@@ -24,31 +22,17 @@ def free_port() -> int:
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and localhost, and its key (PEM files in `folder`)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A certificate for 127.0.0.1 and localhost from a throwaway CA (trustme), and its key
+    (PEM files in `folder`). The certificate file holds the chain, CA last, so it serves as
+    the server's certificate and as the CA that clients (and kubeconfigs) trust."""
+    import trustme
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
     cert_path, key_path = folder / "tls.crt", folder / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    cert_path.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems)
+                          + ca.cert_pem.bytes())
+    key_path.write_bytes(issued.private_key_pem.bytes())
     return cert_path, key_path
 
 
