@@ -1,22 +1,15 @@
-import hashlib
-
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
 from instances.models import Instance
+from workspaces.tokens import BearerToken
 
 # What a browser shell's session token records as its client (access.services.open_shell).
 SHELL_CLIENT = "web shell"
 
 
-def hash_token(token: str) -> str:
-    """Tokens are stored only as this digest: a database leak reveals no usable credential.
-    A plain SHA-256 suffices, as tokens are 256 random bits, not passwords."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class AccessToken(models.Model):
+class AccessToken(BearerToken):
     """A bearer token for one user on one instance: the credential of a downloaded
     kubeconfig. Only its hash is kept; the plain token is shown once, in the file."""
 
@@ -24,35 +17,18 @@ class AccessToken(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens"
     )
     instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="access_tokens")
-    token_hash = models.CharField(max_length=64, unique=True, editable=False)
-    # The first characters, so a user can tell tokens apart; useless as a credential.
-    prefix = models.CharField(max_length=12, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField()
-    last_used_at = models.DateTimeField(null=True, blank=True)
     client = models.CharField(
         max_length=300, blank=True, help_text="Address and user agent of the last use."
     )
     created_from = models.CharField(max_length=300, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    revoked_reason = models.CharField(max_length=200, blank=True)
 
-    class Meta:
-        ordering = ["-created_at", "-id"]
+    EXPIRED = "The token has expired; download a new kubeconfig from the portal."
+
+    class Meta(BearerToken.Meta):
         indexes = [models.Index(fields=["instance", "user", "revoked_at"])]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user} on {self.instance})"
-
-    @property
-    def is_live(self) -> bool:
-        return self.revoked_at is None and self.expires_at > timezone.now()
-
-    @property
-    def state(self) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        return "active" if self.expires_at > timezone.now() else "expired"
 
 
 class ProxyRequest(models.Model):

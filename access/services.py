@@ -3,7 +3,6 @@ and the audit trail of what went through. The only writers of AccessToken and Pr
 
 import base64
 import logging
-import secrets
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -31,8 +30,9 @@ from instances.services import instance_spec
 from workspaces.models import AuditAction
 from workspaces.selectors import role_of
 from workspaces.services import audit_write_failed, ip_address_or_none, record_audit
+from workspaces.tokens import check_token, hash_token, new_token, touch_due
 
-from .models import SHELL_CLIENT, AccessToken, ProxyRequest, hash_token
+from .models import SHELL_CLIENT, AccessToken, ProxyRequest
 from .models import ShellPod as ShellPodRow
 from .shellpod import CA_DIR, IN_CLUSTER, ShellPod, ShellPodError, manifest, pod_name
 
@@ -62,11 +62,10 @@ def issue_access_token(
         )
     if instance.status != Instance.Status.RUNNING:
         raise ValidationError(f"{instance.name} is {instance.status_label.lower()}, not running.")
-    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    plain, digest, shown = new_token(TOKEN_PREFIX)
     with transaction.atomic():
         token = AccessToken.objects.create(
-            user=user, instance=instance, token_hash=hash_token(plain),
-            prefix=plain[:len(TOKEN_PREFIX) + 6],
+            user=user, instance=instance, token_hash=digest, prefix=shown,
             expires_at=timezone.now() + timedelta(hours=hours), created_from=client[:300],
         )
         record_audit(
@@ -306,17 +305,11 @@ def authorize_proxy_request(
     `instance_for_user`, the one access decision). Nothing is cached, so a revoked or expired
     token, or a lost role, is refused from the next request on."""
     close_old_connections()  # this runs on the proxy's worker thread, outside a request cycle
-    row = (
-        AccessToken.objects.select_related("user").filter(token_hash=hash_token(token)).first()
-        if token else None
-    )
+    row, refusal = check_token(AccessToken, token)
     if row is None or row.instance_id != instance_id:
         return _refuse("The token is not valid for this instance.")
-    now = timezone.now()
-    if row.revoked_at is not None:
-        return _refuse(f"The token was revoked ({row.revoked_reason}).")
-    if row.expires_at <= now:
-        return _refuse("The token has expired; download a new kubeconfig from the portal.")
+    if refusal:
+        return _refuse(refusal)
     instance, reason = lost_access(user=row.user, instance_id=instance_id)
     if instance is None:
         gone = Instance.objects.filter(pk=instance_id).select_related("workspace").first()
@@ -328,10 +321,10 @@ def authorize_proxy_request(
                        f"{instance.name} is {instance.status_label.lower()}, not running.")
     if not instance.has_kubernetes_api:
         return Refusal(404, "NotFound", f"{instance.name} has no Kubernetes API.")
-    if touch and (row.last_used_at is None or (now - row.last_used_at).total_seconds() >= 5
-                  or row.client != client[:300]):
+    if touch and (touch_due(row, 5) or row.client != client[:300]):
         # At most one write every few seconds per token, not one per request.
-        AccessToken.objects.filter(pk=row.pk).update(last_used_at=now, client=client[:300])
+        AccessToken.objects.filter(pk=row.pk).update(last_used_at=timezone.now(),
+                                                     client=client[:300])
     try:
         key, upstream = instance_upstream(instance)
     except BackendError as exc:

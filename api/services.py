@@ -1,7 +1,6 @@
 """The verbs of personal access tokens: creating, revoking, and deciding every API request
 made with one. The only writers of ApiToken."""
 
-import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -12,11 +11,11 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from access.models import hash_token
 from instances.selectors import has_shared_instances
 from workspaces.models import AuditAction, Workspace
 from workspaces.selectors import role_of
 from workspaces.services import record_audit
+from workspaces.tokens import check_token, new_token, touch_due
 
 from .models import ApiToken
 
@@ -58,11 +57,11 @@ def create_api_token(
         errors["scope"] = "Choose read only or read and write."
     if errors:
         raise ValidationError(errors)
-    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    plain, digest, shown = new_token(TOKEN_PREFIX)
     with transaction.atomic():
         token = ApiToken.objects.create(
-            user=user, name=name, scope=scope, token_hash=hash_token(plain),
-            prefix=plain[:len(TOKEN_PREFIX) + 6], expires_at=timezone.now() + timedelta(days=days),
+            user=user, name=name, scope=scope, token_hash=digest, prefix=shown,
+            expires_at=timezone.now() + timedelta(days=days),
         )
         record_audit(action=AuditAction.API_TOKEN_CREATED, obj=token, actor=user,
                      workspace=_workspace_of(user), ip_address=ip_address, token=token.prefix,
@@ -114,21 +113,15 @@ def authenticate_api_token(
 ) -> tuple[ApiToken, PortalAccess]:
     """The live token `plain` stands for, with its user and what they may do; TokenRefused
     in plain words otherwise. A token whose user lost access is revoked on the spot."""
-    row = (ApiToken.objects.select_related("user").filter(token_hash=hash_token(plain)).first()
-           if plain else None)
-    if row is None:
-        raise TokenRefused("The token is not valid.")
-    now = timezone.now()
-    if row.revoked_at is not None:
-        raise TokenRefused(f"The token was revoked ({row.revoked_reason}).")
-    if row.expires_at <= now:
-        raise TokenRefused("The token has expired; create a new one on the API tokens page.")
+    row, refusal = check_token(ApiToken, plain)
+    if refusal:
+        raise TokenRefused(refusal)
     access = portal_access(row.user)
     if access.refusal:
         revoke_api_token(token=row, by=None, reason=access.refusal)
         raise TokenRefused(f"The token was revoked ({access.refusal}).")
-    if (row.last_used_at is None or (now - row.last_used_at).total_seconds() >= TOUCH_EVERY_S
-            or row.last_used_ip != ip_address):
+    if touch_due(row, TOUCH_EVERY_S) or row.last_used_ip != ip_address:
+        now = timezone.now()
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now, last_used_ip=ip_address)
         row.last_used_at, row.last_used_ip = now, ip_address
     return row, access

@@ -2,7 +2,6 @@
 accepting them (as a member or as a guest), and removing collaborators. Every change is
 audited, and a removal ends the collaborator's access at once (tokens, shells, notebooks)."""
 
-import hashlib
 import hmac
 import logging
 import re
@@ -24,6 +23,7 @@ from django.utils import timezone
 from gpupaas.celery import app as celery_app
 from workspaces.models import AuditAction
 from workspaces.services import create_guest_account, record_audit
+from workspaces.tokens import hash_token
 
 from .models import Collaborator, Instance
 
@@ -36,15 +36,11 @@ EMAIL_SEPARATORS = re.compile(r"[\s,;]+")
 EMAIL_MAX = Collaborator._meta.get_field("email").max_length  # 254, as RFC 5321 allows
 
 
-def _token_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def _new_token(collaborator_id: int) -> tuple[str, str]:
     """(link token, hash to store). The link carries a random secret, signed together with
     the invitation's id so a forged or altered link is refused before any lookup."""
     secret = secrets.token_urlsafe(32)
-    return signing.dumps([collaborator_id, secret], salt=INVITATION_SALT), _token_hash(secret)
+    return signing.dumps([collaborator_id, secret], salt=INVITATION_SALT), hash_token(secret)
 
 
 def parse_emails(text: str) -> list[str]:
@@ -255,7 +251,7 @@ def invitation_for_token(token: str) -> Collaborator:
                                                         "invited_by")
                     .filter(pk=collaborator_id).first())
     if collaborator is None or not hmac.compare_digest(collaborator.token_hash,
-                                                       _token_hash(str(secret))):
+                                                       hash_token(str(secret))):
         raise InvitationError("This invitation link is no longer valid: a newer one was sent, "
                               "or it was never issued. Use the most recent invitation mail.")
     inviter = collaborator.invited_by.get_username() if collaborator.invited_by else "the owner"

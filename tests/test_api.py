@@ -10,7 +10,7 @@ from django.core import mail
 from django.test import Client
 from django.utils import timezone
 
-from access.models import AccessToken, hash_token
+from access.models import AccessToken
 from access.services import lost_access
 from api import services as api_services
 from api.models import ApiToken
@@ -19,6 +19,7 @@ from instances import collaborators
 from instances.models import Collaborator, Instance
 from notebooks.models import Notebook, NotebookProfile
 from workspaces.models import AuditEvent
+from workspaces.tokens import hash_token
 
 from .conftest import make_user, running_instance
 from .kube_fixtures import launch, provision

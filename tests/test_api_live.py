@@ -250,8 +250,9 @@ def test_the_command_says_why_and_exits_with_the_documented_code(alice, catalogu
 
 def test_kubeconfig_merges_into_the_file_kubeconfig_names(alice, profiles, live_server_url,
                                                           gpupaas, tmp_path):
-    from access.models import AccessToken, hash_token
+    from access.models import AccessToken
     from access.services import lost_access
+    from workspaces.tokens import hash_token
 
     from .kube_fixtures import launch, provision
 
