@@ -1,7 +1,7 @@
 from django.contrib import admin
-from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from workspaces.admin import BearerTokenAdmin
 from workspaces.services import client_ip
 
 from . import services
@@ -9,24 +9,16 @@ from .models import AccessToken, ProxyRequest
 
 
 @admin.register(AccessToken)
-class AccessTokenAdmin(admin.ModelAdmin):
+class AccessTokenAdmin(BearerTokenAdmin):
     list_display = ["prefix", "user", "instance", "created_at", "last_used_at", "expires_at",
                     "revoked_at", "revoked_reason"]
     list_filter = ["revoked_at"]
     search_fields = ["user__username", "instance__name", "prefix"]
-    readonly_fields = [f.name for f in AccessToken._meta.fields]
-    actions = ["revoke"]
+    revoke_related = ("instance__workspace",)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # tokens are issued to users by the portal, never typed in
-
-    @admin.action(description="Revoke selected tokens")
-    def revoke(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
-        revoked = sum(
-            services.revoke_access_token(token=t, by=request.user, ip_address=client_ip(request))
-            for t in queryset.select_related("instance__workspace")
-        )
-        self.message_user(request, f"{revoked} token(s) revoked.")
+    def revoke_one(self, request: HttpRequest, token: AccessToken) -> bool:
+        return services.revoke_access_token(token=token, by=request.user,
+                                            ip_address=client_ip(request))
 
 
 @admin.register(ProxyRequest)

@@ -45,3 +45,19 @@ def test_one_check_in_one_order_for_every_kind_of_token(tokens, model):
 def test_each_kind_says_how_to_get_a_new_one(tokens):
     assert "API tokens page" in ApiToken.EXPIRED
     assert "download a new kubeconfig" in AccessToken.EXPIRED
+
+
+@pytest.mark.parametrize(("model", "url"), [
+    (ApiToken, "/admin/api/apitoken/"), (AccessToken, "/admin/access/accesstoken/")])
+def test_an_administrator_revokes_either_kind_and_it_is_refused_and_audited(
+        tokens, admin_client, admin_user, model, url):
+    from workspaces.models import AuditEvent
+
+    row, plain = tokens[model]
+    assert admin_client.get(url).status_code == 200
+    assert admin_client.get(f"{url}add/").status_code == 403  # never typed in
+    response = admin_client.post(url, {"action": "revoke", "_selected_action": [str(row.pk)]},
+                                 follow=True)
+    assert "1 token(s) revoked." in response.content.decode()
+    assert check_token(model, plain)[1].startswith("The token was revoked (revoked by ")
+    assert AuditEvent.objects.filter(actor=admin_user, action__endswith="_token.revoked").exists()

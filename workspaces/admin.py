@@ -117,6 +117,30 @@ class WorkspaceAdmin(admin.ModelAdmin):
             )
 
 
+class BearerTokenAdmin(admin.ModelAdmin):
+    """The admin of a kind of bearer token (workspaces.tokens): read-only rows, never typed
+    in, revoked by an action that goes through the kind's own service (`revoke_one`), so the
+    revocation is audited and takes effect at once."""
+
+    actions = ["revoke"]
+    revoke_related: tuple[str, ...] = ()
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the portal issues tokens to their users, never an administrator
+
+    def revoke_one(self, request: HttpRequest, token) -> bool:
+        raise NotImplementedError
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet) -> None:
+        revoked = sum(self.revoke_one(request, token)
+                      for token in queryset.select_related(*self.revoke_related))
+        self.message_user(request, f"{revoked} token(s) revoked.")
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["created_at", "actor", "action", "object_type", "object_repr", "ip_address"]
