@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .kubeemu import _ws_frame
+
 SETUP = r"""
 set -e
 R=$1; shift
@@ -50,17 +52,6 @@ exec chroot "$R" "$@"
 
 def available() -> bool:
     return os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "chroot", "setpriv"))
-
-
-def _frame(payload: bytes, opcode: int = 2) -> bytes:
-    size = len(payload)
-    if size < 126:
-        head = bytes([0x80 | opcode, size])
-    elif size < 65536:
-        head = bytes([0x80 | opcode, 126]) + struct.pack("!H", size)
-    else:
-        head = bytes([0x80 | opcode, 127]) + struct.pack("!Q", size)
-    return head + payload
 
 
 def _read_frame(rfile: Any) -> tuple[int, bytes] | None:
@@ -202,7 +193,7 @@ class Kubelet:
 
         def send(payload: bytes, opcode: int = 2) -> None:
             with lock, contextlib.suppress(OSError):
-                handler.wfile.write(_frame(payload, opcode))
+                handler.wfile.write(_ws_frame(payload, opcode=opcode))
                 handler.wfile.flush()
 
         if tty:
