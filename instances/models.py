@@ -1,4 +1,5 @@
 from datetime import timedelta
+from typing import ClassVar
 
 from django.conf import settings
 from django.core.validators import MaxLengthValidator, RegexValidator
@@ -63,7 +64,44 @@ class ComputeProfile(models.Model):
         return self.display_name
 
 
-class Instance(models.Model):
+class Deployment(models.Model):
+    """Something the portal brings up on a cluster and tears down again. The concrete model
+    declares `status` (its own choices), `FINAL_STATES`, `KIND` (the audit prefix) and
+    `WORKSPACE` (the lookup from the row to its workspace id)."""
+
+    status_message = models.CharField(max_length=500, blank=True)
+    status_detail = models.TextField(blank=True, help_text="Raw detail for administrators.")
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    # While a task chain watches this row, the time by which it will have looked again;
+    # the reconcile pass re-drives only rows whose lease ran out (never a second chain).
+    poll_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    running_since = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    FINAL_STATES: ClassVar[frozenset[str]] = frozenset()
+    KIND: ClassVar[str] = ""
+    WORKSPACE: ClassVar[str] = "workspace_id"
+
+    class Meta:
+        abstract = True
+
+    @property
+    def status_label(self) -> str:
+        return self.Status(self.status).label
+
+    @property
+    def status_note(self) -> str:
+        """The status message, unless it only repeats the badge ("Running" beside "Running.")."""
+        message = self.status_message.strip()
+        return "" if message.rstrip(".").lower() == self.status.lower() else message
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATES
+
+
+class Instance(Deployment):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         PROVISIONING = "provisioning", "Provisioning"
@@ -76,6 +114,7 @@ class Instance(models.Model):
     HOLDS_QUOTA = frozenset({Status.PENDING, Status.PROVISIONING, Status.RUNNING, Status.DELETING})
     # States that no worker will move on by itself: the page stops polling there.
     FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
+    KIND = "instance"
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="instances")
     name = models.CharField(
@@ -96,12 +135,6 @@ class Instance(models.Model):
     storage_gib = models.PositiveIntegerField()
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
-    status_message = models.CharField(max_length=500, blank=True)
-    status_detail = models.TextField(blank=True, help_text="Raw detail for administrators.")
-    status_changed_at = models.DateTimeField(auto_now_add=True)
-    # While a task chain watches this row, the time by which it will have looked again;
-    # the reconcile pass re-drives only rows whose lease ran out (never a second chain).
-    poll_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     gpu_indices = models.JSONField(default=list, blank=True)
     gpu_simulated = models.BooleanField(default=False)
     # Admin credentials of a virtual or dedicated cluster: for the portal's own use (proxy,
@@ -110,10 +143,6 @@ class Instance(models.Model):
     # When someone last lost access (a collaborator removed): credentials they could have
     # seen before then (notebook tokens) are renewed.
     access_revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
-
-    created_at = models.DateTimeField(auto_now_add=True)
-    running_since = models.DateTimeField(null=True, blank=True)
-    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -135,11 +164,6 @@ class Instance(models.Model):
         return f"inst-{self.pk}"
 
     @property
-    def status_label(self) -> str:
-        # Cheaper than get_status_display(), which rebuilds the choices mapping on every call.
-        return self.Status(self.status).label
-
-    @property
     def launched_on(self) -> str:
         """Launch time as lists show it; a list renders many, and the date filter is slow."""
         return timezone.localtime(self.created_at).strftime("%b %-d, %Y %H:%M")
@@ -154,20 +178,10 @@ class Instance(models.Model):
         return timesince(self.running_since)
 
     @property
-    def status_note(self) -> str:
-        """The status message, unless it only repeats the badge ("Running" beside "Running.")."""
-        message = self.status_message.strip()
-        return "" if message.rstrip(".").lower() == self.status.lower() else message
-
-    @property
     def has_kubernetes_api(self) -> bool:
         """It runs on a Kubernetes cluster, so kubeconfigs, the proxy and pod shells apply
         (a local sandbox has no API)."""
         return self.cluster.backend == "kubernetes"
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in self.FINAL_STATES
 
     @property
     def is_active(self) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -25,6 +25,7 @@ from workspaces.models import AuditAction, Workspace
 from workspaces.selectors import effective_quota
 from workspaces.services import changes, lock_workspace, record_audit
 
+from . import lifecycle
 from .models import (
     INSTANCE_NAME_MAX,
     ComputeProfile,
@@ -241,43 +242,14 @@ def _with_relations() -> QuerySet[Instance]:
     return Instance.objects.select_related("workspace__owner", "cluster", "profile")
 
 
-def _transition(
-    instance_id: int,
-    *,
-    from_: Iterable[str],
-    to: str,
-    message: str,
-    detail: str = "",
-    actor: AbstractBaseUser | None = None,
-    ip_address: str | None = None,
-    **fields: Any,
-) -> Instance | None:
-    """Move the instance to `to` only if it is still in one of `from_`; audit the change.
-
-    A conditional UPDATE, so two workers (or a worker and a user) can never both win.
-    """
-    with transaction.atomic():
-        lock_workspace(workspace_id=Instance.objects.values_list("workspace_id", flat=True)
-                       .filter(pk=instance_id).first())
-        updated = Instance.objects.filter(pk=instance_id, status__in=list(from_)).update(
-            status=to, status_message=message[:500], status_detail=detail,
-            status_changed_at=timezone.now(), **fields,
-        )
-        if not updated:
-            return None
-        instance = _with_relations().get(pk=instance_id)
-        record_audit(
-            action=AuditAction.status("instance", to), obj=instance, actor=actor,
-            workspace=instance.workspace, ip_address=ip_address, message=message,
-        )
-    return instance
+def _transition(instance_id: int, **change: Any) -> Instance | None:
+    """lifecycle.transition for an instance, read back with its relations."""
+    return lifecycle.transition(Instance, instance_id,
+                                load=lambda pk: _with_relations().get(pk=pk), **change)
 
 
 def _note(instance_id: int, *, status: str, message: str, detail: str = "") -> None:
-    """Progress within a state: a new message, no state change."""
-    Instance.objects.filter(pk=instance_id, status=status).update(
-        status_message=message[:500], status_detail=detail
-    )
+    lifecycle.note(Instance, instance_id, status=status, message=message, detail=detail)
 
 
 def _apply_state(instance: Instance, state: InstanceState) -> Instance:
@@ -363,26 +335,6 @@ def teardown_instance(*, instance_id: int) -> Instance | None:
     )
 
 
-# --- polling leases --------------------------------------------------------------------------
-
-
-def hold_lease(*, model: type[models.Model], pk: int, seconds: float | None) -> None:
-    """A task chain watching this row promises to look again within `seconds` (None: it
-    stopped watching). Works for instances and notebooks alike."""
-    until = None if seconds is None else timezone.now() + timezone.timedelta(seconds=seconds)
-    model.objects.filter(pk=pk).update(poll_lease_until=until)
-
-
-def claim_unwatched(queryset: QuerySet) -> list[int]:
-    """The rows of `queryset` no live task chain watches, each claimed for the caller (one
-    conditional UPDATE per row, so two reconcile passes never both claim one)."""
-    now = timezone.now()
-    free = Q(poll_lease_until__isnull=True) | Q(poll_lease_until__lt=now)
-    until = now + timezone.timedelta(seconds=settings.POLL_LEASE_GRACE_S)
-    return [pk for pk in queryset.filter(free).values_list("pk", flat=True)
-            if queryset.model.objects.filter(free, pk=pk).update(poll_lease_until=until)]
-
-
 @dataclass
 class ReconcileSummary:
     redriven: int = 0
@@ -398,10 +350,11 @@ def reconcile_instances() -> ReconcileSummary:
     summary = ReconcileSummary()
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
     stuck = Instance.objects.filter(status_changed_at__lt=cutoff)
-    for pk in claim_unwatched(stuck.filter(status__in=[Status.PENDING, Status.PROVISIONING])):
+    waiting = stuck.filter(status__in=[Status.PENDING, Status.PROVISIONING])
+    for pk in lifecycle.claim_unwatched(waiting):
         provision_instance_task.delay(pk)
         summary.redriven += 1
-    for pk in claim_unwatched(stuck.filter(status=Status.DELETING)):
+    for pk in lifecycle.claim_unwatched(stuck.filter(status=Status.DELETING)):
         teardown_instance_task.delay(pk)
         summary.redriven += 1
 

@@ -1,5 +1,6 @@
 """Thin Celery wrappers: take ids, call one service, own retries and polling."""
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -7,7 +8,7 @@ from django.conf import settings
 
 from clusters.backends import TransientBackendError
 
-from . import services
+from . import lifecycle, services
 from .models import Instance
 
 RETRY = {
@@ -27,7 +28,7 @@ POLL = {**RETRY, "max_retries": None}
 def watch(task: Task, model: type, pk: int) -> None:
     """Called first by a polling task: the chain is live, for at least one backed-off
     transient retry (POLL_LEASE_GRACE_S is longer than retry_backoff_max)."""
-    services.hold_lease(model=model, pk=pk, seconds=settings.POLL_LEASE_GRACE_S)
+    lifecycle.hold_lease(model=model, pk=pk, seconds=settings.POLL_LEASE_GRACE_S)
 
 
 def poll_again(task: Task, model: type, pk: int, *, first: float, cap: float,
@@ -35,37 +36,44 @@ def poll_again(task: Task, model: type, pk: int, *, first: float, cap: float,
     """Look again later, backing off exponentially to the cap; the lease covers the wait.
     `kwargs` change the next look's arguments (a failed try is retried with its own)."""
     countdown = min(cap, first * 2 ** task.request.retries)
-    services.hold_lease(model=model, pk=pk, seconds=countdown + settings.POLL_LEASE_GRACE_S)
+    lifecycle.hold_lease(model=model, pk=pk, seconds=countdown + settings.POLL_LEASE_GRACE_S)
     return task.retry(countdown=countdown,
                       kwargs={**(task.request.kwargs or {}), **kwargs} if kwargs else None)
 
 
 def done(model: type, pk: int) -> None:
-    services.hold_lease(model=model, pk=pk, seconds=None)
+    lifecycle.hold_lease(model=model, pk=pk, seconds=None)
+
+
+def drive(task: Task, model: type, pk: int, step: Callable[[], Any], *, waiting: str,
+          first: float, cap: float, **again: Any) -> str | None:
+    """One look of a polling chain, for every kind of deployment: take the lease, run the
+    service's `step`; while the row is still `waiting`, look again later (with `again` as
+    the next look's arguments), else let go of the lease. Returns the status reached."""
+    watch(task, model, pk)
+    row = step()
+    if row is not None and row.status == waiting:
+        raise poll_again(task, model, pk, first=first, cap=cap, **again)
+    done(model, pk)
+    return row.status if row else None
 
 
 @shared_task(bind=True, **POLL)
 def provision_instance_task(self, instance_id: int, applied: bool = False) -> str | None:
-    watch(self, Instance, instance_id)
-    instance = services.provision_instance(instance_id=instance_id, applied=applied)
-    if instance is not None and instance.status == Instance.Status.PROVISIONING:
-        # The cluster is still bringing it up: look again later, reading its status only
-        # (applied once per chain; a chain the reconcile pass starts applies again).
-        raise poll_again(self, Instance, instance_id, first=settings.INSTANCE_POLL_S,
-                         cap=settings.INSTANCE_POLL_MAX_S, applied=True)
-    done(Instance, instance_id)
-    return instance.status if instance else None
+    # While the cluster brings it up, later looks read its status only (applied once per
+    # chain; a chain the reconcile pass starts applies again).
+    return drive(self, Instance, instance_id,
+                 lambda: services.provision_instance(instance_id=instance_id, applied=applied),
+                 waiting=Instance.Status.PROVISIONING, first=settings.INSTANCE_POLL_S,
+                 cap=settings.INSTANCE_POLL_MAX_S, applied=True)
 
 
 @shared_task(bind=True, **POLL)
 def teardown_instance_task(self, instance_id: int) -> str | None:
-    watch(self, Instance, instance_id)
-    instance = services.teardown_instance(instance_id=instance_id)
-    if instance is not None and instance.status == Instance.Status.DELETING:
-        raise poll_again(self, Instance, instance_id, first=settings.INSTANCE_POLL_S,
-                         cap=settings.INSTANCE_POLL_MAX_S)
-    done(Instance, instance_id)
-    return instance.status if instance else None
+    return drive(self, Instance, instance_id,
+                 lambda: services.teardown_instance(instance_id=instance_id),
+                 waiting=Instance.Status.DELETING, first=settings.INSTANCE_POLL_S,
+                 cap=settings.INSTANCE_POLL_MAX_S)
 
 
 @shared_task(acks_late=True)

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from clusters.backends.local.environments import parse_packages
 from clusters.crypto import decrypt
-from instances.models import instance_name_validator
+from instances.models import Deployment, instance_name_validator
 
 
 class NotebookProfile(models.Model):
@@ -72,7 +72,7 @@ def new_host_suffix() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(10))
 
 
-class Notebook(models.Model):
+class Notebook(Deployment):
     """A Jupyter server deployed onto one instance."""
 
     class Status(models.TextChoices):
@@ -91,6 +91,8 @@ class Notebook(models.Model):
         REACHABLE = "reachable", "Reachable"
 
     FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
+    KIND = "notebook"
+    WORKSPACE = "instance__workspace_id"
 
     instance = models.ForeignKey(
         "instances.Instance", on_delete=models.CASCADE, related_name="notebooks"
@@ -109,12 +111,6 @@ class Notebook(models.Model):
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DEPLOYING)
     step = models.CharField(max_length=20, choices=Step.choices, blank=True)
-    status_message = models.CharField(max_length=500, blank=True)
-    status_detail = models.TextField(blank=True, help_text="Raw detail for administrators.")
-    status_changed_at = models.DateTimeField(auto_now_add=True)
-    # While a task chain watches this row, the time by which it will have looked again;
-    # the reconcile pass re-drives only rows whose lease ran out (never a second chain).
-    poll_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     url = models.URLField(max_length=500, blank=True)
     host_suffix = models.CharField(max_length=10, default=new_host_suffix, editable=False)
     # The credential users open the notebook with; encrypted at rest, shown only to those
@@ -122,10 +118,6 @@ class Notebook(models.Model):
     token_encrypted = models.TextField(editable=False)
     # Renewed when someone loses access to the instance, since they could have seen it.
     token_issued_at = models.DateTimeField(default=timezone.now, editable=False)
-
-    created_at = models.DateTimeField(auto_now_add=True)
-    running_since = models.DateTimeField(null=True, blank=True)
-    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -162,23 +154,9 @@ class Notebook(models.Model):
         return decrypt(self.token_encrypted)
 
     @property
-    def status_note(self) -> str:
-        """The status message, unless it only repeats the badge ("Running" beside "Running.")."""
-        message = self.status_message.strip()
-        return "" if message.rstrip(".").lower() == self.status.lower() else message
-
-    @property
     def token_renewed(self) -> bool:
         """The token was replaced after deployment (someone lost access to the instance)."""
         return self.token_issued_at - self.created_at > timezone.timedelta(seconds=1)
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in self.FINAL_STATES
-
-    @property
-    def status_label(self) -> str:
-        return self.Status(self.status).label
 
     @property
     def open_url(self) -> str:

@@ -3,7 +3,6 @@
 import logging
 import secrets
 import smtplib
-from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -25,8 +24,9 @@ from clusters.backends import (
 from clusters.backends.local import environments, tenants
 from clusters.crypto import decrypt, encrypt
 from clusters.models import Cluster
+from instances import lifecycle
 from instances.models import Instance
-from instances.services import claim_unwatched, instance_spec
+from instances.services import instance_spec
 from workspaces.models import AuditAction
 from workspaces.services import lock_workspace, record_audit
 
@@ -239,25 +239,9 @@ def _load(notebook_id: int) -> Notebook | None:
     )
 
 
-def _transition(
-    notebook_id: int, *, from_: Iterable[str], to: str, message: str, detail: str = "",
-    actor: AbstractBaseUser | None = None, ip_address: str | None = None, **fields: Any,
-) -> Notebook | None:
-    """Move the notebook to `to` only if it is still in one of `from_`, and audit it."""
-    with transaction.atomic():
-        lock_workspace(workspace_id=Notebook.objects.values_list(
-            "instance__workspace_id", flat=True).filter(pk=notebook_id).first())
-        updated = Notebook.objects.filter(pk=notebook_id, status__in=list(from_)).update(
-            status=to, status_message=message[:500], status_detail=detail,
-            status_changed_at=timezone.now(), **fields,
-        )
-        if not updated:
-            return None
-        notebook = _load(notebook_id)
-        record_audit(action=AuditAction.status("notebook", to), obj=notebook, actor=actor,
-                     workspace=notebook.instance.workspace, ip_address=ip_address,
-                     message=message)
-    return notebook
+def _transition(notebook_id: int, **change: Any) -> Notebook | None:
+    """lifecycle.transition for a notebook, read back with its instance."""
+    return lifecycle.transition(Notebook, notebook_id, load=_load, **change)
 
 
 def _fail(notebook: Notebook, *, message: str, detail: str = "") -> Notebook:
@@ -362,10 +346,10 @@ def reconcile_notebooks() -> dict[str, int]:
         summary["tokens_rotated"] += rotate_notebook_tokens(instance_id=instance_id)
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
     stuck = Notebook.objects.filter(status_changed_at__lt=cutoff)
-    for pk in claim_unwatched(stuck.filter(status=Status.DEPLOYING)):
+    for pk in lifecycle.claim_unwatched(stuck.filter(status=Status.DEPLOYING)):
         advance_notebook_task.delay(pk)
         summary["redriven"] += 1
-    for pk in claim_unwatched(stuck.filter(status=Status.DELETING)):
+    for pk in lifecycle.claim_unwatched(stuck.filter(status=Status.DELETING)):
         teardown_notebook_task.delay(pk)
         summary["redriven"] += 1
     for cluster in Cluster.objects.all():

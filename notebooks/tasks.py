@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.conf import settings
 
-from instances.tasks import POLL, done, poll_again, watch
+from instances.tasks import POLL, drive
 
 from . import services
 from .models import Notebook
@@ -11,25 +11,19 @@ from .models import Notebook
 
 @shared_task(bind=True, **POLL)
 def advance_notebook_task(self, notebook_id: int) -> str | None:
-    watch(self, Notebook, notebook_id)
-    notebook = services.advance_notebook(notebook_id=notebook_id)
-    if notebook is not None and notebook.status == Notebook.Status.DEPLOYING:
-        # Still on its way: look again soon (the service fails it after its timeout).
-        raise poll_again(self, Notebook, notebook_id, first=settings.NOTEBOOK_POLL_S,
-                         cap=settings.NOTEBOOK_POLL_MAX_S)
-    done(Notebook, notebook_id)
-    return notebook.status if notebook else None
+    # Still on its way: look again soon (the service fails it after its timeout).
+    return drive(self, Notebook, notebook_id,
+                 lambda: services.advance_notebook(notebook_id=notebook_id),
+                 waiting=Notebook.Status.DEPLOYING, first=settings.NOTEBOOK_POLL_S,
+                 cap=settings.NOTEBOOK_POLL_MAX_S)
 
 
 @shared_task(bind=True, **POLL)
 def teardown_notebook_task(self, notebook_id: int) -> str | None:
-    watch(self, Notebook, notebook_id)
-    notebook = services.teardown_notebook(notebook_id=notebook_id)
-    if notebook is not None and notebook.status == Notebook.Status.DELETING:
-        raise poll_again(self, Notebook, notebook_id, first=settings.NOTEBOOK_POLL_S,
-                         cap=settings.NOTEBOOK_POLL_MAX_S)
-    done(Notebook, notebook_id)
-    return notebook.status if notebook else None
+    return drive(self, Notebook, notebook_id,
+                 lambda: services.teardown_notebook(notebook_id=notebook_id),
+                 waiting=Notebook.Status.DELETING, first=settings.NOTEBOOK_POLL_S,
+                 cap=settings.NOTEBOOK_POLL_MAX_S)
 
 
 @shared_task(acks_late=True)
