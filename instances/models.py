@@ -86,6 +86,9 @@ class Deployment(models.Model):
     class Meta:
         abstract = True
 
+    def __str__(self) -> str:
+        return self.name
+
     @property
     def status_label(self) -> str:
         return self.Status(self.status).label
@@ -154,9 +157,6 @@ class Instance(Deployment):
             ),
         ]
         indexes = [models.Index(fields=["workspace", "status", "-created_at"])]
-
-    def __str__(self) -> str:
-        return self.name
 
     @property
     def key(self) -> str:

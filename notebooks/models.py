@@ -129,9 +129,6 @@ class Notebook(Deployment):
             ),
         ]
 
-    def __str__(self) -> str:
-        return self.name
-
     @property
     def key(self) -> str:
         return f"nb-{self.pk}"
