@@ -360,10 +360,10 @@ class ShellConsumer(AsyncWebsocketConsumer):
                 await self.upstream.close()
         await database_sync_to_async(services.close_shell)(
             grant=self.grant, reason=self.reason, ip_address=self.client_ip)
-        if self.grant.kind == "pod":
-            # Access ended: the pod goes now; else it stays for the next shell until idle.
-            await database_sync_to_async(
-                services.end_shell_pod if self.end_code == REFUSED
-                else services.touch_shell_pod)(
-                grant=self.grant, **({"reason": self.reason} if self.end_code == REFUSED
-                                     else {}))
+        if self.grant.kind == "pod" and self.end_code == REFUSED:
+            # Access ended: the pod goes now.
+            await database_sync_to_async(services.end_shell_pod)(
+                grant=self.grant, reason=self.reason)
+        elif self.grant.kind == "pod":
+            # It stays for the next shell until SHELL_IDLE_TIMEOUT_S from now.
+            await database_sync_to_async(services.touch_shell_pod)(grant=self.grant)

@@ -533,9 +533,9 @@ def touch_shell_pod(*, grant: ShellGrant) -> None:
         last_active_at=timezone.now())
 
 
-def delete_shell_pod(row: ShellPodRow, *, reason: str) -> None:
-    """Delete a shell pod (it may be gone already) and forget it; a cluster that cannot be
-    reached keeps the row, for the next sweep."""
+def delete_shell_pod(row: ShellPodRow, *, reason: str) -> bool:
+    """Delete a shell pod (it may be gone already) and forget it; False when its cluster
+    cannot be reached (the row stays, for the next sweep)."""
     instance = Instance.objects.select_related("cluster", "workspace__owner").filter(
         pk=row.instance_id).first()
     if instance is not None and instance.status not in GONE:
@@ -545,10 +545,11 @@ def delete_shell_pod(row: ShellPodRow, *, reason: str) -> None:
         except (BackendError, ShellPodError) as exc:
             log.warning("shell pod %s/%s on instance %s: not deleted yet: %s",
                         row.namespace, row.name, row.instance_id, exc)
-            return
+            return False
         record_audit(action=AuditAction.SHELL_POD_DELETED, obj=instance, actor=None,
                      workspace=instance.workspace, pod=row.name, reason=reason)
     row.delete()
+    return True
 
 
 def end_shell_pod(*, grant: ShellGrant, reason: str) -> None:
@@ -570,8 +571,7 @@ def sweep_shell_pods() -> int:
             reason = "account removed" if row.user is None else lost_access(
                 user=row.user, instance_id=row.instance_id)[1]
         if reason:
-            delete_shell_pod(row, reason=reason)
-            deleted += not ShellPodRow.objects.filter(pk=row.pk).exists()
+            deleted += delete_shell_pod(row, reason=reason)
     return deleted
 
 

@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -43,7 +42,6 @@ class ShellUnavailable(Exception):
 class Slot:
     number: int
     lock: IO[str]  # flock held while the shell runs; holds the owner's user id
-    folder: Path
 
 
 @dataclass
@@ -130,10 +128,7 @@ def _lease_slot(*, owner: int) -> Slot:
         handle.truncate()
         handle.write(str(owner))
         handle.flush()
-        folder = root / str(number)
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(mode=0o750)
-        return Slot(number=number, lock=handle, folder=folder)
+        return Slot(number=number, lock=handle)
     except BaseException:
         for _, handle in free:
             handle.close()
@@ -182,14 +177,13 @@ def resize(process: ShellProcess, *, rows: int, cols: int) -> None:
 
 
 def _release(slot: Slot) -> None:
-    shutil.rmtree(slot.folder, ignore_errors=True)
     slot.lock.seek(0)
     slot.lock.truncate()
     slot.lock.close()
 
 
 def stop(process: ShellProcess) -> None:
-    """End the shell and everything it started; remove its folder; free its slot."""
+    """End the shell and everything it started; free its slot."""
     if process.ended:
         return
     process.ended = True
