@@ -8,7 +8,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 
-from instances.models import Instance
+from instances.deployment_pages import Verb, call
+from instances.models import Deployment, Instance
 from instances.selectors import instance_for_user
 from workspaces.models import Workspace
 from workspaces.services import ensure_workspace
@@ -34,6 +35,21 @@ def instance_or_404(request: HttpRequest, pk: int) -> Instance:
     if instance is None:
         raise NotFound("No such instance.")
     return instance
+
+
+def delete_row(request: HttpRequest, row: Deployment, verb: Verb) -> None:
+    """The one delete path of the API (the pages' is instances.deployment_pages): 409 when
+    it is already going."""
+    if row.already_gone:
+        raise ApiError(409, row.already_gone)
+    call(verb, request, row)
+
+
+def retry_row(request: HttpRequest, row: Deployment, verb: Verb) -> None:
+    """The one retry path of the API: 409 unless it failed; the service's refusal is a 422."""
+    if row.not_retriable:
+        raise ApiError(409, row.not_retriable)
+    call(verb, request, row)
 
 
 def own_workspace(request: HttpRequest) -> Workspace:

@@ -18,10 +18,12 @@ from .common import (
     MAX_ID,
     absolute,
     choice,
+    delete_row,
     instance_or_404,
     own_workspace,
     page_of,
     problems,
+    retry_row,
     valid,
 )
 from .problems import ApiError
@@ -151,10 +153,7 @@ def get_instance(request: HttpRequest, instance_id: Id) -> dict:
 def delete_instance(request: HttpRequest, instance_id: Id) -> Status:
     """Delete the instance: it turns `deleting` at once, and `deleted` once a worker has
     released its resources (its GPUs then go back to the quota)."""
-    instance = instance_or_404(request, instance_id)
-    if instance.already_gone:
-        raise ApiError(409, instance.already_gone)
-    services.delete_instance(instance=instance, by=request.user, ip_address=client_ip(request))
+    delete_row(request, instance_or_404(request, instance_id), services.delete_instance)
     return Status(202, instance_out(request, instance_or_404(request, instance_id)))
 
 
@@ -162,10 +161,7 @@ def delete_instance(request: HttpRequest, instance_id: Id) -> Status:
              response={202: InstanceOut, **problems(404, 409, 422)})
 def retry_instance(request: HttpRequest, instance_id: Id) -> Status:
     """Send a failed instance back to provisioning under its name, if it fits the quota."""
-    instance = instance_or_404(request, instance_id)
-    if instance.status != Status_.FAILED:
-        raise ApiError(409, f"{instance.name} is {instance.status_label.lower()}, not failed.")
-    services.retry_instance(instance=instance, by=request.user, ip_address=client_ip(request))
+    retry_row(request, instance_or_404(request, instance_id), services.retry_instance)
     return Status(202, instance_out(request, instance_or_404(request, instance_id)))
 
 

@@ -12,7 +12,17 @@ from notebooks.forms import DeployForm
 from notebooks.models import Notebook
 from workspaces.services import client_ip
 
-from .common import MAX_ID, absolute, choice, instance_or_404, page_of, problems, valid
+from .common import (
+    MAX_ID,
+    absolute,
+    choice,
+    delete_row,
+    instance_or_404,
+    page_of,
+    problems,
+    retry_row,
+    valid,
+)
 from .problems import ApiError, NotFound
 from .schemas import DeployIn, NotebookOut, NotebookPage, NotebookStatus, NotebookTokenOut
 
@@ -91,10 +101,15 @@ def get_notebook(request: HttpRequest, notebook_id: Id) -> dict:
 
 @router.delete("/notebooks/{notebook_id}", response={202: NotebookOut, **problems(404, 409, 422)})
 def delete_notebook(request: HttpRequest, notebook_id: Id) -> Status:
-    notebook = notebook_or_404(request, notebook_id)
-    if notebook.already_gone:
-        raise ApiError(409, notebook.already_gone)
-    services.delete_notebook(notebook=notebook, by=request.user, ip_address=client_ip(request))
+    delete_row(request, notebook_or_404(request, notebook_id), services.delete_notebook)
+    return Status(202, notebook_out(request, notebook_or_404(request, notebook_id)))
+
+
+@router.post("/notebooks/{notebook_id}/retry",
+             response={202: NotebookOut, **problems(404, 409, 422)})
+def retry_notebook(request: HttpRequest, notebook_id: Id) -> Status:
+    """Start a failed notebook again on its running instance, with its files."""
+    retry_row(request, notebook_or_404(request, notebook_id), services.retry_notebook)
     return Status(202, notebook_out(request, notebook_or_404(request, notebook_id)))
 
 

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.validators import MaxLengthValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
@@ -82,12 +83,17 @@ class Deployment(models.Model):
     FINAL_STATES: ClassVar[frozenset[str]] = frozenset()
     KIND: ClassVar[str] = ""
     WORKSPACE: ClassVar[str] = "workspace_id"
+    # The URL namespace of the kind's pages: list, detail, status, delete and retry.
+    URLS: ClassVar[str] = ""
 
     class Meta:
         abstract = True
 
     def __str__(self) -> str:
         return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse(f"{self.URLS}:detail", args=[self.pk])
 
     @property
     def status_label(self) -> str:
@@ -102,6 +108,44 @@ class Deployment(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in self.FINAL_STATES
+
+    # Every kind names these statuses alike; the verbs below read them.
+
+    @property
+    def is_gone(self) -> bool:
+        return self.status in ("deleting", "deleted")
+
+    @property
+    def already_gone(self) -> str:
+        """Why a delete asked now changes nothing ("train is already being deleted."), for
+        the pages and the API alike; '' while it can still be deleted."""
+        if not self.is_gone:
+            return ""
+        already = "deleted" if self.status == "deleted" else "being deleted"
+        return f"{self.name} is already {already}."
+
+    @property
+    def not_retriable(self) -> str:
+        """Why Retry does nothing now ('' when it is failed, the one status retried)."""
+        if self.status == "failed":
+            return ""
+        return f"{self.name} is {self.status_label.lower()}, not failed."
+
+    @property
+    def list_url(self) -> str:
+        return reverse(f"{self.URLS}:list")
+
+    @property
+    def status_url(self) -> str:
+        return reverse(f"{self.URLS}:status", args=[self.pk])
+
+    @property
+    def delete_url(self) -> str:
+        return reverse(f"{self.URLS}:delete", args=[self.pk])
+
+    @property
+    def retry_url(self) -> str:
+        return reverse(f"{self.URLS}:retry", args=[self.pk])
 
 
 class Instance(Deployment):
@@ -118,6 +162,7 @@ class Instance(Deployment):
     # States that no worker will move on by itself: the page stops polling there.
     FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
     KIND = "instance"
+    URLS = "instances"
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="instances")
     name = models.CharField(
@@ -188,13 +233,8 @@ class Instance(Deployment):
         return self.status != self.Status.DELETED
 
     @property
-    def already_gone(self) -> str:
-        """Why a delete asked now changes nothing ("train is already being deleted."), for
-        the pages and the API alike; '' while it can still be deleted."""
-        if not self.is_active or self.status == self.Status.DELETING:
-            already = "deleted" if not self.is_active else "being deleted"
-            return f"{self.name} is already {already}."
-        return ""
+    def shows_steps(self) -> bool:
+        return self.status in (self.Status.PENDING, self.Status.PROVISIONING)
 
     @property
     def steps(self) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from clusters.backends.local import machine_limits, tenants
 from clusters.models import Cluster
 from workspaces.services import client_ip, ensure_workspace
 
-from . import selectors, services
+from . import deployment_pages, selectors, services
 from .collaborators import (
     Invitations,
     invite_collaborator,
@@ -95,34 +95,20 @@ def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
     """The live part of the detail page; the page includes the same partial."""
     instance = selectors.instance_or_404(user=request.user, pk=pk)
-    return render(request, "instances/partials/status.html", {"instance": instance})
+    return render(request, "instances/partials/status.html", {"row": instance})
 
 
 @require_http_methods(["GET", "POST"])
 def instance_delete(request: HttpRequest, pk: int) -> HttpResponse:
     instance = selectors.instance_or_404(user=request.user, pk=pk)
-    if request.method == "POST":
-        if instance.already_gone:
-            # Confirmed in a tab opened before someone else deleted it: say so, change nothing.
-            messages.info(request, instance.already_gone)
-            return redirect("instances:list")
-        services.delete_instance(instance=instance, by=request.user, ip_address=client_ip(request))
-        messages.success(request, f"You asked to delete {instance.name}.")
-        return redirect("instances:list")
-    return render(request, "instances/delete.html", {"instance": instance})
+    return deployment_pages.delete(request, instance, services.delete_instance)
 
 
 @require_http_methods(["POST"])
 def instance_retry(request: HttpRequest, pk: int) -> HttpResponse:
     """Send a failed instance back to provisioning under its name, if it fits the quota."""
     instance = selectors.instance_or_404(user=request.user, pk=pk)
-    try:
-        if services.retry_instance(instance=instance, by=request.user,
-                                   ip_address=client_ip(request)):
-            messages.success(request, f"You asked to retry {instance.name}.")
-    except ValidationError as exc:
-        messages.error(request, f"Cannot retry {instance.name}: {' '.join(exc.messages)}")
-    return redirect("instances:detail", pk=instance.pk)
+    return deployment_pages.retry(request, instance, services.retry_instance)
 
 
 # --- collaborators: everyone with access to the instance may manage them -----------------

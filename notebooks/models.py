@@ -92,6 +92,7 @@ class Notebook(Deployment):
 
     FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
     KIND = "notebook"
+    URLS = "notebooks"
     WORKSPACE = "instance__workspace_id"
 
     instance = models.ForeignKey(
@@ -134,17 +135,8 @@ class Notebook(Deployment):
         return f"nb-{self.pk}"
 
     @property
-    def is_gone(self) -> bool:
-        return self.status in (self.Status.DELETING, self.Status.DELETED)
-
-    @property
-    def already_gone(self) -> str:
-        """Why a delete asked now changes nothing, for the pages and the API alike; '' while
-        it can still be deleted."""
-        if not self.is_gone:
-            return ""
-        already = "deleted" if self.status == self.Status.DELETED else "being deleted"
-        return f"{self.name} is already {already}."
+    def shows_steps(self) -> bool:
+        return self.status in (self.Status.DEPLOYING, self.Status.RUNNING)
 
     @property
     def token(self) -> str:

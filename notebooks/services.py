@@ -141,6 +141,27 @@ def delete_notebook(
     return notebook
 
 
+def retry_notebook(
+    *, notebook: Notebook, by: AbstractBaseUser, ip_address: str | None = None
+) -> bool:
+    """Start a failed notebook again under its name. A failed notebook keeps its share of the
+    instance (its files, its GPU slots), so only the instance must still be running."""
+    from .tasks import advance_notebook_task
+
+    with transaction.atomic():
+        if notebook.instance.status != Instance.Status.RUNNING:
+            raise ValidationError(
+                f"its instance {notebook.instance.name} is "
+                f"{notebook.instance.status_label.lower()}.")
+        # An empty step makes the worker apply everything again, as a first deploy does.
+        changed = _transition(
+            notebook.pk, from_=[Status.FAILED], to=Status.DEPLOYING, step="",
+            message="Retrying: waiting for a worker.", actor=by, ip_address=ip_address)
+        if changed:
+            transaction.on_commit(lambda: advance_notebook_task.delay(notebook.pk))
+    return changed is not None
+
+
 def reveal_notebook_token(
     *, notebook: Notebook, by: AbstractBaseUser, ip_address: str | None = None
 ) -> str:

@@ -9,4 +9,5 @@ urlpatterns = [
     path("<int:pk>/", views.notebook_detail, name="detail"),
     path("<int:pk>/status/", views.notebook_status, name="status"),
     path("<int:pk>/delete/", views.notebook_delete, name="delete"),
+    path("<int:pk>/retry/", views.notebook_retry, name="retry"),
 ]

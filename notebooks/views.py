@@ -6,6 +6,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from clusters.models import Cluster
+from instances import deployment_pages
 from instances.selectors import instance_or_404
 from workspaces.services import client_ip
 
@@ -81,18 +82,17 @@ def notebook_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @never_cache
 def notebook_status(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "notebooks/partials/status.html",
-                  {"notebook": get_notebook_for_user(request, pk)})
+                  {"row": get_notebook_for_user(request, pk)})
 
 
 @require_http_methods(["GET", "POST"])
 def notebook_delete(request: HttpRequest, pk: int) -> HttpResponse:
-    notebook = get_notebook_for_user(request, pk)
-    if request.method == "POST":
-        if notebook.already_gone:
-            messages.info(request, notebook.already_gone)
-            return redirect("notebooks:list")
-        services.delete_notebook(notebook=notebook, by=request.user,
-                                 ip_address=client_ip(request))
-        messages.success(request, f"You asked to delete {notebook.name}.")
-        return redirect("notebooks:list")
-    return render(request, "notebooks/delete.html", {"notebook": notebook})
+    return deployment_pages.delete(request, get_notebook_for_user(request, pk),
+                                   services.delete_notebook)
+
+
+@require_http_methods(["POST"])
+def notebook_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    """Start a failed notebook again, with its files, on its running instance."""
+    return deployment_pages.retry(request, get_notebook_for_user(request, pk),
+                                  services.retry_notebook)

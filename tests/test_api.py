@@ -231,6 +231,21 @@ def test_a_notebooks_token_comes_only_on_an_explicit_audited_request(alice, alic
     assert (row.actor, row.object_id, row.ip_address) == (alice, str(notebook.pk), "127.0.0.1")
 
 
+def test_a_failed_notebook_is_retried_once_and_deleted_once(alice, alice_api, bob_api,
+                                                             notebook):
+    """Notebooks share the instances' one delete and retry path: 409 in the same words."""
+    not_failed = problem(alice_api("POST", f"/notebooks/{notebook.pk}/retry"), 409)
+    assert not_failed["detail"] == "explore is running, not failed."
+    Notebook.objects.filter(pk=notebook.pk).update(status="failed")
+    problem(bob_api("POST", f"/notebooks/{notebook.pk}/retry"), 404)
+    retried = alice_api("POST", f"/notebooks/{notebook.pk}/retry")
+    assert retried.status_code == 202 and retried.json()["status"] == "deploying"
+    assert alice_api("DELETE", f"/notebooks/{notebook.pk}").json()["status"] == "deleting"
+    again = problem(alice_api("DELETE", f"/notebooks/{notebook.pk}"), 409)
+    assert again["detail"] == "explore is already being deleted."
+    assert AuditEvent.objects.filter(action="notebook.deleting", actor=alice).count() == 1
+
+
 def test_a_notebook_that_does_not_fit_is_refused_in_the_deploy_pages_words(
         alice, alice_api, client, notebook):
     body = {"name": "huge", "profile": "nb", "cpu": 1, "memory_gib": 4096}

@@ -116,7 +116,8 @@ def test_every_operation_answers_within_its_schema_and_never_with_a_server_error
                           if not any(c < 300 for c in codes))
     # (a kubeconfig needs a Kubernetes instance, test_api covers it; retry a failed one)
     assert refused_only == ["POST /api/v1/instances/{instance_id}/kubeconfig",
-                            "POST /api/v1/instances/{instance_id}/retry"], answered
+                            "POST /api/v1/instances/{instance_id}/retry",
+                            "POST /api/v1/notebooks/{notebook_id}/retry"], answered
 
 
 def test_a_token_shared_by_parallel_jobs_gets_exactly_its_budget(live_api, settings):

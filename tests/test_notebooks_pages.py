@@ -100,7 +100,7 @@ def test_no_running_instance_leads_to_launching_one(alice_client, catalogue):
 @pytest.mark.parametrize(
     ("method", "route"),
     [("get", "notebooks:detail"), ("get", "notebooks:status"), ("get", "notebooks:delete"),
-     ("post", "notebooks:delete")],
+     ("post", "notebooks:delete"), ("post", "notebooks:retry")],
 )
 def test_bob_gets_404_on_alices_notebook_and_never_its_token(client, bob, alices_notebook,
                                                             method, route):
@@ -160,3 +160,34 @@ def test_deleting_asks_first_then_stops_it(alice_client, alices_notebook):
     again = alice_client.post(url, follow=True).content.decode()
     assert f"{alices_notebook.name} is already being deleted." in again
     assert "You asked to delete" not in again
+
+
+def test_a_failed_notebook_offers_retry_and_starts_again(alice_client, alice, alices_notebook):
+    Notebook.objects.filter(pk=alices_notebook.pk).update(
+        status=Notebook.Status.FAILED, step="starting", status_message="JupyterLab stopped.")
+    detail = reverse("notebooks:detail", args=[alices_notebook.pk])
+    retry = reverse("notebooks:retry", args=[alices_notebook.pk])
+    page = alice_client.get(detail).content.decode()
+    assert f'action="{retry}"' in page and ">Retry</button>" in page
+
+    response = alice_client.post(retry, follow=True)
+    assert response.redirect_chain[-1][0] == detail
+    assert f"You asked to retry {alices_notebook.name}." in response.content.decode()
+    alices_notebook.refresh_from_db()
+    assert (alices_notebook.status, alices_notebook.step) == (Notebook.Status.DEPLOYING, "")
+    assert AuditEvent.objects.filter(action="notebook.deploying", actor=alice,
+                                     object_id=str(alices_notebook.pk)).count() == 2
+    # Asked again from a tab left open: it says why nothing happens.
+    again = alice_client.post(retry, follow=True).content.decode()
+    assert f"{alices_notebook.name} is deploying, not failed." in again
+    assert ">Retry</button>" not in alice_client.get(detail).content.decode()
+
+
+def test_retry_refuses_when_the_instance_is_not_running(alice_client, alices_notebook):
+    Notebook.objects.filter(pk=alices_notebook.pk).update(status=Notebook.Status.FAILED)
+    Instance.objects.filter(pk=alices_notebook.instance_id).update(status=Instance.Status.FAILED)
+    page = alice_client.post(reverse("notebooks:retry", args=[alices_notebook.pk]),
+                             follow=True).content.decode()
+    assert f"Cannot retry {alices_notebook.name}: its instance train is failed." in page
+    alices_notebook.refresh_from_db()
+    assert alices_notebook.status == Notebook.Status.FAILED

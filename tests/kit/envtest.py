@@ -108,63 +108,28 @@ TEST_POLICY_PARAMS = {
 
 def _certificates(folder: Path) -> dict[str, Path]:
     """A CA, the API server's serving certificate, an admin client certificate
-    (system:masters) and the ServiceAccount signing key, as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    (system:masters) and the ServiceAccount signing key, as PEM files (trustme makes the
+    certificates, as for the kit's other servers)."""
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
-    now = datetime.datetime.now(datetime.UTC)
-
-    def key_pem(key: Any) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM,
-                                 serialization.PrivateFormat.TraditionalOpenSSL,
-                                 serialization.NoEncryption())
-
-    def name(cn: str, org: str | None = None) -> x509.Name:
-        parts = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        if org:
-            parts.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-        return x509.Name(parts)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("envtest-ca")).issuer_name(
-        name("envtest-ca")).public_key(ca_key.public_key()).serial_number(
-        x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256()))
-
-    def issue(cn: str, org: str | None, usage: Any, sans: list[Any] | None = None) -> tuple:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (x509.CertificateBuilder().subject_name(name(cn, org)).issuer_name(
-            ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key
-
-    import ipaddress
-
-    serving = issue("kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, [
-        x509.DNSName("localhost"), x509.DNSName("kubernetes"),
-        x509.DNSName("kubernetes.default.svc"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("10.96.0.1"))])
-    admin = issue("envtest-admin", "system:masters", ExtendedKeyUsageOID.CLIENT_AUTH)
+    ca = trustme.CA(organization_name="envtest")
+    serving = ca.issue_cert("localhost", "kubernetes", "kubernetes.default.svc", "127.0.0.1",
+                            "10.96.0.1", common_name="kube-apiserver")
+    # The API server reads the user from CN and the groups from O.
+    admin = ca.issue_cert("envtest-admin", common_name="envtest-admin",
+                          organization_name="system:masters")
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = lambda cert: cert.public_bytes(serialization.Encoding.PEM)  # noqa: E731
     files = {
-        "ca.crt": pem(ca), "ca.key": key_pem(ca_key),
-        "apiserver.crt": pem(serving[0]), "apiserver.key": key_pem(serving[1]),
-        "admin.crt": pem(admin[0]), "admin.key": key_pem(admin[1]),
-        "sa.key": key_pem(sa_key),
+        "ca.crt": ca.cert_pem.bytes(), "ca.key": ca.private_key_pem.bytes(),
+        "apiserver.crt": serving.cert_chain_pems[0].bytes(),
+        "apiserver.key": serving.private_key_pem.bytes(),
+        "admin.crt": admin.cert_chain_pems[0].bytes(),
+        "admin.key": admin.private_key_pem.bytes(),
+        "sa.key": sa_key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.TraditionalOpenSSL,
+                                       serialization.NoEncryption()),
         "sa.pub": sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
     }
