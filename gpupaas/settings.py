@@ -383,6 +383,8 @@ INSTANCES_PER_PAGE = env_int("INSTANCES_PER_PAGE", 20)
 # an invitation link stays valid.
 COLLABORATORS_PER_INSTANCE = env_int("COLLABORATORS_PER_INSTANCE", 20)
 INVITATION_TTL_DAYS = env_int("INVITATION_TTL_DAYS", 7)
+# Invitation mails (invites and resends) one person may send in an hour.
+INVITATION_MAILS_PER_HOUR = env_int("INVITATION_MAILS_PER_HOUR", 50)
 # People outside the identity provider may set up a guest account from an invitation link
 # (a password; they see only what is shared with them). Optionally only for these domains.
 GUEST_ACCOUNTS_ENABLED = env_bool("GUEST_ACCOUNTS_ENABLED", True)

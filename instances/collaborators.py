@@ -16,12 +16,14 @@ from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
 from gpupaas.celery import app as celery_app
-from workspaces.models import AuditAction
+from gpupaas.formats import one_line
+from workspaces.models import AuditAction, AuditEvent
 from workspaces.services import create_guest_account, record_audit
 from workspaces.tokens import hash_token
 
@@ -81,10 +83,7 @@ def _validate_invitations(*, instance: Instance, emails: list[str], by: Abstract
             problems.append(f"{email} is you.")
         elif email == owner_email:
             problems.append(f"{email} is the owner of {instance.name}.")
-    live = dict(
-        Collaborator.objects.filter(instance=instance, status__in=Collaborator.LIVE_STATES)
-        .values_list("email", "status")
-    )
+    live = dict(_live(instance).values_list("email", "status"))
     for email in emails:
         if email in live:
             state = "already collaborates" if live[email] == Collaborator.Status.ACCEPTED else (
@@ -99,6 +98,30 @@ def _validate_invitations(*, instance: Instance, emails: list[str], by: Abstract
             f"or collaborating, {len(emails)} more asked. Nothing was sent.")})
 
 
+def _live(instance: Instance) -> QuerySet[Collaborator]:
+    """Who holds or may still take a place on the instance: collaborators, and invitations
+    not yet expired (an expired one counts towards no limit and blocks no new invitation)."""
+    return Collaborator.objects.filter(instance=instance).filter(
+        Q(status=Collaborator.Status.ACCEPTED)
+        | Q(status=Collaborator.Status.PENDING, expires_at__gt=timezone.now()))
+
+
+def _check_mail_budget(by: AbstractBaseUser, count: int) -> None:
+    """At most INVITATION_MAILS_PER_HOUR invitation mails a person sends in an hour, counted
+    on what was sent (the audit rows of invitations and resends), so withdrawing and inviting
+    again gains nothing."""
+    limit = settings.INVITATION_MAILS_PER_HOUR
+    since = timezone.now() - timezone.timedelta(hours=1)
+    sent = AuditEvent.objects.filter(
+        actor=by, created_at__gte=since,
+        action__in=[AuditAction.COLLABORATOR_INVITED, AuditAction.COLLABORATOR_RESENT]).count()
+    if sent + count > limit:
+        left = max(0, limit - sent)
+        raise ValidationError({"emails": (
+            f"You can send at most {limit} invitations an hour; {sent} went out in the last "
+            f"hour, so {left} more can go now. Nothing was sent.")})
+
+
 @dataclass
 class Invitations:
     sent: list[Collaborator]
@@ -111,7 +134,8 @@ def _send_invitation(collaborator: Collaborator, token: str, base_url: str) -> b
     inviter = collaborator.invited_by
     context = {
         "instance": collaborator.instance,
-        "inviter": (inviter.get_full_name() or inviter.get_username()) if inviter else "Someone",
+        "inviter": one_line(inviter.get_full_name() or inviter.get_username()) if inviter
+        else "Someone",
         "inviter_email": inviter.email if inviter else "",
         "link": link,
         "expires_at": collaborator.expires_at,
@@ -121,7 +145,9 @@ def _send_invitation(collaborator: Collaborator, token: str, base_url: str) -> b
     body = render_to_string("instances/email/invitation.txt", context)
     try:
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [collaborator.email])
-    except (OSError, smtplib.SMTPException) as exc:
+    # ValueError: a header Django refuses (BadHeaderError); the invitation stands, Resend
+    # tries again.
+    except (OSError, smtplib.SMTPException, ValueError) as exc:
         log.warning("invitation mail to %s failed: %s", collaborator.email, exc)
         return False
     Collaborator.objects.filter(pk=collaborator.pk).update(sent_at=timezone.now())
@@ -152,6 +178,12 @@ def invite_collaborator(
         instance = (Instance.objects.select_for_update().select_related("workspace__owner")
                     .get(pk=instance.pk))
         _validate_invitations(instance=instance, emails=emails, by=by)
+        _check_mail_budget(by, len(emails))
+        # An expired invitation to one of these addresses gives way to the new one.
+        Collaborator.objects.filter(
+            instance=instance, email__in=emails, status=Collaborator.Status.PENDING,
+            expires_at__lte=timezone.now(),
+        ).update(status=Collaborator.Status.REVOKED, ended_at=timezone.now())
         expires = timezone.now() + timezone.timedelta(days=settings.INVITATION_TTL_DAYS)
         for email in emails:
             collaborator = Collaborator.objects.create(
@@ -172,6 +204,7 @@ def resend_invitation(
 ) -> Invitations:
     """A new link and a new expiry for a pending invitation; the old link stops working."""
     with transaction.atomic():
+        _check_mail_budget(by, 1)
         expires = timezone.now() + timezone.timedelta(days=settings.INVITATION_TTL_DAYS)
         token, token_hash = _new_token(collaborator.pk)
         if not Collaborator.objects.filter(
@@ -200,9 +233,14 @@ def revoke_invitation(
     return bool(revoked)
 
 
+@dataclass
+class Removed:
+    withdrawn: list[str]  # the addresses of the invitations they had sent, now withdrawn
+
+
 def remove_collaborator(
     *, collaborator: Collaborator, by: AbstractBaseUser, ip_address: str | None = None
-) -> bool:
+) -> Removed | None:
     """End a collaborator's access on every path at once: pages (the access check reads this
     row on every request), remote-access tokens, and the instance's notebook tokens, which
     they could have seen and which are renewed by a worker right after the commit."""
@@ -212,12 +250,23 @@ def remove_collaborator(
             pk=collaborator.pk, status=Collaborator.Status.ACCEPTED
         ).update(status=Collaborator.Status.REMOVED, ended_at=now)
         if not removed:
-            return False
+            return None
         instance = collaborator.instance
         Instance.objects.filter(pk=instance.pk).update(access_revoked_at=now)
+        # Their pending invitations go with them: else they could come back through one
+        # they sent to another address of theirs.
+        theirs = list(Collaborator.objects.select_for_update().filter(
+            instance=instance, invited_by_id=collaborator.user_id,
+            status=Collaborator.Status.PENDING))
+        for invitation in theirs:
+            Collaborator.objects.filter(pk=invitation.pk).update(
+                status=Collaborator.Status.REVOKED, ended_at=now)
+            record_audit(action=AuditAction.COLLABORATOR_REVOKED, obj=invitation, actor=by,
+                         workspace=instance.workspace, ip_address=ip_address,
+                         email=invitation.email, reason=f"{collaborator.email} was removed")
         record_audit(action=AuditAction.COLLABORATOR_REMOVED, obj=collaborator, actor=by,
                      workspace=instance.workspace, ip_address=ip_address,
-                     email=collaborator.email)
+                     email=collaborator.email, invitations_withdrawn=[i.email for i in theirs])
         reason = f"{collaborator.email} was removed from {instance.name}"
         # Notebook tokens belong to the notebooks app, above this one: it is told by task
         # name, the way beat names its tasks, and its reconcile catches up if this is lost.
@@ -226,7 +275,7 @@ def remove_collaborator(
         # Kubeconfig tokens: the access proxy asks instance_for_user on every request, so the
         # next one is refused (401) already; the sweep marks the tokens revoked in their list.
         transaction.on_commit(lambda: celery_app.send_task("access.tasks.sweep_remote_access"))
-    return True
+    return Removed(withdrawn=[i.email for i in theirs])
 
 
 class InvitationError(Exception):
@@ -262,6 +311,11 @@ def invitation_for_token(token: str) -> Collaborator:
     if collaborator.status != Collaborator.Status.PENDING:
         raise InvitationError(f"This invitation was withdrawn. Ask {inviter} to invite you "
                               "again if you still need access.", collaborator=collaborator)
+    if collaborator.invited_by_id not in (None, instance.workspace.owner_id) and not (
+            Collaborator.objects.filter(instance=instance, user_id=collaborator.invited_by_id,
+                                        status=Collaborator.Status.ACCEPTED).exists()):
+        raise InvitationError(f"This invitation was withdrawn: {inviter} no longer has access "
+                              f"to {instance.name}.", collaborator=collaborator)
     if instance.status in (Status.DELETING, Status.DELETED):
         raise InvitationError(f"The instance {instance.name} has been deleted, so this "
                               "invitation can no longer be accepted.", collaborator=collaborator)

@@ -201,11 +201,14 @@ def collaborator_revoke(request: HttpRequest, pk: int, collaborator_pk: int) -> 
 @require_POST
 def collaborator_remove(request: HttpRequest, pk: int, collaborator_pk: int) -> HttpResponse:
     collaborator = _collaborator_for(request, pk, collaborator_pk)
-    if remove_collaborator(collaborator=collaborator, by=request.user,
-                                    ip_address=client_ip(request)):
+    removed = remove_collaborator(collaborator=collaborator, by=request.user,
+                                  ip_address=client_ip(request))
+    if removed:
+        withdrawn = (f" The invitations they had sent ({', '.join(removed.withdrawn)}) were "
+                     "withdrawn too." if removed.withdrawn else "")
         messages.info(request, (
             f"{collaborator.email} no longer has access to {collaborator.instance.name}. Its "
-            "notebooks restart with new tokens, since they knew the old ones."))
+            f"notebooks restart with new tokens, since they knew the old ones.{withdrawn}"))
     if collaborator.user_id == request.user.pk:  # left it themselves: the page is gone too
         return redirect("instances:list")
     return _back_to_instance(request, collaborator.instance)

@@ -31,6 +31,7 @@ from django.core.validators import validate_email
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from gpupaas.formats import one_line
 from workspaces.selectors import role_of
 from workspaces.services import ensure_workspace, sync_groups_from_claims
 
@@ -253,6 +254,13 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
                 sociallogin.connect(request, owner)  # its password, if any, stays as it is
         if sociallogin.is_existing:
             self._sync(request, sociallogin.user, sociallogin)
+
+    def populate_user(self, request: HttpRequest, sociallogin: SocialLogin, data: dict):
+        # An IdP's name may carry a newline or an escape: it would break a mail header (the
+        # invitation's subject names the inviter) or forge a log line.
+        names = {key: one_line(value) for key, value in data.items()
+                 if key in ("name", "first_name", "last_name") and isinstance(value, str)}
+        return super().populate_user(request, sociallogin, {**data, **names})
 
     def save_user(self, request: HttpRequest, sociallogin: SocialLogin, form=None):
         user = super().save_user(request, sociallogin, form)

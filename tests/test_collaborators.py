@@ -501,3 +501,92 @@ def test_a_guest_signs_in_again_with_a_password_and_a_second_factor(client, alic
     assert client.get(reverse("instances:detail", args=[shared.pk])).status_code == 302
     client.post(signed_in["Location"], {"code": code()})
     assert client.get(reverse("instances:detail", args=[shared.pk])).status_code == 200
+
+
+# --- the edges a hostile or unlucky user meets -----------------------------------------
+
+
+def test_a_removed_collaborator_cannot_come_back_through_an_invitation_they_sent(
+    client, alice, carol, shared
+):
+    collaborator = share_with(shared, alice, carol)
+    invite(shared, carol, "carol.alt@example.com")  # carol's other address
+    alt_link = link_token(mail.outbox[-1])
+    client.force_login(alice)
+    page = client.post(reverse("instances:collaborator_remove",
+                               args=[shared.pk, collaborator.pk]), follow=True)
+    assert ("The invitations they had sent (carol.alt@example.com) were withdrawn too."
+            in page.content.decode())
+    alt = Collaborator.objects.get(email="carol.alt@example.com")
+    assert alt.status == Collaborator.Status.REVOKED
+    removed = AuditEvent.objects.get(action="collaborator.removed")
+    assert removed.data["invitations_withdrawn"] == ["carol.alt@example.com"]
+    alt_self = make_user("carol-alt")
+    alt_self.email = "carol.alt@example.com"
+    alt_self.save()
+    with pytest.raises(collaborators.InvitationError, match="withdrawn"):
+        collaborators.accept_invitation(token=alt_link, user=alt_self,
+                                        proven_email="carol.alt@example.com")
+    assert selectors.instance_for_user(user=alt_self, pk=shared.pk) is None
+
+
+def test_an_invitation_whose_sender_lost_access_another_way_is_refused(alice, carol, shared):
+    """Level-checked at the link as well: whatever removed the sender, their link dies."""
+    collaborator = share_with(shared, alice, carol)
+    invite(shared, carol, "dave@example.com")
+    link = link_token(mail.outbox[-1])
+    Collaborator.objects.filter(pk=collaborator.pk).update(status=Collaborator.Status.REMOVED)
+    with pytest.raises(collaborators.InvitationError,
+                       match="carol no longer has access to shared-model"):
+        collaborators.invitation_for_token(link)
+
+
+def test_an_expired_invitation_neither_counts_nor_blocks_inviting_again(alice, shared,
+                                                                         settings):
+    settings.COLLABORATORS_PER_INSTANCE = 2
+    invite(shared, alice, "a@example.com", "b@example.com")
+    Collaborator.objects.filter(email="a@example.com").update(
+        expires_at=timezone.now() - timezone.timedelta(minutes=1))
+    invite(shared, alice, "a@example.com")  # blocked by its own expired row before
+    assert sorted(Collaborator.objects.values_list("email", "status")) == [
+        ("a@example.com", "pending"), ("a@example.com", "revoked"), ("b@example.com", "pending")]
+    fresh = Collaborator.objects.get(email="a@example.com", status="pending")
+    assert fresh.expires_at > timezone.now()
+
+
+def test_invitation_mails_are_limited_per_hour_counted_on_sends(alice, shared, settings):
+    settings.INVITATION_MAILS_PER_HOUR = 3
+    invite(shared, alice, "a@example.com", "b@example.com")
+    collaborators.revoke_invitation(collaborator=Collaborator.objects.get(email="a@example.com"),
+                                    by=alice)
+    invite(shared, alice, "a@example.com")  # the third mail this hour
+    with pytest.raises(Exception, match=(
+            "You can send at most 3 invitations an hour; 3 went out in the last hour, so 0 "
+            "more can go now. Nothing was sent.")):
+        invite(shared, alice, "c@example.com")
+    with pytest.raises(Exception, match="at most 3 invitations an hour"):
+        collaborators.resend_invitation(
+            collaborator=Collaborator.objects.get(email="b@example.com"), by=alice,
+            base_url=BASE)
+    assert len(mail.outbox) == 3 and not Collaborator.objects.filter(email="c@example.com")
+
+
+def test_an_inviter_name_with_a_newline_still_sends_a_one_line_subject(alice, shared):
+    alice.first_name, alice.last_name = "Alice\r\nBcc: victim@example.com", "Liddell"
+    alice.save()
+    result = invite(shared, alice, "carol@example.com")
+    assert result.sent and not result.unsent
+    assert mail.outbox[0].subject.startswith(
+        "Alice Bcc: victim@example.com Liddell shared the GPU instance")
+    assert mail.outbox[0].to == ["carol@example.com"] and not mail.outbox[0].bcc
+
+
+def test_a_mail_the_backend_refuses_leaves_the_invitation_to_resend(alice, shared,
+                                                                      monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("Header values can't contain newlines")
+
+    monkeypatch.setattr(collaborators, "send_mail", refuse)
+    result = invite(shared, alice, "carol@example.com")
+    assert [c.email for c in result.unsent] == ["carol@example.com"] and not result.sent
+    assert Collaborator.objects.get().status == Collaborator.Status.PENDING

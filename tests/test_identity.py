@@ -544,3 +544,13 @@ def test_an_issuer_configured_with_a_trailing_slash_still_matches(sso, portal):
     sso.set_user("cy", password="pw", groups=["gpu-users"])
     _, page = sign_in(portal.url + "/", "cy")
     assert page.status_code == 200 and "Welcome" in page.text
+
+
+def test_a_name_with_control_characters_is_stored_on_one_line(sso, portal):
+    """A hostile IdP's name would break mail headers (invitations name the inviter) and forge
+    log lines: it is kept, with its control characters as spaces."""
+    sso.set_user("mal", password="pw", email="mal@example.com", groups=["gpu-users"],
+                 name="Mal\r\nBcc: all@example.com\x1b[2J Lory")
+    sign_in(f"{portal.url}/", "mal")
+    mal = get_user_model().objects.get(email="mal@example.com")
+    assert mal.get_full_name() == "Mal Bcc: all@example.com [2J Lory"
