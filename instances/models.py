@@ -234,7 +234,7 @@ class Instance(Deployment):
 
     @property
     def shows_steps(self) -> bool:
-        return self.status in (self.Status.PENDING, self.Status.PROVISIONING)
+        return self.status in (self.Status.PENDING, self.Status.PROVISIONING, self.Status.RUNNING)
 
     @property
     def steps(self) -> list[tuple[str, str]]:

@@ -450,3 +450,15 @@ def test_an_idle_session_gets_a_401_problem_not_the_sign_in_page(alice, settings
     session["last_seen"] = 1  # long ago
     session.save()
     problem(browser.get("/api/v1/instances"), 401)
+
+
+def test_refusals_made_before_any_endpoint_are_problem_documents_too(alice_api, settings):
+    """A method the path does not serve, and a body over the limit (413, not 400)."""
+    wrong = alice_api("PATCH", "/instances")
+    assert wrong.status_code == 405 and wrong["Content-Type"] == "application/problem+json"
+    assert wrong.json()["detail"] == "PATCH is not served here; this endpoint takes POST, GET."
+    assert wrong["Allow"] == "POST, GET"
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    big = alice_api("POST", "/instances", {"name": "x" * 2000, "profile": "gpu-1"})
+    assert big.status_code == 413 and big["Content-Type"] == "application/problem+json"
+    assert big.json()["detail"].endswith("the API takes at most 1,000.")

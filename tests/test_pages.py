@@ -32,6 +32,20 @@ def test_a_new_user_sees_an_inviting_empty_state(alice_client, catalogue):
     assert "8 GPUs" in page
 
 
+def test_empty_pages_keep_polling_so_a_launch_in_another_tab_appears(
+    alice_client, alice, catalogue
+):
+    for url in ("/", "/instances/"):
+        page = alice_client.get(url).content.decode()
+        poller = page.split('hx-get="', 1)[1].split(">", 1)[0]
+        assert 'hx-trigger="every 10s"' in poller, url
+    launch_many(alice, catalogue[1], 1)  # from another tab
+    name = Instance.objects.get().name
+    partial = alice_client.get("/instances/?page=1", HTTP_HX_REQUEST="true").content.decode()
+    assert name in partial and 'hx-trigger="every 2s"' in partial
+    assert name in alice_client.get("/").content.decode()
+
+
 def test_the_landing_page_summarises_what_is_active(alice_client, alice, catalogue):
     launch_many(alice, catalogue[2], 2)
     running = Instance.objects.first()
