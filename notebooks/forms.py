@@ -29,8 +29,10 @@ class DeployForm(forms.Form):
                              decimal_places=1, help_text="Empty: the profile's default.")
     memory_gib = forms.IntegerField(label="Memory (GiB)", required=False, min_value=1,
                                     help_text="Empty: the profile's default.")
-    gpus = forms.IntegerField(label="GPUs", required=False, min_value=0,
-                              help_text="Empty: the profile's default.")
+    gpus = forms.IntegerField(
+        label="GPUs", required=False, min_value=0,
+        help_text="Empty: the profile's count, else every GPU of the instance no other "
+        "notebook holds. 0: none.")
 
     def __init__(self, *args, profiles, instances, unavailable=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -43,5 +45,5 @@ class DeployForm(forms.Form):
         self.fields["profile"].label_from_instance = lambda p: (
             f"{p.display_name}: unavailable on this machine, {unavailable[p.pk]}"
             if unavailable.get(p.pk) else
-            f"{p.display_name} ({cores(p.default_cpu)} CPU, {p.default_memory_gib} GiB, "
-            f"{gpus_phrase(p.default_gpus)} by default)")
+            f"{p.display_name} ({cores(p.default_cpu)} CPU, {p.default_memory_gib} GiB"
+            + (f", {gpus_phrase(p.default_gpus)}" if p.default_gpus else "") + " by default)")

@@ -55,7 +55,6 @@ def deploy_notebook(
 
     cpu = profile.default_cpu if cpu is None else cpu
     memory_gib = profile.default_memory_gib if memory_gib is None else memory_gib
-    gpus = profile.default_gpus if gpus is None else gpus
     with transaction.atomic():
         # The workspace lock serialises everything that counts capacity in this workspace.
         lock_workspace(workspace_id=instance.workspace_id)
@@ -76,12 +75,16 @@ def deploy_notebook(
         live = Notebook.objects.filter(instance=instance).exclude(status=Status.DELETED)
         if live.filter(name=name).exists():
             raise ValidationError({"name": f"{instance.name} already has a notebook named {name}."})
+        taken = {i for used in live.values_list("gpu_indices", flat=True) for i in used}
+        free = [i for i in instance.gpu_indices if i not in taken]
+        if gpus is None:
+            # A notebook on a GPU instance gets GPUs unless asked not to: the profile's
+            # count, else whatever of the instance's GPUs no other notebook holds.
+            gpus = profile.default_gpus or len(free)
         refusal = instance_capacity(instance=instance).refusal(
             cpu=cpu, memory_gib=memory_gib, gpus=gpus)
         if refusal:
             raise ValidationError(refusal)
-        taken = {i for used in live.values_list("gpu_indices", flat=True) for i in used}
-        free = [i for i in instance.gpu_indices if i not in taken]
         try:
             with transaction.atomic():
                 notebook = Notebook.objects.create(

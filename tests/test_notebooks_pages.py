@@ -42,10 +42,27 @@ def test_deploying_from_the_form_uses_the_profile_defaults(alice_client, alice, 
     response = deploy(alice_client, name="explore", profile=minimal.pk, instance=instance.pk)
     notebook = Notebook.objects.get()
     assert response["Location"] == reverse("notebooks:detail", args=[notebook.pk])
+    # The profile's CPU and memory; GPUs: the profile asks for none, so the instance's free ones.
+    assert minimal.default_gpus == 0 and instance.gpus > 0
     assert (notebook.cpu, notebook.memory_gib, notebook.gpus) == (
-        minimal.default_cpu, minimal.default_memory_gib, minimal.default_gpus)
+        minimal.default_cpu, minimal.default_memory_gib, instance.gpus)
+    assert notebook.gpu_indices == instance.gpu_indices
     assert notebook.image == minimal.image
     assert AuditEvent.objects.filter(action="notebook.deploying", actor=alice).exists()
+
+
+def test_gpus_default_to_what_no_other_notebook_holds_and_zero_means_none(alice, catalogue,
+                                                                         minimal):
+    instance = running(alice, catalogue[2])
+    first = services.deploy_notebook(instance=instance, name="first", profile=minimal, by=alice,
+                                     gpus=1)
+    rest = services.deploy_notebook(instance=instance, name="rest", profile=minimal, by=alice,
+                                    cpu=1, memory_gib=1)
+    assert rest.gpus == instance.gpus - 1
+    assert sorted(first.gpu_indices + rest.gpu_indices) == sorted(instance.gpu_indices)
+    none = services.deploy_notebook(instance=instance, name="cpu-only", profile=minimal,
+                                    by=alice, cpu=1, memory_gib=1, gpus=0)
+    assert (none.gpus, none.gpu_indices) == (0, [])
 
 
 def test_a_gpu_notebook_gets_the_cuda_image(alice, catalogue):
@@ -191,3 +208,10 @@ def test_retry_refuses_when_the_instance_is_not_running(alice_client, alices_not
     assert f"Cannot retry {alices_notebook.name}: its instance train is failed." in page
     alices_notebook.refresh_from_db()
     assert alices_notebook.status == Notebook.Status.FAILED
+
+
+def test_a_local_notebook_names_no_container_image(alice_client, alices_notebook):
+    assert not alices_notebook.instance.has_kubernetes_api
+    page = alice_client.get(reverse("notebooks:detail", args=[alices_notebook.pk])).content
+    assert alices_notebook.image.encode() not in page
+    assert b"a Python environment on this machine" in page
