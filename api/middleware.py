@@ -21,7 +21,9 @@ class ApiProblemsMiddleware:
                     (PROBLEM_JSON, "application/json"))):
             return response
         if response.status_code == 405:
-            allowed = response.get("Allow", "")
+            # Ninja lists the methods from a set: in a stable order here.
+            allowed = ", ".join(sorted(m.strip() for m in response.get("Allow", "").split(",")
+                                       if m.strip()))
             refusal = problem(request, 405, f"{request.method} is not served here; this "
                               f"endpoint takes {allowed or 'other methods'}.")
             refusal["Allow"] = allowed

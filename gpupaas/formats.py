@@ -10,6 +10,11 @@ def cores(value: Decimal | float | int | str) -> str:
     return f"{Decimal(value).normalize():f}"
 
 
+def gpus_phrase(n: int) -> str:
+    """GPU counts as people say them: no GPU, 1 GPU, 2 GPUs."""
+    return "no GPU" if not n else f"{n} GPU{'' if n == 1 else 's'}"
+
+
 def one_line(text: str) -> str:
     """A name as it may stand in a page, a log line or a mail header: control characters
     (newlines, tabs, escapes, bidi overrides) become spaces, runs of spaces one."""

@@ -25,6 +25,7 @@ from clusters.backends import get_backend
 from clusters.backends.kubernetes.manifests import Reservation, reserved
 from clusters.backends.local import machine_limits
 from clusters.models import Cluster, GpuAllocation
+from gpupaas.formats import gpus_phrase
 from workspaces.models import AuditEvent, GroupPolicy, Workspace
 from workspaces.selectors import effective_quota
 
@@ -135,6 +136,19 @@ class QuotaUsage:
         return max(self.max_instances - self.instances_used, 0)
 
     @property
+    def over_quota(self) -> str:
+        """Words for a workspace holding more than its quota (an administrator lowered it);
+        '' when it does not."""
+        over = []
+        if self.gpus_used > self.max_gpus:
+            over.append(f"{gpus_phrase(self.gpus_used)} in use, over a quota of "
+                        f"{self.max_gpus}")
+        if self.instances_used > self.max_instances:
+            over.append(f"{self.instances_used} instances, over a quota of "
+                        f"{self.max_instances}")
+        return "; ".join(over)
+
+    @property
     def gpu_percent(self) -> int:
         return min(100, round(100 * self.gpus_used / self.max_gpus)) if self.max_gpus else 100
 
@@ -156,7 +170,12 @@ class QuotaUsage:
         if self.instances_left < 1:
             return f"All {self.max_instances} instances of your quota are in use."
         if gpus > self.gpus_left:
-            return f"Needs {gpus} GPUs; {self.gpus_left} of {self.max_gpus} left."
+            if not self.gpus_left:
+                over = f" (over quota: {self.gpus_used} in use)" if self.over_quota else ""
+                return (f"Needs {gpus_phrase(gpus)}; none of your {gpus_phrase(self.max_gpus)} "
+                        f"is left{over}.")
+            return (f"Needs {gpus_phrase(gpus)}; only {gpus_phrase(self.gpus_left)} of "
+                    f"{self.max_gpus} left.")
         return ""
 
 

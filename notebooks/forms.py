@@ -2,10 +2,8 @@ from decimal import Decimal
 
 from django import forms
 
-from gpupaas.formats import cores
+from gpupaas.formats import cores, gpus_phrase
 from instances.models import instance_name_validator
-
-from .selectors import gpus_phrase
 
 
 class DeployForm(forms.Form):

@@ -4,7 +4,7 @@ from decimal import Decimal
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, QuerySet, Sum
 
-from gpupaas.formats import cores
+from gpupaas.formats import cores, gpus_phrase
 from instances.models import Instance
 from instances.selectors import accessible_instances, listable_instances, reserved_by_cluster
 
@@ -70,11 +70,6 @@ class Capacity:
             f"and {gpus_phrase(self.gpus)}{reserved}; {used}; this notebook needs {cores(cpu)} "
             f"CPU, {memory_gib} GiB and {gpus_phrase(gpus)}."
         )
-
-
-def gpus_phrase(n: int) -> str:
-    """GPU counts as people say them: no GPU, 1 GPU, 2 GPUs."""
-    return "no GPU" if not n else f"{n} GPU{'' if n == 1 else 's'}"
 
 
 def instance_capacity(*, instance: Instance) -> Capacity:

@@ -72,7 +72,7 @@ def test_sizes_say_whether_each_fits_the_quota_now(alice, alice_api, catalogue):
     assert list(sizes) == ["gpu-1", "gpu-2", "gpu-4", "gpu-6", "gpu-8"]
     assert sizes["gpu-2"]["fits"] and sizes["gpu-2"]["refusal"] == ""
     assert not sizes["gpu-4"]["fits"]
-    assert sizes["gpu-4"]["refusal"] == "Needs 4 GPUs; 2 of 8 left."
+    assert sizes["gpu-4"]["refusal"] == "Needs 4 GPUs; only 2 GPUs of 8 left."
     quota = alice_api("GET", "/quota").json()
     assert quota == {"max_gpus": 8, "max_instances": 5, "gpus_used": 6, "instances_used": 1,
                      "gpus_left": 2, "instances_left": 4}
@@ -456,8 +456,8 @@ def test_refusals_made_before_any_endpoint_are_problem_documents_too(alice_api, 
     """A method the path does not serve, and a body over the limit (413, not 400)."""
     wrong = alice_api("PATCH", "/instances")
     assert wrong.status_code == 405 and wrong["Content-Type"] == "application/problem+json"
-    assert wrong.json()["detail"] == "PATCH is not served here; this endpoint takes POST, GET."
-    assert wrong["Allow"] == "POST, GET"
+    assert wrong.json()["detail"] == "PATCH is not served here; this endpoint takes GET, POST."
+    assert wrong["Allow"] == "GET, POST"
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     big = alice_api("POST", "/instances", {"name": "x" * 2000, "profile": "gpu-1"})
     assert big.status_code == 413 and big["Content-Type"] == "application/problem+json"

@@ -109,7 +109,7 @@ def test_sizes_that_do_not_fit_are_shown_disabled_with_the_reason(
     page = alice_client.get(NEW).content.decode()
     assert page.count('name="profile"') == 5
     assert page.count("size-card disabled") == 2  # 6 and 8 GPUs
-    assert "Needs 8 GPUs; 4 of 4 left." in page
+    assert "Needs 8 GPUs; only 4 GPUs of 4 left." in page
 
 
 def test_a_valid_launch_records_who_and_from_where(alice_client, alice, catalogue):

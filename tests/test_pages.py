@@ -4,7 +4,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from instances import services
+from instances import selectors, services
 from instances.models import Instance
 from workspaces.models import AuditEvent
 
@@ -148,3 +148,16 @@ def test_a_running_instance_page_reads_like_a_person_wrote_it(alice_client, alic
     assert "Deploy a notebook" not in page  # "New notebook" is already there
     confirm = alice_client.get(reverse("instances:delete", args=[instance.pk])).content.decode()
     assert "its GPU goes back to your quota" in confirm
+
+
+def test_over_quota_is_said_in_words_and_never_reads_as_room_left(alice_client, alice,
+                                                                   catalogue):
+    launch_many(alice, catalogue[2], 2)  # 4 GPUs
+    workspace = workspace_of(alice)
+    workspace.max_gpus = 1  # an administrator lowers the quota below what is used
+    workspace.save()
+    page = alice_client.get("/").content.decode()
+    assert "over-quota" in page
+    assert "Over quota: 4 GPUs in use, over a quota of 1." in page
+    usage = selectors.quota_usage(workspace=workspace)
+    assert usage.refusal(1) == "Needs 1 GPU; none of your 1 GPU is left (over quota: 4 in use)."
