@@ -4,6 +4,8 @@
     gpupaas sizes
     gpupaas launch train --size gpu-1 --wait
     gpupaas ls
+    gpupaas quota
+    gpupaas retry train --wait
     gpupaas kubeconfig train
     gpupaas shell train
     gpupaas notebook deploy train --profile datascience --open
@@ -26,14 +28,15 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from . import client
+from . import __version__, client
 from .client import Api, ApiProblem
 
 EPILOG = "Exit codes: " + "; ".join(f"{code} {what}" for code, what in client.EXIT_CODES.items())
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help=__doc__.split("\n\n")[0], epilog=EPILOG, no_args_is_help=True,
-                  add_completion=False, rich_markup_mode=None)
-notebook_app = typer.Typer(help="Deploy, list and delete notebooks.", epilog=EPILOG,
-                           no_args_is_help=True)
+                  add_completion=False, rich_markup_mode=None, context_settings=HELP)
+notebook_app = typer.Typer(help="Deploy, list, retry and delete notebooks.", epilog=EPILOG,
+                           no_args_is_help=True, context_settings=HELP)
 app.add_typer(notebook_app, name="notebook")
 out = Console()
 err = Console(stderr=True)
@@ -49,6 +52,20 @@ Wait = Annotated[bool, typer.Option("--wait", help="Show progress until it is ru
                                     "failed, with the reason).")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
 Poll = Annotated[float, typer.Option("--poll", hidden=True, help="Seconds between checks.")]
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        print(f"gpupaas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Sign in once with `gpupaas login`; every command then uses that portal and token."""
 
 
 def emit(data: Any, output: Format) -> None:
@@ -145,6 +162,12 @@ def launch(
                                        "description": description})
     if output == Format.table:
         err.print(f"Launched {instance['name']} ({instance['size']}): {instance['page']}")
+    _until_running(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
+
+
+def _until_running(api: Api, instance: dict[str, Any], *, wait: bool, timeout: float,
+                   poll: float, output: Format) -> None:
+    """Launch's and retry's ending: with --wait, progress until running, else exit 7."""
     if wait:
         instance = _wait(api, f"/instances/{instance['id']}", instance["name"],
                          timeout=timeout, poll=poll)
@@ -155,6 +178,35 @@ def launch(
         raise typer.Exit(client.FAILED)
     if output == Format.table and wait:
         out.print(f"{instance['name']} is running.")
+
+
+@app.command()
+def retry(
+    name: Annotated[str, typer.Argument(help="NAME, or OWNER/NAME for a shared instance.")],
+    wait: Wait = False,
+    timeout: Timeout = 1800.0,
+    poll: Poll = 2.0,
+    output: Output = Format.table,
+) -> None:
+    """Send a failed instance back to provisioning, under its name (it must fit the quota
+    again)."""
+    api = Api.from_config()
+    instance = api.post(f"/instances/{api.instance_named(name)['id']}/retry")
+    if output == Format.table:
+        err.print(f"Retrying {instance['name']}: {instance['status_message']}")
+    _until_running(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
+
+
+@app.command()
+def quota(output: Output = Format.table) -> None:
+    """Your workspace's quota and what holds it now."""
+    usage = Api.from_config().get("/quota")
+    if output == Format.json:
+        return emit(usage, output)
+    for what, unit in (("gpus", "GPUs"), ("instances", "Instances")):
+        used, most, left = usage[f"{what}_used"], usage[f"max_{what}"], usage[f"{what}_left"]
+        over = f" (over quota by {used - most})" if used > most else ""
+        out.print(f"{unit + ':':<11} {used} of {most} in use, {left} left{over}")
 
 
 @app.command("ls")
@@ -378,17 +430,36 @@ def notebook_remove(
 ) -> None:
     """Delete a notebook."""
     api = Api.from_config()
+    found = _notebook_named(api, instance, name)
+    if not yes and not typer.confirm(f"Delete notebook {name}?", err=True):
+        err.print("Cancelled; nothing was deleted.")
+        raise typer.Exit(client.ERROR)
+    notebook = api.delete(f"/notebooks/{found['id']}")
+    emit(notebook, output)
+    if output == Format.table:
+        out.print(f"{name} is {notebook['status']}.")
+
+
+@notebook_app.command("retry")
+def notebook_retry(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The notebook's name.")],
+    output: Output = Format.table,
+) -> None:
+    """Start a failed notebook again, with its files."""
+    api = Api.from_config()
+    notebook = api.post(f"/notebooks/{_notebook_named(api, instance, name)['id']}/retry")
+    emit(notebook, output)
+    if output == Format.table:
+        out.print(f"{name} is {notebook['status']}: {notebook['status_message']}")
+
+
+def _notebook_named(api: Api, instance: str, name: str) -> dict[str, Any]:
     target = api.instance_named(instance)
     found = [n for n in api.all_pages("/notebooks", instance=target["id"]) if n["name"] == name]
     if not found:
         raise ApiProblem(f"{target['name']} has no notebook named {name}.", client.NOT_FOUND)
-    if not yes and not typer.confirm(f"Delete notebook {name}?", err=True):
-        err.print("Cancelled; nothing was deleted.")
-        raise typer.Exit(client.ERROR)
-    notebook = api.delete(f"/notebooks/{found[0]['id']}")
-    emit(notebook, output)
-    if output == Format.table:
-        out.print(f"{name} is {notebook['status']}.")
+    return found[0]
 
 
 def report(problem: ApiProblem, as_json: bool) -> None:

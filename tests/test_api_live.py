@@ -32,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
 
 from api import services as api_services
 from clusters.crypto import encrypt
+from instances import services as instance_services
 from instances.models import Collaborator, Instance
 from notebooks.models import Notebook, NotebookProfile
 from workspaces.models import Workspace
@@ -247,6 +248,31 @@ def test_the_command_says_why_and_exits_with_the_documented_code(alice, catalogu
     assert revoked.returncode == 3 and "revoked" in revoked.stderr
     unreachable = gpupaas("ls", extra_env={"GPUPAAS_URL": "http://127.0.0.1:9"})
     assert unreachable.returncode == 8
+
+
+def test_a_failed_instance_is_retried_and_the_quota_shown_from_the_command_line(
+        alice, catalogue, portal, gpupaas):
+    writer = api_services.create_api_token(user=alice, name="w", days=7, scope="write")[1]
+    assert gpupaas("login", "--url", portal, "--token", writer).returncode == 0
+    assert gpupaas("--version").stdout.strip().startswith("gpupaas ")
+    assert "Usage: gpupaas" in gpupaas("-h").stdout
+    Workspace.objects.filter(owner=alice).update(max_gpus=16)
+    holder = running_instance(alice, catalogue[8], "holds-all")
+    assert gpupaas("launch", "more", "--size", "gpu-2", "--wait", "--poll", "0.3"
+                   ).returncode == 7
+    quota = gpupaas("quota")
+    assert "GPUs:       8 of 16 in use, 8 left" in quota.stdout, quota.stdout
+    assert json.loads(gpupaas("quota", "-o", "json").stdout)["instances_used"] == 1
+
+    not_failed = gpupaas("retry", "holds-all")
+    assert not_failed.returncode == 6 and "holds-all is running, not failed." in (
+        not_failed.stderr)
+    instance_services.delete_instance(instance=holder, by=alice)
+    instance_services.teardown_instance(instance_id=holder.pk)
+    retried = gpupaas("retry", "more", "--wait", "--poll", "0.3")
+    assert retried.returncode == 0, retried.stderr
+    assert "more is running." in retried.stdout
+    assert Instance.objects.get(name="more").status == "running"
 
 
 def test_kubeconfig_merges_into_the_file_kubeconfig_names(alice, profiles, live_server_url,
