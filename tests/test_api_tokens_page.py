@@ -35,6 +35,11 @@ def test_a_new_token_is_shown_once_and_stored_only_as_its_hash(alice_client, ali
         ApiToken.objects.values().get())
     assert timedelta(days=29, hours=23) < token.expires_at - timezone.now() <= timedelta(days=30)
     assert AuditEvent.objects.filter(action="api_token.created", actor=alice).exists()
+    # Ready to paste: a Copy button for the token, and the login line (without the token,
+    # which `gpupaas login` asks for, out of the shell's history).
+    page = response.content.decode()
+    assert f'data-copy="{plain}">Copy token</button>' in page
+    assert 'data-copy="gpupaas login --url http://testserver">Copy command</button>' in page
 
     again = alice_client.get("/api-tokens/").content.decode()
     assert plain not in again and f"{token.prefix}…" in again and ">never<" in again
