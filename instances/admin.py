@@ -71,6 +71,10 @@ class ComputeProfileAdmin(admin.ModelAdmin):
                    change: bool) -> None:
         services.save_profile(profile=obj, fields=form.fields, by=request.user,
                               ip_address=client_ip(request))
+        if not obj.published:  # "added successfully" alone would hide it
+            self.message_user(request, (
+                f"{obj} is not published: users do not see it until you tick Published here "
+                "or use the Publish action in the list."), messages.WARNING)
 
     @admin.action(description="Publish selected profiles")
     def publish(self, request: HttpRequest, queryset: QuerySet[ComputeProfile]) -> None:
