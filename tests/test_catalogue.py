@@ -63,15 +63,20 @@ def test_an_empty_catalogue_tells_the_user_whom_to_ask(alice_client, db):
 
 
 @pytest.mark.django_db
-def test_bootstrap_creates_admin_and_demo_once_and_prints_the_password(capsys, monkeypatch):
+def test_bootstrap_creates_admin_and_demo_once_each_with_its_own_password(capsys, monkeypatch):
     monkeypatch.delenv("DEMO_PASSWORD", raising=False)
+    monkeypatch.delenv("ADMIN_PASSWORD", raising=False)
     call_command("bootstrap")
     out = capsys.readouterr().out
-    password = out.split("password: ")[1].split()[0]
+    admin_password = out.split("admin  password: ")[1].split()[0]
+    demo_password = out.split("demo   password: ")[1].split()[0]
+    assert admin_password != demo_password
     User = get_user_model()
-    assert User.objects.get(username="admin").is_superuser
+    admin = User.objects.get(username="admin")
+    assert admin.is_superuser and admin.check_password(admin_password)
+    assert not admin.check_password(demo_password)
     demo = User.objects.get(username="demo")
-    assert demo.check_password(password) and not demo.is_staff
+    assert demo.check_password(demo_password) and not demo.is_staff
     assert ComputeProfile.objects.filter(published=True).count() == 5
 
     call_command("bootstrap")
@@ -82,6 +87,10 @@ def test_bootstrap_creates_admin_and_demo_once_and_prints_the_password(capsys, m
 @pytest.mark.django_db
 def test_bootstrap_takes_the_password_from_the_environment(capsys, monkeypatch):
     monkeypatch.setenv("DEMO_PASSWORD", "from-the-env-1234")
+    monkeypatch.setenv("ADMIN_PASSWORD", "admin-from-the-env-5678")
     call_command("bootstrap")
-    assert "from-the-env-1234" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "from-the-env-1234" not in out and "the one in ADMIN_PASSWORD" in out
     assert get_user_model().objects.get(username="demo").check_password("from-the-env-1234")
+    assert get_user_model().objects.get(username="admin").check_password(
+        "admin-from-the-env-5678")

@@ -30,7 +30,7 @@ WORKLOADS = ("Deployment", "StatefulSet", "Job")
 # Secrets never sit in a ConfigMap: the workloads read them from the Secret gpupaas-secrets.
 SECRETS = {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "CACHE_URL",
            "FIELD_ENCRYPTION_KEY", "OIDC_CLIENT_SECRET", "EMAIL_HOST_PASSWORD", "METRICS_TOKEN",
-           "DEMO_PASSWORD"}
+           "DEMO_PASSWORD", "ADMIN_PASSWORD"}
 REQUIRED_SECRETS = {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL"}
 
 

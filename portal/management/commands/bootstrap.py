@@ -11,7 +11,8 @@ from workspaces.services import ensure_workspace
 class Command(BaseCommand):
     help = (
         "Seed the default catalogue; on a database without users, create `admin` and `demo` "
-        "(password from DEMO_PASSWORD, else generated and printed once)."
+        "(passwords from ADMIN_PASSWORD and DEMO_PASSWORD, else generated, each its own, and "
+        "printed once)."
     )
 
     def handle(self, *args, **options) -> None:
@@ -25,15 +26,19 @@ class Command(BaseCommand):
         User = get_user_model()
         if User.objects.exists():
             return
-        password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(12)
-        User.objects.create_superuser("admin", "admin@example.com", password)
-        demo = User.objects.create_user("demo", "demo@example.com", password)
-        demo.groups.add(groups["Users"])
-        ensure_workspace(user=demo)
-        if os.environ.get("DEMO_PASSWORD"):
-            shown = "the one in DEMO_PASSWORD"
-        else:
-            shown = f"{password}\nThis password is shown once; keep it."
+        lines = []
+        for username, variable in (("admin", "ADMIN_PASSWORD"), ("demo", "DEMO_PASSWORD")):
+            # Each its own: the demo password, shown to anyone trying the portal, must not
+            # open the administrator's account.
+            password = os.environ.get(variable) or secrets.token_urlsafe(12)
+            if username == "admin":
+                User.objects.create_superuser("admin", "admin@example.com", password)
+            else:
+                demo = User.objects.create_user("demo", "demo@example.com", password)
+                demo.groups.add(groups["Users"])
+                ensure_workspace(user=demo)
+            shown = f"the one in {variable}" if os.environ.get(variable) else password
+            lines.append(f"  {username:<6} password: {shown}")
         self.stdout.write(self.style.SUCCESS(
-            f"Created users `admin` (administrator) and `demo` (end user), password: {shown}"
-        ))
+            "Created users `admin` (administrator) and `demo` (end user):\n"
+            + "\n".join(lines) + "\nGenerated passwords are shown once; keep them."))
