@@ -48,6 +48,7 @@ from channels.routing import URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from access.origins import AppsProxy, host_label  # noqa: E402
 from access.proxy import KubeProxy, refuse_path  # noqa: E402
 from access.routing import websocket_urlpatterns  # noqa: E402
 
@@ -110,8 +111,18 @@ websocket_application = AllowedHostsOriginValidator(
 WEBSOCKET_PATHS = ("/access/",)
 
 
+apps_proxy = AppsProxy()
+
+
+def _host(scope) -> str:
+    return next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), "")
+
+
 async def application(scope, receive, send):
-    if scope["type"] in ("http", "websocket") and scope["path"].startswith(PROXY_PREFIX):
+    if scope["type"] in ("http", "websocket") and host_label(_host(scope)):
+        # A catalogue service's own origin: nothing of the portal is served there.
+        await apps_proxy(scope, receive, send)
+    elif scope["type"] in ("http", "websocket") and scope["path"].startswith(PROXY_PREFIX):
         await kube_proxy(scope, receive, send)
     elif scope["type"] == "websocket" and scope["path"].startswith(WEBSOCKET_PATHS):
         await websocket_application(scope, receive, send)

@@ -31,6 +31,11 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value not in (None, "") else default
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
@@ -385,6 +390,14 @@ INSTANCES_PER_PAGE = env_int("INSTANCES_PER_PAGE", 20)
 # an invitation link stays valid.
 COLLABORATORS_PER_INSTANCE = env_int("COLLABORATORS_PER_INSTANCE", 20)
 INVITATION_TTL_DAYS = env_int("INVITATION_TTL_DAYS", 7)
+# Catalogue services each get an origin of their own: s<id>-<suffix>.<APPS_DOMAIN>, served by
+# the portal's web server. `localhost` works on this machine (browsers resolve *.localhost
+# here); to serve a team, point a wildcard DNS name (and certificate) at the portal.
+APPS_DOMAIN = env_str("APPS_DOMAIN", "localhost")
+# How long a service's access decision may be reused (a revocation shows within this), and
+# the share of its requests logged (who, service, path).
+APPS_DECISION_CACHE_S = env_float("APPS_DECISION_CACHE_S", 1.0)
+APPS_REQUEST_LOG_RATE = env_float("APPS_REQUEST_LOG_RATE", 1.0)
 # Invitation mails (invites and resends) one person may send in an hour.
 INVITATION_MAILS_PER_HOUR = env_int("INVITATION_MAILS_PER_HOUR", 50)
 # People outside the identity provider may set up a guest account from an invitation link

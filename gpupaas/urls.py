@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from api.main import urls as api_urls
+from notebooks.urls import service_urlpatterns
 from portal.invitations import invitation, invitation_guest
 from portal.views import admin_overview, email_managed, login, social_signup
 
@@ -13,6 +14,7 @@ urlpatterns = [
     path("", include("portal.urls")),
     path("instances/", include("instances.urls")),
     path("notebooks/", include("notebooks.urls")),
+    path("services/", include((service_urlpatterns, "services"))),
     path("invitations/<str:token>/", invitation, name="invitation"),
     path("invitations/<str:token>/guest/", invitation_guest, name="invitation_guest"),
     path("access/", include("access.urls")),

@@ -32,8 +32,14 @@ class DeployForm(forms.Form):
         help_text="Empty: the profile's count, else every GPU of the instance no other "
         "notebook holds. 0: none.")
 
-    def __init__(self, *args, profiles, instances, unavailable=None, **kwargs) -> None:
+    def __init__(self, *args, profiles, instances, unavailable=None, what: str = "notebook",
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if what == "service":
+            self.fields["profile"].label = "Service"
+            self.fields["profile"].error_messages["invalid_choice"] = (
+                "This service is not available. Pick one shown.")
+            self.fields["gpus"].help_text = "Empty: the service's default."
         # Only what the user may use is a valid choice: a forged id fails validation.
         self.fields["profile"].queryset = profiles
         self.fields["instance"].queryset = instances

@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator
 from django.db import models
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 
 from clusters.backends.local.environments import parse_packages
@@ -168,3 +169,155 @@ class Notebook(Deployment):
             (label, "done" if i < reached else "current" if i == reached else "todo")
             for i, (_, label) in enumerate(steps)
         ]
+
+
+class ServiceProfile(models.Model):
+    """A service from the catalogue users deploy onto an instance beside their notebooks:
+    TensorBoard, an MLflow tracking server… The portal serves it to the instance's owner
+    and collaborators only, each on an origin of its own (`access.origins`)."""
+
+    class Exposure(models.TextChoices):
+        BROWSER = "browser", "A browser app"
+
+    class Icon(models.TextChoices):
+        CHART = "chart", "Chart"
+        FLASK = "flask", "Flask"
+        CODE = "code", "Code"
+        BOX = "box", "Box"
+
+    name = models.SlugField(max_length=63, unique=True)
+    display_name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    icon = models.CharField(max_length=20, choices=Icon.choices, default=Icon.BOX)
+    exposure = models.CharField(max_length=20, choices=Exposure.choices,
+                                default=Exposure.BROWSER)
+    published = models.BooleanField(default=True)
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="service_profiles",
+        help_text="Only members of these groups see and deploy it; none chosen: everyone.",
+    )
+    sort_order = models.IntegerField(default=0)
+    default_cpu = models.DecimalField(max_digits=6, decimal_places=1, default=1)
+    default_memory_gib = models.PositiveIntegerField(default=2)
+    default_gpus = models.PositiveIntegerField(default=0)
+    max_gpus = models.PositiveIntegerField(
+        "most GPUs", default=0, help_text="The most GPUs a user may give it (0: none).")
+    health_path = models.CharField(
+        max_length=200, default="/", help_text="A path that answers (not 5xx) once it is up.")
+    local_packages = models.TextField(
+        "packages (local machine)", blank=True,
+        help_text="Local backend: the Python packages of its environment, one requirement a "
+        "line (built once with uv and cached).",
+    )
+    local_requires = models.CharField(
+        "commands needed (local machine)", max_length=200, blank=True,
+        help_text="Local backend: commands it needs on this machine, separated by spaces.",
+    )
+    local_command = models.CharField(
+        "command (local machine)", max_length=500, blank=True,
+        help_text="Local backend: how to start it, listening on 127.0.0.1:{port} (its own "
+        "network: nothing else reaches it), with {home} the instance's sandbox and {work} "
+        "its work folder. Empty: it cannot run on the local machine.",
+    )
+
+    class Meta:
+        ordering = ["sort_order", "display_name"]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    def clean(self) -> None:
+        from clusters.backends.local.services import command_line
+
+        errors = {}
+        try:
+            parse_packages(self.local_packages)
+        except ValueError as exc:
+            errors["local_packages"] = str(exc)
+        if self.local_command:
+            try:
+                command_line(self.local_command, port=1, home="/h", work="/w")
+            except ValueError as exc:
+                errors["local_command"] = f"Not a usable command: {exc}"
+        if self.default_gpus > self.max_gpus:
+            errors["default_gpus"] = "More than the most GPUs it may have."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(parse_packages(self.local_packages))
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return tuple(self.local_requires.split())
+
+
+class Service(Deployment):
+    """A catalogue service deployed onto one instance."""
+
+    Status = Notebook.Status
+
+    class Step(models.TextChoices):
+        CREATED = "created", "Created"
+        PREPARING = "preparing", "Preparing environment"
+        STARTING = "starting", "Starting"
+        REACHABLE = "reachable", "Reachable"
+
+    FINAL_STATES = Notebook.FINAL_STATES
+    KIND = "service"
+    URLS = "services"
+    WORKSPACE = "instance__workspace_id"
+
+    instance = models.ForeignKey(
+        "instances.Instance", on_delete=models.CASCADE, related_name="services"
+    )
+    name = models.CharField(max_length=40, validators=[instance_name_validator])
+    description = models.TextField(blank=True, validators=[MaxLengthValidator(500)])
+    profile = models.ForeignKey(ServiceProfile, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cpu = models.DecimalField(max_digits=6, decimal_places=1)
+    memory_gib = models.PositiveIntegerField()
+    gpus = models.PositiveIntegerField(default=0)
+    gpu_indices = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DEPLOYING)
+    step = models.CharField(max_length=20, choices=Step.choices, blank=True)
+    # Part of its origin (s<id>-<suffix>.<APPS_DOMAIN>): nobody can claim it in advance.
+    host_suffix = models.CharField(max_length=10, default=new_host_suffix, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance", "name"],
+                condition=~Q(status="deleted"),
+                name="unique_live_service_name_per_instance",
+            ),
+        ]
+
+    @property
+    def key(self) -> str:
+        return f"svc-{self.pk}"
+
+    @property
+    def host_label(self) -> str:
+        """The first label of its own origin's host."""
+        return f"s{self.pk}-{self.host_suffix}"
+
+    @property
+    def open_path(self) -> str:
+        return reverse("services:open", args=[self.pk])
+
+    @property
+    def shows_steps(self) -> bool:
+        return self.status in (self.Status.DEPLOYING, self.Status.RUNNING)
+
+    @property
+    def steps(self) -> list[tuple[str, str]]:
+        order = [value for value, _ in self.Step.choices]
+        reached = len(order) if self.status == self.Status.RUNNING else (
+            order.index(self.step) if self.step in order else -1)
+        return [(label, "done" if i < reached else "current" if i == reached else "todo")
+                for i, (_, label) in enumerate(self.Step.choices)]

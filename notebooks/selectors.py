@@ -2,13 +2,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 
 from gpupaas.formats import cores, gpus_phrase
 from instances.models import Instance
 from instances.selectors import accessible_instances, listable_instances, reserved_by_cluster
 
-from .models import Notebook, NotebookProfile
+from .models import Notebook, NotebookProfile, Service, ServiceProfile
 
 
 def live_notebooks(*, user: AbstractBaseUser) -> QuerySet[Notebook]:
@@ -19,6 +19,22 @@ def live_notebooks(*, user: AbstractBaseUser) -> QuerySet[Notebook]:
         .exclude(status=Notebook.Status.DELETED)
         .select_related("profile", "instance")
     )
+
+
+def live_services(*, user: AbstractBaseUser) -> QuerySet[Service]:
+    """Services on the instances the user owns or collaborates on, as live_notebooks."""
+    return (
+        Service.objects.filter(instance__in=listable_instances(user=user).values("pk"))
+        .exclude(status=Service.Status.DELETED)
+        .select_related("profile", "instance")
+    )
+
+
+def service_profiles_for(*, user: AbstractBaseUser) -> QuerySet[ServiceProfile]:
+    """The published services the user may deploy: those for everyone, and those for a
+    group of theirs."""
+    return ServiceProfile.objects.filter(published=True).filter(
+        Q(groups__isnull=True) | Q(groups__in=user.groups.all())).distinct()
 
 
 def status_counts(*, owner: AbstractBaseUser) -> dict[str, int]:
@@ -56,7 +72,8 @@ class Capacity:
     reserved_memory_gib: int = 0  # whole GiB, as notebooks are sized
     reserved_note: str = ""  # "the virtual cluster reserves 0.22 CPU and 320 MiB"
 
-    def refusal(self, *, cpu: Decimal, memory_gib: int, gpus: int) -> str:
+    def refusal(self, *, cpu: Decimal, memory_gib: int, gpus: int, what: str = "notebook"
+                ) -> str:
         if (cpu <= self.cpu - self.reserved_cpu - self.used_cpu
                 and memory_gib <= self.memory_gib - self.reserved_memory_gib
                 - self.used_memory_gib and gpus <= self.gpus - self.used_gpus):
@@ -67,20 +84,35 @@ class Capacity:
         reserved = f" ({self.reserved_note})" if self.reserved_note else ""
         return (
             f"Does not fit: the instance has {cores(self.cpu)} CPU, {self.memory_gib} GiB memory "
-            f"and {gpus_phrase(self.gpus)}{reserved}; {used}; this notebook needs {cores(cpu)} "
+            f"and {gpus_phrase(self.gpus)}{reserved}; {used}; this {what} needs {cores(cpu)} "
             f"CPU, {memory_gib} GiB and {gpus_phrase(gpus)}."
         )
 
 
+def _live(instance: Instance) -> list[QuerySet]:
+    """What takes room on the instance: its notebooks and services that are not deleted (a
+    failed one keeps its share, for Retry)."""
+    return [model.objects.filter(instance=instance).exclude(status=Notebook.Status.DELETED)
+            for model in (Notebook, Service)]
+
+
+def held_gpu_slots(instance: Instance) -> list[list[int]]:
+    return [slots for live in _live(instance)
+            for slots in live.values_list("gpu_indices", flat=True)]
+
+
 def instance_capacity(*, instance: Instance) -> Capacity:
-    live = Notebook.objects.filter(instance=instance).exclude(status=Notebook.Status.DELETED)
-    totals = live.aggregate(cpu=Sum("cpu"), memory=Sum("memory_gib"), gpus=Sum("gpus"))
+    cpu, memory, gpus, holders = Decimal(0), 0, 0, []
+    for live in _live(instance):
+        totals = live.aggregate(cpu=Sum("cpu"), memory=Sum("memory_gib"), gpus=Sum("gpus"))
+        cpu += totals["cpu"] or Decimal(0)
+        memory += totals["memory"] or 0
+        gpus += totals["gpus"] or 0
+        holders += live.order_by("created_at").values_list("name", flat=True)
     reservation = reserved_by_cluster(instance=instance)
     return Capacity(
         cpu=instance.cpu, memory_gib=instance.memory_gib, gpus=instance.gpus,
-        used_cpu=totals["cpu"] or Decimal(0), used_memory_gib=totals["memory"] or 0,
-        used_gpus=totals["gpus"] or 0,
-        holders=tuple(live.order_by("created_at").values_list("name", flat=True)),
+        used_cpu=cpu, used_memory_gib=memory, used_gpus=gpus, holders=tuple(holders),
         reserved_cpu=Decimal(reservation.cpu_millis) / 1000,
         reserved_memory_gib=-(-reservation.memory_mib // 1024),
         reserved_note=f"the virtual cluster reserves {reservation}" if reservation else "",

@@ -1,4 +1,6 @@
-"""The verbs of notebooks: the only code that writes Notebook rows."""
+"""The verbs of what runs on an instance, notebooks and catalogue services: the only code
+that writes their rows. Both go one way (deploying, running, failed, deleting, deleted)
+through the same functions; only what the backend is given differs (`spec_for`)."""
 
 import logging
 import secrets
@@ -11,30 +13,62 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from clusters.backends import (
     BackendError,
     NotebookSpec,
     NotebookState,
+    ServiceSpec,
     TransientBackendError,
     get_backend,
 )
+from clusters.backends.base import Workload
 from clusters.backends.local import environments, tenants
 from clusters.crypto import decrypt, encrypt
 from clusters.models import Cluster
+from gpupaas.formats import gpus_phrase
 from instances import lifecycle
-from instances.models import Instance
+from instances.models import Deployment, Instance
 from instances.services import instance_spec
 from workspaces.models import AuditAction
 from workspaces.services import lock_workspace, record_audit
 
-from .models import Notebook, NotebookProfile
-from .selectors import instance_capacity
+from .models import Notebook, NotebookProfile, Service, ServiceProfile
+from .selectors import held_gpu_slots, instance_capacity
 
 log = logging.getLogger(__name__)
 Status = Notebook.Status
+
+
+def _admit(*, model: type[Deployment], instance: Instance, name: str, cpu: Decimal,
+           memory_gib: int, gpus: int | None, default_gpus: int, what: str
+           ) -> tuple[int, list[int]]:
+    """The checks every deployment onto an instance passes, under the workspace's lock (the
+    caller's transaction holds it from here to the insert): the instance runs, the name is
+    free, and it fits the room its notebooks and services leave. Returns the GPU count (by
+    default: `default_gpus`, else every GPU of the instance nothing holds) and the slots."""
+    lock_workspace(workspace_id=instance.workspace_id)
+    instance.refresh_from_db()
+    if instance.status != Instance.Status.RUNNING:
+        raise ValidationError({"instance": f"{instance.name} is not running."})
+    if cpu <= 0 or memory_gib <= 0:
+        raise ValidationError(f"A {what} needs some CPU and memory.")
+    if model.objects.filter(instance=instance, name=name).exclude(
+            status=Status.DELETED).exists():
+        raise ValidationError({"name": f"{instance.name} already has a {what} named {name}."})
+    taken = {i for used in held_gpu_slots(instance) for i in used}
+    free = [i for i in instance.gpu_indices if i not in taken]
+    if gpus is None:
+        # A deployment on a GPU instance gets GPUs unless asked not to: the profile's
+        # count, else whatever of the instance's GPUs nothing else holds.
+        gpus = default_gpus or len(free)
+    refusal = instance_capacity(instance=instance).refusal(
+        cpu=cpu, memory_gib=memory_gib, gpus=gpus, what=what)
+    if refusal:
+        raise ValidationError(refusal)
+    return gpus, free[:gpus]
 
 
 def deploy_notebook(
@@ -56,11 +90,6 @@ def deploy_notebook(
     cpu = profile.default_cpu if cpu is None else cpu
     memory_gib = profile.default_memory_gib if memory_gib is None else memory_gib
     with transaction.atomic():
-        # The workspace lock serialises everything that counts capacity in this workspace.
-        lock_workspace(workspace_id=instance.workspace_id)
-        instance.refresh_from_db()
-        if instance.status != Instance.Status.RUNNING:
-            raise ValidationError({"instance": f"{instance.name} is not running."})
         if not profile.published:
             raise ValidationError({"profile": "This profile is not available."})
         cluster = instance.cluster
@@ -68,29 +97,18 @@ def deploy_notebook(
             raise ValidationError(
                 f"Notebooks cannot run on {cluster} yet: it has no ingress domain for their "
                 "addresses. Ask an administrator to set one.")
-        if cpu <= 0 or memory_gib <= 0:
-            raise ValidationError("A notebook needs some CPU and memory.")
+        gpus, slots = _admit(model=Notebook, instance=instance, name=name, cpu=cpu,
+                             memory_gib=memory_gib, gpus=gpus,
+                             default_gpus=profile.default_gpus, what="notebook")
         if instance.cluster.backend == Cluster.Backend.LOCAL:
-            _check_local(instance=instance, profile=profile)
-        live = Notebook.objects.filter(instance=instance).exclude(status=Status.DELETED)
-        if live.filter(name=name).exists():
-            raise ValidationError({"name": f"{instance.name} already has a notebook named {name}."})
-        taken = {i for used in live.values_list("gpu_indices", flat=True) for i in used}
-        free = [i for i in instance.gpu_indices if i not in taken]
-        if gpus is None:
-            # A notebook on a GPU instance gets GPUs unless asked not to: the profile's
-            # count, else whatever of the instance's GPUs no other notebook holds.
-            gpus = profile.default_gpus or len(free)
-        refusal = instance_capacity(instance=instance).refusal(
-            cpu=cpu, memory_gib=memory_gib, gpus=gpus)
-        if refusal:
-            raise ValidationError(refusal)
+            _check_local(instance=instance, problem=local_problem(profile),
+                         profile=profile.display_name)
         try:
             with transaction.atomic():
                 notebook = Notebook.objects.create(
                     instance=instance, name=name, description=description, profile=profile,
                     created_by=by, cpu=cpu, memory_gib=memory_gib, gpus=gpus,
-                    gpu_indices=free[:gpus],
+                    gpu_indices=slots,
                     image=profile.gpu_image if gpus and profile.gpu_image else profile.image,
                     token_encrypted=encrypt(secrets.token_urlsafe(32)),
                     status_message="Waiting for a worker to deploy it.",
@@ -105,64 +123,151 @@ def deploy_notebook(
     return notebook
 
 
+def deploy_service(
+    *,
+    instance: Instance,
+    name: str,
+    profile: ServiceProfile,
+    by: AbstractBaseUser,
+    description: str = "",
+    cpu: Decimal | None = None,
+    memory_gib: int | None = None,
+    gpus: int | None = None,
+    ip_address: str | None = None,
+) -> Service:
+    """Record a catalogue service on a running instance and hand it to a worker; refuses as
+    deploy_notebook does, and where the profile cannot run on the instance's cluster."""
+    from .tasks import advance_service_task
+
+    cpu = profile.default_cpu if cpu is None else cpu
+    memory_gib = profile.default_memory_gib if memory_gib is None else memory_gib
+    if gpus is not None and gpus > profile.max_gpus:
+        raise ValidationError({"gpus": f"{profile.display_name} takes at most "
+                                       f"{gpus_phrase(profile.max_gpus)}."})
+    with transaction.atomic():
+        if not profile.published:
+            raise ValidationError({"profile": "This service is not available."})
+        problem = service_problem(profile, instance.cluster)
+        if problem:
+            raise ValidationError({"profile": f"{profile.display_name} cannot run on "
+                                              f"{instance.name}: {problem}"})
+        gpus, slots = _admit(model=Service, instance=instance, name=name, cpu=cpu,
+                             memory_gib=memory_gib,
+                             gpus=gpus if gpus is not None else profile.default_gpus,
+                             default_gpus=profile.default_gpus, what="service")
+        if instance.cluster.backend == Cluster.Backend.LOCAL:
+            _check_local(instance=instance, problem="", profile=profile.display_name)
+        try:
+            with transaction.atomic():
+                service = Service.objects.create(
+                    instance=instance, name=name, description=description, profile=profile,
+                    created_by=by, cpu=cpu, memory_gib=memory_gib, gpus=gpus,
+                    gpu_indices=slots, status_message="Waiting for a worker to start it.")
+        except IntegrityError as exc:
+            raise ValidationError(
+                {"name": f"{instance.name} already has a service named {name}."}) from exc
+        record_audit(action=AuditAction.SERVICE_DEPLOYING, obj=service, actor=by,
+                     workspace=instance.workspace, ip_address=ip_address,
+                     instance=instance.name, profile=profile.name)
+        transaction.on_commit(lambda: advance_service_task.delay(service.pk))
+    return service
+
+
+def service_problem(profile: ServiceProfile, cluster: Cluster) -> str:
+    """Why the service cannot run on the cluster ("" when it can)."""
+    if cluster.backend != Cluster.Backend.LOCAL:
+        return ("catalogue services run on the local machine for now; on Kubernetes "
+                "clusters they are not available yet.")
+    if not profile.local_command:
+        return "it has no command for the local machine."
+    return environments.problem(f"svc-{profile.name}", profile.packages, profile.requires,
+                                jupyter=False)
+
+
 def local_problem(profile: NotebookProfile) -> str:
     """Why the profile cannot run on this machine ("" when it can)."""
     return environments.problem(profile.name, profile.packages, profile.requires)
 
 
-def _check_local(*, instance: Instance, profile: NotebookProfile) -> None:
-    problem = local_problem(profile)
+def _check_local(*, instance: Instance, problem: str, profile: str) -> None:
     if problem:
         raise ValidationError(
-            {"profile": f"{profile.display_name} is unavailable on this machine: {problem}"})
+            {"profile": f"{profile} is unavailable on this machine: {problem}"})
     if tenants.isolated() or settings.LOCAL_SINGLE_USER_SHARED:
         return
     # One OS user for everyone: another workspace's notebooks could read this one's files.
-    others = Notebook.objects.filter(instance__cluster__backend=Cluster.Backend.LOCAL).exclude(
-        status=Status.DELETED).exclude(instance__workspace_id=instance.workspace_id)
-    if others.exists():
+    local = Q(instance__cluster__backend=Cluster.Backend.LOCAL)
+    mine = Q(instance__workspace_id=instance.workspace_id)
+    if any(model.objects.filter(local).exclude(status=Status.DELETED).exclude(mine).exists()
+           for model in (Notebook, Service)):
         raise ValidationError(
-            "Single-user mode: local notebooks all run as the portal's OS user, so this "
-            "machine serves one workspace at a time, and another one is using it. An "
-            "administrator can allow sharing (LOCAL_SINGLE_USER_SHARED=true).")
+            "Single-user mode: local notebooks and services all run as the portal's OS "
+            "user, so this machine serves one workspace at a time, and another one is using "
+            "it. An administrator can allow sharing (LOCAL_SINGLE_USER_SHARED=true).")
+
+
+def _tasks(model: type[Deployment]) -> tuple[Any, Any]:
+    """(advance, teardown) tasks of the kind."""
+    from . import tasks
+
+    if model is Service:
+        return tasks.advance_service_task, tasks.teardown_service_task
+    return tasks.advance_notebook_task, tasks.teardown_notebook_task
+
+
+def _delete(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> Deployment:
+    model = type(row)
+    with transaction.atomic():
+        changed = _transition(
+            model, row.pk, from_=[Status.DEPLOYING, Status.RUNNING, Status.FAILED],
+            to=Status.DELETING, message="Deleting: stopping it.", actor=by,
+            ip_address=ip_address,
+        )
+        if changed:
+            transaction.on_commit(lambda: _tasks(model)[1].delay(row.pk))
+    row.refresh_from_db()
+    return row
+
+
+def _retry(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> bool:
+    """Start a failed notebook or service again under its name. A failed one keeps its share
+    of the instance (its files, its GPU slots), so only the instance must still be running."""
+    model = type(row)
+    with transaction.atomic():
+        if row.instance.status != Instance.Status.RUNNING:
+            raise ValidationError(
+                f"its instance {row.instance.name} is {row.instance.status_label.lower()}.")
+        # An empty step makes the worker apply everything again, as a first deploy does.
+        changed = _transition(
+            model, row.pk, from_=[Status.FAILED], to=Status.DEPLOYING, step="",
+            message="Retrying: waiting for a worker.", actor=by, ip_address=ip_address)
+        if changed:
+            transaction.on_commit(lambda: _tasks(model)[0].delay(row.pk))
+    return changed is not None
 
 
 def delete_notebook(
     *, notebook: Notebook, by: AbstractBaseUser, ip_address: str | None = None
 ) -> Notebook:
-    from .tasks import teardown_notebook_task
-
-    with transaction.atomic():
-        changed = _transition(
-            notebook.pk, from_=[Status.DEPLOYING, Status.RUNNING, Status.FAILED],
-            to=Status.DELETING, message="Deleting: stopping the server.", actor=by,
-            ip_address=ip_address,
-        )
-        if changed:
-            transaction.on_commit(lambda: teardown_notebook_task.delay(notebook.pk))
-    notebook.refresh_from_db()
-    return notebook
+    return _delete(notebook, by, ip_address)
 
 
 def retry_notebook(
     *, notebook: Notebook, by: AbstractBaseUser, ip_address: str | None = None
 ) -> bool:
-    """Start a failed notebook again under its name. A failed notebook keeps its share of the
-    instance (its files, its GPU slots), so only the instance must still be running."""
-    from .tasks import advance_notebook_task
+    return _retry(notebook, by, ip_address)
 
-    with transaction.atomic():
-        if notebook.instance.status != Instance.Status.RUNNING:
-            raise ValidationError(
-                f"its instance {notebook.instance.name} is "
-                f"{notebook.instance.status_label.lower()}.")
-        # An empty step makes the worker apply everything again, as a first deploy does.
-        changed = _transition(
-            notebook.pk, from_=[Status.FAILED], to=Status.DEPLOYING, step="",
-            message="Retrying: waiting for a worker.", actor=by, ip_address=ip_address)
-        if changed:
-            transaction.on_commit(lambda: advance_notebook_task.delay(notebook.pk))
-    return changed is not None
+
+def delete_service(
+    *, service: Service, by: AbstractBaseUser, ip_address: str | None = None
+) -> Service:
+    return _delete(service, by, ip_address)
+
+
+def retry_service(
+    *, service: Service, by: AbstractBaseUser, ip_address: str | None = None
+) -> bool:
+    return _retry(service, by, ip_address)
 
 
 def reveal_notebook_token(
@@ -255,113 +360,149 @@ def notebook_spec(notebook: Notebook) -> NotebookSpec:
     )
 
 
-def _load(notebook_id: int) -> Notebook | None:
-    return (
-        Notebook.objects.select_related(
-            "instance__workspace__owner", "instance__cluster", "instance__profile", "profile")
-        .filter(pk=notebook_id).first()
+def service_spec(service: Service) -> ServiceSpec:
+    profile = service.profile
+    return ServiceSpec(
+        key=service.key, name=service.name, instance=instance_spec(service.instance),
+        cpu=float(service.cpu), memory_gib=service.memory_gib, gpus=service.gpus,
+        gpu_indices=tuple(service.gpu_indices), profile=profile.name,
+        packages=profile.packages, requires=profile.requires, command=profile.local_command,
+        health_path=profile.health_path,
     )
 
 
-def _transition(notebook_id: int, **change: Any) -> Notebook | None:
-    """lifecycle.transition for a notebook, read back with its instance."""
-    return lifecycle.transition(Notebook, notebook_id, load=_load, **change)
+def spec_for(row: Deployment) -> Workload:
+    return service_spec(row) if isinstance(row, Service) else notebook_spec(row)
 
 
-def _fail(notebook: Notebook, *, message: str, detail: str = "") -> Notebook:
-    """Fail the notebook and stop what of it still runs: a failed notebook holds no GPU."""
-    failed = _transition(notebook.pk, from_=[Status.DEPLOYING, Status.RUNNING],
+def _load(model: type[Deployment], pk: int) -> Deployment | None:
+    return (
+        model.objects.select_related(
+            "instance__workspace__owner", "instance__cluster", "instance__profile", "profile")
+        .filter(pk=pk).first()
+    )
+
+
+def _transition(model: type[Deployment], pk: int, **change: Any) -> Deployment | None:
+    """lifecycle.transition for a notebook or a service, read back with its instance."""
+    return lifecycle.transition(model, pk, load=lambda pk: _load(model, pk), **change)
+
+
+def _fail(row: Deployment, *, message: str, detail: str = "") -> Deployment:
+    """Fail it and stop what of it still runs: a failed deployment holds no GPU."""
+    failed = _transition(type(row), row.pk, from_=[Status.DEPLOYING, Status.RUNNING],
                          to=Status.FAILED, message=message, detail=detail)
     if failed is None:
-        return notebook
+        return row
     try:
-        get_backend(failed.instance.cluster).release_notebook(notebook_spec(failed))
+        get_backend(failed.instance.cluster).release_notebook(spec_for(failed))
     except BackendError as exc:  # reconcile and deletion will try again
-        log.warning("could not stop failed notebook %s: %s", failed.key, exc.detail)
+        log.warning("could not stop failed %s %s: %s", failed.KIND, failed.key, exc.detail)
     return failed
 
 
-def _apply(notebook: Notebook, state: NotebookState) -> Notebook:
+def _apply(row: Deployment, state: NotebookState) -> Deployment:
+    model = type(row)
     if state.phase == "running":
+        url = {"url": state.url} if model is Notebook else {}  # a service's is the portal's
         return _transition(
-            notebook.pk, from_=[Status.DEPLOYING], to=Status.RUNNING, message=state.message,
-            detail=state.detail, url=state.url, step=state.step, running_since=timezone.now(),
-        ) or notebook
+            model, row.pk, from_=[Status.DEPLOYING], to=Status.RUNNING, message=state.message,
+            detail=state.detail, step=state.step, running_since=timezone.now(), **url,
+        ) or row
     if state.phase in ("failed", "gone"):
-        return _fail(notebook, message=state.message, detail=state.detail)
-    Notebook.objects.filter(pk=notebook.pk, status=notebook.status).update(
+        return _fail(row, message=state.message, detail=state.detail)
+    model.objects.filter(pk=row.pk, status=row.status).update(
         step=state.step, status_message=state.message[:500], status_detail=state.detail)
-    notebook.step, notebook.status_message = state.step, state.message[:500]
-    return notebook
+    row.step, row.status_message = state.step, state.message[:500]
+    return row
 
 
-def advance_notebook(*, notebook_id: int) -> Notebook | None:
-    """Move a deploying notebook one step on: create its objects once, then watch them."""
-    notebook = _load(notebook_id)
-    if notebook is None or notebook.status != Status.DEPLOYING:
-        return notebook
-    if notebook.instance.status != Instance.Status.RUNNING:
+def _advance(model: type[Deployment], pk: int) -> Deployment | None:
+    """Move a deploying notebook or service one step on: create it once, then watch it."""
+    row = _load(model, pk)
+    if row is None or row.status != Status.DEPLOYING:
+        return row
+    if row.instance.status != Instance.Status.RUNNING:
         # Never start (or restart) a server on an instance that is going or gone.
-        return _follow_instance(notebook)
+        return _follow_instance(row)
     timeout = timezone.timedelta(seconds=settings.NOTEBOOK_DEPLOY_TIMEOUT_S)
     # Building an environment the first time may take longer than any start; it ends by
     # itself (ready or failed), and the timeout counts from then.
-    if (notebook.step and notebook.step != Notebook.Step.PREPARING
-            and timezone.now() - notebook.status_changed_at > timeout):
+    if (row.step and row.step != "preparing"
+            and timezone.now() - row.status_changed_at > timeout):
         minutes = settings.NOTEBOOK_DEPLOY_TIMEOUT_S // 60
-        return _fail(notebook, message=f"Not reachable after {minutes} minutes: "
-                     f"{notebook.status_message}", detail=notebook.status_detail)
-    backend = get_backend(notebook.instance.cluster)
-    spec = notebook_spec(notebook)
+        return _fail(row, message=f"Not reachable after {minutes} minutes: "
+                     f"{row.status_message}", detail=row.status_detail)
+    backend = get_backend(row.instance.cluster)
+    spec = spec_for(row)
     try:
-        state = backend.notebook_state(spec) if notebook.step else None
+        state = backend.notebook_state(spec) if row.step else None
         if state is None or state.phase == "gone":
             state = backend.ensure_notebook(spec)
     except TransientBackendError as exc:
-        _apply(notebook, NotebookState("deploying", notebook.step, f"{exc.message} Retrying.",
-                                       detail=exc.detail))
+        _apply(row, NotebookState("deploying", row.step, f"{exc.message} Retrying.",
+                                  detail=exc.detail))
         raise
     except BackendError as exc:
-        return _apply(notebook, NotebookState("failed", notebook.step, exc.message,
-                                              detail=exc.detail))
-    return _apply(notebook, state)
+        return _apply(row, NotebookState("failed", row.step, exc.message, detail=exc.detail))
+    return _apply(row, state)
 
 
-def _follow_instance(notebook: Notebook) -> Notebook:
-    if notebook.instance.status in (Instance.Status.DELETING, Instance.Status.DELETED):
-        return _transition(notebook.pk, from_=[s for s in Status if s != Status.DELETED],
+def advance_notebook(*, notebook_id: int) -> Notebook | None:
+    return _advance(Notebook, notebook_id)
+
+
+def advance_service(*, service_id: int) -> Service | None:
+    return _advance(Service, service_id)
+
+
+def _follow_instance(row: Deployment) -> Deployment:
+    model = type(row)
+    gone = {"url": ""} if model is Notebook else {}
+    if row.instance.status in (Instance.Status.DELETING, Instance.Status.DELETED):
+        return _transition(model, row.pk, from_=[s for s in Status if s != Status.DELETED],
                            to=Status.DELETED, message="Deleted with its instance.",
-                           deleted_at=timezone.now(), url="") or notebook
-    return _transition(notebook.pk, from_=[Status.DEPLOYING], to=Status.FAILED,
-                       message=f"Its instance is {notebook.instance.status_label.lower()}."
-                       ) or notebook
+                           deleted_at=timezone.now(), **gone) or row
+    return _transition(model, row.pk, from_=[Status.DEPLOYING], to=Status.FAILED,
+                       message=f"Its instance is {row.instance.status_label.lower()}."
+                       ) or row
+
+
+def _teardown(model: type[Deployment], pk: int) -> Deployment | None:
+    row = _load(model, pk)
+    if row is None or row.status != Status.DELETING:
+        return row
+    state = get_backend(row.instance.cluster).delete_notebook(spec_for(row))
+    if state.phase != "gone":
+        return _apply(row, state)
+    gone = {"url": ""} if model is Notebook else {}
+    return _transition(model, pk, from_=[Status.DELETING], to=Status.DELETED,
+                       message="Deleted.", deleted_at=timezone.now(), **gone)
 
 
 def teardown_notebook(*, notebook_id: int) -> Notebook | None:
-    notebook = _load(notebook_id)
-    if notebook is None or notebook.status != Status.DELETING:
-        return notebook
-    state = get_backend(notebook.instance.cluster).delete_notebook(notebook_spec(notebook))
-    if state.phase != "gone":
-        return _apply(notebook, state)
-    return _transition(notebook.pk, from_=[Status.DELETING], to=Status.DELETED,
-                       message="Deleted.", deleted_at=timezone.now(), url="")
+    return _teardown(Notebook, notebook_id)
+
+
+def teardown_service(*, service_id: int) -> Service | None:
+    return _teardown(Service, service_id)
 
 
 def reconcile_notebooks() -> dict[str, int]:
-    """Level-triggered, like the instances' pass: notebooks follow their instance out,
-    stuck ones are re-driven, and running ones that vanished or died are brought back."""
-    from .tasks import advance_notebook_task, teardown_notebook_task
-
+    """Level-triggered, like the instances' pass, for notebooks and services alike: they
+    follow their instance out, stuck ones are re-driven, and running ones that vanished or
+    died are brought back."""
     summary = {"removed_with_instance": 0, "redriven": 0, "restored": 0, "tokens_rotated": 0,
                "orphans_stopped": 0}
-    gone_with_instance = Notebook.objects.exclude(status=Status.DELETED).filter(
-        instance__status__in=[Instance.Status.DELETING, Instance.Status.DELETED]
-    ).select_related("instance")
-    for notebook in gone_with_instance:
-        # The backend removes what runs on a deleted instance; the rows follow.
-        if _follow_instance(notebook).status == Status.DELETED:
-            summary["removed_with_instance"] += 1
+    kinds = (Notebook, Service)
+    for model in kinds:
+        gone_with_instance = model.objects.exclude(status=Status.DELETED).filter(
+            instance__status__in=[Instance.Status.DELETING, Instance.Status.DELETED]
+        ).select_related("instance")
+        for row in gone_with_instance:
+            # The backend removes what runs on a deleted instance; the rows follow.
+            if _follow_instance(row).status == Status.DELETED:
+                summary["removed_with_instance"] += 1
     for instance_id in (
         Notebook.objects.exclude(status__in=[Status.DELETING, Status.DELETED])
         .filter(token_issued_at__lt=F("instance__access_revoked_at"))
@@ -369,45 +510,49 @@ def reconcile_notebooks() -> dict[str, int]:
     ):
         summary["tokens_rotated"] += rotate_notebook_tokens(instance_id=instance_id)
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
-    stuck = Notebook.objects.filter(status_changed_at__lt=cutoff)
-    for pk in lifecycle.claim_unwatched(stuck.filter(status=Status.DEPLOYING)):
-        advance_notebook_task.delay(pk)
-        summary["redriven"] += 1
-    for pk in lifecycle.claim_unwatched(stuck.filter(status=Status.DELETING)):
-        teardown_notebook_task.delay(pk)
-        summary["redriven"] += 1
+    for model in kinds:
+        advance_task, teardown_task = _tasks(model)
+        stuck = model.objects.filter(status_changed_at__lt=cutoff)
+        for pk in lifecycle.claim_unwatched(stuck.filter(status=Status.DEPLOYING)):
+            advance_task.delay(pk)
+            summary["redriven"] += 1
+        for pk in lifecycle.claim_unwatched(stuck.filter(status=Status.DELETING)):
+            teardown_task.delay(pk)
+            summary["redriven"] += 1
     for cluster in Cluster.objects.all():
         try:
             summary["orphans_stopped"] += get_backend(cluster).stop_orphan_notebooks(
-                lambda cluster=cluster: {n.key for n in Notebook.objects.filter(
-                    instance__cluster=cluster).exclude(status=Status.DELETED).only("pk")})
+                lambda cluster=cluster: {row.key for model in kinds for row in model.objects
+                                         .filter(instance__cluster=cluster)
+                                         .exclude(status=Status.DELETED).only("pk")})
         except BackendError as exc:
             log.warning("orphan notebook sweep of %s failed: %s", cluster, exc.detail)
-        running = list(
-            Notebook.objects.filter(status=Status.RUNNING, instance__cluster=cluster,
-                                    instance__status=Instance.Status.RUNNING)
+        running = [
+            row for model in kinds for row in
+            model.objects.filter(status=Status.RUNNING, instance__cluster=cluster,
+                                 instance__status=Instance.Status.RUNNING)
             .select_related("instance__workspace__owner", "instance__cluster",
                             "instance__profile", "profile")
-        )
+        ]
         if not running:
             continue
         try:
-            states = get_backend(cluster).reconcile_notebooks([notebook_spec(n) for n in running])
+            states = get_backend(cluster).reconcile_notebooks([spec_for(r) for r in running])
         except BackendError as exc:
             log.warning("notebook reconcile of %s failed: %s", cluster, exc.detail)
             continue
         except Exception:  # whatever one cluster does, the others are still reconciled
             log.exception("notebook reconcile of %s failed", cluster)
             continue
-        for notebook in running:
-            state = states.get(notebook.key)
+        for row in running:
+            state = states.get(row.key)
             if state is None or state.phase == "running":
                 continue
             if state.phase == "deploying":  # restarted: watch it come back
-                _transition(notebook.pk, from_=[Status.RUNNING], to=Status.DEPLOYING,
+                _transition(type(row), row.pk, from_=[Status.RUNNING], to=Status.DEPLOYING,
                             message=f"Restarting: {state.message}", step=state.step)
-                advance_notebook_task.delay(notebook.pk)
+                _tasks(type(row))[0].delay(row.pk)
                 summary["restored"] += 1
             else:
-                _apply(notebook, state)
+                _apply(row, state)
     return summary

@@ -6,7 +6,7 @@ from django.conf import settings
 from instances.tasks import POLL, drive
 
 from . import services
-from .models import Notebook
+from .models import Notebook, Service
 
 
 @shared_task(bind=True, **POLL)
@@ -35,3 +35,19 @@ def reconcile_notebooks() -> dict[str, int]:
 def rotate_notebook_tokens(instance_id: int, reason: str = "") -> int:
     """Sent by name from instances when someone loses access to an instance."""
     return services.rotate_notebook_tokens(instance_id=instance_id, reason=reason)
+
+
+@shared_task(bind=True, **POLL)
+def advance_service_task(self, service_id: int) -> str | None:
+    return drive(self, Service, service_id,
+                 lambda: services.advance_service(service_id=service_id),
+                 waiting=Service.Status.DEPLOYING, first=settings.NOTEBOOK_POLL_S,
+                 cap=settings.NOTEBOOK_POLL_MAX_S)
+
+
+@shared_task(bind=True, **POLL)
+def teardown_service_task(self, service_id: int) -> str | None:
+    return drive(self, Service, service_id,
+                 lambda: services.teardown_service(service_id=service_id),
+                 waiting=Service.Status.DELETING, first=settings.NOTEBOOK_POLL_S,
+                 cap=settings.NOTEBOOK_POLL_MAX_S)

@@ -11,3 +11,14 @@ urlpatterns = [
     path("<int:pk>/delete/", views.notebook_delete, name="delete"),
     path("<int:pk>/retry/", views.notebook_retry, name="retry"),
 ]
+
+# Mounted at /services/ under their own namespace (gpupaas/urls.py).
+service_urlpatterns = [
+    path("", views.service_list, name="list"),
+    path("new/", views.service_new, name="new"),
+    path("<int:pk>/", views.service_detail, name="detail"),
+    path("<int:pk>/status/", views.service_status, name="status"),
+    path("<int:pk>/delete/", views.service_delete, name="delete"),
+    path("<int:pk>/retry/", views.service_retry, name="retry"),
+    path("<int:pk>/open/", views.service_open, name="open"),
+]

@@ -5,14 +5,16 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
+from access import origins
 from clusters.models import Cluster
 from instances import deployment_pages
 from instances.selectors import instance_or_404
-from workspaces.services import client_ip
+from workspaces.models import AuditAction
+from workspaces.services import client_ip, record_audit
 
 from . import selectors, services
 from .forms import DeployForm
-from .models import Notebook
+from .models import Notebook, Service
 
 
 def get_notebook_for_user(request: HttpRequest, pk: int) -> Notebook:
@@ -96,3 +98,91 @@ def notebook_retry(request: HttpRequest, pk: int) -> HttpResponse:
     """Start a failed notebook again, with its files, on its running instance."""
     return deployment_pages.retry(request, get_notebook_for_user(request, pk),
                                   services.retry_notebook)
+
+
+# --- catalogue services --------------------------------------------------------------------
+
+
+def get_service_for_user(request: HttpRequest, pk: int) -> Service:
+    """A service on an instance the user owns or collaborates on, or 404."""
+    service = get_object_or_404(Service.objects.select_related("profile", "created_by"), pk=pk)
+    service.instance = instance_or_404(user=request.user, pk=service.instance_id)
+    return service
+
+
+def service_list(request: HttpRequest) -> HttpResponse:
+    services_ = list(selectors.live_services(user=request.user)[:200])
+    context = {"services": services_, "polling": any(not s.is_final for s in services_)}
+    if request.htmx:
+        return render(request, "services/partials/table.html", context)
+    return render(request, "services/list.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+def service_new(request: HttpRequest) -> HttpResponse:
+    instances = selectors.usable_instances(user=request.user)
+    profiles = selectors.service_profiles_for(user=request.user)
+    wanted = request.POST.get("instance") or request.GET.get("instance") or ""
+    chosen = (instances.filter(pk=wanted).first() if wanted.isascii() and wanted.isdecimal()
+              else None) or instances.first()
+    # What cannot run where the user is deploying is named before anyone clicks Deploy.
+    unavailable = ({p.pk: services.service_problem(p, chosen.cluster) for p in profiles}
+                   if chosen else {})
+    form = DeployForm(
+        request.POST or None, profiles=profiles, instances=instances, unavailable=unavailable,
+        initial={"instance": request.GET.get("instance")}, what="service",
+    )
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            service = services.deploy_service(
+                instance=data["instance"], name=data["name"], profile=data["profile"],
+                description=data["description"], cpu=data["cpu"],
+                memory_gib=data["memory_gib"], gpus=data["gpus"], by=request.user,
+                ip_address=client_ip(request),
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"You deployed {service.name}.")
+            return redirect(service)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "services/new.html",
+                  {"form": form, "show_form": request.method == "POST" or instances.exists()},
+                  status=status)
+
+
+def service_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    return render(request, "services/detail.html", {"service": get_service_for_user(request, pk)})
+
+
+def service_status(request: HttpRequest, pk: int) -> HttpResponse:
+    return render(request, "services/partials/status.html",
+                  {"row": get_service_for_user(request, pk)})
+
+
+@require_http_methods(["GET", "POST"])
+def service_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    return deployment_pages.delete(request, get_service_for_user(request, pk),
+                                   services.delete_service)
+
+
+@require_http_methods(["POST"])
+def service_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    return deployment_pages.retry(request, get_service_for_user(request, pk),
+                                  services.retry_service)
+
+
+@never_cache
+def service_open(request: HttpRequest, pk: int) -> HttpResponse:
+    """To the service's own origin, signed in there once (access.origins)."""
+    service = get_service_for_user(request, pk)
+    if service.status != Service.Status.RUNNING:
+        messages.info(request, f"{service.name} is {service.status_label.lower()}; it opens "
+                      "once it runs.")
+        return redirect(service)
+    record_audit(action=AuditAction.SERVICE_OPENED, obj=service, actor=request.user,
+                 workspace=service.instance.workspace, ip_address=client_ip(request),
+                 instance=service.instance.name)
+    return redirect(origins.open_url(service=service, request=request,
+                                  next_path=request.GET.get("next", "/")))

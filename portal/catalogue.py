@@ -5,7 +5,7 @@ from django.db import transaction
 
 from clusters.models import Cluster
 from instances.models import ComputeProfile
-from notebooks.models import NotebookProfile
+from notebooks.models import NotebookProfile, ServiceProfile
 from workspaces.models import GroupPolicy, Role
 
 # Who may do what: end users use the portal, administrators run it. Map IdP groups to them
@@ -46,13 +46,27 @@ LOCAL_ENVIRONMENTS = {
 }
 
 
+# Catalogue services: (name, display name, icon, packages, command, health path,
+# description). Each runs in its own network, reached through the portal only.
+SERVICE_PROFILES = [
+    ("tensorboard", "TensorBoard", "chart", "tensorboard>=2.16,<3",
+     "tensorboard --logdir {work} --host 127.0.0.1 --port {port} --reload_interval 5", "/",
+     "Training curves and graphs from the event files under the instance's work folder."),
+    ("mlflow", "MLflow tracking server", "flask", "mlflow>=3,<4",
+     "mlflow server --host 127.0.0.1 --port {port} --workers 1 "
+     "--backend-store-uri sqlite:///{work}/mlflow.db --artifacts-destination "
+     "{work}/mlartifacts", "/health",
+     "Experiments, runs, metrics and models, kept in the instance's work folder."),
+]
+
+
 @transaction.atomic
 def seed_catalogue() -> dict[str, int]:
     """Create what is missing; never overwrite what an administrator changed."""
     cluster, _ = Cluster.objects.get_or_create(
         name=LOCAL_CLUSTER["name"], defaults=LOCAL_CLUSTER
     )
-    created = {"compute_profiles": 0, "notebook_profiles": 0}
+    created: dict[str, int] = {"compute_profiles": 0, "notebook_profiles": 0}
     for order, (name, display, gpus, cpu, mem, disk, desc) in enumerate(COMPUTE_PROFILES):
         _, new = ComputeProfile.objects.get_or_create(
             name=name,
@@ -77,6 +91,15 @@ def seed_catalogue() -> dict[str, int]:
             },
         )
         created["notebook_profiles"] += new
+    created["service_profiles"] = 0
+    for order, (name, display, icon, packages, command, health, desc) in enumerate(
+        SERVICE_PROFILES
+    ):
+        _, new = ServiceProfile.objects.get_or_create(name=name, defaults={
+            "display_name": display, "icon": icon, "local_packages": packages,
+            "local_command": command, "health_path": health, "description": desc,
+            "sort_order": order * 10})
+        created["service_profiles"] += new
     return created
 
 

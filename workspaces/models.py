@@ -93,6 +93,12 @@ class AuditAction(models.TextChoices):
     NOTEBOOK_DELETED = "notebook.deleted", "notebook deleted"
     NOTEBOOK_TOKEN_REVEALED = "notebook.token_revealed", "notebook token revealed"
     NOTEBOOK_TOKEN_ROTATED = "notebook.token_rotated", "notebook token rotated"
+    SERVICE_DEPLOYING = "service.deploying", "service deploying"
+    SERVICE_RUNNING = "service.running", "service running"
+    SERVICE_FAILED = "service.failed", "service failed"
+    SERVICE_DELETING = "service.deleting", "service deleting"
+    SERVICE_DELETED = "service.deleted", "service deleted"
+    SERVICE_OPENED = "service.opened", "service opened"
     COLLABORATOR_INVITED = "collaborator.invited", "collaborator invited"
     COLLABORATOR_RESENT = "collaborator.resent", "invitation sent again"
     COLLABORATOR_ACCEPTED = "collaborator.accepted", "invitation accepted"
@@ -117,7 +123,8 @@ class AuditAction(models.TextChoices):
 
     @classmethod
     def status(cls, kind: str, status: str) -> "AuditAction":
-        """The transition of an instance or a notebook to `status` (ValueError if none)."""
+        """The transition of an instance, a notebook or a service to `status` (ValueError if
+        none)."""
         return cls(f"{kind}.{status}")
 
 

@@ -8,6 +8,7 @@ from .base import (
     InstanceState,
     NotebookSpec,
     NotebookState,
+    ServiceSpec,
     Terminal,
     TransientBackendError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "InstanceState",
     "NotebookSpec",
     "NotebookState",
+    "ServiceSpec",
     "Terminal",
     "TransientBackendError",
     "get_backend",

@@ -71,6 +71,30 @@ class NotebookSpec:
     host_suffix: str = ""  # random, stored with the notebook: its host cannot be guessed
 
 
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service from the catalogue (TensorBoard, MLflow…) to run on an instance. It goes
+    through the same backend calls as a notebook (ensure, state, delete, release,
+    reconcile, orphans), which tell the two apart by the spec's type."""
+
+    key: str  # stable and unique: "svc-<id>"
+    name: str
+    instance: InstanceSpec
+    cpu: float
+    memory_gib: int
+    gpus: int
+    gpu_indices: tuple[int, ...] = ()
+    profile: str = ""  # the service profile's name
+    packages: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    # Local backend: the command, with {port}, {home} and {work} filled in by the backend.
+    command: str = ""
+    health_path: str = "/"
+
+
+Workload = NotebookSpec | ServiceSpec
+
+
 def token_digest(token: str) -> str:
     """Names a notebook token without revealing it: backends record it with what runs, so a
     new token is seen and the server restarted with it."""

@@ -31,11 +31,12 @@ from ..base import (
     GpuInventory,
     InstanceSpec,
     InstanceState,
-    NotebookSpec,
     NotebookState,
+    ServiceSpec,
     Terminal,
+    Workload,
 )
-from . import environments, jupyter, limits
+from . import environments, jupyter, limits, services
 from .gpus import allocate_slots, local_inventory, release_slots
 from .tenants import (
     Tenant,
@@ -227,15 +228,18 @@ class LocalBackend:
         """The marker on the server's command line: unique per sandbox root and notebook."""
         return f"{self.sandbox(instance_key)}/{notebook_key}"
 
-    def _control(self, spec: NotebookSpec) -> Path:
+    def _control(self, spec: Workload) -> Path:
         return self.control_root / spec.instance.key / spec.key
 
-    def ensure_notebook(self, spec: NotebookSpec) -> NotebookState:
-        problem = environments.problem(spec.profile, spec.packages, spec.requires)
+    def ensure_notebook(self, spec: Workload) -> NotebookState:
+        """Start a notebook's JupyterLab, or a catalogue service's process (ServiceSpec)."""
+        service = isinstance(spec, ServiceSpec)
+        name = f"svc-{spec.profile}" if service else spec.profile
+        problem = environments.problem(name, spec.packages, spec.requires, jupyter=not service)
         if problem:
             raise BackendError(f"{spec.profile or 'This profile'} is unavailable on this "
                                f"machine: {problem}")
-        env = environments.environment(spec.profile, spec.packages)
+        env = environments.environment(name, spec.packages, jupyter=not service)
         if not env.ready():
             if environments.start_build(env):
                 count = len(env.packages)
@@ -253,25 +257,30 @@ class LocalBackend:
             if self._deleted(lock) or not sandbox.is_dir():
                 raise BackendError("Its instance is being deleted; nothing was started.")
             tenant = ensure_tenant(spec.instance.workspace)
-            return jupyter.start(
+            start = services.start if service else jupyter.start
+            return start(
                 spec, control=self._control(spec), home=sandbox, env=env, tenant=tenant,
                 server_id=self._server_id(spec.instance.key, spec.key))
 
-    def notebook_state(self, spec: NotebookSpec) -> NotebookState:
-        return jupyter.state(spec, self._control(spec),
-                             self._server_id(spec.instance.key, spec.key))
+    def service_socket(self, *, instance_key: str, key: str) -> Path:
+        """Where a service's relay listens: in the portal's control folder, root's alone."""
+        return services.socket_path(self.control_root / instance_key / key)
 
-    def release_notebook(self, spec: NotebookSpec) -> None:
+    def notebook_state(self, spec: Workload) -> NotebookState:
+        state = services.state if isinstance(spec, ServiceSpec) else jupyter.state
+        return state(spec, self._control(spec), self._server_id(spec.instance.key, spec.key))
+
+    def release_notebook(self, spec: Workload) -> None:
         # Its files stay in the sandbox.
         jupyter.stop(self._control(spec), self._server_id(spec.instance.key, spec.key))
 
-    def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
+    def delete_notebook(self, spec: Workload) -> NotebookState:
         control = self._control(spec)
         jupyter.stop(control, self._server_id(spec.instance.key, spec.key))
         shutil.rmtree(control, ignore_errors=True)
         return NotebookState("gone", "", "Stopped and removed.")
 
-    def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:
+    def reconcile_notebooks(self, specs: list[Workload]) -> dict[str, NotebookState]:
         # A server that died is started again; its files live on in the sandbox.
         states = {}
         for spec in specs:

@@ -124,9 +124,12 @@ def index_options() -> tuple[str, ...]:
     return tuple(options)
 
 
-def environment(profile: str, packages: tuple[str, ...]) -> Environment:
+def environment(profile: str, packages: tuple[str, ...], *, jupyter: bool = True
+                ) -> Environment:
+    """A notebook profile's environment (JupyterLab added), or a service's (`jupyter=False`:
+    exactly its packages)."""
     profile = profile or "default"
-    packages = with_jupyterlab(packages)
+    packages = with_jupyterlab(packages) if jupyter else tuple(packages)
     python = interpreter()
     digest = hashlib.sha256(json.dumps([python, sorted(packages)]).encode()).hexdigest()[:12]
     return Environment(profile, packages, Path(settings.LOCAL_ENV_ROOT) / f"{profile}-{digest}")
@@ -139,12 +142,13 @@ def missing_commands(requires: tuple[str, ...]) -> str:
     return f"needs {', '.join(missing)}, which this machine does not have." if missing else ""
 
 
-def problem(profile: str, packages: tuple[str, ...], requires: tuple[str, ...]) -> str:
+def problem(profile: str, packages: tuple[str, ...], requires: tuple[str, ...], *,
+            jupyter: bool = True) -> str:
     """Why a profile's environment cannot be had on this machine ("" when it can)."""
     missing = missing_commands(requires)
     if missing:
         return missing
-    failure = environment(profile, packages).failure()
+    failure = environment(profile, packages, jupyter=jupyter).failure()
     return f"its environment could not be built here: {failure}" if failure else ""
 
 
@@ -156,7 +160,8 @@ def build_command(env: Environment) -> list[str]:
     scratch = f"{env.path}.tmp"
     script = (
         'set -e; uv="$1"; python="$2"; scratch="$3"; final="$4"; shift 4; '
-        'rm -rf "$scratch"; "$uv" venv --quiet --python "$python" "$scratch"; '
+        # Relocatable: its scripts (a service's `tensorboard`) still run once it is moved.
+        'rm -rf "$scratch"; "$uv" venv --quiet --relocatable --python "$python" "$scratch"; '
         '"$uv" pip install --python "$scratch/bin/python" "$@"; '
         # Readable and runnable by the tenants, writable by none of them.
         'chmod -R a+rX,go-w "$scratch"; mv "$scratch" "$final"'

@@ -21,7 +21,8 @@ class Command(BaseCommand):
         if any(created.values()):
             self.stdout.write(
                 f"Catalogue seeded: {created['compute_profiles']} compute profiles, "
-                f"{created['notebook_profiles']} notebook profiles."
+                f"{created['notebook_profiles']} notebook profiles, "
+                f"{created['service_profiles']} services."
             )
         User = get_user_model()
         if User.objects.exists():

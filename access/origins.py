@@ -1,0 +1,266 @@
+"""Catalogue services in the browser, each on an origin of its own:
+`s<id>-<suffix>.<APPS_DOMAIN>` (by default `…localhost`, which browsers resolve to this
+machine), served by this process beside the pages (gpupaas/asgi.py routes on the host).
+
+Why not a path under the portal's origin: a service shows what its users put in it
+(TensorBoard text summaries, MLflow artifacts) and runs code they can change, so on the
+portal's origin it could read the portal's pages as whoever opens it. On its own origin it
+sees no portal cookie, and no other service's.
+
+How one signs in there: the portal's Open link (`notebooks` views, behind the session and
+the access check) leaves a one-time ticket in the cache and sends the browser to
+`<origin>/_gpupaas/auth?ticket=…`; that answer sets a cookie naming an app session of this
+service, this user and their portal session. Every request is then decided afresh, at most
+APPS_DECISION_CACHE_S old: the portal session still there, the service running, the user
+still the instance's owner or collaborator. Logging out of the portal, or losing access,
+ends it. The service itself is reached through its relay's Unix socket
+(clusters/backends/local/services.py): nothing else on the machine reaches it."""
+
+import asyncio
+import logging
+import random
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.cache import cache
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from clusters.backends import get_backend
+from gpupaas import logs
+from instances.selectors import instance_for_user
+from notebooks.models import Service
+
+from .proxy import HOP_BY_HOP, scope_client_ip
+
+log = logging.getLogger("gpupaas.apps")
+LABEL = re.compile(r"s(\d{1,18})-([a-z0-9]{10})")
+COOKIE = "gpupaas_app"
+AUTH_PATH = "/_gpupaas/auth"
+TICKET_TTL_S = 60
+MAX_BODY = 256 * 1024 * 1024
+
+
+def host_label(host: str) -> tuple[int, str] | None:
+    """(service id, suffix) when `host` (without its port) is a service's origin."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    domain = "." + settings.APPS_DOMAIN.strip(".").lower()
+    if not name.lower().endswith(domain):
+        return None
+    found = LABEL.fullmatch(name[: -len(domain)].lower())
+    return (int(found[1]), found[2]) if found else None
+
+
+def origin_for(service: Service, request: HttpRequest) -> str:
+    """The service's origin, on the scheme and port the user reached the portal with."""
+    port = request.get_port()
+    default = "443" if request.is_secure() else "80"
+    suffix = "" if port == default else f":{port}"
+    return f"{request.scheme}://{service.host_label}.{settings.APPS_DOMAIN.strip('.')}{suffix}"
+
+
+def open_url(*, service: Service, request: HttpRequest, next_path: str = "/") -> str:
+    """Where the portal's Open link sends the browser: the service's origin, with a ticket
+    that signs in there once, within TICKET_TTL_S, as this user and portal session."""
+    ticket = secrets.token_urlsafe(32)
+    cache.set(f"apps:ticket:{ticket}", {"service": service.pk, "user": request.user.pk,
+                                        "session": request.session.session_key},
+              TICKET_TTL_S)
+    if not next_path.startswith("/") or next_path.startswith("//"):
+        next_path = "/"
+    return (f"{origin_for(service, request)}{AUTH_PATH}?ticket={ticket}"
+            f"&next={quote(next_path, safe='/')}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    user_id: int | None = None
+    socket: str = ""
+    why: int = 404  # the status of a refusal
+
+
+def _session_store(key: str) -> SessionBase:
+    return import_string(f"{settings.SESSION_ENGINE}.SessionStore")(session_key=key)
+
+
+def decide(service_id: int, suffix: str, app_session: dict[str, Any] | None) -> Decision:
+    """Whether this app session may reach this service now: its portal session lives,
+    the service runs, and the user may use its instance (the pages' one access check)."""
+    if not app_session or app_session.get("service") != service_id:
+        return Decision(False, why=401)
+    service = (Service.objects.filter(pk=service_id, host_suffix=suffix)
+               .select_related("instance__cluster").first())
+    if service is None:
+        return Decision(False)
+    portal = _session_store(app_session["session"] or "")
+    if str(portal.get(SESSION_KEY, "")) != str(app_session["user"]):
+        return Decision(False, why=401)  # signed out of the portal (or another user now)
+    user = get_user_model().objects.filter(pk=app_session["user"], is_active=True).first()
+    if user is None or instance_for_user(user=user, pk=service.instance_id) is None:
+        return Decision(False)
+    if service.status != Service.Status.RUNNING:
+        return Decision(False, user.pk, why=503)
+    backend = get_backend(service.instance.cluster)
+    socket = backend.service_socket(instance_key=service.instance.key, key=service.key)
+    return Decision(True, user.pk, socket=str(socket))
+
+
+class AppsProxy:
+    def __init__(self) -> None:
+        self.clients: dict[str, httpx.AsyncClient] = {}
+        # (app session, service) → (decided at, decision): a revocation shows within
+        # APPS_DECISION_CACHE_S.
+        self.decisions: dict[tuple[str, int], tuple[float, Decision]] = {}
+
+    def client_for(self, socket: str) -> httpx.AsyncClient:
+        client = self.clients.get(socket)
+        if client is None:
+            client = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=socket),
+                timeout=httpx.Timeout(connect=10, read=None, write=60, pool=10))
+            self.clients[socket] = client
+        return client
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"]}
+        service_id, suffix = host_label(headers.get("host", "")) or (0, "")
+        with logs.bound(request_id=logs.new_request_id(None), user_id=None, instance_id=None):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            if scope["path"] == AUTH_PATH:
+                await self.sign_in(scope, send, service_id, headers)
+                return
+            cookie = _cookie(headers.get("cookie", ""), COOKIE)
+            decision = await self.decision(cookie, service_id, suffix)
+            if not decision.allowed:
+                await self.refuse(send, decision.why)
+            else:
+                await self.forward(scope, receive, send, decision, headers)
+            if random.random() < settings.APPS_REQUEST_LOG_RATE:
+                log.info("%s %s%s for user %s", scope["method"], f"s{service_id}",
+                         scope["path"], decision.user_id,
+                         extra={"service_id": service_id, "allowed": decision.allowed,
+                                "client_ip": scope_client_ip(scope)})
+
+    async def decision(self, cookie: str, service_id: int, suffix: str) -> Decision:
+        key = (cookie, service_id)
+        now = time.monotonic()
+        cached = self.decisions.get(key)
+        if cached and now - cached[0] < settings.APPS_DECISION_CACHE_S:
+            return cached[1]
+        app_session = await sync_to_async(cache.get)(f"apps:session:{cookie}") if cookie else None
+        decision = await sync_to_async(decide)(service_id, suffix, app_session)
+        if len(self.decisions) > 10_000:
+            self.decisions.clear()
+        self.decisions[key] = (now, decision)
+        return decision
+
+    async def sign_in(self, scope: dict[str, Any], send: Any, service_id: int,
+                      headers: dict[str, str]) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        ticket = (query.get("ticket") or [""])[0]
+        next_path = (query.get("next") or ["/"])[0]
+        if not next_path.startswith("/") or next_path.startswith("//"):
+            next_path = "/"
+        key = f"apps:ticket:{ticket}"
+        data = await sync_to_async(cache.get)(key) if ticket else None
+        # One use: of two requests with one ticket, only the one that deletes it signs in.
+        if (not data or data["service"] != service_id
+                or not await sync_to_async(cache.delete)(key)):
+            await self.refuse(send, 401)
+            return
+        app_session = secrets.token_urlsafe(32)
+        await sync_to_async(cache.set)(f"apps:session:{app_session}", data,
+                                       settings.SESSION_COOKIE_AGE)
+        secure = "; Secure" if scope.get("scheme") in ("https", "wss") else ""
+        cookie = (f"{COOKIE}={app_session}; Path=/; HttpOnly; SameSite=Lax; "
+                  f"Max-Age={settings.SESSION_COOKIE_AGE}{secure}")
+        await send({"type": "http.response.start", "status": 303, "headers": [
+            (b"location", next_path.encode("latin-1")), (b"set-cookie", cookie.encode()),
+            (b"cache-control", b"no-store"), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def refuse(self, send: Any, status: int) -> None:
+        words = {
+            401: "Open this service from the portal: its page has an Open button that signs "
+                 "you in here.",
+            404: "No such service.",
+            503: "This service is not running now; see its page in the portal.",
+        }[status]
+        body = (f"<!doctype html><title>{words}</title><p>{words}</p>").encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store"),
+            (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def forward(self, scope: dict[str, Any], receive: Any, send: Any,
+                      decision: Decision, headers: dict[str, str]) -> None:
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                await self.refuse(send, 404)
+                return
+            if not message.get("more_body"):
+                break
+        forward = [(k, v) for k, v in scope["headers"]
+                   if k.decode("latin-1").lower() not in HOP_BY_HOP | {"cookie"}]
+        others = _without_cookie(headers.get("cookie", ""), COOKIE)
+        if others:
+            forward.append((b"cookie", others.encode("latin-1")))
+        # Apps check their Host against loopback names (MLflow refuses others).
+        forward += [(b"host", b"localhost"),
+                    (b"x-forwarded-host", headers.get("host", "").encode("latin-1")),
+                    (b"x-forwarded-proto", scope.get("scheme", "http").encode())]
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = "http://localhost" + raw_path + (f"?{query}" if query else "")
+        client = self.client_for(decision.socket)
+        try:
+            request = client.build_request(scope["method"], url, headers=forward,
+                                           content=bytes(body))
+            response = await client.send(request, stream=True)
+        except httpx.HTTPError:
+            await self.refuse(send, 503)
+            return
+        try:
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": [(k, v) for k, v in response.headers.raw
+                                    if k.decode("latin-1").lower() not in HOP_BY_HOP
+                                    - {"content-length"}]})
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except (httpx.HTTPError, asyncio.CancelledError, OSError):
+            raise
+        finally:
+            await response.aclose()
+
+
+def _cookie(header: str, name: str) -> str:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return ""
+
+
+def _without_cookie(header: str, name: str) -> str:
+    """The Cookie header without the portal's own: the service never sees it."""
+    return "; ".join(p.strip() for p in header.split(";")
+                     if p.strip() and p.strip().partition("=")[0] != name)
