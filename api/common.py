@@ -1,6 +1,7 @@
 """What every endpoint shares: the access decision, forms as the pages use them, paging."""
 
 import math
+from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -50,6 +51,15 @@ def retry_row(request: HttpRequest, row: Deployment, verb: Verb) -> None:
     if row.not_retriable:
         raise ApiError(409, row.not_retriable)
     call(verb, request, row)
+
+
+def deploy_data(payload: Any, instance: Instance) -> dict[str, Any]:
+    """A deploy request (notebook or service) as the Deploy pages' form takes it."""
+    return {"name": payload.name, "description": payload.description,
+            "profile": choice(payload.profile), "instance": instance.pk,
+            "cpu": "" if payload.cpu is None else payload.cpu,
+            "memory_gib": "" if payload.memory_gib is None else payload.memory_gib,
+            "gpus": "" if payload.gpus is None else payload.gpus}
 
 
 def own_workspace(request: HttpRequest) -> Workspace:

@@ -6,7 +6,7 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, re_path
 from ninja import NinjaAPI
 
-from . import instances, notebooks, problems
+from . import catalogue, instances, notebooks, problems
 from .auth import BearerToken, PortalSession
 from .ratelimit import TokenRateLimit
 
@@ -37,6 +37,7 @@ api = PortalAPI(
 problems.install(api)
 api.add_router("/v1/", instances.router)
 api.add_router("/v1/", notebooks.router)
+api.add_router("/v1/", catalogue.router)
 
 
 def urls() -> tuple[list[URLPattern | URLResolver], str, str]:

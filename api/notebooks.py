@@ -15,8 +15,8 @@ from workspaces.services import client_ip
 from .common import (
     MAX_ID,
     absolute,
-    choice,
     delete_row,
+    deploy_data,
     instance_or_404,
     page_of,
     problems,
@@ -78,11 +78,7 @@ def deploy_notebook(request: HttpRequest, instance_id: Id, payload: DeployIn) ->
     resources must fit in what the instance has left."""
     instance = instance_or_404(request, instance_id)
     form = DeployForm(
-        {"name": payload.name, "description": payload.description,
-         "profile": choice(payload.profile), "instance": instance.pk,
-         "cpu": "" if payload.cpu is None else payload.cpu,
-         "memory_gib": "" if payload.memory_gib is None else payload.memory_gib,
-         "gpus": "" if payload.gpus is None else payload.gpus},
+        deploy_data(payload, instance),
         profiles=selectors.deployable_profiles(),
         instances=selectors.usable_instances(user=request.user))
     form.fields["profile"].to_field_name = "name"

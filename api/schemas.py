@@ -156,6 +156,47 @@ class DeployIn(Schema):
     gpus: int | None = Field(None, description="Empty: the profile's default.")
 
 
+class ServiceOut(Schema):
+    id: int
+    name: str
+    description: str
+    instance_id: int
+    instance: str
+    service: str = Field(description="The catalogue service's name, e.g. tensorboard.")
+    service_name: str
+    status: NotebookStatus
+    status_label: str
+    step: str
+    status_message: str
+    final: bool
+    cpu: float
+    memory_gib: int
+    gpus: int
+    created_at: datetime
+    running_since: datetime | None
+    page: str
+    open: str = Field(description="Opens it in a browser signed in to the portal: the portal "
+                      "signs that browser in on the service's own address.")
+
+
+class ServicePage(Page):
+    items: list[ServiceOut]
+
+
+class ServiceIn(DeployIn):
+    profile: str = Field("", description="A catalogue service's name, e.g. tensorboard.")
+
+
+class ServiceProfileOut(Schema):
+    name: str
+    display_name: str
+    description: str
+    cpu: float
+    memory_gib: int
+    gpus: int
+    max_gpus: int
+
+
 class NotebookTokenOut(Schema):
     token: str
     open_url: str = Field(description="The URL that signs you straight in.")

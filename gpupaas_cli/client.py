@@ -18,7 +18,7 @@ ERROR = 1  # anything else: a server error, an unexpected answer, cancelled at a
 USAGE = 2  # wrong options or arguments (click's own)
 UNAUTHENTICATED = 3  # not logged in, or the token is not valid (revoked, expired)
 FORBIDDEN = 4  # a read-only token writing, no access to the portal
-NOT_FOUND = 5  # no such instance or notebook (or not yours)
+NOT_FOUND = 5  # no such instance, notebook or service (or not yours)
 REFUSED = 6  # the portal refused the request: invalid input, quota, a conflict
 FAILED = 7  # what --wait watched ended failed (the reason is printed)
 UNREACHABLE = 8  # the portal could not be reached
@@ -29,7 +29,8 @@ EXIT_CODES = {
     OK: "success", ERROR: "any other error, or cancelled", USAGE: "usage error",
     UNAUTHENTICATED: "not logged in, or the token is not valid",
     FORBIDDEN: "not allowed (e.g. a read-only token writing)",
-    NOT_FOUND: "no such instance or notebook", REFUSED: "refused: invalid input, quota, conflict",
+    NOT_FOUND: "no such instance, notebook or service",
+    REFUSED: "refused: invalid input, quota, conflict",
     FAILED: "the instance or notebook failed", UNREACHABLE: "the portal could not be reached",
     TIMED_OUT: "timed out waiting", RATE_LIMITED: "rate limited (try again later)",
 }

@@ -9,6 +9,7 @@
     gpupaas kubeconfig train
     gpupaas shell train
     gpupaas notebook deploy train --profile datascience --open
+    gpupaas service deploy train --service tensorboard --open
     gpupaas rm train --yes
 
 Every command takes `-o json` and prints JSON on stdout (progress and errors go to stderr).
@@ -38,6 +39,10 @@ app = typer.Typer(help=__doc__.split("\n\n")[0], epilog=EPILOG, no_args_is_help=
 notebook_app = typer.Typer(help="Deploy, list, retry and delete notebooks.", epilog=EPILOG,
                            no_args_is_help=True, context_settings=HELP)
 app.add_typer(notebook_app, name="notebook")
+service_app = typer.Typer(help="Deploy, list, open and delete catalogue services "
+                          "(TensorBoard, MLflow…).", epilog=EPILOG, no_args_is_help=True,
+                          context_settings=HELP)
+app.add_typer(service_app, name="service")
 out = Console()
 err = Console(stderr=True)
 
@@ -460,6 +465,114 @@ def _notebook_named(api: Api, instance: str, name: str) -> dict[str, Any]:
     if not found:
         raise ApiProblem(f"{target['name']} has no notebook named {name}.", client.NOT_FOUND)
     return found[0]
+
+
+# --- catalogue services ----------------------------------------------------------------------
+
+
+@service_app.command("deploy")
+def service_deploy(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    service: Annotated[str, typer.Option(help="From `gpupaas service catalogue`: tensorboard, "
+                                         "mlflow…")],
+    name: Annotated[str | None, typer.Option(help="Its name; default: the service's.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="Default: the service's.")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Wait until it runs, then open it in "
+                                        "the browser.")] = False,
+    wait: Wait = False,
+    timeout: Timeout = 1800.0,
+    poll: Poll = 2.0,
+    output: Output = Format.table,
+) -> None:
+    """Deploy a catalogue service onto a running instance."""
+    api = Api.from_config()
+    target = api.instance_named(instance)
+    body = {"name": name or service, "profile": service, "gpus": gpus}
+    deployed = api.post(f"/instances/{target['id']}/services",
+                        {k: v for k, v in body.items() if v is not None})
+    if output == Format.table:
+        err.print(f"Deploying {deployed['name']} on {target['name']}: {deployed['page']}")
+    if wait or open_:
+        deployed = _wait(api, f"/services/{deployed['id']}", deployed["name"],
+                         timeout=timeout, poll=poll)
+        if deployed["status"] != "running":
+            emit(deployed, output)
+            err.print(f"{deployed['name']} failed: {deployed['status_message']}")
+            raise typer.Exit(client.FAILED)
+    if open_:
+        webbrowser.open(deployed["open"])
+    emit(deployed, output)
+    if output == Format.table and deployed["status"] == "running":
+        out.print(f"{deployed['name']} is running; open it with `gpupaas service open "
+                  f"{target['name']} {deployed['name']}` or from {deployed['page']}")
+
+
+@service_app.command("catalogue")
+def service_catalogue(output: Output = Format.table) -> None:
+    """The services you may deploy."""
+    offered = Api.from_config().get("/service-profiles")
+    if output == Format.json:
+        return emit(offered, output)
+    table = Table("SERVICE", "NAME", "CPU", "MEMORY", "GPUS", box=None)
+    for p in offered:
+        table.add_row(p["name"], p["display_name"], f"{p['cpu']:g}", f"{p['memory_gib']} GiB",
+                      f"{p['gpus']} (at most {p['max_gpus']})")
+    out.print(table)
+
+
+@service_app.command("ls")
+def service_list(
+    instance: Annotated[str | None, typer.Argument(help="Only this instance's.")] = None,
+    output: Output = Format.table,
+) -> None:
+    """Your services (on your instances and those shared with you)."""
+    api = Api.from_config()
+    params = {"instance": api.instance_named(instance)["id"]} if instance else {}
+    rows = api.all_pages("/services", **params)
+    if output == Format.json:
+        return emit(rows, output)
+    table = Table("NAME", "INSTANCE", "STATUS", "SERVICE", box=None)
+    for s in rows:
+        table.add_row(s["name"], s["instance"], s["status"], s["service"])
+    out.print(table)
+
+
+def _service_named(api: Api, instance: str, name: str) -> dict[str, Any]:
+    target = api.instance_named(instance)
+    found = [s for s in api.all_pages("/services", instance=target["id"]) if s["name"] == name]
+    if not found:
+        raise ApiProblem(f"{target['name']} has no service named {name}.", client.NOT_FOUND)
+    return found[0]
+
+
+@service_app.command("open")
+def service_open(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The service's name.")],
+) -> None:
+    """Open a service in the browser (signed in to the portal there)."""
+    found = _service_named(Api.from_config(), instance, name)
+    webbrowser.open(found["open"])
+    out.print(f"Opening {found['open']}")
+
+
+@service_app.command("rm")
+def service_remove(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The service's name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    output: Output = Format.table,
+) -> None:
+    """Delete a service."""
+    api = Api.from_config()
+    found = _service_named(api, instance, name)
+    if not yes and not typer.confirm(f"Delete service {name}?", err=True):
+        err.print("Cancelled; nothing was deleted.")
+        raise typer.Exit(client.ERROR)
+    deleted = api.delete(f"/services/{found['id']}")
+    emit(deleted, output)
+    if output == Format.table:
+        out.print(f"{name} is {deleted['status']}.")
 
 
 def report(problem: ApiProblem, as_json: bool) -> None:

@@ -17,7 +17,7 @@ from api.models import ApiToken
 from clusters.crypto import encrypt
 from instances import collaborators
 from instances.models import Collaborator, Instance
-from notebooks.models import Notebook, NotebookProfile
+from notebooks.models import Notebook, NotebookProfile, Service, ServiceProfile
 from workspaces.models import AuditEvent
 from workspaces.tokens import hash_token
 
@@ -333,11 +333,15 @@ def test_every_object_endpoint_is_404_for_another_users_token(
         alice, bob_api, notebook, client):
     collaborator = collaborators.invite_collaborator(instance=notebook.instance, emails=["c@x.io"],
                                                 by=alice, base_url="http://t/").sent[0]
+    service = Service.objects.create(
+        instance=notebook.instance, name="curves", created_by=alice, cpu=1, memory_gib=1,
+        profile=ServiceProfile.objects.get(name="tensorboard"))
     ids = {"instance_id": notebook.instance_id, "notebook_id": notebook.pk,
-           "collaborator_id": collaborator.pk}
+           "collaborator_id": collaborator.pk, "service_id": service.pk}
     object_operations = [(m, p) for m, p in schema_operations(client) if "{" in p]
     assert len(object_operations) >= 12
     bodies = {"/notebooks": {"name": "x", "profile": "nb"}, "/kubeconfig": {},
+              "/services": {"name": "x", "profile": "tensorboard"},
               "/collaborators": {"emails": ["d@x.io"]}}
     for method, path in object_operations:
         url = re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), path).removeprefix("/api/v1")
@@ -347,6 +351,7 @@ def test_every_object_endpoint_is_404_for_another_users_token(
         assert response["Content-Type"] == PROBLEM
     assert Instance.objects.get(pk=notebook.instance_id).status == "running"
     assert Collaborator.objects.get().status == "pending"
+    assert Service.objects.get().status == "deploying"
     assert not AuditEvent.objects.filter(actor__username="bob").exclude(
         action="api_token.created").exists()
 
@@ -462,3 +467,31 @@ def test_refusals_made_before_any_endpoint_are_problem_documents_too(alice_api, 
     big = alice_api("POST", "/instances", {"name": "x" * 2000, "profile": "gpu-1"})
     assert big.status_code == 413 and big["Content-Type"] == "application/problem+json"
     assert big.json()["detail"].endswith("the API takes at most 1,000.")
+
+
+# --- catalogue services ------------------------------------------------------------------
+
+
+def test_services_are_deployed_listed_retried_and_deleted_with_the_pages_rules(
+        alice, alice_api, bob_api, catalogue):
+    instance = running_instance(alice, catalogue[2], "train")
+    offered = alice_api("GET", "/service-profiles").json()
+    assert {"tensorboard", "mlflow"} <= {p["name"] for p in offered}
+    bad = problem(alice_api("POST", f"/instances/{instance.pk}/services",
+                            {"name": "x", "profile": "no-such"}), 422)
+    assert bad["errors"][0]["detail"] == "This service is not available. Pick one shown."
+    created = alice_api("POST", f"/instances/{instance.pk}/services",
+                        {"name": "curves", "profile": "tensorboard"})
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert (body["service"], body["status"], body["gpus"]) == ("tensorboard", "deploying", 0)
+    assert body["open"].endswith(f"/services/{body['id']}/open/")
+    assert [s["name"] for s in alice_api("GET", "/services").json()["items"]] == ["curves"]
+    problem(bob_api("GET", f"/services/{body['id']}"), 404)
+    problem(bob_api("DELETE", f"/services/{body['id']}"), 404)
+    assert bob_api("GET", "/services").json()["items"] == []
+    assert problem(alice_api("POST", f"/services/{body['id']}/retry"), 409)["detail"] == (
+        "curves is deploying, not failed.")
+    assert alice_api("DELETE", f"/services/{body['id']}").json()["status"] == "deleting"
+    assert problem(alice_api("DELETE", f"/services/{body['id']}"), 409)["detail"] == (
+        "curves is already being deleted.")

@@ -34,7 +34,7 @@ from api import services as api_services
 from clusters.crypto import encrypt
 from instances import services as instance_services
 from instances.models import Collaborator, Instance
-from notebooks.models import Notebook, NotebookProfile
+from notebooks.models import Notebook, NotebookProfile, Service, ServiceProfile
 from workspaces.models import Workspace
 
 from .conftest import ROOT, running_instance, workspace_of
@@ -58,11 +58,14 @@ def live_api(transactional_db, settings, alice, catalogue):
     collaborator = Collaborator.objects.create(
         instance=instance, email="carol@example.com", invited_by=alice, token_hash="-",
         expires_at=timezone.now() + timezone.timedelta(days=7))
+    service = Service.objects.create(
+        instance=instance, name="curves", created_by=alice, cpu=1, memory_gib=1,
+        status="failed", profile=ServiceProfile.objects.get(name="tensorboard"))
     token = api_services.create_api_token(user=alice, name="fuzz", days=1, scope="write")[1]
     with serve(application) as url:
         yield {"url": url, "token": token, "ids": {
             "instance_id": instance.pk, "notebook_id": notebook.pk,
-            "collaborator_id": collaborator.pk}}
+            "collaborator_id": collaborator.pk, "service_id": service.pk}}
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -77,6 +80,9 @@ VALID_BODIES = {
                                                         "cpu": 1, "memory_gib": 1},
     "POST /api/v1/instances/{instance_id}/collaborators": {"emails": ["dan@example.com"]},
     "POST /api/v1/instances/{instance_id}/kubeconfig": {},
+    "POST /api/v1/instances/{instance_id}/services": {"name": "svc-valid",
+                                                       "profile": "tensorboard",
+                                                       "cpu": 1, "memory_gib": 1},
 }
 
 
@@ -273,6 +279,27 @@ def test_a_failed_instance_is_retried_and_the_quota_shown_from_the_command_line(
     assert retried.returncode == 0, retried.stderr
     assert "more is running." in retried.stdout
     assert Instance.objects.get(name="more").status == "running"
+
+
+def test_a_service_is_deployed_listed_and_removed_from_the_command_line(
+        alice, catalogue, portal, gpupaas):
+    writer = api_services.create_api_token(user=alice, name="w", days=7, scope="write")[1]
+    assert gpupaas("login", "--url", portal, "--token", writer).returncode == 0
+    running_instance(alice, catalogue[2], "train")
+    offered = gpupaas("service", "catalogue")
+    assert "tensorboard" in offered.stdout and "MLflow tracking server" in offered.stdout
+    deployed = gpupaas("service", "deploy", "train", "--service", "tensorboard", "--wait",
+                       "--poll", "0.3", timeout=240)
+    assert deployed.returncode == 0, deployed.stderr
+    assert "tensorboard is running; open it with `gpupaas service open train tensorboard`" in (
+        deployed.stdout)
+    assert "Starting tensorboard." in deployed.stderr  # the progress it showed on the way
+    listed = json.loads(gpupaas("service", "ls", "-o", "json").stdout)
+    assert [(s["name"], s["status"]) for s in listed] == [("tensorboard", "running")]
+    missing = gpupaas("service", "rm", "train", "nope", "--yes")
+    assert missing.returncode == 5 and "train has no service named nope." in missing.stderr
+    removed = gpupaas("service", "rm", "train", "tensorboard", "--yes")
+    assert removed.returncode == 0 and "tensorboard is deleting." in removed.stdout
 
 
 def test_kubeconfig_merges_into_the_file_kubeconfig_names(alice, profiles, live_server_url,
