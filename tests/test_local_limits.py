@@ -39,8 +39,10 @@ def alive(notebook: Notebook) -> bool:
     return run_code(notebook.url, notebook.token, "print('alive')").strip() == "alive"
 
 
-def test_a_memory_hog_is_stopped_at_its_limit_and_the_neighbour_keeps_running(
-        alice, bob, catalogue, minimal_environment):
+def test_a_memory_hog_and_a_fork_bomb_stop_at_their_limits_and_the_neighbour_keeps_running(
+        alice, bob, catalogue, minimal_environment, settings, sandbox_root):
+    """One pair of notebooks for both (each start costs seconds): the hog first, which
+    kills only itself, then the bomb, which may take its own server down with it."""
     hers = notebook_on(alice, catalogue, "hog", memory_gib=1)
     his = notebook_on(bob, catalogue, "calm")
     # The hog runs as a process of the kernel's, which reports how it ended.
@@ -57,31 +59,10 @@ def test_a_memory_hog_is_stopped_at_its_limit_and_the_neighbour_keeps_running(
     assert alive(hers)
     assert int(read_cgroup(hers, "memory", "memory.limit_in_bytes")) == 2**30
 
-
-def read_cgroup(notebook: Notebook, controller: str, name: str) -> str:
-    """The value a notebook's cgroup holds, as the kernel reports it."""
-    pid = server_pid_of(notebook)
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controller in controllers.split(","):
-            return (Path("/sys/fs/cgroup") / controller / path.lstrip("/") / name).read_text()
-    raise AssertionError(f"no {controller} cgroup for pid {pid}")
-
-
-def server_pid_of(notebook: Notebook) -> int:
-    from django.conf import settings
-
-    return server_pid(Path(settings.LOCAL_SANDBOX_ROOT), notebook)
-
-
-def test_a_fork_bomb_is_capped_and_the_neighbour_keeps_running(
-        alice, bob, catalogue, minimal_environment, settings, sandbox_root):
-    """The bomb forks until the pids controller says no. Its own server shares the cap and
-    may go down with it (the reconcile starts it again); the machine and the neighbour's
-    notebook do not. It reports through a file in its home, which the test reads."""
-    notebook = notebook_on(alice, catalogue, "bomb")
-    neighbour = notebook_on(bob, catalogue, "calm-too")
-    report = sandbox_root / "local" / notebook.instance.key / "bomb.txt"
+    # The bomb forks until the pids controller says no. Its own server shares the cap and
+    # may go down with it (the reconcile starts it again); the machine and the neighbour's
+    # notebook do not. It reports through a file in its home, which the test reads.
+    report = sandbox_root / "local" / hers.instance.key / "bomb.txt"
     bomb = textwrap.dedent(f"""
         import os, time
         pids, refused = [], None
@@ -104,28 +85,59 @@ def test_a_fork_bomb_is_capped_and_the_neighbour_keeps_running(
     """)
     starter = (f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {bomb!r}], "
                "start_new_session=True); print('started')")
-    assert run_code(notebook.url, notebook.token, starter).strip() == "started"
+    assert run_code(hers.url, hers.token, starter).strip() == "started"
     made, refused = wait_for(lambda: report.exists() and report.read_text().split(),
                              timeout=120)
     assert refused == "11"  # EAGAIN: the pids controller said no
     assert 0 < int(made) < settings.LOCAL_TASKS_MAX
-    assert alive(neighbour)
+    assert alive(his)
 
 
-def test_another_instances_gpu_is_refused_even_without_cuda_visible_devices(
+def read_cgroup(notebook: Notebook, controller: str, name: str) -> str:
+    """The value a notebook's cgroup holds, as the kernel reports it."""
+    pid = server_pid_of(notebook)
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return (Path("/sys/fs/cgroup") / controller / path.lstrip("/") / name).read_text()
+    raise AssertionError(f"no {controller} cgroup for pid {pid}")
+
+
+def server_pid_of(notebook: Notebook) -> int:
+    from django.conf import settings
+
+    return server_pid(Path(settings.LOCAL_SANDBOX_ROOT), notebook)
+
+
+def test_another_instances_gpu_dev_node_and_tmp_are_out_of_reach(
         alice, bob, catalogue, minimal_environment, sandbox_root):
-    """No GPU here, so the test makes the device nodes (NVIDIA's major, 195): the kernel's
-    devices controller answers EPERM for another instance's, while its own gets as far as
-    the (absent) driver (ENXIO)."""
-    hers = notebook_on(alice, catalogue, "gpu-a")
-    his = notebook_on(bob, catalogue, "gpu-b")
+    """One pair of notebooks, three walls.
+
+    GPUs: no GPU here, so the test makes the device nodes (NVIDIA's major, 195): with
+    CUDA_VISIBLE_DEVICES unset, the kernel's devices controller answers EPERM for another
+    instance's, while its own gets as far as the (absent) driver (ENXIO).
+    /dev: what works on cgroup v2 too: the other GPUs' /dev/nvidiaN nodes are covered by
+    /dev/null in the notebook's mount namespace (a node made for the test before they start,
+    minor 97, which no instance holds).
+    /tmp and /dev/shm: another workspace's are not there to see."""
+    node = Path("/dev/nvidia97")
+    os.mknod(node, 0o20666, os.makedev(195, 97))
+    try:
+        check_the_walls(alice, bob, catalogue, sandbox_root)
+    finally:
+        node.unlink()
+
+
+def check_the_walls(alice, bob, catalogue, sandbox_root) -> None:
+    hers = notebook_on(alice, catalogue, "wall-a")
+    his = notebook_on(bob, catalogue, "wall-b")
     devices = sandbox_root / "test-devices"  # where the notebook can reach them
     devices.mkdir()
     devices.chmod(0o755)
     for index in {*hers.gpu_indices, *his.gpu_indices}:
-        node = devices / f"nvidia{index}"
-        os.mknod(node, 0o20666, os.makedev(195, index))
-        node.chmod(0o666)
+        made = devices / f"nvidia{index}"
+        os.mknod(made, 0o20666, os.makedev(195, index))
+        made.chmod(0o666)
     code = textwrap.dedent(f"""
         import json, os
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
@@ -145,28 +157,13 @@ def test_another_instances_gpu_is_refused_even_without_cuda_visible_devices(
     for index in hers.gpu_indices:
         assert answers[str(index)] == 6  # ENXIO: let through, no driver behind it
 
+    seen = run_code(hers.url, hers.token, textwrap.dedent("""
+        import os
+        st = os.stat("/dev/nvidia97")
+        print(os.major(st.st_rdev), os.minor(st.st_rdev))
+    """)).split()
+    assert seen == ["1", "3"]  # /dev/null's numbers, not the GPU's 195:97
 
-def test_another_instances_dev_node_is_dev_null_inside(alice, catalogue, minimal_environment):
-    """What works on cgroup v2 too: the other GPUs' /dev/nvidiaN nodes are covered by
-    /dev/null in the notebook's mount namespace (a node made for the test, minor 97, which no
-    instance holds)."""
-    node = Path("/dev/nvidia97")
-    os.mknod(node, 0o20666, os.makedev(195, 97))
-    try:
-        notebook = notebook_on(alice, catalogue, "devnode")
-        seen = run_code(notebook.url, notebook.token, textwrap.dedent("""
-            import os
-            st = os.stat("/dev/nvidia97")
-            print(os.major(st.st_rdev), os.minor(st.st_rdev))
-        """)).split()
-        assert seen == ["1", "3"]  # /dev/null's numbers, not the GPU's 195:97
-    finally:
-        node.unlink()
-
-
-def test_another_workspaces_tmp_is_not_there(alice, bob, catalogue, minimal_environment):
-    hers = notebook_on(alice, catalogue, "tmp-a")
-    his = notebook_on(bob, catalogue, "tmp-b")
     run_code(his.url, his.token,
              "open('/tmp/bobs-secret', 'w').write('s3cret'); "
              "open('/dev/shm/bobs-shm', 'w').write('s3cret')")
