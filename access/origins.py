@@ -50,6 +50,21 @@ TICKET_TTL_S = 60
 MAX_BODY = 256 * 1024 * 1024
 
 
+def safe_next(path: str) -> str:
+    """A path on this same origin, else "/" (never `//host` or `/\\host`, which browsers
+    follow to another site)."""
+    if not path.startswith("/") or path.startswith("//") or "\\" in path:
+        return "/"
+    return path
+
+
+def _cookie_for_this_host(header: bytes) -> bool:
+    """A Set-Cookie from the service that stays on its own host: one naming a Domain would
+    reach the portal and other services under the same parent domain (cookie tossing)."""
+    attributes = header.decode("latin-1").split(";")[1:]
+    return not any(a.strip().lower().startswith("domain") for a in attributes)
+
+
 def host_label(host: str) -> tuple[int, str] | None:
     """(service id, suffix) when `host` (without its port) is a service's origin."""
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -75,8 +90,7 @@ def open_url(*, service: Service, request: HttpRequest, next_path: str = "/") ->
     cache.set(f"apps:ticket:{ticket}", {"service": service.pk, "user": request.user.pk,
                                         "session": request.session.session_key},
               TICKET_TTL_S)
-    if not next_path.startswith("/") or next_path.startswith("//"):
-        next_path = "/"
+    next_path = safe_next(next_path)
     return (f"{origin_for(service, request)}{AUTH_PATH}?ticket={ticket}"
             f"&next={quote(next_path, safe='/')}")
 
@@ -171,9 +185,7 @@ class AppsProxy:
                       headers: dict[str, str]) -> None:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         ticket = (query.get("ticket") or [""])[0]
-        next_path = (query.get("next") or ["/"])[0]
-        if not next_path.startswith("/") or next_path.startswith("//"):
-            next_path = "/"
+        next_path = safe_next((query.get("next") or ["/"])[0])
         key = f"apps:ticket:{ticket}"
         data = await sync_to_async(cache.get)(key) if ticket else None
         # One use: of two requests with one ticket, only the one that deletes it signs in.
@@ -242,7 +254,9 @@ class AppsProxy:
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": [(k, v) for k, v in response.headers.raw
                                     if k.decode("latin-1").lower() not in HOP_BY_HOP
-                                    - {"content-length"}]})
+                                    - {"content-length"}
+                                    and (k.lower() != b"set-cookie"
+                                         or _cookie_for_this_host(v))]})
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})

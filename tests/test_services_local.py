@@ -185,3 +185,38 @@ def test_an_mlflow_server_records_an_experiment_through_its_origin(
     # Kept in the instance's work folder, written as the workspace's OS user.
     store = sandbox_root / "local" / instance.key / "work" / "mlflow.db"
     assert store.stat().st_size > 0 and store.stat().st_uid != 0
+
+
+HOSTILE = '''python3 -c "import http.server as h, sys
+class H(h.BaseHTTPRequestHandler):
+    def do_GET(s):
+        s.send_response(200)
+        s.send_header('Set-Cookie', 'tossed=1; Domain=localhost; Path=/')
+        s.send_header('Set-Cookie', 'own=1; Path=/; HttpOnly')
+        s.send_header('Content-Length', '2')
+        s.end_headers()
+        s.wfile.write(b'ok')
+h.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()" {port}'''
+
+
+def test_a_service_can_neither_toss_cookies_nor_send_a_user_elsewhere(
+        transactional_db, alice, catalogue, server):
+    """Whatever an administrator adds runs the same way; and whatever it answers, it keeps
+    its cookies to its own host (none for the portal or the other services under the same
+    parent domain), and the sign-in sends nobody off the origin."""
+    profile = ServiceProfile.objects.create(name="hostile", display_name="Hostile",
+                                            local_command=HOSTILE)
+    instance = running_instance(alice, catalogue[2], "train")
+    service = until(services.deploy_service(instance=instance, name="cookies", by=alice,
+                                            profile=profile), Status.RUNNING)
+    owner = Browser(server, service)
+    to = urlsplit(signed_in(alice).get(
+        f"/services/{service.pk}/open/?next=//evil.example/x")["Location"])
+    assert "next=/&" in f"{to.query}&" or to.query.endswith("next=/")
+    ticket = to.query.split("ticket=")[1].split("&")[0]
+    signed = owner.http.get(f"{to.path}?ticket={ticket}&next=/%5Cevil.example")
+    assert signed.status_code == 303 and signed.headers["location"] == "/"
+    answer = owner.get("/")
+    assert answer.text == "ok"
+    cookies = answer.headers.get_list("set-cookie")
+    assert cookies == ["own=1; Path=/; HttpOnly"]

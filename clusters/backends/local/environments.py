@@ -162,9 +162,10 @@ def build_command(env: Environment) -> list[str]:
         'set -e; uv="$1"; python="$2"; scratch="$3"; final="$4"; shift 4; '
         # Relocatable: its scripts (a service's `tensorboard`) still run once it is moved.
         'rm -rf "$scratch"; "$uv" venv --quiet --relocatable --python "$python" "$scratch"; '
-        '"$uv" pip install --python "$scratch/bin/python" "$@"; '
+        # (a service with no packages of its own gets a bare environment)
+        + ('"$uv" pip install --python "$scratch/bin/python" "$@"; ' if env.packages else "")
         # Readable and runnable by the tenants, writable by none of them.
-        'chmod -R a+rX,go-w "$scratch"; mv "$scratch" "$final"'
+        + 'chmod -R a+rX,go-w "$scratch"; mv "$scratch" "$final"'
     )
     return ["sh", "-c", script, "build-environment", find_uv_bin(), interpreter(), scratch,
             str(env.path), *index_options(), *env.packages]

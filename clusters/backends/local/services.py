@@ -20,7 +20,7 @@ import time
 from http.client import HTTPConnection
 from pathlib import Path
 
-from ..base import NotebookState, ServiceSpec
+from ..base import BackendError, NotebookState, ServiceSpec
 from . import jupyter, limits
 from .environments import Environment
 from .tenants import Tenant
@@ -85,6 +85,10 @@ def start(spec: ServiceSpec, *, control: Path, home: Path, env: Environment,
         work.mkdir(mode=0o700)
         if tenant is not None:
             os.chown(work, tenant.uid, tenant.gid, follow_symlinks=False)
+    if len(str(socket_path(control)).encode()) > 100:  # AF_UNIX paths end at 108 bytes
+        raise BackendError(
+            "The portal's sandbox folder is too deep for a service's socket: set "
+            "LOCAL_SANDBOX_ROOT to a shorter path.", detail=str(socket_path(control)))
     port = jupyter.free_port()
     argv = command_line(spec.command, port=port, home=home, work=work)
     if "/" not in argv[0] and (env.bin / argv[0]).exists():
