@@ -721,6 +721,36 @@ def test_discovery_and_version(api: client.ApiClient) -> None:
     assert resources["deployments"].namespaced and "watch" in resources["deployments"].verbs
 
 
+# ----------------------------------------------------------------------------- exec
+
+
+@pytest.mark.parametrize("protocol", ["v5.channel.k8s.io", "v4.channel.k8s.io"])
+def test_exec_with_the_official_client_stream(emu: kubeemu.Emulator, protocol: str) -> None:
+    """exec over WebSocket as the official client's ``stream()`` speaks it, in either channel
+    protocol: a pod bound to a node answers as a container that has only ``echo``."""
+    from kubernetes.stream import stream
+
+    with client.ApiClient(emu.client_configuration()) as api_client:
+        api_client.set_default_header("sec-websocket-protocol", protocol)  # as ws_client reads it
+        core = client.CoreV1Api(api_client)
+        core.create_namespaced_pod("default", {"metadata": {"name": "p"}, "spec": {
+            "nodeName": "node", "containers": [{"name": "c", "image": "busybox"}]}})
+        runs = []
+        for command in (["echo", "hello", "there"], ["ls", "/"]):
+            ws = stream(core.connect_get_namespaced_pod_exec, "p", "default", command=command,
+                        stderr=True, stdin=False, stdout=True, tty=False,
+                        _preload_content=False)
+            ws.run_forever(timeout=5)
+            runs.append((ws.subprotocol, ws.read_stdout(), ws.read_stderr(), ws.returncode))
+            ws.close()
+        assert stream(core.connect_get_namespaced_pod_exec, "p", "default",
+                      command=["echo", "x"], stderr=True, stdin=False, stdout=True,
+                      tty=False) == "x\n"
+    assert runs == [(protocol, "hello there\n", "", 0),
+                    (protocol, "", "kubeemu: ls /: not found\n", 127)]
+    assert [r.status for r in emu.requests.records() if "/exec" in r.path] == [101] * 3
+
+
 # ----------------------------------------------------------------------------- faults
 
 
