@@ -8,7 +8,7 @@ stand-in runs (``tests/kit/kubelet.py``) execute for real, on the same connectio
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from websockets.server import ServerProtocol
 from websockets.sync.connection import Connection
@@ -16,13 +16,15 @@ from websockets.sync.connection import Connection
 from .errors import Obj, bad_request, not_found
 
 if TYPE_CHECKING:
+    from ..kubeproxy import RequestRecord
     from .serving import Handler, Route
 
 POD_STREAMS = ("exec", "attach", "portforward")
 PROTOCOLS = ["v5.channel.k8s.io", "v4.channel.k8s.io"]  # preferred first, as a kubelet does
 
 
-def serve(handler: Handler, route: Route, query: dict[str, list[str]], record: Any) -> None:
+def serve(handler: Handler, route: Route, query: dict[str, list[str]],
+          record: RequestRecord) -> None:
     """Answer one pod stream request on `handler`'s connection; `record` is its request's."""
     emu = handler.server.emulator
     handler._read_body()

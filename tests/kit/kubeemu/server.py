@@ -106,16 +106,9 @@ class Emulator(Served):
     # -- lifecycle
 
     @property
-    def host(self) -> str:
-        return str(self._server.server_address[0])
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
 
     def _closing(self) -> None:
         self.store.close()
