@@ -8,6 +8,7 @@ stand-in runs (``tests/kit/kubelet.py``) execute for real, on the same connectio
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING
 
 from websockets.server import ServerProtocol
@@ -43,7 +44,7 @@ def serve(handler: Handler, route: Route, query: dict[str, list[str]],
         handler._send(error.code, error.status())
         return
     # The sans-I/O protocol parses the handshake itself: replay the request http.server read.
-    protocol = ServerProtocol(subprotocols=PROTOCOLS)
+    protocol = ServerProtocol(subprotocols=PROTOCOLS, logger=logging.getLogger("kubeemu.exec"))
     protocol.receive_data("".join([f"{handler.requestline}\r\n", *(
         f"{k}: {v}\r\n" for k, v in handler.headers.items()), "\r\n"]).encode("latin-1"))
     [request] = protocol.events_received()
