@@ -2,7 +2,7 @@
 straight to the API and through the portal, and how soon a watching kubectl sees a new pod.
 
 The portal runs as in production (gunicorn with a uvicorn worker, over HTTPS, PostgreSQL),
-in front of the Kubernetes API emulator (tests/kit/kubeemu.py); a real kube-apiserver is not
+in front of the Kubernetes API emulator (tests/kit/kubeemu/); a real kube-apiserver is not
 used here, so the direct figure is the emulator's. The database named in DATABASE_URL
 (default gpupaas_bench_proxy) is dropped and created again.
 
@@ -171,7 +171,7 @@ def main() -> None:
             server.terminate()
             server.wait(15)
             shutil.rmtree(work, ignore_errors=True)
-    print(f"against: API emulator (tests/kit/kubeemu.py); {RUNS} runs each, {PODS} pods")
+    print(f"against: API emulator (tests/kit/kubeemu/); {RUNS} runs each, {PODS} pods")
     print(f"direct p50/p90 ms: {p50(direct_ms):.1f}/"
           f"{statistics.quantiles(direct_ms, n=10)[-1]:.1f}")
     print(f"proxied p50/p90 ms: {p50(proxied_ms):.1f}/"

@@ -25,7 +25,7 @@ from notebooks import services as notebook_services
 from notebooks.models import Notebook
 
 from .conftest import wait_for, workspace_of
-from .kit import kubeemu, targets
+from .kit import kubeemu, kubeproxy, targets
 from .kube_fixtures import RESTRICTED, deploy_notebook, launch, namespace_of, provision
 from .test_kube_clusters import HELM_RELEASE
 
@@ -182,7 +182,7 @@ def test_with_20_percent_faults_every_instance_converges_and_nothing_is_orphaned
     workspace.save()
     instances = [launch(alice, profiles["namespace"], name=f"job-{i}", workspace=workspace)
                  for i in range(10)]
-    emu.faults = kubeemu.Faults(rate=0.2, kinds=("500", "timeout", "reset"), seed=7, delay=0.5)
+    emu.faults = kubeproxy.Faults(rate=0.2, kinds=("500", "timeout", "reset"), seed=7, delay=0.5)
 
     def drive(step, instance, done):
         for _ in backoff():  # what the worker's task retries do

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .kubeemu import _ws_frame
+from websockets.exceptions import ConnectionClosed
 
 SETUP = r"""
 set -e
@@ -52,22 +52,6 @@ exec chroot "$R" "$@"
 
 def available() -> bool:
     return os.geteuid() == 0 and all(shutil.which(t) for t in ("unshare", "chroot", "setpriv"))
-
-
-def _read_frame(rfile: Any) -> tuple[int, bytes] | None:
-    head = rfile.read(2)
-    if len(head) < 2:
-        return None
-    opcode, size = head[0] & 0x0F, head[1] & 0x7F
-    if size == 126:
-        size = struct.unpack("!H", rfile.read(2))[0]
-    elif size == 127:
-        size = struct.unpack("!Q", rfile.read(8))[0]
-    mask = rfile.read(4) if head[1] & 0x80 else b""
-    data = rfile.read(size)
-    if mask:
-        data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-    return opcode, data
 
 
 class Kubelet:
@@ -170,9 +154,10 @@ class Kubelet:
             mounts += [str(source), "/" + mount["mountPath"].lstrip("/")]
         return root, mounts
 
-    def exec(self, handler: Any, pod: dict[str, Any], query: dict[str, list[str]],
-             protocol: str) -> None:
-        """Serve one exec on the upgraded connection of `handler` until the command ends."""
+    def exec(self, ws: Any, pod: dict[str, Any], query: dict[str, list[str]]) -> None:
+        """Serve one exec on `ws` (the emulator's WebSocket connection, a
+        ``websockets.sync.connection.Connection``) until the command ends; the emulator
+        closes it."""
         flag = lambda name: (query.get(name) or ["false"])[-1] == "true"  # noqa: E731
         tty, stdin = flag("tty"), flag("stdin")
         command = query.get("command") or []
@@ -189,12 +174,9 @@ class Kubelet:
                 SETUP, "kit-container", str(root), *mounts, "--", "/usr/bin/setpriv",
                 f"--reuid={user}", f"--regid={group}", "--clear-groups", "--no-new-privs",
                 "--", "/usr/bin/env", "-i", *env, *command]
-        lock = threading.Lock()
-
-        def send(payload: bytes, opcode: int = 2) -> None:
-            with lock, contextlib.suppress(OSError):
-                handler.wfile.write(_ws_frame(payload, opcode=opcode))
-                handler.wfile.flush()
+        def send(payload: bytes) -> None:
+            with contextlib.suppress(ConnectionClosed, OSError):
+                ws.send(payload)
 
         if tty:
             master, slave = os.openpty()
@@ -216,20 +198,12 @@ class Kubelet:
             writer = process.stdin.fileno() if stdin else -1
         self.processes.add(process)
 
-        def from_client() -> None:
-            while True:
-                try:
-                    frame = _read_frame(handler.rfile)
-                except (OSError, ValueError):
-                    frame = None
-                if frame is None or frame[0] == 8:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    return
-                opcode, data = frame
-                if opcode == 9:
-                    send(data, 10)
-                elif opcode in (1, 2) and data:
+        def from_client() -> None:  # pings and the closing handshake are the library's
+            with contextlib.suppress(ConnectionClosed, OSError):
+                for message in ws:
+                    data = message.encode() if isinstance(message, str) else message
+                    if not data:
+                        continue
                     channel, data = data[0], data[1:]
                     if channel == 0 and writer >= 0:
                         with contextlib.suppress(OSError):
@@ -242,6 +216,8 @@ class Kubelet:
                     elif channel == 255 and data[:1] == b"\x00" and not tty and stdin:
                         with contextlib.suppress(OSError):
                             process.stdin.close()
+            with contextlib.suppress(ProcessLookupError):  # the client went away, or closed
+                process.kill()
 
         threading.Thread(target=from_client, daemon=True, name="kubelet-exec-in").start()
         open_fds = dict(outputs)
@@ -267,4 +243,3 @@ class Kubelet:
                       "message": f"command terminated with non-zero exit code: exit status {code}",
                       "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
         send(b"\x03" + json.dumps(status).encode())
-        send(struct.pack("!H", 1000), 8)

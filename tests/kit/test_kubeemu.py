@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -721,161 +720,34 @@ def test_discovery_and_version(api: client.ApiClient) -> None:
     assert resources["deployments"].namespaced and "watch" in resources["deployments"].verbs
 
 
-# ----------------------------------------------------------------------------- faults
+# ----------------------------------------------------------------------------- exec
 
 
-def test_fault_500(emu: kubeemu.Emulator, core: client.CoreV1Api) -> None:
-    emu.faults = kubeemu.Faults(rate=1.0, kinds=("500",))
-    with pytest.raises(ApiException) as err:
-        core.create_namespaced_config_map("default", {"metadata": {"name": "c"}})
-    assert err.value.status == 500
-    assert status_body(err.value)["reason"] == "InternalError"
-    assert emu.get("ConfigMap", "c") is None
-    assert emu.requests.by_fault() == {"500": 1}
+@pytest.mark.parametrize("protocol", ["v5.channel.k8s.io", "v4.channel.k8s.io"])
+def test_exec_with_the_official_client_stream(emu: kubeemu.Emulator, protocol: str) -> None:
+    """exec over WebSocket as the official client's ``stream()`` speaks it, in either channel
+    protocol: a pod bound to a node answers as a container that has only ``echo``."""
+    from kubernetes.stream import stream
 
-
-def test_fault_timeout(emu: kubeemu.Emulator, core: client.CoreV1Api) -> None:
-    emu.faults = kubeemu.Faults(rate=1.0, kinds=("timeout",), delay=5.0)
-    started = time.monotonic()
-    with pytest.raises(urllib3.exceptions.ReadTimeoutError):
-        core.create_namespaced_config_map(
-            "default", {"metadata": {"name": "c"}}, _request_timeout=0.2
-        )
-    assert time.monotonic() - started < 2
-    assert emu.requests.by_fault() == {"timeout": 1}
-    # stop() (by the fixture) releases the held connection at once instead of after 5 s.
-
-
-def test_fault_reset(emu: kubeemu.Emulator, core: client.CoreV1Api) -> None:
-    emu.faults = kubeemu.Faults(rate=1.0, kinds=("reset",))
-    with pytest.raises(urllib3.exceptions.ProtocolError) as err:
-        core.create_namespaced_config_map("default", {"metadata": {"name": "c"}})
-    assert isinstance(err.value.args[1], ConnectionError)
-    assert emu.requests.by_fault() == {"reset": 1}
-
-
-def test_rate_zero_injects_nothing(emu: kubeemu.Emulator, core: client.CoreV1Api) -> None:
-    emu.faults = kubeemu.Faults(rate=0.0, kinds=kubeemu.FAULT_KINDS, seed=1)
-    for i in range(20):
-        core.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
-    assert len(core.list_namespaced_config_map("default").items) == 20
-    assert emu.requests.faulted == 0 and emu.requests.failed == 0
-
-
-def _fault_pattern(seed: int, calls: int = 30) -> list[bool]:
-    faults = kubeemu.Faults(rate=0.5, kinds=("500",), seed=seed)
-    with (
-        kubeemu.start(faults=faults) as emulator,
-        client.ApiClient(emulator.client_configuration(retries=False)) as api_client,
-    ):
+    with client.ApiClient(emu.client_configuration()) as api_client:
+        api_client.set_default_header("sec-websocket-protocol", protocol)  # as ws_client reads it
         core = client.CoreV1Api(api_client)
-        pattern = []
-        for _ in range(calls):
-            try:
-                core.read_namespace("default")
-                pattern.append(False)
-            except ApiException as exc:
-                assert exc.status == 500
-                pattern.append(True)
-        assert emulator.requests.faulted == sum(pattern)
-        return pattern
-
-
-def test_faults_are_deterministic_with_a_seed() -> None:
-    first, again, other = _fault_pattern(7), _fault_pattern(7), _fault_pattern(8)
-    assert first == again
-    assert first != other
-    assert 5 < sum(first) < 25
-
-
-def test_faults_can_target_mutating_verbs_and_paths(
-    emu: kubeemu.Emulator, api: client.ApiClient
-) -> None:
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    emu.faults = kubeemu.Faults(rate=1.0, verbs=kubeemu.MUTATING_VERBS)
-    core.list_namespace()
-    core.read_namespace("default")
-    with pytest.raises(ApiException):
-        core.create_namespaced_config_map("default", {"metadata": {"name": "c"}})
-
-    emu.faults = kubeemu.Faults(rate=1.0, paths=("/apis/apps/",))
-    core.create_namespaced_config_map("default", {"metadata": {"name": "c"}})
-    with pytest.raises(ApiException):
-        apps.create_namespaced_deployment("default", deployment("nb"))
-    assert emu.requests.by_fault() == {"500": 2}
-
-
-def test_fault_after_the_write_and_limit(emu: kubeemu.Emulator, core: client.CoreV1Api) -> None:
-    # The write lands but its answer is lost, once: the client's retry then meets 409.
-    emu.faults = kubeemu.Faults(rate=1.0, kinds=("500",), after=True, limit=1)
-    with pytest.raises(ApiException) as lost:
-        core.create_namespaced_config_map("default", {"metadata": {"name": "c"}})
-    assert lost.value.status == 500
-    assert emu.get("ConfigMap", "c") is not None
-    with pytest.raises(ApiException) as retry:
-        core.create_namespaced_config_map("default", {"metadata": {"name": "c"}})
-    assert retry.value.status == 409
-
-
-def test_faults_set_at_start() -> None:
-    faults = kubeemu.Faults(rate=1.0, kinds=("500",), limit=1)
-    with (
-        kubeemu.start(faults=faults) as emulator,
-        client.ApiClient(emulator.client_configuration()) as api_client,
-    ):
-        core = client.CoreV1Api(api_client)
-        with pytest.raises(ApiException):
-            core.read_namespace("default")
-        assert core.read_namespace("default").metadata.name == "default"
-
-
-def test_faults_reject_bad_settings() -> None:
-    with pytest.raises(ValueError):
-        kubeemu.Faults(rate=1.5)
-    with pytest.raises(ValueError):
-        kubeemu.Faults(rate=0.5, kinds=("boom",))  # type: ignore[arg-type]
-
-
-# ----------------------------------------------------------------------------- request counter
-
-
-def test_request_counter(emu: kubeemu.Emulator, core: client.CoreV1Api) -> None:
-    emu.requests.reset()
-    core.list_namespace()
-    core.create_namespaced_config_map("default", {"metadata": {"name": "c"}})
-    core.read_namespaced_config_map("c", "default")
-    core.patch_namespaced_config_map("c", "default", {"data": {"a": "b"}})
-    core.delete_namespaced_config_map("c", "default")
-    with pytest.raises(ApiException):
-        core.read_namespaced_config_map("c", "default")
-
-    requests = emu.requests
-    assert requests.total == 6 and requests.failed == 1 and requests.faulted == 0
-    assert requests.by_verb() == {"list": 1, "create": 1, "get": 2, "patch": 1, "delete": 1}
-    assert requests.by_verb_resource()[("get", "configmaps")] == 2
-    assert requests.by_pattern()[("GET", "/api/v1/namespaces/{namespace}/configmaps/{name}")] == 2
-    assert requests.count(resource="configmaps", namespace="default") == 5
-
-    # A reset GET is retried three times by urllib3: four requests reach the emulator.
-    requests.reset()
-    emu.faults = kubeemu.Faults(rate=1.0, kinds=("reset",))
-    with pytest.raises(urllib3.exceptions.MaxRetryError):
-        core.read_namespace("default")
-    assert (requests.total, requests.faulted, requests.failed) == (4, 4, 4)
-
-    emu.faults = None
-    requests.reset()
-    threads = [
-        threading.Thread(target=lambda: [core.read_namespace("default") for _ in range(10)])
-        for _ in range(8)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert requests.total == 80 and requests.by_verb() == {"get": 80}
-    requests.reset()
-    assert requests.total == 0 and requests.records() == []
+        core.create_namespaced_pod("default", {"metadata": {"name": "p"}, "spec": {
+            "nodeName": "node", "containers": [{"name": "c", "image": "busybox"}]}})
+        runs = []
+        for command in (["echo", "hello", "there"], ["ls", "/"]):
+            ws = stream(core.connect_get_namespaced_pod_exec, "p", "default", command=command,
+                        stderr=True, stdin=False, stdout=True, tty=False,
+                        _preload_content=False)
+            ws.run_forever(timeout=5)
+            runs.append((ws.subprotocol, ws.read_stdout(), ws.read_stderr(), ws.returncode))
+            ws.close()
+        assert stream(core.connect_get_namespaced_pod_exec, "p", "default",
+                      command=["echo", "x"], stderr=True, stdin=False, stdout=True,
+                      tty=False) == "x\n"
+    assert runs == [(protocol, "hello there\n", "", 0),
+                    (protocol, "", "kubeemu: ls /: not found\n", 127)]
+    assert [r.status for r in emu.requests.records() if "/exec" in r.path] == [101] * 3
 
 
 # ----------------------------------------------------------------------------- direct access
