@@ -435,7 +435,7 @@ def notebook_remove(
 ) -> None:
     """Delete a notebook."""
     api = Api.from_config()
-    found = _notebook_named(api, instance, name)
+    found = _named(api, "notebooks", instance, name)
     if not yes and not typer.confirm(f"Delete notebook {name}?", err=True):
         err.print("Cancelled; nothing was deleted.")
         raise typer.Exit(client.ERROR)
@@ -453,17 +453,21 @@ def notebook_retry(
 ) -> None:
     """Start a failed notebook again, with its files."""
     api = Api.from_config()
-    notebook = api.post(f"/notebooks/{_notebook_named(api, instance, name)['id']}/retry")
+    found = _named(api, "notebooks", instance, name)
+    notebook = api.post(f"/notebooks/{found['id']}/retry")
     emit(notebook, output)
     if output == Format.table:
         out.print(f"{name} is {notebook['status']}: {notebook['status_message']}")
 
 
-def _notebook_named(api: Api, instance: str, name: str) -> dict[str, Any]:
+def _named(api: Api, kind: str, instance: str, name: str) -> dict[str, Any]:
+    """The notebook or service (`kind`: notebooks, services) of that name on the instance."""
     target = api.instance_named(instance)
-    found = [n for n in api.all_pages("/notebooks", instance=target["id"]) if n["name"] == name]
+    found = [row for row in api.all_pages(f"/{kind}", instance=target["id"])
+             if row["name"] == name]
     if not found:
-        raise ApiProblem(f"{target['name']} has no notebook named {name}.", client.NOT_FOUND)
+        raise ApiProblem(f"{target['name']} has no {kind[:-1]} named {name}.",
+                         client.NOT_FOUND)
     return found[0]
 
 
@@ -537,21 +541,13 @@ def service_list(
     out.print(table)
 
 
-def _service_named(api: Api, instance: str, name: str) -> dict[str, Any]:
-    target = api.instance_named(instance)
-    found = [s for s in api.all_pages("/services", instance=target["id"]) if s["name"] == name]
-    if not found:
-        raise ApiProblem(f"{target['name']} has no service named {name}.", client.NOT_FOUND)
-    return found[0]
-
-
 @service_app.command("open")
 def service_open(
     instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
     name: Annotated[str, typer.Argument(help="The service's name.")],
 ) -> None:
     """Open a service in the browser (signed in to the portal there)."""
-    found = _service_named(Api.from_config(), instance, name)
+    found = _named(Api.from_config(), "services", instance, name)
     webbrowser.open(found["open"])
     out.print(f"Opening {found['open']}")
 
@@ -565,7 +561,7 @@ def service_remove(
 ) -> None:
     """Delete a service."""
     api = Api.from_config()
-    found = _service_named(api, instance, name)
+    found = _named(api, "services", instance, name)
     if not yes and not typer.confirm(f"Delete service {name}?", err=True):
         err.print("Cancelled; nothing was deleted.")
         raise typer.Exit(client.ERROR)

@@ -14,7 +14,41 @@ from clusters.crypto import decrypt
 from instances.models import Deployment, instance_name_validator
 
 
-class NotebookProfile(models.Model):
+class LocalEnvironment(models.Model):
+    """What a notebook or service profile needs on the local backend: its Python packages
+    (an environment built once with uv and cached) and the commands it needs here."""
+
+    local_packages = models.TextField(
+        "packages (local machine)", blank=True,
+        help_text="Local backend: the Python packages of its environment, one requirement a "
+        "line (built once with uv and cached; notebooks get JupyterLab added when it is not "
+        "listed).",
+    )
+    local_requires = models.CharField(
+        "commands needed (local machine)", max_length=200, blank=True,
+        help_text="Local backend: commands it needs on this machine, separated by spaces "
+        "(e.g. java); without them it shows as unavailable.",
+    )
+
+    class Meta:
+        abstract = True
+
+    def clean(self) -> None:
+        try:
+            parse_packages(self.local_packages)
+        except ValueError as exc:
+            raise ValidationError({"local_packages": str(exc)}) from None
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(parse_packages(self.local_packages))
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return tuple(self.local_requires.split())
+
+
+class NotebookProfile(LocalEnvironment):
     """A Jupyter image users deploy onto an instance, with its frameworks pre-installed."""
 
     name = models.SlugField(max_length=63, unique=True)
@@ -23,16 +57,6 @@ class NotebookProfile(models.Model):
     image = models.CharField(max_length=300, help_text="Image for CPU-only notebooks.")
     gpu_image = models.CharField(
         max_length=300, blank=True, help_text="CUDA-enabled image used when the notebook has GPUs."
-    )
-    local_packages = models.TextField(
-        "packages (local machine)", blank=True,
-        help_text="Local backend: the Python packages of its environment, one requirement a "
-        "line (built once with uv and cached; JupyterLab is added when not listed).",
-    )
-    local_requires = models.CharField(
-        "commands needed (local machine)", max_length=200, blank=True,
-        help_text="Local backend: commands the environment needs on this machine, separated "
-        "by spaces (e.g. java); without them the profile shows as unavailable.",
     )
     default_cpu = models.DecimalField(max_digits=6, decimal_places=1, default=2)
     default_memory_gib = models.PositiveIntegerField(default=8)
@@ -50,20 +74,6 @@ class NotebookProfile(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
-
-    def clean(self) -> None:
-        try:
-            parse_packages(self.local_packages)
-        except ValueError as exc:
-            raise ValidationError({"local_packages": str(exc)}) from None
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return tuple(parse_packages(self.local_packages))
-
-    @property
-    def requires(self) -> tuple[str, ...]:
-        return tuple(self.local_requires.split())
 
 
 def new_host_suffix() -> str:
@@ -171,7 +181,7 @@ class Notebook(Deployment):
         ]
 
 
-class ServiceProfile(models.Model):
+class ServiceProfile(LocalEnvironment):
     """A service from the catalogue users deploy onto an instance beside their notebooks:
     TensorBoard, an MLflow tracking server… The portal serves it to the instance's owner
     and collaborators only, each on an origin of its own (`access.origins`)."""
@@ -204,15 +214,6 @@ class ServiceProfile(models.Model):
         "most GPUs", default=0, help_text="The most GPUs a user may give it (0: none).")
     health_path = models.CharField(
         max_length=200, default="/", help_text="A path that answers (not 5xx) once it is up.")
-    local_packages = models.TextField(
-        "packages (local machine)", blank=True,
-        help_text="Local backend: the Python packages of its environment, one requirement a "
-        "line (built once with uv and cached).",
-    )
-    local_requires = models.CharField(
-        "commands needed (local machine)", max_length=200, blank=True,
-        help_text="Local backend: commands it needs on this machine, separated by spaces.",
-    )
     local_command = models.CharField(
         "command (local machine)", max_length=500, blank=True,
         help_text="Local backend: how to start it, listening on 127.0.0.1:{port} (its own "
@@ -229,11 +230,8 @@ class ServiceProfile(models.Model):
     def clean(self) -> None:
         from clusters.backends.local.services import command_line
 
+        super().clean()
         errors = {}
-        try:
-            parse_packages(self.local_packages)
-        except ValueError as exc:
-            errors["local_packages"] = str(exc)
         if self.local_command:
             try:
                 command_line(self.local_command, port=1, home="/h", work="/w")
@@ -243,15 +241,6 @@ class ServiceProfile(models.Model):
             errors["default_gpus"] = "More than the most GPUs it may have."
         if errors:
             raise ValidationError(errors)
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return tuple(parse_packages(self.local_packages))
-
-    @property
-    def requires(self) -> tuple[str, ...]:
-        return tuple(self.local_requires.split())
-
 
 class Service(Deployment):
     """A catalogue service deployed onto one instance."""

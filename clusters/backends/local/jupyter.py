@@ -103,12 +103,7 @@ def start(spec: NotebookSpec, *, control: Path, home: Path, env: Environment,
         if runtime.get("token_sha256") == token_digest(spec.token):
             return state(spec, control, server_id)
         stop(control, server_id)  # a new token: the server that accepts the old one must go
-    control.mkdir(parents=True, exist_ok=True, mode=0o700)
-    work = home / "work"
-    if not work.exists():
-        work.mkdir(mode=0o700)
-        if tenant is not None:
-            os.chown(work, tenant.uid, tenant.gid, follow_symlinks=False)
+    work = prepare(control, home, tenant)
     quiet_lab(env)
     port = free_port()
     command = [
@@ -145,6 +140,18 @@ def start(spec: NotebookSpec, *, control: Path, home: Path, env: Environment,
                              "token_sha256": token_digest(spec.token)})
     return NotebookState("deploying", "starting", "Starting JupyterLab.",
                          detail=f"pid {process.pid}, port {port}")
+
+
+def prepare(control: Path, home: Path, tenant: Tenant | None) -> Path:
+    """The portal's control folder for a server, and the sandbox's work folder (the
+    tenant's) it works in, made when missing; returns the work folder."""
+    control.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = home / "work"
+    if not work.exists():
+        work.mkdir(mode=0o700)
+        if tenant is not None:
+            os.chown(work, tenant.uid, tenant.gid, follow_symlinks=False)
+    return work
 
 
 def quiet_lab(env: Environment) -> None:

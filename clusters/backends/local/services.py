@@ -79,12 +79,7 @@ def start(spec: ServiceSpec, *, control: Path, home: Path, env: Environment,
     runtime = jupyter.read_runtime(control)
     if runtime and jupyter._ours(runtime.get("pid"), server_id):
         return state(spec, control, server_id)
-    control.mkdir(parents=True, exist_ok=True, mode=0o700)
-    work = home / "work"
-    if not work.exists():
-        work.mkdir(mode=0o700)
-        if tenant is not None:
-            os.chown(work, tenant.uid, tenant.gid, follow_symlinks=False)
+    work = jupyter.prepare(control, home, tenant)
     if len(str(socket_path(control)).encode()) > 100:  # AF_UNIX paths end at 108 bytes
         raise BackendError(
             "The portal's sandbox folder is too deep for a service's socket: set "
