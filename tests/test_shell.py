@@ -145,7 +145,18 @@ def open_shell(portal, tls):  # noqa: F811
     after the test."""
     import ssl
 
+    class BoundedReads(ssl.SSLSocket):
+        """websockets' reader thread reads with no timeout. After a refused handshake it can
+        block in a TLS read that never completes (the socket turned readable for a TLS 1.3
+        session ticket, then nothing more came) while the main thread waits for it: seen
+        once in a loaded CI run, and it hung the suite. A read that waits at most 60 s (no
+        test keeps a shell silent that long) ends such a hang with an error instead."""
+
+        def settimeout(self, value: float | None) -> None:
+            super().settimeout(60 if value is None else value)
+
     trust = ssl.create_default_context(cafile=str(tls[0]))
+    trust.sslsocket_class = BoundedReads
     with ExitStack() as stack:
 
         def opener(cookie: str, instance_id: int, *, origin: str | None = None,
