@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import socket
-import ssl
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +32,7 @@ from notebooks.models import Notebook, NotebookProfile
 from workspaces.services import ensure_workspace
 
 from .conftest import make_user, wait_for, workspace_of
-from .kit.asgi import serve
+from .kit.asgi import client_tls, serve
 from .test_identity import PROVIDER_ID, idp, sign_in, sso  # noqa: F401  (fixtures)
 from .test_remote_access import emu, profile, real_profile, tls  # noqa: F401  (fixtures)
 from .test_shell import fresh_channel_layer, no_shell_left
@@ -377,7 +376,7 @@ def open_shell_then_remove(url, tls, cookie, instance, collaborator, alice):  # 
 
     with connect(url.replace("https", "wss", 1)
                  + f"/access/instances/{instance.pk}/shell/socket/",
-                 ssl=ssl.create_default_context(cafile=str(tls[0])),
+                 ssl=client_tls(tls[0]),
                  additional_headers={"Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}",
                                      "Origin": url}) as socket_:
         shell = Shell(socket_)

@@ -28,7 +28,7 @@ from instances.models import ComputeProfile, Instance
 
 from .conftest import make_user, wait_for, workspace_of
 from .kit import kubeemu
-from .kit.asgi import self_signed, serve
+from .kit.asgi import client_tls, self_signed, serve
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
@@ -54,7 +54,7 @@ def portal_ca(settings, tls):
 
 
 def trusting_the_portal() -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=settings.ACCESS_KUBECONFIG_CA_FILE)
+    return client_tls(settings.ACCESS_KUBECONFIG_CA_FILE)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from workspaces.models import AuditEvent
 
 from .conftest import make_user, running_instance, wait_for
 from .kit import kubelet as kit_kubelet
-from .kit.asgi import serve
+from .kit.asgi import client_tls, serve
 from .kit.kubelet import Kubelet
 from .test_collaborators import share_with
 from .test_remote_access import emu, namespace_of, profile, real_profile, tls  # noqa: F401
@@ -143,20 +143,8 @@ def session_cookie(client, user) -> str:
 def open_shell(portal, tls):  # noqa: F811
     """Opens shells on the served portal (`open_shell(cookie, instance id)`); all are closed
     after the test."""
-    import ssl
 
-    class BoundedReads(ssl.SSLSocket):
-        """websockets' reader thread reads with no timeout. After a refused handshake it can
-        block in a TLS read that never completes (the socket turned readable for a TLS 1.3
-        session ticket, then nothing more came) while the main thread waits for it: seen
-        once in a loaded CI run, and it hung the suite. A read that waits at most 60 s (no
-        test keeps a shell silent that long) ends such a hang with an error instead."""
-
-        def settimeout(self, value: float | None) -> None:
-            super().settimeout(60 if value is None else value)
-
-    trust = ssl.create_default_context(cafile=str(tls[0]))
-    trust.sslsocket_class = BoundedReads
+    trust = client_tls(tls[0])
     with ExitStack() as stack:
 
         def opener(cookie: str, instance_id: int, *, origin: str | None = None,

@@ -3,6 +3,7 @@ loopback port, on a background thread: `with serve(app) as url: ...`; with `tls=
 over HTTPS (kubectl sends bearer tokens over HTTPS only). `self_signed()` makes such a pair."""
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +35,24 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
                           + ca.cert_pem.bytes())
     key_path.write_bytes(issued.private_key_pem.bytes())
     return cert_path, key_path
+
+
+class BoundedReads(ssl.SSLSocket):
+    """websockets' sync client reads in a thread with no timeout. After a refused handshake
+    that thread can block in a TLS read that never completes (the socket turned readable for
+    a TLS 1.3 session ticket, then nothing more came) while the caller waits for it: seen
+    once in a loaded CI run, where it hung the suite. Reads here wait at most 60 s (no test
+    keeps a connection silent that long), so such a hang ends in an error instead."""
+
+    def settimeout(self, value: float | None) -> None:
+        super().settimeout(60 if value is None else value)
+
+
+def client_tls(cafile: str | Path) -> ssl.SSLContext:
+    """A client TLS context trusting `cafile`, for the tests' WebSocket clients."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    context.sslsocket_class = BoundedReads
+    return context
 
 
 @contextmanager
