@@ -143,7 +143,6 @@ def session_cookie(client, user) -> str:
 def open_shell(portal, tls):  # noqa: F811
     """Opens shells on the served portal (`open_shell(cookie, instance id)`); all are closed
     after the test."""
-
     trust = client_tls(tls[0])
     with ExitStack() as stack:
 
