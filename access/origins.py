@@ -16,7 +16,6 @@ still the instance's owner or collaborator. Logging out of the portal, or losing
 ends it. The service itself is reached through its relay's Unix socket
 (clusters/backends/local/services.py): nothing else on the machine reaches it."""
 
-import asyncio
 import logging
 import random
 import re
@@ -260,8 +259,6 @@ class AppsProxy:
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
-        except (httpx.HTTPError, asyncio.CancelledError, OSError):
-            raise
         finally:
             await response.aclose()
 
