@@ -434,15 +434,7 @@ def notebook_remove(
     output: Output = Format.table,
 ) -> None:
     """Delete a notebook."""
-    api = Api.from_config()
-    found = _named(api, "notebooks", instance, name)
-    if not yes and not typer.confirm(f"Delete notebook {name}?", err=True):
-        err.print("Cancelled; nothing was deleted.")
-        raise typer.Exit(client.ERROR)
-    notebook = api.delete(f"/notebooks/{found['id']}")
-    emit(notebook, output)
-    if output == Format.table:
-        out.print(f"{name} is {notebook['status']}.")
+    _remove("notebooks", instance, name, yes=yes, output=output)
 
 
 @notebook_app.command("retry")
@@ -560,12 +552,18 @@ def service_remove(
     output: Output = Format.table,
 ) -> None:
     """Delete a service."""
+    _remove("services", instance, name, yes=yes, output=output)
+
+
+def _remove(kind: str, instance: str, name: str, *, yes: bool, output: Format) -> None:
+    """Delete the notebook or service (`kind`: notebooks, services) of that name, asking
+    first unless `yes`."""
     api = Api.from_config()
-    found = _named(api, "services", instance, name)
-    if not yes and not typer.confirm(f"Delete service {name}?", err=True):
+    found = _named(api, kind, instance, name)
+    if not yes and not typer.confirm(f"Delete {kind[:-1]} {name}?", err=True):
         err.print("Cancelled; nothing was deleted.")
         raise typer.Exit(client.ERROR)
-    deleted = api.delete(f"/services/{found['id']}")
+    deleted = api.delete(f"/{kind}/{found['id']}")
     emit(deleted, output)
     if output == Format.table:
         out.print(f"{name} is {deleted['status']}.")

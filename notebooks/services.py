@@ -151,9 +151,10 @@ def deploy_service(
         if problem:
             raise ValidationError({"profile": f"{profile.display_name} cannot run on "
                                               f"{instance.name}: {problem}"})
+        # A service takes its profile's GPUs by default, never the instance's free ones.
         gpus, slots = _admit(model=Service, instance=instance, name=name, cpu=cpu,
                              memory_gib=memory_gib,
-                             gpus=gpus if gpus is not None else profile.default_gpus,
+                             gpus=profile.default_gpus if gpus is None else gpus,
                              default_gpus=profile.default_gpus, what="service")
         if instance.cluster.backend == Cluster.Backend.LOCAL:
             _check_local(instance=instance, problem="", profile=profile.display_name)
