@@ -39,6 +39,7 @@ bench: $(VENV)/.installed-test
 		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/kube.py
 	$(BIN)/python bench/notebooks.py
 	$(BIN)/python bench/services.py
+	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_usage,$(DATABASE_URL)) $(BIN)/python bench/usage.py
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_proxy,$(DATABASE_URL)) $(BIN)/python bench/proxy.py
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_launch,$(DATABASE_URL)) \
 		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/launch.py

@@ -6,7 +6,7 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, re_path
 from ninja import NinjaAPI
 
-from . import catalogue, instances, notebooks, problems
+from . import catalogue, instances, notebooks, problems, usage
 from .auth import BearerToken, PortalSession
 from .ratelimit import TokenRateLimit
 
@@ -38,6 +38,7 @@ problems.install(api)
 api.add_router("/v1/", instances.router)
 api.add_router("/v1/", notebooks.router)
 api.add_router("/v1/", catalogue.router)
+api.add_router("/v1/", usage.router)
 
 
 def urls() -> tuple[list[URLPattern | URLResolver], str, str]:

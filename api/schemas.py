@@ -238,3 +238,24 @@ class InviteOut(Schema):
     sent: list[CollaboratorOut]
     unsent: list[CollaboratorOut] = Field(description="The mail server refused these; "
                                           "resend them later.")
+
+
+class InstanceHours(Schema):
+    name: str
+    gpu_hours: float
+
+
+class MonthHours(Schema):
+    month: str = Field(examples=["2026-11"])
+    gpu_hours: float
+
+
+class UsageOut(Schema):
+    month: str = Field(examples=["2026-11"])
+    start: datetime
+    end: datetime = Field(description="The month's end, or now for the month under way.")
+    gpu_hours: float
+    cpu_hours: float
+    memory_gib_hours: float
+    instances: list[InstanceHours]
+    last_12_months: list[MonthHours]

@@ -15,6 +15,7 @@
 Every command takes `-o json` and prints JSON on stdout (progress and errors go to stderr).
 """
 
+import csv
 import json
 import os
 import sys
@@ -212,6 +213,42 @@ def quota(output: Output = Format.table) -> None:
         used, most, left = usage[f"{what}_used"], usage[f"max_{what}"], usage[f"{what}_left"]
         over = f" (over quota by {used - most})" if used > most else ""
         out.print(f"{unit + ':':<11} {used} of {most} in use, {left} left{over}")
+
+
+class UsageFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+def usage(
+    month: Annotated[str | None, typer.Option(help="The month, as YYYY-MM (default: this "
+                                              "month).")] = None,
+    output: Annotated[UsageFormat, typer.Option("--output", "-o", help="table, json or csv "
+                                                "(one row per instance, then the total).")
+                      ] = UsageFormat.table,
+) -> None:
+    """Your GPU-hours in a month, by instance, counted from Running until deleted."""
+    figures = Api.from_config().get("/usage", month=month)
+    if output == UsageFormat.json:
+        return emit(figures, Format.json)
+    rows = [(i["name"], i["gpu_hours"]) for i in figures["instances"]]
+    if output == UsageFormat.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["instance", "gpu_hours"])
+        writer.writerows([*rows, ("total", figures["gpu_hours"])])
+        return None
+    if not rows:
+        out.print(f"No GPU-hours in {figures['month']}.")
+        return None
+    table = Table("INSTANCE", "GPU-HOURS", box=None)
+    for name, hours in rows:
+        table.add_row(name, f"{hours:.1f}")
+    out.print(table)
+    out.print(f"{figures['gpu_hours']:.1f} GPU-hours in {figures['month']} "
+              f"({figures['cpu_hours']:.1f} CPU-hours).")
+    return None
 
 
 @app.command("ls")

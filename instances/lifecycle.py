@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from workspaces.models import AuditAction
 from workspaces.services import lock_workspace, record_audit
+from workspaces.usage import close_allocation, open_allocation
 
 from .models import Deployment
 
@@ -34,17 +35,23 @@ def transition(
 
     A conditional UPDATE, so two workers (or a worker and a user) can never both win; the
     workspace's row is locked first, the one lock order of every write to a deployment.
-    `load` reads the row back with what its audit row names."""
+    `load` reads the row back with what its audit row names. Reaching Running opens the
+    row's usage record and leaving it closes it, at the same instant as the status change."""
+    now = timezone.now()
     with transaction.atomic():
         lock_workspace(workspace_id=model.objects.values_list(model.WORKSPACE, flat=True)
                        .filter(pk=pk).first())
         updated = model.objects.filter(pk=pk, status__in=list(from_)).update(
             status=to, status_message=message[:500], status_detail=detail,
-            status_changed_at=timezone.now(), **fields,
+            status_changed_at=now, **fields,
         )
         if not updated:
             return None
         row = load(pk)
+        if to == "running":
+            open_allocation(row.allocation(), at=now)
+        else:
+            close_allocation(kind=model.KIND, object_id=pk, at=now)
         workspace = row
         for step in model.WORKSPACE.removesuffix("_id").split("__"):
             workspace = getattr(workspace, step)

@@ -11,6 +11,7 @@ from django.utils.timesince import timesince
 
 from clusters.models import Cluster
 from workspaces.models import Workspace
+from workspaces.usage import Allocation
 
 INSTANCE_NAME_MAX = 40
 instance_name_validator = RegexValidator(
@@ -85,6 +86,8 @@ class Deployment(models.Model):
     WORKSPACE: ClassVar[str] = "workspace_id"
     # The URL namespace of the kind's pages: list, detail, status, delete and retry.
     URLS: ClassVar[str] = ""
+    # The field naming who launched it: its usage is theirs.
+    LAUNCHER: ClassVar[str] = "created_by"
 
     class Meta:
         abstract = True
@@ -131,6 +134,17 @@ class Deployment(models.Model):
             return ""
         return f"{self.name} is {self.status_label.lower()}, not failed."
 
+    def allocation(self) -> Allocation:
+        """What it holds while running, for its usage record (a notebook or a service holds
+        part of its instance's, on the instance's GPU model)."""
+        instance = getattr(self, "instance", self)
+        return Allocation(
+            kind=self.KIND, object_id=self.pk, name=self.name,
+            workspace_id=instance.workspace_id, user=getattr(self, self.LAUNCHER),
+            instance_id=instance.pk, instance_name=instance.name, gpu_model=instance.gpu_model,
+            gpus=self.gpus, cpu=self.cpu, memory_gib=self.memory_gib,
+        )
+
     @property
     def list_url(self) -> str:
         return reverse(f"{self.URLS}:list")
@@ -163,6 +177,7 @@ class Instance(Deployment):
     FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
     KIND = "instance"
     URLS = "instances"
+    LAUNCHER = "launched_by"
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="instances")
     name = models.CharField(

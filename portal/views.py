@@ -16,6 +16,7 @@ from django.views.decorators.http import require_http_methods
 from instances import selectors as instance_selectors
 from instances.selectors import shared_only
 from notebooks import selectors as notebook_selectors
+from workspaces import usage as usage_records
 from workspaces.models import GuestAccount
 from workspaces.services import ensure_workspace
 
@@ -47,18 +48,42 @@ def landing(request: HttpRequest) -> HttpResponse:
             "notebooks": notebooks,
             "notebooks_total": sum(notebooks.values()),
             "shared": shared,
+            "showback": usage_records.showback(workspace=workspace),
             "polling": any(not i.is_final for i in recent) or "deploying" in notebooks,
         },
     )
 
 
 def admin_overview(request: HttpRequest) -> HttpResponse:
-    """The administrators' overview; gpupaas/urls.py wraps it in the admin site's own check."""
-    overview = instance_selectors.admin_overview(
-        failed_since=timezone.now() - timedelta(hours=24))
+    """The administrators' overview; gpupaas/urls.py wraps it in the admin site's own check.
+    `?from=2026-01&to=2026-11&by=group` picks the GPU-hours shown; `&format=csv` downloads
+    them."""
+    now = timezone.now()
+    this_month = f"{now:%Y-%m}"
+    period = {"from": request.GET.get("from") or this_month,
+              "to": request.GET.get("to") or this_month, "by": request.GET.get("by", "group")}
+    problem, hours = "", None
+    try:
+        first = usage_records.parse_month(period["from"])
+        last = usage_records.parse_month(period["to"])
+        if first > last:
+            raise ValueError("The first month comes after the last.")
+        if period["by"] not in usage_records.DIMENSIONS:
+            raise ValueError(f"Break down by one of: {', '.join(usage_records.DIMENSIONS)}.")
+        hours = usage_records.summary(first=first, last=last, by=period["by"], now=now,
+                                      priced=True)
+    except ValueError as exc:
+        problem = str(exc)
+    if hours is not None and request.GET.get("format") == "csv":
+        name = f"gpu-hours-by-{period['by']}-{period['from']}-to-{period['to']}.csv"
+        return HttpResponse(hours.csv(), content_type="text/csv; charset=utf-8",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    overview = instance_selectors.admin_overview(failed_since=now - timedelta(hours=24))
     return render(request, "admin/overview.html", {
         **admin.site.each_context(request), "title": "Overview", "overview": overview,
-    })
+        "hours": hours, "period": period, "problem": problem,
+        "dimensions": [(d, d.replace("_", " ")) for d in usage_records.DIMENSIONS],
+    }, status=400 if problem else 200)
 
 
 def ping(request: HttpRequest) -> HttpResponse:

@@ -9,11 +9,14 @@
   and says why a launch failed, with the documented exit codes.
 """
 
+import csv
+import io
 import json
 import os
 import stat
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -35,7 +38,7 @@ from clusters.crypto import encrypt
 from instances import services as instance_services
 from instances.models import Collaborator, Instance
 from notebooks.models import Notebook, NotebookProfile, Service, ServiceProfile
-from workspaces.models import Workspace
+from workspaces.models import UsageRecord, Workspace
 
 from .conftest import ROOT, running_instance, workspace_of
 from .kit.asgi import serve
@@ -273,8 +276,17 @@ def test_a_failed_instance_is_retried_and_the_quota_shown_from_the_command_line(
     not_failed = gpupaas("retry", "holds-all")
     assert not_failed.returncode == 6 and "holds-all is running, not failed." in (
         not_failed.stderr)
+    UsageRecord.objects.filter(object_id=holder.pk).update(  # as if it had run 90 minutes
+        started_at=timezone.now() - timedelta(minutes=90))
     instance_services.delete_instance(instance=holder, by=alice)
     instance_services.teardown_instance(instance_id=holder.pk)
+    used = gpupaas("usage")
+    assert "holds-all" in used.stdout and "12.0 GPU-hours in" in used.stdout, used.stdout
+    exported = list(csv.reader(io.StringIO(gpupaas("usage", "-o", "csv").stdout)))
+    assert [row[0] for row in exported] == ["instance", "holds-all", "total"]
+    assert 12 <= float(exported[1][1]) == float(exported[2][1]) < 12.1
+    bad_month = gpupaas("usage", "--month", "2026-13")
+    assert bad_month.returncode == 6 and "write it as YYYY-MM" in bad_month.stderr
     retried = gpupaas("retry", "more", "--wait", "--poll", "0.3")
     assert retried.returncode == 0, retried.stderr
     assert "more is running." in retried.stdout

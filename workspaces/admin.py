@@ -10,7 +10,15 @@ from django.template.defaultfilters import pluralize
 
 from instances.selectors import with_usage
 
-from .models import AuditEvent, GroupPolicy, GuestAccount, IdpGroupMapping, Workspace
+from .models import (
+    AuditEvent,
+    GpuPrice,
+    GroupPolicy,
+    GuestAccount,
+    IdpGroupMapping,
+    UsageRecord,
+    Workspace,
+)
 from .selectors import Quota, effective_quota, resolve_quota
 from .services import client_ip, set_quota
 
@@ -141,13 +149,8 @@ class BearerTokenAdmin(admin.ModelAdmin):
         self.message_user(request, f"{revoked} token(s) revoked.")
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "actor", "action", "object_type", "object_repr", "ip_address"]
-    list_filter = ["action", "object_type"]
-    search_fields = ["object_repr", "actor__username", "object_id"]
-    list_select_related = ["actor"]
-    date_hierarchy = "created_at"
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """A trail nobody edits: shown, never added, changed or deleted by hand."""
 
     def has_add_permission(self, request):
         return False
@@ -157,6 +160,33 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "actor", "action", "object_type", "object_repr", "ip_address"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["object_repr", "actor__username", "object_id"]
+    list_select_related = ["actor"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    """Every allocation, exact to the second; the overview sums them by period."""
+
+    list_display = ["started_at", "ended_at", "kind", "name", "instance_name", "username",
+                    "group", "gpus", "gpu_model"]
+    list_filter = ["kind", "gpu_model", "group"]
+    search_fields = ["name", "instance_name", "username"]
+    date_hierarchy = "started_at"
+
+
+@admin.register(GpuPrice)
+class GpuPriceAdmin(admin.ModelAdmin):
+    """Prices turn the overview's GPU-hours into cost."""
+
+    list_display = ["gpu_model", "per_hour", "currency"]
 
 
 @admin.register(GuestAccount)

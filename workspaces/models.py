@@ -167,3 +167,100 @@ class GuestAccount(models.Model):
 
     def __str__(self) -> str:
         return f"guest {self.email}"
+
+
+class UsageKind(models.TextChoices):
+    INSTANCE = "instance", "Instance"
+    NOTEBOOK = "notebook", "Notebook"
+    SERVICE = "service", "Service"
+
+
+class UsageRecord(models.Model):
+    """One allocation, exact to the second: from the moment an instance, a notebook or a
+    service reached Running until it left Running. Written when the allocation opens and
+    closed once (`ended_at`); never otherwise changed, and never deleted with what it
+    measures (names are copied in). An instance's records are what it holds; its notebooks'
+    and services' records say who used which of those GPUs, so totals count instances."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.PROTECT,
+                                  related_name="usage_records")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
+                             related_name="+", help_text="Who launched it.")
+    username = models.CharField(max_length=150)
+    group = models.CharField(max_length=150, blank=True,
+                             help_text="The launcher's group at the time (the one whose "
+                             "quota applied); empty when none.")
+    kind = models.CharField(max_length=20, choices=UsageKind.choices)
+    object_id = models.PositiveBigIntegerField()
+    name = models.CharField(max_length=100)
+    instance_id = models.PositiveBigIntegerField()
+    instance_name = models.CharField(max_length=100)
+    gpu_model = models.CharField(max_length=100, blank=True)
+    gpus = models.PositiveIntegerField()
+    cpu = models.DecimalField(max_digits=6, decimal_places=1)
+    memory_gib = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "object_id"],
+                                    condition=models.Q(ended_at__isnull=True),
+                                    name="one_open_allocation_per_object"),
+        ]
+        indexes = [
+            models.Index(fields=["workspace", "started_at"]),
+            models.Index(fields=["started_at"], condition=models.Q(ended_at__isnull=True),
+                         name="usage_open_allocations"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}: {self.gpus} GPU from {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class UsageMonth(models.Model):
+    """The closed allocations of one month, summed per workspace, user, group, GPU model and
+    kind: what showback reads, kept in step with `UsageRecord` in the same transaction, so
+    no page scans the records. An allocation that spans months is split at the boundary
+    (UTC)."""
+
+    month = models.DateField(help_text="The first day of the month (UTC).")
+    workspace = models.ForeignKey(Workspace, on_delete=models.PROTECT, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    username = models.CharField(max_length=150)
+    group = models.CharField(max_length=150, blank=True)
+    gpu_model = models.CharField(max_length=100, blank=True)
+    kind = models.CharField(max_length=20, choices=UsageKind.choices)
+    gpu_seconds = models.BigIntegerField(default=0)
+    cpu_seconds = models.DecimalField(max_digits=20, decimal_places=1, default=0)
+    memory_gib_seconds = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["month", "workspace", "username", "group", "gpu_model", "kind"],
+                name="one_usage_month_per_key"),
+        ]
+        indexes = [models.Index(fields=["month", "kind"])]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.username} {self.kind}: {self.gpu_seconds} GPU-s"
+
+
+class GpuPrice(models.Model):
+    """What an hour of one GPU of a model costs, for showback in the overview."""
+
+    gpu_model = models.CharField(max_length=100, unique=True, blank=True,
+                                 help_text="As compute profiles name it; empty: any model "
+                                 "without a price of its own.")
+    per_hour = models.DecimalField("price per GPU-hour", max_digits=10, decimal_places=4)
+    currency = models.CharField(max_length=3, default="EUR")
+
+    class Meta:
+        ordering = ["gpu_model"]
+        verbose_name = "GPU price"
+
+    def __str__(self) -> str:
+        return f"{self.gpu_model or 'any GPU'}: {self.per_hour} {self.currency}/GPU-hour"
