@@ -53,6 +53,14 @@ def retry_row(request: HttpRequest, row: Deployment, verb: Verb) -> None:
     call(verb, request, row)
 
 
+def act_row(request: HttpRequest, row: Deployment, verb: Verb, action: str) -> None:
+    """Stop or start: the service's refusal is a 422; a row not in a state for it, a 409."""
+    if not call(verb, request, row):
+        row.refresh_from_db()
+        raise ApiError(409, f"{row.name} is {row.status_label.lower()}; there is nothing to "
+                       f"{action}.")
+
+
 def deploy_data(payload: Any, instance: Instance) -> dict[str, Any]:
     """A deploy request (notebook or service) as the Deploy pages' form takes it."""
     return {"name": payload.name, "description": payload.description,

@@ -17,6 +17,7 @@ from workspaces.services import client_ip
 from .common import (
     MAX_ID,
     absolute,
+    act_row,
     choice,
     delete_row,
     instance_or_404,
@@ -162,6 +163,24 @@ def delete_instance(request: HttpRequest, instance_id: Id) -> Status:
 def retry_instance(request: HttpRequest, instance_id: Id) -> Status:
     """Send a failed instance back to provisioning under its name, if it fits the quota."""
     retry_row(request, instance_or_404(request, instance_id), services.retry_instance)
+    return Status(202, instance_out(request, instance_or_404(request, instance_id)))
+
+
+@router.post("/instances/{instance_id}/stop",
+             response={202: InstanceOut, **problems(404, 409, 422)})
+def stop_instance(request: HttpRequest, instance_id: Id) -> Status:
+    """Give a running instance's GPUs back and keep its data; its notebooks and services
+    stop with it and start again with it. Virtual and dedicated clusters cannot be stopped
+    (422)."""
+    act_row(request, instance_or_404(request, instance_id), services.stop_instance, "stop")
+    return Status(202, instance_out(request, instance_or_404(request, instance_id)))
+
+
+@router.post("/instances/{instance_id}/start",
+             response={202: InstanceOut, **problems(404, 409, 422)})
+def start_instance(request: HttpRequest, instance_id: Id) -> Status:
+    """Bring a stopped instance back, if its GPUs fit your quota again (422 says why not)."""
+    act_row(request, instance_or_404(request, instance_id), services.start_instance, "start")
     return Status(202, instance_out(request, instance_or_404(request, instance_id)))
 
 

@@ -173,7 +173,8 @@ def launch(
 
 def _until_running(api: Api, instance: dict[str, Any], *, wait: bool, timeout: float,
                    poll: float, output: Format) -> None:
-    """Launch's and retry's ending: with --wait, progress until running, else exit 7."""
+    """Launch's, retry's and start's ending: with --wait, progress until running, else
+    exit 7."""
     if wait:
         instance = _wait(api, f"/instances/{instance['id']}", instance["name"],
                          timeout=timeout, poll=poll)
@@ -200,6 +201,49 @@ def retry(
     instance = api.post(f"/instances/{api.instance_named(name)['id']}/retry")
     if output == Format.table:
         err.print(f"Retrying {instance['name']}: {instance['status_message']}")
+    _until_running(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
+
+
+@app.command()
+def stop(
+    name: Annotated[str, typer.Argument(help="NAME, or OWNER/NAME for a shared instance.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until it is stopped.")
+                    ] = False,
+    timeout: Timeout = 600.0,
+    poll: Poll = 2.0,
+    output: Output = Format.table,
+) -> None:
+    """Give an instance's GPUs back and keep its data; its notebooks and services stop with
+    it. `gpupaas start NAME` brings it all back."""
+    api = Api.from_config()
+    instance = api.post(f"/instances/{api.instance_named(name)['id']}/stop")
+    if output == Format.table:
+        err.print(f"Stopping {instance['name']}: {instance['status_message']}")
+    if wait:
+        instance = _wait(api, f"/instances/{instance['id']}", instance["name"],
+                         timeout=timeout, poll=poll, until="stopped")
+    emit(instance, output)
+    if wait and instance["status"] != "stopped":
+        err.print(f"{instance['name']} is {instance['status']}: {instance['status_message']}")
+        raise typer.Exit(client.FAILED)
+    if output == Format.table and wait:
+        out.print(f"{instance['name']} is stopped; its GPUs are free.")
+
+
+@app.command()
+def start(
+    name: Annotated[str, typer.Argument(help="NAME, or OWNER/NAME for a shared instance.")],
+    wait: Wait = False,
+    timeout: Timeout = 1800.0,
+    poll: Poll = 2.0,
+    output: Output = Format.table,
+) -> None:
+    """Start a stopped instance again, with its data and its notebooks (its GPUs must fit
+    the quota again)."""
+    api = Api.from_config()
+    instance = api.post(f"/instances/{api.instance_named(name)['id']}/start")
+    if output == Format.table:
+        err.print(f"Starting {instance['name']}: {instance['status_message']}")
     _until_running(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
 
 

@@ -1,5 +1,5 @@
-"""The one delete and retry path of the pages, for every kind of deployment (instances,
-notebooks, and next the catalogue's services). The kind's views find the row (or 404) and
+"""The one delete, retry, stop and start path of the pages, for every kind of deployment
+(instances, notebooks, the catalogue's services). The kind's views find the row (or 404) and
 name its verb; the verb is its service, called as `verb(<KIND>=row, by=…, ip_address=…)`."""
 
 from collections.abc import Callable
@@ -35,14 +35,25 @@ def delete(request: HttpRequest, row: Deployment, verb: Verb) -> HttpResponse:
     return redirect(row.list_url)
 
 
-def retry(request: HttpRequest, row: Deployment, verb: Verb) -> HttpResponse:
-    """Send a failed row back on its way under its name; the refusal (it no longer fits,
-    its instance is gone) shows as a message on its page."""
+def act(request: HttpRequest, row: Deployment, verb: Verb, action: str) -> HttpResponse:
+    """Retry, stop or start: the verb's refusal (it no longer fits the quota, its instance
+    is gone…) shows as a message on the row's page, as does a row no longer in a state for
+    it (the verb answered False: someone else got there first)."""
     try:
-        if row.not_retriable:
-            messages.info(request, row.not_retriable)
-        elif call(verb, request, row):
-            messages.success(request, f"You asked to retry {row.name}.")
+        if call(verb, request, row):
+            messages.success(request, f"You asked to {action} {row.name}.")
+        else:
+            row.refresh_from_db()
+            messages.info(request, f"{row.name} is {row.status_label.lower()}; there is "
+                          f"nothing to {action}.")
     except ValidationError as exc:
-        messages.error(request, f"Cannot retry {row.name}: {' '.join(exc.messages)}")
+        messages.error(request, f"Cannot {action} {row.name}: {' '.join(exc.messages)}")
     return redirect(row)
+
+
+def retry(request: HttpRequest, row: Deployment, verb: Verb) -> HttpResponse:
+    """Send a failed row back on its way under its name."""
+    if row.not_retriable:
+        messages.info(request, row.not_retriable)
+        return redirect(row)
+    return act(request, row, verb, "retry")

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import models, transaction
 from django.db.models import Q, QuerySet
+from django.dispatch import Signal
 from django.utils import timezone
 
 from workspaces.models import AuditAction
@@ -24,6 +25,11 @@ from workspaces.usage import close_allocation, open_allocation
 from .models import Deployment
 
 Row = TypeVar("Row", bound=Deployment)
+
+# Sent (sender: the model, row: the row as loaded, to: its new status) in the transaction
+# that moved it, after its audit row: how what lives on an instance (notebooks, services,
+# in an app above this one) follows it when it stops and starts.
+transitioned = Signal()
 
 
 def transition(
@@ -57,6 +63,7 @@ def transition(
             workspace = getattr(workspace, step)
         record_audit(action=AuditAction.status(model.KIND, to), obj=row, actor=actor,
                      workspace=workspace, ip_address=ip_address, message=message)
+        transitioned.send(sender=model, row=row, to=to)
     return row
 
 

@@ -167,14 +167,20 @@ class Instance(Deployment):
         PENDING = "pending", "Pending"
         PROVISIONING = "provisioning", "Provisioning"
         RUNNING = "running", "Running"
+        STOPPING = "stopping", "Stopping"
+        STOPPED = "stopped", "Stopped"
         FAILED = "failed", "Failed"
         DELETING = "deleting", "Deleting"
         DELETED = "deleted", "Deleted"
 
-    # States that count against the workspace quota; a failed instance holds nothing.
-    HOLDS_QUOTA = frozenset({Status.PENDING, Status.PROVISIONING, Status.RUNNING, Status.DELETING})
+    # States that count against the workspace's instance quota; a failed instance holds
+    # nothing. A stopped one keeps its data, so it still counts as an instance, but its
+    # GPUs went back: it holds none of the GPU quota (HOLDS_GPUS).
+    HOLDS_QUOTA = frozenset({Status.PENDING, Status.PROVISIONING, Status.RUNNING,
+                             Status.STOPPING, Status.STOPPED, Status.DELETING})
+    HOLDS_GPUS = HOLDS_QUOTA - {Status.STOPPED}
     # States that no worker will move on by itself: the page stops polling there.
-    FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
+    FINAL_STATES = frozenset({Status.RUNNING, Status.STOPPED, Status.FAILED, Status.DELETED})
     KIND = "instance"
     URLS = "instances"
     LAUNCHER = "launched_by"
@@ -236,6 +242,15 @@ class Instance(Deployment):
         if timezone.now() - self.running_since < timedelta(minutes=1):
             return "under a minute"
         return timesince(self.running_since)
+
+    @property
+    def can_stop(self) -> str:
+        """'' when Stop applies to it, else why not (a virtual or dedicated cluster holds its
+        GPUs in nodes and control planes the portal does not scale down)."""
+        if self.kind in (ComputeProfile.Kind.VCLUSTER, ComputeProfile.Kind.DEDICATED):
+            return (f"A {self.get_kind_display().lower()} cannot be stopped; delete it to free "
+                    "its GPUs.")
+        return ""
 
     @property
     def has_kubernetes_api(self) -> bool:

@@ -180,11 +180,11 @@ class QuotaUsage:
 
 
 def quota_usage(*, workspace: Workspace) -> QuotaUsage:
-    """What the workspace holds against its quota: failed and deleted instances hold none."""
-    holds = Q(status__in=Instance.HOLDS_QUOTA)
+    """What the workspace holds against its quota: failed and deleted instances hold none,
+    stopped ones no GPU."""
     totals = Instance.objects.filter(workspace=workspace).aggregate(
-        gpus=Sum("gpus", filter=holds, default=0),
-        count=Count("id", filter=holds),
+        gpus=Sum("gpus", filter=Q(status__in=Instance.HOLDS_GPUS), default=0),
+        count=Count("id", filter=Q(status__in=Instance.HOLDS_QUOTA)),
     )
     quota = effective_quota(workspace=workspace)
     return QuotaUsage(
@@ -308,15 +308,19 @@ def with_usage(workspaces: QuerySet[Workspace]) -> QuerySet[Workspace]:
             output_field=IntegerField(),
         )
 
-    # What the quota check counts (Instance.HOLDS_QUOTA): a failed instance holds nothing.
-    held = (Instance.objects.filter(workspace=OuterRef("pk"), status__in=Instance.HOLDS_QUOTA)
-            .order_by().values("workspace"))
+    # What the quota check counts (Instance.HOLDS_QUOTA, HOLDS_GPUS): a failed instance
+    # holds nothing, a stopped one no GPU.
+    def held(statuses: frozenset[str]) -> QuerySet[Instance]:
+        return (Instance.objects.filter(workspace=OuterRef("pk"), status__in=statuses)
+                .order_by().values("workspace"))
+
     return workspaces.annotate(
         group_gpus=best("default_max_gpus"),
         group_instances=best("default_max_instances"),
-        gpus_used=Coalesce(Subquery(held.annotate(n=Sum("gpus")).values("n")[:1],
-                                    output_field=IntegerField()), Value(0)),
-        instances_used=Coalesce(Subquery(held.annotate(n=Count("id")).values("n")[:1],
+        gpus_used=Coalesce(Subquery(held(Instance.HOLDS_GPUS).annotate(n=Sum("gpus"))
+                                    .values("n")[:1], output_field=IntegerField()), Value(0)),
+        instances_used=Coalesce(Subquery(held(Instance.HOLDS_QUOTA).annotate(n=Count("id"))
+                                         .values("n")[:1],
                                          output_field=IntegerField()), Value(0)),
         last_activity=Subquery(
             AuditEvent.objects.filter(workspace=OuterRef("pk")).order_by("-created_at")

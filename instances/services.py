@@ -73,14 +73,16 @@ def _validate_launch(
 def _holding(workspace: Workspace, *, named: str = "") -> tuple[list[tuple[str, int]], bool]:
     """What the workspace holds against its quota, as (name, GPUs) oldest first, and
     whether a live instance (any state but deleted) already has the name `named`: one
-    query for both. Failed instances hold nothing: their GPUs went back when they failed."""
+    query for both. Failed instances hold nothing: their GPUs went back when they failed;
+    stopped ones hold an instance but no GPU."""
     wanted = Q(status__in=Instance.HOLDS_QUOTA) | Q(name=named) if named \
         else Q(status__in=Instance.HOLDS_QUOTA)
     rows = list(
         Instance.objects.filter(wanted, workspace=workspace).exclude(status=Status.DELETED)
         .order_by("created_at").values_list("name", "gpus", "status")
     )
-    holding = [(n, gpus) for n, gpus, status in rows if status in Instance.HOLDS_QUOTA]
+    holding = [(n, gpus if status in Instance.HOLDS_GPUS else 0)
+               for n, gpus, status in rows if status in Instance.HOLDS_QUOTA]
     return holding, bool(named) and any(n == named for n, _, _ in rows)
 
 
@@ -178,7 +180,8 @@ def delete_instance(
         lock_workspace(workspace_id=instance.workspace_id)
         changed = _transition(
             instance.pk,
-            from_=[Status.PENDING, Status.PROVISIONING, Status.RUNNING, Status.FAILED],
+            from_=[Status.PENDING, Status.PROVISIONING, Status.RUNNING, Status.STOPPING,
+                   Status.STOPPED, Status.FAILED],
             to=Status.DELETING,
             message="Deleting: releasing its resources.",
             actor=by,
@@ -206,6 +209,54 @@ def retry_instance(
         changed = _transition(
             instance.pk, from_=[Status.FAILED], to=Status.PENDING,
             message="Retrying: waiting for a worker.", actor=by, ip_address=ip_address,
+        )
+        if changed:
+            transaction.on_commit(lambda: provision_instance_task.delay(instance.pk))
+    return changed is not None
+
+
+def stop_instance(
+    *, instance: Instance, by: AbstractBaseUser, ip_address: str | None = None
+) -> bool:
+    """Give a running instance's GPUs back and keep its data (the sandbox or namespace, its
+    volumes, its notebooks' homes): a worker stops what runs on it. Its notebooks and
+    services stop with it and start again with it. Refuses with a ValidationError what
+    cannot be stopped; False when it is not running (nothing to do)."""
+    from .tasks import halt_instance_task
+
+    if instance.can_stop:
+        raise ValidationError(instance.can_stop)
+    with transaction.atomic():
+        changed = _transition(
+            instance.pk, from_=[Status.RUNNING], to=Status.STOPPING,
+            message="Stopping: giving its GPUs back, keeping its data.", actor=by,
+            ip_address=ip_address,
+        )
+        if changed:
+            transaction.on_commit(lambda: halt_instance_task.delay(instance.pk))
+    return changed is not None
+
+
+def start_instance(
+    *, instance: Instance, by: AbstractBaseUser, ip_address: str | None = None
+) -> bool:
+    """Bring a stopped instance back, with its data and the notebooks and services that
+    stopped with it. Its GPUs must fit the quota again: refuses with a ValidationError if
+    not; False when it is not stopped."""
+    from .tasks import provision_instance_task
+
+    with transaction.atomic():
+        lock_workspace(workspace_id=instance.workspace_id)
+        instance.refresh_from_db()
+        if instance.status != Status.STOPPED:
+            return False
+        holding, _ = _holding(instance.workspace)
+        # It is among the holders already (as an instance, with no GPU): count it once.
+        others = [(n, g) for n, g in holding if n != instance.name]
+        _check_quota(workspace=instance.workspace, gpus=instance.gpus, holding=others)
+        changed = _transition(
+            instance.pk, from_=[Status.STOPPED], to=Status.PENDING,
+            message="Starting: waiting for a worker.", actor=by, ip_address=ip_address,
         )
         if changed:
             transaction.on_commit(lambda: provision_instance_task.delay(instance.pk))
@@ -335,6 +386,28 @@ def teardown_instance(*, instance_id: int) -> Instance | None:
     )
 
 
+def halt_instance(*, instance_id: int) -> Instance | None:
+    """Stop what runs on a stopping instance and free its GPUs; `stopped` once done. Raises
+    TransientBackendError for the task to retry; a refusal leaves it running, with the
+    reason."""
+    instance = _with_relations().filter(pk=instance_id).first()
+    if instance is None or instance.status != Status.STOPPING:
+        return instance
+    try:
+        get_backend(instance.cluster).stop_instance(instance_spec(instance))
+    except TransientBackendError as exc:
+        _note(instance.pk, status=Status.STOPPING, message=f"{exc.message} Retrying.",
+              detail=exc.detail)
+        raise
+    except BackendError as exc:
+        return _transition(instance.pk, from_=[Status.STOPPING], to=Status.RUNNING,
+                           message=f"Could not stop: {exc.message}", detail=exc.detail)
+    return _transition(
+        instance.pk, from_=[Status.STOPPING], to=Status.STOPPED, gpu_indices=[],
+        message="Stopped: its GPUs are free and its data is kept. Start it to go on.",
+    )
+
+
 @dataclass
 class ReconcileSummary:
     redriven: int = 0
@@ -345,7 +418,7 @@ class ReconcileSummary:
 
 def reconcile_instances() -> ReconcileSummary:
     """Level-triggered: re-drive what is stuck, restore drift, remove what nobody owns."""
-    from .tasks import provision_instance_task, teardown_instance_task
+    from .tasks import halt_instance_task, provision_instance_task, teardown_instance_task
 
     summary = ReconcileSummary()
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.RECONCILE_STUCK_AFTER_S)
@@ -356,6 +429,9 @@ def reconcile_instances() -> ReconcileSummary:
         summary.redriven += 1
     for pk in lifecycle.claim_unwatched(stuck.filter(status=Status.DELETING)):
         teardown_instance_task.delay(pk)
+        summary.redriven += 1
+    for pk in lifecycle.claim_unwatched(stuck.filter(status=Status.STOPPING)):
+        halt_instance_task.delay(pk)
         summary.redriven += 1
 
     for cluster in Cluster.objects.all():

@@ -76,6 +76,14 @@ def teardown_instance_task(self, instance_id: int) -> str | None:
                  cap=settings.INSTANCE_POLL_MAX_S)
 
 
+@shared_task(bind=True, **POLL)
+def halt_instance_task(self, instance_id: int) -> str | None:
+    return drive(self, Instance, instance_id,
+                 lambda: services.halt_instance(instance_id=instance_id),
+                 waiting=Instance.Status.STOPPING, first=settings.INSTANCE_POLL_S,
+                 cap=settings.INSTANCE_POLL_MAX_S)
+
+
 @shared_task(acks_late=True)
 def reconcile_instances() -> dict[str, int]:
     return vars(services.reconcile_instances())

@@ -17,4 +17,6 @@ urlpatterns = [
     path("<int:pk>/collaborators/<int:collaborator_pk>/remove/", views.collaborator_remove,
          name="collaborator_remove"),
     path("<int:pk>/retry/", views.instance_retry, name="retry"),
+    path("<int:pk>/stop/", views.instance_stop, name="stop"),
+    path("<int:pk>/start/", views.instance_start, name="start"),
 ]

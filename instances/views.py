@@ -111,6 +111,20 @@ def instance_retry(request: HttpRequest, pk: int) -> HttpResponse:
     return deployment_pages.retry(request, instance, services.retry_instance)
 
 
+@require_http_methods(["POST"])
+def instance_stop(request: HttpRequest, pk: int) -> HttpResponse:
+    """Give its GPUs back and keep its data."""
+    instance = selectors.instance_or_404(user=request.user, pk=pk)
+    return deployment_pages.act(request, instance, services.stop_instance, "stop")
+
+
+@require_http_methods(["POST"])
+def instance_start(request: HttpRequest, pk: int) -> HttpResponse:
+    """Bring a stopped instance back, if its GPUs fit the quota again."""
+    instance = selectors.instance_or_404(user=request.user, pk=pk)
+    return deployment_pages.act(request, instance, services.start_instance, "start")
+
+
 # --- collaborators: everyone with access to the instance may manage them -----------------
 
 

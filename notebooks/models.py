@@ -89,6 +89,9 @@ class Notebook(Deployment):
     class Status(models.TextChoices):
         DEPLOYING = "deploying", "Deploying"
         RUNNING = "running", "Running"
+        # Stopped with its instance: it holds nothing and keeps its files; it starts again
+        # when the instance does.
+        STOPPED = "stopped", "Stopped"
         FAILED = "failed", "Failed"
         DELETING = "deleting", "Deleting"
         DELETED = "deleted", "Deleted"
@@ -101,7 +104,7 @@ class Notebook(Deployment):
         STARTING = "starting", "Starting"
         REACHABLE = "reachable", "Reachable"
 
-    FINAL_STATES = frozenset({Status.RUNNING, Status.FAILED, Status.DELETED})
+    FINAL_STATES = frozenset({Status.RUNNING, Status.STOPPED, Status.FAILED, Status.DELETED})
     KIND = "notebook"
     URLS = "notebooks"
     WORKSPACE = "instance__workspace_id"

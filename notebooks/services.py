@@ -220,7 +220,8 @@ def _delete(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> De
     model = type(row)
     with transaction.atomic():
         changed = _transition(
-            model, row.pk, from_=[Status.DEPLOYING, Status.RUNNING, Status.FAILED],
+            model, row.pk, from_=[Status.DEPLOYING, Status.RUNNING, Status.STOPPED,
+                                  Status.FAILED],
             to=Status.DELETING, message="Deleting: stopping it.", actor=by,
             ip_address=ip_address,
         )
@@ -467,6 +468,27 @@ def _follow_instance(row: Deployment) -> Deployment:
     return _transition(model, row.pk, from_=[Status.DEPLOYING], to=Status.FAILED,
                        message=f"Its instance is {row.instance.status_label.lower()}."
                        ) or row
+
+
+def follow_instance_stop_and_start(sender: type, row: Any, to: str, **_: Any) -> None:
+    """Notebooks and services stop with their instance (the backend stops their servers
+    as it frees the instance's GPUs) and start again with it, in the transaction that moves
+    the instance (`instances.lifecycle.transitioned`)."""
+    if sender is not Instance or to not in (Instance.Status.STOPPING, Instance.Status.RUNNING):
+        return
+    for model in (Notebook, Service):
+        if to == Instance.Status.STOPPING:
+            for pk in model.objects.filter(instance=row, status__in=[
+                    Status.DEPLOYING, Status.RUNNING]).values_list("pk", flat=True):
+                _transition(model, pk, from_=[Status.DEPLOYING, Status.RUNNING],
+                            to=Status.STOPPED, step="",
+                            message=f"Stopped with {row.name}; it starts again with it.")
+            continue
+        for pk in model.objects.filter(instance=row, status=Status.STOPPED).values_list(
+                "pk", flat=True):
+            if _transition(model, pk, from_=[Status.STOPPED], to=Status.DEPLOYING, step="",
+                           message=f"Starting again with {row.name}."):
+                transaction.on_commit(lambda model=model, pk=pk: _tasks(model)[0].delay(pk))
 
 
 def _teardown(model: type[Deployment], pk: int) -> Deployment | None:

@@ -276,15 +276,21 @@ def test_a_failed_instance_is_retried_and_the_quota_shown_from_the_command_line(
     not_failed = gpupaas("retry", "holds-all")
     assert not_failed.returncode == 6 and "holds-all is running, not failed." in (
         not_failed.stderr)
-    UsageRecord.objects.filter(object_id=holder.pk).update(  # as if it had run 90 minutes
-        started_at=timezone.now() - timedelta(minutes=90))
+    stopped = gpupaas("stop", "holds-all", "--wait", "--poll", "0.3")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "holds-all is stopped; its GPUs are free." in stopped.stdout
+    assert "GPUs:       0 of 16 in use, 16 left" in gpupaas("quota").stdout
+    started = gpupaas("start", "holds-all", "--wait", "--poll", "0.3")
+    assert started.returncode == 0 and "holds-all is running." in started.stdout, started.stderr
+    UsageRecord.objects.filter(object_id=holder.pk, ended_at__isnull=True).update(
+        started_at=timezone.now() - timedelta(minutes=90))  # as if it had run 90 minutes
     instance_services.delete_instance(instance=holder, by=alice)
     instance_services.teardown_instance(instance_id=holder.pk)
     used = gpupaas("usage")
     assert "holds-all" in used.stdout and "12.0 GPU-hours in" in used.stdout, used.stdout
     exported = list(csv.reader(io.StringIO(gpupaas("usage", "-o", "csv").stdout)))
     assert [row[0] for row in exported] == ["instance", "holds-all", "total"]
-    assert 12 <= float(exported[1][1]) == float(exported[2][1]) < 12.1
+    assert 12 <= float(exported[1][1]) == float(exported[2][1]) < 12.1  # and a few seconds
     bad_month = gpupaas("usage", "--month", "2026-13")
     assert bad_month.returncode == 6 and "write it as YYYY-MM" in bad_month.stderr
     retried = gpupaas("retry", "more", "--wait", "--poll", "0.3")

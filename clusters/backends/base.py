@@ -167,6 +167,11 @@ class ClusterBackend(Protocol):
         `spec` is absent for orphans, which the portal no longer knows."""
         ...
 
+    def stop_instance(self, spec: InstanceSpec) -> None:
+        """Free a running instance's GPUs and keep its data, so that `ensure_instance`
+        brings it back as it was (its notebooks are started again one by one)."""
+        ...
+
     def workload_kubeconfig(self, spec: InstanceSpec) -> str:
         """A dedicated cluster's admin kubeconfig, read now from where its controller keeps it
         ('' until there is one, or for kinds that have none)."""

@@ -878,6 +878,29 @@ class KubernetesBackend:
             stopped += 1
         return stopped
 
+    def stop_instance(self, spec: InstanceSpec) -> None:
+        """A namespace instance holds GPUs through running pods only. Its quota drops to no
+        GPU, the portal's notebooks scale to zero, and pods asking for GPUs are deleted:
+        their controllers' new pods are refused by the quota until it starts again. Every
+        object and volume stays."""
+        if spec.kind != "namespace":
+            raise BackendError(f"A {spec.kind} instance cannot be stopped; delete it to free "
+                               "its GPUs.")
+        ns = m.object_name(spec)
+        self._apply_all([m.resource_quota(replace(spec, gpus=0), self.cs)])
+        for workload in self.kube.list("apps/v1", "Deployment", namespace=ns,
+                                       label_selector=m.NOTEBOOK_LABEL):
+            self.kube.scale_to_zero("apps/v1", "Deployment", workload["metadata"]["name"], ns)
+        resource = self.cs.gpu_resource_name
+        for pod in self.kube.list("v1", "Pod", namespace=ns):
+            spec_of = pod.get("spec") or {}
+            containers = [*(spec_of.get("containers") or []),
+                          *(spec_of.get("initContainers") or [])]
+            if any(resource in ((c.get("resources") or {}).get("requests") or {}) or
+                   resource in ((c.get("resources") or {}).get("limits") or {})
+                   for c in containers):
+                self.kube.delete("v1", "Pod", pod["metadata"]["name"], ns)
+
     def release_instance(self, key: str) -> None:
         # GPUs are held by running pods, not by a namespace or its quota; a failed instance
         # keeps its objects (and data) for a retry, and deletion removes them.

@@ -153,6 +153,11 @@ class LocalBackend:
     def workload_kubeconfig(self, spec: InstanceSpec) -> str:
         return ""  # a sandbox has no Kubernetes API
 
+    def stop_instance(self, spec: InstanceSpec) -> None:
+        # What a failed instance gives back is what a stopped one does: its servers and its
+        # GPU slots; the sandbox (with every notebook's home) stays.
+        self.release_instance(spec.key)
+
     def release_instance(self, key: str) -> None:
         with self._locked(key):
             self._stop_servers(key)
