@@ -307,6 +307,10 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 RECONCILE_INTERVAL_S = env_int("RECONCILE_INTERVAL_S", 30)
 # Periodic jobs live here, in one place.
+# Idle stop (a compute profile's policy): how often instances are looked at, and how long
+# before stopping one its owner is warned.
+IDLE_CHECK_S = env_int("IDLE_CHECK_S", 60)
+IDLE_WARNING_MINUTES = env_int("IDLE_WARNING_MINUTES", 5)
 CELERY_BEAT_SCHEDULE = {
     "reconcile-instances": {
         "task": "instances.tasks.reconcile_instances",
@@ -319,6 +323,10 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-notebooks": {
         "task": "notebooks.tasks.reconcile_notebooks",
         "schedule": float(RECONCILE_INTERVAL_S),
+    },
+    "idle-stop": {
+        "task": "notebooks.tasks.check_idle",
+        "schedule": float(IDLE_CHECK_S),
     },
     "api-token-sweep": {
         "task": "api.tasks.sweep_api_tokens",

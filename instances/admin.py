@@ -1,4 +1,5 @@
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Max, QuerySet
@@ -22,12 +23,26 @@ class ComputeProfileForm(forms.ModelForm):
         fields = [
             "name", "display_name", "description", "cluster", "kind", "gpus", "gpu_model", "cpu",
             "memory_gib", "storage_gib", "cluster_class", "kubernetes_version", "worker_class",
-            "gpus_per_node", "published", "groups", "sort_order",
+            "gpus_per_node", "idle_stop_minutes", "idle_gpu_percent", "published", "groups",
+            "sort_order",
         ]
         labels = {"gpus": "GPUs", "gpu_model": "GPU model", "cpu": "CPU",
                   "memory_gib": "Memory (GiB)", "storage_gib": "Storage (GiB)",
                   "gpus_per_node": "GPUs per node", "kind": "Kind (Kubernetes clusters)"}
         help_texts = {"cpu": "CPU cores (on the local cluster: a limit, not a reservation)."}
+
+    def clean(self) -> dict:
+        data = super().clean()
+        cluster = data.get("cluster")
+        if data.get("idle_stop_minutes") and cluster and cluster.backend != Cluster.Backend.LOCAL:
+            self.add_error("idle_stop_minutes", "Idle stop works on the local cluster for now: "
+                           "on Kubernetes the portal does not read notebook activity and GPU "
+                           "metrics yet. Leave it empty.")
+        least = 2 * settings.IDLE_WARNING_MINUTES
+        if data.get("idle_stop_minutes") is not None and data["idle_stop_minutes"] < least:
+            self.add_error("idle_stop_minutes", f"Use at least {least} minutes: its owner is "
+                           f"warned {settings.IDLE_WARNING_MINUTES} minutes before.")
+        return data
 
 
 @admin.register(ComputeProfile)

@@ -35,14 +35,15 @@ transitioned = Signal()
 def transition(
     model: type[Row], pk: int, *, from_: Iterable[str], to: str, message: str,
     detail: str = "", load: Callable[[int], Row], actor: AbstractBaseUser | None = None,
-    ip_address: str | None = None, **fields: Any,
+    ip_address: str | None = None, audit: dict[str, Any] | None = None, **fields: Any,
 ) -> Row | None:
     """Move the row to `to` only if it is still in one of `from_`; audit the change.
 
     A conditional UPDATE, so two workers (or a worker and a user) can never both win; the
     workspace's row is locked first, the one lock order of every write to a deployment.
-    `load` reads the row back with what its audit row names. Reaching Running opens the
-    row's usage record and leaving it closes it, at the same instant as the status change."""
+    `load` reads the row back with what its audit row names; `audit` adds figures to that
+    row. Reaching Running opens the row's usage record and leaving it closes it, at the
+    same instant as the status change."""
     now = timezone.now()
     with transaction.atomic():
         lock_workspace(workspace_id=model.objects.values_list(model.WORKSPACE, flat=True)
@@ -62,7 +63,8 @@ def transition(
         for step in model.WORKSPACE.removesuffix("_id").split("__"):
             workspace = getattr(workspace, step)
         record_audit(action=AuditAction.status(model.KIND, to), obj=row, actor=actor,
-                     workspace=workspace, ip_address=ip_address, message=message)
+                     workspace=workspace, ip_address=ip_address, message=message,
+                     **(audit or {}))
         transitioned.send(sender=model, row=row, to=to)
     return row
 

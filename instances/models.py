@@ -50,6 +50,17 @@ class ComputeProfile(models.Model):
         help_text="Dedicated kind: the ClusterClass's machine deployment class for GPU nodes.",
     )
     gpus_per_node = models.PositiveIntegerField(default=8)
+    idle_stop_minutes = models.PositiveIntegerField(
+        "idle stop after (minutes)", null=True, blank=True,
+        help_text="Stop an instance of this size once its notebooks have had no kernel or "
+        "terminal activity, and its GPUs have stayed under the threshold, for this long. "
+        "Its owner is warned first. Empty: never.",
+    )
+    idle_gpu_percent = models.PositiveSmallIntegerField(
+        "idle GPU threshold (%)", default=5,
+        help_text="A GPU busier than this counts as in use, whoever watches it (an "
+        "unattended training run is never stopped).",
+    )
     published = models.BooleanField(
         default=False, help_text="Published profiles appear to users at once."
     )
@@ -212,6 +223,11 @@ class Instance(Deployment):
     # When someone last lost access (a collaborator removed): credentials they could have
     # seen before then (notebook tokens) are renewed.
     access_revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Idle stop: the last time anything used it (a kernel or terminal, a busy GPU, Keep
+    # running), when its owner was warned, and the last reading in words, for its page.
+    last_active_at = models.DateTimeField(null=True, blank=True, editable=False)
+    idle_warned_at = models.DateTimeField(null=True, blank=True, editable=False)
+    idle_reading = models.CharField(max_length=300, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -251,6 +267,21 @@ class Instance(Deployment):
             return (f"A {self.get_kind_display().lower()} cannot be stopped; delete it to free "
                     "its GPUs.")
         return ""
+
+    @property
+    def idle_notice(self) -> str:
+        """Idle stop's warning while it stands ('' otherwise), for the page's banner."""
+        window = self.profile.idle_stop_minutes
+        if self.status != self.Status.RUNNING or not self.idle_warned_at or window is None:
+            return ""
+        since = self.last_active_at or self.idle_warned_at
+        idle = int((timezone.now() - since).total_seconds() // 60)
+        # Not before the policy's window, nor before the warning has stood its minutes.
+        stops = max(since + timedelta(minutes=window),
+                    self.idle_warned_at + timedelta(minutes=settings.IDLE_WARNING_MINUTES))
+        left = max(int((stops - timezone.now()).total_seconds() + 59) // 60, 0)
+        return (f"{self.name} has been idle for {idle} minutes; it stops in {left} "
+                f"minute{'s' if left != 1 else ''} to free its GPUs. Its data is kept.")
 
     @property
     def has_kubernetes_api(self) -> bool:

@@ -216,12 +216,15 @@ def retry_instance(
 
 
 def stop_instance(
-    *, instance: Instance, by: AbstractBaseUser, ip_address: str | None = None
+    *, instance: Instance, by: AbstractBaseUser | None, ip_address: str | None = None,
+    reason: str = "", audit: dict[str, Any] | None = None,
 ) -> bool:
     """Give a running instance's GPUs back and keep its data (the sandbox or namespace, its
     volumes, its notebooks' homes): a worker stops what runs on it. Its notebooks and
-    services stop with it and start again with it. Refuses with a ValidationError what
-    cannot be stopped; False when it is not running (nothing to do)."""
+    services stop with it and start again with it. `by` None: the portal stopped it (idle
+    stop), for `reason`, with the figures it used in the audit row (`audit`). Refuses with
+    a ValidationError what cannot be stopped; False when it is not running (nothing to
+    do)."""
     from .tasks import halt_instance_task
 
     if instance.can_stop:
@@ -229,12 +232,28 @@ def stop_instance(
     with transaction.atomic():
         changed = _transition(
             instance.pk, from_=[Status.RUNNING], to=Status.STOPPING,
-            message="Stopping: giving its GPUs back, keeping its data.", actor=by,
-            ip_address=ip_address,
+            message=reason or "Stopping: giving its GPUs back, keeping its data.", actor=by,
+            ip_address=ip_address, audit=audit,
         )
         if changed:
             transaction.on_commit(lambda: halt_instance_task.delay(instance.pk))
     return changed is not None
+
+
+def keep_running(*, instance: Instance, by: AbstractBaseUser,
+                 ip_address: str | None = None) -> bool:
+    """Idle stop's warning answered: counted as used now, so it runs the policy's whole
+    window again before anything is said. False when it is no longer running."""
+    with transaction.atomic():
+        lock_workspace(workspace_id=instance.workspace_id)
+        if not Instance.objects.filter(pk=instance.pk, status=Status.RUNNING).update(
+                last_active_at=timezone.now(), idle_warned_at=None):
+            return False
+        record_audit(action=AuditAction.INSTANCE_KEPT_RUNNING, obj=instance, actor=by,
+                     workspace=instance.workspace, ip_address=ip_address,
+                     message=f"Kept running for another {instance.profile.idle_stop_minutes} "
+                             "minutes.")
+    return True
 
 
 def start_instance(
@@ -307,7 +326,8 @@ def _apply_state(instance: Instance, state: InstanceState) -> Instance:
     if state.phase == "running":
         running = _transition(
             instance.pk, from_=[Status.PROVISIONING], to=Status.RUNNING, message=state.message,
-            detail=state.detail, running_since=timezone.now(),
+            detail=state.detail, running_since=timezone.now(), last_active_at=timezone.now(),
+            idle_warned_at=None, idle_reading="",
             gpu_indices=list(state.gpu_indices), gpu_simulated=state.gpu_simulated,
             kubeconfig_encrypted=encrypt(state.kubeconfig),
         )

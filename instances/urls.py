@@ -19,4 +19,5 @@ urlpatterns = [
     path("<int:pk>/retry/", views.instance_retry, name="retry"),
     path("<int:pk>/stop/", views.instance_stop, name="stop"),
     path("<int:pk>/start/", views.instance_start, name="start"),
+    path("<int:pk>/keep-running/", views.instance_keep_running, name="keep_running"),
 ]

@@ -125,6 +125,13 @@ def instance_start(request: HttpRequest, pk: int) -> HttpResponse:
     return deployment_pages.act(request, instance, services.start_instance, "start")
 
 
+@require_http_methods(["POST"])
+def instance_keep_running(request: HttpRequest, pk: int) -> HttpResponse:
+    """Idle stop's warning answered: it runs the policy's whole window again."""
+    instance = selectors.instance_or_404(user=request.user, pk=pk)
+    return deployment_pages.act(request, instance, services.keep_running, "keep running")
+
+
 # --- collaborators: everyone with access to the instance may manage them -----------------
 
 

@@ -5,7 +5,7 @@ from django.conf import settings
 
 from instances.tasks import POLL, drive
 
-from . import services
+from . import idle, services
 from .models import Notebook, Service
 
 
@@ -24,6 +24,11 @@ def teardown_notebook_task(self, notebook_id: int) -> str | None:
                  lambda: services.teardown_notebook(notebook_id=notebook_id),
                  waiting=Notebook.Status.DELETING, first=settings.NOTEBOOK_POLL_S,
                  cap=settings.NOTEBOOK_POLL_MAX_S)
+
+
+@shared_task(acks_late=True)
+def check_idle() -> dict[str, int]:
+    return idle.check_idle()
 
 
 @shared_task(acks_late=True)

@@ -85,6 +85,8 @@ class AuditAction(models.TextChoices):
     INSTANCE_RUNNING = "instance.running", "instance running"
     INSTANCE_STOPPING = "instance.stopping", "instance stopping"
     INSTANCE_STOPPED = "instance.stopped", "instance stopped"
+    INSTANCE_IDLE_WARNED = "instance.idle_warned", "instance idle: owner warned"
+    INSTANCE_KEPT_RUNNING = "instance.kept_running", "instance kept running"
     INSTANCE_FAILED = "instance.failed", "instance failed"
     INSTANCE_DELETING = "instance.deleting", "instance deleting"
     INSTANCE_DELETED = "instance.deleted", "instance deleted"

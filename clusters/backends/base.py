@@ -172,6 +172,11 @@ class ClusterBackend(Protocol):
         brings it back as it was (its notebooks are started again one by one)."""
         ...
 
+    def gpu_utilisation(self, spec: InstanceSpec, gpu_indices: tuple[int, ...]) -> float | None:
+        """How busy the instance's busiest GPU is now, in percent; None where the cluster
+        gives no reading (simulated GPUs, no metrics source)."""
+        ...
+
     def workload_kubeconfig(self, spec: InstanceSpec) -> str:
         """A dedicated cluster's admin kubeconfig, read now from where its controller keeps it
         ('' until there is one, or for kinds that have none)."""

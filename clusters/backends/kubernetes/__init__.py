@@ -878,6 +878,11 @@ class KubernetesBackend:
             stopped += 1
         return stopped
 
+    def gpu_utilisation(self, spec: InstanceSpec, gpu_indices: tuple[int, ...]) -> float | None:
+        # DCGM's metrics through the cluster's Prometheus are not read yet: idle stop judges
+        # by notebook activity alone here, and says so.
+        return None
+
     def stop_instance(self, spec: InstanceSpec) -> None:
         """A namespace instance holds GPUs through running pods only. Its quota drops to no
         GPU, the portal's notebooks scale to zero, and pods asking for GPUs are deleted:

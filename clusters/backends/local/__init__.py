@@ -37,7 +37,7 @@ from ..base import (
     Workload,
 )
 from . import environments, jupyter, limits, services
-from .gpus import allocate_slots, local_inventory, release_slots
+from .gpus import allocate_slots, local_inventory, release_slots, utilisation
 from .tenants import (
     Tenant,
     ensure_tenant,
@@ -152,6 +152,9 @@ class LocalBackend:
 
     def workload_kubeconfig(self, spec: InstanceSpec) -> str:
         return ""  # a sandbox has no Kubernetes API
+
+    def gpu_utilisation(self, spec: InstanceSpec, gpu_indices: tuple[int, ...]) -> float | None:
+        return utilisation(gpu_indices)
 
     def stop_instance(self, spec: InstanceSpec) -> None:
         # What a failed instance gives back is what a stopped one does: its servers and its

@@ -2,6 +2,7 @@
 
 import functools
 import logging
+from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -31,6 +32,30 @@ def discover_nvidia_gpus() -> tuple[str, ...]:
             name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
             names.append(name.decode() if isinstance(name, bytes) else name)
         return tuple(names)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def utilisation(indices: Iterable[int]) -> float | None:
+    """How busy the busiest of these GPUs is now (percent), as NVML reports it; None where
+    NVML cannot tell (no driver, or turned off)."""
+    indices = list(indices)
+    if not settings.LOCAL_USE_NVML or not indices:
+        return None
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        return float(max(pynvml.nvmlDeviceGetUtilizationRates(
+            pynvml.nvmlDeviceGetHandleByIndex(i)).gpu for i in indices))
+    except pynvml.NVMLError as exc:
+        log.warning("NVML could not read GPUs %s: %s", indices, exc)
+        return None
     finally:
         pynvml.nvmlShutdown()
 
