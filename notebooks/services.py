@@ -476,6 +476,10 @@ def follow_instance_stop_and_start(sender: type, row: Any, to: str, **_: Any) ->
     the instance (`instances.lifecycle.transitioned`)."""
     if sender is not Instance or to not in (Instance.Status.STOPPING, Instance.Status.RUNNING):
         return
+    # Started again, the instance may hold other GPU slots than before: each deployment
+    # that comes back takes as many of the new ones as it had, never a slot it no longer
+    # owns (on a real machine that would be another instance's GPU).
+    free = list(row.gpu_indices)
     for model in (Notebook, Service):
         if to == Instance.Status.STOPPING:
             for pk in model.objects.filter(instance=row, status__in=[
@@ -484,10 +488,11 @@ def follow_instance_stop_and_start(sender: type, row: Any, to: str, **_: Any) ->
                             to=Status.STOPPED, step="",
                             message=f"Stopped with {row.name}; it starts again with it.")
             continue
-        for pk in model.objects.filter(instance=row, status=Status.STOPPED).values_list(
-                "pk", flat=True):
+        for pk, had in model.objects.filter(instance=row, status=Status.STOPPED).order_by(
+                "pk").values_list("pk", "gpu_indices"):
+            slots, free = free[:len(had)], free[len(had):]
             if _transition(model, pk, from_=[Status.STOPPED], to=Status.DEPLOYING, step="",
-                           message=f"Starting again with {row.name}."):
+                           gpu_indices=slots, message=f"Starting again with {row.name}."):
                 transaction.on_commit(lambda model=model, pk=pk: _tasks(model)[0].delay(pk))
 
 

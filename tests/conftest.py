@@ -75,6 +75,20 @@ def kube(request):
         yield target
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs two workers) each worker has its own test
+    database (pytest-django names it) and, set here, its own Celery queue, which the worker
+    processes its tests start consume (they inherit CELERY_QUEUE): two workers never take
+    each other's tasks. OS users and sandboxes are per process already (local_root)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        from gpupaas.celery import app
+
+        queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-{worker}"
+        os.environ["CELERY_QUEUE"] = queue
+        app.conf.task_default_queue = queue
+
+
 @pytest.fixture(scope="session")
 def local_root() -> Iterator[Path]:
     """One folder for the run's sandboxes and notebook environments, that the workspaces' OS

@@ -5,9 +5,12 @@ the namespace's quota, the notebook's Deployment and a user's own GPU pod."""
 
 import json
 import urllib.request
+from pathlib import Path
 
+from django.conf import settings
 from kubernetes import client as k8s
 
+from clusters.backends.local import jupyter
 from clusters.models import GpuAllocation
 from instances import services
 from instances.models import Instance
@@ -18,7 +21,7 @@ from workspaces.models import AuditEvent, UsageRecord, Workspace
 
 from .conftest import running_instance, workspace_of
 from .kube_fixtures import RESTRICTED, deploy_notebook, namespace_of
-from .test_notebooks_local import get, port_is_free, port_of, until
+from .test_notebooks_local import environ_of, get, port_is_free, port_of, until
 
 Status = Instance.Status
 NbStatus = Notebook.Status
@@ -59,13 +62,24 @@ def test_a_stopped_instance_frees_its_gpus_keeps_the_notebooks_files_and_starts_
                                           object_id=str(instance.pk)).values_list(
         "action", flat=True).order_by("id"))[-2:] == ["instance.stopping", "instance.stopped"]
 
+    # Meanwhile someone else took the slots it had: it comes back on others.
+    old_slots = list(alices_instance.gpu_indices)
+    GpuAllocation.objects.bulk_create(GpuAllocation(cluster=instance.cluster, index=i,
+                                                    holder="inst-elsewhere") for i in old_slots)
     assert services.start_instance(instance=instance, by=alice)
     instance = services.provision_instance(instance_id=instance.pk)
     assert instance.status == Status.RUNNING and len(instance.gpu_indices) == 4
+    assert not set(instance.gpu_indices) & set(old_slots)
     notebook = Notebook.objects.get(pk=notebook.pk)
     assert (notebook.status, notebook.status_message) == (
         NbStatus.DEPLOYING, "Starting again with train.")
     notebook = until(notebook, NbStatus.RUNNING)
+    assert len(notebook.gpu_indices) == 2 and set(notebook.gpu_indices) <= set(
+        instance.gpu_indices)  # never a slot it no longer holds
+    runtime = jupyter.read_runtime(
+        Path(settings.LOCAL_SANDBOX_ROOT) / ".portal" / "local" / instance.key / notebook.key)
+    assert environ_of(runtime["pid"])["CUDA_VISIBLE_DEVICES"] == ",".join(
+        map(str, notebook.gpu_indices))
     assert contents(notebook, "results.txt")["content"] == "epoch 12: loss 0.031"
     assert get(notebook.url.replace("/lab", "/api/status"), notebook.token) == 200
     assert UsageRecord.objects.filter(kind="notebook", object_id=notebook.pk).count() == 2
