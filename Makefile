@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/gpupaas
 CELERY_BROKER_URL ?= redis://127.0.0.1:6379/15
+# Test workers (pytest-xdist): most of the suite waits on real processes, not the CPU.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench record-contracts clean
 
@@ -28,7 +30,7 @@ test: $(VENV)/.installed-test
 	@DATABASE_URL=$(DATABASE_URL) CELERY_BROKER_URL=$(CELERY_BROKER_URL) \
 		$(BIN)/python -m tests.preflight
 	DATABASE_URL=$(DATABASE_URL) CELERY_BROKER_URL=$(CELERY_BROKER_URL) \
-		$(BIN)/pytest
+		$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -172,16 +172,19 @@ def test_saving_an_unpublished_profile_says_users_do_not_see_it(admin_client, ca
     added = admin_client.post("/admin/instances/computeprofile/add/", {
         "name": "new-size", "display_name": "New size", "description": "", "cluster": local.pk,
         "kind": "namespace", "gpus": "1", "gpu_model": "", "cpu": "4", "memory_gib": "16",
-        "storage_gib": "50", "sort_order": "100", "gpus_per_node": "8"},
-        follow=True).content.decode()
+        "storage_gib": "50", "sort_order": "100", "gpus_per_node": "8",
+        "idle_gpu_percent": "5"}, follow=True).content.decode()
     assert "New size is not published: users do not see it until you tick Published" in added
     profile = ComputeProfile.objects.get(name="new-size")
     assert not profile.published
     published = admin_client.post(f"/admin/instances/computeprofile/{profile.pk}/change/", {
         "name": "new-size", "display_name": "New size", "description": "", "cluster": local.pk,
         "kind": "namespace", "gpus": "1", "gpu_model": "", "cpu": "4", "memory_gib": "16",
-        "storage_gib": "50", "sort_order": "100", "published": "on"}, follow=True)
+        "storage_gib": "50", "sort_order": "100", "published": "on", "gpus_per_node": "8",
+        "idle_gpu_percent": "5"}, follow=True)
     assert "is not published" not in published.content.decode()
+    profile.refresh_from_db()
+    assert profile.published
 
 
 def test_the_overview_shows_gpus_statuses_failures_and_top_workspaces(
