@@ -250,6 +250,14 @@ class MonthHours(Schema):
     gpu_hours: float
 
 
+class BudgetOut(Schema):
+    whose: str = Field(examples=["your workspace", "the group ml-team"])
+    gpu_hours: int = Field(description="The monthly budget.")
+    used: float = Field(description="GPU-hours used of it this month.")
+    percent: int
+    spent: bool = Field(description="Nothing more launches or starts this month.")
+
+
 class UsageOut(Schema):
     month: str = Field(examples=["2026-11"])
     start: datetime
@@ -259,3 +267,5 @@ class UsageOut(Schema):
     memory_gib_hours: float
     instances: list[InstanceHours]
     last_12_months: list[MonthHours]
+    budgets: list[BudgetOut] = Field(description="This month's GPU-hour budgets that apply "
+                                     "to your launches (none when none is set).")

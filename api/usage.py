@@ -40,6 +40,9 @@ def get_usage(request: HttpRequest, month: str = "") -> dict:
                                                            now=now)],
         "last_12_months": [{"month": f"{m:%Y-%m}", "gpu_hours": round(hours, 4)}
                            for m, hours in usage.monthly_gpu_hours(workspace=workspace, now=now)],
+        "budgets": [{"whose": b.whose, "gpu_hours": b.limit, "used": round(b.used, 4),
+                     "percent": b.percent, "spent": b.spent}
+                    for b in usage.budgets(workspace=workspace, user=request.user, now=now)],
     }
 
 

@@ -328,6 +328,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notebooks.tasks.check_idle",
         "schedule": float(IDLE_CHECK_S),
     },
+    "budget-warnings": {
+        "task": "instances.tasks.warn_budgets",
+        "schedule": float(RECONCILE_INTERVAL_S),
+    },
     "api-token-sweep": {
         "task": "api.tasks.sweep_api_tokens",
         "schedule": float(RECONCILE_INTERVAL_S),

@@ -292,6 +292,10 @@ def usage(
     out.print(table)
     out.print(f"{figures['gpu_hours']:.1f} GPU-hours in {figures['month']} "
               f"({figures['cpu_hours']:.1f} CPU-hours).")
+    for budget in figures.get("budgets") or []:
+        out.print(f"Budget of {budget['whose']}: {budget['used']:.1f} of "
+                  f"{budget['gpu_hours']} GPU-hours this month ({budget['percent']} %)"
+                  f"{'; spent' if budget['spent'] else ''}.")
     return None
 
 

@@ -21,6 +21,7 @@ from clusters.backends import (
 )
 from clusters.crypto import encrypt
 from clusters.models import Cluster
+from workspaces import usage
 from workspaces.models import AuditAction, Workspace
 from workspaces.selectors import effective_quota
 from workspaces.services import changes, lock_workspace, record_audit
@@ -107,6 +108,15 @@ def _check_quota(*, workspace: Workspace, gpus: int,
         )})
 
 
+def _check_budget(*, workspace: Workspace, by: AbstractBaseUser | None) -> None:
+    """Refuse, with the figures, what a spent monthly GPU-hour budget no longer allows (the
+    workspace's own, or the group the user's usage counts to). A budget is on what was used,
+    which a launch does not change: two launches at its edge are judged alike."""
+    for budget in usage.budgets(workspace=workspace, user=by):
+        if budget.spent:
+            raise ValidationError({"profile": budget.refusal})
+
+
 def _in_use(n: int, holders: list[str]) -> str:
     """'6 are in use by train-a and train-b', as a person says it."""
     if not holders:
@@ -137,6 +147,7 @@ def launch_instance(
     if name_taken:
         raise ValidationError({"name": f"You already have an instance named {name}."})
     _check_quota(workspace=workspace, gpus=profile.gpus, holding=holding)
+    _check_budget(workspace=workspace, by=by)
     with transaction.atomic():
         # The workspace row lock serialises launches: concurrent ones can never pass quota.
         # Only what the quota needs happens under it (every launch of the workspace waits).
@@ -206,6 +217,7 @@ def retry_instance(
         if instance.status != Status.FAILED:
             return False
         _check_quota(workspace=instance.workspace, gpus=instance.gpus)
+        _check_budget(workspace=instance.workspace, by=by)
         changed = _transition(
             instance.pk, from_=[Status.FAILED], to=Status.PENDING,
             message="Retrying: waiting for a worker.", actor=by, ip_address=ip_address,
@@ -273,6 +285,7 @@ def start_instance(
         # It is among the holders already (as an instance, with no GPU): count it once.
         others = [(n, g) for n, g in holding if n != instance.name]
         _check_quota(workspace=instance.workspace, gpus=instance.gpus, holding=others)
+        _check_budget(workspace=instance.workspace, by=by)
         changed = _transition(
             instance.pk, from_=[Status.STOPPED], to=Status.PENDING,
             message="Starting: waiting for a worker.", actor=by, ip_address=ip_address,

@@ -7,6 +7,7 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from clusters.backends import TransientBackendError
+from workspaces import usage
 
 from . import lifecycle, services
 from .models import Instance
@@ -82,6 +83,11 @@ def halt_instance_task(self, instance_id: int) -> str | None:
                  lambda: services.halt_instance(instance_id=instance_id),
                  waiting=Instance.Status.STOPPING, first=settings.INSTANCE_POLL_S,
                  cap=settings.INSTANCE_POLL_MAX_S)
+
+
+@shared_task(acks_late=True)
+def warn_budgets() -> int:
+    return usage.warn_budgets()
 
 
 @shared_task(acks_late=True)

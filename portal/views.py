@@ -49,6 +49,8 @@ def landing(request: HttpRequest) -> HttpResponse:
             "notebooks_total": sum(notebooks.values()),
             "shared": shared,
             "showback": usage_records.showback(workspace=workspace),
+            "budgets": [b for b in usage_records.budgets(workspace=workspace, user=request.user)
+                        if b.percent >= 80],
             "polling": any(not i.is_final for i in recent) or "deploying" in notebooks,
         },
     )

@@ -15,7 +15,7 @@ from django.utils import timezone
 from instances import services
 from instances.models import Instance
 from workspaces import usage
-from workspaces.models import GpuPrice, UsageMonth, UsageRecord
+from workspaces.models import GpuPrice, UsageMonth, UsageRecord, Workspace
 
 from .conftest import make_user, running_instance, workspace_of
 
@@ -194,3 +194,51 @@ def test_only_administrators_see_the_overviews_figures(alice_client, alice):
     record(alice, gpus=1, start="2026-11-02T08:00:00", end="2026-11-02T09:00:00")
     refused = alice_client.get("/admin/overview/?format=csv")
     assert refused.status_code == 302 and "/admin/login/" in refused["Location"]
+
+
+def used_this_month(user, hours: float, group: str = "Users") -> None:
+    """Closed usage of this month, as the monthly sums hold it."""
+    UsageMonth.objects.create(
+        month=usage.month_start(timezone.now()), workspace=workspace_of(user),
+        username=user.get_username(), group=group, gpu_model="", kind="instance",
+        gpu_seconds=int(hours * 3600))
+
+
+def test_a_spent_workspace_budget_refuses_launches_and_starts_with_the_figures(
+        alice_client, alice, catalogue):
+    from django.core.exceptions import ValidationError
+
+    Workspace.objects.filter(owner=alice).update(monthly_gpu_hours=10)
+    used_this_month(alice, 10.5)
+    month = usage.month_start(timezone.now())
+    expected = (f"Your workspace has used 10.5 of its 10 GPU-hours for {month:%B %Y} (105 %). "
+                f"Nothing more can launch or start until {usage.next_month(month):%B 1}, unless "
+                "an administrator raises the budget.")
+    with pytest.raises(ValidationError) as refused:
+        services.launch_instance(workspace=workspace_of(alice), name="more",
+                                 profile=catalogue[1], by=alice)
+    assert refused.value.message_dict["profile"] == [expected]
+    page = alice_client.post("/instances/new/", {"name": "more", "profile": catalogue[1].pk})
+    assert expected in page.content.decode()
+    assert expected in alice_client.get("/").content.decode()  # the banner says it first
+    assert not Instance.objects.filter(name="more").exists()
+
+
+def test_at_80_percent_of_a_group_budget_members_see_a_banner_and_get_one_mail(
+        alice_client, alice, catalogue):
+    from django.core import mail
+
+    from workspaces.models import GroupPolicy
+
+    GroupPolicy.objects.filter(group__name="Users").update(monthly_gpu_hours=100)
+    bob = make_user("bob")
+    used_this_month(alice, 50)
+    used_this_month(bob, 35)
+    landing = alice_client.get("/").content.decode()
+    assert "The group Users has used 85.0 of its 100 GPU-hours" in landing
+    assert usage.warn_budgets() == 1
+    assert sorted(mail.outbox[0].to) == ["alice@example.com", "bob@example.com"]
+    assert mail.outbox[0].subject.startswith("85 % of the GPU-hour budget for ")
+    assert usage.warn_budgets() == 0  # once a month
+    services.launch_instance(workspace=workspace_of(alice), name="still-fits",
+                             profile=catalogue[1], by=alice)  # 85 % is not spent

@@ -71,7 +71,7 @@ class WorkspaceAdmin(admin.ModelAdmin):
     readonly_fields = ["owner", "quota", "quota_source", "gpus_in_use", "instances_in_use",
                        "last_activity", "created_at"]
     fields = ["owner", "quota", "quota_source", "gpus_in_use", "instances_in_use",
-              "max_gpus", "max_instances", "last_activity", "created_at"]
+              "max_gpus", "max_instances", "monthly_gpu_hours", "last_activity", "created_at"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Workspace]:
         return with_usage(super().get_queryset(request))

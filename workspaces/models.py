@@ -26,6 +26,12 @@ class GroupPolicy(models.Model):
         null=True, blank=True, help_text="Quota of its members' workspaces (the most generous "
         "of a user's groups applies). Empty: the portal default.")
     default_max_instances = models.PositiveIntegerField(null=True, blank=True)
+    monthly_gpu_hours = models.PositiveIntegerField(
+        "GPU-hour budget per month", null=True, blank=True,
+        help_text="For the group as a whole (its members' usage counts to the group whose "
+        "quota applies to them). At 80 % its members are warned; once spent, nothing more "
+        "launches until next month. Empty: no budget.")
+    budget_warned_for = models.DateField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "group policies"
@@ -67,6 +73,12 @@ class Workspace(models.Model):
         "instance quota", null=True, blank=True,
         help_text="Instances the workspace may hold at one time. Empty: from the owner's groups.",
     )
+    monthly_gpu_hours = models.PositiveIntegerField(
+        "GPU-hour budget per month", null=True, blank=True,
+        help_text="At 80 % its owner is warned; once spent, nothing more launches or starts "
+        "until next month. Empty: no budget of its own.")
+    # The month (its first day) the owner was last warned of the budget, so once a month.
+    budget_warned_for = models.DateField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -123,11 +123,11 @@ def _plain(value: Any) -> Any:
 
 def set_quota(*, workspace: Workspace, by: AbstractBaseUser | None,
               ip_address: str | None = None) -> dict[str, Any]:
-    """Save a workspace's own quota (as the admin form set it) and audit the change: what
-    it was and what it is. Returns the changes ({} when nothing changed)."""
+    """Save a workspace's own quota and GPU-hour budget (as the admin form set them) and
+    audit the change: what it was and what it is. Returns the changes ({} when nothing changed)."""
     with transaction.atomic():
         old = Workspace.objects.select_for_update().get(pk=workspace.pk)
-        changed = changes(old, workspace, ["max_gpus", "max_instances"])
+        changed = changes(old, workspace, ["max_gpus", "max_instances", "monthly_gpu_hours"])
         workspace.save()
         if changed:
             record_audit(action=AuditAction.WORKSPACE_QUOTA_CHANGED, obj=workspace, actor=by,

@@ -13,6 +13,8 @@ and services use some of them (their records say who used which)."""
 import csv
 import datetime
 import io
+import logging
+import smtplib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from django.utils import timezone
 from .models import GpuPrice, UsageKind, UsageMonth, UsageRecord, Workspace
 
 UTC = datetime.UTC
+log = logging.getLogger(__name__)
 DIMENSIONS = ("workspace", "user", "group", "gpu_model")
 
 
@@ -46,14 +49,18 @@ class Allocation:
     memory_gib: int
 
 
-def group_of(user: AbstractBaseUser | None) -> str:
-    """The group a user's usage is attributed to: the one whose quota applies (the most
-    GPUs), then by name; '' for none."""
+def _group_and_budget(user: AbstractBaseUser | None) -> tuple[str, int | None]:
+    """The group a user's usage is attributed to (the one whose quota applies: the most
+    GPUs, then by name; '' for none) and its monthly GPU-hour budget: one query."""
     if user is None:
-        return ""
-    group = (user.groups.order_by(F("policy__default_max_gpus").desc(nulls_last=True), "name")
-             .values_list("name", flat=True).first())
-    return group or ""
+        return "", None
+    row = (user.groups.order_by(F("policy__default_max_gpus").desc(nulls_last=True), "name")
+           .values_list("name", "policy__monthly_gpu_hours").first())
+    return row if row else ("", None)
+
+
+def group_of(user: AbstractBaseUser | None) -> str:
+    return _group_and_budget(user)[0]
 
 
 def open_allocation(allocation: Allocation, *, at: datetime.datetime) -> None:
@@ -214,10 +221,11 @@ FIELDS = {"workspace": "workspace__owner__username", "user": "username", "group"
 
 
 def summary(*, first: datetime.date, last: datetime.date, by: str = "workspace",
-            workspace: Workspace | None = None, kind: str = UsageKind.INSTANCE,
-            now: datetime.datetime | None = None, priced: bool = False) -> Summary:
+            workspace: Workspace | None = None, group: str | None = None,
+            kind: str = UsageKind.INSTANCE, now: datetime.datetime | None = None,
+            priced: bool = False) -> Summary:
     """Usage of whole months `first`..`last` (inclusive), by `by` (one of DIMENSIONS), of
-    one workspace or the whole portal; with its cost where `priced`. Two queries whatever
+    one workspace, one group or the whole portal; with its cost where `priced`. Two queries whatever
     the number of records (three when priced): the monthly sums, and the allocations still
     open (their seconds up to `now`)."""
     if by not in DIMENSIONS:
@@ -231,6 +239,8 @@ def summary(*, first: datetime.date, last: datetime.date, by: str = "workspace",
     opened = UsageRecord.objects.filter(ended_at__isnull=True, kind=kind, started_at__lt=end)
     if workspace is not None:
         months, opened = months.filter(workspace=workspace), opened.filter(workspace=workspace)
+    if group is not None:
+        months, opened = months.filter(group=group), opened.filter(group=group)
     # Summed in the database by the dimension (and the GPU model, which sets the price).
     for row in (months.values(FIELDS[by], "gpu_model")
                 .annotate(gpu=Sum("gpu_seconds"), cpu=Sum("cpu_seconds"),
@@ -334,3 +344,93 @@ def showback(*, workspace: Workspace, now: datetime.datetime | None = None) -> S
                         y=Showback.CHART_HEIGHT - height, height=height))
     return Showback(this_month=series[-1][1], bars=bars,
                     by_instance=by_instance(workspace=workspace, month=month_start(now), now=now))
+
+
+# ---------------------------------------------------------------------------- budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A monthly GPU-hour budget and what this month used of it."""
+
+    whose: str  # "your workspace", "the group ml-team"
+    limit: int
+    used: float
+    month: datetime.date
+
+    @property
+    def percent(self) -> int:
+        return int(self.used * 100 // self.limit) if self.limit else 100
+
+    @property
+    def spent(self) -> bool:
+        return self.used >= self.limit
+
+    @property
+    def words(self) -> str:
+        return (f"{self.whose[0].upper()}{self.whose[1:]} has used {self.used:.1f} of its "
+                f"{self.limit} GPU-hours for {self.month:%B %Y} ({self.percent} %).")
+
+    @property
+    def refusal(self) -> str:
+        return (f"{self.words} Nothing more can launch or start until {next_month(self.month):%B 1}"
+                ", unless an administrator raises the budget.")
+
+
+def budgets(*, workspace: Workspace, user: AbstractBaseUser | None = None,
+            now: datetime.datetime | None = None) -> list[Budget]:
+    """The budgets that apply to a launch in `workspace` by `user` (the workspace's own, and
+    the group the user's usage counts to), with this month's use; empty when none is set.
+    One query, and two more per budget set."""
+    now = now or timezone.now()
+    month = month_start(now)
+    out = []
+    if workspace.monthly_gpu_hours is not None:
+        used = summary(first=month, last=month, workspace=workspace, now=now).total.gpu_hours
+        out.append(Budget("your workspace", workspace.monthly_gpu_hours, used, month))
+    group, limit = _group_and_budget(user or workspace.owner)
+    if limit is not None:
+        used = summary(first=month, last=month, group=group, now=now).total.gpu_hours
+        out.append(Budget(f"the group {group}", limit, used, month))
+    return out
+
+
+def warn_budgets(*, now: datetime.datetime | None = None) -> int:
+    """Mail, once a month, the owners of workspaces and the members of groups that have used
+    80 % of their monthly GPU-hour budget. Returns how many budgets were warned of."""
+    from django.conf import settings
+    from django.core.mail import send_mail
+
+    from .models import GroupPolicy
+
+    now = now or timezone.now()
+    month = month_start(now)
+    warned = 0
+    candidates: list[tuple[object, Budget, list[str]]] = []
+    for workspace in (Workspace.objects.filter(monthly_gpu_hours__isnull=False)
+                      .exclude(budget_warned_for=month).select_related("owner")):
+        used = summary(first=month, last=month, workspace=workspace, now=now).total.gpu_hours
+        candidates.append((workspace, Budget("your workspace", workspace.monthly_gpu_hours,
+                                             used, month), [workspace.owner.email]))
+    for policy in (GroupPolicy.objects.filter(monthly_gpu_hours__isnull=False)
+                   .exclude(budget_warned_for=month).select_related("group")):
+        name = policy.group.name
+        used = summary(first=month, last=month, group=name, now=now).total.gpu_hours
+        candidates.append((policy, Budget(f"the group {name}", policy.monthly_gpu_hours, used,
+                                          month),
+                           list(policy.group.user_set.values_list("email", flat=True))))
+    for owner, budget, emails in candidates:
+        if budget.percent < 80 or not type(owner).objects.filter(pk=owner.pk).exclude(
+                budget_warned_for=month).update(budget_warned_for=month):
+            continue
+        warned += 1
+        recipients = [e for e in emails if e]
+        if not recipients:
+            continue
+        try:
+            send_mail(f"{budget.percent} % of the GPU-hour budget for {month:%B} is used",
+                      f"{budget.words} At 100 % nothing more can launch or start until "
+                      f"{next_month(month):%B 1}.\n", settings.DEFAULT_FROM_EMAIL, recipients)
+        except (OSError, smtplib.SMTPException) as exc:
+            log.warning("could not send the budget warning to %s: %s", recipients, exc)
+    return warned
