@@ -16,6 +16,7 @@ from workspaces.services import client_ip
 from .common import (
     MAX_ID,
     absolute,
+    act_row,
     delete_row,
     deploy_data,
     instance_or_404,
@@ -114,4 +115,20 @@ def delete_service(request: HttpRequest, service_id: Id) -> Status:
 def retry_service(request: HttpRequest, service_id: Id) -> Status:
     """Start a failed service again on its running instance."""
     retry_row(request, service_or_404(request, service_id), services.retry_service)
+    return Status(202, service_out(request, service_or_404(request, service_id)))
+
+
+@router.post("/services/{service_id}/stop",
+             response={202: ServiceOut, **problems(404, 409, 422)})
+def stop_service(request: HttpRequest, service_id: Id) -> Status:
+    """Stop it and keep its data and its share of the instance; start it again later."""
+    act_row(request, service_or_404(request, service_id), services.stop_service, "stop")
+    return Status(202, service_out(request, service_or_404(request, service_id)))
+
+
+@router.post("/services/{service_id}/start",
+             response={202: ServiceOut, **problems(404, 409, 422)})
+def start_service(request: HttpRequest, service_id: Id) -> Status:
+    """Start a stopped service again on its running instance."""
+    act_row(request, service_or_404(request, service_id), services.start_service, "start")
     return Status(202, service_out(request, service_or_404(request, service_id)))

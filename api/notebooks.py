@@ -15,6 +15,7 @@ from workspaces.services import client_ip
 from .common import (
     MAX_ID,
     absolute,
+    act_row,
     delete_row,
     deploy_data,
     instance_or_404,
@@ -106,6 +107,24 @@ def delete_notebook(request: HttpRequest, notebook_id: Id) -> Status:
 def retry_notebook(request: HttpRequest, notebook_id: Id) -> Status:
     """Start a failed notebook again on its running instance, with its files."""
     retry_row(request, notebook_or_404(request, notebook_id), services.retry_notebook)
+    return Status(202, notebook_out(request, notebook_or_404(request, notebook_id)))
+
+
+@router.post("/notebooks/{notebook_id}/stop",
+             response={202: NotebookOut, **problems(404, 409, 422)})
+def stop_notebook(request: HttpRequest, notebook_id: Id) -> Status:
+    """Stop its server and keep its files and its share of the instance; start it again
+    later."""
+    act_row(request, notebook_or_404(request, notebook_id), services.stop_notebook, "stop")
+    return Status(202, notebook_out(request, notebook_or_404(request, notebook_id)))
+
+
+@router.post("/notebooks/{notebook_id}/start",
+             response={202: NotebookOut, **problems(404, 409, 422)})
+def start_notebook(request: HttpRequest, notebook_id: Id) -> Status:
+    """Start a stopped notebook again, with its files, on its running instance (422 when
+    the instance is not running)."""
+    act_row(request, notebook_or_404(request, notebook_id), services.start_notebook, "start")
     return Status(202, notebook_out(request, notebook_or_404(request, notebook_id)))
 
 

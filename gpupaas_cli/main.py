@@ -37,8 +37,8 @@ EPILOG = "Exit codes: " + "; ".join(f"{code} {what}" for code, what in client.EX
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help=__doc__.split("\n\n")[0], epilog=EPILOG, no_args_is_help=True,
                   add_completion=False, rich_markup_mode=None, context_settings=HELP)
-notebook_app = typer.Typer(help="Deploy, list, retry and delete notebooks.", epilog=EPILOG,
-                           no_args_is_help=True, context_settings=HELP)
+notebook_app = typer.Typer(help="Deploy, list, stop, start, retry and delete notebooks.",
+                           epilog=EPILOG, no_args_is_help=True, context_settings=HELP)
 app.add_typer(notebook_app, name="notebook")
 service_app = typer.Typer(help="Deploy, list, open and delete catalogue services "
                           "(TensorBoard, MLflow…).", epilog=EPILOG, no_args_is_help=True,
@@ -535,6 +535,35 @@ def notebook_retry(
     emit(notebook, output)
     if output == Format.table:
         out.print(f"{name} is {notebook['status']}: {notebook['status_message']}")
+
+
+@notebook_app.command("stop")
+def notebook_stop(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The notebook's name.")],
+    output: Output = Format.table,
+) -> None:
+    """Stop a notebook's server and keep its files; `gpupaas notebook start` brings it back."""
+    _act("notebooks", instance, name, "stop", output)
+
+
+@notebook_app.command("start")
+def notebook_start(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The notebook's name.")],
+    output: Output = Format.table,
+) -> None:
+    """Start a stopped notebook again, with its files."""
+    _act("notebooks", instance, name, "start", output)
+
+
+def _act(kind: str, instance: str, name: str, verb: str, output: Format) -> None:
+    """Stop or start the notebook or service (`kind`) of that name on the instance."""
+    api = Api.from_config()
+    row = api.post(f"/{kind}/{_named(api, kind, instance, name)['id']}/{verb}")
+    emit(row, output)
+    if output == Format.table:
+        out.print(f"{name} is {row['status']}: {row['status_message']}")
 
 
 def _named(api: Api, kind: str, instance: str, name: str) -> dict[str, Any]:

@@ -157,6 +157,25 @@ class Deployment(models.Model):
         )
 
     @property
+    def offers_stop(self) -> bool:
+        """Whether its page offers Stop now."""
+        return self.status == "running"
+
+    @property
+    def offers_start(self) -> bool:
+        """Whether its page offers Start now (what runs on an instance: once it runs)."""
+        instance = getattr(self, "instance", None)
+        return self.status == "stopped" and (instance is None or instance.status == "running")
+
+    @property
+    def stop_url(self) -> str:
+        return reverse(f"{self.URLS}:stop", args=[self.pk])
+
+    @property
+    def start_url(self) -> str:
+        return reverse(f"{self.URLS}:start", args=[self.pk])
+
+    @property
     def list_url(self) -> str:
         return reverse(f"{self.URLS}:list")
 
@@ -267,6 +286,10 @@ class Instance(Deployment):
             return (f"A {self.get_kind_display().lower()} cannot be stopped; delete it to free "
                     "its GPUs.")
         return ""
+
+    @property
+    def offers_stop(self) -> bool:
+        return self.status == self.Status.RUNNING and not self.can_stop
 
     @property
     def idle_notice(self) -> str:

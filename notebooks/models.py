@@ -126,6 +126,8 @@ class Notebook(Deployment):
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DEPLOYING)
     step = models.CharField(max_length=20, choices=Step.choices, blank=True)
+    # Stopped because its instance stopped (it starts again with it), not by someone.
+    stopped_with_instance = models.BooleanField(default=False, editable=False)
     url = models.URLField(max_length=500, blank=True)
     host_suffix = models.CharField(max_length=10, default=new_host_suffix, editable=False)
     # The credential users open the notebook with; encrypted at rest, shown only to those
@@ -275,6 +277,7 @@ class Service(Deployment):
     gpus = models.PositiveIntegerField(default=0)
     gpu_indices = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.DEPLOYING)
+    stopped_with_instance = models.BooleanField(default=False, editable=False)
     step = models.CharField(max_length=20, choices=Step.choices, blank=True)
     # Part of its origin (s<id>-<suffix>.<APPS_DOMAIN>): nobody can claim it in advance.
     host_suffix = models.CharField(max_length=10, default=new_host_suffix, editable=False)

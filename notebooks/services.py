@@ -248,6 +248,68 @@ def _retry(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> boo
     return changed is not None
 
 
+def _stop(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> bool:
+    """Stop one notebook or service and keep it: its server stops (a worker does it), its
+    files and its share of the instance stay, and Start brings it back."""
+    model = type(row)
+    with transaction.atomic():
+        changed = _transition(
+            model, row.pk, from_=[Status.DEPLOYING, Status.RUNNING], to=Status.STOPPED,
+            step="", stopped_with_instance=False, actor=by, ip_address=ip_address,
+            message="Stopped: it holds no GPU and its files are kept. Start it to go on.")
+        if changed:
+            from .tasks import release_task
+
+            transaction.on_commit(lambda: release_task.delay(model.KIND, row.pk))
+    return changed is not None
+
+
+def _start(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> bool:
+    """Start a stopped notebook or service again, with its files and its share of the
+    instance (kept while it was stopped), once its instance runs."""
+    model = type(row)
+    with transaction.atomic():
+        if row.instance.status != Instance.Status.RUNNING:
+            raise ValidationError(
+                f"its instance {row.instance.name} is {row.instance.status_label.lower()}; "
+                "it starts again with it.")
+        changed = _transition(
+            model, row.pk, from_=[Status.STOPPED], to=Status.DEPLOYING, step="",
+            message="Starting: waiting for a worker.", actor=by, ip_address=ip_address)
+        if changed:
+            transaction.on_commit(lambda: _tasks(model)[0].delay(row.pk))
+    return changed is not None
+
+
+def release(*, kind: str, pk: int) -> None:
+    """The worker's part of a stop: stop what of it still runs, if it is still stopped."""
+    model = Service if kind == Service.KIND else Notebook
+    row = _load(model, pk)
+    if row is None or row.status != Status.STOPPED:
+        return
+    get_backend(row.instance.cluster).release_notebook(spec_for(row))
+
+
+def stop_notebook(*, notebook: Notebook, by: AbstractBaseUser,
+                  ip_address: str | None = None) -> bool:
+    return _stop(notebook, by, ip_address)
+
+
+def start_notebook(*, notebook: Notebook, by: AbstractBaseUser,
+                   ip_address: str | None = None) -> bool:
+    return _start(notebook, by, ip_address)
+
+
+def stop_service(*, service: Service, by: AbstractBaseUser,
+                 ip_address: str | None = None) -> bool:
+    return _stop(service, by, ip_address)
+
+
+def start_service(*, service: Service, by: AbstractBaseUser,
+                  ip_address: str | None = None) -> bool:
+    return _start(service, by, ip_address)
+
+
 def delete_notebook(
     *, notebook: Notebook, by: AbstractBaseUser, ip_address: str | None = None
 ) -> Notebook:
@@ -485,15 +547,23 @@ def follow_instance_stop_and_start(sender: type, row: Any, to: str, **_: Any) ->
             for pk in model.objects.filter(instance=row, status__in=[
                     Status.DEPLOYING, Status.RUNNING]).values_list("pk", flat=True):
                 _transition(model, pk, from_=[Status.DEPLOYING, Status.RUNNING],
-                            to=Status.STOPPED, step="",
+                            to=Status.STOPPED, step="", stopped_with_instance=True,
                             message=f"Stopped with {row.name}; it starts again with it.")
             continue
-        for pk, had in model.objects.filter(instance=row, status=Status.STOPPED).order_by(
-                "pk").values_list("pk", "gpu_indices"):
+        # Every deployment that holds a share of the instance (stopped or failed ones
+        # too) takes slots among the new ones; those stopped with it start again.
+        for pk, had, status, with_instance in model.objects.filter(
+                instance=row, status__in=[Status.STOPPED, Status.FAILED]).order_by(
+                "pk").values_list("pk", "gpu_indices", "status", "stopped_with_instance"):
             slots, free = free[:len(had)], free[len(had):]
-            if _transition(model, pk, from_=[Status.STOPPED], to=Status.DEPLOYING, step="",
-                           gpu_indices=slots, message=f"Starting again with {row.name}."):
-                transaction.on_commit(lambda model=model, pk=pk: _tasks(model)[0].delay(pk))
+            if status == Status.STOPPED and with_instance:
+                if _transition(model, pk, from_=[Status.STOPPED], to=Status.DEPLOYING, step="",
+                               gpu_indices=slots, stopped_with_instance=False,
+                               message=f"Starting again with {row.name}."):
+                    transaction.on_commit(
+                        lambda model=model, pk=pk: _tasks(model)[0].delay(pk))
+            else:
+                model.objects.filter(pk=pk, status=status).update(gpu_indices=slots)
 
 
 def _teardown(model: type[Deployment], pk: int) -> Deployment | None:

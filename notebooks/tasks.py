@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.conf import settings
 
-from instances.tasks import POLL, drive
+from instances.tasks import POLL, RETRY, drive
 
 from . import idle, services
 from .models import Notebook, Service
@@ -24,6 +24,12 @@ def teardown_notebook_task(self, notebook_id: int) -> str | None:
                  lambda: services.teardown_notebook(notebook_id=notebook_id),
                  waiting=Notebook.Status.DELETING, first=settings.NOTEBOOK_POLL_S,
                  cap=settings.NOTEBOOK_POLL_MAX_S)
+
+
+@shared_task(**RETRY)
+def release_task(kind: str, pk: int) -> None:
+    """A stopped notebook's or service's server stops (its GPU goes back)."""
+    services.release(kind=kind, pk=pk)
 
 
 @shared_task(acks_late=True)

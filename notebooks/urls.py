@@ -10,6 +10,8 @@ urlpatterns = [
     path("<int:pk>/status/", views.notebook_status, name="status"),
     path("<int:pk>/delete/", views.notebook_delete, name="delete"),
     path("<int:pk>/retry/", views.notebook_retry, name="retry"),
+    path("<int:pk>/stop/", views.notebook_stop, name="stop"),
+    path("<int:pk>/start/", views.notebook_start, name="start"),
 ]
 
 # Mounted at /services/ under their own namespace (gpupaas/urls.py).
@@ -20,5 +22,7 @@ service_urlpatterns = [
     path("<int:pk>/status/", views.service_status, name="status"),
     path("<int:pk>/delete/", views.service_delete, name="delete"),
     path("<int:pk>/retry/", views.service_retry, name="retry"),
+    path("<int:pk>/stop/", views.service_stop, name="stop"),
+    path("<int:pk>/start/", views.service_start, name="start"),
     path("<int:pk>/open/", views.service_open, name="open"),
 ]

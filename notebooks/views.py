@@ -100,6 +100,19 @@ def notebook_retry(request: HttpRequest, pk: int) -> HttpResponse:
                                   services.retry_notebook)
 
 
+@require_http_methods(["POST"])
+def notebook_stop(request: HttpRequest, pk: int) -> HttpResponse:
+    """Stop its server, keep its files: Start brings it back."""
+    return deployment_pages.act(request, get_notebook_for_user(request, pk),
+                                services.stop_notebook, "stop")
+
+
+@require_http_methods(["POST"])
+def notebook_start(request: HttpRequest, pk: int) -> HttpResponse:
+    return deployment_pages.act(request, get_notebook_for_user(request, pk),
+                                services.start_notebook, "start")
+
+
 # --- catalogue services --------------------------------------------------------------------
 
 
@@ -171,6 +184,18 @@ def service_delete(request: HttpRequest, pk: int) -> HttpResponse:
 def service_retry(request: HttpRequest, pk: int) -> HttpResponse:
     return deployment_pages.retry(request, get_service_for_user(request, pk),
                                   services.retry_service)
+
+
+@require_http_methods(["POST"])
+def service_stop(request: HttpRequest, pk: int) -> HttpResponse:
+    return deployment_pages.act(request, get_service_for_user(request, pk),
+                                services.stop_service, "stop")
+
+
+@require_http_methods(["POST"])
+def service_start(request: HttpRequest, pk: int) -> HttpResponse:
+    return deployment_pages.act(request, get_service_for_user(request, pk),
+                                services.start_service, "start")
 
 
 @never_cache

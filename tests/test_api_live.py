@@ -94,14 +94,16 @@ def test_every_operation_answers_within_its_schema_and_never_with_a_server_error
     (a bounded run, so the suite stays fast), aimed at alice's real objects rather than
     random ids."""
     schema = schemathesis.openapi.from_url(f"{live_api['url']}/api/openapi.json")
-    # Stop, then start, then deletions go last, so the other operations meet a running
-    # instance and live objects.
-    last = ("/stop", "/start")
-    operations = sorted((result.ok() for result in schema.get_all_operations()),
-                        key=lambda op: (op.method.upper() == "DELETE",
-                                        next((i + 1 for i, end in enumerate(last)
-                                              if op.path.endswith(end)), 0),
-                                        op.path.count("{") == 1))
+    # Then stop and start (notebooks' and services' before the instance's), then the
+    # deletions, so the other operations meet a running instance and live objects.
+    last = ("/stop", "/start", "/instances/{instance_id}/stop",
+            "/instances/{instance_id}/start")
+
+    def order(op) -> tuple:
+        rank = max((i + 1 for i, end in enumerate(last) if op.path.endswith(end)), default=0)
+        return (op.method.upper() == "DELETE", rank, op.path.count("{") == 1)
+
+    operations = sorted((result.ok() for result in schema.get_all_operations()), key=order)
     assert len(operations) >= 18
     headers = {"Authorization": f"Bearer {live_api['token']}"}
     answered: dict[str, set[int]] = {}
@@ -115,7 +117,7 @@ def test_every_operation_answers_within_its_schema_and_never_with_a_server_error
         answered.setdefault(operation.label, set()).add(response.status_code)
 
     for operation in operations:
-        if operation.path.endswith("/start"):  # the worker's part of the stop, played here
+        if operation.path.endswith("/instances/{instance_id}/start"):  # the worker's part
             instance_services.halt_instance(instance_id=live_api["ids"]["instance_id"])
         if operation.label in VALID_BODIES:
             call(operation, operation.Case(body=VALID_BODIES[operation.label],

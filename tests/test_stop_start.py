@@ -16,7 +16,7 @@ from instances import services
 from instances.models import Instance
 from instances.selectors import quota_usage
 from notebooks import services as notebook_services
-from notebooks.models import Notebook
+from notebooks.models import Notebook, NotebookProfile
 from workspaces.models import AuditEvent, UsageRecord, Workspace
 
 from .conftest import running_instance, workspace_of
@@ -45,6 +45,13 @@ def test_a_stopped_instance_frees_its_gpus_keeps_the_notebooks_files_and_starts_
     contents(notebook, "results.txt", {"type": "file", "format": "text",
                                        "content": "epoch 12: loss 0.031"})
     port = port_of(notebook)
+    # A second notebook its user stopped on its own: it stays stopped when the instance
+    # comes back, until someone starts it.
+    paused = until(notebook_services.deploy_notebook(
+        instance=instance, name="paused", profile=minimal, by=alice, gpus=1), NbStatus.RUNNING)
+    assert notebook_services.stop_notebook(notebook=paused, by=alice)
+    notebook_services.release(kind="notebook", pk=paused.pk)  # the worker's part
+    assert port_is_free(port_of(paused))
 
     assert services.stop_instance(instance=instance, by=alice)
     notebook.refresh_from_db()
@@ -84,6 +91,13 @@ def test_a_stopped_instance_frees_its_gpus_keeps_the_notebooks_files_and_starts_
     assert get(notebook.url.replace("/lab", "/api/status"), notebook.token) == 200
     assert UsageRecord.objects.filter(kind="notebook", object_id=notebook.pk).count() == 2
 
+    paused = Notebook.objects.get(pk=paused.pk)
+    assert paused.status == NbStatus.STOPPED  # not started with the instance
+    assert set(paused.gpu_indices) <= set(instance.gpu_indices) - set(notebook.gpu_indices)
+    assert notebook_services.start_notebook(notebook=paused, by=alice)
+    paused = until(Notebook.objects.get(pk=paused.pk), NbStatus.RUNNING)
+    assert get(paused.url.replace("/lab", "/api/status"), paused.token) == 200
+
     port = port_of(notebook)
     services.delete_instance(instance=instance, by=alice)
     services.teardown_instance(instance_id=instance.pk)
@@ -119,6 +133,30 @@ def test_another_users_instance_cannot_be_stopped_or_started(client, alice, cata
     assert client.post(f"/api/v1/instances/{instance.pk}/stop").status_code == 404
     assert client.post(f"/api/v1/instances/{instance.pk}/start").status_code == 404
     assert Instance.objects.get(pk=instance.pk).status == Status.RUNNING
+    notebook = Notebook.objects.create(
+        instance=instance, name="theirs", profile=NotebookProfile.objects.create(
+            name="p", display_name="P", image="p:1"), created_by=alice, image="p:1", cpu=1,
+        memory_gib=1, status="running", token_encrypted="-")
+    assert client.post(f"/notebooks/{notebook.pk}/stop/").status_code == 404
+    assert client.post(f"/api/v1/notebooks/{notebook.pk}/stop").status_code == 404
+    assert Notebook.objects.get(pk=notebook.pk).status == NbStatus.RUNNING
+
+
+def test_a_notebook_on_a_stopped_instance_says_it_starts_with_it(alice_client, alice,
+                                                                 catalogue):
+    instance = running_instance(alice, catalogue[1], "box")
+    notebook = Notebook.objects.create(
+        instance=instance, name="nb", profile=NotebookProfile.objects.create(
+            name="p", display_name="P", image="p:1"), created_by=alice, image="p:1", cpu=1,
+        memory_gib=1, status="running", token_encrypted="-")
+    services.stop_instance(instance=instance, by=alice)
+    services.halt_instance(instance_id=instance.pk)
+    page = alice_client.get(f"/notebooks/{notebook.pk}/").content.decode()
+    assert "Stopped with box; it starts again with it." in page
+    assert ">Start</button>" not in page  # it starts with its instance
+    refused = alice_client.post(f"/api/v1/notebooks/{notebook.pk}/start")
+    assert (refused.status_code, refused.json()["detail"]) == (
+        422, "its instance box is stopped; it starts again with it.")
 
 
 def test_a_virtual_cluster_is_not_stopped_and_the_page_offers_no_stop(
