@@ -168,23 +168,24 @@ def launch(
                                        "description": description})
     if output == Format.table:
         err.print(f"Launched {instance['name']} ({instance['size']}): {instance['page']}")
-    _until_running(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
+    _until(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
 
 
-def _until_running(api: Api, instance: dict[str, Any], *, wait: bool, timeout: float,
-                   poll: float, output: Format) -> None:
-    """Launch's, retry's and start's ending: with --wait, progress until running, else
-    exit 7."""
+def _until(api: Api, instance: dict[str, Any], *, wait: bool, timeout: float,
+                   poll: float, output: Format, until: str = "running",
+                   done: str = "is running.") -> None:
+    """Launch's, retry's, start's and stop's ending: with --wait, progress until `until`
+    (then `done` after the name), else exit 7."""
     if wait:
         instance = _wait(api, f"/instances/{instance['id']}", instance["name"],
-                         timeout=timeout, poll=poll)
+                         timeout=timeout, poll=poll, until=until)
     emit(instance, output)
-    if wait and instance["status"] != "running":
+    if wait and instance["status"] != until:
         what = "failed" if instance["status"] == "failed" else f"is {instance['status']}"
         err.print(f"{instance['name']} {what}: {instance['status_message']}")
         raise typer.Exit(client.FAILED)
     if output == Format.table and wait:
-        out.print(f"{instance['name']} is running.")
+        out.print(f"{instance['name']} {done}")
 
 
 @app.command()
@@ -201,7 +202,7 @@ def retry(
     instance = api.post(f"/instances/{api.instance_named(name)['id']}/retry")
     if output == Format.table:
         err.print(f"Retrying {instance['name']}: {instance['status_message']}")
-    _until_running(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
+    _until(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
 
 
 @app.command()
@@ -219,15 +220,8 @@ def stop(
     instance = api.post(f"/instances/{api.instance_named(name)['id']}/stop")
     if output == Format.table:
         err.print(f"Stopping {instance['name']}: {instance['status_message']}")
-    if wait:
-        instance = _wait(api, f"/instances/{instance['id']}", instance["name"],
-                         timeout=timeout, poll=poll, until="stopped")
-    emit(instance, output)
-    if wait and instance["status"] != "stopped":
-        err.print(f"{instance['name']} is {instance['status']}: {instance['status_message']}")
-        raise typer.Exit(client.FAILED)
-    if output == Format.table and wait:
-        out.print(f"{instance['name']} is stopped; its GPUs are free.")
+    _until(api, instance, wait=wait, timeout=timeout, poll=poll, output=output,
+                   until="stopped", done="is stopped; its GPUs are free.")
 
 
 @app.command()
@@ -244,7 +238,7 @@ def start(
     instance = api.post(f"/instances/{api.instance_named(name)['id']}/start")
     if output == Format.table:
         err.print(f"Starting {instance['name']}: {instance['status_message']}")
-    _until_running(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
+    _until(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
 
 
 @app.command()
