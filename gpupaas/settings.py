@@ -394,6 +394,10 @@ INSTANCE_POLL_S = float(env_str("INSTANCE_POLL_S", "5"))
 INSTANCE_POLL_MAX_S = float(env_str("INSTANCE_POLL_MAX_S", "60"))
 NOTEBOOK_POLL_S = float(env_str("NOTEBOOK_POLL_S", "1"))
 NOTEBOOK_POLL_MAX_S = float(env_str("NOTEBOOK_POLL_MAX_S", "10"))
+# A local server that has started is looked at by its worker this often, for this long,
+# before the backed-off polls take over: seen running within a fraction of a second.
+FAST_POLL_INTERVAL_S = float(env_str("FAST_POLL_INTERVAL_S", "0.2"))
+FAST_POLL_S = float(env_str("FAST_POLL_S", "30"))
 POLL_LEASE_GRACE_S = float(env_str("POLL_LEASE_GRACE_S", "150"))
 # A notebook not reachable this long after it was created is failed (image pulls can be slow).
 NOTEBOOK_DEPLOY_TIMEOUT_S = env_int("NOTEBOOK_DEPLOY_TIMEOUT_S", 900)

@@ -1,5 +1,6 @@
 """Thin Celery wrappers: take ids, call one service, own retries and polling."""
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,12 +48,22 @@ def done(model: type, pk: int) -> None:
 
 
 def drive(task: Task, model: type, pk: int, step: Callable[[], Any], *, waiting: str,
-          first: float, cap: float, **again: Any) -> str | None:
+          first: float, cap: float, fast: Callable[[Any], bool] | None = None,
+          **again: Any) -> str | None:
     """One look of a polling chain, for every kind of deployment: take the lease, run the
     service's `step`; while the row is still `waiting`, look again later (with `again` as
-    the next look's arguments), else let go of the lease. Returns the status reached."""
+    the next look's arguments), else let go of the lease. Returns the status reached.
+
+    While `fast(row)` says the end is a moment away (a local server booting), this worker
+    looks again every FAST_POLL_INTERVAL_S, for FAST_POLL_S at most, instead of handing the
+    row to a backed-off retry: it is seen running within a fraction of a second."""
     watch(task, model, pk)
     row = step()
+    deadline = time.monotonic() + settings.FAST_POLL_S
+    while (row is not None and row.status == waiting and fast is not None and fast(row)
+           and time.monotonic() < deadline):
+        time.sleep(settings.FAST_POLL_INTERVAL_S)
+        row = step()
     if row is not None and row.status == waiting:
         raise poll_again(task, model, pk, first=first, cap=cap, **again)
     done(model, pk)

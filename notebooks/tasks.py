@@ -9,13 +9,19 @@ from . import idle, services
 from .models import Notebook, Service
 
 
+def booting_here(row: Notebook | Service) -> bool:
+    """A local server that has started and will answer in a moment: worth a fast poll (on
+    Kubernetes each look costs API requests, and a pod may wait minutes for its image)."""
+    return row.step == "starting" and row.instance.cluster.backend == "local"
+
+
 @shared_task(bind=True, **POLL)
 def advance_notebook_task(self, notebook_id: int) -> str | None:
     # Still on its way: look again soon (the service fails it after its timeout).
     return drive(self, Notebook, notebook_id,
                  lambda: services.advance_notebook(notebook_id=notebook_id),
                  waiting=Notebook.Status.DEPLOYING, first=settings.NOTEBOOK_POLL_S,
-                 cap=settings.NOTEBOOK_POLL_MAX_S)
+                 cap=settings.NOTEBOOK_POLL_MAX_S, fast=booting_here)
 
 
 @shared_task(bind=True, **POLL)
@@ -53,7 +59,7 @@ def advance_service_task(self, service_id: int) -> str | None:
     return drive(self, Service, service_id,
                  lambda: services.advance_service(service_id=service_id),
                  waiting=Service.Status.DEPLOYING, first=settings.NOTEBOOK_POLL_S,
-                 cap=settings.NOTEBOOK_POLL_MAX_S)
+                 cap=settings.NOTEBOOK_POLL_MAX_S, fast=booting_here)
 
 
 @shared_task(bind=True, **POLL)
