@@ -113,7 +113,13 @@ def judge(instance: Instance, reading: Reading, *, now: datetime.datetime) -> st
     fields = {"last_active_at": last, "idle_reading": words[:300]}
     if active_now or (instance.idle_warned_at and last > instance.idle_warned_at):
         fields["idle_warned_at"] = None  # used again since the warning: start over
-    Instance.objects.filter(pk=instance.pk, status=Instance.Status.RUNNING).update(**fields)
+    # Only over what was read: a Keep running (or a warning) that landed meanwhile wins,
+    # and this look decides nothing.
+    if not Instance.objects.filter(
+            pk=instance.pk, status=Instance.Status.RUNNING,
+            last_active_at=instance.last_active_at, idle_warned_at=instance.idle_warned_at,
+    ).update(**fields):
+        return "active"
     if window is None:
         return "active" if active_now else "idle"
     figures = {"idle_minutes": idle, "gpu_percent": reading.gpu_percent,

@@ -191,3 +191,19 @@ def test_the_admin_form_refuses_idle_stop_where_it_cannot_judge(catalogue):
         "Use at least 10 minutes: its owner is warned 5 minutes before."]
     assert ComputeProfileForm(data={**fields, "cluster": local.pk,
                                     "idle_stop_minutes": 60}).is_valid()
+
+
+def test_keep_running_pressed_during_a_look_is_not_undone_by_it(alice, catalogue):
+    from instances import services
+
+    catalogue[1].idle_stop_minutes = 30
+    catalogue[1].save()
+    instance = running_instance(alice, catalogue[1], "racy")
+    stale = idle_since(instance, 200)  # what the look read: idle for 200 minutes
+    reading = idle.read(stale)
+    assert services.keep_running(instance=stale, by=alice)  # meanwhile, on the page
+
+    assert idle.judge(stale, reading, now=timezone.now()) == "active"
+    fresh = Instance.objects.get(pk=instance.pk)
+    assert fresh.status == Status.RUNNING and fresh.idle_warned_at is None
+    assert timezone.now() - fresh.last_active_at < datetime.timedelta(seconds=5)

@@ -99,7 +99,7 @@ def test_the_status_partial_polls_fast_while_pending_and_slowly_once_running(
     launch_many(alice, catalogue[1], 1)
     instance = Instance.objects.get()
     url = reverse("instances:status", args=[instance.pk])
-    assert 'hx-trigger="every 2s"' in alice_client.get(url).content.decode()
+    assert 'hx-trigger="every 1s"' in alice_client.get(url).content.decode()
 
     services.provision_instance(instance_id=instance.pk)
     partial = alice_client.get(url).content.decode()

@@ -20,12 +20,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from .models import GpuPrice, UsageKind, UsageMonth, UsageRecord, Workspace
+from .models import GpuPrice, GroupPolicy, UsageKind, UsageMonth, UsageRecord, Workspace
 
 UTC = datetime.UTC
 log = logging.getLogger(__name__)
@@ -398,11 +400,6 @@ def budgets(*, workspace: Workspace, user: AbstractBaseUser | None = None,
 def warn_budgets(*, now: datetime.datetime | None = None) -> int:
     """Mail, once a month, the owners of workspaces and the members of groups that have used
     80 % of their monthly GPU-hour budget. Returns how many budgets were warned of."""
-    from django.conf import settings
-    from django.core.mail import send_mail
-
-    from .models import GroupPolicy
-
     now = now or timezone.now()
     month = month_start(now)
     warned = 0
