@@ -198,11 +198,19 @@ def retry(
 ) -> None:
     """Send a failed instance back to provisioning, under its name (it must fit the quota
     again)."""
+    _act_on_instance(name, "retry", "Retrying", wait=wait, timeout=timeout, poll=poll,
+                     output=output)
+
+
+def _act_on_instance(name: str, verb: str, doing: str, *, wait: bool, timeout: float,
+                     poll: float, output: Format, **until: str) -> None:
+    """Retry's, stop's and start's body: ask the portal, say what it is doing, and with
+    --wait follow it to the end (`until`: what `_until` waits for)."""
     api = Api.from_config()
-    instance = api.post(f"/instances/{api.instance_named(name)['id']}/retry")
+    instance = api.post(f"/instances/{api.instance_named(name)['id']}/{verb}")
     if output == Format.table:
-        err.print(f"Retrying {instance['name']}: {instance['status_message']}")
-    _until(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
+        err.print(f"{doing} {instance['name']}: {instance['status_message']}")
+    _until(api, instance, wait=wait, timeout=timeout, poll=poll, output=output, **until)
 
 
 @app.command()
@@ -216,12 +224,8 @@ def stop(
 ) -> None:
     """Give an instance's GPUs back and keep its data; its notebooks and services stop with
     it. `gpupaas start NAME` brings it all back."""
-    api = Api.from_config()
-    instance = api.post(f"/instances/{api.instance_named(name)['id']}/stop")
-    if output == Format.table:
-        err.print(f"Stopping {instance['name']}: {instance['status_message']}")
-    _until(api, instance, wait=wait, timeout=timeout, poll=poll, output=output,
-                   until="stopped", done="is stopped; its GPUs are free.")
+    _act_on_instance(name, "stop", "Stopping", wait=wait, timeout=timeout, poll=poll,
+                     output=output, until="stopped", done="is stopped; its GPUs are free.")
 
 
 @app.command()
@@ -234,11 +238,8 @@ def start(
 ) -> None:
     """Start a stopped instance again, with its data and its notebooks (its GPUs must fit
     the quota again)."""
-    api = Api.from_config()
-    instance = api.post(f"/instances/{api.instance_named(name)['id']}/start")
-    if output == Format.table:
-        err.print(f"Starting {instance['name']}: {instance['status_message']}")
-    _until(api, instance, wait=wait, timeout=timeout, poll=poll, output=output)
+    _act_on_instance(name, "start", "Starting", wait=wait, timeout=timeout, poll=poll,
+                     output=output)
 
 
 @app.command()
