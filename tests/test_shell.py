@@ -154,8 +154,9 @@ def open_shell(portal, tls):  # noqa: F811
                        "Origin": origin or portal}
             if forwarded is not None:
                 headers["X-Forwarded-For"] = forwarded
+            # 60 s: on a loaded CI machine (two test workers) a handshake once took over 20.
             return Shell(stack.enter_context(
-                connect(url, additional_headers=headers, open_timeout=20,
+                connect(url, additional_headers=headers, open_timeout=60,
                         ssl=trust if url.startswith("wss:") else None)))
 
         yield opener
