@@ -130,3 +130,24 @@ def test_deleting_the_instance_stops_its_notebooks_first(alice, alices_instance,
     notebook.refresh_from_db()
     assert notebook.status == Status.DELETED
     assert notebook.status_message == "Deleted with its instance."
+
+
+def test_a_port_taken_as_the_server_starts_is_given_up_for_another(
+    alice, alices_instance, minimal, monkeypatch
+):
+    """Between finding a free port and JupyterLab binding it, another process may take it
+    (two workers starting servers at once): the server is started again on another."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    handed = iter([port])
+    real = jupyter.free_port
+    monkeypatch.setattr(jupyter, "free_port", lambda: next(handed, None) or real())
+    try:
+        notebook = until(services.deploy_notebook(
+            instance=alices_instance, name="raced", profile=minimal, by=alice), Status.RUNNING)
+    finally:
+        taken.close()
+    assert port_of(notebook) != port
+    assert get(notebook.url.replace("/lab", "/api/status"), notebook.token) == 200

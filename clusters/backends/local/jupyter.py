@@ -184,6 +184,11 @@ def state(spec: NotebookSpec, control: Path, server_id: str) -> NotebookState:
     if not _ours(pid, server_id):
         log = control / "jupyter.log"
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        if f"port {port} is not available" in tail:
+            # Another process took the free port between free_port() and the server's
+            # bind: "gone" has the worker start it again, on another port.
+            return NotebookState("gone", "", "Its port was taken as it started; starting "
+                                 "it again.", detail=tail)
         return NotebookState("failed", "starting", "JupyterLab stopped.", detail=tail)
     if answers(port, spec.token):
         return NotebookState("running", "reachable", "Running.",
