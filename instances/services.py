@@ -337,9 +337,10 @@ def _note(instance_id: int, *, status: str, message: str, detail: str = "") -> N
 
 def _apply_state(instance: Instance, state: InstanceState) -> Instance:
     if state.phase == "running":
+        now = timezone.now()
         running = _transition(
             instance.pk, from_=[Status.PROVISIONING], to=Status.RUNNING, message=state.message,
-            detail=state.detail, running_since=timezone.now(), last_active_at=timezone.now(),
+            detail=state.detail, running_since=now, last_active_at=now,
             idle_warned_at=None, idle_reading="",
             gpu_indices=list(state.gpu_indices), gpu_simulated=state.gpu_simulated,
             kubeconfig_encrypted=encrypt(state.kubeconfig),

@@ -231,21 +231,28 @@ def _delete(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> De
     return row
 
 
-def _retry(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> bool:
-    """Start a failed notebook or service again under its name. A failed one keeps its share
-    of the instance (its files, its GPU slots), so only the instance must still be running."""
+def _deploy_again(row: Deployment, by: AbstractBaseUser, ip_address: str | None, *,
+                  from_: str, message: str, refusal: str) -> bool:
+    """Retry's and Start's body: a failed or stopped notebook or service keeps its share of
+    the instance (its files, its GPU slots), so only the instance must still be running
+    (else a ValidationError: `refusal` after its state)."""
     model = type(row)
     with transaction.atomic():
         if row.instance.status != Instance.Status.RUNNING:
-            raise ValidationError(
-                f"its instance {row.instance.name} is {row.instance.status_label.lower()}.")
+            raise ValidationError(f"its instance {row.instance.name} is "
+                                  f"{row.instance.status_label.lower()}{refusal}")
         # An empty step makes the worker apply everything again, as a first deploy does.
-        changed = _transition(
-            model, row.pk, from_=[Status.FAILED], to=Status.DEPLOYING, step="",
-            message="Retrying: waiting for a worker.", actor=by, ip_address=ip_address)
+        changed = _transition(model, row.pk, from_=[from_], to=Status.DEPLOYING, step="",
+                              message=message, actor=by, ip_address=ip_address)
         if changed:
             transaction.on_commit(lambda: _tasks(model)[0].delay(row.pk))
     return changed is not None
+
+
+def _retry(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> bool:
+    """Start a failed notebook or service again under its name."""
+    return _deploy_again(row, by, ip_address, from_=Status.FAILED,
+                         message="Retrying: waiting for a worker.", refusal=".")
 
 
 def _stop(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> bool:
@@ -267,18 +274,9 @@ def _stop(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> bool
 def _start(row: Deployment, by: AbstractBaseUser, ip_address: str | None) -> bool:
     """Start a stopped notebook or service again, with its files and its share of the
     instance (kept while it was stopped), once its instance runs."""
-    model = type(row)
-    with transaction.atomic():
-        if row.instance.status != Instance.Status.RUNNING:
-            raise ValidationError(
-                f"its instance {row.instance.name} is {row.instance.status_label.lower()}; "
-                "it starts again with it.")
-        changed = _transition(
-            model, row.pk, from_=[Status.STOPPED], to=Status.DEPLOYING, step="",
-            message="Starting: waiting for a worker.", actor=by, ip_address=ip_address)
-        if changed:
-            transaction.on_commit(lambda: _tasks(model)[0].delay(row.pk))
-    return changed is not None
+    return _deploy_again(row, by, ip_address, from_=Status.STOPPED,
+                         message="Starting: waiting for a worker.",
+                         refusal="; it starts again with it.")
 
 
 def release(*, kind: str, pk: int) -> None:

@@ -251,17 +251,17 @@ def summary(*, first: datetime.date, last: datetime.date, by: str = "workspace",
                                      _price(table, row["gpu_model"], row["gpu"]))
     for key, gpu_model, gpus, cpu, memory, started in opened.values_list(
             FIELDS[by], "gpu_model", "gpus", "cpu", "memory_gib", "started_at"):
-        seconds = max(0, int((min(end, now) - max(started, start)).total_seconds()))
+        seconds = _overlap(started, None, start, min(end, now))
         figures[key].add(gpus * seconds, float(cpu) * seconds, memory * seconds,
                          _price(table, gpu_model, gpus * seconds))
     rows = sorted(figures.items(), key=lambda kv: (-kv[1].gpu_seconds, kv[0]))
     return Summary(start=start, end=end, by=by, rows=rows, currency=currency if table else "")
 
 
-def _seconds_within(record: UsageRecord, start: datetime.datetime,
-                    end: datetime.datetime) -> int:
-    stop = record.ended_at or end
-    return max(0, int((min(stop, end) - max(record.started_at, start)).total_seconds()))
+def _overlap(started: datetime.datetime, ended: datetime.datetime | None,
+             start: datetime.datetime, end: datetime.datetime) -> int:
+    """Whole seconds of an allocation (still open when `ended` is None) within [start, end)."""
+    return max(0, int((min(ended or end, end) - max(started, start)).total_seconds()))
 
 
 def by_instance(*, workspace: Workspace, month: datetime.date,
@@ -275,8 +275,8 @@ def by_instance(*, workspace: Workspace, month: datetime.date,
         Q(ended_at__isnull=True) | Q(ended_at__gt=start), workspace=workspace,
         kind=UsageKind.INSTANCE, started_at__lt=end)
     for record in records.only("instance_name", "gpus", "started_at", "ended_at"):
-        hours[record.instance_name] += record.gpus * _seconds_within(
-            record, start, min(end, now)) / 3600
+        hours[record.instance_name] += record.gpus * _overlap(
+            record.started_at, record.ended_at, start, min(end, now)) / 3600
     return sorted(hours.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
