@@ -18,6 +18,9 @@ class Cluster(models.Model):
     display_name = models.CharField(max_length=100)
     backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.LOCAL)
     description = models.TextField(blank=True)
+    # Set when a reconcile pass found more instances it does not know than it may quarantine
+    # at once (ORPHAN_HOLD_COUNT / ORPHAN_HOLD_FRACTION) and did nothing; '' once one may.
+    orphans_held = models.CharField(max_length=300, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -387,6 +387,14 @@ DEFAULT_MAX_GPUS = env_int("DEFAULT_MAX_GPUS", 8)
 DEFAULT_MAX_INSTANCES = env_int("DEFAULT_MAX_INSTANCES", 5)
 # An instance in pending/provisioning/deleting longer than this is re-driven by reconcile.
 RECONCILE_STUCK_AFTER_S = env_int("RECONCILE_STUCK_AFTER_S", 60)
+# An instance on a cluster that the database does not know is quarantined (stopped, kept,
+# listed for administrators) and deleted only after this many days, or by an administrator.
+ORPHAN_GRACE_DAYS = env_int("ORPHAN_GRACE_DAYS", 7)
+# A pass that finds more unknown instances than ORPHAN_HOLD_COUNT, or than this fraction of
+# the instances it knows where that is larger, quarantines none of them and raises the alarm:
+# a restore gone wrong or a wrong DATABASE_URL, not strays.
+ORPHAN_HOLD_COUNT = env_int("ORPHAN_HOLD_COUNT", 20)
+ORPHAN_HOLD_FRACTION = env_float("ORPHAN_HOLD_FRACTION", 0.1)
 # Polling of a resource on its way up or down backs off exponentially from the first delay
 # to the cap (seconds), for as long as it takes. A task chain holds a lease of the next delay
 # plus POLL_LEASE_GRACE_S; reconcile re-drives a stuck row only once its lease ran out.

@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -10,8 +12,8 @@ from clusters.models import Cluster
 from gpupaas.formats import cores
 from workspaces.services import client_ip
 
-from . import services
-from .models import Collaborator, ComputeProfile, Instance
+from . import quarantine, services
+from .models import Collaborator, ComputeProfile, Instance, QuarantinedInstance
 
 # Fields that mean something only on a Kubernetes cluster; local profiles do not show them.
 KUBERNETES_ONLY = ["kind", "cluster_class", "kubernetes_version", "worker_class", "gpus_per_node"]
@@ -159,3 +161,49 @@ class InstanceAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
 
+
+
+@admin.register(QuarantinedInstance)
+class QuarantinedInstanceAdmin(admin.ModelAdmin):
+    """What the reconcile pass found on a cluster and the database did not know: stopped and
+    kept until an administrator adopts or deletes it, or its grace period is over."""
+
+    list_display = ["key", "cluster", "owner", "name", "found_at", "delete_after", "outcome",
+                    "action"]
+    list_filter = ["outcome", "cluster"]
+    list_select_related = ["cluster"]
+    search_fields = ["key"]
+    actions = ["adopt", "delete_now"]
+    readonly_fields = [f.name for f in QuarantinedInstance._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: QuarantinedInstance | None = None
+                              ) -> bool:
+        return False  # deleting the row would forget it; "Delete from the cluster" is the act
+
+    @admin.display(description="deleted after", ordering="found_at")
+    def delete_after(self, row: QuarantinedInstance) -> str:
+        return "" if row.outcome else f"{row.delete_after:%Y-%m-%d %H:%M}"
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[QuarantinedInstance],
+              act: Callable[..., object], done: str) -> None:
+        count = 0
+        for row in queryset:
+            try:
+                act(row, by=request.user, ip_address=client_ip(request))
+                count += 1
+            except ValidationError as exc:
+                self.message_user(request, f"{row.key}: {' '.join(exc.messages)}",
+                                  messages.ERROR)
+        if count:
+            self.message_user(request, f"{count} instance{pluralize(count)} {done}.")
+
+    @admin.action(description="Adopt: bring back its row, for its owner")
+    def adopt(self, request: HttpRequest, queryset: QuerySet[QuarantinedInstance]) -> None:
+        self._each(request, queryset, quarantine.adopt, "adopted")
+
+    @admin.action(description="Delete from the cluster, with its data")
+    def delete_now(self, request: HttpRequest, queryset: QuerySet[QuarantinedInstance]) -> None:
+        self._each(request, queryset, quarantine.delete, "being deleted")

@@ -383,3 +383,51 @@ class Collaborator(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.status == self.Status.PENDING and self.expires_at <= timezone.now()
+
+
+class QuarantinedInstance(models.Model):
+    """An instance on a cluster, with this portal's labels, that its database does not know:
+    a database restored from an older backup, a row deleted by hand, a wrong DATABASE_URL.
+    The reconcile pass stops it and keeps it, never deletes it at once: an administrator
+    adopts it (its row comes back from what the cluster recorded) or deletes it, or it goes
+    when its grace period (`ORPHAN_GRACE_DAYS`) is over."""
+
+    class Outcome(models.TextChoices):
+        HELD = "", "quarantined"
+        ADOPTED = "adopted", "adopted"
+        DELETED = "deleted", "deleted"
+        GONE = "gone", "gone from the cluster"
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="quarantined")
+    key = models.CharField(max_length=63)
+    # What the cluster recorded of it (InstanceSpec.record()), {} where nothing was.
+    record = models.JSONField(default=dict, blank=True)
+    found_at = models.DateTimeField(default=timezone.now)
+    action = models.CharField(max_length=300, blank=True)  # what quarantine did, in words
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+")
+
+    class Meta:
+        ordering = ["found_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "key"], condition=Q(outcome=""),
+                                    name="one_open_quarantine_per_instance"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} on {self.cluster}"
+
+    @property
+    def delete_after(self) -> "timezone.datetime":
+        return self.found_at + timedelta(days=settings.ORPHAN_GRACE_DAYS)
+
+    @property
+    def owner(self) -> str:
+        return str(self.record.get("owner", ""))
+
+    @property
+    def name(self) -> str:
+        return str(self.record.get("name", ""))

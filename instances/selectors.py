@@ -29,7 +29,7 @@ from gpupaas.formats import gpus_phrase
 from workspaces.models import AuditEvent, GroupPolicy, Workspace
 from workspaces.selectors import effective_quota
 
-from .models import Collaborator, ComputeProfile, Instance
+from .models import Collaborator, ComputeProfile, Instance, QuarantinedInstance
 
 
 def launchable_profiles(*, user: AbstractBaseUser) -> QuerySet[ComputeProfile]:
@@ -225,6 +225,11 @@ class Overview:
     by_status: list[tuple[str, int]]
     failed_recently: list[Instance]
     top_workspaces: list[Workspace]
+    quarantined: list[QuarantinedInstance]
+
+    @property
+    def orphans_held(self) -> list[Cluster]:
+        return [row.cluster for row in self.clusters if row.cluster.orphans_held]
 
 
 HOLDING = [Instance.Status.PROVISIONING, Instance.Status.RUNNING, Instance.Status.DELETING]
@@ -286,7 +291,9 @@ def admin_overview(*, failed_since: datetime, top: int = 10, failed_limit: int =
         ).filter(gpus_used__gt=0).select_related("owner").order_by("-gpus_used", "owner__username")
         [:top]
     )
-    return Overview(gpus, by_status, failed, top_workspaces)
+    quarantined = list(QuarantinedInstance.objects.filter(outcome="").select_related("cluster")
+                       [:failed_limit])
+    return Overview(gpus, by_status, failed, top_workspaces, quarantined)
 
 
 def reserved_by_cluster(*, instance: Instance) -> Reservation:

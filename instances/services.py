@@ -314,6 +314,7 @@ def instance_spec(instance: Instance) -> InstanceSpec:
         kubernetes_version=instance.profile.kubernetes_version,
         worker_class=instance.profile.worker_class,
         gpus_per_node=instance.profile.gpus_per_node,
+        profile=str(instance.profile_id),
         waiting_since=(instance.status_changed_at.timestamp()
                        if instance.status == Status.PROVISIONING and instance.status_changed_at
                        else 0.0),
@@ -446,12 +447,16 @@ def halt_instance(*, instance_id: int) -> Instance | None:
 class ReconcileSummary:
     redriven: int = 0
     observed: int = 0
-    orphans_removed: int = 0
+    quarantined: int = 0
+    quarantine_deleted: int = 0
+    held: int = 0
     errors: int = 0
 
 
 def reconcile_instances() -> ReconcileSummary:
-    """Level-triggered: re-drive what is stuck, restore drift, remove what nobody owns."""
+    """Level-triggered: re-drive what is stuck, restore drift, quarantine what the database
+    does not know (never delete it at once: see instances.quarantine)."""
+    from . import quarantine
     from .tasks import halt_instance_task, provision_instance_task, teardown_instance_task
 
     summary = ReconcileSummary()
@@ -480,7 +485,7 @@ def reconcile_instances() -> ReconcileSummary:
                     _apply_state(instance, states[instance.key])
             summary.observed += len(running)
             # List first, then read which instances are live: an instance launched in
-            # between is then already live, so it is never mistaken for an orphan.
+            # between is then already live, so it is never taken for unknown.
             on_cluster = backend.list_instance_keys()
             live = {
                 f"inst-{pk}"
@@ -488,9 +493,10 @@ def reconcile_instances() -> ReconcileSummary:
                 .exclude(status=Status.DELETED)
                 .values_list("pk", flat=True)
             }
-            for key in sorted(on_cluster - live):
-                backend.delete_instance(key)
-                summary.orphans_removed += 1
+            swept = quarantine.sweep(cluster, backend, on_cluster, live)
+            summary.quarantined += swept.quarantined
+            summary.quarantine_deleted += swept.deleted
+            summary.held += swept.held
         except BackendError as exc:
             log.warning("reconcile of cluster %s failed: %s", cluster, exc.detail)
             summary.errors += 1

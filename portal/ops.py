@@ -138,6 +138,20 @@ class PortalCollector:
                 total.add_metric([name], row.total)
                 free.add_metric([name], row.free)
         yield from (allocated, free, total, up)
+        from clusters.models import Cluster
+        from instances.models import QuarantinedInstance
+
+        held = GaugeMetricFamily(
+            "gpupaas_orphans_held", "1 when the last reconcile pass on a cluster found more "
+            "instances unknown to the database than it may quarantine, and touched none.",
+            labels=["cluster"])
+        for name, message in Cluster.objects.values_list("name", "orphans_held"):
+            held.add_metric([name], 1 if message else 0)
+        yield held
+        yield GaugeMetricFamily(
+            "gpupaas_quarantined_instances", "Instances unknown to the database, stopped and "
+            "kept until adopted or deleted.",
+            value=QuarantinedInstance.objects.filter(outcome="").count())
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

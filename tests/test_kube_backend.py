@@ -19,8 +19,8 @@ from kubernetes import client as k8s
 
 from clusters.backends import TransientBackendError, get_backend
 from clusters.backends.kubernetes.status import explain_events
-from instances import services
-from instances.models import Instance
+from instances import quarantine, services
+from instances.models import Instance, QuarantinedInstance
 from notebooks import services as notebook_services
 from notebooks.models import Notebook
 
@@ -135,7 +135,9 @@ def test_reconcile_marks_an_instance_whose_namespace_vanished(emu, alice, profil
     assert instance.status_message == "Its namespace was deleted outside the portal."
 
 
-def test_reconcile_deletes_orphans_it_labelled_and_nothing_else(emu, api, alice, profiles):
+def test_reconcile_quarantines_orphans_it_labelled_and_touches_nothing_else(
+    emu, api, alice, profiles
+):
     instance = provision(launch(alice, profiles["namespace"]))
     core = k8s.CoreV1Api(api)
     labels = dict(namespace_of(emu, instance)["metadata"]["labels"])
@@ -147,12 +149,55 @@ def test_reconcile_deletes_orphans_it_labelled_and_nothing_else(emu, api, alice,
 
     summary = services.reconcile_instances()
 
-    assert summary.orphans_removed == 1
-    remaining = {n["metadata"]["name"] for n in emu.objects("Namespace")
+    assert summary.quarantined == 1
+    remaining = {n["metadata"]["name"]: n for n in emu.objects("Namespace")
                  if not n["metadata"].get("deletionTimestamp")}
-    assert "orphan" not in remaining
-    assert {"other-portal", "unmanaged", namespace_of(emu, instance)["metadata"]["name"]} <= (
-        remaining)
+    assert {"orphan", "other-portal", "unmanaged",
+            namespace_of(emu, instance)["metadata"]["name"]} <= remaining.keys()
+    marked = [name for name, ns in remaining.items()
+              if "gpupaas.io/quarantined-at" in (ns["metadata"].get("annotations") or {})]
+    assert marked == ["orphan"]
+    row = QuarantinedInstance.objects.get()
+    assert (row.key, row.record) == ("inst-999", {})  # made by hand: nothing recorded
+
+
+def test_a_forgotten_namespace_instance_is_stopped_kept_and_adopted_with_its_notebook(
+    emu, api, alice, admin_user, notebook_setup
+):
+    instance, profile = notebook_setup
+    notebook = notebook_services.advance_notebook(
+        notebook_id=deploy_notebook(alice, instance, profile).pk)
+    ns = namespace_of(emu, instance)["metadata"]["name"]
+    server = f"nb-explore-{notebook.pk}"
+    k8s.CoreV1Api(api).create_namespaced_pod(ns, {"metadata": {"name": "trainer"}, "spec": {
+        "containers": [{"name": "main", "image": "python:3.12", "securityContext": RESTRICTED,
+                        "resources": {"requests": {"nvidia.com/gpu": "1"},
+                                      "limits": {"nvidia.com/gpu": "1"}}}]}})
+    Instance.objects.filter(pk=instance.pk).delete()  # a restore from an older backup
+
+    assert services.reconcile_instances().quarantined == 1
+
+    root = emu.get("Namespace", ns)
+    assert "gpupaas.io/quarantined-at" in root["metadata"]["annotations"]
+    assert emu.get("ResourceQuota", "instance-quota", ns)["spec"]["hard"][
+        "requests.nvidia.com/gpu"] == "0"
+    assert emu.get("Deployment", server, ns)["spec"]["replicas"] == 0
+    assert emu.get("Pod", "trainer", ns) is None  # it held a GPU
+    assert emu.get("PersistentVolumeClaim", f"{server}-home", ns) is not None  # the files stay
+    row = QuarantinedInstance.objects.get(key=instance.key)
+    assert (row.owner, row.name, row.record["gpus"]) == ("alice", "train", 2)
+
+    adopted = quarantine.adopt(row, by=admin_user)
+
+    assert (adopted.pk, adopted.status) == (instance.pk, Status.STOPPED)
+    assert "gpupaas.io/quarantined-at" not in (
+        emu.get("Namespace", ns)["metadata"].get("annotations") or {})
+    services.start_instance(instance=adopted, by=alice)
+    adopted = services.provision_instance(instance_id=adopted.pk)
+    assert adopted.status == Status.RUNNING, adopted.status_message
+    assert emu.get("ResourceQuota", "instance-quota", ns)["spec"]["hard"][
+        "requests.nvidia.com/gpu"] == "2"
+    assert services.reconcile_instances().quarantined == 0
 
 
 def test_a_reconcile_pass_costs_the_same_requests_at_3_and_12_instances(emu, alice, profiles):

@@ -110,7 +110,7 @@ def test_reconcile_works_although_list_items_carry_no_kind(emu, api, alice, prof
     summary = services.reconcile_instances()
 
     assert summary.errors == 0
-    assert summary.orphans_removed == 1
+    assert summary.quarantined == 1
     assert k8s.CoreV1Api(api).read_namespaced_resource_quota("instance-quota", ns)
 
 

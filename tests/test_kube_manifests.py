@@ -71,11 +71,26 @@ def test_the_namespace_carries_ownership_and_restricted_pod_security():
                 "pod-security.kubernetes.io/warn-version": "v1.31",
                 "gpupaas.io/host-tag": "i42",
             },
-            # The GPU model its pods must select (the administrator's gpupaas-gpu-model policy).
-            "annotations": {"gpupaas.io/gpu-model": "H200"},
+            "annotations": {
+                # The GPU model its pods must select (the administrator's gpupaas-gpu-model
+                # policy).
+                "gpupaas.io/gpu-model": "H200",
+                # What adoption rebuilds its row from, should the database lose it.
+                "gpupaas.io/record": spec().record(),
+            },
         },
     }
-    assert "annotations" not in m.namespace(spec(gpu_model=""), CS)["metadata"]
+    assert "gpupaas.io/gpu-model" not in m.namespace(spec(gpu_model=""), CS)["metadata"][
+        "annotations"]
+
+
+def test_an_instances_record_gives_back_its_spec_and_nothing_else_passes_for_one():
+    recorded = m.namespace(spec(), CS)["metadata"]["annotations"]["gpupaas.io/record"]
+    assert InstanceSpec.from_record(recorded) == spec(waiting_since=0.0)
+    assert m.capi_cluster(spec(kind="dedicated"), CS)["metadata"]["annotations"] == {
+        "gpupaas.io/record": spec(kind="dedicated").record()}
+    assert InstanceSpec.from_record('{"key": "inst-1"}') is None  # the rest is missing
+    assert InstanceSpec.from_record("not json") is None
 
 
 def test_the_quota_holds_the_size_and_forbids_external_services():
@@ -122,7 +137,8 @@ def test_a_vclusters_users_hold_nothing_in_its_host_namespace():
         spec(kind="vcluster"), CS)]
     assert ("RoleBinding", "owner-admin") not in kinds
     assert ("ServiceAccount", "gpupaas-access") not in kinds
-    assert "annotations" not in m.namespace(spec(kind="vcluster"), CS)["metadata"]
+    assert "gpupaas.io/gpu-model" not in m.namespace(spec(kind="vcluster"), CS)["metadata"][
+        "annotations"]
 
 
 def test_the_portal_holds_the_manager_role_in_its_namespace_only():

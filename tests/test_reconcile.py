@@ -1,4 +1,4 @@
-"""The periodic reconcile re-drives what is stuck, restores drift and removes orphans."""
+"""The periodic reconcile re-drives what is stuck, restores drift and quarantines orphans."""
 
 import shutil
 
@@ -74,7 +74,7 @@ def test_it_restores_a_running_instance_whose_sandbox_vanished(alice, catalogue,
     assert instance.status == Instance.Status.RUNNING
 
 
-def test_it_removes_orphans_nobody_owns(alice, catalogue, sandbox_root):
+def test_it_quarantines_what_nobody_owns_and_keeps_it(alice, catalogue, sandbox_root):
     instance = services.provision_instance(instance_id=launch(alice, catalogue[1]).pk)
     backend = LocalBackend(instance.cluster)
     orphan = services.instance_spec(instance)
@@ -83,9 +83,9 @@ def test_it_removes_orphans_nobody_owns(alice, catalogue, sandbox_root):
 
     summary = services.reconcile_instances()
 
-    assert summary.orphans_removed == 1
+    assert summary.quarantined == 1
     assert list(GpuAllocation.objects.values_list("holder", flat=True)) == [instance.key]
-    assert not (sandbox_root / "local" / "inst-999999").exists()
+    assert (sandbox_root / "local" / "inst-999999").is_dir()  # see test_quarantine
 
 
 def test_a_failed_instance_can_be_retried_from_the_admin(

@@ -5,8 +5,9 @@ models, so the cluster layer can be tested (and replaced) on its own.
 """
 
 import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Protocol
 
 Phase = Literal["provisioning", "running", "failed", "deleting", "gone"]
@@ -34,6 +35,24 @@ class InstanceSpec:
     # When this provisioning attempt began (epoch seconds; 0: unknown): how long a virtual or
     # dedicated cluster has been waiting is counted from here or its object's creation.
     waiting_since: float = 0.0
+    profile: str = ""  # the compute profile's id, recorded for adoption (see `record`)
+
+    def record(self) -> str:
+        """What the backend writes beside an instance's objects (an annotation, a root-only
+        file), so that an administrator can adopt it should the portal's database lose its row
+        (a restore from an older backup); the attempt's start is left out."""
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "waiting_since"},
+                          sort_keys=True)
+
+    @classmethod
+    def from_record(cls, text: str) -> "InstanceSpec | None":
+        """The spec a `record()` wrote (None for anything else: an object from before records,
+        or one changed by hand)."""
+        try:
+            data = json.loads(text)
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        except (TypeError, ValueError, KeyError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -192,7 +211,23 @@ class ClusterBackend(Protocol):
         ...
 
     def list_instance_keys(self) -> set[str]:
-        """Keys of every instance this portal created on the cluster (for orphan cleanup)."""
+        """Keys of every instance this portal created on the cluster (the reconcile pass's
+        search for ones its database does not know)."""
+        ...
+
+    def instance_record(self, key: str) -> InstanceSpec | None:
+        """What the cluster records of an instance the portal does not know (None where it
+        recorded nothing: made before records were written)."""
+        ...
+
+    def quarantine_instance(self, key: str) -> str:
+        """Stop an instance the portal does not know so that it holds no GPU, mark it, and
+        keep every object and file: an administrator adopts or deletes it. Says what it did,
+        in words. Safe to repeat."""
+        ...
+
+    def release_quarantine(self, key: str) -> None:
+        """Take the quarantine's mark off an adopted instance (its start undoes the rest)."""
         ...
 
     def reconcile_instances(self, specs: list[InstanceSpec]) -> dict[str, InstanceState]:

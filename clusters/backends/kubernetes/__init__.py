@@ -891,8 +891,10 @@ class KubernetesBackend:
         if spec.kind != "namespace":
             raise BackendError(f"A {spec.kind} instance cannot be stopped; delete it to free "
                                "its GPUs.")
-        ns = m.object_name(spec)
         self._apply_all([m.resource_quota(replace(spec, gpus=0), self.cs)])
+        self._stop_pods(m.object_name(spec))
+
+    def _stop_pods(self, ns: str) -> None:
         for workload in self.kube.list("apps/v1", "Deployment", namespace=ns,
                                        label_selector=m.NOTEBOOK_LABEL):
             self.kube.scale_to_zero("apps/v1", "Deployment", workload["metadata"]["name"], ns)
@@ -905,6 +907,43 @@ class KubernetesBackend:
                    resource in ((c.get("resources") or {}).get("limits") or {})
                    for c in containers):
                 self.kube.delete("v1", "Pod", pod["metadata"]["name"], ns)
+
+    def _root_of(self, key: str) -> Manifest | None:
+        found = self._roots(f"{m.selector(self.cs)},{m.INSTANCE_LABEL}={key}")
+        return found[0] if found else None
+
+    def instance_record(self, key: str) -> InstanceSpec | None:
+        root = self._root_of(key)
+        annotations = (root or {}).get("metadata", {}).get("annotations") or {}
+        return InstanceSpec.from_record(annotations.get(m.RECORD_ANNOTATION, ""))
+
+    def quarantine_instance(self, key: str) -> str:
+        """Marked on its root; a namespace instance is stopped as Stop does (a record-less
+        one from before records: its notebooks and GPU pods, its quota left as it is)."""
+        root = self._root_of(key)
+        if root is None:
+            return "Nothing of it is left on the cluster."
+        meta = root["metadata"]
+        marked_at = datetime.datetime.now(datetime.UTC).isoformat()
+        self.kube.annotate(root["apiVersion"], root["kind"], meta["name"],
+                           meta.get("namespace") or "", {m.QUARANTINED_ANNOTATION: marked_at})
+        spec = self.instance_record(key)
+        if root["kind"] != "Namespace" or (spec is not None and spec.kind != "namespace"):
+            return (f"{root['kind']} {meta['name']} is marked and kept as it is: a virtual or "
+                    "dedicated cluster holds its GPUs until it is deleted.")
+        if spec is not None:
+            self.stop_instance(spec)
+        else:
+            self._stop_pods(meta["name"])
+        return (f"Namespace {meta['name']} is marked and stopped: its GPU pods are deleted and "
+                "its notebooks scaled to zero; every object and volume is kept.")
+
+    def release_quarantine(self, key: str) -> None:
+        root = self._root_of(key)
+        if root is not None:
+            meta = root["metadata"]
+            self.kube.annotate(root["apiVersion"], root["kind"], meta["name"],
+                               meta.get("namespace") or "", {m.QUARANTINED_ANNOTATION: None})
 
     def release_instance(self, key: str) -> None:
         # GPUs are held by running pods, not by a namespace or its quota; a failed instance

@@ -319,9 +319,9 @@ class KubeClient:
                 raise _refusal(exc, None, self.settings.cluster) from exc
 
     def annotate(self, api_version: str, kind: str, name: str, namespace: str,
-                 annotations: dict[str, str]) -> None:
-        """Set annotations a controller reads as requests (Flux's reconcile.fluxcd.io/*),
-        apart from the portal's applied fields."""
+                 annotations: dict[str, str | None]) -> None:
+        """Set annotations (None removes one) apart from the portal's applied fields: those a
+        controller reads as requests (Flux's reconcile.fluxcd.io/*), the quarantine's mark."""
         try:
             self.request("PATCH", resource_path(api_version, kind, namespace, name),
                          body={"metadata": {"annotations": annotations}},

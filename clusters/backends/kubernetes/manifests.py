@@ -24,6 +24,11 @@ HOST_TAG_LABEL = "gpupaas.io/host-tag"
 # On a namespace instance whose size names a GPU model: what its pods must select
 # (policies.gpu_model_policy).
 GPU_MODEL_ANNOTATION = "gpupaas.io/gpu-model"
+# On an instance's root (its Namespace or Cluster API Cluster): its spec, so that an
+# administrator can adopt it should the portal's database lose its row; and, on one the
+# database does not know, when the reconcile pass quarantined it.
+RECORD_ANNOTATION = "gpupaas.io/record"
+QUARANTINED_ANNOTATION = "gpupaas.io/quarantined-at"
 # The ServiceAccount users of a namespace instance act as, through the portal's proxy: bound
 # to `admin` in its namespace only, and reached with short-lived TokenRequest tokens.
 ACCESS_ACCOUNT = "gpupaas-access"
@@ -103,9 +108,10 @@ def namespace(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
         for suffix, value in (("", "restricted"), ("-version", PSA_VERSION))
     }
     meta: Manifest = {"name": object_name(spec), "labels": {
-        **labels(spec, cs), **psa, HOST_TAG_LABEL: host_tag(spec)}}
+        **labels(spec, cs), **psa, HOST_TAG_LABEL: host_tag(spec)},
+        "annotations": {RECORD_ANNOTATION: spec.record()}}
     if spec.kind == "namespace" and spec.gpu_model:
-        meta["annotations"] = {GPU_MODEL_ANNOTATION: spec.gpu_model}
+        meta["annotations"][GPU_MODEL_ANNOTATION] = spec.gpu_model
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
 
@@ -447,6 +453,7 @@ def capi_cluster(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
             "name": object_name(spec),
             "namespace": cs.capi_namespace,
             "labels": {**labels(spec, cs), ADDONS_LABEL: cs.portal_id},
+            "annotations": {RECORD_ANNOTATION: spec.record()},
         },
         "spec": {
             "topology": {

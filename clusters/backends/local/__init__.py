@@ -94,6 +94,10 @@ class LocalBackend:
     def _deleted(self, lock: Path) -> bool:
         return lock.read_text() == DELETED
 
+    def _record_path(self, key: str) -> Path:
+        # In the root-only control folder: a tenant cannot forge what adoption reads.
+        return self.control_root / f"{key}.record.json"
+
     def ensure_instance(self, spec: InstanceSpec) -> InstanceState:
         with self._locked(spec.key) as lock:
             if self._deleted(lock):
@@ -116,6 +120,7 @@ class LocalBackend:
                 "gpu_indices": indices, "gpu_simulated": inventory.simulated,
                 "env": {"CUDA_VISIBLE_DEVICES": visible},
             }, indent=2))
+            self._record_path(spec.key).write_text(spec.record())
         listed = ", ".join(str(i) for i in indices)
         what = "simulated GPU" if inventory.simulated else inventory.model
         plural = "s" if len(indices) != 1 else ""
@@ -147,6 +152,7 @@ class LocalBackend:
             limits.release(self._shell_limits(key))
             shutil.rmtree(self.sandbox(key), ignore_errors=True)
             shutil.rmtree(self.control_root / key, ignore_errors=True)
+            self._record_path(key).unlink(missing_ok=True)
         release_slots(cluster=self.cluster, holder=key)
         return InstanceState(phase="gone", message="Resources released.")
 
@@ -172,6 +178,20 @@ class LocalBackend:
             jupyter.stop(folder, self._server_id(key, folder.name))
         for pid in jupyter.running_servers(str(self.sandbox(key))).values():
             jupyter.stop_pid(pid)
+
+    def instance_record(self, key: str) -> InstanceSpec | None:
+        try:
+            return InstanceSpec.from_record(self._record_path(key).read_text())
+        except OSError:
+            return None
+
+    def quarantine_instance(self, key: str) -> str:
+        self.release_instance(key)
+        return ("Its servers were stopped and its GPU slots released; its sandbox "
+                f"{self.sandbox(key)} is kept.")
+
+    def release_quarantine(self, key: str) -> None:
+        return None  # nothing marks a sandbox: its row is the quarantine
 
     def list_instance_keys(self) -> set[str]:
         keys = set(
