@@ -56,8 +56,16 @@ if not SECRET_KEY:
         key_file.chmod(0o600)
     SECRET_KEY = key_file.read_text().strip()
 
+# Earlier secret keys, still accepted for what they signed (sessions, password-reset links)
+# while a new SECRET_KEY takes over (docs/operations.md, "Rotating secrets").
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")
 # Encrypts kubeconfigs and credentials stored in the database; defaults to SECRET_KEY.
 FIELD_ENCRYPTION_KEY = env_str("FIELD_ENCRYPTION_KEY", SECRET_KEY)
+# Earlier encryption keys, still read; `manage.py rotate_secrets` re-encrypts everything with
+# FIELD_ENCRYPTION_KEY, after which they can go. Where FIELD_ENCRYPTION_KEY is unset (it is
+# SECRET_KEY), the SECRET_KEY_FALLBACKS.
+FIELD_ENCRYPTION_KEY_FALLBACKS = env_list("FIELD_ENCRYPTION_KEY_FALLBACKS") or (
+    [] if env_str("FIELD_ENCRYPTION_KEY") else SECRET_KEY_FALLBACKS)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")

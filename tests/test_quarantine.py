@@ -180,3 +180,34 @@ def test_the_hold_limit_grows_with_the_instances_the_database_knows(settings):
     settings.ORPHAN_HOLD_COUNT, settings.ORPHAN_HOLD_FRACTION = 20, 0.1
     assert quarantine.hold_limit(0) == 20
     assert quarantine.hold_limit(500) == 50
+
+
+def test_a_restore_from_an_older_backup_deletes_nothing(
+    transactional_db, alice, catalogue, sandbox_root, admin_user, tmp_path
+):
+    """docs/operations.md's procedure, with the real pg_dump and pg_restore: the instance
+    launched after the backup is quarantined with its files, adopted, and no later launch is
+    given its key."""
+    import subprocess
+
+    older = running_instance(alice, catalogue[1], "older")
+    database = connection.settings_dict
+    where = ["-h", database["HOST"] or "127.0.0.1", "-p", str(database["PORT"] or 5432),
+             "-U", database["USER"] or "postgres"]
+    backup = tmp_path / "portal.dump"
+    subprocess.run(["pg_dump", *where, "-Fc", "-f", str(backup), database["NAME"]], check=True)
+    newer = running_instance(alice, catalogue[2], "newer")
+    (sandbox(newer) / "model.pt").write_bytes(b"weights")
+    connection.close()
+
+    subprocess.run(["pg_restore", *where, "--clean", "--if-exists", "--single-transaction",
+                    "-d", database["NAME"], str(backup)], check=True)
+
+    assert list(Instance.objects.values_list("name", flat=True)) == ["older"]
+    summary = services.reconcile_instances()
+    assert (summary.quarantined, summary.quarantine_deleted) == (1, 0)
+    assert Instance.objects.get(pk=older.pk).status == Status.RUNNING
+    assert (sandbox(newer) / "model.pt").read_bytes() == b"weights"
+    adopted = quarantine.adopt(QuarantinedInstance.objects.get(key=newer.key), by=admin_user)
+    assert (adopted.pk, adopted.name, adopted.status) == (newer.pk, "newer", Status.STOPPED)
+    assert running_instance(alice, catalogue[1], "latest").pk > newer.pk
