@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -189,3 +190,64 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def started_for(var_dir: str) -> list[int]:
+    """Every live process started for this var/: runportal's children and theirs (Celery's
+    pool, gunicorn's workers) inherit VAR_DIR, whoever their parent is now."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if (process.status() != psutil.STATUS_ZOMBIE
+                    and process.environ().get("VAR_DIR") == var_dir):
+                found.append(process.pid)
+    return found
+
+
+def test_ctrl_c_then_a_service_managers_term_still_stops_every_process(embedded_env):
+    """What a terminal's Ctrl-C (SIGINT to the whole foreground group) followed 3 s later by
+    a service manager's TERM does: every process started for it ends within the stated
+    grace, none is left re-parented to PID 1."""
+    env = {**embedded_env, "RUNPORTAL_STOP_GRACE_S": "6"}
+    proc = subprocess.Popen([sys.executable, "manage.py", "runportal"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: len(children_of(proc.pid)) == 3, 60, 0.1)
+        requests_up = f"http://127.0.0.1:{env['PORT']}/accounts/login/"
+        wait_for(lambda: _answers(requests_up), 90, 0.2)
+        assert len(started_for(env["VAR_DIR"])) > 3  # the children's own workers too
+        began = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(3)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert time.monotonic() - began < 6 + 5
+    # Nothing outlives runportal (a moment for the kernel to reap what was killed).
+    wait_for(lambda: not started_for(env["VAR_DIR"]), 0.5, 0.05)
+
+
+def test_a_signal_during_start_up_leaves_nothing_behind(embedded_env):
+    proc = subprocess.Popen([sys.executable, "manage.py", "runportal"], cwd=ROOT,
+                            env=embedded_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: children_of(proc.pid), 60, 0.01)  # the first child has started
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    wait_for(lambda: not started_for(embedded_env["VAR_DIR"]), 0.5, 0.05)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except (requests.ConnectionError, requests.Timeout):
+        return False

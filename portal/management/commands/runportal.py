@@ -1,3 +1,5 @@
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -10,10 +12,66 @@ from django.core.management.base import BaseCommand, CommandError
 from clusters.backends.local import limits as local_limits
 from clusters.backends.local import stop_all_servers, tenants
 
+# How long web, worker and beat get to stop on their own before they are killed (a second
+# Ctrl-C or TERM kills them at once).
+STOP_GRACE_S = float(os.environ.get("RUNPORTAL_STOP_GRACE_S", "10"))
+PR_SET_PDEATHSIG = 1
 
-def stop_like_ctrl_c(signum: int, frame: object) -> None:
-    """A TERM (from a process manager or `kill`) stops everything, as Ctrl-C does."""
-    raise KeyboardInterrupt
+
+class Stop(Exception):
+    """A signal asked runportal to stop (raised once; a second one only escalates)."""
+
+
+class Signals:
+    """SIGINT and SIGTERM stop everything, from start-up on; the first raises `Stop` where the
+    command is, any later one asks for the kill at once (what a service manager's TERM after
+    a Ctrl-C, or an impatient second Ctrl-C, means)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.stopping = False
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received += 1
+        if not self.stopping:
+            self.stopping = True
+            raise Stop
+
+
+def _die_with_parent() -> None:
+    """In each child before it runs: its own process group (so that a terminal's Ctrl-C
+    reaches runportal alone, which then stops the children in order, and a kill reaches the
+    child's own workers too), and a TERM should runportal itself die (Linux)."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_all(procs: dict[str, subprocess.Popen], signals: Signals) -> list[str]:
+    """TERM to each, then up to STOP_GRACE_S for them to end; at the grace's end, or at once
+    on another signal, KILL to each one's whole process group. Returns the names killed."""
+    signals.stopping = True  # from here on a signal only hurries this along
+    for p in procs.values():
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    asked = signals.received
+    while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
+        if signals.received > asked:
+            break
+        time.sleep(0.05)
+    killed = []
+    for name, p in procs.items():
+        if p.poll() is None:
+            killed.append(name)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)  # its workers too, whether it ended or not
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=5)
+    return killed
 
 
 class Command(BaseCommand):
@@ -46,7 +104,6 @@ class Command(BaseCommand):
             # No mail server in the embedded default: invitations land here as files.
             settings.EMAIL_FILE_PATH.mkdir(parents=True, exist_ok=True)
             self.stdout.write(f"  Mail (invitations) is written to {settings.EMAIL_FILE_PATH}")
-        signal.signal(signal.SIGTERM, stop_like_ctrl_c)
         if tenants.isolated():
             # Tenants run code on this machine: nothing of the portal's may answer them.
             problems = tenants.open_services()
@@ -57,32 +114,30 @@ class Command(BaseCommand):
             os.umask(0o077)  # what the portal writes (database, broker) is for it alone
         # Readable lines here, not production's JSON; each process keeps its metrics apart.
         env = {**os.environ, "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text")}
-        procs = {name: subprocess.Popen(cmd, env={
-            **env, "PROMETHEUS_MULTIPROC_DIR": str(settings.VAR_DIR / "metrics" / name)})
-            for name, cmd in commands.items()}
-        self.stdout.write(self.style.SUCCESS(
-            f"\n  {settings.SITE_NAME} is running at {scheme}://{host}:{port}\n"
-            "  (web, worker and beat; press Ctrl-C to stop all of them and the local "
-            "notebooks)\n"
-        ))
-        self.stdout.write(f"  Local notebooks: {tenants.mode_line()}\n")
-        self.stdout.write(f"  {local_limits.mode_line()}\n")
+        procs: dict[str, subprocess.Popen] = {}
+        signals = Signals()
         try:
+            for name, cmd in commands.items():
+                procs[name] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env={
+                    **env, "PROMETHEUS_MULTIPROC_DIR": str(settings.VAR_DIR / "metrics" / name)})
+            self.stdout.write(self.style.SUCCESS(
+                f"\n  {settings.SITE_NAME} is running at {scheme}://{host}:{port}\n"
+                "  (web, worker and beat; press Ctrl-C to stop all of them and the local "
+                "notebooks)\n"
+            ))
+            self.stdout.write(f"  Local notebooks: {tenants.mode_line()}\n")
+            self.stdout.write(f"  {local_limits.mode_line()}\n")
             while all(p.poll() is None for p in procs.values()):
                 time.sleep(0.5)
             dead = [name for name, p in procs.items() if p.poll() is not None]
             self.stderr.write(f"{', '.join(dead)} stopped; stopping the others.")
-        except KeyboardInterrupt:
-            self.stdout.write("\nStopping…")
+        except Stop:
+            self.stdout.write("\nStopping… (Ctrl-C again to kill at once)")
         finally:
-            for p in procs.values():
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs.values():
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            killed = stop_all(procs, signals)
+            if killed:
+                self.stderr.write(f"Killed after {STOP_GRACE_S:g} s or a second signal: "
+                                  f"{', '.join(killed)}.")
             # After the worker: nothing can start a server any more.
             stopped = stop_all_servers()
             self.stdout.write(
