@@ -20,7 +20,8 @@ class Cluster(models.Model):
     description = models.TextField(blank=True)
     # Set when a reconcile pass found more instances it does not know than it may quarantine
     # at once (ORPHAN_HOLD_COUNT / ORPHAN_HOLD_FRACTION) and did nothing; '' once one may.
-    orphans_held = models.CharField(max_length=300, blank=True, editable=False)
+    orphans_held = models.CharField(max_length=300, blank=True, editable=False, default="",
+                                    db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
