@@ -158,7 +158,11 @@ elif DATABASE_POOL_SIZE > 0:
     # Channels' consumers on threads of their own: persistent connections would be one per
     # thread (with a thread per request, 100 launches at once ran PostgreSQL out of
     # connections). A bounded pool per process shares them; a request waits for a free one.
+    # Each connection is checked as the pool hands it out (CONN_HEALTH_CHECKS: one round
+    # trip): after PostgreSQL restarts, the dead ones are replaced instead of failing a
+    # request each (bench/chaos.py).
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1, "max_size": DATABASE_POOL_SIZE,
         "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 30),
