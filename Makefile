@@ -48,6 +48,7 @@ bench: $(VENV)/.installed-test
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_proxy,$(DATABASE_URL)) $(BIN)/python bench/proxy.py
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_launch,$(DATABASE_URL)) \
 		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/launch.py
+	$(BIN)/python bench/chaos.py  # its own PostgreSQL and Redis; 10 minutes of faults
 
 # Needs the envtest binaries and the upstream CRDs (Flux, Cluster API, CAAPH):
 # KUBEBUILDER_ASSETS=/path/to/bin ENVTEST_CRDS=/path/to/crds make record-contracts

@@ -12,7 +12,8 @@ The bench starts what it breaks, never the machine's shared services:
   a TCP reset for 10-30 s (the API server down).
 
 Meanwhile clients launch instances (the local backend and Kubernetes namespaces), deploy
-notebooks on Kubernetes, invite collaborators, stop, start and delete, through the portal's
+notebooks on Kubernetes, download kubeconfigs (access tokens), invite collaborators, stop,
+start and delete, through the portal's
 services as its web tier calls them. A call that fails because a part is down is a refusal
 the user sees; what the portal accepted (wrote) must get to a final state.
 
@@ -24,7 +25,8 @@ At the end, with faults stopped and reconcile passes run until nothing moves (at
   did not happen, a launch or start that neither runs nor says why it failed, a stop that did
   not stop, an accepted action without its audit row);
 - leaked: namespaces, notebook Deployments, sandboxes and GPU slots that no live row accounts
-  for, and anything quarantined (unknown to the database);
+  for, kubeconfig tokens still live on a deleted instance, and anything quarantined (unknown
+  to the database);
 - quota_errors: a local instance's GPU slots, or a namespace's GPU quota, that differ from
   its size and status; an instance with more than one open usage record, or an open one while
   it holds no GPUs, or none while it runs.
@@ -172,6 +174,7 @@ class Clients:
         from django.core.exceptions import ValidationError
         from django.db import connection
 
+        from access import services as access_services
         from instances import collaborators, services
         from instances.models import Instance
         from notebooks import services as notebook_services
@@ -186,7 +189,8 @@ class Clients:
             kube = [i for i in running if i.cluster.backend == "kubernetes"]
             choices = ["launch"] * 4 + ["delete"] * (2 if mine else 0) + (
                 ["stop"] * 2 if running else []) + (["start"] * 2 if stopped else []) + (
-                ["share"] if running else []) + (["notebook"] * 2 if kube else [])
+                ["share"] if running else []) + (["notebook"] * 2 if kube else []) + (
+                ["kubeconfig"] if kube else [])
             action = self.rng.choice(choices)
             if action == "launch":
                 where = self.rng.choice(list(self.profiles))
@@ -213,6 +217,10 @@ class Clients:
                 collaborators.invite_collaborator(
                     instance=target, emails=[f"guest{self.rng.randrange(10**6)}@example.com"],
                     by=user, base_url="http://127.0.0.1")
+                done = target.pk
+            elif action == "kubeconfig":  # a kubeconfig downloaded: a token on the instance
+                target = self.rng.choice(kube)
+                access_services.issue_access_token(user=user, instance=target)
                 done = target.pk
             else:
                 target = self.rng.choice(kube)
@@ -254,6 +262,9 @@ def check(clients: Clients, target) -> dict[str, int | float]:
 
 
 def _check(clients: Clients, target) -> dict[str, int | float]:
+    from django.utils import timezone
+
+    from access.models import AccessToken
     from clusters.backends.local import LocalBackend
     from clusters.models import Cluster, GpuAllocation
     from instances.models import Instance, QuarantinedInstance
@@ -269,13 +280,18 @@ def _check(clients: Clients, target) -> dict[str, int | float]:
     audits = set(AuditEvent.objects.values_list("action", "object_id"))
     expected_audit = {"launch": "instance.launched", "delete": "instance.deleting",
                       "stop": "instance.stopping", "start": "instance.pending",
-                      "share": "collaborator.invited", "notebook": "notebook.deploying"}
+                      "share": "collaborator.invited", "notebook": "notebook.deploying",
+                      "kubeconfig": "access_token.issued"}
     last: dict[int, str] = {}
     missing: list[str] = []
     for action, pk in clients.accepted:
         if action == "share":
             if not any(a == "collaborator.invited" for a, _ in audits):
                 missing.append(f"share of {pk}: no audit row")
+            continue
+        if action == "kubeconfig":
+            if (expected_audit[action], str(pk)) not in audits:
+                missing.append(f"kubeconfig for {pk}: no audit row")
             continue
         if (expected_audit[action], str(pk)) not in audits:
             missing.append(f"{action} {pk}: no {expected_audit[action]} audit row")
@@ -307,6 +323,10 @@ def _check(clients: Clients, target) -> dict[str, int | float]:
     holding = {i.key: i for i in instances.values() if i.status in Instance.HOLDS_GPUS}
     slots = Counter(GpuAllocation.objects.values_list("holder", flat=True))
     leaked += sum(1 for holder in slots if holder not in holding)
+    # A kubeconfig token outliving its instance (the proxy refuses it anyway; the sweep
+    # revokes it).
+    leaked += AccessToken.objects.filter(instance__status="deleted", revoked_at__isnull=True,
+                                         expires_at__gt=timezone.now()).count()
 
     quota_errors = 0
     for instance in instances.values():
@@ -437,7 +457,7 @@ def run(args, rng, base, pg, redis, workers):
         from django.db import connection
         connection.close()
         run_command("reconcile", stdout=open(os.devnull, "w"))  # noqa: SIM115
-        time.sleep(3)
+        time.sleep(7)  # two beats: the token sweep and the notebooks' pass run too
         result = check(clients, target)
     return result, clients, faults, started
 
@@ -465,8 +485,13 @@ def main() -> None:
     minutes = (time.monotonic() - started) / 60
     if result["missing"]:
         print("lost:", "; ".join(result["missing"]))
+    clean = (result["converged"], result["lost"], result["leaked"],
+             result["quota_errors"]) == (100, 0, 0, 0)
+    if clean:  # its database and logs are worth keeping only to look into a failure
+        shutil.rmtree(base, ignore_errors=True)
     print(f"accepted: {Counter(a for a, _ in clients.accepted)}; refused: {dict(clients.refused)};"
-          f" faults: {dict(faults)}; rows: {result['rows']}; logs: {base}")
+          f" faults: {dict(faults)}; rows: {result['rows']}"
+          + ("" if clean else f"; logs: {base}"))
     print(f"chaos: actions={len(clients.accepted)} faults={sum(faults.values())} "
           f"converged={result['converged']:.0f} lost={result['lost']} "
           f"leaked={result['leaked']} quota_errors={result['quota_errors']} "

@@ -179,6 +179,8 @@ def test_a_forgotten_namespace_instance_is_stopped_kept_and_adopted_with_its_not
 
     root = emu.get("Namespace", ns)
     assert "gpupaas.io/quarantined-at" in root["metadata"]["annotations"]
+    assert [n["metadata"]["name"] for n in emu.objects(
+        "Namespace", label_selector="gpupaas.io/quarantined=true")] == [ns]
     assert emu.get("ResourceQuota", "instance-quota", ns)["spec"]["hard"][
         "requests.nvidia.com/gpu"] == "0"
     assert emu.get("Deployment", server, ns)["spec"]["replicas"] == 0
@@ -192,6 +194,7 @@ def test_a_forgotten_namespace_instance_is_stopped_kept_and_adopted_with_its_not
     assert (adopted.pk, adopted.status) == (instance.pk, Status.STOPPED)
     assert "gpupaas.io/quarantined-at" not in (
         emu.get("Namespace", ns)["metadata"].get("annotations") or {})
+    assert "gpupaas.io/quarantined" not in emu.get("Namespace", ns)["metadata"]["labels"]
     services.start_instance(instance=adopted, by=alice)
     adopted = services.provision_instance(instance_id=adopted.pk)
     assert adopted.status == Status.RUNNING, adopted.status_message

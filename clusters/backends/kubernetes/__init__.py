@@ -926,7 +926,8 @@ class KubernetesBackend:
         meta = root["metadata"]
         marked_at = datetime.datetime.now(datetime.UTC).isoformat()
         self.kube.annotate(root["apiVersion"], root["kind"], meta["name"],
-                           meta.get("namespace") or "", {m.QUARANTINED_ANNOTATION: marked_at})
+                           meta.get("namespace") or "", {m.QUARANTINED_ANNOTATION: marked_at},
+                           labels={m.QUARANTINED_LABEL: "true"})
         spec = self.instance_record(key)
         if root["kind"] != "Namespace" or (spec is not None and spec.kind != "namespace"):
             return (f"{root['kind']} {meta['name']} is marked and kept as it is: a virtual or "
@@ -943,7 +944,8 @@ class KubernetesBackend:
         if root is not None:
             meta = root["metadata"]
             self.kube.annotate(root["apiVersion"], root["kind"], meta["name"],
-                               meta.get("namespace") or "", {m.QUARANTINED_ANNOTATION: None})
+                               meta.get("namespace") or "", {m.QUARANTINED_ANNOTATION: None},
+                               labels={m.QUARANTINED_LABEL: None})
 
     def release_instance(self, key: str) -> None:
         # GPUs are held by running pods, not by a namespace or its quota; a failed instance

@@ -319,12 +319,17 @@ class KubeClient:
                 raise _refusal(exc, None, self.settings.cluster) from exc
 
     def annotate(self, api_version: str, kind: str, name: str, namespace: str,
-                 annotations: dict[str, str | None]) -> None:
-        """Set annotations (None removes one) apart from the portal's applied fields: those a
-        controller reads as requests (Flux's reconcile.fluxcd.io/*), the quarantine's mark."""
+                 annotations: dict[str, str | None],
+                 labels: dict[str, str | None] | None = None) -> None:
+        """Set annotations and labels (None removes one) apart from the portal's applied
+        fields: those a controller reads as requests (Flux's reconcile.fluxcd.io/*), the
+        quarantine's mark."""
+        meta: dict[str, Any] = {"annotations": annotations}
+        if labels:
+            meta["labels"] = labels
         try:
             self.request("PATCH", resource_path(api_version, kind, namespace, name),
-                         body={"metadata": {"annotations": annotations}},
+                         body={"metadata": meta},
                          query={"fieldManager": f"{FIELD_MANAGER}-requests"},
                          content_type="application/merge-patch+json")
         except ApiException as exc:

@@ -29,6 +29,7 @@ GPU_MODEL_ANNOTATION = "gpupaas.io/gpu-model"
 # database does not know, when the reconcile pass quarantined it.
 RECORD_ANNOTATION = "gpupaas.io/record"
 QUARANTINED_ANNOTATION = "gpupaas.io/quarantined-at"
+QUARANTINED_LABEL = "gpupaas.io/quarantined"  # kubectl get ns -l gpupaas.io/quarantined
 # The ServiceAccount users of a namespace instance act as, through the portal's proxy: bound
 # to `admin` in its namespace only, and reached with short-lived TokenRequest tokens.
 ACCESS_ACCOUNT = "gpupaas-access"
