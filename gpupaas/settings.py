@@ -356,6 +356,8 @@ CELERY_BEAT_SCHEDULE = {
 # keyed with the client secret is accepted (off: anyone holding the secret could forge).
 OIDC_CLOCK_SKEW_S = env_int("OIDC_CLOCK_SKEW_S", 60)
 OIDC_JWKS_CACHE_S = env_int("OIDC_JWKS_CACHE_S", 3600)
+# A signature the cached key does not verify fetches the JWKS again, at most this often.
+OIDC_JWKS_REFETCH_S = env_int("OIDC_JWKS_REFETCH_S", 30)
 OIDC_ALLOW_HMAC = env_bool("OIDC_ALLOW_HMAC", False)
 OIDC_HTTP_TIMEOUT_S = float(env_str("OIDC_HTTP_TIMEOUT_S") or "10")
 # The cache holds login rate-limit counters and the IdP's signing keys, so every web process

@@ -60,16 +60,32 @@ def _find_key(keys: list[dict[str, Any]], kid: str | None, alg: str) -> jwt.PyJW
         return None
 
 
-def signing_key(jwks_uri: str, kid: str | None, alg: str) -> jwt.PyJWK:
-    """The issuer's key for this token, from the cached JWKS; an unknown kid refreshes the
-    cache once (the IdP may have rotated its keys)."""
+def signing_key(jwks_uri: str, kid: str | None, alg: str) -> tuple[jwt.PyJWK, bool]:
+    """The issuer's key for this token, and whether it came from the cache; an unknown kid
+    refreshes the cache once (the IdP may have rotated its keys)."""
     keys = cache.get(_cache_key(jwks_uri))
     key = _find_key(keys, kid, alg) if keys is not None else None
-    if key is None:
-        key = _find_key(_fetch_jwks(jwks_uri), kid, alg)
+    if key is not None:
+        return key, True
+    key = _find_key(_fetch_jwks(jwks_uri), kid, alg)
     if key is None:
         raise IdTokenRefused(f"no published {alg} key with kid {kid!r}")
-    return key
+    return key, False
+
+
+def _may_refetch(jwks_uri: str) -> bool:
+    """At most one refetch per OIDC_JWKS_REFETCH_S for a signature the cached key does not
+    verify: a forger cannot make the portal hammer the IdP."""
+    return cache.add(_cache_key(jwks_uri) + ":refetched", 1, settings.OIDC_JWKS_REFETCH_S)
+
+
+def _decode(raw: str, key: Any, alg: str, client_id: str, issuer: str) -> dict[str, Any]:
+    return jwt.decode(
+        raw, key, algorithms=[alg], audience=client_id, issuer=issuer,
+        leeway=settings.OIDC_CLOCK_SKEW_S,
+        # iat and nbf in the future are refused by PyJWT (beyond the leeway).
+        options={"require": ["exp", "iat", "iss", "aud", "sub"], "strict_aud": False},
+    )
 
 
 def verify_id_token(raw: str, *, jwks_uri: str, issuer: str, client_id: str,
@@ -83,16 +99,23 @@ def verify_id_token(raw: str, *, jwks_uri: str, issuer: str, client_id: str,
     allowed = ASYMMETRIC_ALGORITHMS + (HMAC_ALGORITHMS if settings.OIDC_ALLOW_HMAC else ())
     if alg not in allowed:
         raise IdTokenRefused(f"signed with {alg!r}, which is not accepted")
-    kid = header.get("kid")
-    key: Any = client_secret.encode() if alg in HMAC_ALGORITHMS else signing_key(
-        jwks_uri, kid if isinstance(kid, str) else None, alg)
+    kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+    cached = False
+    key: Any = client_secret.encode()
+    if alg not in HMAC_ALGORITHMS:
+        key, cached = signing_key(jwks_uri, kid, alg)
     try:
-        claims = jwt.decode(
-            raw, key, algorithms=[alg], audience=client_id, issuer=issuer,
-            leeway=settings.OIDC_CLOCK_SKEW_S,
-            # iat and nbf in the future are refused by PyJWT (beyond the leeway).
-            options={"require": ["exp", "iat", "iss", "aud", "sub"], "strict_aud": False},
-        )
+        try:
+            claims = _decode(raw, key, alg, client_id, issuer)
+        except jwt.InvalidSignatureError:
+            # An IdP may rotate its key under the same kid: the cached key then fails every
+            # sign-in until the cache expires. Fetch once more, then refuse.
+            if not (cached and _may_refetch(jwks_uri)):
+                raise
+            fresh = _find_key(_fetch_jwks(jwks_uri), kid, alg)
+            if fresh is None:
+                raise IdTokenRefused(f"no published {alg} key with kid {kid!r}") from None
+            claims = _decode(raw, fresh, alg, client_id, issuer)
     except jwt.PyJWTError as exc:
         raise IdTokenRefused(str(exc)) from exc
     audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]

@@ -362,6 +362,26 @@ def test_the_jwks_is_cached_and_fetched_again_for_a_rotated_key(sso, portal):
     assert len(sso.requests("jwks")) == 2
 
 
+def test_a_key_rotated_under_the_same_kid_is_fetched_once_and_forgeries_do_not_refetch(
+    sso, portal
+):
+    sso.set_user("quinn", password="pw", groups=["gpu-users"])
+    _, page = sign_in(portal.url + "/", "quinn")
+    assert "Welcome" in page.text and len(sso.requests("jwks")) == 1
+    sso.rotate_key(same_kid=True)  # the cached key no longer verifies what it signs
+
+    _, page = sign_in(portal.url + "/", "quinn")
+
+    assert page.status_code == 200 and "Welcome" in page.text
+    assert len(sso.requests("jwks")) == 2
+    for _ in range(3):  # forged signatures under the published kid, one after another
+        sso.misbehave(key="foreign")
+        _, page = sign_in(portal.url + "/", "quinn")
+        assert page.status_code == 403 and "could not be trusted" in html.unescape(page.text)
+    # The rotation's refetch opened the window (OIDC_JWKS_REFETCH_S): forgeries fetch nothing.
+    assert len(sso.requests("jwks")) == 2
+
+
 def test_without_the_issuers_keys_nobody_signs_in(sso, portal):
     sso.set_user("rita", password="pw", groups=["gpu-users"])
     sso.configure(jwks_down=True)

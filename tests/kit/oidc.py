@@ -369,9 +369,10 @@ class _Admin:
         a claim)."""
         return self._call("POST", "/_admin/misbehave", modes)
 
-    def rotate_key(self) -> str:
-        """Sign with a new key from now on; returns its kid."""
-        return self._call("POST", "/_admin/rotate-key")["kid"]
+    def rotate_key(self, *, same_kid: bool = False) -> str:
+        """Sign with a new key from now on; returns its kid (with `same_kid`, the old one's:
+        an IdP that rotates its key under the same kid)."""
+        return self._call("POST", "/_admin/rotate-key", {"same_kid": same_kid})["kid"]
 
     def requests(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         query = f"?{urlencode({'endpoint': endpoint})}" if endpoint else ""
@@ -493,10 +494,13 @@ class Provider(_Admin):
             self._userinfo_spoil = {**bad.get("claims", {}), **bad.get("userinfo", {})}
             return bad
 
-    def _rotate_key(self) -> None:
-        """Sign from now on with a new key (new kid); the JWKS publishes only the new one."""
+    def _rotate_key(self, same_kid: bool = False) -> None:
+        """Sign from now on with a new key (a new kid, or the old one's); the JWKS publishes
+        only the new one."""
         with self._lock:
-            self._key = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"})
+            kid = self._key.kid
+            self._key = RSAKey.generate_key(2048, parameters={
+                "use": "sig", "alg": "RS256", **({"kid": kid} if same_kid else {})})
             self._key.ensure_kid()
 
     def _claims(self, user: User) -> dict[str, Any]:
@@ -683,7 +687,7 @@ class Provider(_Admin):
                 self._reset_state()
                 return 200, {}
             case "POST", ["rotate-key"]:
-                self._rotate_key()
+                self._rotate_key(bool((data or {}).get("same_kid")))
                 return 200, {"kid": self._key.kid}
             case "POST", ["misbehave"]:
                 if set(data) - MISBEHAVIOURS:
