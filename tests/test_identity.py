@@ -84,6 +84,24 @@ def test_first_login_creates_the_user_the_workspace_and_the_groups(sso, portal):
     assert authorize["code_challenge_method"] == "S256" and authorize["nonce"]
 
 
+def test_a_groups_claim_of_one_name_is_that_group_and_any_other_shape_is_refused(sso, portal):
+    """As the README says: a list of names, or one name as a string (ADFS and some Keycloak
+    mappers send one group that way); a number or an object is refused in words."""
+    sso.set_user("erin", password="pw", email="erin@example.com", groups=[])
+    sso.misbehave(claims={"groups": "gpu-users"})
+    _, page = sign_in(portal.url + "/", "erin")
+    assert page.status_code == 200 and "Welcome" in page.text
+    user = get_user_model().objects.get(email="erin@example.com")
+    assert list(user.groups.values_list("name", flat=True)) == ["Researchers"]
+
+    sso.set_user("fred", password="pw", email="fred@example.com", groups=[])
+    sso.misbehave(claims={"groups": {"name": "gpu-users"}})
+    _, page = sign_in(portal.url + "/", "fred")
+    assert page.status_code == 403
+    assert "claim as dict, not as a list of group names" in html.unescape(page.text)
+    assert not get_user_model().objects.filter(email="fred@example.com").exists()
+
+
 def test_changed_group_claims_change_membership_at_the_next_login(sso, portal):
     sso.set_user("erin", password="pw", groups=["gpu-users", "gpu-admins"])
     sign_in(portal.url + "/", "erin")
