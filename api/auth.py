@@ -26,6 +26,11 @@ def _admit(request: HttpRequest, access: services.PortalAccess) -> None:
     request.shared_only = access.shared_only
 
 
+def _revokes_itself(request: HttpRequest) -> bool:
+    """`DELETE /api/v1/me/token`: any token may end itself (`gpupaas logout`)."""
+    return request.method == "DELETE" and request.path.rstrip("/").endswith("/api/v1/me/token")
+
+
 class BearerToken(HttpBearer):
     """A personal access token. A token that is not valid is refused (401), never passed on
     to the session check."""
@@ -37,7 +42,8 @@ class BearerToken(HttpBearer):
         except services.TokenRefused as exc:
             raise ApiError(401, exc.message,
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
-        if request.method not in SAFE_METHODS and not row.can_write:
+        if request.method not in SAFE_METHODS and not row.can_write and not _revokes_itself(
+                request):
             raise ApiError(403, READ_ONLY)
         request.user, request.api_token = row.user, row
         _admit(request, access)

@@ -8,6 +8,7 @@ from django.http import HttpRequest
 from ninja import Path, Query, Router, Status
 
 from access import services as access_services
+from api import services as api_services
 from instances import collaborators, selectors, services
 from instances.forms import LaunchForm
 from instances.models import Collaborator, Instance
@@ -77,6 +78,19 @@ def get_me(request: HttpRequest) -> dict:
         "token": token and {"name": token.name, "prefix": token.prefix, "scope": token.scope,
                             "expires_at": token.expires_at},
     }
+
+
+@router.delete("/me/token", response={204: None, **problems(400)}, tags=["account"])
+def revoke_my_token(request: HttpRequest) -> Status:
+    """Revoke the token this request came with (`gpupaas logout`); a read-only token may
+    revoke itself too."""
+    token = request.api_token
+    if token is None:
+        raise ApiError(400, "This request came with no token (a browser session): revoke "
+                            "tokens on the API tokens page.")
+    api_services.revoke_api_token(token=token, by=request.user, reason="logged out",
+                                  ip_address=client_ip(request))
+    return Status(204, None)
 
 
 @router.get("/profiles", response={200: list[ProfileOut], **problems()})

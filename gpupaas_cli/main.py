@@ -90,20 +90,66 @@ def _when(value: str | None) -> str:
 def login(
     url: Annotated[str, typer.Option(help="The portal's address, e.g. https://gpu.example.com",
                                      prompt="Portal URL")],
-    token: Annotated[str, typer.Option(help="A personal access token (API tokens page).",
-                                       prompt="Token", hide_input=True)],
+    token: Annotated[str | None, typer.Option(
+        help="A personal access token (API tokens page). Prefer --with-token or the prompt: "
+             "a token on the command line stays in the shell's history.")] = None,
+    with_token: Annotated[bool, typer.Option(
+        "--with-token", help="Read the token from standard input "
+                             "(e.g. `gpupaas login --url … --with-token < token.txt`).")] = False,
     output: Output = Format.table,
 ) -> None:
     """Check a token with the portal and save it, with the URL, for the other commands
     (in the user's config folder, readable by the user alone)."""
-    me = Api(url, token).get("/me")
-    path = client.save_config(url, token)
+    if with_token:
+        token = sys.stdin.readline().strip()
+    elif token is None:
+        token = typer.prompt("Token", hide_input=True)
+    me = Api(url, token or "").get("/me")
+    path = client.save_config(url, token or "")
     if output == Format.json:
         emit({**me, "config": str(path)}, output)
         return
-    scope = "read-only" if me["token"] and me["token"]["scope"] == "read" else "read-write"
-    out.print(f"Logged in to {url.rstrip('/')} as {me['username']} ({scope} token "
-              f"{me['token']['name'] if me['token'] else ''}); saved to {path}.")
+    out.print(f"Logged in to {url.rstrip('/')} as {me['username']} ({_token_words(me)}); "
+              f"saved to {path}.")
+
+
+def _token_words(me: dict[str, Any]) -> str:
+    token = me["token"]
+    if not token:
+        return "a browser session"
+    scope = "read-only" if token["scope"] == "read" else "read-write"
+    return f"{scope} token {token['name']}, expires {_when(token['expires_at'])}"
+
+
+@app.command()
+def whoami(output: Output = Format.table) -> None:
+    """Who the saved token acts as, on which portal, and until when."""
+    api = Api.from_config()
+    me = api.get("/me")
+    if output == Format.json:
+        return emit({**me, "url": api.url}, output)
+    role = me["role"] or "no role (instances shared with you only)"
+    out.print(f"{me['username']} on {api.url}: {role}; {_token_words(me)}.")
+
+
+@app.command()
+def logout(output: Output = Format.table) -> None:
+    """Revoke the saved token on the portal and forget it here."""
+    path = client.config_path()
+    saved = client.load_config()
+    if not path.exists():
+        raise ApiProblem("Not logged in: there is no saved token to forget.",
+                         client.UNAUTHENTICATED)
+    revoked = ""
+    try:
+        Api(saved["url"], saved["token"]).delete("/me/token")
+        revoked = "revoked"
+    except ApiProblem as exc:  # offline, or already revoked: forget it here all the same
+        revoked = f"not revoked ({exc.detail})"
+    path.unlink()
+    if output == Format.json:
+        return emit({"url": saved["url"], "token": revoked, "config": str(path)}, output)
+    out.print(f"Logged out of {saved['url']}: token {revoked}; removed {path}.")
 
 
 # --- sizes, quota --------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api import services as api_services
+from api.models import ApiToken
 from clusters.crypto import encrypt
 from instances import services as instance_services
 from instances.models import Collaborator, Instance
@@ -235,6 +236,30 @@ def test_launch_wait_ls_show_and_rm_from_the_command_line(alice, catalogue, port
     assert removed.returncode == 0, removed.stderr
     assert json.loads(removed.stdout)["status"] == "deleted"
     assert gpupaas("ls", "-o", "json").stdout.strip() == "[]"
+
+
+def test_login_from_stdin_whoami_and_logout_which_revokes_the_token(alice, portal, gpupaas):
+    token = api_services.create_api_token(user=alice, name="ci", days=7, scope="read")[1]
+
+    logged_in = gpupaas("login", "--url", portal, "--with-token", stdin=token + "\n")
+    assert logged_in.returncode == 0, logged_in.stderr
+    assert token not in logged_in.stdout
+    who = gpupaas("whoami")
+    assert who.returncode == 0, who.stderr
+    assert f"alice on {portal}: end-user; read-only token ci, expires" in who.stdout
+
+    out = gpupaas("logout")  # a read-only token may end itself
+
+    assert out.returncode == 0, out.stderr
+    assert f"Logged out of {portal}: token revoked" in out.stdout
+    assert not (gpupaas.home / ".config" / "gpupaas" / "config.json").exists()
+    row = ApiToken.objects.get(user=alice, name="ci")
+    assert row.revoked_at is not None and row.revoked_reason == "logged out"
+    again = gpupaas("whoami")
+    assert again.returncode == 3 and "Not logged in" in again.stderr
+    assert gpupaas("logout").returncode == 3
+    refused = gpupaas("whoami", extra_env={"GPUPAAS_URL": portal, "GPUPAAS_TOKEN": token})
+    assert refused.returncode == 3 and "revoked (logged out)" in refused.stderr
 
 
 def test_the_command_says_why_and_exits_with_the_documented_code(alice, catalogue, portal,
