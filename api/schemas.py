@@ -7,6 +7,7 @@ say the same rules for readers of the schema."""
 from datetime import datetime
 from typing import Literal
 
+from django.conf import settings
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
@@ -19,8 +20,9 @@ NotebookStatus = Literal[tuple(Notebook.Status.values)]  # type: ignore[valid-ty
 
 
 def required(*names: str) -> ConfigDict:
-    """Fields the schema documents as required, that the form checks (with its message)."""
-    return ConfigDict(json_schema_extra={"required": list(names)})
+    """A request body: fields the schema documents as required, that the form checks (with
+    its message); a field it does not know is refused (422), so a typo is never ignored."""
+    return ConfigDict(extra="forbid", json_schema_extra={"required": list(names)})
 
 
 class TokenOut(Schema):
@@ -102,9 +104,10 @@ class InstancePage(Page):
 class LaunchIn(Schema):
     model_config = required("name", "profile")
 
-    name: str = Field("", json_schema_extra=NAME_RULES,
+    name: str = Field("", json_schema_extra={**NAME_RULES, "minLength": 1},
                       description="A DNS-1123 label, unique among your live instances.")
-    profile: str = Field("", description="The size: a profile `name` from GET /profiles.")
+    profile: str = Field("", json_schema_extra={"minLength": 1},
+                         description="The size: a profile `name` from GET /profiles.")
     description: str = Field("", json_schema_extra={"maxLength": 500})
 
 
@@ -148,8 +151,9 @@ class NotebookPage(Page):
 class DeployIn(Schema):
     model_config = required("name", "profile")
 
-    name: str = Field("", json_schema_extra={**NAME_RULES, "maxLength": 40})
-    profile: str = Field("", description="A notebook profile name, e.g. datascience.")
+    name: str = Field("", json_schema_extra={**NAME_RULES, "maxLength": 40, "minLength": 1})
+    profile: str = Field("", json_schema_extra={"minLength": 1},
+                         description="A notebook profile name, e.g. datascience.")
     description: str = Field("", json_schema_extra={"maxLength": 500})
     cpu: float | None = Field(None, description="Empty: the profile's default.")
     memory_gib: int | None = Field(None, description="Empty: the profile's default.")
@@ -203,8 +207,13 @@ class NotebookTokenOut(Schema):
 
 
 class KubeconfigIn(Schema):
-    hours: float | None = Field(None, description="How long its token is valid; empty: the "
-                                "portal's default. At most the administrator's maximum.")
+    model_config = ConfigDict(extra="forbid")
+
+    hours: float | None = Field(
+        None, json_schema_extra={"exclusiveMinimum": 0,
+                                 "maximum": settings.ACCESS_TOKEN_MAX_TTL_HOURS},
+        description="How long its token is valid; empty: the portal's default. At most the "
+                    "administrator's maximum.")
 
 
 class KubeconfigOut(Schema):
@@ -231,7 +240,8 @@ class CollaboratorOut(Schema):
 class InviteIn(Schema):
     model_config = required("emails")
 
-    emails: list[str] = Field(default_factory=list, description="One or more addresses.")
+    emails: list[str] = Field(default_factory=list, json_schema_extra={"minItems": 1},
+                              description="One or more addresses.")
 
 
 class InviteOut(Schema):
