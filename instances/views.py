@@ -164,7 +164,13 @@ def _back_to_instance(request: HttpRequest, instance: Instance, form: InviteForm
 
 
 def _report(request: HttpRequest, invitations: Invitations) -> None:
-    if invitations.sent:
+    if invitations.sent and settings.EMAIL_BACKEND.endswith("filebased.EmailBackend"):
+        # No mail server (the embedded default): nobody receives it unless given the link.
+        messages.success(request, "No mail server is set up, so the invitation to " + ", ".join(
+            c.email for c in invitations.sent) + f" was written to a file in "
+            f"{settings.EMAIL_FILE_PATH} instead of mailed: send them the link in it (or set "
+            "EMAIL_HOST).")
+    elif invitations.sent:
         messages.success(request, "Invitation sent to " + ", ".join(
             c.email for c in invitations.sent) + ".")
     if invitations.unsent:

@@ -82,6 +82,21 @@ def test_several_addresses_are_invited_at_once_from_the_card(alice_client, share
     assert "Invitation sent to carol@example.com, dan@example.com, eve@example.com." in page
 
 
+def test_without_a_mail_server_the_page_says_where_the_invitation_went(
+    alice_client, shared, settings, tmp_path
+):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    settings.EMAIL_FILE_PATH = tmp_path / "mail"
+    alice_client.post(reverse("instances:collaborators", args=[shared.pk]),
+                      {"emails": "carol@example.com"})
+    page = alice_client.get(reverse("instances:detail", args=[shared.pk])).content.decode()
+    assert "Invitation sent to" not in page
+    assert (f"No mail server is set up, so the invitation to carol@example.com was written to "
+            f"a file in {tmp_path / 'mail'} instead of mailed") in page
+    [written] = (tmp_path / "mail").iterdir()
+    assert "carol@example.com" in written.read_text()
+
+
 @pytest.mark.parametrize(
     ("emails", "message"),
     [
