@@ -46,7 +46,7 @@ def instance_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def instance_new(request: HttpRequest) -> HttpResponse:
     if selectors.shared_only(request):
-        return render(request, "portal/no_access.html", status=403)
+        return render(request, "portal/no_access.html", {"launching": True}, status=403)
     workspace = ensure_workspace(user=request.user)
     profiles = selectors.launchable_profiles(user=request.user)
     form = LaunchForm(request.POST or None, profiles=profiles)

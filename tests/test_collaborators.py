@@ -401,9 +401,19 @@ def test_someone_outside_the_idp_sets_a_password_and_becomes_a_guest(client, ali
     assert not Workspace.objects.filter(owner=guest.user).exists()
     page = client.get(reverse("instances:detail", args=[shared.pk])).content.decode()
     assert "Guest</span>" in page  # marked on the collaborator list
-    assert client.get(reverse("instances:new")).status_code == 403
+    launching = client.get(reverse("instances:new"))
+    assert launching.status_code == 403
+    assert "As a guest you reach the instances shared with you" in launching.content.decode()
     # The link worked once.
     assert client.post(f"/invitations/{token}/guest/").status_code == 400
+
+    # Removed, a guest is told who can let them back in: the owner, not an administrator.
+    collaborators.remove_collaborator(
+        collaborator=shared.collaborators.get(email="olga@partner.example"), by=alice)
+    page = client.get("/")
+    assert page.status_code == 403
+    assert "its owner removed you. Ask them to invite you again." in page.content.decode()
+    assert "add you to a group" not in page.content.decode()
 
 
 @pytest.mark.parametrize(("setting", "value", "message"), [
