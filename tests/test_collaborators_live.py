@@ -279,7 +279,10 @@ def test_the_whole_journey_invite_accept_use_and_removal_ends_it_at_once(
 
     # 3. olivia removes carol.
     page.reload()
-    page.click("tr[data-email='carol@corp.example'] button:has-text('Remove')")
+    page.click("tr[data-email='carol@corp.example'] summary:has-text('Remove')")
+    assert "notebooks restart with new tokens" in page.inner_text(
+        "tr[data-email='carol@corp.example'] details")
+    page.click("tr[data-email='carol@corp.example'] button:has-text('Remove carol@corp.example')")
     page.wait_for_selector("text=carol@corp.example no longer has access to lab")
     removed_at = time.monotonic()
 
