@@ -33,7 +33,7 @@ test: $(VENV)/.installed-test
 	@DATABASE_URL=$(DATABASE_URL) CELERY_BROKER_URL=$(CELERY_BROKER_URL) \
 		$(BIN)/python -m tests.preflight
 	DATABASE_URL=$(DATABASE_URL) CELERY_BROKER_URL=$(CELERY_BROKER_URL) \
-		$(BIN)/pytest -n $(TEST_WORKERS)
+		$(BIN)/pytest -n $(TEST_WORKERS) --durations=25
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -40,10 +40,14 @@ class Signals:
             raise Stop
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _die_with_parent() -> None:
     """In each child before it runs: its own process group (so that a terminal's Ctrl-C
     reaches runportal alone, which then stops the children in order, and a kill reaches the
     child's own workers too), and a TERM should runportal itself die (Linux)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked while it was started
     os.setsid()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -118,8 +122,15 @@ class Command(BaseCommand):
         signals = Signals()
         try:
             for name, cmd in commands.items():
-                procs[name] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env={
-                    **env, "PROMETHEUS_MULTIPROC_DIR": str(settings.VAR_DIR / "metrics" / name)})
+                # A signal waits until the child is in `procs`: one arriving inside Popen
+                # would leave a child nobody stops.
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                try:
+                    procs[name] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env={
+                        **env,
+                        "PROMETHEUS_MULTIPROC_DIR": str(settings.VAR_DIR / "metrics" / name)})
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             self.stdout.write(self.style.SUCCESS(
                 f"\n  {settings.SITE_NAME} is running at {scheme}://{host}:{port}\n"
                 "  (web, worker and beat; press Ctrl-C to stop all of them and the local "
