@@ -51,29 +51,31 @@ def hold_limit(known: int) -> int:
 
 def sweep(cluster: Cluster, backend: ClusterBackend, on_cluster: set[str], live: set[str]) -> Sweep:
     """One pass over what `backend` has and the database does not (`on_cluster` was listed
-    before `live` was read, so an instance launched in between is never taken for unknown)."""
+    before `live` was read, so an instance launched in between is never taken for unknown).
+    A pass that finds too many unknown at once does nothing else either: neither the grace
+    period's deletions nor those decided earlier, which came from this same database."""
     result = Sweep()
     held = {q.key: q for q in QuarantinedInstance.objects.filter(cluster=cluster, outcome="")}
-    for key, row in held.items():  # back in the database (restored by hand), or gone
-        if key in live or key not in on_cluster:
-            _close(row, Outcome.ADOPTED if key in live else Outcome.GONE, by=None)
     unknown = on_cluster - live
     deleting = set(QuarantinedInstance.objects.filter(
         cluster=cluster, outcome=Outcome.DELETED, key__in=unknown).values_list("key", flat=True))
-    for key in sorted(deleting - held.keys()):  # a decided deletion goes on until it is done
-        backend.delete_instance(key)
     new = sorted(unknown - held.keys() - deleting)
     limit = hold_limit(len(live))
     if len(new) > limit:
         _hold(cluster, len(new), limit)
         result.held = len(new)
-    else:
-        if cluster.orphans_held:
-            Cluster.objects.filter(pk=cluster.pk).update(orphans_held="")
-        _reserve_keys(new)
-        for key in new:
-            _quarantine(cluster, backend, key)
-            result.quarantined += 1
+        return result
+    if cluster.orphans_held:
+        Cluster.objects.filter(pk=cluster.pk).update(orphans_held="")
+    for key, row in held.items():  # back in the database (restored by hand), or gone
+        if key in live or key not in on_cluster:
+            _close(row, Outcome.ADOPTED if key in live else Outcome.GONE, by=None)
+    for key in sorted(deleting - held.keys()):  # a decided deletion goes on until it is done
+        backend.delete_instance(key)
+    _reserve_keys(new)
+    for key in new:
+        _quarantine(cluster, backend, key)
+        result.quarantined += 1
     cutoff = timezone.now() - timezone.timedelta(days=settings.ORPHAN_GRACE_DAYS)
     for key, row in held.items():
         if key in unknown and row.found_at < cutoff:

@@ -152,6 +152,12 @@ def test_a_pass_that_finds_too_many_at_once_touches_none_and_raises_the_alarm(
 ):
     settings.ORPHAN_HOLD_COUNT, settings.ORPHAN_HOLD_FRACTION = 2, 0.1
     kept = running_instance(alice, catalogue[1], "kept")
+    # One quarantined long ago, its grace over by the time the alarm goes off.
+    old = running_instance(alice, catalogue[1], "old")
+    forget(old)
+    assert services.reconcile_instances().quarantined == 1
+    QuarantinedInstance.objects.filter(key=old.key).update(
+        found_at=timezone.now() - timezone.timedelta(days=30))
     gone = [running_instance(alice, catalogue[1], f"gone-{n}") for n in range(3)]
     for instance in gone:
         forget(instance)
@@ -159,8 +165,9 @@ def test_a_pass_that_finds_too_many_at_once_touches_none_and_raises_the_alarm(
     with caplog.at_level(logging.ERROR, logger="instances.quarantine"):
         summary = services.reconcile_instances()
 
-    assert (summary.held, summary.quarantined) == (3, 0)
-    assert not QuarantinedInstance.objects.exists()
+    assert (summary.held, summary.quarantined, summary.quarantine_deleted) == (3, 0, 0)
+    assert list(QuarantinedInstance.objects.values_list("key", flat=True)) == [old.key]
+    assert sandbox(old).exists()  # a held pass deletes nothing, not even what is overdue
     assert all(GpuAllocation.objects.filter(holder=i.key).exists() for i in gone)  # untouched
     assert "3 instances on local are unknown" in caplog.text
     cluster = Cluster.objects.get(pk=kept.cluster_id)
@@ -170,7 +177,9 @@ def test_a_pass_that_finds_too_many_at_once_touches_none_and_raises_the_alarm(
     assert "Reconcile held back on" in client.get("/admin/overview/").content.decode()
 
     settings.ORPHAN_HOLD_COUNT = 3  # the administrator checked: they are strays
-    assert services.reconcile_instances().quarantined == 3
+    summary = services.reconcile_instances()
+    assert (summary.quarantined, summary.quarantine_deleted) == (3, 1)
+    assert not sandbox(old).exists()
     cluster.refresh_from_db()
     assert cluster.orphans_held == ""
     overview = client.get("/admin/overview/").content.decode()
