@@ -598,14 +598,17 @@ class KubernetesBackend:
                 return [(m.FLUX_HELM, "HelmRelease", m.VCLUSTER_RELEASE, m.object_name(spec)),
                         ("v1", "Namespace", m.object_name(spec), None)]
             return [("v1", "Namespace", m.object_name(spec), None)]
-        found = self._roots(f"{m.selector(self.cs)},{m.INSTANCE_LABEL}={key}")
         return [(o["apiVersion"], o["kind"], o["metadata"]["name"],
-                 o["metadata"].get("namespace")) for o in found]
+                 o["metadata"].get("namespace")) for o in self._roots_of(key)]
 
     def _roots(self, selector: str) -> list[Manifest]:
         """The objects whose deletion removes an instance: Namespaces and Cluster API Clusters."""
         return (self.kube.list("v1", "Namespace", label_selector=selector)
                 + self.kube.list(m.CAPI, "Cluster", label_selector=selector))
+
+    def _roots_of(self, key: str) -> list[Manifest]:
+        """One instance's roots, found by its label (what a key without a spec has)."""
+        return self._roots(f"{m.selector(self.cs)},{m.INSTANCE_LABEL}={key}")
 
     def delete_instance(self, key: str, spec: InstanceSpec | None = None) -> InstanceState:
         """Ask for each of the instance's roots to go, in order, and say what is still there.
@@ -909,7 +912,7 @@ class KubernetesBackend:
                 self.kube.delete("v1", "Pod", pod["metadata"]["name"], ns)
 
     def _root_of(self, key: str) -> Manifest | None:
-        found = self._roots(f"{m.selector(self.cs)},{m.INSTANCE_LABEL}={key}")
+        found = self._roots_of(key)
         return found[0] if found else None
 
     def instance_record(self, key: str) -> InstanceSpec | None:
