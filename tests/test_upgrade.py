@@ -21,6 +21,9 @@ from .conftest import ROOT
 PREVIOUS_RELEASE = "996874b187d8210b662034725bee100f8533f429"
 
 POPULATE = """
+from django.core.management import call_command
+call_command("migrate", "--noinput", verbosity=0)
+call_command("bootstrap")
 from django.contrib.auth import get_user_model
 from api.services import create_api_token
 from instances import services
@@ -56,20 +59,19 @@ fresh = services.launch_instance(workspace=alice.workspace, name=NAME, profile=p
 fresh = services.provision_instance(instance_id=fresh.pk)
 from clusters.models import Cluster  # what the admin's "Add cluster" writes
 Cluster.objects.create(name=NAME, display_name=NAME, backend="local")
-print("RESULT", json.dumps({"listed": names, "launched": fresh.status}))
+"""
+USED = USE + """print("RESULT", json.dumps({"listed": names, "launched": fresh.status}))
 """
 
-FINISH = """
-from django.contrib.auth import get_user_model
-from instances import services
-from instances.models import Instance
-
-alice = get_user_model().objects.get(username="alice")
+# This release's code: what a user does, then the instance from before is deleted and the
+# reconcile pass finds nothing it does not know.
+FINISH = USE + """
 before = Instance.objects.get(name="before")
 services.delete_instance(instance=before, by=alice)
 before = services.teardown_instance(instance_id=before.pk)
 summary = services.reconcile_instances()
-print("RESULT", json.dumps({"deleted": before.status, "quarantined": summary.quarantined,
+print("RESULT", json.dumps({"listed": names, "launched": fresh.status,
+                           "deleted": before.status, "quarantined": summary.quarantined,
                            "errors": summary.errors}))
 """
 
@@ -128,18 +130,16 @@ def test_a_database_of_the_previous_release_is_upgraded_with_everything_working(
                LOCAL_USE_NVML="false", LOCAL_GPU_SLOTS="8", CELERY_TASK_ALWAYS_EAGER="true",
                LOCAL_ISOLATION=settings.LOCAL_ISOLATION,
                LOCAL_USER_PREFIX=settings.LOCAL_USER_PREFIX, LOG_LEVEL="WARNING")
-    manage(previous_release, env, "migrate", "--noinput", "-v0")
-    manage(previous_release, env, "bootstrap")
+    # The previous release migrates an empty database, seeds it and is used.
     populated = manage(previous_release, env, script=POPULATE)
     assert populated["status"] == "running"
 
     manage(ROOT, env, "migrate", "--noinput", "-v0")  # this release's migrations
 
     # The previous release's code still runs on the migrated schema (rolling upgrade)...
-    old = manage(previous_release, env, script=USE, TOKEN=populated["token"], NAME="old-code")
+    old = manage(previous_release, env, script=USED, TOKEN=populated["token"], NAME="old-code")
     assert old == {"listed": ["before"], "launched": "running"}
     # ...and this release's finds everything as it was.
-    new = manage(ROOT, env, script=USE, TOKEN=populated["token"], NAME="new-code")
-    assert new == {"listed": ["before", "old-code"], "launched": "running"}
-    assert manage(ROOT, env, script=FINISH) == {
-        "deleted": "deleted", "quarantined": 0, "errors": 0}
+    new = manage(ROOT, env, script=FINISH, TOKEN=populated["token"], NAME="new-code")
+    assert new == {"listed": ["before", "old-code"], "launched": "running",
+                   "deleted": "deleted", "quarantined": 0, "errors": 0}
