@@ -23,6 +23,9 @@ class ClusterForm(forms.ModelForm):
         help_text="Paste a kubeconfig to replace the stored one. It is stored encrypted and "
         "never shown again; leave empty to keep the current one.",
     )
+    prometheus_url = forms.URLField(
+        required=False, assume_scheme="http", label="Prometheus URL",
+        help_text=Cluster._meta.get_field("prometheus_url").help_text)
 
     class Meta:
         model = Cluster
@@ -30,7 +33,7 @@ class ClusterForm(forms.ModelForm):
             "display_name", "name", "backend", "description", "in_cluster", "ingress_domain",
             "ingress_class", "ingress_https", "ingress_namespace", "ingress_from_namespaces",
             "ingress_from_cidrs", "gpu_resource_name", "gpu_model_label", "storage_class",
-            "capi_namespace", "shell_image", "shell_reaches_portal",
+            "capi_namespace", "shell_image", "shell_reaches_portal", "prometheus_url",
         ]
 
     def clean_kubeconfig(self) -> str:
@@ -89,7 +92,7 @@ class ClusterAdmin(admin.ModelAdmin):
             "ingress_domain", "ingress_class", "ingress_https", "ingress_namespace",
             "ingress_from_namespaces", "ingress_from_cidrs", "gpu_resource_name",
             "gpu_model_label", "storage_class", "capi_namespace", "shell_image",
-            "shell_reaches_portal",
+            "shell_reaches_portal", "prometheus_url",
         ]}),
         ("Admission policies", {"fields": ["admission_policies"]}),
     ]

@@ -75,6 +75,12 @@ class Cluster(models.Model):
         "that lives at most 10 minutes, renewed while a shell is open, and kubectl goes "
         "straight to the API server.",
     )
+    prometheus_url = models.URLField(
+        "Prometheus URL", blank=True, default="", db_default="",
+        help_text="Where idle stop reads GPU utilisation: a Prometheus that scrapes NVIDIA's "
+        "DCGM exporter (DCGM_FI_DEV_GPU_UTIL), e.g. http://prometheus.monitoring:9090. "
+        "Empty: idle stop judges by notebook activity alone, and says so.",
+    )
     capi_namespace = models.CharField(
         "Cluster API namespace", max_length=63, default="gpupaas-clusters",
         help_text="Where Cluster objects for dedicated instances are created.",

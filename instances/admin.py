@@ -36,10 +36,12 @@ class ComputeProfileForm(forms.ModelForm):
     def clean(self) -> dict:
         data = super().clean()
         cluster = data.get("cluster")
-        if data.get("idle_stop_minutes") and cluster and cluster.backend != Cluster.Backend.LOCAL:
-            self.add_error("idle_stop_minutes", "Idle stop works on the local cluster for now: "
-                           "on Kubernetes the portal does not read notebook activity and GPU "
-                           "metrics yet. Leave it empty.")
+        if (data.get("idle_stop_minutes") and cluster
+                and cluster.backend == Cluster.Backend.KUBERNETES
+                and data.get("kind") != ComputeProfile.Kind.NAMESPACE):
+            self.add_error("idle_stop_minutes", "Idle stop needs an instance that can stop: "
+                           "on Kubernetes, the namespace kind. A virtual or dedicated cluster "
+                           "can only be deleted. Leave it empty.")
         least = 2 * settings.IDLE_WARNING_MINUTES
         if data.get("idle_stop_minutes") is not None and data["idle_stop_minutes"] < least:
             self.add_error("idle_stop_minutes", f"Use at least {least} minutes: its owner is "

@@ -5,18 +5,18 @@ Used means a notebook's kernel or terminal was active (Jupyter's own `last_activ
 without counting as activity), a kernel is busy now, or one of its GPUs is busier than the
 threshold. So an unattended training run (a busy GPU, or a busy kernel) is never stopped,
 and a tab left open on a stalled kernel does not keep a GPU. Where the cluster gives no GPU
-reading (simulated GPUs; Kubernetes until DCGM is read), activity alone decides, and the
-page says so. Each look is a sample: the GPU counts as used at the moment of a check.
+reading (simulated GPUs; a Kubernetes cluster with no Prometheus URL, or no DCGM exporter),
+activity alone decides, and the page says so. Jupyter is asked through the backend: on
+the local machine at its port, on Kubernetes through the API server's service proxy.
+Locally each look is a sample (the GPU counts as used at the moment of a check); from
+Prometheus it is the busiest reading since the last look.
 
 Every decision (warned, stopped, kept running) is an audit row with the figures it used, so
 it is in the instance's timeline."""
 
 import datetime
-import json
 import logging
 import smtplib
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -27,12 +27,14 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from clusters.backends import BackendError, get_backend
+from clusters.models import Cluster
 from instances import services as instance_services
-from instances.models import Instance
+from instances.models import ComputeProfile, Instance
 from workspaces.models import AuditAction
 from workspaces.services import record_audit
 
 from .models import Notebook
+from .services import notebook_spec
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,11 @@ class Reading:
     gpu_percent: float | None  # the busiest GPU now; None: no reading
     notebooks: int
     unreachable: int = 0  # running notebooks that did not answer: their activity is unknown
+    gpu_unread: bool = False  # the cluster has a GPU reading that failed: use is unknown
 
     def words(self, threshold: int) -> str:
-        gpu = ("no GPU reading, so activity alone decides" if self.gpu_percent is None
+        gpu = ("the GPU reading failed, so it counts as used" if self.gpu_unread
+               else "no GPU reading, so activity alone decides" if self.gpu_percent is None
                else f"GPU {self.gpu_percent:.0f} % (idle under {threshold} %)")
         kernels = (f"{self.busy_kernels} kernel{'s' if self.busy_kernels != 1 else ''} busy"
                    if self.busy_kernels else "no kernel busy")
@@ -57,24 +61,19 @@ class Reading:
         return f"{gpu}; {kernels}{missed}"
 
 
-def _jupyter(notebook: Notebook, path: str) -> object:
-    """A Jupyter API answer, asked so that the asking does not count as activity."""
-    base = notebook.url.removesuffix("/lab").removesuffix("/")
-    request = urllib.request.Request(f"{base}{path}",
-                                     headers={"Authorization": f"token {notebook.token}"})
-    with urllib.request.urlopen(request, timeout=5) as answer:
-        return json.loads(answer.read())
-
-
 def read(instance: Instance) -> Reading:
     """Ask each running notebook of the instance, and the cluster for its GPUs."""
     last, busy, count, missed = None, 0, 0, 0
-    for notebook in Notebook.objects.filter(instance=instance, status=Notebook.Status.RUNNING):
+    backend = get_backend(instance.cluster)
+    for notebook in Notebook.objects.filter(instance=instance, status=Notebook.Status.RUNNING
+                                            ).select_related("instance", "profile"):
+        spec = notebook_spec(notebook)
         try:
-            status = _jupyter(notebook, "/api/status")
-            kernels = _jupyter(notebook, "/api/kernels?no_track_activity=1")
-        except (OSError, ValueError, urllib.error.URLError) as exc:
-            log.info("idle check could not reach %s: %s", notebook.key, exc)
+            # Asked so that the asking does not count as activity.
+            status = backend.jupyter_api(spec, "/api/status")
+            kernels = backend.jupyter_api(spec, "/api/kernels?no_track_activity=1")
+        except BackendError as exc:
+            log.info("idle check could not reach %s: %s %s", notebook.key, exc, exc.detail)
             missed += 1
             continue
         count += 1
@@ -84,15 +83,17 @@ def read(instance: Instance) -> Reading:
             last = seen
         busy += sum(1 for k in kernels if isinstance(k, dict)
                     and k.get("execution_state") == "busy") if isinstance(kernels, list) else 0
-    gpu = None
-    if instance.gpu_indices and not instance.gpu_simulated:
+    gpu, unread = None, False
+    # Local instances hold slots (gpu_indices); a Kubernetes namespace holds its quota.
+    if (instance.gpu_indices or instance.profile.gpus) and not instance.gpu_simulated:
         try:
-            gpu = get_backend(instance.cluster).gpu_utilisation(
+            gpu = backend.gpu_utilisation(
                 instance_services.instance_spec(instance), tuple(instance.gpu_indices))
         except BackendError as exc:
             log.info("idle check could not read the GPUs of %s: %s", instance.key, exc.detail)
+            unread = True  # a training run may be busy on them: never stopped on a guess
     return Reading(last_activity=last, busy_kernels=busy, gpu_percent=gpu, notebooks=count,
-                   unreachable=missed)
+                   unreachable=missed, gpu_unread=unread)
 
 
 def _minutes(delta: datetime.timedelta) -> int:
@@ -104,7 +105,7 @@ def judge(instance: Instance, reading: Reading, *, now: datetime.datetime) -> st
     'stopped'."""
     profile = instance.profile
     window, threshold = profile.idle_stop_minutes, profile.idle_gpu_percent
-    active_now = reading.busy_kernels > 0 or reading.unreachable > 0 or (
+    active_now = reading.busy_kernels > 0 or reading.unreachable > 0 or reading.gpu_unread or (
         reading.gpu_percent is not None and reading.gpu_percent >= threshold)
     last = max(filter(None, [instance.last_active_at or instance.running_since,
                              reading.last_activity])) if not active_now else now
@@ -168,15 +169,14 @@ def _warning(instance: Instance, idle: int, left: int) -> str:
 
 
 def check_idle(*, now: datetime.datetime | None = None) -> dict[str, int]:
-    """One pass over the running instances whose size has an idle policy. Local ones only
-    for now: on Kubernetes the notebooks' activity (through the API server's service proxy)
-    and DCGM's GPU metrics are not read yet, and judging without them could stop someone
-    at work."""
+    """One pass over the running instances whose size has an idle policy (local ones, and
+    Kubernetes namespaces: the only kinds that can stop)."""
     now = now or timezone.now()
     outcome: dict[str, int] = {"active": 0, "idle": 0, "warned": 0, "stopped": 0}
     running = Instance.objects.filter(
         status=Instance.Status.RUNNING, profile__idle_stop_minutes__isnull=False,
-        cluster__backend="local",
+    ).exclude(cluster__backend=Cluster.Backend.KUBERNETES,
+              profile__kind__in=[ComputeProfile.Kind.VCLUSTER, ComputeProfile.Kind.DEDICATED]
     ).select_related("profile", "cluster", "workspace__owner")
     for instance in running:
         try:

@@ -16,6 +16,7 @@ from django.core import mail
 from django.utils import timezone
 from websockets.sync.client import connect
 
+from clusters.backends import get_backend
 from clusters.backends.local.gpus import discover_nvidia_gpus
 from instances.models import Instance
 from notebooks import idle
@@ -148,7 +149,8 @@ def test_a_real_kernel_busy_keeps_the_instance_and_its_last_activity_dates_the_i
     profile.save()
     notebook = until(notebook_services.deploy_notebook(
         instance=alices_instance, name="explore", profile=minimal, by=alice), "running")
-    assert idle._jupyter(notebook, "/api/kernels") == []  # none yet
+    spec = notebook_services.notebook_spec(notebook)
+    assert get_backend(alices_instance.cluster).jupyter_api(spec, "/api/kernels") == []
     request = urllib.request.Request(
         notebook.url.replace("/lab", "/api/kernels"), method="POST", data=b"{}",
         headers={"Authorization": f"token {notebook.token}",
@@ -177,14 +179,18 @@ def test_the_admin_form_refuses_idle_stop_where_it_cannot_judge(catalogue):
     from clusters.models import Cluster
     from instances.admin import ComputeProfileForm
 
-    kube = Cluster.objects.create(name="k", display_name="K", backend="kubernetes")
+    kube = Cluster.objects.create(name="k", display_name="K", backend="kubernetes",
+                                  ingress_domain="apps.example.com")
     fields = {"name": "idle", "display_name": "Idle", "gpus": 1, "cpu": "4",
               "memory_gib": 16, "storage_gib": 100, "kind": "namespace", "gpus_per_node": 8,
               "idle_gpu_percent": 5, "sort_order": 0, "kubernetes_version": "v1.31.0"}
     on_kube = ComputeProfileForm(data={**fields, "cluster": kube.pk, "idle_stop_minutes": 60})
-    assert not on_kube.is_valid()
-    assert on_kube.errors["idle_stop_minutes"][0].startswith(
-        "Idle stop works on the local cluster for now")
+    assert on_kube.is_valid(), on_kube.errors  # a namespace stops
+    virtual = ComputeProfileForm(data={**fields, "cluster": kube.pk, "idle_stop_minutes": 60,
+                                       "kind": "vcluster"})
+    assert virtual.errors["idle_stop_minutes"] == [
+        "Idle stop needs an instance that can stop: on Kubernetes, the namespace kind. A "
+        "virtual or dedicated cluster can only be deleted. Leave it empty."]
     local = catalogue[1].cluster
     too_short = ComputeProfileForm(data={**fields, "cluster": local.pk, "idle_stop_minutes": 3})
     assert too_short.errors["idle_stop_minutes"] == [

@@ -8,7 +8,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Phase = Literal["provisioning", "running", "failed", "deleting", "gone"]
 
@@ -194,6 +194,11 @@ class ClusterBackend(Protocol):
     def gpu_utilisation(self, spec: InstanceSpec, gpu_indices: tuple[int, ...]) -> float | None:
         """How busy the instance's busiest GPU is now, in percent; None where the cluster
         gives no reading (simulated GPUs, no metrics source)."""
+        ...
+
+    def jupyter_api(self, spec: NotebookSpec, path: str) -> Any:
+        """A running notebook's Jupyter REST API answer (JSON) for `path`, asked with its
+        token; BackendError when it does not answer."""
         ...
 
     def workload_kubeconfig(self, spec: InstanceSpec) -> str:

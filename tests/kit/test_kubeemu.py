@@ -930,3 +930,44 @@ def test_a_limit_range_maximum_refuses_pods_and_fails_deployments(
     [event] = [e for e in core.list_namespaced_event("lim").items if e.reason == "FailedCreate"]
     assert event.involved_object.kind == "ReplicaSet"
     assert "maximum cpu usage per Container is 1, but limit is 2" in event.message
+
+
+def test_the_service_proxy_passes_a_request_to_the_services_pods_without_credentials(
+        emu: kubeemu.Emulator, core: client.CoreV1Api) -> None:
+    import http.server
+    import threading
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Pod(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(418)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"short and stout")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pod)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    core.create_namespace({"metadata": {"name": "team"}})
+    with pytest.raises(ApiException) as missing:
+        core.connect_get_namespaced_service_proxy_with_path("web", "team", "x")
+    assert missing.value.status == 404
+    core.create_namespaced_service("team", {"metadata": {"name": "web"}, "spec": {
+        "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}})
+    with pytest.raises(ApiException) as unserved:
+        core.connect_get_namespaced_service_proxy_with_path("web:http", "team", "x")
+    assert (unserved.value.status, status_body(unserved.value)["message"]) == (
+        503, 'no endpoints available for service "web"')
+
+    emu.service_backends[("team", "web")] = f"http://127.0.0.1:{server.server_address[1]}"
+    with pytest.raises(ApiException) as answered:  # as the portal asks: the path as it is
+        core.api_client.call_api("/api/v1/namespaces/team/services/web:http/proxy/api/status",
+                                 "GET", query_params=[("token", "t")],
+                                 auth_settings=["BearerToken"], _preload_content=False)
+    assert (answered.value.status, answered.value.body) == (418, "short and stout")
+    assert seen == [("/api/status?token=t", None)]  # the API server's credentials stay
+    server.shutdown()

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qsl
 
 import yaml
 from django.conf import settings
@@ -25,7 +26,7 @@ from ..base import (
     NotebookState,
 )
 from . import manifests as m
-from . import policies
+from . import policies, prometheus
 from .client import ClientSettings, KubeClient, RateLimiter, api_client
 from .credentials import NEEDS, bearer_token, expiry_in_words, token_claims
 from .status import (
@@ -882,9 +883,32 @@ class KubernetesBackend:
         return stopped
 
     def gpu_utilisation(self, spec: InstanceSpec, gpu_indices: tuple[int, ...]) -> float | None:
-        # DCGM's metrics through the cluster's Prometheus are not read yet: idle stop judges
-        # by notebook activity alone here, and says so.
-        return None
+        """The busiest of the instance's GPUs since the last look, from the DCGM exporter's
+        series in the cluster's Prometheus; None without one (activity alone decides).
+        A namespace's pods are labelled with it; a vcluster's pods run in its host
+        namespace, so the same query serves both. A dedicated cluster's GPUs are not in
+        this Prometheus."""
+        if not self.cluster.prometheus_url or spec.kind == "dedicated":
+            return None
+        return prometheus.namespace_utilisation(
+            self.cluster.prometheus_url, m.object_name(spec),
+            window_s=max(int(settings.IDLE_CHECK_S), 60))
+
+    def jupyter_api(self, spec: NotebookSpec, path: str) -> Any:
+        """A notebook's Jupyter REST API, through the API server's service proxy over the
+        portal's own connection: no Ingress, DNS or network path to the pod is needed.
+        The API server drops the Authorization header it authenticated, so Jupyter's token
+        goes as the `token` parameter (seen only by those who may read its Secret)."""
+        kube = self._notebook_client(spec)
+        where, _, query = path.partition("?")
+        proxy = (f"/api/v1/namespaces/{m.notebook_namespace(spec)}/services/"
+                 f"{m.notebook_name(spec)}:http/proxy{where}")
+        try:
+            return kube.request("GET", proxy, query={**dict(parse_qsl(query)),
+                                                     "token": spec.token})
+        except ApiException as exc:
+            raise BackendError("The notebook did not answer through the cluster's API.",
+                               detail=f"HTTP {exc.status}: {exc.reason}") from exc
 
     def stop_instance(self, spec: InstanceSpec) -> None:
         """A namespace instance holds GPUs through running pods only. Its quota drops to no

@@ -17,10 +17,12 @@ import json
 import os
 import secrets
 import shutil
+import urllib.error
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -31,6 +33,7 @@ from ..base import (
     GpuInventory,
     InstanceSpec,
     InstanceState,
+    NotebookSpec,
     NotebookState,
     ServiceSpec,
     Terminal,
@@ -297,6 +300,15 @@ class LocalBackend:
     def notebook_state(self, spec: Workload) -> NotebookState:
         state = services.state if isinstance(spec, ServiceSpec) else jupyter.state
         return state(spec, self._control(spec), self._server_id(spec.instance.key, spec.key))
+
+    def jupyter_api(self, spec: NotebookSpec, path: str) -> Any:
+        port = jupyter.read_runtime(self._control(spec)).get("port")
+        if not port:
+            raise BackendError("The notebook's server is not there.")
+        try:
+            return jupyter.api(port, spec.token, path)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise BackendError("The notebook did not answer.", detail=str(exc)) from exc
 
     def release_notebook(self, spec: Workload) -> None:
         # Its files stay in the sandbox.

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -68,15 +69,21 @@ def running_servers(scope: str) -> dict[str, int]:
     return found
 
 
+def api(port: int, token: str, path: str, *, timeout: float = 5) -> Any:
+    """The JSON answer of the server on `port` to `path` of its REST API, asked with this
+    token."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 def answers(port: int, token: str) -> bool:
     """The server on `port` answers its API with this token."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=1) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
+        api(port, token, "/api/status", timeout=1)
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
         return False
 
 

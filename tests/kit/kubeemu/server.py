@@ -14,11 +14,13 @@ import signal
 import threading
 import time
 import traceback
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -64,6 +66,8 @@ class _Handler(Handler):
         raw = self._read_body()
         if emu.token_refused(authorization):
             response = Response(401, ApiError(401, "Unauthorized", "Unauthorized").status())
+        elif route.plural == "services" and not route.group and route.subresource == "proxy":
+            response = emu._service_proxy(method, route, url, raw)
         else:
             response = emu._dispatch(method, route, query,
                                      self.headers.get("Content-Type") or "", raw)
@@ -96,6 +100,8 @@ class Emulator(Served):
         self.store = Store(self.catalog, validate=validate, auto_ready=auto_ready,
                            ready_delay=ready_delay, namespace_delete_delay=namespace_delete_delay)
         self.kubelet: Any = None  # tests/kit/kubelet.py, where a test lets pods run
+        # The service proxy's way to a Service's pods: (namespace, name) -> a test's URL.
+        self.service_backends: dict[tuple[str, str], str] = {}
         self.requests = kubeproxy.RequestCounter()
         # TokenRequest: token -> (user, expiry, namespace, account name, account uid)
         self._tokens: dict[str, tuple[str, float, str, str, str]] = {}
@@ -288,6 +294,30 @@ class Emulator(Served):
                                   namespace, name)
         return expires <= time.time() or account is None or (
             account["metadata"].get("uid", "") != uid)
+
+    def _service_proxy(self, method: str, route: Route, url: SplitResult, raw: bytes
+                       ) -> Response:
+        """`services/{name}[:port]/proxy/{path}`: the request passed on to the Service's pods
+        (a test's server, ``service_backends``) without the credentials the API server took,
+        and their answer passed back; with no endpoints, the server's 503."""
+        name = unquote(route.name or "").partition(":")[0]
+        try:
+            self.store.get(self.catalog.lookup("", "v1", "services"), route.namespace, name)
+        except ApiError as exc:
+            return Response(exc.code, exc.status())
+        target = self.service_backends.get((route.namespace or "", name))
+        if target is None:
+            return Response(503, ApiError(503, "ServiceUnavailable", "no endpoints available "
+                                          f'for service "{name}"').status())
+        path = url.path.partition(f"/{route.name}/proxy")[2] or "/"
+        forward = urllib.request.Request(f"{target}{path}{'?' + url.query if url.query else ''}",
+                                         data=raw or None, method=method)
+        try:
+            with urllib.request.urlopen(forward, timeout=30) as answer:
+                code, body, kind = answer.status, answer.read(), answer.headers.get_content_type()
+        except urllib.error.HTTPError as exc:
+            code, body, kind = exc.code, exc.read(), exc.headers.get_content_type()
+        return Response(code, body, kind)
 
     # -- HTTP dispatch
 
