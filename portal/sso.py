@@ -103,6 +103,13 @@ def check_claims(claims: dict[str, Any]) -> None:
     except ValidationError:
         raise Refused("Your identity provider did not send a valid email address, so the "
                       "portal cannot sign you in. Ask your administrator.") from None
+    longest = get_user_model()._meta.get_field("email").max_length
+    if len(email) > longest:
+        # A valid address the account cannot hold: allauth would ask for another one on a
+        # sign-up form, and the portal never takes a typed address for an IdP's.
+        raise Refused(f"Your identity provider sent an email address of {len(email)} "
+                      f"characters; the portal stores at most {longest}, so it cannot sign "
+                      "you in. Ask your administrator.")
     if settings.OIDC_REQUIRE_VERIFIED_EMAIL and claims.get("email_verified") is not True:
         raise Refused("Your identity provider does not confirm that your email address "
                       "is verified, so the portal cannot sign you in. Verify your email with "

@@ -460,6 +460,8 @@ def test_a_userinfo_answer_about_another_subject_is_refused(sso, portal):
     ({"email": ["a@example.com"]}, "did not send a valid email address"),
     ({"email_verified": "true"}, "does not confirm that your email address is verified"),
     ({"email_verified": None}, "does not confirm that your email address is verified"),
+    ({"email": "u" * 300 + "@example.com"},
+     "sent an email address of 312 characters; the portal stores at most 254"),
 ])
 def test_no_usable_email_means_a_clear_refusal_never_a_sign_up_form(sso, portal, claims, reason):
     sso.set_user("uma", password="pw", groups=["gpu-users", "gpu-admins"])
