@@ -2,6 +2,7 @@
 session (with Django's CSRF check for writes). Either way the portal's own access rules
 apply: a role, or instances shared with the user."""
 
+import math
 from typing import Any
 
 from django.conf import settings
@@ -11,7 +12,7 @@ from ninja.security import APIKeyCookie, HttpBearer
 
 from workspaces.services import client_ip
 
-from . import services
+from . import ratelimit, services
 from .problems import ApiError
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -36,10 +37,19 @@ class BearerToken(HttpBearer):
     to the session check."""
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:
+        address = client_ip(request)
+        # Guessing is slowed per address: past the budget of refused tokens, no token is
+        # even looked at until the window ends.
+        guesses, who = ratelimit.budget("API_INVALID_TOKEN_LIMIT"), f"bad-token:{address}"
+        if guesses and (wait := ratelimit.spent(who, guesses)):
+            raise ApiError(429, ratelimit.too_many(wait, "refused tokens from your address"),
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
         try:
-            row, access = services.authenticate_api_token(
-                plain=token.strip(), ip_address=client_ip(request))
+            row, access = services.authenticate_api_token(plain=token.strip(),
+                                                          ip_address=address)
         except services.TokenRefused as exc:
+            if guesses:
+                ratelimit.consume(who, guesses)
             raise ApiError(401, exc.message,
                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
         if request.method not in SAFE_METHODS and not row.can_write and not _revokes_itself(

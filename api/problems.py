@@ -18,6 +18,8 @@ from ninja.errors import AuthenticationError, HttpError, Throttled
 from ninja.errors import ValidationError as SchemaValidationError
 from pydantic import Field
 
+from .ratelimit import too_many
+
 PROBLEM_JSON = "application/problem+json"
 # One documented type per kind of refusal; plain HTTP refusals use about:blank (RFC 9457 4.2).
 VALIDATION_TYPE = "/api/docs#validation-error"
@@ -159,8 +161,8 @@ def install(api: NinjaAPI) -> None:
     @api.exception_handler(Throttled)
     def throttled(request: HttpRequest, exc: Throttled) -> HttpResponse:
         wait = max(1, math.ceil(exc.wait or 1))
-        return problem(request, 429, f"Too many requests with this token; try again in "
-                       f"{wait} second{'s' if wait != 1 else ''}.",
+        return problem(request, 429, too_many(wait, "requests with this token (or from your "
+                                              "account's tokens together)"),
                        headers={"Retry-After": str(wait)})
 
     @api.exception_handler(HttpError)

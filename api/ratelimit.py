@@ -8,6 +8,7 @@ of waiting, refuses; a token that parallel CI jobs share would get false 429s (t
 saw 3 in 5 requests refused at 20 concurrent clients). Here each request is one atomic
 increment of a per-window counter (Redis INCR), with no lock."""
 
+import math
 import re
 import threading
 import time
@@ -37,22 +38,41 @@ def parse_rate(text: str) -> Rate:
     return Rate(int(amount), float(int(multiple or 1) * UNITS[unit]))
 
 
-def budget() -> Rate | None:
-    """API_RATE_LIMIT as a rate, e.g. 600/m; None when the limit is off."""
-    return parse_rate(settings.API_RATE_LIMIT) if settings.API_RATE_LIMIT else None
+def budget(setting: str = "API_RATE_LIMIT") -> Rate | None:
+    """A rate setting (API_RATE_LIMIT, e.g. 600/m); None when that limit is off."""
+    text = getattr(settings, setting)
+    return parse_rate(text) if text else None
 
 
-def _who(request: HttpRequest) -> str:
+def _who(request: HttpRequest) -> list[tuple[str, Rate | None]]:
+    """The budgets a request counts against: its token's (or session's), and for a token
+    its user's total, since users make tokens themselves."""
     token = getattr(request, "api_token", None)
-    return f"token:{token.pk}" if token is not None else f"user:{request.user.pk}"
+    if token is None:
+        return [(f"user:{request.user.pk}", budget())]
+    return [(f"token:{token.pk}", budget()),
+            (f"user-total:{request.user.pk}", budget("API_USER_RATE_LIMIT"))]
+
+
+def _key(who: str, rate: Rate, now: float) -> tuple[str, int]:
+    window = int(now // rate.duration)
+    return f"api:rate:{who}:{rate.duration:g}:{window}", window
+
+
+def spent(who: str, rate: Rate, now: float | None = None) -> float:
+    """Like `consume`, without counting: the seconds until `who` may try again, or 0."""
+    now = time.time() if now is None else now
+    key, window = _key(who, rate, now)
+    if (cache.get(key) or 0) < rate.amount:
+        return 0.0
+    return (window + 1) * rate.duration - now
 
 
 def consume(who: str, rate: Rate, now: float | None = None) -> float:
     """Count one request of `who` in the current window of `rate`; 0 when it is within the
     budget, else the seconds until the window ends."""
     now = time.time() if now is None else now
-    window = int(now // rate.duration)
-    key = f"api:rate:{who}:{rate.duration:g}:{window}"
+    key, window = _key(who, rate, now)
     ttl = int(rate.duration) + 1
     cache.add(key, 0, timeout=ttl)
     try:
@@ -65,15 +85,18 @@ def consume(who: str, rate: Rate, now: float | None = None) -> float:
     return (window + 1) * rate.duration - now
 
 
+def too_many(wait: float, what: str) -> str:
+    seconds = max(1, math.ceil(wait))
+    return f"Too many {what}; try again in {seconds} second{'s' if seconds != 1 else ''}."
+
+
 class TokenRateLimit(BaseThrottle):
     def __init__(self) -> None:
         self._waits = threading.local()
 
     def allow_request(self, request: HttpRequest) -> bool:
-        rate = budget()
-        if rate is None:
-            return True
-        self._waits.seconds = consume(_who(request), rate)
+        self._waits.seconds = max([consume(who, rate) for who, rate in _who(request) if rate],
+                                  default=0.0)
         return not self._waits.seconds
 
     def wait(self) -> float | None:

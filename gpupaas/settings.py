@@ -555,3 +555,7 @@ WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0)
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 365)
 API_TOKEN_DEFAULT_DAYS = env_int("API_TOKEN_DEFAULT_DAYS", 30)
 API_RATE_LIMIT = env_str("API_RATE_LIMIT", "600/m")
+# A user's tokens together (users make tokens themselves, so a budget per token alone would
+# not bound them), and refused tokens per client address (guessing is slowed to this).
+API_USER_RATE_LIMIT = env_str("API_USER_RATE_LIMIT", "1200/m")
+API_INVALID_TOKEN_LIMIT = env_str("API_INVALID_TOKEN_LIMIT", "30/10m")

@@ -2,6 +2,7 @@
 audit rows as the pages, the pages' messages in RFC 9457 problem documents, and the hostile
 tenant's side: bob's token gets 404 for every one of alice's objects."""
 
+import random
 import re
 from datetime import timedelta
 
@@ -512,3 +513,32 @@ def test_services_are_deployed_listed_retried_and_deleted_with_the_pages_rules(
     assert alice_api("DELETE", f"/services/{body['id']}").json()["status"] == "deleting"
     assert problem(alice_api("DELETE", f"/services/{body['id']}"), 409)["detail"] == (
         "curves is already being deleted.")
+
+
+def test_refused_tokens_are_throttled_per_address_and_a_users_tokens_together(
+        alice, bob, settings, catalogue):
+    settings.API_INVALID_TOKEN_LIMIT = "3/h"
+    settings.API_USER_RATE_LIMIT = "4/h"
+    # Addresses of this run alone: the counts live in the shared cache for the hour.
+    here, there = (f"10.{random.randrange(256)}.{random.randrange(256)}.{n}" for n in (1, 2))
+    guess = Api("gpa_" + "x" * 40)
+    assert [guess("GET", "/instances", REMOTE_ADDR=here).status_code
+            for _ in range(3)] == [401, 401, 401]
+    limited = guess("GET", "/instances", REMOTE_ADDR=here)
+    assert problem(limited, 429)["detail"].startswith(
+        "Too many refused tokens from your address; try again in")
+    assert 1 <= int(limited["Retry-After"]) <= 3600
+    # Past the budget, not even a good token is looked at from that address...
+    alice_api = Api(token_for(alice))
+    assert alice_api("GET", "/instances", REMOTE_ADDR=here).status_code == 429
+    # ...while another address goes on.
+    assert alice_api("GET", "/instances", REMOTE_ADDR=there).status_code == 200
+
+    # Three tokens of one user share the user's total of 4; another user's are their own.
+    tokens = [Api(token_for(bob, name=f"script-{n}")) for n in range(3)]
+    answers = [api("GET", "/instances", REMOTE_ADDR=there).status_code
+               for api in tokens for _ in range(2)]
+    assert answers == [200, 200, 200, 200, 429, 429]
+    assert problem(tokens[2]("GET", "/instances", REMOTE_ADDR=there), 429)["detail"].startswith(
+        "Too many requests with this token (or from your account's tokens together)")
+    assert alice_api("GET", "/instances", REMOTE_ADDR=there).status_code == 200
