@@ -23,8 +23,8 @@ COPY instances ./instances
 COPY notebooks ./notebooks
 COPY access ./access
 COPY api ./api
-COPY gpupaas_cli ./gpupaas_cli
-RUN pip install --no-cache-dir .
+COPY cli ./cli
+RUN pip install --no-cache-dir . ./cli
 COPY manage.py ./
 COPY templates ./templates
 COPY static ./static

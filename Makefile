@@ -16,12 +16,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --python $(BIN)/python -e .
+# The portal and its `gpupaas` command (cli/, a distribution of its own).
+$(VENV)/.installed: pyproject.toml cli/pyproject.toml | $(BIN)/python
+	$(BIN)/uv pip install --python $(BIN)/python -e . -e ./cli
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml cli/pyproject.toml | $(BIN)/python
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[test]' -e ./cli
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed

@@ -51,13 +51,14 @@ Status_ = Instance.Status
 
 
 def instance_out(request: HttpRequest, i: Instance) -> dict:
-    owner = i.workspace.owner
+    owner, given = i.workspace.owner, selectors.allotment(i)
     return {
         "id": i.pk, "name": i.name, "description": i.description, "status": i.status,
         "status_label": i.status_label, "status_message": i.status_message,
         "final": i.is_final, "profile": i.profile.name, "size": i.profile.display_name,
-        "kind": i.kind, "gpus": i.gpus, "gpu_model": i.gpu_model, "cpu": float(i.cpu),
-        "memory_gib": i.memory_gib, "storage_gib": i.storage_gib,
+        "kind": i.kind, "gpus": i.gpus, "gpu_model": i.gpu_model, "cpu": float(given.cpu),
+        "memory_gib": given.memory_gib, "shared_limits": given.shared,
+        "storage_gib": i.storage_gib,
         "owner": owner.get_username(), "shared": owner.pk != request.user.pk,
         "created_at": i.created_at, "status_changed_at": i.status_changed_at,
         "running_since": i.running_since, "deleted_at": i.deleted_at,
@@ -103,6 +104,7 @@ def list_profiles(request: HttpRequest) -> list[dict]:
         "name": c.profile.name, "display_name": c.profile.display_name,
         "description": c.profile.description, "kind": c.profile.kind, "gpus": c.profile.gpus,
         "gpu_model": c.profile.gpu_model, "cpu": float(c.cpu), "memory_gib": c.memory_gib,
+        "shared_limits": c.local,
         "storage_gib": c.profile.storage_gib, "fits": not c.refusal, "refusal": c.refusal,
         "cost": c.cost,
     } for c in selectors.size_cards(selectors.launchable_profiles(user=request.user), usage)]

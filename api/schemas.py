@@ -49,6 +49,8 @@ class ProfileOut(Schema):
     gpu_model: str
     cpu: float = Field(description="CPU cores (on the local machine, capped at what it has).")
     memory_gib: int
+    shared_limits: bool = Field(description="cpu and memory_gib are limits on a machine its "
+                                "sandboxes share (the local cluster), not reservations.")
     storage_gib: int
     fits: bool = Field(description="Whether launching it now fits your quota.")
     refusal: str = Field(description="Why it does not fit now; empty when it does.")
@@ -80,6 +82,8 @@ class InstanceOut(Schema):
     gpu_model: str
     cpu: float
     memory_gib: int
+    shared_limits: bool = Field(description="cpu and memory_gib are limits on a machine its "
+                                "sandboxes share (the local cluster), not reservations.")
     storage_gib: int
     owner: str
     shared: bool = Field(description="Shared with you by its owner.")

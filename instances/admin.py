@@ -9,11 +9,11 @@ from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
 
 from clusters.models import Cluster
-from gpupaas.formats import cores
 from workspaces.services import client_ip
 
 from . import quarantine, services
 from .models import Collaborator, ComputeProfile, Instance, QuarantinedInstance
+from .selectors import allotment
 
 # Fields that mean something only on a Kubernetes cluster; local profiles do not show them.
 KUBERNETES_ONLY = ["kind", "cluster_class", "kubernetes_version", "worker_class", "gpus_per_node"]
@@ -72,7 +72,7 @@ class ComputeProfileAdmin(admin.ModelAdmin):
         gpus = f"{profile.gpus} GPU{pluralize(profile.gpus)}"
         if profile.gpu_model:
             gpus += f" ({profile.gpu_model})"
-        return f"{gpus} · {cores(profile.cpu)} CPU · {profile.memory_gib} GiB memory"
+        return f"{gpus} · {allotment(profile).words()}"
 
     def get_fields(self, request: HttpRequest, obj: ComputeProfile | None = None) -> list[str]:
         fields = list(super().get_fields(request, obj))

@@ -25,7 +25,7 @@ from clusters.backends import get_backend
 from clusters.backends.kubernetes.manifests import Reservation, reserved
 from clusters.backends.local import machine_limits
 from clusters.models import Cluster, GpuAllocation
-from gpupaas.formats import gpus_phrase
+from gpupaas.formats import cores, gpus_phrase
 from workspaces.models import AuditEvent, GroupPolicy, Workspace
 from workspaces.selectors import effective_quota
 
@@ -360,6 +360,28 @@ def base_url(request: HttpRequest) -> str:
 
 
 @dataclass(frozen=True)
+class Allotment:
+    """What an instance, or a size, gets on its cluster: the figures every page, the API and
+    the CLI show. On the local cluster CPU and memory are limits on this machine, shared by
+    its sandboxes (`shared`), never more than it has (no 64 CPUs on a 2-CPU box)."""
+
+    cpu: Decimal
+    memory_gib: int
+    shared: bool
+
+    def words(self) -> str:
+        up = "up to " if self.shared else ""
+        return f"{up}{cores(self.cpu)} CPU · {up}{self.memory_gib} GiB memory"
+
+
+def allotment(sized: Instance | ComputeProfile) -> Allotment:
+    if sized.cluster.backend == Cluster.Backend.LOCAL:
+        cpu, memory_gib = machine_limits().cap(sized.cpu, sized.memory_gib)
+        return Allotment(cpu, memory_gib, shared=True)
+    return Allotment(Decimal(sized.cpu), sized.memory_gib, shared=False)
+
+
+@dataclass(frozen=True)
 class SizeCard:
     profile: ComputeProfile
     refusal: str
@@ -370,16 +392,12 @@ class SizeCard:
 
 
 def size_cards(profiles: Iterable[ComputeProfile], usage: QuotaUsage) -> list[SizeCard]:
-    """The sizes as the wizard and the API show them. On the local cluster CPU and memory
-    are limits on this machine, so a card never promises more than it has (no 64 CPUs on a
-    2-CPU box)."""
-    machine = machine_limits()
+    """The sizes as the wizard and the API show them, with what each gets (`allotment`)."""
     cards = []
     for p in profiles:
-        local = p.cluster.backend == Cluster.Backend.LOCAL
-        cpu, memory_gib = machine.cap(p.cpu, p.memory_gib) if local else (p.cpu, p.memory_gib)
+        given = allotment(p)
         cards.append(SizeCard(
-            profile=p, refusal=usage.refusal(p.gpus), cost=usage.cost(p.gpus), cpu=cpu,
-            memory_gib=memory_gib, local=local,
+            profile=p, refusal=usage.refusal(p.gpus), cost=usage.cost(p.gpus), cpu=given.cpu,
+            memory_gib=given.memory_gib, local=given.shared,
         ))
     return cards

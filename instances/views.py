@@ -138,9 +138,7 @@ def instance_keep_running(request: HttpRequest, pk: int) -> HttpResponse:
 def _detail_context(instance: Instance, form: InviteForm | None = None) -> dict:
     limits, local_mode = None, ""
     if instance.cluster.backend == Cluster.Backend.LOCAL:
-        # What the sandbox may really use: the size's figures capped at this machine's.
-        cpu, memory_gib = machine_limits().cap(instance.cpu, instance.memory_gib)
-        limits = {"cpu": cpu, "memory_gib": memory_gib}
+        limits = selectors.allotment(instance)  # the size's figures capped at this machine's
         # Who its notebooks run as, and what the machine enforces, said plainly.
         local_mode = f"{tenants.mode_line()} {local_limits.mode_line()}"
     return {

@@ -4,6 +4,7 @@ from django import forms
 
 from gpupaas.formats import cores, gpus_phrase
 from instances.models import instance_name_validator
+from instances.selectors import allotment
 
 
 class DeployForm(forms.Form):
@@ -44,7 +45,7 @@ class DeployForm(forms.Form):
         self.fields["profile"].queryset = profiles
         self.fields["instance"].queryset = instances
         self.fields["instance"].label_from_instance = lambda i: (
-            f"{i.name} ({gpus_phrase(i.gpus)}, {cores(i.cpu)} CPU, {i.memory_gib} GiB)")
+            f"{i.name} ({gpus_phrase(i.gpus)}, {allotment(i).words()})")
         unavailable = unavailable or {}
         self.fields["profile"].label_from_instance = lambda p: (
             f"{p.display_name}: unavailable on this machine, {unavailable[p.pk]}"

@@ -6,7 +6,12 @@ from django.db.models import Count, Q, QuerySet, Sum
 
 from gpupaas.formats import cores, gpus_phrase
 from instances.models import Instance
-from instances.selectors import accessible_instances, listable_instances, reserved_by_cluster
+from instances.selectors import (
+    accessible_instances,
+    allotment,
+    listable_instances,
+    reserved_by_cluster,
+)
 
 from .models import Notebook, NotebookProfile, Service, ServiceProfile
 
@@ -110,8 +115,9 @@ def instance_capacity(*, instance: Instance) -> Capacity:
         gpus += totals["gpus"] or 0
         holders += live.order_by("created_at").values_list("name", flat=True)
     reservation = reserved_by_cluster(instance=instance)
+    given = allotment(instance)
     return Capacity(
-        cpu=instance.cpu, memory_gib=instance.memory_gib, gpus=instance.gpus,
+        cpu=given.cpu, memory_gib=given.memory_gib, gpus=instance.gpus,
         used_cpu=cpu, used_memory_gib=memory, used_gpus=gpus, holders=tuple(holders),
         reserved_cpu=Decimal(reservation.cpu_millis) / 1000,
         reserved_memory_gib=-(-reservation.memory_mib // 1024),

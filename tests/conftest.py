@@ -142,6 +142,21 @@ def sandbox_root(settings, local_root) -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
+def machine(monkeypatch):
+    """This machine's size, as the pages and the room checks see it, is a fixed one under
+    test (32 CPUs, 256 GiB): what a local instance gets (instances.selectors.allotment) is
+    its size capped at the machine's, and the figures the tests expect must not depend on
+    the box that runs them. The sandboxes' real limits are not touched."""
+    from clusters.backends import local
+    from instances import selectors, views
+
+    fixed = local.MachineLimits(cpus=32, memory_gib=256)
+    for module in (local, selectors, views):
+        monkeypatch.setattr(module, "machine_limits", lambda: fixed)
+    return fixed
+
+
+@pytest.fixture(autouse=True)
 def own_cache_namespace(settings) -> str:
     """Each test its own key prefix in the shared cache (Redis under test), so rate-limit
     counters and cached IdP keys of one test never reach the next. Returns the prefix."""

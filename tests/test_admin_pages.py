@@ -157,7 +157,7 @@ def test_the_profile_list_says_sandbox_for_local_profiles_in_few_columns(
     results = page.split('id="result_list"')[1].split("</table>")[0]
     assert "Sandbox on Local machine" in results
     assert "Kubernetes namespace" not in results
-    assert "2 GPUs · 16 CPU · 128 GiB memory" in results
+    assert "2 GPUs · up to 16 CPU · up to 128 GiB memory" in results  # shared limits here
     assert results.count('<th scope="col"') <= 6  # the action checkbox and five columns
 
 

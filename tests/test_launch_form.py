@@ -179,6 +179,36 @@ def test_local_size_cards_never_promise_more_than_this_machine(alice_client, cat
     assert "limits on this machine" in page and "not reservations" in page
 
 
+def test_a_local_instance_reads_the_same_figures_on_every_page_the_api_and_the_admin(
+        alice_client, alice, catalogue, admin_client):
+    """One function (instances.selectors.allotment) says what an instance gets: here the
+    size's 64 CPU and 512 GiB capped at this machine's, everywhere."""
+    from clusters.backends.local import machine_limits
+    from gpupaas_cli.main import _up_to
+
+    from .conftest import running_instance
+    from .test_api import Api, token_for
+
+    machine = machine_limits()
+    cpu, memory = min(64, machine.cpus), min(512, machine.memory_gib)
+    full = ComputeProfile.objects.get(name="gpu-8")
+    instance = running_instance(alice, full, "big")
+    words = f"up to {cpu} CPU · up to {memory} GiB memory"
+
+    detail = alice_client.get(f"/instances/{instance.pk}/").content.decode()
+    assert f"up to {cpu} core" in detail and f"up to {memory} GiB" in detail
+    form = alice_client.get(f"/notebooks/new/?instance={instance.pk}").content.decode()
+    assert f"big (8 GPUs, {words})" in form
+    api = Api(token_for(alice))
+    shown = api("GET", f"/instances/{instance.pk}").json()
+    assert (shown["cpu"], shown["memory_gib"], shown["shared_limits"]) == (cpu, memory, True)
+    assert f"{_up_to(shown)}{shown['cpu']:g}" == f"up to {cpu}"  # gpupaas show
+    [card] = [p for p in api("GET", "/profiles").json() if p["name"] == "gpu-8"]
+    assert (card["cpu"], card["memory_gib"], card["shared_limits"]) == (cpu, memory, True)
+    admin = admin_client.get("/admin/instances/computeprofile/").content.decode()
+    assert f"8 GPUs · {words}" in admin
+
+
 # --- the wizard's own submit (htmx): the reasons alone, not the page again ---------------------
 
 HTMX = {"HTTP_HX_REQUEST": "true"}

@@ -79,6 +79,11 @@ def emit(data: Any, output: Format) -> None:
         print(json.dumps(data, indent=2, default=str))
 
 
+def _up_to(sized: dict) -> str:
+    """CPU and memory on the local cluster are limits its sandboxes share: "up to"."""
+    return "up to " if sized.get("shared_limits") else ""
+
+
 def _when(value: str | None) -> str:
     return (value or "")[:16].replace("T", " ")
 
@@ -166,8 +171,9 @@ def sizes(output: Output = Format.table) -> None:
     table = Table("SIZE", "NAME", "GPUS", "CPU", "MEMORY", "FITS NOW", box=None)
     for p in profiles:
         gpus = f"{p['gpus']}{' × ' + p['gpu_model'] if p['gpu_model'] else ''}"
-        table.add_row(p["name"], p["display_name"], gpus, f"{p['cpu']:g}",
-                      f"{p['memory_gib']} GiB", "yes" if p["fits"] else f"no: {p['refusal']}")
+        table.add_row(p["name"], p["display_name"], gpus, f"{_up_to(p)}{p['cpu']:g}",
+                      f"{_up_to(p)}{p['memory_gib']} GiB",
+                      "yes" if p["fits"] else f"no: {p['refusal']}")
     out.print(table)
     out.print(f"Quota: {quota['gpus_used']} of {quota['max_gpus']} GPUs and "
               f"{quota['instances_used']} of {quota['max_instances']} instances in use.")
@@ -376,8 +382,9 @@ def show(
     for label, value in [
         ("Name", instance["name"]), ("Status", instance["status_label"]),
         ("Message", instance["status_message"]), ("Size", instance["size"]),
-        ("GPUs", str(instance["gpus"])), ("CPU", f"{instance['cpu']:g}"),
-        ("Memory", f"{instance['memory_gib']} GiB"), ("Owner", instance["owner"]),
+        ("GPUs", str(instance["gpus"])), ("CPU", f"{_up_to(instance)}{instance['cpu']:g}"),
+        ("Memory", f"{_up_to(instance)}{instance['memory_gib']} GiB"),
+        ("Owner", instance["owner"]),
         ("Launched", _when(instance["created_at"])), ("Page", instance["page"]),
     ]:
         facts.add_row(label, value)
