@@ -215,6 +215,10 @@ def test_someone_with_only_shared_instances_cannot_launch_or_see_a_quota(alice, 
         "name": "mine", "profile": "gpu-1"}), 403)["detail"]
     problem(carol_api("GET", "/quota"), 403)
     assert carol_api("GET", "/me").json()["role"] == ""
+    # With no role and nothing shared, a token is revoked at its next use: 401 (exit 3).
+    dan = make_user("dan", group=None)
+    assert problem(Api(token_for(dan))("GET", "/instances"), 401)["detail"] == (
+        "The token was revoked (role removed).")
 
 
 # --- notebooks ---------------------------------------------------------------------------

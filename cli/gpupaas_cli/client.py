@@ -3,6 +3,7 @@ and one HTTP client that turns problem documents into `ApiProblem` with an exit 
 
 import json
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,23 @@ class ApiProblem(Exception):
         return self.detail
 
 
+# How the portal's certificate is checked, from --ca-file / --insecure (or GPUPAAS_CA_FILE /
+# GPUPAAS_INSECURE); a CA file given at login is saved with the URL and used after.
+TLS: dict[str, Any] = {"ca_file": "", "insecure": False}
+
+
+def tls_context(ca_file: str = "", insecure: bool = False) -> ssl.SSLContext:
+    """The system's CAs, or the portal's own CA from a PEM file; no check with `insecure`."""
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ApiProblem(f"Cannot use the CA file {ca_file}: {exc}.", USAGE) from exc
+
+
 def config_path() -> Path:
     """~/.config/gpupaas/config.json on Linux (the platform's config folder elsewhere)."""
     return Path(click.get_app_dir("gpupaas")) / "config.json"
@@ -65,28 +83,35 @@ def load_config() -> dict[str, str]:
         saved = json.loads(path.read_text())
     url = os.environ.get("GPUPAAS_URL") or saved.get("url", "")
     token = os.environ.get("GPUPAAS_TOKEN") or saved.get("token", "")
-    return {"url": url.rstrip("/"), "token": token}
+    return {"url": url.rstrip("/"), "token": token,
+            "ca_file": TLS["ca_file"] or saved.get("ca_file", "")}
 
 
-def save_config(url: str, token: str) -> Path:
-    """Write the URL and token readable by the user alone (mode 0600, from the start)."""
+def save_config(url: str, token: str, ca_file: str = "") -> Path:
+    """Write the URL, token and CA file readable by the user alone (mode 0600, from the
+    start)."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"url": url.rstrip("/"), "token": token}, f)
+        saved = {"url": url.rstrip("/"), "token": token}
+        if ca_file:
+            saved["ca_file"] = str(Path(ca_file).resolve())
+        json.dump(saved, f)
     path.chmod(0o600)  # an older file keeps its mode on O_TRUNC
     return path
 
 
 class Api:
-    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0,
+                 ca_file: str = "") -> None:
         if not url or not token:
             raise ApiProblem("Not logged in: run `gpupaas login` first (or set GPUPAAS_URL "
                              "and GPUPAAS_TOKEN).", UNAUTHENTICATED)
         self.url = url.rstrip("/")
+        self.tls = tls_context(ca_file or TLS["ca_file"], TLS["insecure"])
         self.http = httpx.Client(
-            base_url=f"{self.url}/api/v1", timeout=timeout,
+            base_url=f"{self.url}/api/v1", timeout=timeout, verify=self.tls,
             headers={"Authorization": f"Bearer {token}",
                      "User-Agent": f"gpupaas-cli/{__version__}"},
         )
@@ -94,7 +119,7 @@ class Api:
     @classmethod
     def from_config(cls) -> "Api":
         config = load_config()
-        return cls(config["url"], config["token"])
+        return cls(config["url"], config["token"], ca_file=config["ca_file"])
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

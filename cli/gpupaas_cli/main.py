@@ -44,6 +44,9 @@ service_app = typer.Typer(help="Deploy, list, open and delete catalogue services
                           "(TensorBoard, MLflow…).", epilog=EPILOG, no_args_is_help=True,
                           context_settings=HELP)
 app.add_typer(service_app, name="service")
+# The completion scripts `gpupaas completion SHELL` prints call the command back; typer's
+# classes answer them (the --install-completion option itself stays off).
+typer.completion.completion_init()
 out = Console()
 err = Console(stderr=True)
 
@@ -70,8 +73,30 @@ def _print_version(asked: bool) -> None:
 def main(
     version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
                                           help="Print the version and exit.")] = False,
+    ca_file: Annotated[str, typer.Option(
+        "--ca-file", envvar="GPUPAAS_CA_FILE",
+        help="A CA certificate (PEM) to check the portal's certificate with, for a portal "
+             "with a private CA; `login` saves it for the other commands.")] = "",
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", envvar="GPUPAAS_INSECURE",
+        help="Do not check the portal's certificate at all (a test portal only).")] = False,
 ) -> None:
     """Sign in once with `gpupaas login`; every command then uses that portal and token."""
+    client.TLS.update(ca_file=ca_file, insecure=insecure)
+
+
+class Shell(StrEnum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+@app.command()
+def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]) -> None:
+    """Print the shell's completion script: `source <(gpupaas completion bash)` in ~/.bashrc,
+    `gpupaas completion fish > ~/.config/fish/completions/gpupaas.fish`."""
+    print(typer.completion.get_completion_script(
+        prog_name="gpupaas", complete_var="_GPUPAAS_COMPLETE", shell=shell.value))
 
 
 def emit(data: Any, output: Format) -> None:
@@ -110,7 +135,7 @@ def login(
     elif token is None:
         token = typer.prompt("Token", hide_input=True)
     me = Api(url, token or "").get("/me")
-    path = client.save_config(url, token or "")
+    path = client.save_config(url, token or "", client.TLS["ca_file"])
     if output == Format.json:
         emit({**me, "config": str(path)}, output)
         return
@@ -438,7 +463,8 @@ def shell(
     api = Api.from_config()
     instance = api.instance_named(name)
     config = client.load_config()
-    raise typer.Exit(terminal.run(config["url"], config["token"], instance["id"]))
+    raise typer.Exit(terminal.run(config["url"], config["token"], instance["id"],
+                                  tls=api.tls))
 
 
 def kubeconfig_target(explicit: Path | None) -> Path:

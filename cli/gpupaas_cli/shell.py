@@ -32,11 +32,12 @@ def _size() -> tuple[int, int]:
     return 80, 24
 
 
-def run(url: str, token: str, instance_id: int) -> int:
-    """Relay this terminal to the shell until it closes; the exit code."""
+def run(url: str, token: str, instance_id: int, *, tls: ssl.SSLContext | None = None) -> int:
+    """Relay this terminal to the shell until it closes; the exit code. `tls`: how the
+    portal's certificate is checked (the API client's: --ca-file, --insecure)."""
     socket_url = url.replace("http", "ws", 1) + f"/access/instances/{instance_id}/shell/socket/"
-    context = ssl.create_default_context() if socket_url.startswith("wss:") else None
-    if context is not None and os.environ.get("SSL_CERT_FILE"):
+    context = (tls or ssl.create_default_context()) if socket_url.startswith("wss:") else None
+    if context is not None and tls is None and os.environ.get("SSL_CERT_FILE"):
         context.load_verify_locations(os.environ["SSL_CERT_FILE"])
     try:
         socket = connect(socket_url, ssl=context, open_timeout=20, max_size=None,
