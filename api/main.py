@@ -22,9 +22,39 @@ Another user's objects answer 404. Each token has a request budget (429 with `Re
 """
 
 
+# What an answer's `id` names, by the schema of the answer: the path parameter the
+# operations on that object take.
+LINKED = {"InstanceOut": "instance_id", "NotebookOut": "notebook_id", "ServiceOut": "service_id"}
+
+
+def add_links(schema: dict) -> dict:
+    """OpenAPI links, so tools can chain calls: an answer that is one instance, notebook or
+    service links to every operation taking its id alone (launch → get, delete, stop…)."""
+    takers: dict[str, dict[str, str]] = {parameter: {} for parameter in LINKED.values()}
+    for path, operations in schema["paths"].items():
+        names = {part[1:-1] for part in path.split("/") if part.startswith("{")}
+        if len(names) == 1 and (name := names.pop()) in takers:
+            for operation in operations.values():
+                takers[name][operation["operationId"]] = path
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for code, answer in operation["responses"].items():
+                ref = (answer.get("content", {}).get("application/json", {})
+                       .get("schema", {}).get("$ref", ""))
+                parameter = LINKED.get(ref.rsplit("/", 1)[-1])
+                if str(code).startswith("2") and parameter:
+                    answer["links"] = {
+                        "".join(w.title() for w in target.split("_")): {
+                            "operationId": target,
+                            "parameters": {parameter: "$response.body#/id"}}
+                        for target in sorted(takers[parameter])
+                        if target != operation["operationId"]}
+    return schema
+
+
 class PortalAPI(NinjaAPI):
     def get_openapi_schema(self, **kwargs: Any) -> Any:
-        return problems.document_problems(super().get_openapi_schema(**kwargs))
+        return add_links(problems.document_problems(super().get_openapi_schema(**kwargs)))
 
     def get_openapi_operation_id(self, operation: Any) -> str:
         return operation.view_func.__name__

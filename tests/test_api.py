@@ -546,3 +546,28 @@ def test_refused_tokens_are_throttled_per_address_and_a_users_tokens_together(
     assert problem(tokens[2]("GET", "/instances", REMOTE_ADDR=there), 429)["detail"].startswith(
         "Too many requests with this token (or from your account's tokens together)")
     assert alice_api("GET", "/instances", REMOTE_ADDR=there).status_code == 200
+
+
+def test_the_schema_links_a_launched_instance_to_the_calls_that_take_its_id(
+        client, alice, catalogue):
+    """A tool follows the OpenAPI links from launch's answer: GetInstance, then StopInstance
+    (no path written by hand)."""
+    schema = client.get("/api/openapi.json").json()
+    by_id = {op["operationId"]: (method, path) for path, ops in schema["paths"].items()
+             for method, op in ops.items()}
+    launched = schema["paths"]["/api/v1/instances"]["post"]["responses"]["201"]["links"]
+    assert {"GetInstance", "DeleteInstance", "StopInstance", "DeployNotebook"} <= set(launched)
+    alice_api = Api(token_for(alice))
+    body = alice_api("POST", "/instances", {"name": "chain", "profile": "gpu-1"}).json()
+
+    def follow(link: dict) -> tuple[str, str]:
+        method, path = by_id[link["operationId"]]
+        for name, expression in link["parameters"].items():
+            assert expression == "$response.body#/id"
+            path = path.replace("{" + name + "}", str(body["id"]))
+        return method, path.removeprefix("/api/v1")
+
+    method, path = follow(launched["GetInstance"])
+    assert alice_api(method.upper(), path).json()["name"] == "chain"
+    noted = schema["paths"]["/api/v1/instances/{instance_id}/notebooks"]["post"]["responses"]
+    assert set(noted["201"]["links"]) >= {"GetNotebook", "RevealNotebookToken"}
