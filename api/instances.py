@@ -250,6 +250,7 @@ def create_kubeconfig(request: HttpRequest, instance_id: Id, payload: Kubeconfig
 def collaborator_out(c: Collaborator) -> dict:
     return {
         "id": c.pk, "email": c.email, "status": c.status, "status_label": c.get_status_display(),
+        "access": c.access,
         "user": c.user.get_username() if c.user else None,
         "guest": bool(c.user and hasattr(c.user, "guest_account")),
         "invited_by": c.invited_by.get_username() if c.invited_by else None,
@@ -287,7 +288,8 @@ def invite_collaborators(request: HttpRequest, instance_id: Id, payload: InviteI
     instance = instance_or_404(request, instance_id)
     invitations = collaborators.invite_collaborator(
         instance=instance, emails=payload.emails, by=request.user,
-        base_url=selectors.base_url(request), ip_address=client_ip(request))
+        base_url=selectors.base_url(request), ip_address=client_ip(request),
+        access=payload.access)
     return Status(201, _invitations(invitations))
 
 

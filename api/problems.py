@@ -11,6 +11,7 @@ import math
 from http import HTTPStatus
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
@@ -147,6 +148,10 @@ def install(api: NinjaAPI) -> None:
     @api.exception_handler(DjangoValidationError)
     def service_error(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
         return validation_problem(request, exc)
+
+    @api.exception_handler(PermissionDenied)
+    def forbidden(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
+        return problem(request, 403, str(exc) or "You may not do this.")
 
     @api.exception_handler(Http404)
     def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:

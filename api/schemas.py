@@ -233,6 +233,7 @@ class CollaboratorOut(Schema):
     email: str
     status: Literal["pending", "accepted"]
     status_label: str
+    access: Literal["manage", "use"]
     user: str | None
     guest: bool
     invited_by: str | None
@@ -246,6 +247,9 @@ class InviteIn(Schema):
 
     emails: list[str] = Field(default_factory=list, json_schema_extra={"minItems": 1},
                               description="One or more addresses.")
+    access: Literal["manage", "use"] = Field(
+        "manage", description="manage: the owner's access (delete, share); use: all but "
+        "deleting and sharing. A guest gets at most the portal's GUEST_MAX_ACCESS.")
 
 
 class InviteOut(Schema):

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from gpupaas.logs import logging_config
 
@@ -442,6 +443,11 @@ INVITATION_MAILS_PER_HOUR = env_int("INVITATION_MAILS_PER_HOUR", 50)
 # (a password; they see only what is shared with them). Optionally only for these domains.
 GUEST_ACCOUNTS_ENABLED = env_bool("GUEST_ACCOUNTS_ENABLED", True)
 GUEST_EMAIL_DOMAINS = [d.lower().lstrip("@") for d in env_list("GUEST_EMAIL_DOMAINS")]
+# The most a guest may get on an instance shared with them: "manage" (as invited) or "use"
+# (an invitation to manage gives a guest use only: no deleting, no sharing further).
+GUEST_MAX_ACCESS = env_str("GUEST_MAX_ACCESS", "manage")
+if GUEST_MAX_ACCESS not in ("manage", "use"):
+    raise ImproperlyConfigured(f"GUEST_MAX_ACCESS is {GUEST_MAX_ACCESS!r}: use manage or use.")
 
 # Local backend: where instance sandboxes live, and how many simulated GPU slots a machine
 # without NVIDIA GPUs offers.

@@ -28,6 +28,7 @@ from workspaces.services import create_guest_account, record_audit
 from workspaces.tokens import hash_token
 
 from .models import Collaborator, Instance
+from .selectors import check_may_manage
 
 log = logging.getLogger(__name__)
 Status = Instance.Status
@@ -164,13 +165,14 @@ def _deliver(pending: list[tuple[Collaborator, str]], base_url: str) -> Invitati
 
 def invite_collaborator(
     *, instance: Instance, emails: str | list[str], by: AbstractBaseUser, base_url: str,
-    ip_address: str | None = None,
+    ip_address: str | None = None, access: str = Collaborator.Access.MANAGE,
 ) -> Invitations:
     """Invite one or more addresses (a list, or text as typed) to share the instance and mail
     each an accept link.
 
     All or nothing: one bad address refuses the lot, with every reason in one message. The
     mail goes out after the commit; one the server refused is reported, and Resend retries."""
+    check_may_manage(instance=instance, by=by, doing="share it")
     emails = parse_emails(emails if isinstance(emails, str) else "\n".join(emails))
     pending = []
     with transaction.atomic():
@@ -188,12 +190,13 @@ def invite_collaborator(
         for email in emails:
             collaborator = Collaborator.objects.create(
                 instance=instance, email=email, invited_by=by, expires_at=expires,
-                token_hash="-")
+                token_hash="-", access=Collaborator.Access(access))
             token, collaborator.token_hash = _new_token(collaborator.pk)
             collaborator.save(update_fields=["token_hash"])
             record_audit(action=AuditAction.COLLABORATOR_INVITED, obj=collaborator, actor=by,
                          workspace=instance.workspace, ip_address=ip_address,
-                         instance=instance.name, email=email, expires_at=expires.isoformat())
+                         instance=instance.name, email=email, expires_at=expires.isoformat(),
+                         access=access)
             pending.append((collaborator, token))
     return _deliver(pending, base_url)
 
@@ -203,6 +206,7 @@ def resend_invitation(
     ip_address: str | None = None,
 ) -> Invitations:
     """A new link and a new expiry for a pending invitation; the old link stops working."""
+    check_may_manage(instance=collaborator.instance, by=by, doing="share it")
     with transaction.atomic():
         _check_mail_budget(by, 1)
         expires = timezone.now() + timezone.timedelta(days=settings.INVITATION_TTL_DAYS)
@@ -222,6 +226,7 @@ def revoke_invitation(
     *, collaborator: Collaborator, by: AbstractBaseUser, ip_address: str | None = None
 ) -> bool:
     """Withdraw a pending invitation: its link is refused from now on."""
+    check_may_manage(instance=collaborator.instance, by=by, doing="change who shares it")
     with transaction.atomic():
         revoked = Collaborator.objects.filter(
             pk=collaborator.pk, status=Collaborator.Status.PENDING
@@ -243,7 +248,11 @@ def remove_collaborator(
 ) -> Removed | None:
     """End a collaborator's access on every path at once: pages (the access check reads this
     row on every request), remote-access tokens, and the instance's notebook tokens, which
-    they could have seen and which are renewed by a worker right after the commit."""
+    they could have seen and which are renewed by a worker right after the commit. Anyone
+    may leave; removing someone else takes a manager."""
+    if by is None or collaborator.user_id != by.pk:
+        check_may_manage(instance=collaborator.instance, by=by,
+                         doing="change who shares it")
     with transaction.atomic():
         now = timezone.now()
         removed = Collaborator.objects.filter(
@@ -373,6 +382,11 @@ def accept_invitation_as_guest(
                                     ip_address=ip_address)
         collaborator = accept_invitation(token=token, user=user, proven_email=collaborator.email,
                                          ip_address=ip_address)
+        if (settings.GUEST_MAX_ACCESS == Collaborator.Access.USE
+                and collaborator.access == Collaborator.Access.MANAGE):
+            # A guest gets at most what the administrator allows guests (GUEST_MAX_ACCESS).
+            collaborator.access = Collaborator.Access.USE
+            collaborator.save(update_fields=["access"])
     return user, collaborator
 
 

@@ -38,3 +38,11 @@ class InviteForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": "carol@example.com"}),
         error_messages={"required": "Enter at least one email address."},
     )
+    access = forms.ChoiceField(
+        label="They", initial="manage", widget=forms.RadioSelect, required=False,
+        choices=[("manage", "Can manage: the owner's access (delete it, share it further)"),
+                 ("use", "Can use: open, deploy, stop and start, but not delete or share")],
+    )
+
+    def clean_access(self) -> str:
+        return self.cleaned_data["access"] or "manage"  # the brief's "same level of access"

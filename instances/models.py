@@ -343,9 +343,15 @@ class Collaborator(models.Model):
         REVOKED = "revoked", "Invitation revoked"
         REMOVED = "removed", "Removed"
 
+    class Access(models.TextChoices):
+        USE = "use", "Can use"  # everything on the instance but deleting it and sharing it
+        MANAGE = "manage", "Can manage"  # the owner's access, less removing the owner
+
     LIVE_STATES = (Status.PENDING, Status.ACCEPTED)
 
     instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="collaborators")
+    access = models.CharField(max_length=10, choices=Access.choices, default=Access.MANAGE,
+                              db_default=Access.MANAGE)
     email = models.EmailField(help_text="Stored in lower case; matched case-insensitively.")
     invited_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
 from django.db.models import (
     Count,
     Exists,
@@ -337,6 +338,23 @@ def with_usage(workspaces: QuerySet[Workspace]) -> QuerySet[Workspace]:
 
 
 # --- what pages, the API and the portal ask of a request ----------------------------------
+
+
+def may_manage(*, instance: Instance, user: AbstractBaseUser) -> bool:
+    """The owner, or a collaborator who can manage: delete the instance and share it. A
+    collaborator who can use it does everything else."""
+    return instance.workspace.owner_id == user.pk or Collaborator.objects.filter(
+        instance=instance, user=user, status=Collaborator.Status.ACCEPTED,
+        access=Collaborator.Access.MANAGE).exists()
+
+
+def check_may_manage(*, instance: Instance, by: AbstractBaseUser | None, doing: str) -> None:
+    """Refuse (PermissionDenied, a 403) `doing` to a collaborator who can only use the
+    instance; the system (`by` None) and managers pass."""
+    if by is not None and not may_manage(instance=instance, user=by):
+        raise PermissionDenied(
+            f"You can use {instance.name} but not {doing}: ask its owner, "
+            f"{instance.workspace.owner.get_username()}, or a collaborator who can manage it.")
 
 
 def instance_or_404(*, user: AbstractBaseUser, pk: int) -> Instance:

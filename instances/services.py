@@ -33,7 +33,7 @@ from .models import (
     Instance,
     instance_name_validator,
 )
-from .selectors import launchable_profiles
+from .selectors import check_may_manage, launchable_profiles
 
 log = logging.getLogger(__name__)
 Status = Instance.Status
@@ -184,9 +184,11 @@ def launch_instance(
 def delete_instance(
     *, instance: Instance, by: AbstractBaseUser, ip_address: str | None = None
 ) -> Instance:
-    """Mark the instance for deletion; a worker releases its resources, then it is history."""
+    """Mark the instance for deletion; a worker releases its resources, then it is history.
+    Refused to a collaborator who can only use it."""
     from .tasks import teardown_instance_task
 
+    check_may_manage(instance=instance, by=by, doing="delete it")
     with transaction.atomic():
         lock_workspace(workspace_id=instance.workspace_id)
         changed = _transition(

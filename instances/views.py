@@ -89,7 +89,7 @@ def instance_new(request: HttpRequest) -> HttpResponse:
 
 def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
     instance = selectors.instance_or_404(user=request.user, pk=pk)
-    return render(request, "instances/detail.html", _detail_context(instance))
+    return render(request, "instances/detail.html", _detail_context(request, instance))
 
 
 def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
@@ -101,6 +101,8 @@ def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def instance_delete(request: HttpRequest, pk: int) -> HttpResponse:
     instance = selectors.instance_or_404(user=request.user, pk=pk)
+    # Said before the confirmation too, not after it (the service refuses the POST anyway).
+    selectors.check_may_manage(instance=instance, by=request.user, doing="delete it")
     return deployment_pages.delete(request, instance, services.delete_instance)
 
 
@@ -132,10 +134,11 @@ def instance_keep_running(request: HttpRequest, pk: int) -> HttpResponse:
     return deployment_pages.act(request, instance, services.keep_running, "keep running")
 
 
-# --- collaborators: everyone with access to the instance may manage them -----------------
+# --- collaborators: the owner and those who can manage share it; anyone may leave --------
 
 
-def _detail_context(instance: Instance, form: InviteForm | None = None) -> dict:
+def _detail_context(request: HttpRequest, instance: Instance,
+                    form: InviteForm | None = None) -> dict:
     limits, local_mode = None, ""
     if instance.cluster.backend == Cluster.Backend.LOCAL:
         limits = selectors.allotment(instance)  # the size's figures capped at this machine's
@@ -148,6 +151,7 @@ def _detail_context(instance: Instance, form: InviteForm | None = None) -> dict:
         "reserved": selectors.reserved_by_cluster(instance=instance),
         "collaborators": selectors.collaborators_of(instance=instance),
         "invite_form": form or InviteForm(),
+        "can_manage": selectors.may_manage(instance=instance, user=request.user),
         "collaborator_limit": settings.COLLABORATORS_PER_INSTANCE,
     }
 
@@ -157,7 +161,7 @@ def _back_to_instance(request: HttpRequest, instance: Instance, form: InviteForm
     """After a change, back to the instance page; with a refused form, the page shows it."""
     if form is None:
         return redirect("instances:detail", pk=instance.pk)
-    return render(request, "instances/detail.html", _detail_context(instance, form),
+    return render(request, "instances/detail.html", _detail_context(request, instance, form),
                   status=400)
 
 
@@ -186,7 +190,7 @@ def collaborators(request: HttpRequest, pk: int) -> HttpResponse:
             invitations = invite_collaborator(
                 instance=instance, emails=form.cleaned_data["emails"],
                 by=request.user, base_url=selectors.base_url(request),
-                ip_address=client_ip(request))
+                ip_address=client_ip(request), access=form.cleaned_data["access"])
         except ValidationError as exc:
             form.add_error(None, exc)
         else:

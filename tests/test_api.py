@@ -571,3 +571,23 @@ def test_the_schema_links_a_launched_instance_to_the_calls_that_take_its_id(
     assert alice_api(method.upper(), path).json()["name"] == "chain"
     noted = schema["paths"]["/api/v1/instances/{instance_id}/notebooks"]["post"]["responses"]
     assert set(noted["201"]["links"]) >= {"GetNotebook", "RevealNotebookToken"}
+
+
+def test_a_collaborator_who_can_use_it_is_refused_delete_and_sharing_by_the_api(
+        alice, catalogue):
+    carol = make_user("carol")
+    shared = running_instance(alice, catalogue[1], "shared")
+    alice_api, carol_api = Api(token_for(alice)), Api(token_for(carol))
+    made = alice_api("POST", f"/instances/{shared.pk}/collaborators",
+                     {"emails": [carol.email], "access": "use"})
+    assert made.status_code == 201 and made.json()["sent"][0]["access"] == "use"
+    Collaborator.objects.filter(email=carol.email).update(status="accepted", user=carol)
+
+    assert carol_api("GET", f"/instances/{shared.pk}").status_code == 200
+    refused = problem(carol_api("DELETE", f"/instances/{shared.pk}"), 403)
+    assert refused["detail"].startswith("You can use shared but not delete it")
+    problem(carol_api("POST", f"/instances/{shared.pk}/collaborators",
+                      {"emails": ["eve@example.com"]}), 403)
+    assert Instance.objects.get(pk=shared.pk).status == "running"
+    listed = alice_api("GET", f"/instances/{shared.pk}/collaborators").json()
+    assert [(c["email"], c["access"]) for c in listed] == [(carol.email, "use")]

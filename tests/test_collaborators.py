@@ -33,17 +33,17 @@ def shared(alice, catalogue) -> Instance:
     return services.provision_instance(instance_id=instance.pk)
 
 
-def invite(instance, by, *emails) -> collaborators.Invitations:
+def invite(instance, by, *emails, access="manage") -> collaborators.Invitations:
     return collaborators.invite_collaborator(instance=instance, emails=list(emails), by=by,
-                                        base_url=BASE)
+                                             base_url=BASE, access=access)
 
 
 def link_token(message) -> str:
     return re.search(r"/invitations/([^/\s]+)/", message.body).group(1)
 
 
-def share_with(instance, owner, user) -> Collaborator:
-    invite(instance, owner, user.email)
+def share_with(instance, owner, user, access="manage") -> Collaborator:
+    invite(instance, owner, user.email, access=access)
     return collaborators.accept_invitation(token=link_token(mail.outbox[-1]), user=user,
                                       proven_email=user.email)
 
@@ -296,7 +296,8 @@ def test_a_collaborator_can_remove_collaborators_but_never_the_owner(client, ali
     page = client.get(reverse("instances:detail", args=[shared.pk])).content.decode()
     owner_row = page.split('class="owner"')[1].split("</tr>")[0]
     assert "alice@example.com" in owner_row and "Remove" not in owner_row
-    assert page.count(">Remove</summary>") == 2  # carol's and dan's rows only
+    assert page.count(">Remove</summary>") == 1  # dan's row; carol's own says Leave
+    assert page.count(">Leave</summary>") == 1
     assert "dan@example.com loses access at once" in page  # said before it is done
     # No collaborator id names the owner: every id outside this instance's rows is a 404.
     for pk in (0, 999999):
@@ -307,6 +308,54 @@ def test_a_collaborator_can_remove_collaborators_but_never_the_owner(client, ali
                                args=[shared.pk, dans.pk])).status_code == 302
     assert selectors.instance_for_user(user=dan, pk=shared.pk) is None
     assert selectors.instance_for_user(user=alice, pk=shared.pk) == shared
+
+
+def test_a_collaborator_who_can_use_it_does_all_but_delete_and_share_it(
+        client, alice, carol, shared, catalogue):
+    share_with(shared, alice, carol, access="use")
+    dan = make_user("dan")
+    dans = share_with(shared, alice, dan)
+    client.force_login(carol)
+    page = client.get(reverse("instances:detail", args=[shared.pk])).content.decode()
+    assert "Can use · since" in page and "Can manage · since" in page
+    assert 'name="emails"' not in page and ">Remove</summary>" not in page
+    assert ">Leave</summary>" in page and "You can use it" in page
+
+    # Using: a notebook deployed, stopped and started like anyone else's.
+    minimal = NotebookProfile.objects.get(name="minimal")
+    assert client.post(reverse("notebooks:new"), {"name": "carols-nb", "profile": minimal.pk,
+                                                   "instance": shared.pk}).status_code == 302
+    # Deleting and sharing, forged past the page: refused in words, nothing changed.
+    refusal = "You can use shared-model but not delete it: ask its owner, alice"
+    for response in (client.get(reverse("instances:delete", args=[shared.pk])),
+                     client.post(reverse("instances:delete", args=[shared.pk]))):
+        assert response.status_code == 403 and refusal in response.content.decode()
+    invited = client.post(reverse("instances:collaborators", args=[shared.pk]),
+                          {"emails": "eve@example.com", "access": "manage"})
+    assert invited.status_code == 403 and "but not share it" in invited.content.decode()
+    removed = client.post(reverse("instances:collaborator_remove", args=[shared.pk, dans.pk]))
+    assert removed.status_code == 403
+    shared.refresh_from_db()
+    assert shared.status == Instance.Status.RUNNING
+    assert not Collaborator.objects.filter(email="eve@example.com").exists()
+    assert Collaborator.objects.get(pk=dans.pk).status == "accepted"
+    assert not AuditEvent.objects.filter(actor=carol, action__in=[
+        "instance.deleting", "collaborator.invited", "collaborator.removed"]).exists()
+
+    # Leaving is always theirs.
+    carols = Collaborator.objects.get(user=carol)
+    assert client.post(reverse("instances:collaborator_remove",
+                               args=[shared.pk, carols.pk])).status_code == 302
+    assert selectors.instance_for_user(user=carol, pk=shared.pk) is None
+
+
+def test_guests_get_at_most_what_the_portal_allows_them(client, alice, shared, settings):
+    settings.GUEST_MAX_ACCESS = "use"
+    invite(shared, alice, "olga@partner.example")  # asked to manage
+    client.post(f"/invitations/{link_token(mail.outbox[-1])}/guest/", GUEST_PASSWORD)
+    olga = Collaborator.objects.get(email="olga@partner.example")
+    assert (olga.status, olga.access) == ("accepted", "use")
+    assert client.post(reverse("instances:delete", args=[shared.pk])).status_code == 403
 
 
 def test_removal_ends_access_on_the_next_request_and_renews_notebook_tokens(
