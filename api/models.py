@@ -22,6 +22,7 @@ class ApiToken(BearerToken):
     EXPIRED = "The token has expired; create a new one on the API tokens page."
 
     class Meta(BearerToken.Meta):
+        verbose_name = "API token"
         indexes = [models.Index(fields=["user", "revoked_at"])]
 
     def __str__(self) -> str:

@@ -146,6 +146,7 @@ class GpuAllocation(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = "GPU allocation"
         ordering = ["cluster", "index"]
         constraints = [
             models.UniqueConstraint(fields=["cluster", "index"], name="one_holder_per_gpu_slot"),

@@ -238,3 +238,19 @@ def test_a_profile_saved_in_the_admin_records_what_changed(admin_user, catalogue
     event = AuditEvent.objects.get(action="profile.changed")
     assert event.data["changes"] == {"display_name": ["Small · 1 GPU", "Small, renamed"]}
     assert (event.actor, event.ip_address) == (admin_user, "10.1.2.3")
+
+
+def test_the_admin_home_is_grouped_by_task_and_hides_what_nobody_touches(admin_client):
+    page = admin_client.get("/admin/").content.decode()
+    sections = ["Catalogue", "Workspaces and quotas", "What runs", "Clusters", "Usage",
+                "Access and audit", "Sign-in"]
+    found = [page.find(f">{name}</a>") for name in sections]
+    assert -1 not in found and found == sorted(found), dict(zip(sections, found, strict=True))
+    catalogue = page.split(">Catalogue</a>")[1].split("</table>")[0]
+    assert all(name in catalogue for name in (
+        "Compute profiles", "Notebook profiles", "Service profiles"))
+    assert "GPU allocations" in page and "API tokens" in page
+    assert "Social application tokens" not in page and ">Other</a>" not in page
+    assert 'href="/admin/overview/"' in page
+    # An app's own page still lists its models as Django does.
+    assert "Compute profiles" in admin_client.get("/admin/instances/").content.decode()
