@@ -13,6 +13,7 @@ from clusters.backends import get_backend
 from clusters.backends.kubernetes.credentials import token_claims
 from instances import services
 from instances.models import Instance
+from notebooks import idle
 from notebooks import services as notebook_services
 from notebooks.models import Notebook, NotebookProfile
 
@@ -276,6 +277,9 @@ def test_every_permission_the_documented_roles_grant_is_one_the_portal_uses(
     kube.auto_ready = True
     wait_for(lambda: notebook_services.advance_notebook(notebook_id=notebook.pk).status
              == Notebook.Status.RUNNING, timeout=90)
+    # Idle stop asks its Jupyter through the API server's service proxy (no pod answers
+    # here: the request is what counts).
+    assert idle.read(Instance.objects.get(pk=plain.pk)).unreachable == 1
     services.reconcile_instances()
     notebook_services.reconcile_notebooks()
     kube.delete_object("ResourceQuota", "instance-quota", ns)
