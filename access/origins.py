@@ -39,7 +39,7 @@ from gpupaas import logs
 from instances.selectors import instance_for_user
 from notebooks.models import Service
 
-from .proxy import HOP_BY_HOP, scope_client_ip
+from .proxy import HOP_BY_HOP, TooLarge, read_body, scope_client_ip
 
 log = logging.getLogger("gpupaas.apps")
 LABEL = re.compile(r"s(\d{1,18})-([a-z0-9]{10})")
@@ -218,17 +218,13 @@ class AppsProxy:
 
     async def forward(self, scope: dict[str, Any], receive: Any, send: Any,
                       decision: Decision, headers: dict[str, str]) -> None:
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY:
-                await self.refuse(send, 404)
-                return
-            if not message.get("more_body"):
-                break
+        try:
+            body = await read_body(receive, MAX_BODY)
+        except TooLarge:
+            await self.refuse(send, 404)
+            return
+        if body is None:
+            return
         forward = [(k, v) for k, v in scope["headers"]
                    if k.decode("latin-1").lower() not in HOP_BY_HOP | {"cookie"}]
         others = _without_cookie(headers.get("cookie", ""), COOKIE)

@@ -62,6 +62,25 @@ def _status(code: int, reason: str, message: str) -> bytes:
     }).encode()
 
 
+class TooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Any, limit: int) -> bytes | None:
+    """An ASGI request's whole body; None when the client went away first. TooLarge past
+    `limit` bytes."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise TooLarge
+        if not message.get("more_body"):
+            return bytes(body)
+
+
 def kube_verb(method: str, path: str, query: str) -> str:
     """The Kubernetes verb of a request, as audit logs name it."""
     return request_verb(method, path, dict(parse_qsl(query)))
@@ -270,22 +289,18 @@ class KubeProxy:
         # kubectl; only its "upgrade required" is replaced by why SPDY cannot pass.
         spdy = headers.get("upgrade", "").lower().startswith("spdy/")
 
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY:
-                await self.answer(send, 413, "RequestEntityTooLarge", "Request body too large.")
-                return
-            if not message.get("more_body"):
-                break
+        try:
+            body = await read_body(receive, MAX_BODY)
+        except TooLarge:
+            await self.answer(send, 413, "RequestEntityTooLarge", "Request body too large.")
+            return
+        if body is None:
+            return
 
         forward = self.forward_headers(headers, decision)
         url = decision.upstream.base_url + path + (f"?{query}" if query else "")
         request = self.client_for(decision).build_request(
-            method, url, headers=forward, content=bytes(body)
+            method, url, headers=forward, content=body
         )
         state = {"status": 0, "started": False, "spdy": spdy}
         streaming = asyncio.ensure_future(self.relay(request, decision, send, state))

@@ -64,3 +64,23 @@ def test_with_after_the_write_happens_but_its_answer_is_lost(kube, portal_core):
             "app.kubernetes.io/managed-by": "gpupaas"}}})
     kube.faults = None
     assert kube.get("Namespace", "lost-answer") is not None
+
+
+def test_a_request_body_is_read_whole_refused_past_the_limit_and_dropped_on_disconnect():
+    import asyncio
+
+    from access.proxy import TooLarge, read_body
+
+    def receiving(*messages):
+        queue = list(messages)
+
+        async def receive():
+            return queue.pop(0)
+        return receive
+
+    chunk = {"type": "http.request", "body": b"12345", "more_body": True}
+    last = {"type": "http.request", "body": b"6", "more_body": False}
+    assert asyncio.run(read_body(receiving(chunk, last), 6)) == b"123456"
+    with pytest.raises(TooLarge):
+        asyncio.run(read_body(receiving(chunk, chunk), 6))
+    assert asyncio.run(read_body(receiving(chunk, {"type": "http.disconnect"}), 6)) is None
