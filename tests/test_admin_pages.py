@@ -252,5 +252,6 @@ def test_the_admin_home_is_grouped_by_task_and_hides_what_nobody_touches(admin_c
     assert "GPU allocations" in page and "API tokens" in page
     assert "Social application tokens" not in page and ">Other</a>" not in page
     assert 'href="/admin/overview/"' in page
+    assert "/static/css/admin.css" in page  # the portal's colours and type
     # An app's own page still lists its models as Django does.
     assert "Compute profiles" in admin_client.get("/admin/instances/").content.decode()
