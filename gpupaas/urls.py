@@ -5,7 +5,7 @@ from django.urls import include, path
 from api.main import urls as api_urls
 from notebooks.urls import service_urlpatterns
 from portal.invitations import invitation, invitation_guest
-from portal.views import admin_overview, email_managed, login, social_signup
+from portal.views import admin_overview, email_managed, guest_login, login, social_signup
 
 admin.site.site_header = f"{settings.SITE_NAME} administration"
 admin.site.site_title = settings.SITE_NAME
@@ -22,6 +22,7 @@ urlpatterns = [
     path("api-tokens/", include("api.urls")),
     # Before allauth's own: sign-in goes to the identity provider when one is configured.
     path("accounts/login/", login, name="account_login"),
+    path("accounts/guest/", guest_login, name="guest_login"),
     path("accounts/email/", email_managed, name="account_email"),
     path("accounts/social/signup/", social_signup, name="socialaccount_signup"),
     path("accounts/", include("allauth.urls")),

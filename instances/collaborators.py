@@ -141,6 +141,8 @@ def _send_invitation(collaborator: Collaborator, token: str, base_url: str) -> b
         "link": link,
         "expires_at": collaborator.expires_at,
         "site_name": settings.SITE_NAME,
+        "manage": collaborator.access == Collaborator.Access.MANAGE,
+        "guest_sign_in": f"{base_url.rstrip('/')}{reverse('guest_login')}",
     }
     subject = render_to_string("instances/email/invitation_subject.txt", context).strip()
     body = render_to_string("instances/email/invitation.txt", context)

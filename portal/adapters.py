@@ -15,6 +15,11 @@ class AccountAdapter(DefaultAccountAdapter):
         from .sso import sso_app
 
         user = super().authenticate(request, **credentials)
+        if getattr(request, "guest_sign_in", False) and user is not None and not hasattr(
+                user, "guest_account"):
+            raise forms.ValidationError(
+                "This page is for guests (people invited from outside the company). Use "
+                "your company sign-in instead.")
         if (user is not None and not user.is_staff and not hasattr(user, "guest_account")
                 and sso_app(request) is not None):
             # With an IdP, passwords are the administrators' break-glass path, and the way

@@ -93,12 +93,21 @@ def ping(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/ping.html")
 
 
+# Set in a browser a guest signed in from: its next sign-in offers the guests' page first,
+# not the identity provider, where guests have no account. It holds no secret.
+GUEST_HINT = "gpupaas_guest"
+
+
 @login_not_required
 def login(request: HttpRequest) -> HttpResponse:
     """With an identity provider, signing in means going there (and coming back to the page
-    asked for); `?local` is the administrators' break-glass password form."""
+    asked for); `?local` is the administrators' break-glass password form. A browser a guest
+    signed in from goes to the guests' page (`?sso` goes to the IdP all the same)."""
     app = sso_app(request)
     wants_password = "local" in request.GET or request.method == "POST"
+    if (app is not None and not wants_password and "sso" not in request.GET
+            and request.COOKIES.get(GUEST_HINT)):
+        return redirect(f"{reverse('guest_login')}?{request.GET.urlencode()}")
     if app is not None and not wants_password:
         next_url = request.GET.get("next", "")
         if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
@@ -108,6 +117,19 @@ def login(request: HttpRequest) -> HttpResponse:
     if app is not None and not settings.PASSWORD_LOGIN_ENABLED:
         return render(request, "portal/password_login_off.html", {"sso": app}, status=403)
     return LoginView.as_view()(request)
+
+
+@login_not_required
+def guest_login(request: HttpRequest) -> HttpResponse:
+    """Guests (people outside the identity provider, with a password from an invitation)
+    sign in here, with their second factor if they set one, whatever PASSWORD_LOGIN_ENABLED
+    says of other passwords: they have no other way in. Anyone else is refused here."""
+    request.guest_sign_in = True  # portal.adapters lets guests alone through
+    response = LoginView.as_view(template_name="account/guest_login.html")(request)
+    if request.method == "POST" and response.status_code == 302:
+        response.set_cookie(GUEST_HINT, "1", max_age=400 * 86400, httponly=True,
+                            samesite="Lax", secure=settings.SESSION_COOKIE_SECURE)
+    return response
 
 
 @require_http_methods(["GET", "POST"])

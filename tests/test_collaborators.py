@@ -590,6 +590,47 @@ def test_a_guest_signs_in_again_with_a_password_and_a_second_factor(client, alic
 # --- the edges a hostile or unlucky user meets -----------------------------------------
 
 
+def test_guests_have_a_sign_in_of_their_own_that_the_browser_remembers(
+        client, alice, shared, settings):
+    from allauth.socialaccount.models import SocialApp
+
+    invite(shared, alice, "olga@partner.example")
+    message = mail.outbox[0].body
+    assert "Guests sign in again later at:\n\n  http://portal.test/accounts/guest/" in message
+    client.post(f"/invitations/{link_token(mail.outbox[0])}/guest/", GUEST_PASSWORD)
+    # Single sign-on on, password sign-in off for everyone else: guests still get in.
+    SocialApp.objects.create(provider="openid_connect", provider_id="sso", name="Company SSO",
+                             client_id="portal", secret="x",
+                             settings={"server_url": "http://127.0.0.1:9"})
+    settings.PASSWORD_LOGIN_ENABLED = False
+    client.logout()
+    assert 'href="/accounts/guest/">Guest sign-in' in client.get("/signed-out/").content.decode()
+    assert client.get("/accounts/login/?local").status_code == 403
+    page = client.get("/accounts/guest/").content.decode()
+    assert "Guest sign-in" in page and "Sign in with Company SSO" in page
+    signed_in = client.post("/accounts/guest/", {
+        "login": "olga@partner.example", "password": GUEST_PASSWORD["password1"]})
+    assert signed_in.status_code == 302 and signed_in.cookies["gpupaas_guest"].value == "1"
+    assert client.get(reverse("instances:detail", args=[shared.pk])).status_code == 200
+
+    # Signed out, that browser's sign-in goes to the guests' page, not the IdP.
+    client.post(reverse("account_logout"))
+    assert "_auth_user_id" not in client.session
+    assert client.get("/accounts/login/?next=/instances/")["Location"] == (
+        "/accounts/guest/?next=%2Finstances%2F")
+    idp = reverse("openid_connect_login", kwargs={"provider_id": "sso"})
+    assert client.get("/accounts/login/?sso")["Location"].startswith(idp)
+
+    # Anyone else is refused there, with the way in they do have.
+    alice.set_password("alices-password-1")
+    alice.save()
+    refused = client.post("/accounts/guest/", {"login": alice.username,
+                                               "password": "alices-password-1"})
+    assert refused.status_code == 200
+    assert "This page is for guests" in refused.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
 def test_a_removed_collaborator_cannot_come_back_through_an_invitation_they_sent(
     client, alice, carol, shared
 ):

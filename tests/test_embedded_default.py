@@ -156,6 +156,9 @@ def test_runportal_as_root_serves_a_working_sandbox_shell(embedded_env):
         s.get(base + "/accounts/login/")
         instance_url = launch_and_wait(s, base)
         instance_id = instance_url.rstrip("/").rsplit("/", 1)[-1]
+        # Why the worker is root, said once in the portal's words, not Celery's warning.
+        assert any("The worker runs as root" in line for line in output), "".join(output)
+        assert not any("superuser privileges" in line for line in output), "".join(output)
         cookie = "; ".join(f"{k}={v}" for k, v in s.cookies.items())
         with connect(f"ws://127.0.0.1:{embedded_env['PORT']}/access/instances/{instance_id}"
                      "/shell/socket/", additional_headers={"Cookie": cookie, "Origin": base},

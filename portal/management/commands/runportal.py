@@ -118,6 +118,15 @@ class Command(BaseCommand):
             os.umask(0o077)  # what the portal writes (database, broker) is for it alone
         # Readable lines here, not production's JSON; each process keeps its metrics apart.
         env = {**os.environ, "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text")}
+        if os.geteuid() == 0:
+            # The worker starts each workspace's servers as that workspace's own OS user,
+            # which takes root; it accepts JSON only (never pickle), so Celery's warning
+            # against root, meant for pickle, is said once here in the portal's words.
+            env["PYTHONWARNINGS"] = ",".join(filter(None, [
+                env.get("PYTHONWARNINGS"),
+                "ignore:You're running the worker with superuser privileges"]))
+            self.stdout.write("  The worker runs as root: it starts each workspace's notebooks "
+                              "as that workspace's own OS user (tasks are JSON, never pickle).")
         procs: dict[str, subprocess.Popen] = {}
         signals = Signals()
         try:
