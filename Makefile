@@ -50,8 +50,7 @@ bench: $(VENV)/.installed-test
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_launch,$(DATABASE_URL)) \
 		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/launch.py
 	$(BIN)/python bench/chaos.py  # its own PostgreSQL and Redis; 10 minutes of faults
-	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_peers,$(DATABASE_URL)) \
-		CELERY_BROKER_URL=redis://127.0.0.1:6379/12 $(BIN)/python bench/peers.py
+	$(BIN)/python bench/peers.py  # JupyterHub beside us; needs npm and the package index
 	$(BIN)/python bench/coldstart.py  # fresh clones; needs the package index
 
 # Needs the envtest binaries and the upstream CRDs (Flux, Cluster API, CAAPH):

@@ -307,6 +307,9 @@ if CELERY_BROKER_URL == "filesystem://":
         # Its exchange tables; kombu's default is ./control, in whatever folder it started.
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # How often web, worker and beat look for messages: kombu's 1 s is up to a second
+        # before a worker even sees a deploy.
+        "polling_interval": 0.1,
     }
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "gpupaas")
 CELERY_TASK_IGNORE_RESULT = True

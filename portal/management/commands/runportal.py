@@ -41,6 +41,10 @@ class Signals:
 
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+WORKER_CONCURRENCY = int(os.environ.get("WORKER_CONCURRENCY", "8"))
+# Each worker thread keeps its database connection for its task: a pool of as many.
+WORKER_ENV = {"DATABASE_POOL_SIZE": str(max(WORKER_CONCURRENCY, int(
+    os.environ.get("DATABASE_POOL_SIZE", "10"))))}
 
 
 def _die_with_parent() -> None:
@@ -98,7 +102,10 @@ class Command(BaseCommand):
                 "gpupaas.asgi:application", "--bind", f"{host}:{port}",
                 "--workers", os.environ.get("WEB_CONCURRENCY", "2"), *tls,
             ],
-            "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"],
+            # Threads: a worker that starts a notebook waits on it (FAST_POLL_S) without using
+            # the CPU, so a class starting at once does not queue behind two processes.
+            "worker": [*celery, "worker", "--loglevel", "INFO", "--pool", "threads",
+                       "--concurrency", str(WORKER_CONCURRENCY)],
             "beat": [
                 *celery, "beat", "--loglevel", "INFO",
                 "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
@@ -136,7 +143,7 @@ class Command(BaseCommand):
                 signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
                 try:
                     procs[name] = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env={
-                        **env,
+                        **env, **(WORKER_ENV if name == "worker" else {}),
                         "PROMETHEUS_MULTIPROC_DIR": str(settings.VAR_DIR / "metrics" / name)})
                 finally:
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
