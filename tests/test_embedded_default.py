@@ -69,7 +69,7 @@ def start_portal(env: dict[str, str], *, terminal: bool = False
     assert f"is running at {base}" in banner
     mail_dir = os.path.join(env["VAR_DIR"], "mail")
     assert f"Mail (invitations) is written to {mail_dir}" in banner
-    output: list[str] = []
+    output: list[str] = banner.splitlines(keepends=True)
     threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")),
                      daemon=True).start()
 
