@@ -136,7 +136,8 @@ def list_instances(
 ) -> dict:
     """Instances you own or collaborate on, newest first, a page at a time."""
     instances = (selectors.listable_instances(user=request.user, scope=scope)
-                 .select_related("profile", "workspace__owner").order_by("-created_at", "-id"))
+                 .select_related("profile", "cluster", "workspace__owner")
+                 .order_by("-created_at", "-id"))
     instances = (instances.filter(status=status) if status
                  else instances.exclude(status=Status_.DELETED))
     if name:

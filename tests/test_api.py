@@ -22,7 +22,7 @@ from notebooks.models import Notebook, NotebookProfile, Service, ServiceProfile
 from workspaces.models import AuditEvent
 from workspaces.tokens import hash_token
 
-from .conftest import make_user, running_instance
+from .conftest import make_user, running_instance, workspace_of
 from .kube_fixtures import launch, provision
 
 PROBLEM = "application/problem+json"
@@ -591,3 +591,28 @@ def test_a_collaborator_who_can_use_it_is_refused_delete_and_sharing_by_the_api(
     assert Instance.objects.get(pk=shared.pk).status == "running"
     listed = alice_api("GET", f"/instances/{shared.pk}/collaborators").json()
     assert [(c["email"], c["access"]) for c in listed] == [(carol.email, "use")]
+
+
+def test_the_instance_list_asks_the_database_as_often_for_many_rows_as_for_one(
+        alice, catalogue, settings):
+    """What each row gets (allotment: its cluster) is read with the rows, not per row."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from instances import services
+
+    settings.API_RATE_LIMIT = ""
+    api = Api(token_for(alice))
+    workspace = workspace_of(alice)
+    workspace.max_instances, workspace.max_gpus = 50, 50
+    workspace.save()
+    services.launch_instance(workspace=workspace, name="one", profile=catalogue[1], by=alice)
+    api("GET", "/instances")  # the token's first use writes its last-use time
+    with CaptureQueriesContext(connection) as one:
+        assert len(api("GET", "/instances").json()["items"]) == 1
+    for n in range(12):
+        services.launch_instance(workspace=workspace, name=f"more-{n}", profile=catalogue[1],
+                                 by=alice)
+    with CaptureQueriesContext(connection) as many:
+        assert len(api("GET", "/instances").json()["items"]) == 13
+    assert len(many) == len(one), [q["sql"][:80] for q in many.captured_queries]
