@@ -95,7 +95,9 @@ def instance_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
     """The live part of the detail page; the page includes the same partial."""
     instance = selectors.instance_or_404(user=request.user, pk=pk)
-    return render(request, "instances/partials/status.html", {"row": instance})
+    return render(request, "instances/partials/status.html", {
+        "row": instance,
+        "may_delete": selectors.may_manage(instance=instance, user=request.user)})
 
 
 @require_http_methods(["GET", "POST"])
@@ -151,7 +153,8 @@ def _detail_context(request: HttpRequest, instance: Instance,
         "reserved": selectors.reserved_by_cluster(instance=instance),
         "collaborators": selectors.collaborators_of(instance=instance),
         "invite_form": form or InviteForm(),
-        "can_manage": selectors.may_manage(instance=instance, user=request.user),
+        "can_manage": (manages := selectors.may_manage(instance=instance, user=request.user)),
+        "may_delete": manages,
         "collaborator_limit": settings.COLLABORATORS_PER_INSTANCE,
     }
 

@@ -319,6 +319,9 @@ def test_a_collaborator_who_can_use_it_does_all_but_delete_and_share_it(
     page = client.get(reverse("instances:detail", args=[shared.pk])).content.decode()
     assert "Can use · since" in page and "Can manage · since" in page
     assert 'name="emails"' not in page and ">Remove</summary>" not in page
+    assert f'href="/instances/{shared.pk}/delete/"' not in page  # no Delete offered
+    status = client.get(reverse("instances:status", args=[shared.pk])).content.decode()
+    assert "delete/" not in status
     assert ">Leave</summary>" in page and "You can use it" in page
 
     # Using: a notebook deployed, stopped and started like anyone else's.

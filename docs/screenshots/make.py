@@ -79,6 +79,20 @@ def seed() -> dict[str, int]:
     carol, carol_ws = user("carol")
     launch(carol, carol_ws, "carol-vision", 1)
 
+    # Sharing: bob may use train-llama (not delete or share it); dana is invited to manage.
+    from django.conf import settings
+    from django.core import mail
+
+    from instances.collaborators import accept_invitation, invite_collaborator
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"  # read back here
+    invite_collaborator(instance=train, emails=["bob@example.com"], by=alice,
+                        base_url="http://portal.example", access="use")
+    token = mail.outbox[-1].body.split("/invitations/")[1].split("/")[0]
+    accept_invitation(token=token, user=bob, proven_email="bob@example.com")
+    invite_collaborator(instance=train, emails=["dana@partner.example"], by=alice,
+                        base_url="http://portal.example")
+
     profile = NotebookProfile.objects.get(name="minimal")
     notebook = notebooks.deploy_notebook(
         instance=train, name="explore-data", profile=profile, description="", cpu=None,
@@ -98,14 +112,16 @@ def shoot(url: str, ids: dict[str, int]) -> None:
         ("landing", "alice", "/"),
         ("wizard", "alice", "/instances/new/"),
         ("instance", "alice", f"/instances/{ids['instance']}/"),
+        ("shared", "bob", f"/instances/{ids['instance']}/"),
         ("notebooks", "alice", "/notebooks/"),
         ("overview", "admin", "/admin/overview/"),
+        ("admin", "admin", "/admin/"),
     ]
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         for label, (width, height) in WIDTHS.items():
-            for who in ("alice", "admin"):
+            for who in ("alice", "bob", "admin"):
                 context = browser.new_context(viewport={"width": width, "height": height})
                 page = context.new_page()
                 page.goto(f"{url}/accounts/login/?local")
