@@ -6,9 +6,6 @@ GPU with no one at a kernel keeps the instance; an idle one is warned, then stop
 Prometheus that does not answer never gets anyone stopped."""
 
 import datetime
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -19,6 +16,7 @@ from instances import services
 from instances.models import Instance
 
 from .kit import kubeemu
+from .kit.jsonhttp import serve_json
 from .kit.prometheus import FakePrometheus
 from .kube_fixtures import deploy_notebook, namespace_of
 from .test_idle_stop import check, idle_since
@@ -33,34 +31,18 @@ class Jupyter:
     def __init__(self, token: str) -> None:
         self.token, self.asked, self.busy = token, [], False
         self.last_activity = (timezone.now() - datetime.timedelta(hours=3)).isoformat()
-        jupyter = self
+        self.server, self.url = serve_json(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                jupyter.asked.append(self.path)
-                if parse_qs(url.query).get("token") != [jupyter.token]:
-                    body, code = {"message": "Forbidden"}, 403
-                elif url.path == "/api/status":
-                    body, code = {"last_activity": jupyter.last_activity}, 200
-                elif url.path == "/api/kernels":
-                    body, code = [{"id": "k1", "execution_state":
-                                   "busy" if jupyter.busy else "idle"}], 200
-                else:
-                    body, code = {"message": "Not Found"}, 404
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, path: str) -> tuple[int, object]:
+        url = urlsplit(path)
+        self.asked.append(path)
+        if parse_qs(url.query).get("token") != [self.token]:
+            return 403, {"message": "Forbidden"}
+        if url.path == "/api/status":
+            return 200, {"last_activity": self.last_activity}
+        if url.path == "/api/kernels":
+            return 200, [{"id": "k1", "execution_state": "busy" if self.busy else "idle"}]
+        return 404, {"message": "Not Found"}
 
 
 @pytest.fixture

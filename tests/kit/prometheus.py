@@ -11,13 +11,12 @@ answer format. Anything else is refused as Prometheus refuses a query it cannot 
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from .jsonhttp import serve_json
 
 _SELECTOR = re.compile(r'^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(\{(?P<labels>[^}]*)\})?$')
 _MATCHER = re.compile(r'^\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)="(?P<value>[^"]*)"\s*$')
@@ -35,35 +34,19 @@ class FakePrometheus:
     def __init__(self) -> None:
         self.series: list[Series] = []  # what the exporters report now (labels, value)
         self.queries: list[str] = []
-        fake = self
+        self._server, self.url = serve_json(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                query = (parse_qs(url.query).get("query") or [""])[0]
-                if url.path != "/api/v1/query":
-                    code, body = 404, {"status": "error", "error": "not found"}
-                else:
-                    fake.queries.append(query)
-                    try:
-                        code, body = 200, {"status": "success", "data": {
-                            "resultType": "vector", "result": fake.evaluate(query)}}
-                    except BadQuery as exc:
-                        code, body = 400, {"status": "error", "errorType": "bad_data",
-                                           "error": str(exc)}
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    def _answer(self, path: str) -> tuple[int, Any]:
+        url = urlsplit(path)
+        if url.path != "/api/v1/query":
+            return 404, {"status": "error", "error": "not found"}
+        query = (parse_qs(url.query).get("query") or [""])[0]
+        self.queries.append(query)
+        try:
+            return 200, {"status": "success", "data": {"resultType": "vector",
+                                                       "result": self.evaluate(query)}}
+        except BadQuery as exc:
+            return 400, {"status": "error", "errorType": "bad_data", "error": str(exc)}
 
     def close(self) -> None:
         self._server.shutdown()
