@@ -97,7 +97,7 @@ def instance_status(request: HttpRequest, pk: int) -> HttpResponse:
     instance = selectors.instance_or_404(user=request.user, pk=pk)
     return render(request, "instances/partials/status.html", {
         "row": instance,
-        "may_delete": selectors.may_manage(instance=instance, user=request.user)})
+        "can_manage": selectors.may_manage(instance=instance, user=request.user)})
 
 
 @require_http_methods(["GET", "POST"])
@@ -153,8 +153,7 @@ def _detail_context(request: HttpRequest, instance: Instance,
         "reserved": selectors.reserved_by_cluster(instance=instance),
         "collaborators": selectors.collaborators_of(instance=instance),
         "invite_form": form or InviteForm(),
-        "can_manage": (manages := selectors.may_manage(instance=instance, user=request.user)),
-        "may_delete": manages,
+        "can_manage": selectors.may_manage(instance=instance, user=request.user),
         "collaborator_limit": settings.COLLABORATORS_PER_INSTANCE,
     }
 
