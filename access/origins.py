@@ -13,8 +13,13 @@ the access check) leaves a one-time ticket in the cache and sends the browser to
 service, this user and their portal session. Every request is then decided afresh, at most
 APPS_DECISION_CACHE_S old: the portal session still there, the service running, the user
 still the instance's owner or collaborator. Logging out of the portal, or losing access,
-ends it. The service itself is reached through its relay's Unix socket
-(clusters/backends/local/services.py): nothing else on the machine reaches it."""
+ends it. A local service is reached through its relay's Unix socket
+(clusters/backends/local/services.py): nothing else on the machine reaches it. One on
+Kubernetes is reached through the API server's service proxy, with the instance's own
+credential (`services.instance_upstream`): the request's path goes after the proxy's
+(`/api/v1/namespaces/<ns>/services/<name>:<port>/proxy`), unless it already starts with it,
+since the API server rewrites the links of the HTML it passes back to point there
+(apimachinery's util/proxy Transport)."""
 
 import logging
 import random
@@ -34,12 +39,16 @@ from django.core.cache import cache
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
-from clusters.backends import get_backend
+from clusters.backends import BackendError, get_backend
+from clusters.backends.kubernetes.upstream import Upstream
+from clusters.models import Cluster
 from gpupaas import logs
 from instances.selectors import instance_for_user
 from notebooks.models import Service
+from notebooks.services import service_spec
 
 from .proxy import HOP_BY_HOP, TooLarge, read_body, scope_client_ip
+from .services import instance_upstream
 
 log = logging.getLogger("gpupaas.apps")
 LABEL = re.compile(r"s(\d{1,18})-([a-z0-9]{10})")
@@ -98,7 +107,12 @@ def open_url(*, service: Service, request: HttpRequest, next_path: str = "/") ->
 class Decision:
     allowed: bool
     user_id: int | None = None
-    socket: str = ""
+    socket: str = ""  # a local service's relay
+    # A service on Kubernetes: the API server (its connection pool's key) and the service
+    # proxy's path there.
+    upstream: Upstream | None = None
+    upstream_key: str = ""
+    prefix: str = ""
     why: int = 404  # the status of a refusal
 
 
@@ -112,7 +126,8 @@ def decide(service_id: int, suffix: str, app_session: dict[str, Any] | None) -> 
     if not app_session or app_session.get("service") != service_id:
         return Decision(False, why=401)
     service = (Service.objects.filter(pk=service_id, host_suffix=suffix)
-               .select_related("instance__cluster").first())
+               .select_related("instance__cluster", "instance__workspace__owner",
+                               "instance__profile", "profile").first())
     if service is None:
         return Decision(False)
     portal = _session_store(app_session["session"] or "")
@@ -124,8 +139,16 @@ def decide(service_id: int, suffix: str, app_session: dict[str, Any] | None) -> 
     if service.status != Service.Status.RUNNING:
         return Decision(False, user.pk, why=503)
     backend = get_backend(service.instance.cluster)
-    socket = backend.service_socket(instance_key=service.instance.key, key=service.key)
-    return Decision(True, user.pk, socket=str(socket))
+    if service.instance.cluster.backend == Cluster.Backend.LOCAL:
+        socket = backend.service_socket(instance_key=service.instance.key, key=service.key)
+        return Decision(True, user.pk, socket=str(socket))
+    try:
+        key, upstream = instance_upstream(service.instance)
+        prefix = backend.service_proxy_path(service_spec(service))
+    except BackendError as exc:
+        log.warning("service %s cannot be reached: %s", service.key, exc.detail)
+        return Decision(False, user.pk, why=503)
+    return Decision(True, user.pk, upstream=upstream, upstream_key=key, prefix=prefix)
 
 
 class AppsProxy:
@@ -135,13 +158,18 @@ class AppsProxy:
         # APPS_DECISION_CACHE_S.
         self.decisions: dict[tuple[str, int], tuple[float, Decision]] = {}
 
-    def client_for(self, socket: str) -> httpx.AsyncClient:
-        client = self.clients.get(socket)
+    def client_for(self, decision: Decision) -> httpx.AsyncClient:
+        key = decision.socket or decision.upstream_key
+        client = self.clients.get(key)
         if client is None:
-            client = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=socket),
-                timeout=httpx.Timeout(connect=10, read=None, write=60, pool=10))
-            self.clients[socket] = client
+            timeout = httpx.Timeout(connect=10, read=None, write=60, pool=10)
+            if decision.upstream is not None:
+                client = httpx.AsyncClient(verify=decision.upstream.ssl_context or False,
+                                           timeout=timeout)
+            else:
+                client = httpx.AsyncClient(
+                    transport=httpx.AsyncHTTPTransport(uds=decision.socket), timeout=timeout)
+            self.clients[key] = client
         return client
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -225,19 +253,29 @@ class AppsProxy:
             return
         if body is None:
             return
+        # Never the portal's cookie, nor a credential meant for the portal.
         forward = [(k, v) for k, v in scope["headers"]
-                   if k.decode("latin-1").lower() not in HOP_BY_HOP | {"cookie"}]
+                   if k.decode("latin-1").lower() not in HOP_BY_HOP | {"cookie",
+                                                                      "authorization"}]
         others = _without_cookie(headers.get("cookie", ""), COOKIE)
         if others:
             forward.append((b"cookie", others.encode("latin-1")))
-        # Apps check their Host against loopback names (MLflow refuses others).
-        forward += [(b"host", b"localhost"),
-                    (b"x-forwarded-host", headers.get("host", "").encode("latin-1")),
+        forward += [(b"x-forwarded-host", headers.get("host", "").encode("latin-1")),
                     (b"x-forwarded-proto", scope.get("scheme", "http").encode())]
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         query = scope.get("query_string", b"").decode("latin-1")
-        url = "http://localhost" + raw_path + (f"?{query}" if query else "")
-        client = self.client_for(decision.socket)
+        query = f"?{query}" if query else ""
+        if decision.upstream is not None:
+            prefix = decision.prefix
+            path = raw_path if raw_path.startswith(prefix + "/") else prefix + raw_path
+            url = decision.upstream.base_url + path + query
+            forward += [(k.lower().encode(), v.encode("latin-1"))
+                        for k, v in decision.upstream.headers.items()]
+        else:
+            # Apps check their Host against loopback names (MLflow refuses others).
+            forward.append((b"host", b"localhost"))
+            url = "http://localhost" + raw_path + query
+        client = self.client_for(decision)
         try:
             request = client.build_request(scope["method"], url, headers=forward,
                                            content=bytes(body))

@@ -3,7 +3,7 @@ import string
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxLengthValidator
+from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
@@ -193,6 +193,7 @@ class ServiceProfile(LocalEnvironment):
 
     class Exposure(models.TextChoices):
         BROWSER = "browser", "A browser app"
+        API = "api", "An HTTP API for programs"
 
     class Icon(models.TextChoices):
         CHART = "chart", "Chart"
@@ -225,6 +226,35 @@ class ServiceProfile(LocalEnvironment):
         "network: nothing else reaches it), with {home} the instance's sandbox and {work} "
         "its work folder. Empty: it cannot run on the local machine.",
     )
+    # Kubernetes: a Helm chart Flux installs into the instance (or into its inner cluster).
+    chart_repository = models.CharField(
+        "Helm repository (Kubernetes)", max_length=300, blank=True,
+        help_text="Kubernetes: the https:// Helm repository or oci:// registry of its chart. "
+        "Empty: it cannot run on Kubernetes clusters.")
+    chart = models.CharField("chart", max_length=100, blank=True)
+    chart_version = models.CharField("chart version", max_length=60, blank=True)
+    values_template = models.TextField(
+        "values template", blank=True,
+        help_text="Kubernetes: the chart's values, as YAML, with placeholders Flux-style: "
+        "${release}, ${name}, ${gpus}, ${gpu_model}, ${model}, ${cpu}, ${memory}, "
+        "${resources}, ${node_selector}, ${tolerations}, ${storage_claim}, ${base_path}. "
+        "The chart's own schema, when it has one, is checked by Helm at install; a refusal "
+        "shows on the service in Flux's words.")
+    service_name = models.CharField(
+        "its Service", max_length=63, default="${release}",
+        help_text="Kubernetes: the Service the chart makes, which the portal proxies to "
+        "(placeholders allowed).")
+    service_port = models.PositiveIntegerField(
+        "its Service's port", default=80,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    storage_gib = models.PositiveIntegerField(
+        "volume (GiB)", default=10,
+        help_text="Kubernetes: its own volume claim (${storage_claim}), kept while it is "
+        "stopped and removed with it; 0: none.")
+    model_names = models.TextField(
+        "models", blank=True,
+        help_text="The models users choose from when they deploy it, one a line (${model}); "
+        "empty: none to choose.")
 
     class Meta:
         ordering = ["sort_order", "display_name"]
@@ -232,7 +262,12 @@ class ServiceProfile(LocalEnvironment):
     def __str__(self) -> str:
         return self.display_name
 
+    @property
+    def model_choices(self) -> list[str]:
+        return [line.strip() for line in self.model_names.splitlines() if line.strip()]
+
     def clean(self) -> None:
+        from clusters.backends.kubernetes.charts import check_template, placeholders
         from clusters.backends.local.services import command_line
 
         super().clean()
@@ -244,6 +279,23 @@ class ServiceProfile(LocalEnvironment):
                 errors["local_command"] = f"Not a usable command: {exc}"
         if self.default_gpus > self.max_gpus:
             errors["default_gpus"] = "More than the most GPUs it may have."
+        chart = {"chart_repository": self.chart_repository, "chart": self.chart,
+                 "chart_version": self.chart_version}
+        if any(chart.values()):
+            errors.update({k: "Needed with a Helm chart." for k, v in chart.items() if not v})
+            if self.chart_repository and not self.chart_repository.startswith(
+                    ("https://", "oci://")):
+                errors["chart_repository"] = "An https:// repository or an oci:// registry."
+        try:
+            check_template(self.values_template)
+        except ValueError as exc:
+            errors["values_template"] = f"Not a usable template: {exc}."
+        try:
+            check_template(self.service_name, mapping=False)
+        except ValueError as exc:
+            errors["service_name"] = f"Not a usable name: {exc}."
+        if "model" in placeholders(self.values_template) and not self.model_choices:
+            errors["model_names"] = "The values template uses ${model}: list at least one."
         if errors:
             raise ValidationError(errors)
 
@@ -281,6 +333,8 @@ class Service(Deployment):
     step = models.CharField(max_length=20, choices=Step.choices, blank=True)
     # Part of its origin (s<id>-<suffix>.<APPS_DOMAIN>): nobody can claim it in advance.
     host_suffix = models.CharField(max_length=10, default=new_host_suffix, editable=False)
+    model = models.CharField(max_length=200, blank=True,
+                             help_text="The model chosen from its profile's list.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -311,8 +365,12 @@ class Service(Deployment):
 
     @property
     def steps(self) -> list[tuple[str, str]]:
-        order = [value for value, _ in self.Step.choices]
+        # On Kubernetes its chart is installed by Flux: there is no environment to prepare.
+        steps = [(value, label) for value, label in self.Step.choices
+                 if value != self.Step.PREPARING
+                 or self.instance.cluster.backend == "local"]
+        order = [value for value, _ in steps]
         reached = len(order) if self.status == self.Status.RUNNING else (
             order.index(self.step) if self.step in order else -1)
         return [(label, "done" if i < reached else "current" if i == reached else "todo")
-                for i, (_, label) in enumerate(self.Step.choices)]
+                for i, (_, label) in enumerate(steps)]

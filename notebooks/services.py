@@ -133,6 +133,7 @@ def deploy_service(
     cpu: Decimal | None = None,
     memory_gib: int | None = None,
     gpus: int | None = None,
+    model: str = "",
     ip_address: str | None = None,
 ) -> Service:
     """Record a catalogue service on a running instance and hand it to a worker; refuses as
@@ -144,6 +145,12 @@ def deploy_service(
     if gpus is not None and gpus > profile.max_gpus:
         raise ValidationError({"gpus": f"{profile.display_name} takes at most "
                                        f"{gpus_phrase(profile.max_gpus)}."})
+    choices = profile.model_choices
+    if choices and not model:
+        model = choices[0]
+    if model and model not in choices:
+        raise ValidationError({"model": f"{profile.display_name} serves one of: "
+                                        f"{', '.join(choices) or 'no model to choose'}."})
     with transaction.atomic():
         if not profile.published:
             raise ValidationError({"profile": "This service is not available."})
@@ -163,7 +170,8 @@ def deploy_service(
                 service = Service.objects.create(
                     instance=instance, name=name, description=description, profile=profile,
                     created_by=by, cpu=cpu, memory_gib=memory_gib, gpus=gpus,
-                    gpu_indices=slots, status_message="Waiting for a worker to start it.")
+                    gpu_indices=slots, model=model,
+                    status_message="Waiting for a worker to start it.")
         except IntegrityError as exc:
             raise ValidationError(
                 {"name": f"{instance.name} already has a service named {name}."}) from exc
@@ -177,8 +185,7 @@ def deploy_service(
 def service_problem(profile: ServiceProfile, cluster: Cluster) -> str:
     """Why the service cannot run on the cluster ("" when it can)."""
     if cluster.backend != Cluster.Backend.LOCAL:
-        return ("catalogue services run on the local machine for now; on Kubernetes "
-                "clusters they are not available yet.")
+        return "" if profile.chart else "it has no Helm chart for Kubernetes clusters."
     if not profile.local_command:
         return "it has no command for the local machine."
     return environments.problem(f"svc-{profile.name}", profile.packages, profile.requires,
@@ -429,7 +436,12 @@ def service_spec(service: Service) -> ServiceSpec:
         cpu=float(service.cpu), memory_gib=service.memory_gib, gpus=service.gpus,
         gpu_indices=tuple(service.gpu_indices), profile=profile.name,
         packages=profile.packages, requires=profile.requires, command=profile.local_command,
-        health_path=profile.health_path,
+        health_path=profile.health_path, chart_repository=profile.chart_repository,
+        chart=profile.chart, chart_version=profile.chart_version,
+        values_template=profile.values_template, service_name=profile.service_name,
+        service_port=profile.service_port, storage_gib=profile.storage_gib,
+        model=service.model,
+        instance_kubeconfig=decrypt(service.instance.kubeconfig_encrypted),
     )
 
 

@@ -57,7 +57,86 @@ SERVICE_PROFILES = [
      "--backend-store-uri sqlite:///{work}/mlflow.db --artifacts-destination "
      "{work}/mlartifacts", "/health",
      "Experiments, runs, metrics and models, kept in the instance's work folder."),
+    ("code-server", "VS Code (code-server)", "code", "", "", "/healthz",
+     "VS Code in the browser, with a volume of its own for your files."),
+    ("vllm", "vLLM inference endpoint", "box", "", "", "/health",
+     "An OpenAI-compatible API serving a model from the list, on the instance's GPUs."),
 ]
+
+# On Kubernetes every seeded service is the same generic chart (bjw-s app-template, values
+# of its 4.x schema) running the tool's own image: the administrator can swap any of them
+# for a chart of their choice in the admin.
+APP_CHART = ("oci://ghcr.io/bjw-s-labs/helm", "app-template", "4.6.2")
+
+
+def app_values(image: str, tag: str, args: list[str], port: int, *, mount: str = "/data",
+               env: dict[str, str] | None = None, uid: int = 1000) -> str:
+    """An app-template values template: one container under Pod Security `restricted`, its
+    Service renamed to the release (which the portal proxies to), and the service's own
+    volume mounted at `mount`."""
+    quoted = ", ".join(f'"{a}"' for a in args)
+    lines = [
+        "defaultPodOptions:",
+        "  automountServiceAccountToken: false",
+        "  nodeSelector: ${node_selector}",
+        "  tolerations: ${tolerations}",
+        "  securityContext:",
+        f"    runAsNonRoot: true\n    runAsUser: {uid}\n    runAsGroup: {uid}",
+        f"    fsGroup: {uid}\n    seccompProfile: {{type: RuntimeDefault}}",
+        "controllers:",
+        "  main:",
+        "    strategy: Recreate",
+        "    containers:",
+        "      main:",
+        f"        image: {{repository: {image}, tag: \"{tag}\"}}",
+        f"        args: [{quoted}]",
+        "        resources: ${resources}",
+        "        securityContext:",
+        "          allowPrivilegeEscalation: false",
+        "          capabilities: {drop: [ALL]}",
+    ]
+    if env:
+        lines.append("        env:")
+        lines += [f'          {k}: "{v}"' for k, v in env.items()]
+    lines += [
+        "service:",
+        "  main:",
+        "    controller: main",
+        "    forceRename: ${release}",
+        f"    ports:\n      http: {{port: 80, targetPort: {port}}}",
+        "persistence:",
+        "  data:",
+        "    existingClaim: ${storage_claim}",
+        f"    globalMounts: [{{path: {mount}}}]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+KUBERNETES_SERVICES = {
+    "tensorboard": {"values_template": app_values(
+        "tensorflow/tensorflow", "2.18.0",
+        ["tensorboard", "--logdir", "/data", "--bind_all", "--port", "6006"], 6006)},
+    "mlflow": {"values_template": app_values(
+        "ghcr.io/mlflow/mlflow", "v3.1.1",
+        ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000", "--workers", "1",
+         "--backend-store-uri", "sqlite:////data/mlflow.db",
+         "--artifacts-destination", "/data/mlartifacts"], 5000)},
+    "code-server": {"values_template": app_values(
+        "codercom/code-server", "4.96.4",
+        # No password of its own: the portal decides every request, on its own origin.
+        ["--bind-addr", "0.0.0.0:8080", "--auth", "none", "/home/coder/project"], 8080,
+        mount="/home/coder/project")},
+    "vllm": {
+        "values_template": app_values(
+            "vllm/vllm-openai", "v0.9.2",
+            ["--model", "${model}", "--served-model-name", "${model}", "--port", "8000"],
+            8000, env={"HF_HOME": "/data"}),
+        "exposure": "api", "default_gpus": 1, "max_gpus": 8, "default_cpu": 8,
+        "default_memory_gib": 32, "storage_gib": 100,
+        "model_names": "Qwen/Qwen2.5-0.5B-Instruct\nQwen/Qwen2.5-7B-Instruct\n"
+                       "meta-llama/Llama-3.1-8B-Instruct",
+    },
+}
 
 
 @transaction.atomic
@@ -95,11 +174,20 @@ def seed_catalogue() -> dict[str, int]:
     for order, (name, display, icon, packages, command, health, desc) in enumerate(
         SERVICE_PROFILES
     ):
-        _, new = ServiceProfile.objects.get_or_create(name=name, defaults={
+        chart = dict(zip(("chart_repository", "chart", "chart_version"), APP_CHART,
+                         strict=True))
+        kubernetes = {**chart, **KUBERNETES_SERVICES[name]}
+        profile, new = ServiceProfile.objects.get_or_create(name=name, defaults={
             "display_name": display, "icon": icon, "local_packages": packages,
             "local_command": command, "health_path": health, "description": desc,
-            "sort_order": order * 10})
+            "sort_order": order * 10, **kubernetes})
         created["service_profiles"] += new
+        if not new and not profile.chart and not profile.values_template:
+            # Seeded before services ran on Kubernetes: their chart is added, nothing else.
+            for field in ("chart_repository", "chart", "chart_version", "values_template"):
+                setattr(profile, field, kubernetes[field])
+            profile.save(update_fields=["chart_repository", "chart", "chart_version",
+                                        "values_template"])
     return created
 
 

@@ -15,7 +15,7 @@ from instances import services
 from instances.models import Instance
 from notebooks import idle
 from notebooks import services as notebook_services
-from notebooks.models import Notebook, NotebookProfile
+from notebooks.models import Notebook, NotebookProfile, Service, ServiceProfile
 
 from .conftest import wait_for, workspace_of
 from .kit import envtest, kubeemu
@@ -289,6 +289,25 @@ def test_every_permission_the_documented_roles_grant_is_one_the_portal_uses(
     notebook_services.delete_notebook(notebook=notebook, by=alice)
     wait_for(lambda: notebook_services.teardown_notebook(notebook_id=notebook.pk).status
              == Notebook.Status.DELETED, timeout=60)
+    if upstream:
+        # A catalogue service on the namespace instance and on the dedicated cluster: its
+        # release applied, followed, looked at by the reconcile pass, stopped and deleted.
+        board = ServiceProfile.objects.create(
+            name="board", display_name="Board", chart_repository="https://charts.example.com",
+            chart="board", chart_version="1.0.0", values_template="gpus: ${gpus}\n",
+            storage_gib=1)
+        dedicated = [i for c, i in clusters if c is capi]
+        for where in (plain, *dedicated):
+            service = notebook_services.deploy_service(instance=where, name="svc",
+                                                       profile=board, by=alice)
+            wait_for(lambda pk=service.pk: (flux.reconcile(), notebook_services.advance_service(
+                service_id=pk))[1].status == Service.Status.RUNNING, timeout=60)
+            notebook_services.reconcile_notebooks()
+            notebook_services.stop_service(service=service, by=alice)
+            notebook_services.release(kind=Service.KIND, pk=service.pk)
+            notebook_services.delete_service(service=service, by=alice)
+            wait_for(lambda pk=service.pk: (flux.reconcile(), notebook_services.teardown_service(
+                service_id=pk))[1].status == Service.Status.DELETED, timeout=60)
     delete_until_gone(plain, alice)
     for controller, instance in clusters:
         deleted(controller, instance, alice, timeout=90)

@@ -64,10 +64,15 @@ def test_services_and_notebooks_share_the_instances_room(alice, catalogue, tenso
     assert fits.gpus == 0  # TensorBoard asks for none: no GPU taken by default
 
 
-def test_a_service_on_a_kubernetes_instance_is_refused_in_words(alice, catalogue, tensorboard):
+def test_a_service_that_cannot_run_on_a_cluster_is_refused_in_words(alice, catalogue,
+                                                                   tensorboard):
     instance = running_instance(alice, catalogue[2], "train")
     kube = Cluster.objects.create(name="gpu-prod", backend=Cluster.Backend.KUBERNETES)
-    assert "not available yet" in services.service_problem(tensorboard, kube)
+    assert services.service_problem(tensorboard, kube) == ""  # the seeded chart
+    ServiceProfile.objects.filter(pk=tensorboard.pk).update(chart="")
+    tensorboard.refresh_from_db()
+    assert services.service_problem(tensorboard, kube) == (
+        "it has no Helm chart for Kubernetes clusters.")
     ServiceProfile.objects.filter(pk=tensorboard.pk).update(local_command="")
     tensorboard.refresh_from_db()
     with pytest.raises(Exception, match="TensorBoard cannot run on train: it has no command"):

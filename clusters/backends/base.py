@@ -109,6 +109,17 @@ class ServiceSpec:
     # Local backend: the command, with {port}, {home} and {work} filled in by the backend.
     command: str = ""
     health_path: str = "/"
+    # Kubernetes: the chart Flux installs, its values template (charts.py), and the Service
+    # it makes, which the portal proxies to.
+    chart_repository: str = ""
+    chart: str = ""
+    chart_version: str = ""
+    values_template: str = ""
+    service_name: str = "${release}"
+    service_port: int = 80
+    storage_gib: int = 0
+    model: str = ""
+    instance_kubeconfig: str = ""  # vcluster: install inside it
 
 
 Workload = NotebookSpec | ServiceSpec

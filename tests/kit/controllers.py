@@ -134,9 +134,11 @@ class Flux(_Controller):
                          f"Helm install succeeded for release {revision} with chart "
                          f"{chart['chart']}@{chart['version']}"),
                     cond("Released", "True", "InstallSucceeded", "Helm install succeeded")]}
-                # What vcluster itself does once its control plane is up.
-                self._secret(meta["namespace"], f"vc-{release['spec'].get('releaseName')}",
-                             "config")
+                # What vcluster itself does once its control plane is up (a catalogue
+                # service's chart writes no such thing).
+                if "gpupaas.io/service" not in (meta.get("labels") or {}):
+                    self._secret(meta["namespace"],
+                                 f"vc-{release['spec'].get('releaseName')}", "config")
             self._status(HELM, release, status)
         return len(releases)
 

@@ -24,6 +24,8 @@ from ..base import (
     InstanceState,
     NotebookSpec,
     NotebookState,
+    ServiceSpec,
+    Workload,
 )
 from . import manifests as m
 from . import policies, prometheus
@@ -680,7 +682,7 @@ class KubernetesBackend:
 
     # -- notebooks
 
-    def _notebook_client(self, spec: NotebookSpec) -> KubeClient:
+    def _notebook_client(self, spec: Workload) -> KubeClient:
         """Notebooks of a namespace instance live on this cluster; those of a virtual or
         dedicated cluster live inside it, reached with its own kubeconfig over verified TLS:
         the one vcluster exported (kept since it turned running), or the dedicated cluster's
@@ -705,13 +707,15 @@ class KubernetesBackend:
                 f"{self.cluster} has no ingress domain, so a notebook there would have no "
                 "address; an administrator must set one.")
 
-    def _ensure_notebook_namespace(self, kube: KubeClient, spec: NotebookSpec) -> None:
+    def _ensure_notebook_namespace(self, kube: KubeClient, spec: Workload) -> None:
         if spec.instance.kind != "namespace":
             kube.apply({"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": m.NOTEBOOK_NAMESPACE,
                                      "labels": m.labels(spec.instance, self.cs)}})
 
-    def ensure_notebook(self, spec: NotebookSpec) -> NotebookState:
+    def ensure_notebook(self, spec: Workload) -> NotebookState:
+        if isinstance(spec, ServiceSpec):
+            return self._ensure_service(spec)
         # Checked before anything is written: nothing may be left holding a GPU for a
         # notebook that can never be reached.
         self._require_domain()
@@ -722,10 +726,14 @@ class KubernetesBackend:
         return NotebookState("deploying", "created", "Created; waiting for the cluster to "
                              "schedule it.")
 
-    def notebook_state(self, spec: NotebookSpec) -> NotebookState:
+    def notebook_state(self, spec: Workload) -> NotebookState:
         """Ready means what the user needs: the Deployment is Available and its Service has
         a ready endpoint. (An Ingress load-balancer status is not waited for: bare-metal
         controllers never set one.) Otherwise its pod says why not."""
+        if isinstance(spec, ServiceSpec):
+            return _service_state(spec, self.kube.get(
+                m.FLUX_HELM, "HelmRelease", m.service_object_name(spec),
+                m.service_release_namespace(spec, self.cs)))
         kube, name = self._notebook_client(spec), m.notebook_name(spec)
         ns = m.notebook_namespace(spec)
         deployment = kube.get("apps/v1", "Deployment", name, ns)
@@ -775,7 +783,9 @@ class KubernetesBackend:
         return NotebookState("running", "reachable", "Running.",
                              url=m.notebook_url(spec, self.cs))
 
-    def delete_notebook(self, spec: NotebookSpec) -> NotebookState:
+    def delete_notebook(self, spec: Workload) -> NotebookState:
+        if isinstance(spec, ServiceSpec):
+            return self._delete_service(spec)
         kube, name = self._notebook_client(spec), m.notebook_name(spec)
         ns = m.notebook_namespace(spec)
         names = {"Secret": f"{name}-token", "PersistentVolumeClaim": f"{name}-home"}
@@ -789,20 +799,34 @@ class KubernetesBackend:
                                  f"{', '.join(remaining)}.")
         return NotebookState("gone", "", "Removed.")
 
-    def release_notebook(self, spec: NotebookSpec) -> None:
+    def release_notebook(self, spec: Workload) -> None:
         """Scale the failed notebook's Deployment to zero: its GPU is free at once, and its
-        objects and home volume stay for the user to look at or delete."""
+        objects and home volume stay for the user to look at or delete. A service's release
+        is uninstalled (Flux removes what its chart made); its volume and repository stay,
+        and Start or Retry installs it again."""
+        if isinstance(spec, ServiceSpec):
+            self.kube.delete(m.FLUX_HELM, "HelmRelease", m.service_object_name(spec),
+                             m.service_release_namespace(spec, self.cs))
+            return
         self._notebook_client(spec).scale_to_zero(
             "apps/v1", "Deployment", m.notebook_name(spec), m.notebook_namespace(spec))
 
-    def reconcile_notebooks(self, specs: list[NotebookSpec]) -> dict[str, NotebookState]:
+    def reconcile_notebooks(self, specs: list[Workload]) -> dict[str, NotebookState]:
         """A constant number of lists per API server (this cluster for namespace instances,
-        each virtual or dedicated cluster for its own), and writes only for what drifted."""
+        each virtual or dedicated cluster for its own), and writes only for what drifted.
+        Services are one list of HelmReleases, all on this cluster."""
+        states: dict[str, NotebookState] = {}
+        services = [spec for spec in specs if isinstance(spec, ServiceSpec)]
+        try:
+            states.update(self._reconcile_services(services) if services else {})
+        except BackendError as exc:
+            log.warning("service reconcile on %s failed: %s", self.cluster, exc.detail)
         groups: dict[str, list[NotebookSpec]] = {}
         for spec in specs:
+            if isinstance(spec, ServiceSpec):
+                continue
             target = "" if spec.instance.kind == "namespace" else spec.instance.key
             groups.setdefault(target, []).append(spec)
-        states: dict[str, NotebookState] = {}
         for target, group in groups.items():
             try:
                 states.update(self._reconcile_notebooks_on(
@@ -880,7 +904,88 @@ class KubernetesBackend:
                         meta.get("namespace"), meta["name"], key)
             self.kube.scale_to_zero("apps/v1", "Deployment", meta["name"], meta["namespace"])
             stopped += 1
+        return stopped + self._stop_orphan_services(live_keys)
+
+    # -- catalogue services: a Flux HelmRelease of the profile's chart
+
+    def _ensure_service(self, spec: ServiceSpec) -> NotebookState:
+        """Its volume (made by the portal, where its pods run), then its HelmRepository and
+        HelmRelease on this cluster; Flux's helm-controller installs the chart."""
+        if not self.kube.served(m.FLUX_HELM, "HelmRelease"):
+            raise BackendError(
+                f"{self.cluster} has no Flux (HelmRelease v2 is not served), which installs "
+                "catalogue services; an administrator must install it.")
+        try:
+            objects = m.service_objects(spec, self.cs)
+        except (ValueError, KeyError) as exc:
+            raise BackendError(f"Its profile's values template cannot be used: {exc}",
+                               detail=repr(exc)) from exc
+        claim = m.service_claim(spec, self.cs)
+        if claim is not None:
+            kube = self._notebook_client(spec)
+            self._ensure_notebook_namespace(kube, spec)
+            kube.apply(claim)
+        if spec.instance.kind == "namespace":  # who Flux installs it as
+            self.kube.apply(m.access_account(spec.instance, self.cs))
+        for obj in objects:
+            self.kube.apply(obj)
+        return NotebookState("deploying", "created",
+                             "Created; waiting for Flux to install its chart.")
+
+    def _delete_service(self, spec: ServiceSpec) -> NotebookState:
+        ns, name = m.service_release_namespace(spec, self.cs), m.service_object_name(spec)
+        release = self.kube.delete(m.FLUX_HELM, "HelmRelease", name, ns)
+        if release is not None and (release.get("metadata") or {}).get("finalizers"):
+            return NotebookState("deleting", "", "Waiting for Flux to uninstall its chart.")
+        self.kube.delete(m.FLUX_SOURCE, "HelmRepository", name, ns)
+        if spec.storage_gib:
+            self._notebook_client(spec).delete("v1", "PersistentVolumeClaim",
+                                               m.service_claim_name(spec),
+                                               m.service_namespace(spec))
+        return NotebookState("gone", "", "Removed.")
+
+    def _service_releases(self) -> list[Manifest]:
+        return self.kube.list(m.FLUX_HELM, "HelmRelease",
+                              label_selector=f"{m.selector(self.cs)},{m.SERVICE_LABEL}")
+
+    def _reconcile_services(self, specs: list[ServiceSpec]) -> dict[str, NotebookState]:
+        """One list of the portal's service releases; a missing one is applied again."""
+        releases = {(r["metadata"].get("labels") or {}).get(m.SERVICE_LABEL): r
+                    for r in self._service_releases()}
+        states = {}
+        for spec in specs:
+            release = releases.get(spec.key)
+            if release is None:
+                self._ensure_service(spec)
+                states[spec.key] = NotebookState("deploying", "created",
+                                                 "Its release was recreated.")
+            else:
+                states[spec.key] = _service_state(spec, release)
+        return states
+
+    def _stop_orphan_services(self, live_keys: Callable[[], set[str]]) -> int:
+        """Uninstall service releases no service row owns; their volumes stay."""
+        found = self._service_releases()
+        live = live_keys()
+        stopped = 0
+        for release in found:
+            meta = release["metadata"]
+            key = (meta.get("labels") or {}).get(m.SERVICE_LABEL, "")
+            if key in live or meta.get("deletionTimestamp"):
+                continue
+            log.warning("service release %s/%s has no service (%s): uninstalled",
+                        meta.get("namespace"), meta["name"], key)
+            self.kube.delete(m.FLUX_HELM, "HelmRelease", meta["name"], meta["namespace"])
+            stopped += 1
         return stopped
+
+    def service_proxy_path(self, spec: ServiceSpec) -> str:
+        """The API server's service proxy for the Service its chart made. A service's origin
+        (access.origins) sends its users' requests there with the instance's own credential
+        (the namespace's access account, or the inner cluster's), so no Ingress, DNS or
+        network path to its pods is needed."""
+        return (f"/api/v1/namespaces/{m.service_namespace(spec)}/services/"
+                f"{m.service_target(spec, self.cs)}/proxy")
 
     def gpu_utilisation(self, spec: InstanceSpec, gpu_indices: tuple[int, ...]) -> float | None:
         """The busiest of the instance's GPUs since the last look, from the DCGM exporter's
@@ -1008,6 +1113,30 @@ def _dedicated_health(name: str, cluster: Manifest | None) -> InstanceState:
         return InstanceState("failed", f"The dedicated cluster {name} is no longer ready: {why}",
                              detail=f"Cluster condition Available=False: {available}")
     return InstanceState("running", f"Ready: dedicated cluster {name}.")
+
+
+def _service_state(spec: ServiceSpec, release: Manifest | None) -> NotebookState:
+    """A service follows its HelmRelease, in Flux's words: running once Ready for the
+    current spec (Flux waits for what the chart made to be ready), failed once Flux gave up
+    (Stalled: its remediation retries are spent)."""
+    if release is None:
+        return NotebookState("gone", "", "Its release is missing.")
+    meta, status = release["metadata"], release.get("status") or {}
+    ready, stalled = condition(release, "Ready"), condition(release, "Stalled")
+    what = f"HelmRelease {meta.get('namespace')}/{meta['name']}"
+    detail = f"{what}: Ready={ready}" if ready else ""
+    if stalled.get("status") == "True":
+        why = ready.get("message") or stalled.get("message") or "no reason given"
+        action = CHART_FAILED.get(ready.get("reason", ""), "install")
+        return NotebookState("failed", "starting", f"Its chart failed to {action}: {why}",
+                             detail=f"{detail}; Stalled={stalled}")
+    current = status.get("observedGeneration", -1) >= meta.get("generation", 0)
+    if ready.get("status") == "True" and current:
+        return NotebookState("running", "reachable", "Running.", detail=detail)
+    why = (ready.get("message") if current and ready.get("message")
+           else "waiting for Flux's helm-controller to install the chart")
+    return NotebookState("deploying", "starting", f"Installing its chart: {why}",
+                         detail=detail)
 
 
 def _release_failure(release: Manifest | None) -> InstanceState | None:

@@ -7,7 +7,8 @@ validated against the Kubernetes OpenAPI schema.
 from dataclasses import dataclass
 from typing import Any
 
-from ..base import InstanceSpec, NotebookSpec, token_digest
+from ..base import InstanceSpec, NotebookSpec, ServiceSpec, token_digest
+from .charts import PLACEHOLDER, render_values
 from .names import dns_label, instance_object_name, label_value
 
 Manifest = dict[str, Any]
@@ -718,6 +719,123 @@ def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
                 },
             },
         },
+    ]
+
+
+# --- catalogue services ------------------------------------------------------------------------
+
+SERVICE_LABEL = "gpupaas.io/service"
+
+
+def service_release_namespace(spec: ServiceSpec, cs: ClusterSettings) -> str:
+    """Where its HelmRelease lives, on this cluster: the instance's namespace (for a virtual
+    cluster, its host namespace, beside vcluster's kubeconfig Secret), or for a dedicated
+    cluster the Cluster API namespace, beside the kubeconfig Secret Cluster API writes (Flux
+    reads a release's kubeConfig from its own namespace only)."""
+    return cs.capi_namespace if spec.instance.kind == "dedicated" else object_name(spec.instance)
+
+
+def service_object_name(spec: ServiceSpec) -> str:
+    """Its HelmRelease and HelmRepository: `svc-<id>`, or in the Cluster API namespace, which
+    every dedicated cluster shares, `svc-<id>-<instance>`."""
+    if spec.instance.kind == "dedicated":
+        return dns_label(f"{spec.key}-{object_name(spec.instance)}", 63)
+    return spec.key
+
+
+def service_namespace(spec: ServiceSpec) -> str:
+    """Where its pods and Service run: the instance's namespace, or inside a virtual or
+    dedicated cluster, the namespace notebooks use there."""
+    if spec.instance.kind == "namespace":
+        return object_name(spec.instance)
+    return NOTEBOOK_NAMESPACE
+
+
+def service_claim_name(spec: ServiceSpec) -> str:
+    return f"{spec.key}-data" if spec.storage_gib else ""
+
+
+def service_params(spec: ServiceSpec, cs: ClusterSettings) -> dict[str, Any]:
+    """What its values template's placeholders stand for (charts.PLACEHOLDERS)."""
+    limits = {"cpu": _quantity(spec.cpu), "memory": f"{spec.memory_gib}Gi"}
+    if spec.gpus:
+        limits[cs.gpu_resource_name] = str(spec.gpus)
+    model = spec.instance.gpu_model
+    return {
+        "release": spec.key, "name": spec.name, "gpus": spec.gpus, "gpu_model": model,
+        "model": spec.model, "cpu": limits["cpu"], "memory": limits["memory"],
+        "resources": {"requests": dict(limits), "limits": limits},
+        "node_selector": {cs.gpu_model_label: model} if spec.gpus and model else {},
+        "tolerations": [{"key": cs.gpu_resource_name, "operator": "Exists",
+                         "effect": "NoSchedule"}] if spec.gpus else [],
+        "storage_claim": service_claim_name(spec), "base_path": "/",
+    }
+
+
+def service_target(spec: ServiceSpec, cs: ClusterSettings) -> str:
+    """The Service its chart makes, which the portal proxies to: `name:port`."""
+    params = service_params(spec, cs)
+    name = PLACEHOLDER.sub(lambda found: str(params[found[1]]), spec.service_name)
+    return f"{name}:{spec.service_port}"
+
+
+def service_claim(spec: ServiceSpec, cs: ClusterSettings) -> Manifest | None:
+    """Its own volume, made by the portal (not the chart), so that a stop, which uninstalls
+    the release, keeps what it wrote; removed with the service."""
+    if not spec.storage_gib:
+        return None
+    claim: Manifest = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": service_claim_name(spec), "namespace": service_namespace(spec),
+                     "labels": {**labels(spec.instance, cs), SERVICE_LABEL: spec.key}},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": f"{spec.storage_gib}Gi"}}},
+    }
+    if cs.storage_class:
+        claim["spec"]["storageClassName"] = cs.storage_class
+    return claim
+
+
+def service_objects(spec: ServiceSpec, cs: ClusterSettings) -> list[Manifest]:
+    """Its chart's HelmRepository and the HelmRelease Flux installs it from (last: the one
+    whose status says how it went).
+
+    In a namespace instance Flux installs it as the instance's access account, which holds
+    `admin` in that namespace and nothing else, so a chart (or a tenant who edits the
+    HelmRepository) gets no more than the tenant has. Into a virtual or dedicated cluster it
+    installs with that cluster's own kubeconfig (`kubeConfig.secretRef`)."""
+    ns, name = service_release_namespace(spec, cs), service_object_name(spec)
+    meta = {"name": name, "namespace": ns,
+            "labels": {**labels(spec.instance, cs), SERVICE_LABEL: spec.key}}
+    repository: Manifest = {"url": spec.chart_repository, "interval": "1h"}
+    if spec.chart_repository.startswith("oci://"):
+        repository["type"] = "oci"
+    release: Manifest = {
+        "releaseName": spec.key,
+        "interval": "10m",
+        "timeout": "10m",
+        "chart": {"spec": {
+            "chart": spec.chart, "version": spec.chart_version,
+            "sourceRef": {"kind": "HelmRepository", "name": name}, "interval": "1h",
+        }},
+        "install": {"remediation": {"retries": 2}},
+        "upgrade": {"remediation": {"retries": 2}},
+        "values": render_values(spec.values_template, service_params(spec, cs)),
+    }
+    if spec.instance.kind == "namespace":
+        release["serviceAccountName"] = ACCESS_ACCOUNT
+    else:
+        secret = (capi_kubeconfig_secret_name(spec.instance), "value") if (
+            spec.instance.kind == "dedicated") else (vcluster_kubeconfig_secret_name(), "config")
+        release.update({
+            "kubeConfig": {"secretRef": {"name": secret[0], "key": secret[1]}},
+            "targetNamespace": NOTEBOOK_NAMESPACE, "storageNamespace": NOTEBOOK_NAMESPACE,
+        })
+        release["install"]["createNamespace"] = True
+    return [
+        {"apiVersion": FLUX_SOURCE, "kind": "HelmRepository", "metadata": meta,
+         "spec": repository},
+        {"apiVersion": FLUX_HELM, "kind": "HelmRelease", "metadata": meta, "spec": release},
     ]
 
 
