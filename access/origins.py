@@ -21,6 +21,7 @@ credential (`services.instance_upstream`): the request's path goes after the pro
 since the API server rewrites the links of the HTML it passes back to point there
 (apimachinery's util/proxy Transport)."""
 
+import json
 import logging
 import random
 import re
@@ -37,6 +38,7 @@ from django.contrib.auth import SESSION_KEY, get_user_model
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.cache import cache
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from clusters.backends import BackendError, get_backend
@@ -44,8 +46,9 @@ from clusters.backends.kubernetes.upstream import Upstream
 from clusters.models import Cluster
 from gpupaas import logs
 from instances.selectors import instance_for_user
-from notebooks.models import Service
+from notebooks.models import Service, ServiceKey
 from notebooks.services import service_spec
+from workspaces.tokens import check_token, touch_due
 
 from .proxy import HOP_BY_HOP, TooLarge, read_body, scope_client_ip
 from .services import instance_upstream
@@ -120,20 +123,32 @@ def _session_store(key: str) -> SessionBase:
     return import_string(f"{settings.SESSION_ENGINE}.SessionStore")(session_key=key)
 
 
-def decide(service_id: int, suffix: str, app_session: dict[str, Any] | None) -> Decision:
-    """Whether this app session may reach this service now: its portal session lives,
-    the service runs, and the user may use its instance (the pages' one access check)."""
-    if not app_session or app_session.get("service") != service_id:
+def decide(service_id: int, suffix: str, app_session: dict[str, Any] | None = None,
+           key: str = "") -> Decision:
+    """Whether this app session, or this API key, may reach this service now: the portal
+    session lives (a key: it is live and of this service), the service runs, and the user
+    may use its instance (the pages' one access check)."""
+    if key:
+        row, refusal = check_token(ServiceKey, key)
+        if row is None or refusal or row.service_id != service_id:
+            return Decision(False, why=401)
+        user_id = row.user_id
+        if touch_due(row, 5):  # at most one write every few seconds per key
+            ServiceKey.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
+    elif not app_session or app_session.get("service") != service_id:
         return Decision(False, why=401)
+    else:
+        user_id = app_session["user"]
     service = (Service.objects.filter(pk=service_id, host_suffix=suffix)
                .select_related("instance__cluster", "instance__workspace__owner",
                                "instance__profile", "profile").first())
     if service is None:
         return Decision(False)
-    portal = _session_store(app_session["session"] or "")
-    if str(portal.get(SESSION_KEY, "")) != str(app_session["user"]):
-        return Decision(False, why=401)  # signed out of the portal (or another user now)
-    user = get_user_model().objects.filter(pk=app_session["user"], is_active=True).first()
+    if not key:
+        portal = _session_store(app_session["session"] or "")
+        if str(portal.get(SESSION_KEY, "")) != str(user_id):
+            return Decision(False, why=401)  # signed out of the portal (or another user now)
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
     if user is None or instance_for_user(user=user, pk=service.instance_id) is None:
         return Decision(False)
     if service.status != Service.Status.RUNNING:
@@ -184,9 +199,12 @@ class AppsProxy:
                 await self.sign_in(scope, send, service_id, headers)
                 return
             cookie = _cookie(headers.get("cookie", ""), COOKIE)
-            decision = await self.decision(cookie, service_id, suffix)
+            scheme, _, key = headers.get("authorization", "").partition(" ")
+            key = key.strip() if scheme.lower() == "bearer" else ""
+            decision = await self.decision(cookie, service_id, suffix, key=key)
             if not decision.allowed:
-                await self.refuse(send, decision.why)
+                await self.refuse(send, decision.why, program=bool(key) or not cookie and (
+                    "json" in headers.get("accept", "") or "authorization" in headers))
             else:
                 await self.forward(scope, receive, send, decision, headers)
             if random.random() < settings.APPS_REQUEST_LOG_RATE:
@@ -195,17 +213,24 @@ class AppsProxy:
                          extra={"service_id": service_id, "allowed": decision.allowed,
                                 "client_ip": scope_client_ip(scope)})
 
-    async def decision(self, cookie: str, service_id: int, suffix: str) -> Decision:
-        key = (cookie, service_id)
+    async def decision(self, cookie: str, service_id: int, suffix: str, *, key: str = ""
+                       ) -> Decision:
+        """A key, when the request carries one, else the app session's cookie, decided at
+        most APPS_DECISION_CACHE_S ago."""
+        cached_as = (f"key:{key}" if key else cookie, service_id)
         now = time.monotonic()
-        cached = self.decisions.get(key)
+        cached = self.decisions.get(cached_as)
         if cached and now - cached[0] < settings.APPS_DECISION_CACHE_S:
             return cached[1]
-        app_session = await sync_to_async(cache.get)(f"apps:session:{cookie}") if cookie else None
-        decision = await sync_to_async(decide)(service_id, suffix, app_session)
+        if key:
+            decision = await sync_to_async(decide)(service_id, suffix, key=key)
+        else:
+            app_session = (await sync_to_async(cache.get)(f"apps:session:{cookie}")
+                           if cookie else None)
+            decision = await sync_to_async(decide)(service_id, suffix, app_session)
         if len(self.decisions) > 10_000:
             self.decisions.clear()
-        self.decisions[key] = (now, decision)
+        self.decisions[cached_as] = (now, decision)
         return decision
 
     async def sign_in(self, scope: dict[str, Any], send: Any, service_id: int,
@@ -231,16 +256,26 @@ class AppsProxy:
             (b"cache-control", b"no-store"), (b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
 
-    async def refuse(self, send: Any, status: int) -> None:
+    async def refuse(self, send: Any, status: int, *, program: bool = False) -> None:
+        """The refusal in words: a page for a browser, or for a program (a key, or JSON
+        asked for) an error in the shape OpenAI-compatible clients show."""
         words = {
-            401: "Open this service from the portal: its page has an Open button that signs "
-                 "you in here.",
+            401: ("The key is not valid for this service; make one on its page in the portal."
+                  if program else "Open this service from the portal: its page has an Open "
+                  "button that signs you in here."),
             404: "No such service.",
             503: "This service is not running now; see its page in the portal.",
         }[status]
-        body = (f"<!doctype html><title>{words}</title><p>{words}</p>").encode()
+        if program:
+            kind = "application/json"
+            body = json.dumps({"error": {"message": words, "type": {
+                401: "authentication_error", 404: "not_found_error"}.get(
+                    status, "service_unavailable"), "code": status}}).encode()
+        else:
+            kind = "text/html; charset=utf-8"
+            body = (f"<!doctype html><title>{words}</title><p>{words}</p>").encode()
         await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store"),
+            (b"content-type", kind.encode()), (b"cache-control", b"no-store"),
             (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 

@@ -7,10 +7,11 @@ from typing import Annotated
 from django.http import HttpRequest
 from ninja import Path, Query, Router, Status
 
+from access import origins
 from instances.selectors import instance_for_user
 from notebooks import selectors, services
 from notebooks.forms import DeployForm
-from notebooks.models import Service
+from notebooks.models import Service, ServiceKey, ServiceProfile
 from workspaces.services import client_ip
 
 from .common import (
@@ -26,7 +27,16 @@ from .common import (
     valid,
 )
 from .problems import NotFound
-from .schemas import NotebookStatus, ServiceIn, ServiceOut, ServicePage, ServiceProfileOut
+from .schemas import (
+    NewServiceKeyOut,
+    NotebookStatus,
+    ServiceIn,
+    ServiceKeyIn,
+    ServiceKeyOut,
+    ServiceOut,
+    ServicePage,
+    ServiceProfileOut,
+)
 
 router = Router(tags=["services"])
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -41,8 +51,21 @@ def service_out(request: HttpRequest, s: Service) -> dict:
         "status_message": s.status_message, "final": s.is_final, "cpu": float(s.cpu),
         "memory_gib": s.memory_gib, "gpus": s.gpus, "created_at": s.created_at,
         "running_since": s.running_since, "page": absolute(request, "services:detail", s.pk),
-        "open": absolute(request, "services:open", s.pk),
+        "open": absolute(request, "services:open", s.pk), "exposure": s.profile.exposure,
+        "model": s.model, "api_base": api_base(request, s),
     }
+
+
+def api_base(request: HttpRequest, s: Service) -> str:
+    if s.profile.exposure != ServiceProfile.Exposure.API:
+        return ""
+    return f"{origins.origin_for(s, request)}/v1"
+
+
+def key_out(key: ServiceKey) -> dict:
+    return {"id": key.pk, "prefix": key.prefix, "name": key.name, "state": key.state,
+            "created_at": key.created_at, "expires_at": key.expires_at,
+            "last_used_at": key.last_used_at}
 
 
 def service_or_404(request: HttpRequest, pk: int) -> Service:
@@ -59,7 +82,8 @@ def list_service_profiles(request: HttpRequest) -> list[dict]:
     """The catalogue: the services you may deploy onto your instances."""
     return [{"name": p.name, "display_name": p.display_name, "description": p.description,
              "cpu": float(p.default_cpu), "memory_gib": p.default_memory_gib,
-             "gpus": p.default_gpus, "max_gpus": p.max_gpus}
+             "gpus": p.default_gpus, "max_gpus": p.max_gpus, "exposure": p.exposure,
+             "models": p.model_choices}
             for p in selectors.service_profiles_for(user=request.user)]
 
 
@@ -87,7 +111,7 @@ def deploy_service(request: HttpRequest, instance_id: Id, payload: ServiceIn) ->
     """Deploy a catalogue service onto a running instance, with the Deploy page's checks."""
     instance = instance_or_404(request, instance_id)
     form = DeployForm(
-        deploy_data(payload, instance),
+        {**deploy_data(payload, instance), "model": payload.model},
         profiles=selectors.service_profiles_for(user=request.user),
         instances=selectors.usable_instances(user=request.user), what="service")
     form.fields["profile"].to_field_name = "name"
@@ -95,7 +119,8 @@ def deploy_service(request: HttpRequest, instance_id: Id, payload: ServiceIn) ->
     service = services.deploy_service(
         instance=data["instance"], name=data["name"], profile=data["profile"],
         description=data["description"], cpu=data["cpu"], memory_gib=data["memory_gib"],
-        gpus=data["gpus"], by=request.user, ip_address=client_ip(request))
+        gpus=data["gpus"], model=data["model"], by=request.user,
+        ip_address=client_ip(request))
     return Status(201, service_out(request, service_or_404(request, service.pk)))
 
 
@@ -132,3 +157,35 @@ def start_service(request: HttpRequest, service_id: Id) -> Status:
     """Start a stopped service again on its running instance."""
     act_row(request, service_or_404(request, service_id), services.start_service, "start")
     return Status(202, service_out(request, service_or_404(request, service_id)))
+
+
+@router.get("/services/{service_id}/keys",
+            response={200: list[ServiceKeyOut], **problems(404, 422)})
+def list_service_keys(request: HttpRequest, service_id: Id) -> list[dict]:
+    """Your keys to an API service (never anyone else's), newest first."""
+    service = service_or_404(request, service_id)
+    return [key_out(k) for k in ServiceKey.objects.filter(service=service,
+                                                          user=request.user)[:100]]
+
+
+@router.post("/services/{service_id}/keys",
+             response={201: NewServiceKeyOut, **problems(400, 404, 422)})
+def create_service_key(request: HttpRequest, service_id: Id, payload: ServiceKeyIn) -> Status:
+    """A new key of yours to an API service, shown this once."""
+    service = service_or_404(request, service_id)
+    row, plain = services.issue_service_key(service=service, by=request.user,
+                                            name=payload.name, ip_address=client_ip(request))
+    return Status(201, {**key_out(row), "key": plain, "api_base": api_base(request, service)})
+
+
+@router.delete("/services/{service_id}/keys/{key_id}",
+               response={200: ServiceKeyOut, **problems(404, 422)})
+def revoke_service_key(request: HttpRequest, service_id: Id, key_id: Id) -> dict:
+    """Revoke one of your keys: refused from the next request on (within a second)."""
+    service = service_or_404(request, service_id)
+    key = ServiceKey.objects.filter(pk=key_id, service=service, user=request.user).first()
+    if key is None:
+        raise NotFound("No such key.")
+    services.revoke_service_key(key=key, by=request.user, ip_address=client_ip(request))
+    key.refresh_from_db()
+    return key_out(key)

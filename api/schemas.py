@@ -185,6 +185,11 @@ class ServiceOut(Schema):
     page: str
     open: str = Field(description="Opens it in a browser signed in to the portal: the portal "
                       "signs that browser in on the service's own address.")
+    exposure: str = Field(description="browser, or api: an HTTP API for programs, called "
+                          "at `api_base` with one of your keys (`/services/{id}/keys`).")
+    model: str = Field(description="The model it serves, chosen from its profile's list.")
+    api_base: str = Field(description="An API service's base URL, for an OpenAI-compatible "
+                          "client's base_url; empty for a browser app.")
 
 
 class ServicePage(Page):
@@ -193,6 +198,30 @@ class ServicePage(Page):
 
 class ServiceIn(DeployIn):
     profile: str = Field("", description="A catalogue service's name, e.g. tensorboard.")
+    model: str = Field("", json_schema_extra={"maxLength": 200},
+                       description="For a service that serves a model (vLLM): one from "
+                       "its `models`; empty: the first.")
+
+
+class ServiceKeyIn(Schema):
+    name: str = Field("", json_schema_extra={"maxLength": 60},
+                      description="What it is for, to tell keys apart.")
+
+
+class ServiceKeyOut(Schema):
+    id: int
+    prefix: str = Field(description="The key's first characters: enough to tell it apart.")
+    name: str
+    state: str = Field(description="active, expired or revoked.")
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+
+
+class NewServiceKeyOut(ServiceKeyOut):
+    key: str = Field(description="The key, shown this once: send it as `Authorization: "
+                     "Bearer <key>`.")
+    api_base: str
 
 
 class ServiceProfileOut(Schema):
@@ -203,6 +232,10 @@ class ServiceProfileOut(Schema):
     memory_gib: int
     gpus: int
     max_gpus: int
+    exposure: str = Field(description="browser (opened in a browser) or api (for programs, "
+                          "with a key).")
+    models: list[str] = Field(description="The models it serves, to choose from; empty: "
+                              "none to choose.")
 
 
 class NotebookTokenOut(Schema):

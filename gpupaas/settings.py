@@ -440,6 +440,10 @@ APPS_DOMAIN = env_str("APPS_DOMAIN", "localhost")
 # the share of its requests logged (who, service, path).
 APPS_DECISION_CACHE_S = env_float("APPS_DECISION_CACHE_S", 1.0)
 APPS_REQUEST_LOG_RATE = env_float("APPS_REQUEST_LOG_RATE", 1.0)
+# Keys to API services (vLLM): how long one lives, and how many live ones a user may hold
+# per service.
+SERVICE_KEY_DAYS = env_int("SERVICE_KEY_DAYS", 90)
+SERVICE_KEYS_PER_USER = env_int("SERVICE_KEYS_PER_USER", 10)
 # Invitation mails (invites and resends) one person may send in an hour.
 INVITATION_MAILS_PER_HOUR = env_int("INVITATION_MAILS_PER_HOUR", 50)
 # People outside the identity provider may set up a guest account from an invitation link

@@ -32,6 +32,9 @@ class DeployForm(forms.Form):
         label="GPUs", required=False, min_value=0,
         help_text="Empty: the profile's count, else every GPU of the instance no other "
         "notebook holds. 0: none.")
+    model = forms.CharField(
+        max_length=200, required=False,
+        help_text="Services that serve a model: one from its list. Empty: the first.")
 
     def __init__(self, *args, profiles, instances, unavailable=None, what: str = "notebook",
                  **kwargs) -> None:
@@ -41,6 +44,12 @@ class DeployForm(forms.Form):
             self.fields["profile"].error_messages["invalid_choice"] = (
                 "This service is not available. Pick one shown.")
             self.fields["gpus"].help_text = "Empty: the service's default."
+            choices = sorted({m for p in profiles for m in p.model_choices})
+            if choices:
+                self.fields["model"].widget = forms.Select(
+                    choices=[("", "The service's first"), *((m, m) for m in choices)])
+        else:
+            del self.fields["model"]
         # Only what the user may use is a valid choice: a forged id fails validation.
         self.fields["profile"].queryset = profiles
         self.fields["instance"].queryset = instances

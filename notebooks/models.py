@@ -12,6 +12,7 @@ from django.utils import timezone
 from clusters.backends.local.environments import parse_packages
 from clusters.crypto import decrypt
 from instances.models import Deployment, instance_name_validator
+from workspaces.tokens import BearerToken
 
 
 class LocalEnvironment(models.Model):
@@ -374,3 +375,25 @@ class Service(Deployment):
             order.index(self.step) if self.step in order else -1)
         return [(label, "done" if i < reached else "current" if i == reached else "todo")
                 for i, (_, label) in enumerate(steps)]
+
+
+class ServiceKey(BearerToken):
+    """One user's key to a service that is an API for programs (an OpenAI-compatible
+    endpoint): sent as `Authorization: Bearer gps_…` to the service's origin, which checks
+    it, and its user's access to the instance, on every request. Only its digest is kept;
+    the key is shown once."""
+
+    PREFIX = "gps_"
+    EXPIRED = "The key has expired; make a new one on the service's page."
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="service_keys")
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="keys")
+    name = models.CharField(max_length=60, blank=True,
+                            help_text="What it is for, to tell keys apart.")
+
+    class Meta(BearerToken.Meta):
+        indexes = [models.Index(fields=["service", "user", "revoked_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user} on {self.service})"

@@ -34,8 +34,9 @@ from instances.models import Deployment, Instance
 from instances.services import instance_spec
 from workspaces.models import AuditAction
 from workspaces.services import lock_workspace, record_audit
+from workspaces.tokens import new_token
 
-from .models import Notebook, NotebookProfile, Service, ServiceProfile
+from .models import Notebook, NotebookProfile, Service, ServiceKey, ServiceProfile
 from .selectors import held_gpu_slots, instance_capacity
 
 log = logging.getLogger(__name__)
@@ -403,6 +404,42 @@ def _tell_owner(instance: Instance, names: list[str], reason: str) -> None:
                   settings.DEFAULT_FROM_EMAIL, [owner.email])
     except (OSError, smtplib.SMTPException) as exc:
         log.warning("could not tell %s about renewed tokens: %s", owner.email, exc)
+
+
+def issue_service_key(*, service: Service, by: AbstractBaseUser, name: str = "",
+                      ip_address: str | None = None) -> tuple[ServiceKey, str]:
+    """A key of the caller's to an API service on an instance the caller may use (checked
+    by the caller): (its row, the key, shown once)."""
+    if service.profile.exposure != ServiceProfile.Exposure.API:
+        raise ValidationError(f"{service.name} is opened in a browser; it takes no keys.")
+    if service.status in (Status.DELETING, Status.DELETED):
+        raise ValidationError(f"{service.name} is {service.status_label.lower()}.")
+    live = ServiceKey.objects.filter(service=service, user=by, revoked_at__isnull=True,
+                                     expires_at__gt=timezone.now())
+    if live.count() >= settings.SERVICE_KEYS_PER_USER:
+        raise ValidationError(f"You have {settings.SERVICE_KEYS_PER_USER} live keys to "
+                              f"{service.name}, the most there may be; revoke one first.")
+    plain, digest, prefix = new_token(ServiceKey.PREFIX)
+    row = ServiceKey.objects.create(
+        service=service, user=by, name=name[:60], token_hash=digest, prefix=prefix,
+        expires_at=timezone.now() + timezone.timedelta(days=settings.SERVICE_KEY_DAYS))
+    record_audit(action=AuditAction.SERVICE_KEY_ISSUED, obj=service, actor=by,
+                 workspace=service.instance.workspace, ip_address=ip_address,
+                 key=prefix, name=row.name)
+    return row, plain
+
+
+def revoke_service_key(*, key: ServiceKey, by: AbstractBaseUser, reason: str = "revoked by "
+                       "its user", ip_address: str | None = None) -> bool:
+    """Revoke one key (its user's own; checked by the caller). Refused from the next
+    request on, within APPS_DECISION_CACHE_S."""
+    changed = ServiceKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_reason=reason[:200])
+    if changed:
+        record_audit(action=AuditAction.SERVICE_KEY_REVOKED, obj=key.service, actor=by,
+                     workspace=key.service.instance.workspace, ip_address=ip_address,
+                     key=key.prefix)
+    return bool(changed)
 
 
 # --- worker side ---------------------------------------------------------------------------

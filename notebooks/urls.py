@@ -25,4 +25,6 @@ service_urlpatterns = [
     path("<int:pk>/stop/", views.service_stop, name="stop"),
     path("<int:pk>/start/", views.service_start, name="start"),
     path("<int:pk>/open/", views.service_open, name="open"),
+    path("<int:pk>/keys/", views.service_key_new, name="key-new"),
+    path("<int:pk>/keys/<int:key_id>/revoke/", views.service_key_revoke, name="key-revoke"),
 ]

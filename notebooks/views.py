@@ -14,7 +14,7 @@ from workspaces.services import client_ip, record_audit
 
 from . import selectors, services
 from .forms import DeployForm
-from .models import Notebook, Service
+from .models import Notebook, Service, ServiceKey, ServiceProfile
 
 
 def get_notebook_for_user(request: HttpRequest, pk: int) -> Notebook:
@@ -151,8 +151,8 @@ def service_new(request: HttpRequest) -> HttpResponse:
             service = services.deploy_service(
                 instance=data["instance"], name=data["name"], profile=data["profile"],
                 description=data["description"], cpu=data["cpu"],
-                memory_gib=data["memory_gib"], gpus=data["gpus"], by=request.user,
-                ip_address=client_ip(request),
+                memory_gib=data["memory_gib"], gpus=data["gpus"], model=data["model"],
+                by=request.user, ip_address=client_ip(request),
             )
         except ValidationError as exc:
             form.add_error(None, exc)
@@ -165,8 +165,43 @@ def service_new(request: HttpRequest) -> HttpResponse:
                   status=status)
 
 
-def service_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    return render(request, "services/detail.html", {"service": get_service_for_user(request, pk)})
+def service_detail(request: HttpRequest, pk: int, new_key: str = "") -> HttpResponse:
+    service = get_service_for_user(request, pk)
+    context: dict = {"service": service}
+    if service.profile.exposure == ServiceProfile.Exposure.API:
+        # An API for programs: the user's own keys, and how to call it with one.
+        base = f"{origins.origin_for(service, request)}/v1"
+        context.update(
+            keys=ServiceKey.objects.filter(service=service, user=request.user)[:50],
+            api_base=base, new_key=new_key, example_key=new_key or "gps_…",
+            example_model=service.model or "the-model")
+    return render(request, "services/detail.html", context)
+
+
+@never_cache
+@require_http_methods(["POST"])
+def service_key_new(request: HttpRequest, pk: int) -> HttpResponse:
+    """A new key of the user's own, shown once on the page that answers."""
+    service = get_service_for_user(request, pk)
+    try:
+        _, plain = services.issue_service_key(service=service, by=request.user,
+                                              name=request.POST.get("name", "").strip(),
+                                              ip_address=client_ip(request))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect(service)
+    messages.success(request, "Your new key is below. Copy it now: it is not shown again.")
+    return service_detail(request, pk, new_key=plain)
+
+
+@require_http_methods(["POST"])
+def service_key_revoke(request: HttpRequest, pk: int, key_id: int) -> HttpResponse:
+    service = get_service_for_user(request, pk)
+    # Only the user's own keys: another's is a 404, never revoked.
+    key = get_object_or_404(ServiceKey, pk=key_id, service=service, user=request.user)
+    if services.revoke_service_key(key=key, by=request.user, ip_address=client_ip(request)):
+        messages.success(request, f"The key {key.prefix}… is revoked.")
+    return redirect(service)
 
 
 def service_status(request: HttpRequest, pk: int) -> HttpResponse:

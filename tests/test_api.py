@@ -17,7 +17,7 @@ from api.models import ApiToken
 from clusters.crypto import encrypt
 from instances import collaborators
 from instances.models import Collaborator, Instance
-from notebooks.models import Notebook, NotebookProfile, Service, ServiceProfile
+from notebooks.models import Notebook, NotebookProfile, Service, ServiceKey, ServiceProfile
 from workspaces.models import AuditEvent
 from workspaces.tokens import hash_token
 
@@ -355,13 +355,16 @@ def test_every_object_endpoint_is_404_for_another_users_token(
     service = Service.objects.create(
         instance=notebook.instance, name="curves", created_by=alice, cpu=1, memory_gib=1,
         profile=ServiceProfile.objects.get(name="tensorboard"))
+    key = ServiceKey.objects.create(service=service, user=alice, token_hash="0" * 64,
+                                    prefix="gps_000000", expires_at=timezone.now()
+                                    + timezone.timedelta(days=1))
     ids = {"instance_id": notebook.instance_id, "notebook_id": notebook.pk,
-           "collaborator_id": collaborator.pk, "service_id": service.pk}
+           "collaborator_id": collaborator.pk, "service_id": service.pk, "key_id": key.pk}
     object_operations = [(m, p) for m, p in schema_operations(client) if "{" in p]
     assert len(object_operations) >= 12
     bodies = {"/notebooks": {"name": "x", "profile": "nb"}, "/kubeconfig": {},
               "/services": {"name": "x", "profile": "tensorboard"},
-              "/collaborators": {"emails": ["d@x.io"]}}
+              "/collaborators": {"emails": ["d@x.io"]}, "/keys": {"name": "mine"}}
     for method, path in object_operations:
         url = re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), path).removeprefix("/api/v1")
         body = next((b for end, b in bodies.items() if url.endswith(end)), None)
@@ -371,6 +374,7 @@ def test_every_object_endpoint_is_404_for_another_users_token(
     assert Instance.objects.get(pk=notebook.instance_id).status == "running"
     assert Collaborator.objects.get().status == "pending"
     assert Service.objects.get().status == "deploying"
+    assert ServiceKey.objects.get().revoked_at is None
     assert not AuditEvent.objects.filter(actor__username="bob").exclude(
         action="api_token.created").exists()
 

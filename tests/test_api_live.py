@@ -137,10 +137,13 @@ def test_every_operation_answers_within_its_schema_and_never_with_a_server_error
     # Not only refusals: the happy path of nearly every operation was checked too.
     refused_only = sorted(label for label, codes in answered.items()
                           if not any(c < 300 for c in codes))
-    # (a kubeconfig needs a Kubernetes instance, test_api covers it; retry a failed one)
-    assert refused_only == ["POST /api/v1/instances/{instance_id}/kubeconfig",
+    # (a kubeconfig needs a Kubernetes instance, test_api covers it; retry a failed one;
+    # keys are for API services, and this one is a browser app: test_service_keys)
+    assert refused_only == ["DELETE /api/v1/services/{service_id}/keys/{key_id}",
+                            "POST /api/v1/instances/{instance_id}/kubeconfig",
                             "POST /api/v1/instances/{instance_id}/retry",
-                            "POST /api/v1/notebooks/{notebook_id}/retry"], answered
+                            "POST /api/v1/notebooks/{notebook_id}/retry",
+                            "POST /api/v1/services/{service_id}/keys"], answered
 
 
 def test_a_token_shared_by_parallel_jobs_gets_exactly_its_budget(live_api, settings):

@@ -121,6 +121,8 @@ class AuditAction(models.TextChoices):
     SERVICE_DELETING = "service.deleting", "service deleting"
     SERVICE_DELETED = "service.deleted", "service deleted"
     SERVICE_OPENED = "service.opened", "service opened"
+    SERVICE_KEY_ISSUED = "service_key.issued", "service API key issued"
+    SERVICE_KEY_REVOKED = "service_key.revoked", "service API key revoked"
     COLLABORATOR_INVITED = "collaborator.invited", "collaborator invited"
     COLLABORATOR_RESENT = "collaborator.resent", "invitation sent again"
     COLLABORATOR_ACCEPTED = "collaborator.accepted", "invitation accepted"

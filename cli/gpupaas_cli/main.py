@@ -661,6 +661,8 @@ def service_deploy(
                                          "mlflow…")],
     name: Annotated[str | None, typer.Option(help="Its name; default: the service's.")] = None,
     gpus: Annotated[int | None, typer.Option(help="Default: the service's.")] = None,
+    model: Annotated[str | None, typer.Option(help="For a service that serves a model (vLLM): "
+                                              "one from its list; default: the first.")] = None,
     open_: Annotated[bool, typer.Option("--open", help="Wait until it runs, then open it in "
                                         "the browser.")] = False,
     wait: Wait = False,
@@ -671,7 +673,7 @@ def service_deploy(
     """Deploy a catalogue service onto a running instance."""
     api = Api.from_config()
     target = api.instance_named(instance)
-    body = {"name": name or service, "profile": service, "gpus": gpus}
+    body = {"name": name or service, "profile": service, "gpus": gpus, "model": model}
     deployed = api.post(f"/instances/{target['id']}/services",
                         {k: v for k, v in body.items() if v is not None})
     if output == Format.table:
@@ -741,6 +743,57 @@ def service_remove(
 ) -> None:
     """Delete a service."""
     _remove("services", instance, name, yes=yes, output=output)
+
+
+@service_app.command("key")
+def service_key(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The API service's name.")],
+    label: Annotated[str, typer.Option("--name", help="What the key is for.")] = "",
+    output: Output = Format.table,
+) -> None:
+    """Make a key of yours to an API service (vLLM), shown this once, with its base URL."""
+    api = Api.from_config()
+    found = _named(api, "services", instance, name)
+    made = api.post(f"/services/{found['id']}/keys", {"name": label})
+    if output == Format.json:
+        return emit(made, output)
+    err.print("Copy the key now: it is not shown again.")
+    out.print(f"OPENAI_BASE_URL={made['api_base']}\nOPENAI_API_KEY={made['key']}")
+
+
+@service_app.command("keys")
+def service_keys(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The API service's name.")],
+    output: Output = Format.table,
+) -> None:
+    """Your keys to an API service."""
+    api = Api.from_config()
+    rows = api.get(f"/services/{_named(api, 'services', instance, name)['id']}/keys")
+    if output == Format.json:
+        return emit(rows, output)
+    table = Table("ID", "KEY", "NAME", "STATE", "LAST USED", box=None)
+    for k in rows:
+        table.add_row(str(k["id"]), f"{k['prefix']}…", k["name"], k["state"],
+                      k["last_used_at"] or "never")
+    out.print(table)
+
+
+@service_app.command("key-rm")
+def service_key_remove(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The API service's name.")],
+    key_id: Annotated[int, typer.Argument(help="The key's ID, from `gpupaas service keys`.")],
+    output: Output = Format.table,
+) -> None:
+    """Revoke one of your keys to an API service (refused within a second)."""
+    api = Api.from_config()
+    found = _named(api, "services", instance, name)
+    revoked = api.delete(f"/services/{found['id']}/keys/{key_id}")
+    emit(revoked, output)
+    if output == Format.table:
+        out.print(f"Key {revoked['prefix']}… is {revoked['state']}.")
 
 
 def _remove(kind: str, instance: str, name: str, *, yes: bool, output: Format) -> None:
