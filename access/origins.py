@@ -21,6 +21,8 @@ credential (`services.instance_upstream`): the request's path goes after the pro
 since the API server rewrites the links of the HTML it passes back to point there
 (apimachinery's util/proxy Transport)."""
 
+import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -32,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import httpx
+import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
@@ -40,6 +43,8 @@ from django.core.cache import cache
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from websockets.asyncio.client import connect as websocket_connect
+from websockets.asyncio.client import unix_connect
 
 from clusters.backends import BackendError, get_backend
 from clusters.backends.kubernetes.upstream import Upstream
@@ -50,7 +55,14 @@ from notebooks.models import Service, ServiceKey
 from notebooks.services import service_spec
 from workspaces.tokens import check_token, touch_due
 
-from .proxy import HOP_BY_HOP, TooLarge, read_body, scope_client_ip
+from .proxy import (
+    HOP_BY_HOP,
+    TooLarge,
+    client_to_upstream,
+    read_body,
+    scope_client_ip,
+    upstream_to_client,
+)
 from .services import instance_upstream
 
 log = logging.getLogger("gpupaas.apps")
@@ -193,7 +205,7 @@ class AppsProxy:
         service_id, suffix = host_label(headers.get("host", "")) or (0, "")
         with logs.bound(request_id=logs.new_request_id(None), user_id=None, instance_id=None):
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
+                await self.websocket(scope, receive, send, service_id, suffix, headers)
                 return
             if scope["path"] == AUTH_PATH:
                 await self.sign_in(scope, send, service_id, headers)
@@ -232,6 +244,84 @@ class AppsProxy:
             self.decisions.clear()
         self.decisions[cached_as] = (now, decision)
         return decision
+
+    async def websocket(self, scope: dict[str, Any], receive: Any, send: Any, service_id: int,
+                        suffix: str, headers: dict[str, str]) -> None:
+        """A WebSocket (code-server, a live dashboard): decided like any request, then made
+        again to the service and relayed both ways; decided again every
+        APPS_DECISION_CACHE_S while it is open, so losing access closes it."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        cookie = _cookie(headers.get("cookie", ""), COOKIE)
+        decision = await self.decision(cookie, service_id, suffix)
+        if not decision.allowed:
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        forward, url = self.target(scope, headers, decision)
+        url = "ws" + url[4:]  # http→ws, https→wss
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")
+                   if p.strip()]
+        forward = [(k, v) for k, v in forward if not k.startswith(b"sec-websocket-")]
+        options: dict[str, Any] = {
+            "additional_headers": [(k.decode("latin-1"), v.decode("latin-1"))
+                                   for k, v in forward],
+            "subprotocols": offered or None, "user_agent_header": None,
+            "compression": None, "max_size": None, "open_timeout": 15, "close_timeout": 5}
+        try:
+            if decision.upstream is not None:
+                upstream = await websocket_connect(
+                    url, ssl=(decision.upstream.ssl_context or None)
+                    if url.startswith("wss:") else None, **options)
+            else:
+                upstream = await unix_connect(decision.socket, url, **options)
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            log.info("service s%s: WebSocket to %s refused: %r", service_id, scope["path"], exc)
+            await send({"type": "websocket.close", "code": 1011})
+            return
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+
+        async def still_allowed() -> None:
+            while (await self.decision(cookie, service_id, suffix)).allowed:
+                await asyncio.sleep(settings.APPS_DECISION_CACHE_S)
+
+        tasks = [asyncio.ensure_future(client_to_upstream(receive, upstream)),
+                 asyncio.ensure_future(upstream_to_client(upstream, send)),
+                 asyncio.ensure_future(still_allowed())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await upstream.close()
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+
+    def target(self, scope: dict[str, Any], headers: dict[str, str], decision: Decision
+               ) -> tuple[list[tuple[bytes, bytes]], str]:
+        """The headers the service gets and the URL it is reached at: never the portal's
+        cookie nor a credential meant for the portal; on Kubernetes, the request's path
+        after the service proxy's (unless the API server's own rewriting put it there)."""
+        forward = [(k, v) for k, v in scope["headers"]
+                   if k.decode("latin-1").lower() not in HOP_BY_HOP | {"cookie",
+                                                                      "authorization"}]
+        others = _without_cookie(headers.get("cookie", ""), COOKIE)
+        if others:
+            forward.append((b"cookie", others.encode("latin-1")))
+        forward += [(b"x-forwarded-host", headers.get("host", "").encode("latin-1")),
+                    (b"x-forwarded-proto", scope.get("scheme", "http").encode())]
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        query = f"?{query}" if query else ""
+        if decision.upstream is not None:
+            prefix = decision.prefix
+            path = raw_path if raw_path.startswith(prefix + "/") else prefix + raw_path
+            forward += [(k.lower().encode(), v.encode("latin-1"))
+                        for k, v in decision.upstream.headers.items()]
+            return forward, decision.upstream.base_url + path + query
+        # Apps check their Host against loopback names (MLflow refuses others).
+        forward.append((b"host", b"localhost"))
+        return forward, "http://localhost" + raw_path + query
 
     async def sign_in(self, scope: dict[str, Any], send: Any, service_id: int,
                       headers: dict[str, str]) -> None:
@@ -288,28 +378,7 @@ class AppsProxy:
             return
         if body is None:
             return
-        # Never the portal's cookie, nor a credential meant for the portal.
-        forward = [(k, v) for k, v in scope["headers"]
-                   if k.decode("latin-1").lower() not in HOP_BY_HOP | {"cookie",
-                                                                      "authorization"}]
-        others = _without_cookie(headers.get("cookie", ""), COOKIE)
-        if others:
-            forward.append((b"cookie", others.encode("latin-1")))
-        forward += [(b"x-forwarded-host", headers.get("host", "").encode("latin-1")),
-                    (b"x-forwarded-proto", scope.get("scheme", "http").encode())]
-        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        query = scope.get("query_string", b"").decode("latin-1")
-        query = f"?{query}" if query else ""
-        if decision.upstream is not None:
-            prefix = decision.prefix
-            path = raw_path if raw_path.startswith(prefix + "/") else prefix + raw_path
-            url = decision.upstream.base_url + path + query
-            forward += [(k.lower().encode(), v.encode("latin-1"))
-                        for k, v in decision.upstream.headers.items()]
-        else:
-            # Apps check their Host against loopback names (MLflow refuses others).
-            forward.append((b"host", b"localhost"))
-            url = "http://localhost" + raw_path + query
+        forward, url = self.target(scope, headers, decision)
         client = self.client_for(decision)
         try:
             request = client.build_request(scope["method"], url, headers=forward,

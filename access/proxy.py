@@ -227,8 +227,8 @@ class KubeProxy:
             return
         await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
         tasks = [
-            asyncio.ensure_future(self.client_to_upstream(receive, upstream)),
-            asyncio.ensure_future(self.upstream_to_client(upstream, send)),
+            asyncio.ensure_future(client_to_upstream(receive, upstream)),
+            asyncio.ensure_future(upstream_to_client(upstream, send)),
             asyncio.ensure_future(self.wait_revoked(token, decision)),
         ]
         try:
@@ -241,22 +241,6 @@ class KubeProxy:
             with contextlib.suppress(Exception):  # the client may be gone already
                 await send({"type": "websocket.close", "code": upstream.close_code or 1000})
         await self.audit(audit, 101, started)
-
-    async def client_to_upstream(self, receive: Any, upstream: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("bytes") is not None:
-                await upstream.send(message["bytes"])
-            elif message.get("text") is not None:
-                await upstream.send(message["text"])
-
-    async def upstream_to_client(self, upstream: Any, send: Any) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for data in upstream:
-                key = "bytes" if isinstance(data, bytes) else "text"
-                await send({"type": "websocket.send", key: data})
 
     async def refuse_upgrade(self, scope: dict[str, Any], send: Any, status: int, body: bytes,
                              content_type: str = "application/json") -> None:
@@ -413,6 +397,26 @@ class KubeProxy:
                         (b"content-length", str(len(body)).encode())],
         })
         await send({"type": "http.response.body", "body": body})
+
+
+async def client_to_upstream(receive: Any, upstream: Any) -> None:
+    """A WebSocket's frames from the client, passed on unchanged (the Kubernetes proxy's
+    streams and the services' origins)."""
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("bytes") is not None:
+            await upstream.send(message["bytes"])
+        elif message.get("text") is not None:
+            await upstream.send(message["text"])
+
+
+async def upstream_to_client(upstream: Any, send: Any) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for data in upstream:
+            key = "bytes" if isinstance(data, bytes) else "text"
+            await send({"type": "websocket.send", key: data})
 
 
 def _is_unauthorized_status(body: bytes) -> bool:

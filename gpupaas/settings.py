@@ -496,6 +496,9 @@ VCLUSTER_CHART_REPOSITORY = env_str("VCLUSTER_CHART_REPOSITORY", "https://charts
 VCLUSTER_IMAGE = env_str("VCLUSTER_IMAGE", "ghcr.io/loft-sh/vcluster-oss:0.20.6")
 VCLUSTER_API_VIA_INGRESS = env_bool("VCLUSTER_API_VIA_INGRESS", False)
 PORTAL_NAMESPACE = env_str("PORTAL_NAMESPACE", "gpupaas-system")
+# Where Flux's helm-controller runs: let in to each virtual cluster's API too, since it
+# installs catalogue services inside with the kubeconfig vcluster exported.
+FLUX_NAMESPACE = env_str("FLUX_NAMESPACE", "flux-system")
 # `dedicated` profiles: the add-ons every Cluster API cluster gets (CAAPH HelmChartProxies).
 GPU_OPERATOR_CHART_VERSION = env_str("GPU_OPERATOR_CHART_VERSION", "v25.3.4")
 INGRESS_NGINX_CHART_VERSION = env_str("INGRESS_NGINX_CHART_VERSION", "4.12.1")

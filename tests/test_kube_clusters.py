@@ -113,8 +113,11 @@ def test_a_virtual_cluster_is_a_flux_release_that_runs_notebooks_inside_and_goes
     assert emu.get(HELM_REPOSITORY, "vcluster", ns)["spec"]["url"] == "https://charts.loft.sh"
     # The chart's objects are Flux's to make: the portal writes none of them.
     assert emu.get("StatefulSet", "vcluster", ns) is None
-    assert emu.get("NetworkPolicy", "allow-portal-to-vcluster", ns)["spec"]["ingress"][0][
-        "ports"] == [{"protocol": "TCP", "port": 8443}]
+    let_in = emu.get("NetworkPolicy", "allow-portal-to-vcluster", ns)["spec"]["ingress"][0]
+    assert let_in["ports"] == [{"protocol": "TCP", "port": 8443}]
+    # The portal, and Flux, which installs catalogue services inside with its kubeconfig.
+    assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for peer in let_in["from"]] == ["gpupaas-system", "flux-system"]
 
     instance = until(flux, instance, Status.RUNNING)
 

@@ -202,7 +202,8 @@ def test_inside_a_virtual_or_dedicated_cluster_flux_installs_with_its_kubeconfig
 
 
 class App(BaseHTTPRequestHandler):
-    """A service's pod: says what reached it; `/go` redirects, `/` sets a cookie."""
+    """A service's pod: says what reached it; `/go` redirects, `/page` is HTML with a link
+    and a cookie."""
 
     seen: list = []
 
@@ -213,6 +214,21 @@ class App(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         self.seen.append((self.command, self.path, dict(self.headers), body))
+        if self.path == "/go":
+            self.send_response(302)
+            self.send_header("Location", "/login?next=x")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path == "/page":
+            data = b'<!doctype html><a href="/static/app.js">app</a>'
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Set-Cookie", "app=1; Path=/; HttpOnly")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         data = json.dumps({"path": self.path, "body": body.decode()}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -265,8 +281,15 @@ def test_its_origin_reaches_it_through_the_api_servers_service_proxy_for_its_use
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         answer = owner.http.request(method, "/api/2.0/runs", content=b'{"x": 1}')
         assert answer.status_code == 200 and answer.json()["body"] == '{"x": 1}', method
-    # A link the API server rewrote to its own proxy path is followed as it is.
+    # The API server rewrites redirects and HTML links to its own proxy path; the origin
+    # passes such paths on as they are, and the app's cookie reaches the browser.
     prefix = f"/api/v1/namespaces/{ns}/services/{service.key}:80/proxy"
+    moved = owner.get("/go")
+    assert moved.status_code == 302 and moved.headers["location"] == f"{prefix}/login?next=x"
+    assert owner.get(moved.headers["location"]).json()["path"] == "/login?next=x"
+    html = owner.get("/page")
+    assert f'href="{prefix}/static/app.js"' in html.text
+    assert html.headers["set-cookie"] == "app=1; Path=/; HttpOnly"
     assert owner.get(f"{prefix}/static/app.js").json()["path"] == "/static/app.js"
     # The pod sees neither the portal's cookie nor a credential.
     for _, _, headers, _ in App.seen:

@@ -220,3 +220,57 @@ def test_a_service_can_neither_toss_cookies_nor_send_a_user_elsewhere(
     assert answer.text == "ok"
     cookies = answer.headers.get_list("set-cookie")
     assert cookies == ["own=1; Path=/; HttpOnly"]
+
+
+WS_ECHO = '''python -c "import asyncio, sys
+from websockets.asyncio.server import serve
+async def echo(ws):
+    async for m in ws:
+        await ws.send('echo: ' + m)
+async def main():
+    async with serve(echo, '127.0.0.1', int(sys.argv[1])):
+        await asyncio.Future()
+asyncio.run(main())" {port}'''
+
+
+def websocket_to(server: str, service: Service, cookie: str):
+    """A browser's WebSocket to the service's origin (its Host), with its cookie jar."""
+    import socket
+
+    from websockets.sync.client import connect
+
+    port = urlsplit(server).port
+    return connect(f"ws://{service.host_label}.localhost:{port}/socket", open_timeout=10,
+                   sock=socket.create_connection(("127.0.0.1", port)),
+                   additional_headers={"Cookie": f"gpupaas_app={cookie}"} if cookie else None)
+
+
+def test_websockets_reach_a_service_for_its_users_and_close_when_access_ends(
+        transactional_db, alice, catalogue, server, settings):
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    profile = ServiceProfile.objects.create(
+        name="wsecho", display_name="WebSocket echo", local_packages="websockets>=13,<16",
+        local_command=WS_ECHO)
+    instance = running_instance(alice, catalogue[2], "train")
+    service = until(services.deploy_service(instance=instance, name="live", by=alice,
+                                            profile=profile), Status.RUNNING)
+    carol = make_user("carol-ws")
+    collaborators.invite_collaborator(instance=instance, emails=[carol.email], by=alice,
+                                      base_url="http://portal.test/")
+    token = re.search(r"/invitations/([^/\s]+)/", mail.outbox[-1].body).group(1)
+    membership = collaborators.accept_invitation(token=token, user=carol,
+                                                 proven_email=carol.email)
+    guest = Browser(server, service)
+    assert guest.open(signed_in(carol), service).status_code == 303
+    with websocket_to(server, service, guest.http.cookies["gpupaas_app"]) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "echo: hello"
+        # Her access ends while the socket is open: the portal closes it within a second.
+        collaborators.remove_collaborator(collaborator=membership, by=alice)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=settings.APPS_DECISION_CACHE_S * 2 + 1)
+    # Without an app session, or with hers now: no socket at all.
+    for cookie in ("", guest.http.cookies["gpupaas_app"]):
+        with pytest.raises(InvalidStatus):
+            websocket_to(server, service, cookie)

@@ -111,6 +111,7 @@ def cluster_settings(cluster: Cluster) -> m.ClusterSettings:
         vcluster_repository=settings.VCLUSTER_CHART_REPOSITORY,
         vcluster_via_ingress=settings.VCLUSTER_API_VIA_INGRESS,
         portal_namespace=settings.PORTAL_NAMESPACE,
+        flux_namespace=settings.FLUX_NAMESPACE,
         gpu_operator_version=settings.GPU_OPERATOR_CHART_VERSION,
         ingress_nginx_version=settings.INGRESS_NGINX_CHART_VERSION,
         ingress_domain=cluster.ingress_domain,

@@ -56,6 +56,8 @@ class ClusterSettings:
     vcluster_via_ingress: bool = False
     # Where the portal runs, let in to the vcluster API by a NetworkPolicy.
     portal_namespace: str = "gpupaas-system"
+    # Where Flux's helm-controller runs (it installs catalogue services into vclusters).
+    flux_namespace: str = "flux-system"
     gpu_operator_version: str = "v25.3.4"
     ingress_nginx_version: str = "4.12.1"
     ingress_domain: str = ""
@@ -377,12 +379,14 @@ def vcluster_values(spec: InstanceSpec, cs: ClusterSettings) -> Manifest:
 
 
 def vcluster_objects(spec: InstanceSpec, cs: ClusterSettings) -> list[Manifest]:
-    """The virtual cluster, declared for Flux: a NetworkPolicy that lets the portal reach its
-    API, the chart's HelmRepository, and the HelmRelease of the pinned chart (last: the one
-    whose status says how it went). Flux's helm-controller installs the chart."""
+    """The virtual cluster, declared for Flux: a NetworkPolicy that lets the portal (and
+    Flux's helm-controller, which installs catalogue services inside) reach its API, the
+    chart's HelmRepository, and the HelmRelease of the pinned chart (last: the one whose
+    status says how it went). Flux's helm-controller installs the chart."""
     ns = object_name(spec)
     portal_peers: list[Manifest] = [{"namespaceSelector": {"matchLabels": {
-        "kubernetes.io/metadata.name": cs.portal_namespace}}}]
+        "kubernetes.io/metadata.name": name}}} for name in (cs.portal_namespace,
+                                                          cs.flux_namespace)]
     if cs.vcluster_via_ingress:  # through the ingress controller (already let in)
         portal_peers = ingress_sources(cs)
     return [

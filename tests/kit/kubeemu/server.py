@@ -8,14 +8,14 @@ import argparse
 import base64
 import contextlib
 import datetime
+import http.client
 import json
 import os
+import re
 import signal
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -45,6 +45,9 @@ from .store import (
 )
 from .watch import watch
 
+# An absolute path in an HTML link, which the service proxy rewrites to go through it.
+HTML_LINK = re.compile(rb"""(\s(?:href|src|action)=["'])/(?!/)""")
+
 if TYPE_CHECKING:
     from kubernetes.client import Configuration
 
@@ -67,7 +70,7 @@ class _Handler(Handler):
         if emu.token_refused(authorization):
             response = Response(401, ApiError(401, "Unauthorized", "Unauthorized").status())
         elif route.plural == "services" and not route.group and route.subresource == "proxy":
-            response = emu._service_proxy(method, route, url, raw)
+            response = emu._service_proxy(method, route, url, raw, self.headers)
         else:
             response = emu._dispatch(method, route, query,
                                      self.headers.get("Content-Type") or "", raw)
@@ -75,7 +78,8 @@ class _Handler(Handler):
         if response.stream is not None:
             self._send_stream(response.stream)
         else:
-            self._send(response.code, response.body, response.content_type)
+            self._send(response.code, response.body, response.content_type,
+                       response.headers)
 
 
 class Emulator(Served):
@@ -295,11 +299,15 @@ class Emulator(Served):
         return expires <= time.time() or account is None or (
             account["metadata"].get("uid", "") != uid)
 
-    def _service_proxy(self, method: str, route: Route, url: SplitResult, raw: bytes
-                       ) -> Response:
+    def _service_proxy(self, method: str, route: Route, url: SplitResult, raw: bytes,
+                       headers: Any) -> Response:
         """`services/{name}[:port]/proxy/{path}`: the request passed on to the Service's pods
-        (a test's server, ``service_backends``) without the credentials the API server took,
-        and their answer passed back; with no endpoints, the server's 503."""
+        (a test's server, ``service_backends``) with the client's headers but not the
+        credential the API server took, and their answer passed back unfollowed; with no
+        endpoints, the server's 503. As the real server's proxy does (apimachinery
+        util/proxy: UpgradeAwareHandler with WrapTransport, its Transport), an absolute
+        path in a Location header or in an HTML link is rewritten to go through the proxy
+        again, and CORS headers are dropped."""
         name = unquote(route.name or "").partition(":")[0]
         try:
             self.store.get(self.catalog.lookup("", "v1", "services"), route.namespace, name)
@@ -309,15 +317,31 @@ class Emulator(Served):
         if target is None:
             return Response(503, ApiError(503, "ServiceUnavailable", "no endpoints available "
                                           f'for service "{name}"').status())
-        path = url.path.partition(f"/{route.name}/proxy")[2] or "/"
-        forward = urllib.request.Request(f"{target}{path}{'?' + url.query if url.query else ''}",
-                                         data=raw or None, method=method)
+        prefix, _, path = url.path.partition(f"/{route.name}/proxy")
+        prefix += f"/{route.name}/proxy"
+        sent = {k: v for k, v in headers.items() if k.lower() not in (
+            "authorization", "host", "content-length", "connection", "transfer-encoding")}
+        backend = urlsplit(target)
+        connection = http.client.HTTPConnection(backend.hostname, backend.port, timeout=30)
         try:
-            with urllib.request.urlopen(forward, timeout=30) as answer:
-                code, body, kind = answer.status, answer.read(), answer.headers.get_content_type()
-        except urllib.error.HTTPError as exc:
-            code, body, kind = exc.code, exc.read(), exc.headers.get_content_type()
-        return Response(code, body, kind)
+            connection.request(method, (path or "/") + (f"?{url.query}" if url.query else ""),
+                               body=raw or None, headers=sent)
+            answer = connection.getresponse()
+            body, kind = answer.read(), answer.getheader("Content-Type") or ""
+        finally:
+            connection.close()
+        passed = []
+        for key, value in answer.getheaders():
+            lower = key.lower()
+            if lower == "location" and value.startswith("/") and not value.startswith("//"):
+                passed.append((key, prefix + value))
+            elif lower not in ("content-type", "content-length", "connection",
+                               "transfer-encoding", "date", "server") and not (
+                    lower.startswith("access-control-")):
+                passed.append((key, value))
+        if kind.startswith("text/html"):
+            body = HTML_LINK.sub(rb"\1" + prefix.encode() + b"/", body)
+        return Response(answer.status, body, kind, headers=tuple(passed))
 
     # -- HTTP dispatch
 

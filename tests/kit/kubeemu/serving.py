@@ -85,6 +85,7 @@ class Response:
     body: Any
     content_type: str = "application/json"
     stream: Generator[Obj, None, None] | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # more of them (the service proxy's)
 
 
 def decode_body(raw: bytes, content_type: str) -> Any:
@@ -165,11 +166,14 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
+    def _send(self, code: int, body: Any, content_type: str = "application/json",
+              headers: tuple[tuple[str, str], ...] = ()) -> None:
         data = body if isinstance(body, bytes) else (
             body.encode() if isinstance(body, str) else json.dumps(body).encode())
         self.send_response(code)
         self.send_header("Content-Type", content_type)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
