@@ -123,3 +123,28 @@ def instance_capacity(*, instance: Instance) -> Capacity:
         reserved_memory_gib=-(-reservation.memory_mib // 1024),
         reserved_note=f"the virtual cluster reserves {reservation}" if reservation else "",
     )
+
+
+@dataclass(frozen=True)
+class DeploymentCount:
+    cluster: str
+    kind: str  # Notebooks | Services
+    counts: list[int]  # in the order of STATUSES
+
+
+# What the administrators' overview counts (deleted ones are history, not what runs).
+STATUSES = [s for s in Notebook.Status if s != Notebook.Status.DELETED]
+
+
+def deployments_by_cluster() -> list[DeploymentCount]:
+    """Notebooks and services by cluster and status: one query per kind."""
+    rows = []
+    for model, kind in ((Notebook, "Notebooks"), (Service, "Services")):
+        found: dict[str, dict[str, int]] = {}
+        for row in (model.objects.exclude(status=Notebook.Status.DELETED)
+                    .values("instance__cluster__display_name", "status")
+                    .annotate(n=Count("id"))):
+            found.setdefault(row["instance__cluster__display_name"], {})[row["status"]] = row["n"]
+        rows += [DeploymentCount(cluster, kind, [by.get(s, 0) for s in STATUSES])
+                 for cluster, by in sorted(found.items())]
+    return rows

@@ -83,6 +83,8 @@ def admin_overview(request: HttpRequest) -> HttpResponse:
     overview = instance_selectors.admin_overview(failed_since=now - timedelta(hours=24))
     return render(request, "admin/overview.html", {
         **admin.site.each_context(request), "title": "Overview", "overview": overview,
+        "deployments": notebook_selectors.deployments_by_cluster(),
+        "deployment_statuses": [s.label for s in notebook_selectors.STATUSES],
         "hours": hours, "period": period, "problem": problem,
         "dimensions": [(d, d.replace("_", " ")) for d in usage_records.DIMENSIONS],
     }, status=400 if problem else 200)

@@ -13,6 +13,7 @@ from django.utils import timezone
 from clusters.models import Cluster
 from instances import services
 from instances.models import ComputeProfile, Instance
+from notebooks.models import Service, ServiceProfile
 from workspaces.models import AuditEvent, GroupPolicy
 
 from .conftest import make_user, running_instance, workspace_of
@@ -210,6 +211,23 @@ def test_the_overview_shows_gpus_statuses_failures_and_top_workspaces(
     assert "Long ago." not in page  # more than 24 hours ago
     top = page.split("Top workspaces by GPUs in use")[1]
     assert top.index(">bob<") < top.index(">alice<")
+
+
+def test_the_overview_counts_notebooks_and_services_by_cluster_and_status(
+    admin_client, alice, catalogue
+):
+    instance = launch(alice, catalogue[2], "train-a")
+    board = ServiceProfile.objects.get(name="tensorboard")
+    for name, status in (("a", "running"), ("b", "running"), ("c", "failed"), ("d", "deleted")):
+        Service.objects.create(instance=instance, name=name, profile=board, created_by=alice,
+                               cpu=1, memory_gib=1, status=status)
+    page = admin_client.get(OVERVIEW).content.decode()
+    table = page.split('id="deployments"')[1].split("</table>")[0]
+    head = [c.split("</th>")[0] for c in table.split("<th>")[1:]]
+    assert head == ["Cluster", "What", "Deploying", "Running", "Stopped", "Failed", "Deleting"]
+    row = table.split("<td>Local machine</td><td>Services</td>")[1].split("</tr>")[0]
+    assert [c.split("</td>")[0] for c in row.split("<td>")[1:]] == ["0", "2", "0", "1", "0"]
+    assert "<td>Notebooks</td>" not in table  # none deployed
 
 
 @pytest.mark.parametrize("url", [WORKSPACES, OVERVIEW])
