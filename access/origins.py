@@ -215,14 +215,16 @@ class AppsProxy:
             key = key.strip() if scheme.lower() == "bearer" else ""
             decision = await self.decision(cookie, service_id, suffix, key=key)
             if not decision.allowed:
-                await self.refuse(send, decision.why, program=bool(key) or not cookie and (
+                status = decision.why
+                await self.refuse(send, status, program=bool(key) or not cookie and (
                     "json" in headers.get("accept", "") or "authorization" in headers))
             else:
-                await self.forward(scope, receive, send, decision, headers)
+                status = await self.forward(scope, receive, send, decision, headers)
             if random.random() < settings.APPS_REQUEST_LOG_RATE:
-                log.info("%s %s%s for user %s", scope["method"], f"s{service_id}",
-                         scope["path"], decision.user_id,
+                log.info("%s %s%s for user %s: %s", scope["method"], f"s{service_id}",
+                         scope["path"], decision.user_id, status,
                          extra={"service_id": service_id, "allowed": decision.allowed,
+                                "status": status, "by_key": bool(key),
                                 "client_ip": scope_client_ip(scope)})
 
     async def decision(self, cookie: str, service_id: int, suffix: str, *, key: str = ""
@@ -370,14 +372,15 @@ class AppsProxy:
         await send({"type": "http.response.body", "body": body})
 
     async def forward(self, scope: dict[str, Any], receive: Any, send: Any,
-                      decision: Decision, headers: dict[str, str]) -> None:
+                      decision: Decision, headers: dict[str, str]) -> int:
+        """Pass the request on; returns the status its user got (0: they left first)."""
         try:
             body = await read_body(receive, MAX_BODY)
         except TooLarge:
             await self.refuse(send, 404)
-            return
+            return 404
         if body is None:
-            return
+            return 0
         forward, url = self.target(scope, headers, decision)
         client = self.client_for(decision)
         try:
@@ -386,7 +389,7 @@ class AppsProxy:
             response = await client.send(request, stream=True)
         except httpx.HTTPError:
             await self.refuse(send, 503)
-            return
+            return 503
         try:
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": [(k, v) for k, v in response.headers.raw
@@ -399,6 +402,7 @@ class AppsProxy:
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()
+        return response.status_code
 
 
 def _cookie(header: str, name: str) -> str:

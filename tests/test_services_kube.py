@@ -9,6 +9,7 @@ Flux is the kit's stand-in (tests/kit/controllers.py), played through the API as
 server; the emulator passes the service proxy to a test's HTTP server."""
 
 import json
+import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -260,7 +261,7 @@ def origin_server(transactional_db):
 
 def test_its_origin_reaches_it_through_the_api_servers_service_proxy_for_its_users_only(
         transactional_db, emu, upstream, flux, alice, instance, board, app_pod, origin_server,
-        settings):
+        settings, caplog):
     service = services.deploy_service(instance=instance, name="chat", profile=board, by=alice)
     service = advance(service, flux, until=Status.RUNNING)
     ns = namespace_of(emu, instance)["metadata"]["name"]
@@ -274,9 +275,13 @@ def test_its_origin_reaches_it_through_the_api_servers_service_proxy_for_its_use
 
     owner = Browser(origin_server, service)
     assert owner.open(signed_in(alice), service).status_code == 303
-    page = owner.get("/runs?page=2")
+    with caplog.at_level(logging.INFO, logger="gpupaas.apps"):
+        page = owner.get("/runs?page=2")
     assert page.status_code == 200, page.text
     assert page.json()["path"] == "/runs?page=2"
+    # Each request is logged: who, which service, what, and what they got.
+    [logged] = [r for r in caplog.records if r.name == "gpupaas.apps"]
+    assert logged.getMessage() == f"GET s{service.pk}/runs for user {alice.pk}: 200"
     # Every method a REST API uses goes through (the access account's `admin` allows it).
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         answer = owner.http.request(method, "/api/2.0/runs", content=b'{"x": 1}')
