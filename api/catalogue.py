@@ -111,7 +111,7 @@ def deploy_service(request: HttpRequest, instance_id: Id, payload: ServiceIn) ->
     """Deploy a catalogue service onto a running instance, with the Deploy page's checks."""
     instance = instance_or_404(request, instance_id)
     form = DeployForm(
-        {**deploy_data(payload, instance), "model": payload.model},
+        deploy_data(payload, instance),
         profiles=selectors.service_profiles_for(user=request.user),
         instances=selectors.usable_instances(user=request.user), what="service")
     form.fields["profile"].to_field_name = "name"
@@ -119,7 +119,7 @@ def deploy_service(request: HttpRequest, instance_id: Id, payload: ServiceIn) ->
     service = services.deploy_service(
         instance=data["instance"], name=data["name"], profile=data["profile"],
         description=data["description"], cpu=data["cpu"], memory_gib=data["memory_gib"],
-        gpus=data["gpus"], model=data["model"], by=request.user,
+        gpus=data["gpus"], model=payload.model, by=request.user,
         ip_address=client_ip(request))
     return Status(201, service_out(request, service_or_404(request, service.pk)))
 

@@ -44,10 +44,13 @@ class DeployForm(forms.Form):
             self.fields["profile"].error_messages["invalid_choice"] = (
                 "This service is not available. Pick one shown.")
             self.fields["gpus"].help_text = "Empty: the service's default."
+            # Only where a service offers models to choose from.
             choices = sorted({m for p in profiles for m in p.model_choices})
             if choices:
                 self.fields["model"].widget = forms.Select(
                     choices=[("", "The service's first"), *((m, m) for m in choices)])
+            else:
+                del self.fields["model"]
         else:
             del self.fields["model"]
         # Only what the user may use is a valid choice: a forged id fails validation.

@@ -151,7 +151,7 @@ def service_new(request: HttpRequest) -> HttpResponse:
             service = services.deploy_service(
                 instance=data["instance"], name=data["name"], profile=data["profile"],
                 description=data["description"], cpu=data["cpu"],
-                memory_gib=data["memory_gib"], gpus=data["gpus"], model=data["model"],
+                memory_gib=data["memory_gib"], gpus=data["gpus"], model=data.get("model") or "",
                 by=request.user, ip_address=client_ip(request),
             )
         except ValidationError as exc:

@@ -618,3 +618,18 @@ def test_the_instance_list_asks_the_database_as_often_for_many_rows_as_for_one(
     with CaptureQueriesContext(connection) as many:
         assert len(api("GET", "/instances").json()["items"]) == 13
     assert len(many) == len(one), [q["sql"][:80] for q in many.captured_queries]
+
+
+def test_a_service_that_serves_models_takes_one_of_them(alice_api, alice, catalogue):
+    instance = running_instance(alice, catalogue[2], "train")
+    offered = {p["name"]: p for p in alice_api("GET", "/service-profiles").json()}
+    assert offered["vllm"]["exposure"] == "api"
+    assert offered["vllm"]["models"][0] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert offered["tensorboard"]["models"] == []
+    refused = problem(alice_api("POST", f"/instances/{instance.pk}/services",
+                                {"name": "chat", "profile": "vllm", "model": "gpt-5"}), 422)
+    assert refused["errors"] == [{
+        "field": "model", "pointer": "#/model",
+        "detail": "vLLM inference endpoint serves one of: Qwen/Qwen2.5-0.5B-Instruct, "
+                  "Qwen/Qwen2.5-7B-Instruct, meta-llama/Llama-3.1-8B-Instruct."}]
+    assert not Service.objects.exists()

@@ -110,3 +110,20 @@ def test_open_waits_for_running_and_delete_asks_first(alice_client, alices_servi
     assert "You asked to delete curves." in done
     alices_service.refresh_from_db()
     assert alices_service.status == Service.Status.DELETING
+
+
+def test_a_service_that_serves_models_offers_them_on_the_form(alice_client, alice, catalogue):
+    instance = running_instance(alice, catalogue[2], "train")
+    form = alice_client.get(f"/services/new/?instance={instance.pk}").content.decode()
+    assert '<select name="model"' in form
+    assert '<option value="Qwen/Qwen2.5-0.5B-Instruct">' in form
+    vllm = ServiceProfile.objects.get(name="vllm")
+    response = alice_client.post("/services/new/", {
+        "name": "chat", "profile": vllm.pk, "instance": instance.pk, "model": "gpt-5"})
+    assert response.status_code == 400
+    assert "vLLM inference endpoint serves one of: Qwen/Qwen2.5-0.5B-Instruct" in (
+        response.content.decode())
+    assert not Service.objects.exists()
+    # Where no service offers a model, the form asks for none.
+    ServiceProfile.objects.filter(pk=vllm.pk).update(model_names="")
+    assert 'name="model"' not in alice_client.get("/services/new/").content.decode()
