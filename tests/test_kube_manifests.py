@@ -168,12 +168,16 @@ def test_a_vcluster_is_a_flux_release_of_the_pinned_chart():
         "install": {"remediation": {"retries": 2}},
         "upgrade": {"remediation": {"retries": 2}},
     }
-    # Only the portal's namespace reaches the virtual cluster's API.
+    # Only the portal's namespace reaches the virtual cluster's API, and Flux's, which
+    # installs catalogue services inside.
     assert policy["spec"] == {
         "podSelector": {"matchLabels": {"app": "vcluster", "release": "vcluster"}},
         "policyTypes": ["Ingress"],
-        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": "gpupaas-system"}}}],
+        "ingress": [{"from": [
+            {"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "gpupaas-system"}}},
+            {"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "flux-system"}}}],
             "ports": [{"protocol": "TCP", "port": 8443}]}],
     }
 
