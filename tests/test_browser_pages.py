@@ -5,6 +5,7 @@ Debian's Chromium driven by Playwright against a live server (see `page` in conf
 """
 
 import pytest
+from django.utils import timezone
 
 from .conftest import PASSWORD, running_instance, workspace_of
 
@@ -63,7 +64,17 @@ def busy_alice(alice, admin_user, catalogue, run_a):
     notebook = notebooks.deploy_notebook(
         instance=run_a, name="explore-the-support-ticket-data", by=alice,
         profile=NotebookProfile.objects.get(name="minimal"))
-    return {"instance": run_a.pk, "notebook": notebook.pk}
+    # An API service with a key: its page carries the curl and Python examples.
+    from notebooks.models import Service, ServiceKey, ServiceProfile
+
+    llm = Service.objects.create(
+        instance=run_a, name="support-ticket-triage-model", created_by=alice, cpu=8,
+        memory_gib=32, profile=ServiceProfile.objects.get(name="vllm"),
+        model="meta-llama/Llama-3.1-8B-Instruct", status="running")
+    ServiceKey.objects.create(service=llm, user=alice, token_hash="0" * 64, name="eval",
+                              prefix="gps_abcdef", expires_at=llm.created_at
+                              + timezone.timedelta(days=90))
+    return {"instance": run_a.pk, "notebook": notebook.pk, "service": llm.pk}
 
 
 def test_every_page_fits_a_390_px_phone_without_sideways_scroll(
@@ -89,7 +100,8 @@ def test_every_page_fits_a_390_px_phone_without_sideways_scroll(
     instance, notebook = busy_alice["instance"], busy_alice["notebook"]
     for path in ("/", "/instances/", "/instances/new/", f"/instances/{instance}/",
                  f"/instances/{instance}/delete/", "/notebooks/", "/notebooks/new/",
-                 f"/notebooks/{notebook}/", f"/notebooks/{notebook}/delete/"):
+                 f"/notebooks/{notebook}/", f"/notebooks/{notebook}/delete/", "/services/",
+                 "/services/new/", f"/services/{busy_alice['service']}/"):
         fits(path)
     # Tables become cards: every cell, the status included, is on screen.
     page.goto(base + "/instances/")
