@@ -175,6 +175,10 @@ def test_the_command_line_makes_lists_and_revokes_a_key(origin_server, llm, alic
     base, key = (line.split("=", 1)[1] for line in made.stdout.split())
     assert base.endswith("/v1") and f"{chat.host_label}.localhost" in base
     assert client_for(origin_server, chat, key).models.list().data[0].id == MODEL
+    shown = gpupaas("service", "show", "train", "chat", extra_env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"Model      {MODEL}" in shown.stdout and "Running" in shown.stdout
+    assert f"{base} (with a key: gpupaas service key train chat)" in shown.stdout
     listed = gpupaas("service", "keys", "train", "chat", extra_env=env)
     row = ServiceKey.objects.get(service=chat, name="ci")
     assert f"{row.prefix}…" in listed.stdout and "active" in listed.stdout

@@ -734,6 +734,32 @@ def service_open(
     out.print(f"Opening {found['open']}")
 
 
+@service_app.command("show")
+def service_show(
+    instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
+    name: Annotated[str, typer.Argument(help="The service's name.")],
+    output: Output = Format.table,
+) -> None:
+    """A service's details: its status in the cluster's words, and how to reach it."""
+    found = _named(Api.from_config(), "services", instance, name)
+    if output == Format.json:
+        return emit(found, output)
+    facts = Table.grid(padding=(0, 2))
+    for label, value in [
+        ("Name", found["name"]), ("Service", found["service_name"]),
+        ("Instance", found["instance"]), ("Status", found["status_label"]),
+        ("Message", found["status_message"]),
+        ("Resources", f"{found['cpu']:g} CPU, {found['memory_gib']} GiB, "
+                      f"{found['gpus']} GPU{'s' if found['gpus'] != 1 else ''}"),
+        *([("Model", found["model"])] if found["model"] else []),
+        ("Reach it", f"{found['api_base']} (with a key: gpupaas service key {instance} "
+                     f"{name})" if found["api_base"] else found["open"]),
+        ("Page", found["page"]),
+    ]:
+        facts.add_row(label, value)
+    out.print(facts)
+
+
 @service_app.command("rm")
 def service_remove(
     instance: Annotated[str, typer.Argument(help="The instance: NAME or OWNER/NAME.")],
