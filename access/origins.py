@@ -71,6 +71,7 @@ COOKIE = "gpupaas_app"
 AUTH_PATH = "/_gpupaas/auth"
 TICKET_TTL_S = 60
 MAX_BODY = 256 * 1024 * 1024
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def safe_next(path: str) -> str:
@@ -86,6 +87,18 @@ def _cookie_for_this_host(header: bytes) -> bool:
     reach the portal and other services under the same parent domain (cookie tossing)."""
     attributes = header.decode("latin-1").split(";")[1:]
     return not any(a.strip().lower().startswith("domain") for a in attributes)
+
+
+def from_elsewhere(headers: dict[str, str], scheme: str) -> bool:
+    """A browser request that another origin started (its Origin header names another
+    one). Services of one `APPS_DOMAIN` are the same site, so SameSite cookies do not stop
+    one service's page from posting to, or opening a WebSocket to, another with its user's
+    cookie: the proxy refuses those itself (programs with a key send no cookie to use)."""
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    own = "https" if scheme in ("https", "wss") else "http"
+    return origin.lower() != f"{own}://{headers.get('host', '').lower()}"
 
 
 def host_label(host: str) -> tuple[int, str] | None:
@@ -214,6 +227,9 @@ class AppsProxy:
             scheme, _, key = headers.get("authorization", "").partition(" ")
             key = key.strip() if scheme.lower() == "bearer" else ""
             decision = await self.decision(cookie, service_id, suffix, key=key)
+            if decision.allowed and not key and scope["method"] not in SAFE_METHODS and (
+                    from_elsewhere(headers, scope.get("scheme", "http"))):
+                decision = Decision(False, decision.user_id, why=403)
             if not decision.allowed:
                 status = decision.why
                 await self.refuse(send, status, program=bool(key) or not cookie and (
@@ -256,7 +272,7 @@ class AppsProxy:
             return
         cookie = _cookie(headers.get("cookie", ""), COOKIE)
         decision = await self.decision(cookie, service_id, suffix)
-        if not decision.allowed:
+        if not decision.allowed or from_elsewhere(headers, scope.get("scheme", "ws")):
             await send({"type": "websocket.close", "code": 1008})
             return
         forward, url = self.target(scope, headers, decision)
@@ -355,13 +371,15 @@ class AppsProxy:
             401: ("The key is not valid for this service; make one on its page in the portal."
                   if program else "Open this service from the portal: its page has an Open "
                   "button that signs you in here."),
+            403: "Refused: a page of another origin sent this request.",
             404: "No such service.",
             503: "This service is not running now; see its page in the portal.",
         }[status]
         if program:
             kind = "application/json"
             body = json.dumps({"error": {"message": words, "type": {
-                401: "authentication_error", 404: "not_found_error"}.get(
+                401: "authentication_error", 403: "permission_error",
+                404: "not_found_error"}.get(
                     status, "service_unavailable"), "code": status}}).encode()
         else:
             kind = "text/html; charset=utf-8"

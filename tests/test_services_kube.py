@@ -296,6 +296,16 @@ def test_its_origin_reaches_it_through_the_api_servers_service_proxy_for_its_use
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         answer = owner.http.request(method, "/api/2.0/runs", content=b'{"x": 1}')
         assert answer.status_code == 200 and answer.json()["body"] == '{"x": 1}', method
+    # Another service's page (the same site under one APPS_DOMAIN) cannot post here with
+    # alice's cookie; this origin's own page can.
+    port = origin_server.rsplit(":", 1)[1]
+    seen = len(App.seen)
+    forged = owner.http.post("/api/2.0/runs", content=b"{}",
+                             headers={"Origin": f"http://s1-aaaaaaaaaa.localhost:{port}"})
+    assert forged.status_code == 403 and len(App.seen) == seen
+    own = f"http://{service.host_label}.localhost:{port}"
+    assert owner.http.post("/api/2.0/runs", content=b"{}",
+                           headers={"Origin": own}).status_code == 200
     # The API server rewrites redirects and HTML links to its own proxy path; the origin
     # passes such paths on as they are, and the app's cookie reaches the browser.
     prefix = f"/api/v1/namespaces/{ns}/services/{service.key}:80/proxy"

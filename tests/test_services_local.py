@@ -233,15 +233,17 @@ async def main():
 asyncio.run(main())" {port}'''
 
 
-def websocket_to(server: str, service: Service, cookie: str):
-    """A browser's WebSocket to the service's origin (its Host), with its cookie jar."""
+def websocket_to(server: str, service: Service, cookie: str, origin: str = ""):
+    """A browser's WebSocket to the service's origin (its Host), with its cookie jar, from a
+    page of `origin` (default: the service's own)."""
     import socket
 
     from websockets.sync.client import connect
 
     port = urlsplit(server).port
+    own = f"http://{service.host_label}.localhost:{port}"
     return connect(f"ws://{service.host_label}.localhost:{port}/socket", open_timeout=10,
-                   sock=socket.create_connection(("127.0.0.1", port)),
+                   sock=socket.create_connection(("127.0.0.1", port)), origin=origin or own,
                    additional_headers={"Cookie": f"gpupaas_app={cookie}"} if cookie else None)
 
 
@@ -263,6 +265,10 @@ def test_websockets_reach_a_service_for_its_users_and_close_when_access_ends(
                                                  proven_email=carol.email)
     guest = Browser(server, service)
     assert guest.open(signed_in(carol), service).status_code == 303
+    # Another service's page cannot open it with her cookie (one APPS_DOMAIN is one site).
+    with pytest.raises(InvalidStatus):
+        websocket_to(server, service, guest.http.cookies["gpupaas_app"],
+                     origin=f"http://s1-aaaaaaaaaa.localhost:{urlsplit(server).port}")
     with websocket_to(server, service, guest.http.cookies["gpupaas_app"]) as ws:
         ws.send("hello")
         assert ws.recv(timeout=10) == "echo: hello"
