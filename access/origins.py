@@ -23,6 +23,8 @@ since the API server rewrites the links of the HTML it passes back to point ther
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import random
@@ -31,13 +33,14 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.cache import cache
 from django.http import HttpRequest
@@ -51,7 +54,7 @@ from clusters.backends.kubernetes.upstream import Upstream
 from clusters.models import Cluster
 from gpupaas import logs
 from instances.selectors import instance_for_user
-from notebooks.models import Service, ServiceKey
+from notebooks.models import Notebook, Service, ServiceKey
 from notebooks.services import service_spec
 from workspaces.tokens import check_token, touch_due
 
@@ -66,7 +69,7 @@ from .proxy import (
 from .services import instance_upstream
 
 log = logging.getLogger("gpupaas.apps")
-LABEL = re.compile(r"s(\d{1,18})-([a-z0-9]{10})")
+LABEL = re.compile(r"([sn]\d{1,18})-([a-z0-9]{10})")
 COOKIE = "gpupaas_app"
 AUTH_PATH = "/_gpupaas/auth"
 TICKET_TTL_S = 60
@@ -89,45 +92,55 @@ def _cookie_for_this_host(header: bytes) -> bool:
     return not any(a.strip().lower().startswith("domain") for a in attributes)
 
 
-def from_elsewhere(headers: dict[str, str], scheme: str) -> bool:
+def from_elsewhere(headers: dict[str, str]) -> bool:
     """A browser request that another origin started (its Origin header names another
-    one). Services of one `APPS_DOMAIN` are the same site, so SameSite cookies do not stop
+    host). Services of one `APPS_DOMAIN` are the same site, so SameSite cookies do not stop
     one service's page from posting to, or opening a WebSocket to, another with its user's
-    cookie: the proxy refuses those itself (programs with a key send no cookie to use)."""
+    cookie: the proxy refuses those itself (programs with a key send no cookie to use). The
+    scheme is left out: behind a TLS proxy this server sees plain HTTP."""
     origin = headers.get("origin")
     if origin is None:
         return False
-    own = "https" if scheme in ("https", "wss") else "http"
-    return origin.lower() != f"{own}://{headers.get('host', '').lower()}"
+    return urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
 
 
-def host_label(host: str) -> tuple[int, str] | None:
-    """(service id, suffix) when `host` (without its port) is a service's origin."""
+def _secure(scope: dict[str, Any], headers: dict[str, str]) -> bool:
+    """Whether the browser came over HTTPS (here, or to the TLS proxy in front)."""
+    return scope.get("scheme") in ("https", "wss") or (
+        settings.SECURE_PROXY_SSL_HEADER is not None
+        and headers.get("x-forwarded-proto", "").lower() == "https")
+
+
+def host_label(host: str) -> tuple[str, str] | None:
+    """(`s<id>` or `n<id>`, suffix) when `host` (without its port) is the origin of a
+    service or of a local notebook."""
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     domain = "." + settings.APPS_DOMAIN.strip(".").lower()
     if not name.lower().endswith(domain):
         return None
     found = LABEL.fullmatch(name[: -len(domain)].lower())
-    return (int(found[1]), found[2]) if found else None
+    return (found[1], found[2]) if found else None
 
 
-def origin_for(service: Service, request: HttpRequest) -> str:
-    """The service's origin, on the scheme and port the user reached the portal with."""
+def origin_for(target: Service | Notebook, request: HttpRequest) -> str:
+    """The origin of a service (or a local notebook), on the scheme and port the user
+    reached the portal with."""
     port = request.get_port()
     default = "443" if request.is_secure() else "80"
     suffix = "" if port == default else f":{port}"
-    return f"{request.scheme}://{service.host_label}.{settings.APPS_DOMAIN.strip('.')}{suffix}"
+    return f"{request.scheme}://{target.host_label}.{settings.APPS_DOMAIN.strip('.')}{suffix}"
 
 
-def open_url(*, service: Service, request: HttpRequest, next_path: str = "/") -> str:
-    """Where the portal's Open link sends the browser: the service's origin, with a ticket
-    that signs in there once, within TICKET_TTL_S, as this user and portal session."""
+def open_url(*, target: Service | Notebook, request: HttpRequest, next_path: str = "/") -> str:
+    """Where the portal's Open link sends the browser: the origin, with a ticket that signs
+    in there once, within TICKET_TTL_S, as this user and portal session."""
     ticket = secrets.token_urlsafe(32)
-    cache.set(f"apps:ticket:{ticket}", {"service": service.pk, "user": request.user.pk,
+    cache.set(f"apps:ticket:{ticket}", {"target": target.host_label.split("-", 1)[0],
+                                        "user": request.user.pk,
                                         "session": request.session.session_key},
               TICKET_TTL_S)
     next_path = safe_next(next_path)
-    return (f"{origin_for(service, request)}{AUTH_PATH}?ticket={ticket}"
+    return (f"{origin_for(target, request)}{AUTH_PATH}?ticket={ticket}"
             f"&next={quote(next_path, safe='/')}")
 
 
@@ -141,6 +154,9 @@ class Decision:
     upstream: Upstream | None = None
     upstream_key: str = ""
     prefix: str = ""
+    # A local notebook: Jupyter compares Origin with its own Host, which the portal's origin
+    # is not; the proxy has made that check itself.
+    drop_origin: bool = False
     why: int = 404  # the status of a refusal
 
 
@@ -148,11 +164,32 @@ def _session_store(key: str) -> SessionBase:
     return import_string(f"{settings.SESSION_ENGINE}.SessionStore")(session_key=key)
 
 
-def decide(service_id: int, suffix: str, app_session: dict[str, Any] | None = None,
+def _session_user(label: str, app_session: dict[str, Any] | None) -> int | None:
+    """The user of an app session for this origin whose portal session still lives."""
+    if not app_session or app_session.get("target") != label:
+        return None
+    portal = _session_store(app_session["session"] or "")
+    if str(portal.get(SESSION_KEY, "")) != str(app_session["user"]):
+        return None  # signed out of the portal (or another user now)
+    return app_session["user"]
+
+
+def _may_use(user_id: int, instance_id: int) -> AbstractBaseUser | None:
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None or instance_for_user(user=user, pk=instance_id) is None:
+        return None
+    return user
+
+
+def decide(label: str, suffix: str, app_session: dict[str, Any] | None = None,
            key: str = "") -> Decision:
-    """Whether this app session, or this API key, may reach this service now: the portal
-    session lives (a key: it is live and of this service), the service runs, and the user
-    may use its instance (the pages' one access check)."""
+    """Whether this app session, or this key, may reach this origin's service (`s<id>`) or
+    local notebook (`n<id>`) now: the portal session lives (a key: it is live and of this
+    service; a notebook's own token), it runs, and the user may use its instance (the
+    pages' one access check)."""
+    if label.startswith("n"):
+        return _decide_notebook(label, suffix, app_session, key)
+    service_id = int(label[1:])
     if key:
         row, refusal = check_token(ServiceKey, key)
         if row is None or refusal or row.service_id != service_id:
@@ -160,21 +197,17 @@ def decide(service_id: int, suffix: str, app_session: dict[str, Any] | None = No
         user_id = row.user_id
         if touch_due(row, 5):  # at most one write every few seconds per key
             ServiceKey.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
-    elif not app_session or app_session.get("service") != service_id:
-        return Decision(False, why=401)
     else:
-        user_id = app_session["user"]
+        user_id = _session_user(label, app_session)
+        if user_id is None:
+            return Decision(False, why=401)
     service = (Service.objects.filter(pk=service_id, host_suffix=suffix)
                .select_related("instance__cluster", "instance__workspace__owner",
                                "instance__profile", "profile").first())
     if service is None:
         return Decision(False)
-    if not key:
-        portal = _session_store(app_session["session"] or "")
-        if str(portal.get(SESSION_KEY, "")) != str(user_id):
-            return Decision(False, why=401)  # signed out of the portal (or another user now)
-    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
-    if user is None or instance_for_user(user=user, pk=service.instance_id) is None:
+    user = _may_use(user_id, service.instance_id)
+    if user is None:
         return Decision(False)
     if service.status != Service.Status.RUNNING:
         return Decision(False, user.pk, why=503)
@@ -189,6 +222,42 @@ def decide(service_id: int, suffix: str, app_session: dict[str, Any] | None = No
         log.warning("service %s cannot be reached: %s", service.key, exc.detail)
         return Decision(False, user.pk, why=503)
     return Decision(True, user.pk, upstream=upstream, upstream_key=key, prefix=prefix)
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _decide_notebook(label: str, suffix: str, app_session: dict[str, Any] | None,
+                     token: str) -> Decision:
+    """A local notebook: a browser signed in from the portal's Open (its user's access is
+    decided as for services), or a program with the notebook's own token (which is renewed
+    when someone loses access to the instance). Jupyter gets the token from the portal, so
+    a browser never needs it."""
+    notebook = (Notebook.objects.filter(pk=int(label[1:]), host_suffix=suffix)
+                .select_related("instance__cluster").first())
+    if notebook is None or notebook.instance.cluster.backend != Cluster.Backend.LOCAL:
+        return Decision(False)
+    user_id = None
+    if token:
+        if not hmac.compare_digest(token.encode(), notebook.token.encode()):
+            return Decision(False, why=401)
+    elif app_session and app_session.get("target") == label and "token_sha" in app_session:
+        # A browser that came with the notebook's URL and token: good while that token is.
+        if not hmac.compare_digest(app_session["token_sha"], _sha(notebook.token)):
+            return Decision(False, why=401)
+    else:
+        user_id = _session_user(label, app_session)
+        if user_id is None:
+            return Decision(False, why=401)
+        if _may_use(user_id, notebook.instance_id) is None:
+            return Decision(False)
+    if notebook.status != Notebook.Status.RUNNING or not notebook.url:
+        return Decision(False, user_id, why=503)
+    base = notebook.url.removesuffix("/lab")  # where its server listens now
+    return Decision(True, user_id, upstream=Upstream(
+        base_url=base, ssl_context=False, headers={"Authorization": f"token {notebook.token}"}),
+        upstream_key=base, drop_origin=True)
 
 
 class AppsProxy:
@@ -215,64 +284,72 @@ class AppsProxy:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope["headers"]}
-        service_id, suffix = host_label(headers.get("host", "")) or (0, "")
+        label, suffix = host_label(headers.get("host", "")) or ("s0", "")
         with logs.bound(request_id=logs.new_request_id(None), user_id=None, instance_id=None):
-            if scope["type"] == "websocket":
-                await self.websocket(scope, receive, send, service_id, suffix, headers)
-                return
-            if scope["path"] == AUTH_PATH:
-                await self.sign_in(scope, send, service_id, headers)
+            if scope["path"] == AUTH_PATH and scope["type"] == "http":
+                await self.sign_in(scope, send, label, headers)
                 return
             cookie = _cookie(headers.get("cookie", ""), COOKIE)
-            scheme, _, key = headers.get("authorization", "").partition(" ")
-            key = key.strip() if scheme.lower() == "bearer" else ""
-            decision = await self.decision(cookie, service_id, suffix, key=key)
+            key = _credential(scope, headers, notebook=label.startswith("n"))
+            if scope["type"] == "websocket":
+                await self.websocket(scope, receive, send, label, suffix, headers, key)
+                return
+            decision = await self.decision(cookie, label, suffix, key=key)
             if decision.allowed and not key and scope["method"] not in SAFE_METHODS and (
-                    from_elsewhere(headers, scope.get("scheme", "http"))):
+                    from_elsewhere(headers)):
                 decision = Decision(False, decision.user_id, why=403)
             if not decision.allowed:
                 status = decision.why
                 await self.refuse(send, status, program=bool(key) or not cookie and (
                     "json" in headers.get("accept", "") or "authorization" in headers))
             else:
-                status = await self.forward(scope, receive, send, decision, headers)
+                set_cookie = None
+                if (key and label.startswith("n") and "authorization" not in headers
+                        and scope["method"] == "GET"
+                        and "text/html" in headers.get("accept", "")):
+                    # The notebook's URL with its token, opened in a browser: signed in here
+                    # for the requests its page makes next, as Jupyter itself would be.
+                    set_cookie = await self.new_session(
+                        {"target": label, "token_sha": _sha(key)}, scope, headers)
+                status = await self.forward(scope, receive, send, decision, headers,
+                                            set_cookie=set_cookie)
             if random.random() < settings.APPS_REQUEST_LOG_RATE:
-                log.info("%s %s%s for user %s: %s", scope["method"], f"s{service_id}",
+                log.info("%s %s%s for user %s: %s", scope["method"], label,
                          scope["path"], decision.user_id, status,
-                         extra={"service_id": service_id, "allowed": decision.allowed,
+                         extra={"origin": label, "allowed": decision.allowed,
                                 "status": status, "by_key": bool(key),
                                 "client_ip": scope_client_ip(scope)})
 
-    async def decision(self, cookie: str, service_id: int, suffix: str, *, key: str = ""
+    async def decision(self, cookie: str, label: str, suffix: str, *, key: str = ""
                        ) -> Decision:
         """A key, when the request carries one, else the app session's cookie, decided at
         most APPS_DECISION_CACHE_S ago."""
-        cached_as = (f"key:{key}" if key else cookie, service_id)
+        cached_as = (f"key:{key}" if key else cookie, label)
         now = time.monotonic()
         cached = self.decisions.get(cached_as)
         if cached and now - cached[0] < settings.APPS_DECISION_CACHE_S:
             return cached[1]
         if key:
-            decision = await sync_to_async(decide)(service_id, suffix, key=key)
+            decision = await sync_to_async(decide)(label, suffix, key=key)
         else:
             app_session = (await sync_to_async(cache.get)(f"apps:session:{cookie}")
                            if cookie else None)
-            decision = await sync_to_async(decide)(service_id, suffix, app_session)
+            decision = await sync_to_async(decide)(label, suffix, app_session)
         if len(self.decisions) > 10_000:
             self.decisions.clear()
         self.decisions[cached_as] = (now, decision)
         return decision
 
-    async def websocket(self, scope: dict[str, Any], receive: Any, send: Any, service_id: int,
-                        suffix: str, headers: dict[str, str]) -> None:
+    async def websocket(self, scope: dict[str, Any], receive: Any, send: Any, label: str,
+                        suffix: str, headers: dict[str, str], key: str = "") -> None:
         """A WebSocket (code-server, a live dashboard): decided like any request, then made
         again to the service and relayed both ways; decided again every
         APPS_DECISION_CACHE_S while it is open, so losing access closes it."""
         if (await receive())["type"] != "websocket.connect":
             return
         cookie = _cookie(headers.get("cookie", ""), COOKIE)
-        decision = await self.decision(cookie, service_id, suffix)
-        if not decision.allowed or from_elsewhere(headers, scope.get("scheme", "ws")):
+        decision = await self.decision(cookie, label, suffix, key=key)
+        if not decision.allowed or (not key and from_elsewhere(headers)):
             await send({"type": "websocket.close", "code": 1008})
             return
         forward, url = self.target(scope, headers, decision)
@@ -293,13 +370,13 @@ class AppsProxy:
             else:
                 upstream = await unix_connect(decision.socket, url, **options)
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
-            log.info("service s%s: WebSocket to %s refused: %r", service_id, scope["path"], exc)
+            log.info("%s: WebSocket to %s refused: %r", label, scope["path"], exc)
             await send({"type": "websocket.close", "code": 1011})
             return
         await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
 
         async def still_allowed() -> None:
-            while (await self.decision(cookie, service_id, suffix)).allowed:
+            while (await self.decision(cookie, label, suffix, key=key)).allowed:
                 await asyncio.sleep(settings.APPS_DECISION_CACHE_S)
 
         tasks = [asyncio.ensure_future(client_to_upstream(receive, upstream)),
@@ -320,14 +397,15 @@ class AppsProxy:
         """The headers the service gets and the URL it is reached at: never the portal's
         cookie nor a credential meant for the portal; on Kubernetes, the request's path
         after the service proxy's (unless the API server's own rewriting put it there)."""
+        dropped = HOP_BY_HOP | {"cookie", "authorization"} | (
+            {"origin", "referer"} if decision.drop_origin else set())
         forward = [(k, v) for k, v in scope["headers"]
-                   if k.decode("latin-1").lower() not in HOP_BY_HOP | {"cookie",
-                                                                      "authorization"}]
+                   if k.decode("latin-1").lower() not in dropped]
         others = _without_cookie(headers.get("cookie", ""), COOKIE)
         if others:
             forward.append((b"cookie", others.encode("latin-1")))
         forward += [(b"x-forwarded-host", headers.get("host", "").encode("latin-1")),
-                    (b"x-forwarded-proto", scope.get("scheme", "http").encode())]
+                    (b"x-forwarded-proto", b"https" if _secure(scope, headers) else b"http")]
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         query = scope.get("query_string", b"").decode("latin-1")
         query = f"?{query}" if query else ""
@@ -341,7 +419,7 @@ class AppsProxy:
         forward.append((b"host", b"localhost"))
         return forward, "http://localhost" + raw_path + query
 
-    async def sign_in(self, scope: dict[str, Any], send: Any, service_id: int,
+    async def sign_in(self, scope: dict[str, Any], send: Any, label: str,
                       headers: dict[str, str]) -> None:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         ticket = (query.get("ticket") or [""])[0]
@@ -349,20 +427,25 @@ class AppsProxy:
         key = f"apps:ticket:{ticket}"
         data = await sync_to_async(cache.get)(key) if ticket else None
         # One use: of two requests with one ticket, only the one that deletes it signs in.
-        if (not data or data["service"] != service_id
+        if (not data or data.get("target") != label
                 or not await sync_to_async(cache.delete)(key)):
             await self.refuse(send, 401)
             return
+        cookie = await self.new_session(data, scope, headers)
+        await send({"type": "http.response.start", "status": 303, "headers": [
+            (b"location", next_path.encode("latin-1")), (b"set-cookie", cookie),
+            (b"cache-control", b"no-store"), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def new_session(self, data: dict[str, Any], scope: dict[str, Any],
+                          headers: dict[str, str]) -> bytes:
+        """An app session of this origin: its Set-Cookie header."""
         app_session = secrets.token_urlsafe(32)
         await sync_to_async(cache.set)(f"apps:session:{app_session}", data,
                                        settings.SESSION_COOKIE_AGE)
-        secure = "; Secure" if scope.get("scheme") in ("https", "wss") else ""
-        cookie = (f"{COOKIE}={app_session}; Path=/; HttpOnly; SameSite=Lax; "
-                  f"Max-Age={settings.SESSION_COOKIE_AGE}{secure}")
-        await send({"type": "http.response.start", "status": 303, "headers": [
-            (b"location", next_path.encode("latin-1")), (b"set-cookie", cookie.encode()),
-            (b"cache-control", b"no-store"), (b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
+        secure = "; Secure" if _secure(scope, headers) else ""
+        return (f"{COOKIE}={app_session}; Path=/; HttpOnly; SameSite=Lax; "
+                f"Max-Age={settings.SESSION_COOKIE_AGE}{secure}").encode()
 
     async def refuse(self, send: Any, status: int, *, program: bool = False) -> None:
         """The refusal in words: a page for a browser, or for a program (a key, or JSON
@@ -390,7 +473,8 @@ class AppsProxy:
         await send({"type": "http.response.body", "body": body})
 
     async def forward(self, scope: dict[str, Any], receive: Any, send: Any,
-                      decision: Decision, headers: dict[str, str]) -> int:
+                      decision: Decision, headers: dict[str, str], *,
+                      set_cookie: bytes | None = None) -> int:
         """Pass the request on; returns the status its user got (0: they left first)."""
         try:
             body = await read_body(receive, MAX_BODY)
@@ -414,13 +498,27 @@ class AppsProxy:
                                     if k.decode("latin-1").lower() not in HOP_BY_HOP
                                     - {"content-length"}
                                     and (k.lower() != b"set-cookie"
-                                         or _cookie_for_this_host(v))]})
+                                         or _cookie_for_this_host(v))]
+                        + ([(b"set-cookie", set_cookie)] if set_cookie else [])})
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
             await response.aclose()
         return response.status_code
+
+
+def _credential(scope: dict[str, Any], headers: dict[str, str], *, notebook: bool) -> str:
+    """What a program brings instead of a browser's app session: an API key to a service
+    (`Authorization: Bearer gps_…`), or a local notebook's own token, as Jupyter's clients
+    send it (`Authorization: token …`, or `?token=`)."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" or (notebook and scheme.lower() == "token"):
+        return value.strip()
+    if notebook:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        return (query.get("token") or [""])[0]
+    return ""
 
 
 def _cookie(header: str, name: str) -> str:

@@ -6,6 +6,8 @@ from typing import Annotated
 from django.http import HttpRequest
 from ninja import Path, Query, Router, Status
 
+from access import origins
+from clusters.models import Cluster
 from instances.selectors import instance_for_user
 from notebooks import selectors, services
 from notebooks.forms import DeployForm
@@ -31,13 +33,21 @@ router = Router(tags=["notebooks"])
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
+def public_url(request: HttpRequest, n: Notebook) -> str:
+    """Where users reach it: a local notebook through its origin on the portal (stable
+    across restarts), one on Kubernetes at its own host."""
+    if n.url and n.instance.cluster.backend == Cluster.Backend.LOCAL:
+        return f"{origins.origin_for(n, request)}/lab"
+    return n.url
+
+
 def notebook_out(request: HttpRequest, n: Notebook) -> dict:
     return {
         "id": n.pk, "name": n.name, "description": n.description,
         "instance_id": n.instance_id, "instance": n.instance.name,
         "profile": n.profile.name, "profile_name": n.profile.display_name,
         "status": n.status, "status_label": n.status_label, "step": n.step,
-        "status_message": n.status_message, "final": n.is_final, "url": n.url,
+        "status_message": n.status_message, "final": n.is_final, "url": public_url(request, n),
         "cpu": float(n.cpu), "memory_gib": n.memory_gib, "gpus": n.gpus,
         "token_renewed": n.token_renewed, "created_at": n.created_at,
         "running_since": n.running_since, "page": absolute(request, "notebooks:detail", n.pk),
@@ -47,7 +57,8 @@ def notebook_out(request: HttpRequest, n: Notebook) -> dict:
 def notebook_or_404(request: HttpRequest, pk: int) -> Notebook:
     """A notebook on an instance the caller owns or collaborates on, else 404: access is the
     instance's, decided by instance_for_user as everywhere."""
-    notebook = (Notebook.objects.select_related("profile", "instance__workspace")
+    notebook = (Notebook.objects.select_related("profile", "instance__workspace",
+                                                "instance__cluster")
                 .filter(pk=pk).first())
     if notebook is None or instance_for_user(user=request.user, pk=notebook.instance_id) is None:
         raise NotFound("No such notebook.")
@@ -138,4 +149,5 @@ def reveal_notebook_token(request: HttpRequest, notebook_id: Id) -> dict:
         raise ApiError(409, f"{notebook.name} is {notebook.status_label.lower()}.")
     token = services.reveal_notebook_token(notebook=notebook, by=request.user,
                                            ip_address=client_ip(request))
-    return {"token": token, "open_url": f"{notebook.url}?token={token}" if notebook.url else ""}
+    url = public_url(request, notebook)
+    return {"token": token, "open_url": f"{url}?token={token}" if url else ""}

@@ -152,6 +152,11 @@ class Notebook(Deployment):
         return f"nb-{self.pk}"
 
     @property
+    def host_label(self) -> str:
+        """A local notebook's origin on the portal (access.origins): n<id>-<suffix>."""
+        return f"n{self.pk}-{self.host_suffix}"
+
+    @property
     def shows_steps(self) -> bool:
         return self.status in (self.Status.DEPLOYING, self.Status.RUNNING)
 

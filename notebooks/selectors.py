@@ -22,7 +22,7 @@ def live_notebooks(*, user: AbstractBaseUser) -> QuerySet[Notebook]:
     return (
         Notebook.objects.filter(instance__in=listable_instances(user=user).values("pk"))
         .exclude(status=Notebook.Status.DELETED)
-        .select_related("profile", "instance")
+        .select_related("profile", "instance__cluster")
     )
 
 

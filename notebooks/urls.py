@@ -12,6 +12,7 @@ urlpatterns = [
     path("<int:pk>/retry/", views.notebook_retry, name="retry"),
     path("<int:pk>/stop/", views.notebook_stop, name="stop"),
     path("<int:pk>/start/", views.notebook_start, name="start"),
+    path("<int:pk>/open/", views.notebook_open, name="open"),
 ]
 
 # Mounted at /services/ under their own namespace (gpupaas/urls.py).

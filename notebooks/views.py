@@ -244,5 +244,20 @@ def service_open(request: HttpRequest, pk: int) -> HttpResponse:
     record_audit(action=AuditAction.SERVICE_OPENED, obj=service, actor=request.user,
                  workspace=service.instance.workspace, ip_address=client_ip(request),
                  instance=service.instance.name)
-    return redirect(origins.open_url(service=service, request=request,
+    return redirect(origins.open_url(target=service, request=request,
                                   next_path=request.GET.get("next", "/")))
+
+
+@never_cache
+def notebook_open(request: HttpRequest, pk: int) -> HttpResponse:
+    """A local notebook's JupyterLab on its origin, signed in there once; one on
+    Kubernetes at its own host, with its token."""
+    notebook = get_notebook_for_user(request, pk)
+    if notebook.status != Notebook.Status.RUNNING:
+        messages.info(request, f"{notebook.name} is {notebook.status_label.lower()}; it opens "
+                      "once it runs.")
+        return redirect(notebook)
+    if notebook.instance.cluster.backend != Cluster.Backend.LOCAL:
+        return redirect(notebook.open_url)
+    return redirect(origins.open_url(target=notebook, request=request,
+                                  next_path=request.GET.get("next", "/lab")))

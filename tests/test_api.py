@@ -237,7 +237,9 @@ def test_a_notebooks_token_comes_only_on_an_explicit_audited_request(alice, alic
                                                                      notebook):
     listed = alice_api("GET", "/notebooks")
     one = alice_api("GET", f"/notebooks/{notebook.pk}")
-    assert listed.json()["items"][0]["url"] == "http://127.0.0.1:9/explore/"
+    # A local notebook's address is its origin on the portal, not its server's port.
+    origin = f"http://{notebook.host_label}.localhost"
+    assert listed.json()["items"][0]["url"] == f"{origin}/lab"
     for response in (listed, one):
         assert "the-notebook-secret" not in response.content.decode()
     assert not AuditEvent.objects.filter(action="notebook.token_revealed").exists()
@@ -245,7 +247,7 @@ def test_a_notebooks_token_comes_only_on_an_explicit_audited_request(alice, alic
     revealed = alice_api("POST", f"/notebooks/{notebook.pk}/token")
     assert revealed.json() == {
         "token": "the-notebook-secret",
-        "open_url": "http://127.0.0.1:9/explore/?token=the-notebook-secret"}
+        "open_url": f"{origin}/lab?token=the-notebook-secret"}
     row = AuditEvent.objects.get(action="notebook.token_revealed")
     assert (row.actor, row.object_id, row.ip_address) == (alice, str(notebook.pk), "127.0.0.1")
 

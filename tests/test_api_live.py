@@ -18,7 +18,9 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import schemathesis
 import yaml
@@ -401,8 +403,6 @@ def test_notebook_deploy_open_waits_for_jupyterlab_and_opens_it_signed_in(
         alice, catalogue, minimal, portal, gpupaas, tmp_path):
     """The real thing: a worker starts JupyterLab from the Minimal environment; --open asks
     for the token (audited) and hands the signed-in URL to the user's browser ($BROWSER)."""
-    import urllib.request
-
     from workspaces.models import AuditEvent
 
     running_instance(alice, catalogue[1], "lab")
@@ -418,9 +418,17 @@ def test_notebook_deploy_open_waits_for_jupyterlab_and_opens_it_signed_in(
     assert "reachable" in done.stderr.lower() or "running" in done.stderr.lower()
     url = opened.read_text().strip()
     notebook = Notebook.objects.get(name="minimal")
-    assert url == f"{notebook.url}?token={notebook.token}"
-    with urllib.request.urlopen(url, timeout=10) as lab:  # JupyterLab takes the token
-        assert lab.status == 200 and "JupyterLab" in lab.read().decode()
+    # Its address on the portal (stable across restarts), with its token.
+    port = urlsplit(portal).port
+    assert url == (f"http://{notebook.host_label}.localhost:{port}/lab"
+                   f"?token={notebook.token}")
+    # What the browser does with it: JupyterLab opens, and the pages it asks for next,
+    # without the token, get in with the cookie the portal set.
+    browser = httpx.Client(base_url=portal, timeout=30, headers={
+        "Host": f"{notebook.host_label}.localhost:{port}"})
+    lab = browser.get(f"/lab?token={notebook.token}", headers={"Accept": "text/html"})
+    assert lab.status_code == 200 and "JupyterLab" in lab.text
+    assert browser.get("/api/status").status_code == 200
     revealed = AuditEvent.objects.get(action="notebook.token_revealed")
     assert revealed.actor == alice and revealed.object_id == str(notebook.pk)
 

@@ -4,6 +4,8 @@ Debian's Chromium driven by Playwright (never a browser download) against a live
 a real Celery worker process doing the provisioning.
 """
 
+import re
+
 import pytest
 
 from .conftest import PASSWORD
@@ -51,9 +53,23 @@ def lab_host(alice, catalogue):
     return running_instance(alice, catalogue[1], "lab-host")
 
 
+@pytest.fixture
+def asgi_portal(transactional_db):
+    """The whole portal over ASGI: a local notebook's origin is served beside the pages."""
+    from types import SimpleNamespace
+
+    from gpupaas.asgi import application
+
+    from .kit.asgi import serve
+
+    with serve(application) as url:
+        yield SimpleNamespace(url=url)
+
+
 def test_a_user_deploys_a_notebook_and_opens_jupyterlab(
-    portal_server, celery_worker_process, lab_host, page
+    asgi_portal, celery_worker_process, lab_host, page
 ):
+    portal_server = asgi_portal
     instance = lab_host
     page.goto(portal_server.url + "/accounts/login/")
     page.fill("#id_login", "alice")
@@ -73,7 +89,8 @@ def test_a_user_deploys_a_notebook_and_opens_jupyterlab(
     lab = opened.value
     lab.wait_for_load_state()
     lab.wait_for_function("document.title.includes('JupyterLab')", timeout=60_000)
-    assert lab.url.startswith("http://127.0.0.1:") and "/lab" in lab.url
+    # At its origin on the portal (the browser never sees the server's own port).
+    assert re.match(r"http://n\d+-[a-z0-9]{10}\.localhost:\d+/lab", lab.url), lab.url
     # It opens without the "receive official Jupyter news?" pop-up: that plugin is off.
     config = lab.evaluate("JSON.parse(document.getElementById('jupyter-config-data').textContent)")
     assert "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"]

@@ -14,7 +14,9 @@ import urllib.error
 import urllib.request
 from email import policy
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import requests
 import yaml
@@ -272,7 +274,7 @@ def test_the_whole_journey_invite_accept_use_and_removal_ends_it_at_once(
         assert "need the portal to run as root" in shell.inner_text("#remote-access")
     carols.click("a:has-text('olivias-nb')")
     carols.wait_for_selector("text=Open JupyterLab")
-    open_url = carols.get_attribute("a:has-text('Open JupyterLab')", "href")
+    open_url = carols.get_attribute("button:has-text('Copy URL with token')", "data-copy")
     old_token = open_url.split("token=")[1]
     assert old_token == notebook.token and answers(notebook.url, old_token)
     carols.goto(instance_url)
@@ -305,10 +307,16 @@ def test_the_whole_journey_invite_accept_use_and_removal_ends_it_at_once(
     page.goto(f"{portal.url}/notebooks/{notebook.pk}/")
     page.wait_for_selector("a:has-text('Open JupyterLab')", timeout=120_000)
     assert "when someone lost access to the instance" in page.inner_text(".token-renewed")
-    lab_url, new_token = page.get_attribute("a:has-text('Open JupyterLab')", "href").split(
-        "?token=")
-    assert new_token != old_token and answers(lab_url, new_token)
-    assert not answers(lab_url, old_token)
+    lab_url, new_token = page.get_attribute(
+        "button:has-text('Copy URL with token')", "data-copy").split("?token=")
+    # A program at the notebook's address on the portal: the new token works, the old not.
+    origin = httpx.Client(base_url=portal.url, timeout=10,
+                          headers={"Host": urlsplit(lab_url).netloc})
+    assert new_token != old_token
+    assert origin.get("/api/status", headers={
+        "Authorization": f"token {new_token}"}).status_code == 200
+    assert origin.get("/api/status", headers={
+        "Authorization": f"token {old_token}"}).status_code == 401
 
 
 # --- a collaborator's kubectl: downloaded kubeconfig and shell, until removed -----------------

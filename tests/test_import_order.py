@@ -4,9 +4,9 @@
     < notebooks < access < api < portal < gpupaas (urls, asgi, celery)
 
 A module may import its own app and the apps below it. Presentation modules (the Django
-admin, views, urls, WebSocket consumers and routing, management commands) sit on top of the
-whole domain and may also import services and selectors of any app, as the portal's pages
-do. Anything else reaching up fails here, with the line that does it."""
+admin, views, urls, template tags, WebSocket consumers and routing, management commands) sit
+on top of the whole domain and may also import services and selectors of any app, as the
+portal's pages do. Anything else reaching up fails here, with the line that does it."""
 
 import ast
 from pathlib import Path
@@ -31,7 +31,7 @@ def upward_imports() -> list[str]:
             relative = path.relative_to(ROOT).as_posix()
             if "migrations" in path.parts or relative in TOP:
                 continue
-            if path.name in PRESENTATION or "management" in path.parts:
+            if path.name in PRESENTATION or {"management", "templatetags"} & set(path.parts):
                 continue
             own = ORDER.index(app)
             for node in ast.walk(ast.parse(path.read_text())):

@@ -143,13 +143,16 @@ def test_alice_sees_url_token_and_open_once_running(alice_client, alices_noteboo
         status=Notebook.Status.RUNNING, step="reachable", url="http://127.0.0.1:9999/lab")
     page = alice_client.get(reverse("notebooks:detail", args=[alices_notebook.pk])).content
     page = page.decode()
-    assert "http://127.0.0.1:9999/lab" in page
+    # A local notebook is shown at its origin on the portal, never at the server's port.
+    origin = f"http://{alices_notebook.host_label}.localhost"
+    assert f"{origin}/lab" in page and "127.0.0.1:9999" not in page
     assert f'value="{alices_notebook.token}"' in page
-    assert f"http://127.0.0.1:9999/lab?token={alices_notebook.token}" in page
-    # The list offers Open and a Copy URL that says it carries the token.
+    assert f"{origin}/lab?token={alices_notebook.token}" in page
+    # The list offers Open (through the portal, which signs the browser in there) and a
+    # Copy URL that says it carries the token.
     listing = alice_client.get("/notebooks/").content.decode()
     row = listing.split(f">{alices_notebook.name}</a>")[1].split("</tr>")[0]
-    assert f'href="http://127.0.0.1:9999/lab?token={alices_notebook.token}"' in row
+    assert f'href="/notebooks/{alices_notebook.pk}/open/"' in row
     assert ">Open</a>" in row and ">Copy URL with token</button>" in row
     # Still live, at the slow pace: a delete from another tab shows.
     assert 'hx-trigger="every 10s"' in page.split('id="notebook-status"')[1].split(">")[0]
