@@ -23,7 +23,7 @@ from instances import services as instance_services
 from notebooks import services
 from notebooks.models import Service, ServiceProfile
 
-from .conftest import make_user
+from .conftest import make_user, wait_for
 from .kube_fixtures import admin_api, launch, namespace_of, provision
 from .test_kube_rbac import polled_until
 from .test_services_local import Browser, signed_in
@@ -287,10 +287,12 @@ def test_its_origin_reaches_it_through_the_api_servers_service_proxy_for_its_use
     assert owner.open(signed_in(alice), service).status_code == 303
     with caplog.at_level(logging.INFO, logger="gpupaas.apps"):
         page = owner.get("/runs?page=2")
-    assert page.status_code == 200, page.text
-    assert page.json()["path"] == "/runs?page=2"
-    # Each request is logged: who, which service, what, and what they got.
-    [logged] = [r for r in caplog.records if r.name == "gpupaas.apps"]
+        assert page.status_code == 200, page.text
+        assert page.json()["path"] == "/runs?page=2"
+        # Each request is logged (once its answer is sent): who, which service, what, and
+        # what they got.
+        [logged] = wait_for(lambda: [r for r in caplog.records if r.name == "gpupaas.apps"],
+                            timeout=5)
     assert logged.getMessage() == f"GET s{service.pk}/runs for user {alice.pk}: 200"
     # Every method a REST API uses goes through (the access account's `admin` allows it).
     for method in ("POST", "PUT", "PATCH", "DELETE"):
