@@ -22,7 +22,6 @@ since the API server rewrites the links of the HTML it passes back to point ther
 (apimachinery's util/proxy Transport)."""
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -61,10 +60,9 @@ from workspaces.tokens import check_token, touch_due
 from .proxy import (
     HOP_BY_HOP,
     TooLarge,
-    client_to_upstream,
     read_body,
+    relay_websocket,
     scope_client_ip,
-    upstream_to_client,
 )
 from .services import instance_upstream
 
@@ -379,18 +377,7 @@ class AppsProxy:
             while (await self.decision(cookie, label, suffix, key=key)).allowed:
                 await asyncio.sleep(settings.APPS_DECISION_CACHE_S)
 
-        tasks = [asyncio.ensure_future(client_to_upstream(receive, upstream)),
-                 asyncio.ensure_future(upstream_to_client(upstream, send)),
-                 asyncio.ensure_future(still_allowed())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await upstream.close()
-            with contextlib.suppress(Exception):  # the client may be gone already
-                await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+        await relay_websocket(receive, send, upstream, still_allowed())
 
     def target(self, scope: dict[str, Any], headers: dict[str, str], decision: Decision
                ) -> tuple[list[tuple[bytes, bytes]], str]:

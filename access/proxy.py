@@ -226,20 +226,7 @@ class KubeProxy:
             await self.audit(audit, 502, started)
             return
         await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
-        tasks = [
-            asyncio.ensure_future(client_to_upstream(receive, upstream)),
-            asyncio.ensure_future(upstream_to_client(upstream, send)),
-            asyncio.ensure_future(self.wait_revoked(token, decision)),
-        ]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await upstream.close()
-            with contextlib.suppress(Exception):  # the client may be gone already
-                await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+        await relay_websocket(receive, send, upstream, self.wait_revoked(token, decision))
         await self.audit(audit, 101, started)
 
     async def refuse_upgrade(self, scope: dict[str, Any], send: Any, status: int, body: bytes,
@@ -399,9 +386,25 @@ class KubeProxy:
         await send({"type": "http.response.body", "body": body})
 
 
+async def relay_websocket(receive: Any, send: Any, upstream: Any, watch: Any) -> None:
+    """Pass an accepted WebSocket's frames both ways, unchanged (the Kubernetes proxy's
+    streams and the services' origins), until either side closes or `watch` (a coroutine
+    that returns when access ends) does; then close both."""
+    tasks = [asyncio.ensure_future(client_to_upstream(receive, upstream)),
+             asyncio.ensure_future(upstream_to_client(upstream, send)),
+             asyncio.ensure_future(watch)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream.close()
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await send({"type": "websocket.close", "code": upstream.close_code or 1000})
+
+
 async def client_to_upstream(receive: Any, upstream: Any) -> None:
-    """A WebSocket's frames from the client, passed on unchanged (the Kubernetes proxy's
-    streams and the services' origins)."""
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":

@@ -5,13 +5,11 @@ portal's Open (signed in there once; the portal hands Jupyter the token), a prog
 the notebook's own token; nobody else gets in."""
 
 import json
-import re
 import time
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from django.core import mail
 from django.test import Client
 
 from instances import collaborators
@@ -20,15 +18,11 @@ from notebooks.models import Notebook
 
 from .conftest import make_user, running_instance
 from .kit.asgi import serve
+from .test_collaborators import share_with
 from .test_notebooks_local import until
+from .test_services_local import signed_in
 
 Status = Notebook.Status
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -110,11 +104,7 @@ def test_a_removed_collaborator_is_out_of_a_local_notebook_within_a_second(
     notebook = until(services.deploy_notebook(instance=instance, name="explore", by=alice,
                                               profile=minimal), Status.RUNNING)
     carol = make_user("carol-nb")
-    collaborators.invite_collaborator(instance=instance, emails=[carol.email], by=alice,
-                                      base_url="http://portal.test/")
-    token = re.search(r"/invitations/([^/\s]+)/", mail.outbox[-1].body).group(1)
-    membership = collaborators.accept_invitation(token=token, user=carol,
-                                                 proven_email=carol.email)
+    membership = share_with(instance, alice, carol)
     laptop = Laptop(server, notebook)
     assert laptop.open(signed_in(carol), notebook).status_code == 303
     assert laptop.http.get("/api/status").status_code == 200

@@ -11,8 +11,6 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-from django.core import mail
-from django.test import Client
 from kubernetes import client as k8s
 
 from instances import collaborators
@@ -23,15 +21,11 @@ from .conftest import make_user
 from .kit.openai_server import FakeOpenAI
 from .kube_fixtures import admin_api, launch, namespace_of, provision
 from .test_api_live import gpupaas  # noqa: F401 (the console-script fixture)
+from .test_collaborators import share_with
 from .test_services_kube import advance
+from .test_services_local import signed_in
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -128,11 +122,7 @@ def test_a_removed_collaborators_key_is_refused_and_strangers_touch_no_key(
         origin_server, llm, alice, settings):
     chat, _, _ = llm
     carol = make_user("carol-keys")
-    collaborators.invite_collaborator(instance=chat.instance, emails=[carol.email], by=alice,
-                                      base_url="http://portal.test/")
-    token = re.search(r"/invitations/([^/\s]+)/", mail.outbox[-1].body).group(1)
-    membership = collaborators.accept_invitation(token=token, user=carol,
-                                                 proven_email=carol.email)
+    membership = share_with(chat.instance, alice, carol)
     carols = client_for(origin_server, chat, new_key(carol, chat))
     assert carols.models.list().data[0].id == MODEL
     collaborators.remove_collaborator(collaborator=membership, by=alice)
