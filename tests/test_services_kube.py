@@ -388,3 +388,25 @@ def test_the_seeded_catalogue_renders_for_kubernetes(db, catalogue):
         if profile.name == "vllm":
             assert container["args"][:2] == ["--model", "Qwen/Qwen2.5-0.5B-Instruct"]
             assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_a_service_name_that_is_not_a_dns_label_never_reaches_the_proxy_path(db):
+    """The Service's name goes into the API server's path: a template that makes it
+    anything else (`../secrets`) is refused before any request."""
+    from clusters.backends.base import BackendError, InstanceSpec, ServiceSpec
+    from clusters.backends.kubernetes import KubernetesBackend
+    from clusters.backends.kubernetes import manifests as m
+    from clusters.models import Cluster
+
+    spec = ServiceSpec(
+        key="svc-3", name="x", instance=InstanceSpec(
+            key="i-1", name="i", owner="alice", workspace="w", kind="namespace", gpus=0,
+            gpu_model="", cpu=1, memory_gib=1, storage_gib=1),
+        cpu=1, memory_gib=1, gpus=0, model="../../secrets", service_name="${model}")
+    with pytest.raises(ValueError, match="is not a DNS label"):
+        m.service_target(spec, m.ClusterSettings())
+    backend = KubernetesBackend.__new__(KubernetesBackend)
+    backend.cs = m.ClusterSettings()
+    backend.cluster = Cluster(name="c")
+    with pytest.raises(BackendError, match="cannot be reached"):
+        backend.service_proxy_path(spec)

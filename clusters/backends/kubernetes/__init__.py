@@ -985,8 +985,11 @@ class KubernetesBackend:
         (access.origins) sends its users' requests there with the instance's own credential
         (the namespace's access account, or the inner cluster's), so no Ingress, DNS or
         network path to its pods is needed."""
-        return (f"/api/v1/namespaces/{m.service_namespace(spec)}/services/"
-                f"{m.service_target(spec, self.cs)}/proxy")
+        try:
+            target = m.service_target(spec, self.cs)
+        except ValueError as exc:
+            raise BackendError(f"The service cannot be reached: {exc}.") from exc
+        return f"/api/v1/namespaces/{m.service_namespace(spec)}/services/{target}/proxy"
 
     def gpu_utilisation(self, spec: InstanceSpec, gpu_indices: tuple[int, ...]) -> float | None:
         """The busiest of the instance's GPUs since the last look, from the DCGM exporter's

@@ -4,6 +4,7 @@ No API calls here, so every object the portal sends can be tested as a literal d
 validated against the Kubernetes OpenAPI schema.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -729,6 +730,7 @@ def notebook_objects(spec: NotebookSpec, cs: ClusterSettings) -> list[Manifest]:
 # --- catalogue services ------------------------------------------------------------------------
 
 SERVICE_LABEL = "gpupaas.io/service"
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def service_release_namespace(spec: ServiceSpec, cs: ClusterSettings) -> str:
@@ -780,6 +782,9 @@ def service_target(spec: ServiceSpec, cs: ClusterSettings) -> str:
     """The Service its chart makes, which the portal proxies to: `name:port`."""
     params = service_params(spec, cs)
     name = PLACEHOLDER.sub(lambda found: str(params[found[1]]), spec.service_name)
+    # It goes into the service proxy's path: a Service's name (a DNS label), nothing else.
+    if not DNS_LABEL.fullmatch(name):
+        raise ValueError(f"its Service name {name!r} is not a DNS label")
     return f"{name}:{spec.service_port}"
 
 
