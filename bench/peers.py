@@ -37,6 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,10 +65,15 @@ def free_port() -> int:
 
 
 def call(url: str, method: str = "GET", token: str = "", body: dict | None = None,
-         scheme: str = "Bearer") -> tuple[int, object]:
+         scheme: str = "Bearer", host: str = "") -> tuple[int, object]:
+    """`host`: the Host to send (a local notebook's origin on the portal, whose name this
+    machine's resolver may not know: the request goes to `url`'s address)."""
+    headers = {"Authorization": f"{scheme} {token}", "Content-Type": "application/json"}
+    if host:
+        headers["Host"] = host
     request = urllib.request.Request(
         url, method=method, data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"{scheme} {token}", "Content-Type": "application/json"})
+        headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             raw = answer.read()
@@ -229,9 +235,10 @@ class Portal:
                       and found["status"] == "running" and found, every_s=ROW_POLL_S)
         running = time.perf_counter() - started
         _, secret = call(f"{self.url}/api/v1/notebooks/{made['id']}/token", "POST", token)
-        base = shown["url"].split("/lab")[0]
-        until(lambda: call(f"{base}/api/status", token=secret["token"], scheme="token")[0]
-              == 200, every_s=ANSWER_POLL_S)
+        # At the URL the page gives: the notebook's origin on the portal.
+        origin = urlsplit(shown["url"]).netloc
+        until(lambda: call(f"{self.url}/api/status", token=secret["token"], scheme="token",
+                           host=origin)[0] == 200, every_s=ANSWER_POLL_S)
         self.last = (made["id"], token)
         return posted, running, time.perf_counter() - started
 
