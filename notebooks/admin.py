@@ -40,6 +40,16 @@ class ServiceProfileAdmin(admin.ModelAdmin):
     list_filter = ["published", "groups"]
     prepopulated_fields = {"name": ["display_name"]}
     filter_horizontal = ["groups"]
+    fieldsets = [
+        (None, {"fields": ["name", "display_name", "description", "icon", "exposure",
+                           "published", "groups", "sort_order"]}),
+        ("Size", {"fields": ["default_cpu", "default_memory_gib", "default_gpus", "max_gpus",
+                             "model_names", "health_path"]}),
+        ("Local machine", {"fields": ["local_packages", "local_requires", "local_command"]}),
+        ("Kubernetes (a Flux HelmRelease)", {"fields": [
+            "chart_repository", "chart", "chart_version", "values_template", "service_name",
+            "service_port", "storage_gib"]}),
+    ]
 
 
 @admin.register(Service)
