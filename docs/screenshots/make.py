@@ -102,7 +102,21 @@ def seed() -> dict[str, int]:
         if time.monotonic() > deadline:
             raise SystemExit("JupyterLab did not come up in 5 minutes")
         time.sleep(0.5)
-    return {"instance": train.pk, "pending": pending.pk}
+    # An API service (the seeded vLLM profile) with a key of alice's: its page shows how
+    # programs call it. (Marked running: no model can be served here.)
+    from django.utils import timezone
+
+    from notebooks.models import Service, ServiceKey, ServiceProfile
+
+    llm = Service.objects.create(
+        instance=train, name="support-triage", created_by=alice, cpu=8, memory_gib=32,
+        gpus=1, profile=ServiceProfile.objects.get(name="vllm"),
+        model="Qwen/Qwen2.5-7B-Instruct", status="running", step="reachable",
+        status_message="Running.", running_since=timezone.now())
+    ServiceKey.objects.create(service=llm, user=alice, token_hash="0" * 64, prefix="gps_Xk29fQ",
+                              name="eval-script", expires_at=timezone.now()
+                              + timezone.timedelta(days=90))
+    return {"instance": train.pk, "pending": pending.pk, "service": llm.pk}
 
 
 def shoot(url: str, ids: dict[str, int]) -> None:
@@ -114,6 +128,7 @@ def shoot(url: str, ids: dict[str, int]) -> None:
         ("instance", "alice", f"/instances/{ids['instance']}/"),
         ("shared", "bob", f"/instances/{ids['instance']}/"),
         ("notebooks", "alice", "/notebooks/"),
+        ("service", "alice", f"/services/{ids['service']}/"),
         ("overview", "admin", "/admin/overview/"),
         ("admin", "admin", "/admin/"),
     ]
