@@ -255,7 +255,7 @@ def _decide_notebook(label: str, suffix: str, app_session: dict[str, Any] | None
     base = notebook.url.removesuffix("/lab")  # where its server listens now
     return Decision(True, user_id, upstream=Upstream(
         base_url=base, ssl_context=False, headers={"Authorization": f"token {notebook.token}"}),
-        upstream_key=base, drop_origin=True)
+        upstream_key=label, drop_origin=True)
 
 
 class AppsProxy:
@@ -266,11 +266,20 @@ class AppsProxy:
         self.decisions: dict[tuple[str, int], tuple[float, Decision]] = {}
 
     def client_for(self, decision: Decision) -> httpx.AsyncClient:
+        """One connection pool per service socket, cluster credential or notebook. A local
+        notebook's pool is replaced when its server moved to another port (the old one is
+        gone with it), so restarts do not pile up pools."""
         key = decision.socket or decision.upstream_key
         client = self.clients.get(key)
+        if client is not None and decision.upstream is not None and str(
+                client.base_url).rstrip("/") not in ("", decision.upstream.base_url):
+            asyncio.ensure_future(client.aclose())
+            client = None
         if client is None:
             timeout = httpx.Timeout(connect=10, read=None, write=60, pool=10)
-            if decision.upstream is not None:
+            if decision.upstream is not None and decision.drop_origin:  # a local notebook
+                client = httpx.AsyncClient(base_url=decision.upstream.base_url, timeout=timeout)
+            elif decision.upstream is not None:
                 client = httpx.AsyncClient(verify=decision.upstream.ssl_context or False,
                                            timeout=timeout)
             else:
