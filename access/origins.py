@@ -509,8 +509,13 @@ def _credential(scope: dict[str, Any], headers: dict[str, str], *, notebook: boo
     (`Authorization: Bearer gps_…`), or a local notebook's own token, as Jupyter's clients
     send it (`Authorization: token …`, or `?token=`)."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" or (notebook and scheme.lower() == "token"):
-        return value.strip()
+    value = value.strip()
+    if notebook and scheme.lower() in ("token", "bearer"):
+        return value
+    if scheme.lower() == "bearer" and value.startswith(ServiceKey.PREFIX):
+        # Only the portal's keys: a browser app's own Authorization header (dropped before
+        # it is forwarded) leaves its user's session to decide.
+        return value
     if notebook:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         return (query.get("token") or [""])[0]
