@@ -32,7 +32,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 import websockets
@@ -86,7 +86,9 @@ def safe_next(path: str) -> str:
 def _cookie_for_this_host(header: bytes) -> bool:
     """A Set-Cookie from the service that stays on its own host: one naming a Domain would
     reach the portal and other services under the same parent domain (cookie tossing)."""
-    attributes = header.decode("latin-1").split(";")[1:]
+    name, *attributes = header.decode("latin-1").split(";")
+    if name.partition("=")[0].strip() == COOKIE:
+        return False  # nor may it replace its user's app session with another
     return not any(a.strip().lower().startswith("domain") for a in attributes)
 
 
@@ -107,6 +109,15 @@ def _secure(scope: dict[str, Any], headers: dict[str, str]) -> bool:
     return scope.get("scheme") in ("https", "wss") or (
         settings.SECURE_PROXY_SSL_HEADER is not None
         and headers.get("x-forwarded-proto", "").lower() == "https")
+
+
+def _escapes(path: str) -> bool:
+    """A path with dot segments (raw or percent-encoded) or backslashes: on Kubernetes the
+    request's path goes after the service proxy's, and `..` would climb out of it into the
+    instance's API, with the instance's credential. Browsers never send such paths."""
+    forms = {path, unquote(path), unquote(unquote(path))}
+    return not path.startswith("/") or any(
+        "\\" in form or any(part in (".", "..") for part in form.split("/")) for form in forms)
 
 
 def host_label(host: str) -> tuple[str, str] | None:
@@ -216,8 +227,9 @@ def decide(label: str, suffix: str, app_session: dict[str, Any] | None = None,
     try:
         key, upstream = instance_upstream(service.instance)
         prefix = backend.service_proxy_path(service_spec(service))
-    except BackendError as exc:
-        log.warning("service %s cannot be reached: %s", service.key, exc.detail)
+    except (BackendError, ValueError) as exc:  # ValueError: a credential that will not decrypt
+        log.warning("service %s cannot be reached: %s", service.key,
+                    getattr(exc, "detail", repr(exc)))
         return Decision(False, user.pk, why=503)
     return Decision(True, user.pk, upstream=upstream, upstream_key=key, prefix=prefix)
 
@@ -263,7 +275,7 @@ class AppsProxy:
         self.clients: dict[str, httpx.AsyncClient] = {}
         # (app session, service) → (decided at, decision): a revocation shows within
         # APPS_DECISION_CACHE_S.
-        self.decisions: dict[tuple[str, int], tuple[float, Decision]] = {}
+        self.decisions: dict[tuple[str, str, str], tuple[float, Decision]] = {}
 
     def client_for(self, decision: Decision) -> httpx.AsyncClient:
         """One connection pool per service socket, cluster credential or notebook. A local
@@ -305,14 +317,16 @@ class AppsProxy:
             if decision.allowed and not key and scope["method"] not in SAFE_METHODS and (
                     from_elsewhere(headers)):
                 decision = Decision(False, decision.user_id, why=403)
+            if decision.allowed and _escapes(_raw_path(scope)):
+                decision = Decision(False, decision.user_id, why=400)
             if not decision.allowed:
                 status = decision.why
                 await self.refuse(send, status, program=bool(key) or not cookie and (
                     "json" in headers.get("accept", "") or "authorization" in headers))
             else:
                 set_cookie = None
-                if (key and label.startswith("n") and "authorization" not in headers
-                        and scope["method"] == "GET"
+                if (key and not cookie and label.startswith("n")
+                        and "authorization" not in headers and scope["method"] == "GET"
                         and "text/html" in headers.get("accept", "")):
                     # The notebook's URL with its token, opened in a browser: signed in here
                     # for the requests its page makes next, as Jupyter itself would be.
@@ -331,7 +345,7 @@ class AppsProxy:
                        ) -> Decision:
         """A key, when the request carries one, else the app session's cookie, decided at
         most APPS_DECISION_CACHE_S ago."""
-        cached_as = (f"key:{key}" if key else cookie, label)
+        cached_as = (f"key:{key}" if key else cookie, label, suffix)
         now = time.monotonic()
         cached = self.decisions.get(cached_as)
         if cached and now - cached[0] < settings.APPS_DECISION_CACHE_S:
@@ -356,14 +370,17 @@ class AppsProxy:
             return
         cookie = _cookie(headers.get("cookie", ""), COOKIE)
         decision = await self.decision(cookie, label, suffix, key=key)
-        if not decision.allowed or (not key and from_elsewhere(headers)):
+        if not decision.allowed or (not key and from_elsewhere(headers)) or _escapes(
+                _raw_path(scope)):
             await send({"type": "websocket.close", "code": 1008})
             return
         forward, url = self.target(scope, headers, decision)
         url = "ws" + url[4:]  # http→ws, https→wss
         offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")
                    if p.strip()]
-        forward = [(k, v) for k, v in forward if not k.startswith(b"sec-websocket-")]
+        # (the client library sends the Host of the URL itself)
+        forward = [(k, v) for k, v in forward
+                   if not k.startswith(b"sec-websocket-") and k != b"host"]
         options: dict[str, Any] = {
             "additional_headers": [(k.decode("latin-1"), v.decode("latin-1"))
                                    for k, v in forward],
@@ -395,14 +412,16 @@ class AppsProxy:
         after the service proxy's (unless the API server's own rewriting put it there)."""
         dropped = HOP_BY_HOP | {"cookie", "authorization"} | (
             {"origin", "referer"} if decision.drop_origin else set())
+        # Nor what would have the API server act as someone else (as the Kubernetes proxy).
         forward = [(k, v) for k, v in scope["headers"]
-                   if k.decode("latin-1").lower() not in dropped]
+                   if k.decode("latin-1").lower() not in dropped
+                   and not k.lower().startswith((b"impersonate-", b"x-remote-"))]
         others = _without_cookie(headers.get("cookie", ""), COOKIE)
         if others:
             forward.append((b"cookie", others.encode("latin-1")))
         forward += [(b"x-forwarded-host", headers.get("host", "").encode("latin-1")),
                     (b"x-forwarded-proto", b"https" if _secure(scope, headers) else b"http")]
-        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        raw_path = _raw_path(scope)
         query = scope.get("query_string", b"").decode("latin-1")
         query = f"?{query}" if query else ""
         if decision.upstream is not None:
@@ -450,15 +469,18 @@ class AppsProxy:
             401: ("The key is not valid for this service; make one on its page in the portal."
                   if program else "Open this service from the portal: its page has an Open "
                   "button that signs you in here."),
+            400: "Refused: a path with dot segments.",
             403: "Refused: a page of another origin sent this request.",
             404: "No such service.",
+            413: "The request's body is too large.",
             503: "This service is not running now; see its page in the portal.",
         }[status]
         if program:
             kind = "application/json"
             body = json.dumps({"error": {"message": words, "type": {
-                401: "authentication_error", 403: "permission_error",
-                404: "not_found_error"}.get(
+                400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "not_found_error",
+                413: "invalid_request_error"}.get(
                     status, "service_unavailable"), "code": status}}).encode()
         else:
             kind = "text/html; charset=utf-8"
@@ -475,8 +497,8 @@ class AppsProxy:
         try:
             body = await read_body(receive, MAX_BODY)
         except TooLarge:
-            await self.refuse(send, 404)
-            return 404
+            await self.refuse(send, 413)
+            return 413
         if body is None:
             return 0
         forward, url = self.target(scope, headers, decision)
@@ -502,6 +524,10 @@ class AppsProxy:
         finally:
             await response.aclose()
         return response.status_code
+
+
+def _raw_path(scope: dict[str, Any]) -> str:
+    return (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
 
 
 def _credential(scope: dict[str, Any], headers: dict[str, str], *, notebook: bool) -> str:

@@ -8,6 +8,7 @@ proxy with the instance's own credential: the owner and collaborators get in, no
 Flux is the kit's stand-in (tests/kit/controllers.py), played through the API as on a real
 server; the emulator passes the service proxy to a test's HTTP server."""
 
+import http.client
 import json
 import logging
 import threading
@@ -176,8 +177,35 @@ def test_a_release_deleted_behind_the_portals_back_is_applied_again(
             "helm.toolkit.fluxcd.io", "v2", ns, "helmreleases", service.key)
     flux.reconcile()
     assert services.reconcile_notebooks()["restored"] == 1
+    service = Service.objects.get(pk=service.pk)
+    assert service.status == Status.DEPLOYING
+    assert service.status_message == "Restarting: Its release was missing; applying it again."
+    # The service's own task applies it again (one stopped meanwhile would not be).
+    services.advance_service(service_id=service.pk)
     assert release_of(emu, service, ns)["spec"]["releaseName"] == service.key
-    assert Service.objects.get(pk=service.pk).status == Status.DEPLOYING
+
+    # A tenant's own release carrying this service's label (not installed yet, and listed
+    # after the real one) changes nothing for it.
+    advance(service, flux, until=Status.RUNNING)
+    real = next(r for r in emu.objects(HELM_RELEASE, namespace=ns)
+                if r["metadata"]["name"] == service.key)
+    with admin_api(emu) as api:
+        objects = k8s.CustomObjectsApi(api)
+        objects.create_namespaced_custom_object(
+            "helm.toolkit.fluxcd.io", "v2", ns, "helmreleases",
+            {"apiVersion": real["apiVersion"], "kind": "HelmRelease",
+             "metadata": {"name": "zz-decoy", "namespace": ns,
+                          "labels": real["metadata"]["labels"]},
+             "spec": real["spec"]})
+        services.reconcile_notebooks()
+        assert Service.objects.get(pk=service.pk).status == Status.RUNNING
+        # A release whose account was taken off (Flux would install as itself) gets it back.
+        objects.patch_namespaced_custom_object(
+            "helm.toolkit.fluxcd.io", "v2", ns, "helmreleases", service.key,
+            {"spec": {"serviceAccountName": None}})
+    services.reconcile_notebooks()
+    assert emu.get(HELM_RELEASE, service.key, ns)["spec"]["serviceAccountName"] == (
+        "gpupaas-access")
 
 
 @pytest.mark.parametrize("kind", ["vcluster", "dedicated"])
@@ -322,6 +350,25 @@ def test_its_origin_reaches_it_through_the_api_servers_service_proxy_for_its_use
     for _, _, headers, _ in App.seen:
         assert "gpupaas_app" not in headers.get("Cookie", "")
         assert "Authorization" not in headers
+    # Dot segments would climb out of the service proxy's path into the instance's API
+    # with its credential (httpx normalises them, so a program sends them raw): refused.
+    before = len(emu.requests.records())
+    port = int(origin_server.rsplit(":", 1)[1])
+    for path in ("/../../../secrets", "/%2e%2e/%2e%2e/%2e%2e/secrets", "/a/..%2f..%2fsecrets",
+                 f"{prefix}/../../../secrets", "/%252e%252e/pods"):
+        raw = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        raw.putrequest("GET", path, skip_host=True)
+        raw.putheader("Host", f"{service.host_label}.localhost:{port}")
+        raw.putheader("Cookie", f"gpupaas_app={owner.http.cookies['gpupaas_app']}")
+        raw.putheader("Impersonate-User", "system:admin")
+        raw.endheaders()
+        assert raw.getresponse().status == 400, path
+        raw.close()
+    assert not [r for r in emu.requests.records()[before:] if "secrets" in r.path
+                or "pods" in r.path]
+    # Nor does an impersonation header reach the API server.
+    owner.http.get("/runs", headers={"Impersonate-User": "system:admin"})
+    assert not any("impersonate-user" in r.headers for r in emu.requests.records()[before:])
     # A stranger's browser gets nothing; bob's Open is a 404.
     stranger = Browser(origin_server, service)
     assert stranger.get("/").status_code == 401

@@ -918,7 +918,7 @@ class KubernetesBackend:
                 "catalogue services; an administrator must install it.")
         try:
             objects = m.service_objects(spec, self.cs)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"Its profile's values template cannot be used: {exc}",
                                detail=repr(exc)) from exc
         claim = m.service_claim(spec, self.cs)
@@ -950,18 +950,29 @@ class KubernetesBackend:
                               label_selector=f"{m.selector(self.cs)},{m.SERVICE_LABEL}")
 
     def _reconcile_services(self, specs: list[ServiceSpec]) -> dict[str, NotebookState]:
-        """One list of the portal's service releases; a missing one is applied again."""
-        releases = {(r["metadata"].get("labels") or {}).get(m.SERVICE_LABEL): r
+        """One list of the portal's service releases, each found by the namespace and name
+        its spec gives (never by a label, which a tenant could copy onto a release of their
+        own). A missing release is reported for the service's own task to apply again (a
+        service stopped meanwhile is not brought back); one whose account was taken off (a
+        tenant may edit releases in their namespace) is applied again at once."""
+        releases = {(r["metadata"].get("namespace"), r["metadata"]["name"]): r
                     for r in self._service_releases()}
         states = {}
         for spec in specs:
-            release = releases.get(spec.key)
+            release = releases.get((m.service_release_namespace(spec, self.cs),
+                                    m.service_object_name(spec)))
             if release is None:
-                self._ensure_service(spec)
                 states[spec.key] = NotebookState("deploying", "created",
-                                                 "Its release was recreated.")
-            else:
-                states[spec.key] = _service_state(spec, release)
+                                                 "Its release was missing; applying it again.")
+                continue
+            if spec.instance.kind == "namespace" and (release.get("spec") or {}).get(
+                    "serviceAccountName") != m.ACCESS_ACCOUNT:
+                log.warning("service release %s lost its account: applied again", spec.key)
+                try:
+                    self._ensure_service(spec)
+                except BackendError as exc:  # one broken service spoils no other
+                    log.warning("service %s not applied again: %s", spec.key, exc.detail)
+            states[spec.key] = _service_state(spec, release)
         return states
 
     def _stop_orphan_services(self, live_keys: Callable[[], set[str]]) -> int:
@@ -977,6 +988,7 @@ class KubernetesBackend:
             log.warning("service release %s/%s has no service (%s): uninstalled",
                         meta.get("namespace"), meta["name"], key)
             self.kube.delete(m.FLUX_HELM, "HelmRelease", meta["name"], meta["namespace"])
+            self.kube.delete(m.FLUX_SOURCE, "HelmRepository", meta["name"], meta["namespace"])
             stopped += 1
         return stopped
 

@@ -7,6 +7,7 @@ placeholder takes the value with its type (`${gpus}` is a number, `${resources}`
 mapping); a placeholder inside a longer string is replaced by its text.
 """
 
+import json
 import re
 from typing import Any
 
@@ -52,6 +53,10 @@ def check_template(template: str, *, mapping: bool = True) -> None:
         raise ValueError(f"not YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ValueError("the values must be a YAML mapping")
+    try:
+        json.dumps(values)
+    except TypeError as exc:  # an unquoted date, say: Kubernetes takes JSON
+        raise ValueError(f"a value JSON cannot hold ({exc}); quote it") from None
 
 
 def render_values(template: str, params: dict[str, Any]) -> dict[str, Any]:

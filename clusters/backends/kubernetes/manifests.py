@@ -822,7 +822,9 @@ def service_objects(spec: ServiceSpec, cs: ClusterSettings) -> list[Manifest]:
     release: Manifest = {
         "releaseName": spec.key,
         "interval": "10m",
-        "timeout": "10m",
+        # Helm waits for what the chart made to be ready: a model server may first download
+        # its weights.
+        "timeout": "30m",
         "chart": {"spec": {
             "chart": spec.chart, "version": spec.chart_version,
             "sourceRef": {"kind": "HelmRepository", "name": name}, "interval": "1h",
