@@ -12,6 +12,16 @@ from typing import Any
 Answer = Callable[[str], tuple[int, Any]]  # the request's path (with its query) -> status, body
 
 
+def send_json(handler: BaseHTTPRequestHandler, code: int, body: Any) -> None:
+    """Answer the handler's request with `body` as JSON."""
+    data = json.dumps(body).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def serve_json(answer: Answer) -> tuple[ThreadingHTTPServer, str]:
     """Start the server on a free port; (the server, its URL). `server.shutdown()` ends it."""
 
@@ -20,13 +30,7 @@ def serve_json(answer: Answer) -> tuple[ThreadingHTTPServer, str]:
             pass
 
         def do_GET(self) -> None:
-            code, body = answer(self.path)
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, *answer(self.path))
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -11,6 +11,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .jsonhttp import send_json
+
 
 class FakeOpenAI:
     def __init__(self, model: str) -> None:
@@ -23,12 +25,7 @@ class FakeOpenAI:
                 pass
 
             def reply(self, code: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, code, body)
 
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path, dict(self.headers)))
