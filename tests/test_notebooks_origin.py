@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from django.test import Client
 
 from instances import collaborators
 from notebooks import services
@@ -20,7 +19,7 @@ from .conftest import make_user, running_instance
 from .kit.asgi import serve
 from .test_collaborators import share_with
 from .test_notebooks_local import until
-from .test_services_local import signed_in
+from .test_services_local import Browser, signed_in
 
 Status = Notebook.Status
 
@@ -33,28 +32,12 @@ def server(transactional_db):
         yield url
 
 
-class Laptop:
-    """A browser on another machine: it reaches the notebook only through the portal."""
-
-    def __init__(self, server: str, notebook: Notebook) -> None:
-        self.port = urlsplit(server).port
-        self.host = f"{notebook.host_label}.localhost:{self.port}"
-        self.http = httpx.Client(base_url=server, headers={"Host": self.host}, timeout=30)
-
-    def open(self, portal: Client, notebook: Notebook) -> httpx.Response:
-        to = portal.get(f"/notebooks/{notebook.pk}/open/")
-        assert to.status_code == 302, to.status_code
-        target = urlsplit(to["Location"])
-        assert target.hostname == f"{notebook.host_label}.localhost"
-        return self.http.get(f"{target.path}?{target.query}")
-
-
 def test_a_local_notebook_is_reached_through_the_portal_for_its_users_only(
         server, alice, catalogue, minimal, settings):
     instance = running_instance(alice, catalogue[2], "train")
     notebook = until(services.deploy_notebook(instance=instance, name="explore", by=alice,
                                               profile=minimal), Status.RUNNING)
-    laptop = Laptop(server, notebook)
+    laptop = Browser(server, notebook, timeout=30)
     signed = laptop.open(signed_in(alice), notebook)
     assert signed.status_code == 303 and signed.headers["location"] == "/lab"
     assert "JupyterLab" in laptop.http.get("/lab").text
@@ -105,7 +88,7 @@ def test_a_removed_collaborator_is_out_of_a_local_notebook_within_a_second(
                                               profile=minimal), Status.RUNNING)
     carol = make_user("carol-nb")
     membership = share_with(instance, alice, carol)
-    laptop = Laptop(server, notebook)
+    laptop = Browser(server, notebook, timeout=30)
     assert laptop.open(signed_in(carol), notebook).status_code == 303
     assert laptop.http.get("/api/status").status_code == 200
     collaborators.remove_collaborator(collaborator=membership, by=alice)

@@ -35,17 +35,18 @@ def until(service: Service, status: str, timeout: float = 120) -> Service:
 
 
 class Browser:
-    """One person's browser on the service's origin: its own cookie jar, the Host header a
-    browser would send for s<id>-<suffix>.localhost."""
+    """One person's browser on the origin of a service (or of a local notebook): its own
+    cookie jar, the Host header a browser would send for s<id>-<suffix>.localhost."""
 
-    def __init__(self, server: str, service: Service) -> None:
-        port = urlsplit(server).port
-        self.http = httpx.Client(base_url=server, headers={
-            "Host": f"{service.host_label}.localhost:{port}"}, timeout=20)
+    def __init__(self, server: str, service: Service, timeout: float = 20) -> None:
+        self.port = urlsplit(server).port
+        self.host = f"{service.host_label}.localhost:{self.port}"
+        self.http = httpx.Client(base_url=server, headers={"Host": self.host}, timeout=timeout)
 
     def open(self, portal: Client, service: Service) -> httpx.Response:
-        """Open from the portal's page: its redirect, then the service's sign-in."""
-        to = portal.get(f"/services/{service.pk}/open/")
+        """Open from the portal's page: its redirect, then the sign-in on the origin."""
+        kind = "services" if isinstance(service, Service) else "notebooks"
+        to = portal.get(f"/{kind}/{service.pk}/open/")
         assert to.status_code == 302, to.status_code
         target = urlsplit(to["Location"])
         assert target.hostname == f"{service.host_label}.localhost"
