@@ -77,6 +77,17 @@ class NotebookProfile(LocalEnvironment):
         return self.display_name
 
 
+def progress(row: Deployment, *, skipped: str) -> list[tuple[str, str]]:
+    """(label, done|current|todo) of a notebook's or service's steps, without `skipped`
+    (the step its backend has not): all done once it runs."""
+    steps = [(value, label) for value, label in row.Step.choices if value != skipped]
+    order = [value for value, _ in steps]
+    reached = len(order) if row.status == row.Status.RUNNING else (
+        order.index(row.step) if row.step in order else -1)
+    return [(label, "done" if i < reached else "current" if i == reached else "todo")
+            for i, (_, label) in enumerate(steps)]
+
+
 def new_host_suffix() -> str:
     """10 random lowercase letters and digits (about 51 bits): part of the notebook's host,
     so nobody can claim it in advance."""
@@ -178,18 +189,8 @@ class Notebook(Deployment):
     @property
     def steps(self) -> list[tuple[str, str]]:
         """(label, done|current|todo) for the progress list users watch."""
-        skipped = (self.Step.PULLING if self.instance.cluster.backend == "local"
-                   else self.Step.PREPARING)
-        steps = [(value, label) for value, label in self.Step.choices if value != skipped]
-        order = [value for value, _ in steps]
-        if self.status == self.Status.RUNNING:
-            reached = len(order)
-        else:
-            reached = order.index(self.step) if self.step in order else -1
-        return [
-            (label, "done" if i < reached else "current" if i == reached else "todo")
-            for i, (_, label) in enumerate(steps)
-        ]
+        return progress(self, skipped=self.Step.PULLING if self.instance.cluster.backend
+                        == "local" else self.Step.PREPARING)
 
 
 class ServiceProfile(LocalEnvironment):
@@ -372,14 +373,8 @@ class Service(Deployment):
     @property
     def steps(self) -> list[tuple[str, str]]:
         # On Kubernetes its chart is installed by Flux: there is no environment to prepare.
-        steps = [(value, label) for value, label in self.Step.choices
-                 if value != self.Step.PREPARING
-                 or self.instance.cluster.backend == "local"]
-        order = [value for value, _ in steps]
-        reached = len(order) if self.status == self.Status.RUNNING else (
-            order.index(self.step) if self.step in order else -1)
-        return [(label, "done" if i < reached else "current" if i == reached else "todo")
-                for i, (_, label) in enumerate(steps)]
+        return progress(self, skipped="" if self.instance.cluster.backend == "local"
+                        else self.Step.PREPARING)
 
 
 class ServiceKey(BearerToken):
