@@ -23,7 +23,7 @@ from clusters.crypto import encrypt
 from clusters.models import Cluster
 from workspaces import usage
 from workspaces.models import AuditAction, Workspace
-from workspaces.selectors import effective_quota
+from workspaces.selectors import effective_quota, workspace_ids
 from workspaces.services import changes, lock_workspace, record_audit
 
 from . import lifecycle
@@ -453,6 +453,7 @@ class ReconcileSummary:
     quarantine_deleted: int = 0
     held: int = 0
     errors: int = 0
+    accounts_removed: int = 0
 
 
 def reconcile_instances() -> ReconcileSummary:
@@ -505,7 +506,21 @@ def reconcile_instances() -> ReconcileSummary:
         except Exception:  # whatever one cluster does, the others are still reconciled
             log.exception("reconcile of cluster %s failed", cluster)
             summary.errors += 1
+    summary.accounts_removed = len(_remove_stale_accounts())
     return summary
+
+
+def _remove_stale_accounts() -> list[str]:
+    """The local tenants' OS users whose workspace is gone and that nothing else keeps."""
+    from clusters.backends.local import tenants
+
+    try:
+        if not tenants.isolated():
+            return []
+        return tenants.remove_stale_accounts(workspace_ids)
+    except BackendError as exc:
+        log.warning("the local OS users were not swept: %s", exc.message)
+        return []
 
 
 # --- the catalogue (the admin's writes) ---------------------------------------------------

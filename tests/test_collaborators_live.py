@@ -27,6 +27,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.urls import reverse
 
+from clusters.backends.local import tenants
 from instances import collaborators, services
 from instances.models import Collaborator, Instance
 from notebooks import services as notebook_services
@@ -268,7 +269,7 @@ def test_the_whole_journey_invite_accept_use_and_removal_ends_it_at_once(
         shell.wait_for_function(
             "(text) => document.querySelector('.xterm-rows').textContent.includes(text)",
             arg="shell-42")
-        assert f"{settings.LOCAL_USER_PREFIX}{instance.workspace_id}" in shell.inner_text(
+        assert tenants.username(str(instance.workspace_id)) in shell.inner_text(
             ".xterm-rows")
     else:
         assert "need the portal to run as root" in shell.inner_text("#remote-access")

@@ -172,7 +172,8 @@ def test_runportal_as_root_serves_a_working_sandbox_shell(embedded_env):
                     frame = shell.recv(timeout=1)
                     screen += frame if isinstance(frame, bytes) else frame.encode()
         tenant = embedded_env.get("LOCAL_USER_PREFIX", "gpw-")  # the workspace's OS user
-        assert re.search(rb"\r" + re.escape(tenant.encode()) + rb"\d+\r\nSHELL-42", screen), screen
+        assert re.search(rb"\r" + re.escape(tenant.encode()) + rb"[0-9a-f]{6}-\d+\r\nSHELL-42",
+                         screen), screen
         assert b"Permission denied" not in screen and b"could not start" not in screen
     except BaseException:
         proc.kill()

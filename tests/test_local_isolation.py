@@ -137,7 +137,8 @@ def test_each_workspace_gets_its_own_os_user_and_a_private_sandbox(
     user = pwd.getpwnam(tenants.username(str(workspace_of(alice).pk)))
     sandbox = sandbox_root / "local" / notebook.instance.key
 
-    assert user.pw_name == f"{settings.LOCAL_USER_PREFIX}{workspace_of(alice).pk}"
+    assert user.pw_name == (f"{settings.LOCAL_USER_PREFIX}{tenants.install_id()}-"
+                            f"{workspace_of(alice).pk}")
     assert user.pw_shell == "/usr/sbin/nologin"
     assert (sandbox.stat().st_uid, oct(sandbox.stat().st_mode & 0o777)) == (user.pw_uid, "0o700")
     assert oct((sandbox_root / "local").stat().st_mode & 0o777) == "0o711"

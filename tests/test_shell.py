@@ -25,6 +25,7 @@ from websockets.sync.client import connect
 from access import services as access_services
 from access.models import AccessToken, ProxyRequest, ShellPod
 from clusters.backends.local import limits as local_limits
+from clusters.backends.local import tenants
 from instances import collaborators
 from instances.models import Collaborator, Instance
 from workspaces.models import AuditEvent
@@ -463,7 +464,7 @@ def test_a_local_instance_gets_a_shell_in_its_sandbox_as_the_workspaces_user(
     shell = open_shell(session_cookie(client, alice), instance.pk)
     shell.type("id -un; pwd; echo gpus=$CUDA_VISIBLE_DEVICES; env | grep -c DATABASE_URL; "
                "echo END-$((40+2))")
-    tenant = f"{settings.LOCAL_USER_PREFIX}{instance.workspace_id}"
+    tenant = tenants.username(str(instance.workspace_id))
     screen = shell.wait_for("END-42")
     assert f"\n{tenant}\n" in screen
     assert f"{instance.cluster.name}/{instance.key}" in screen

@@ -66,3 +66,8 @@ def role_of(user: AbstractBaseUser) -> str:
     if Role.ADMIN in roles:
         return Role.ADMIN
     return Role.END_USER if Role.END_USER in roles else ""
+
+
+def workspace_ids() -> set[str]:
+    """Every workspace's id, as the local backend names its OS users (a string)."""
+    return {str(pk) for pk in Workspace.objects.values_list("pk", flat=True)}

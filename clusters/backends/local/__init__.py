@@ -105,7 +105,7 @@ class LocalBackend:
         with self._locked(spec.key) as lock:
             if self._deleted(lock):
                 raise BackendError("This instance was deleted.")
-            tenant = ensure_tenant(spec.workspace)
+            tenant = ensure_tenant(spec.workspace, self.sandbox(spec.key))
             inventory = self.inventory()
             indices = allocate_slots(
                 cluster=self.cluster, holder=spec.key, count=spec.gpus, total=inventory.total
@@ -227,7 +227,7 @@ class LocalBackend:
             sandbox = self.sandbox(spec.key)
             if self._deleted(lock) or not sandbox.is_dir():
                 raise BackendError("This instance's sandbox is gone.")
-            tenant = ensure_tenant(spec.workspace)
+            tenant = ensure_tenant(spec.workspace, sandbox)
         work = sandbox / "work"
         env = {
             "HOME": str(sandbox),
@@ -287,7 +287,7 @@ class LocalBackend:
             # a process nobody owns.
             if self._deleted(lock) or not sandbox.is_dir():
                 raise BackendError("Its instance is being deleted; nothing was started.")
-            tenant = ensure_tenant(spec.instance.workspace)
+            tenant = ensure_tenant(spec.instance.workspace, sandbox)
             start = services.start if service else jupyter.start
             return start(
                 spec, control=self._control(spec), home=sandbox, env=env, tenant=tenant,

@@ -7,13 +7,17 @@ apart and away from the portal's files. Anywhere else the OS cannot do that, and
 says so: "single-user mode", notebooks run as the portal's own user.
 """
 
+import contextlib
+import logging
 import os
 import pwd
 import re
+import secrets
 import socket
 import ssl
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,10 +26,17 @@ from django.conf import settings
 
 from ..base import BackendError
 
-# Written into the account's comment field, so the portal never adopts an account it did
-# not create (a prefix collision with a real user would otherwise hand their files over).
-COMMENT = "gpupaas workspace"
-PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,19}$")
+log = logging.getLogger(__name__)
+
+# Written into the account's comment field with this portal's install id, so the portal
+# never adopts an account it did not create (a prefix collision with a real user, or another
+# portal on the machine, would otherwise hand their files over).
+COMMENT = "gpupaas {install} workspace"
+# What accounts made before names carried the install id say (gpw-12): see adopt_legacy.
+LEGACY_COMMENT = "gpupaas workspace"
+# Short enough that prefix, install id and a workspace id fit useradd's 32 characters.
+PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,11}$")
+INSTALL_RE = re.compile(r"^[0-9a-f]{6}$")
 
 
 @dataclass(frozen=True)
@@ -56,31 +67,108 @@ def mode_line() -> str:
     return "Single-user mode: notebooks run as you (the portal's OS user)."
 
 
-def username(workspace: str) -> str:
+def install_id(*, create: bool = True) -> str:
+    """This portal's id on this machine: six hex digits, made on first use and kept in the
+    sandbox root's root-only control folder. It is part of every OS user's name, so two
+    portals on one machine never share `gpw-1`; it moves with the sandboxes it owns.
+    Without `create`, "" where none was made yet (so no account either)."""
+    path = Path(settings.LOCAL_SANDBOX_ROOT) / ".portal" / "install-id"
+    if not create and not path.exists():
+        return ""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(3) + "\n")
+    text = path.read_text().strip()
+    if not INSTALL_RE.match(text):  # a half-written file: say so rather than guess
+        raise BackendError(f"{path} does not hold an install id (six hex digits).",
+                           detail=repr(text[:40]))
+    return text
+
+
+def _prefix() -> str:
     prefix = settings.LOCAL_USER_PREFIX
     if not PREFIX_RE.match(prefix):
-        raise BackendError(f"LOCAL_USER_PREFIX {prefix!r} is not a safe OS user name prefix.")
+        raise BackendError(f"LOCAL_USER_PREFIX {prefix!r} is not a safe OS user name prefix "
+                           "(a lower-case letter, then at most 11 of a-z, 0-9, - and _).")
+    return prefix
+
+
+def username(workspace: str) -> str:
+    """The workspace's OS user: the prefix, this portal's install id, the workspace id
+    (gpw-3fa9c1-12)."""
     if not workspace.isdigit():
         raise BackendError(f"Workspace id {workspace!r} is not a number.")
-    return f"{prefix}{workspace}"
+    return f"{_prefix()}{install_id()}-{workspace}"
 
 
-def ensure_tenant(workspace: str) -> Tenant | None:
-    """The workspace's OS user, created if missing; None in single-user mode."""
+def comment() -> str:
+    return COMMENT.format(install=install_id())
+
+
+def ensure_tenant(workspace: str, sandbox: Path | None = None) -> Tenant | None:
+    """The workspace's OS user, created if missing; None in single-user mode. With the
+    sandbox it is for, an account from before install ids (which owns the sandbox's files)
+    is renamed rather than replaced, and a sandbox another account owns is refused."""
     if not isolated():
         return None
-    return ensure_os_user(username(workspace))
+    name = username(workspace)
+    if sandbox is not None:
+        adopt_legacy(name, workspace, sandbox)
+    tenant = ensure_os_user(name, comment())
+    if sandbox is not None:
+        try:
+            owner = sandbox.stat().st_uid
+        except FileNotFoundError:
+            return tenant
+        if owner not in (tenant.uid, 0):
+            raise BackendError(
+                f"The sandbox {sandbox} belongs to uid {owner}, not to {name}: another "
+                "portal on this machine shared its OS user, or this one made it before it "
+                f"ran as root. Give it to {name} (chown -R {name}: {sandbox}) and start it "
+                "again.")
+    return tenant
 
 
-def ensure_os_user(name: str) -> Tenant:
-    """An unprivileged OS user the portal created (root only), created if missing."""
+def adopt_legacy(name: str, workspace: str, sandbox: Path) -> None:
+    """Accounts made before names carried the install id are called `<prefix><workspace>`
+    and own their sandboxes' files. The first time this portal finds one owning a sandbox of
+    its own, it renames the account and its group (same uid: every file stays theirs)."""
+    try:
+        pwd.getpwnam(name)
+        return  # already adopted, or made fresh
+    except KeyError:
+        pass
+    try:
+        owner = pwd.getpwuid(sandbox.stat().st_uid)
+    except (FileNotFoundError, KeyError):
+        return
+    legacy = f"{_prefix()}{workspace}"
+    if owner.pw_name != legacy or owner.pw_gecos != LEGACY_COMMENT:
+        return
+    for argv in (["usermod", "--login", name, "--comment", comment(), legacy],
+                 ["groupmod", "--new-name", name, legacy]):
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0 and argv[0] == "usermod":
+            raise BackendError(f"Could not rename the OS user {legacy} to {name}.",
+                               detail=result.stderr)
+    log.info("renamed the OS user %s to %s (uid %s)", legacy, name, owner.pw_uid)
+
+
+def ensure_os_user(name: str, marker: str) -> Tenant:
+    """An unprivileged OS user the portal created (root only), created if missing; `marker`
+    goes in its comment field and must be there on an existing one."""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
         result = subprocess.run(
             # No home of its own (its sandboxes are its homes), no login shell, its own group.
             ["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
-             "/usr/sbin/nologin", "--user-group", "--comment", COMMENT, name],
+             "/usr/sbin/nologin", "--user-group", "--comment", marker, name],
             capture_output=True, text=True,
         )
         try:
@@ -89,7 +177,7 @@ def ensure_os_user(name: str) -> Tenant:
             raise BackendError(
                 f"Could not create the OS user {name}.", detail=result.stderr
             ) from None
-    if entry.pw_gecos != COMMENT:
+    if entry.pw_gecos != marker:
         raise BackendError(f"The OS user {name} exists and was not created by the portal.")
     return Tenant(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
 
@@ -108,10 +196,80 @@ def traversable(path: Path) -> None:
 
 
 def portal_users() -> list[str]:
-    """OS users the portal created with the configured prefix (tests clean up with this)."""
+    """OS users any portal created with the configured prefix (tests clean up with this)."""
     prefix = settings.LOCAL_USER_PREFIX
     return [e.pw_name for e in pwd.getpwall()
-            if e.pw_name.startswith(prefix) and e.pw_gecos == COMMENT]
+            if e.pw_name.startswith(prefix) and e.pw_gecos.startswith("gpupaas ")]
+
+
+@dataclass(frozen=True)
+class Account:
+    """One of this portal's OS users, and what keeps it ("" once nothing does)."""
+    name: str
+    uid: int
+    workspace: str
+    kept_by: str
+
+
+def accounts(live_workspaces: Callable[[], set[str]]) -> list[Account]:
+    """This portal's OS users (its prefix, its install id and its comment). One stays while
+    its workspace exists, while a sandbox (a quarantined one too) or a file in the shared
+    temporary folders is its, or while a process runs as it: a uid freed too early could go
+    to the next new account with those files. The accounts are listed before the workspaces
+    are read, so one made for a workspace created in between is never taken for stale."""
+    install = install_id(create=False)
+    if not install:
+        return []
+    named = re.compile(rf"^{re.escape(_prefix())}{install}-(\d+)$")
+    mine = [(e, m.group(1)) for e in pwd.getpwall()
+            if (m := named.match(e.pw_name)) and e.pw_gecos == comment()]
+    if not mine:
+        return []
+    live = live_workspaces()
+    # Looking through sandboxes and processes only when some workspace is gone.
+    held = _uids_holding() if any(ws not in live for _, ws in mine) else {}
+    return [Account(name=e.pw_name, uid=e.pw_uid, workspace=ws,
+                    kept_by="its workspace" if ws in live else held.get(e.pw_uid, ""))
+            for e, ws in mine]
+
+
+def remove_stale_accounts(live_workspaces: Callable[[], set[str]]) -> list[str]:
+    """Remove this portal's OS users that nothing keeps (see accounts); their names."""
+    removed = []
+    for account in accounts(live_workspaces):
+        if account.kept_by:
+            continue
+        result = subprocess.run(["userdel", account.name], capture_output=True, text=True)
+        if result.returncode == 0:
+            log.info("removed the OS user %s (uid %s): its workspace is gone",
+                     account.name, account.uid)
+            removed.append(account.name)
+        else:
+            log.warning("could not remove the OS user %s: %s", account.name,
+                        result.stderr.strip())
+    return removed
+
+
+def _uids_holding() -> dict[int, str]:
+    """Which uids own a sandbox, a file in the shared temporary folders, or a process."""
+    held: dict[int, str] = {}
+    base = Path(settings.LOCAL_SANDBOX_ROOT)
+    places = [p for cluster in base.iterdir() if cluster.is_dir() and cluster.name != ".portal"
+              for p in cluster.iterdir()] if base.is_dir() else []
+    for place in places:
+        with contextlib.suppress(OSError):
+            held.setdefault(place.lstat().st_uid, f"the sandbox {place}")
+    for folder in ("/tmp", "/var/tmp", "/dev/shm"):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                with contextlib.suppress(OSError):
+                    held.setdefault(entry.stat(follow_symlinks=False).st_uid, f"{entry.path}")
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            uid = next(line.split()[1] for line in status.read_text().splitlines()
+                       if line.startswith("Uid:"))
+            held.setdefault(int(uid), f"process {status.parent.name}")
+    return held
 
 
 def protect_portal_files() -> None:
