@@ -94,7 +94,9 @@ def flag(query: Mapping[str, str], name: str) -> bool:
 # ---------------------------------------------------------------------------- selectors
 
 
-def _requirements(selector: str) -> list[str]:
+@functools.lru_cache(maxsize=256)
+def _requirements(selector: str) -> tuple[str, ...]:
+    """A selector's requirements, parsed once per selector (a list asks per object)."""
     parts: list[str] = []
     depth, current = 0, ""
     for ch in selector:
@@ -106,7 +108,7 @@ def _requirements(selector: str) -> list[str]:
             current += ch
     if current.strip():
         parts.append(current.strip())
-    return parts
+    return tuple(parts)
 
 
 _SET_REQUIREMENT = re.compile(r"^([^\s!=]+)\s+(in|notin)\s+\((.*)\)$")
@@ -520,7 +522,9 @@ class Store:
         return (info.group, info.plural, namespace if info.namespaced else None, name)
 
     def view(self, info: ResourceInfo, obj: Obj) -> Obj:
-        out = copy.deepcopy(obj)
+        # Stored objects are JSON: a round trip copies them several times faster than
+        # deepcopy, which counts when a list returns thousands.
+        out = json.loads(json.dumps(obj))
         out["apiVersion"] = info.api_version
         return out
 
@@ -918,12 +922,13 @@ class Store:
         """Matching objects sorted by (namespace, name), as etcd's key order gives them."""
         with self.lock:
             out = []
-            for key in sorted(self._objects, key=lambda k: (k[0], k[1], k[2] or "", k[3])):
+            # Only the kind's keys are sorted, as etcd ranges over one prefix: a list costs
+            # what that kind holds, not what the whole store does.
+            keys = [k for k in self._objects
+                    if (info is None or k[:2] == (info.group, info.plural))
+                    and (namespace is None or k[2] == namespace)]
+            for key in sorted(keys, key=lambda k: (k[0], k[1], k[2] or "", k[3])):
                 obj = self._objects[key]
-                if info is not None and key[:2] != (info.group, info.plural):
-                    continue
-                if namespace is not None and key[2] != namespace:
-                    continue
                 if not label_match(label_selector, obj["metadata"].get("labels")):
                     continue
                 if not field_match(field_selector, obj):
