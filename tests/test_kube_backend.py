@@ -124,6 +124,32 @@ def test_reconcile_restores_drift(emu, alice, profiles):
     assert instance.status == Status.RUNNING
 
 
+def test_a_reconcile_pass_costs_the_same_queries_at_two_and_at_six_running_instances(
+    emu, alice, profiles
+):
+    """Instances still running as they were cost the pass no write: at 10,000 a transaction
+    each was most of its time (bench/scale.py)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def pass_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert services.reconcile_instances().errors == 0
+        return len(queries)
+
+    workspace = workspace_of(alice)
+    workspace.max_gpus, workspace.max_instances = 12, 6
+    workspace.save()
+    for n in range(2):
+        provision(launch(alice, profiles["namespace"], name=f"few-{n}"))
+    few = pass_queries()
+    for n in range(4):
+        provision(launch(alice, profiles["namespace"], name=f"more-{n}"))
+
+    assert pass_queries() == few
+    assert set(Instance.objects.values_list("status", flat=True)) == {Status.RUNNING}
+
+
 def test_reconcile_marks_an_instance_whose_namespace_vanished(emu, alice, profiles):
     instance = provision(launch(alice, profiles["namespace"]))
     emu.delete_object("Namespace", namespace_of(emu, instance)["metadata"]["name"])
