@@ -34,7 +34,7 @@ test: $(VENV)/.installed-test
 	@DATABASE_URL=$(DATABASE_URL) CELERY_BROKER_URL=$(CELERY_BROKER_URL) \
 		$(BIN)/python -m tests.preflight
 	DATABASE_URL=$(DATABASE_URL) CELERY_BROKER_URL=$(CELERY_BROKER_URL) \
-		$(BIN)/pytest -n $(TEST_WORKERS) --durations=25
+		$(BIN)/pytest -n $(TEST_WORKERS) --durations=30
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
@@ -49,6 +49,8 @@ bench: $(VENV)/.installed-test
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_proxy,$(DATABASE_URL)) $(BIN)/python bench/proxy.py
 	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_launch,$(DATABASE_URL)) \
 		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/launch.py
+	DATABASE_URL=$(subst /gpupaas,/gpupaas_bench_scale,$(DATABASE_URL)) \
+		CELERY_BROKER_URL=$(CELERY_BROKER_URL) $(BIN)/python bench/scale.py  # about 5 minutes
 	$(BIN)/python bench/chaos.py  # its own PostgreSQL and Redis; 10 minutes of faults
 	$(BIN)/python bench/peers.py  # JupyterHub beside us; needs npm and the package index
 	$(BIN)/python bench/coldstart.py  # fresh clones; needs the package index

@@ -21,7 +21,8 @@ instance), 10,000 existing namespace instances running on one emulated cluster, 
     python bench/scale.py
 
 The database named in DATABASE_URL (default gpupaas_bench_scale) is dropped and created
-again; the broker is CELERY_BROKER_URL (default redis://127.0.0.1:6379/15), emptied after.
+again; the broker is CELERY_BROKER_URL (default redis://127.0.0.1:6379/15), its queue emptied
+after.
 The load runs in a process of its own, the emulator in this one. Last line:
 
     scale: accept_per_s=<a> running_per_min=<b> launch_to_running_p99_s=<c>
@@ -323,7 +324,7 @@ def main() -> None:
             log.close()
             import redis
 
-            redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+            redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(settings.CELERY_TASK_DEFAULT_QUEUE)
     finally:
         ask("stop")
         api.join(30)
