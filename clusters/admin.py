@@ -9,7 +9,7 @@ from django.utils.html import format_html
 from workspaces.services import client_ip
 
 from .backends import BackendError, get_backend
-from .backends.kubernetes import cluster_settings, policies
+from .backends.kubernetes import policies
 from .backends.kubernetes.client import check_kubeconfig
 from .backends.local import tenants
 from .models import Cluster, GpuAllocation
@@ -129,6 +129,8 @@ class ClusterAdmin(admin.ModelAdmin):
         this cluster's parameter (docs/kubernetes.md, 'Admission policies')."""
         if cluster.backend != Cluster.Backend.KUBERNETES or not cluster.pk:
             return "-"
+        from .backends.kubernetes import cluster_settings  # the backend: loaded when needed
+
         objects = [*policies.admission_policies(),
                    policies.cluster_params(cluster_settings(cluster))]
         text = "---\n".join(yaml.safe_dump(o, sort_keys=False) for o in objects)

@@ -2,17 +2,21 @@
 label selector, bounded retries with backoff and jitter (and the server's Retry-After), and a
 per-cluster request rate."""
 
+from __future__ import annotations
+
 import json
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import urllib3
-from kubernetes.client import ApiClient, Configuration
-from kubernetes.client.rest import ApiException
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+    from kubernetes.client.rest import ApiException
 
 from gpupaas.metrics import KUBE_LATENCY, KUBE_REQUESTS
 
@@ -20,6 +24,14 @@ from ..base import BackendError, TransientBackendError
 
 log = logging.getLogger(__name__)
 Manifest = dict[str, Any]
+
+
+def api_exception() -> type[ApiException]:
+    """The client's error, imported when first needed (see the package's docstring): the
+    `except` clauses below name it through this, evaluated only once something was raised."""
+    from kubernetes.client.rest import ApiException
+
+    return ApiException
 
 # (apiVersion, kind) -> (path prefix, plural, namespaced). Only what the portal manages.
 RESOURCES: dict[tuple[str, str], tuple[str, str, bool]] = {
@@ -198,6 +210,7 @@ def api_client(kubeconfig: dict | None, *, in_cluster: bool = False, from_cluste
     """An ApiClient without urllib3's own retries: ours count and pace every attempt. The
     kubeconfig is checked first (`check_kubeconfig`): loading one runs its exec plugin."""
     from kubernetes import config
+    from kubernetes.client import ApiClient, Configuration
 
     configuration = Configuration()
     if in_cluster:
@@ -245,7 +258,7 @@ class KubeClient:
                 )
                 code = str(response.status)
                 return json.loads(response.data or b"null")
-            except ApiException as exc:
+            except api_exception() as exc:
                 code = str(exc.status or "error")
                 if exc.status not in TRANSIENT_STATUS or _invalid_patch(exc):
                     raise
@@ -258,7 +271,7 @@ class KubeClient:
                 # The client turns a TLS failure into ApiException(status=0) without a body,
                 # then fails decoding that body: the TLS problem is in the exception before.
                 cause = exc.__context__
-                if not isinstance(cause, ApiException):
+                if not isinstance(cause, api_exception()):
                     raise
                 problem = f"{method} {path}: TLS: {cause.reason}"
                 retry_after = None
@@ -292,7 +305,7 @@ class KubeClient:
         try:
             return self.request("PATCH", path, body=manifest, query=query,
                                 content_type="application/apply-patch+yaml")
-        except ApiException as exc:
+        except api_exception() as exc:
             raise _refusal(exc, manifest, self.settings.cluster) from exc
 
     def create(self, manifest: Manifest) -> bool:
@@ -302,7 +315,7 @@ class KubeClient:
         path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
         try:
             self.request("POST", path, body=manifest, query={"fieldManager": FIELD_MANAGER})
-        except ApiException as exc:
+        except api_exception() as exc:
             if exc.status == 409:
                 return False
             raise _refusal(exc, manifest, self.settings.cluster) from exc
@@ -314,7 +327,7 @@ class KubeClient:
             self.request("PATCH", resource_path(api_version, kind, namespace, name),
                          body={"spec": {"replicas": 0}},
                          content_type="application/merge-patch+json")
-        except ApiException as exc:
+        except api_exception() as exc:
             if exc.status != 404:
                 raise _refusal(exc, None, self.settings.cluster) from exc
 
@@ -332,14 +345,14 @@ class KubeClient:
                          body={"metadata": meta},
                          query={"fieldManager": f"{FIELD_MANAGER}-requests"},
                          content_type="application/merge-patch+json")
-        except ApiException as exc:
+        except api_exception() as exc:
             raise _refusal(exc, None, self.settings.cluster) from exc
 
     def get(self, api_version: str, kind: str, name: str,
             namespace: str | None = None) -> Manifest | None:
         try:
             return self.request("GET", resource_path(api_version, kind, namespace, name))
-        except ApiException as exc:
+        except api_exception() as exc:
             if exc.status == 404:
                 return None
             raise _refusal(exc, None, self.settings.cluster) from exc
@@ -360,7 +373,7 @@ class KubeClient:
         try:
             answer = self.request("GET", resource_path(api_version, kind, namespace),
                                   query=query)
-        except ApiException as exc:
+        except api_exception() as exc:
             if exc.status == 404:
                 return []
             raise _refusal(exc, None, self.settings.cluster) from exc
@@ -382,7 +395,7 @@ class KubeClient:
                 "DELETE", resource_path(api_version, kind, namespace, name),
                 query={"propagationPolicy": "Foreground"} if kind == "Cluster" else None,
             )
-        except ApiException as exc:
+        except api_exception() as exc:
             if exc.status == 404:
                 return None
             if exc.status == 409:  # already being deleted
@@ -392,7 +405,7 @@ class KubeClient:
     def version(self) -> Manifest:
         try:
             return self.request("GET", "/version")
-        except ApiException as exc:  # a 401 from a cluster that no longer takes the credential
+        except api_exception() as exc:  # a 401 from a cluster that no longer takes the credential
             raise _refusal(exc, None, self.settings.cluster) from exc
 
     def create_token(self, namespace: str, account: str, seconds: int) -> Manifest | None:
@@ -402,7 +415,7 @@ class KubeClient:
                 "POST", resource_path("v1", "ServiceAccount", namespace, account) + "/token",
                 body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                       "spec": {"expirationSeconds": seconds}})
-        except ApiException as exc:
+        except api_exception() as exc:
             if exc.status == 404:
                 return None
             raise _refusal(exc, None, self.settings.cluster) from exc
@@ -412,7 +425,7 @@ class KubeClient:
         prefix, plural, _ = RESOURCES[(api_version, kind)]
         try:
             found = self.request("GET", prefix)
-        except ApiException as exc:
+        except api_exception() as exc:
             if exc.status == 404:
                 return False
             raise _refusal(exc, None, self.settings.cluster) from exc
