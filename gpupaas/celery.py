@@ -40,6 +40,18 @@ def _worker_starting(**kwargs) -> None:
     metrics.prepare_multiprocess_dir()
 
 
+@signals.worker_init.connect
+def _worker_init(**kwargs) -> None:
+    # In the main process, before the pool starts: prefork children inherit what it imported
+    # (and no database connection: a forked one would be shared).
+    from django.db import connections
+
+    from clusters.backends import preload
+
+    preload()
+    connections.close_all()
+
+
 @signals.worker_ready.connect
 def _worker_ready(**kwargs) -> None:
     from django.conf import settings

@@ -31,9 +31,10 @@ def on_starting(server) -> None:
 
 def post_worker_init(worker) -> None:
     """Ready before the first request rather than during it: the URLs resolved (importing
-    every view and the API's schemas), and the database pool holding a connection for each
-    page thread. A burst right after a start or a deploy (the start of a class) otherwise
-    paid for both, in every worker at once."""
+    every view and the API's schemas), the Kubernetes client where there is a Kubernetes
+    cluster, and the database pool holding a connection for each page thread. A burst right
+    after a start or a deploy (the start of a class) otherwise paid for them, in every worker
+    at once."""
     import logging
 
     from django.conf import settings
@@ -43,15 +44,20 @@ def post_worker_init(worker) -> None:
     get_resolver().url_patterns  # noqa: B018  (imports the URLconf and its views)
     # This process's pool, not opened yet (None, or no such attribute: no pool, or SQLite).
     pool = getattr(connection, "pool", None)
-    if pool is None:
-        return
-    try:
-        pool.open(wait=False)
-        pool.resize(min_size=max(pool.min_size, settings.WEB_THREADS), max_size=pool.max_size)
-        pool.wait(timeout=3)
-    except Exception as exc:  # the database may be down: /readyz says so, requests retry
-        logging.getLogger("gpupaas").warning("database not reachable at start: %s", exc)
-        connection.close_pool()  # a new one at the first request
+    if pool is not None:
+        try:
+            pool.open(wait=False)
+            pool.resize(min_size=max(pool.min_size, settings.WEB_THREADS),
+                        max_size=pool.max_size)
+            pool.wait(timeout=3)
+        except Exception as exc:  # the database may be down: /readyz says so, requests retry
+            logging.getLogger("gpupaas").warning("database not reachable at start: %s", exc)
+            connection.close_pool()  # a new one at the first request
+            return
+    from clusters.backends import preload
+
+    preload()  # the Kubernetes client, where the portal has a Kubernetes cluster
+    connection.close()  # this thread serves no page: back to the pool
 
 
 def child_exit(server, worker) -> None:
