@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["gpupaas", "workspaces", "clusters", "instances", "notebooks", "access", "api",
          "portal"]
 # The project's entry points: they wire every app together.
-TOP = {"gpupaas/urls.py", "gpupaas/asgi.py", "gpupaas/celery.py", "gpupaas/wsgi.py"}
+TOP = {"gpupaas/urls.py", "gpupaas/asgi.py", "gpupaas/celery.py", "gpupaas/wsgi.py",
+       "gpupaas/gunicorn.py"}
 PRESENTATION = {"admin.py", "views.py", "urls.py", "consumers.py", "routing.py"}
 
 
