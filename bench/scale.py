@@ -333,6 +333,9 @@ def main() -> None:
     refused = sorted({status for status, _ in answers if status != 201})
     rows = list(launched.values_list("status", "created_at", "status_changed_at"))
     running = [(created, changed) for status, created, changed in rows if status == "running"]
+    if len(running) < 2:
+        sys.exit(f"only {len(running)} of {len(rows)} launched instances reached Running: "
+                 "see var/bench-scale.log")
     waits = [(changed - created).total_seconds() for created, changed in running]
     span = (max(c for _, c in running) - min(c for c, _ in running)).total_seconds()
     print(f"burst: {accepted} of {len(answers)} accepted (other answers {refused}) in "

@@ -49,7 +49,11 @@ def _worker_init(**kwargs) -> None:
     from clusters.backends import preload
 
     preload()
-    connections.close_all()
+    for connection in connections.all(initialized_only=True):
+        if getattr(connection, "pool", None) is not None:
+            connection.close_pool()  # the pool's sockets too, not only its checkout
+        else:
+            connection.close()
 
 
 @signals.worker_ready.connect

@@ -486,10 +486,10 @@ def reconcile_instances() -> ReconcileSummary:
             for instance in running:
                 state = states.get(instance.key)
                 # Still running as it was: nothing to write (at 10,000 instances, a
-                # transaction each would be most of the pass).
-                if state is not None and state.phase != "running" and (
-                        state.message[:500], state.detail) != (
-                        instance.status_message, instance.status_detail):
+                # transaction each would be most of the pass). A failure always moves it.
+                if state is not None and (state.phase in ("failed", "gone") or (
+                        state.phase != "running" and (state.message[:500], state.detail)
+                        != (instance.status_message, instance.status_detail))):
                     _apply_state(instance, state)
             summary.observed += len(running)
             # List first, then read which instances are live: an instance launched in
@@ -525,7 +525,9 @@ def _remove_stale_accounts() -> list[str]:
         return tenants.remove_stale_accounts(workspace_ids)
     except BackendError as exc:
         log.warning("the local OS users were not swept: %s", exc.message)
-        return []
+    except Exception:  # the pass's summary is still reported
+        log.exception("the local OS users were not swept")
+    return []
 
 
 # --- the catalogue (the admin's writes) ---------------------------------------------------

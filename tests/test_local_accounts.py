@@ -76,6 +76,48 @@ def test_an_account_from_before_install_ids_is_renamed_and_keeps_its_files(
     assert results.stat().st_uid == uid and sandbox.stat().st_uid == uid
 
 
+def legacy(alice, sandbox_root, settings) -> tuple[str, str, int]:
+    """Turn alice's account back into what an install from before this release made."""
+    workspace = str(workspace_of(alice).pk)
+    name, old = tenants.username(workspace), f"{settings.LOCAL_USER_PREFIX}{workspace}"
+    subprocess.run(["usermod", "--login", old, "--comment", "gpupaas workspace", name],
+                   check=True)
+    subprocess.run(["groupmod", "--new-name", old, name], check=True)
+    return name, old, pwd.getpwnam(old).pw_uid
+
+
+def test_an_old_account_with_a_process_running_keeps_serving_until_it_can_be_renamed(
+    alice, catalogue, sandbox_root, settings
+):
+    instance = running_instance(alice, catalogue[2], "busy")
+    name, old, uid = legacy(alice, sandbox_root, settings)
+    kernel = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}",
+                               "--clear-groups", "sleep", "60"])  # usermod refuses now
+    try:
+        reconcile()
+        instance.refresh_from_db()
+        assert instance.status == Instance.Status.RUNNING, instance.status_message
+        assert exists(old) and not exists(name)
+    finally:
+        kernel.kill()
+        kernel.wait()
+    reconcile()
+    assert pwd.getpwnam(name).pw_uid == uid and not exists(old)
+
+
+def test_a_new_instance_adopts_the_old_account_that_owns_the_workspaces_sandboxes(
+    alice, catalogue, sandbox_root, settings
+):
+    running_instance(alice, catalogue[2], "before")
+    name, old, uid = legacy(alice, sandbox_root, settings)
+
+    after = running_instance(alice, catalogue[2], "after")  # a sandbox of its own, new
+
+    assert after.status == Instance.Status.RUNNING, after.status_message
+    assert pwd.getpwnam(name).pw_uid == uid and not exists(old)
+    assert (sandbox_root / "local" / after.key).stat().st_uid == uid
+
+
 def test_a_sandbox_another_portals_account_owns_is_refused_in_words(sandbox_root, tmp_path,
                                                                      settings):
     sandbox = sandbox_root / "local" / "inst-7"
@@ -113,22 +155,29 @@ def test_an_account_whose_workspace_is_gone_is_removed_once_nothing_of_it_is_lef
     assert other_portals.name not in out.getvalue()
 
     quarantined.rmdir()
-    # A process still running as it keeps it too.
-    sleeper = subprocess.Popen(["setpriv", f"--reuid={gone.uid}", f"--regid={gone.gid}",
-                                "--clear-groups", "sleep", "60"])
-    try:
-        assert "accounts_removed=0" in reconcile()
-        assert exists(gone.name)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-
     call_command("local_accounts", stdout=(out := io.StringIO()))
     assert f"{gone.name}\tuid {gone.uid}\tworkspace 990001\tworkspace gone: removable" \
            in out.getvalue()
-    assert "accounts_removed=1" in reconcile()
+    # A daemon its notebook left behind, forking to stay ahead of a scan: stopped with it.
+    leftover = subprocess.Popen(["setpriv", f"--reuid={gone.uid}", f"--regid={gone.gid}",
+                                 "--clear-groups", "sleep", "60"])
+    try:
+        assert "accounts_removed=1" in reconcile()
+        assert leftover.wait(10) == -9
+    finally:
+        leftover.kill()
     assert not exists(gone.name)
     assert exists(hers) and exists(other_portals.name)  # the live one, another portal's
+
+
+def test_a_removed_accounts_uid_is_never_given_to_a_new_tenant(db, sandbox_root):
+    """useradd gives the highest uid + 1: the last account removed would hand its uid, and
+    any file or process still carrying it, to the next workspace."""
+    first = tenants.ensure_tenant("990005")
+    assert tenants.remove_stale_accounts(lambda: set()) == [first.name]
+
+    second = tenants.ensure_tenant("990006")
+    assert second.uid > first.uid and second.gid > first.gid
 
 
 def test_local_accounts_removes_on_request_and_says_so(db, sandbox_root):

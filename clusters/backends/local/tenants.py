@@ -8,16 +8,19 @@ says so: "single-user mode", notebooks run as the portal's own user.
 """
 
 import contextlib
+import fcntl
 import logging
 import os
 import pwd
 import re
 import secrets
+import signal
 import socket
 import ssl
 import stat
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,8 +37,8 @@ log = logging.getLogger(__name__)
 COMMENT = "gpupaas {install} workspace"
 # What accounts made before names carried the install id say (gpw-12): see adopt_legacy.
 LEGACY_COMMENT = "gpupaas workspace"
-# Short enough that prefix, install id and a workspace id fit useradd's 32 characters.
-PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,11}$")
+# The whole name (prefix, install id, workspace id) must also fit useradd's 32 characters.
+PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,19}$")
 INSTALL_RE = re.compile(r"^[0-9a-f]{6}$")
 
 
@@ -67,24 +70,41 @@ def mode_line() -> str:
     return "Single-user mode: notebooks run as you (the portal's OS user)."
 
 
+def _control() -> Path:
+    """The sandbox root's root-only folder (also the backend's: see LocalBackend)."""
+    path = Path(settings.LOCAL_SANDBOX_ROOT) / ".portal"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+@contextlib.contextmanager
+def _accounts_locked() -> Iterator[None]:
+    """One account change at a time on this portal (workers, the web, the reconcile pass)."""
+    with open(_control() / ".accounts.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def install_id(*, create: bool = True) -> str:
     """This portal's id on this machine: six hex digits, made on first use and kept in the
     sandbox root's root-only control folder. It is part of every OS user's name, so two
     portals on one machine never share `gpw-1`; it moves with the sandboxes it owns.
-    Without `create`, "" where none was made yet (so no account either)."""
-    path = Path(settings.LOCAL_SANDBOX_ROOT) / ".portal" / "install-id"
-    if not create and not path.exists():
-        return ""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(3) + "\n")
+    Without `create`, "" where none was made yet (so no account either). Written whole
+    before it appears (a link to a finished file), so no reader sees half of it."""
+    path = Path(settings.LOCAL_SANDBOX_ROOT) / ".portal" / ".install-id"
+    if not path.exists():
+        if not create:
+            return ""
+        draft = _control() / f".install-id.{os.getpid()}.{secrets.token_hex(4)}"
+        draft.write_text(secrets.token_hex(3) + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process made it first: theirs stands
+        finally:
+            draft.unlink()
     text = path.read_text().strip()
-    if not INSTALL_RE.match(text):  # a half-written file: say so rather than guess
+    if not INSTALL_RE.match(text):
         raise BackendError(f"{path} does not hold an install id (six hex digits).",
                            detail=repr(text[:40]))
     return text
@@ -94,16 +114,20 @@ def _prefix() -> str:
     prefix = settings.LOCAL_USER_PREFIX
     if not PREFIX_RE.match(prefix):
         raise BackendError(f"LOCAL_USER_PREFIX {prefix!r} is not a safe OS user name prefix "
-                           "(a lower-case letter, then at most 11 of a-z, 0-9, - and _).")
+                           "(a lower-case letter, then a-z, 0-9, - and _).")
     return prefix
 
 
 def username(workspace: str) -> str:
     """The workspace's OS user: the prefix, this portal's install id, the workspace id
-    (gpw-3fa9c1-12)."""
-    if not workspace.isdigit():
+    (gpw-3fa9c1-12); at most useradd's 32 characters."""
+    if not workspace.isdigit() or not workspace.isascii():
         raise BackendError(f"Workspace id {workspace!r} is not a number.")
-    return f"{_prefix()}{install_id()}-{workspace}"
+    name = f"{_prefix()}{install_id()}-{workspace}"
+    if len(name) > 32:
+        raise BackendError(f"The OS user name {name} is longer than 32 characters: shorten "
+                           "LOCAL_USER_PREFIX.")
+    return name
 
 
 def comment() -> str:
@@ -111,15 +135,14 @@ def comment() -> str:
 
 
 def ensure_tenant(workspace: str, sandbox: Path | None = None) -> Tenant | None:
-    """The workspace's OS user, created if missing; None in single-user mode. With the
-    sandbox it is for, an account from before install ids (which owns the sandbox's files)
-    is renamed rather than replaced, and a sandbox another account owns is refused."""
+    """The workspace's OS user, created if missing; None in single-user mode. An account
+    from before install ids that owns one of this portal's sandboxes is adopted instead of
+    replaced (see _adopt_legacy); a sandbox another account owns is refused in words."""
     if not isolated():
         return None
     name = username(workspace)
-    if sandbox is not None:
-        adopt_legacy(name, workspace, sandbox)
-    tenant = ensure_os_user(name, comment())
+    with _accounts_locked():
+        tenant = _adopt_legacy(name, workspace) or ensure_os_user(name, comment())
     if sandbox is not None:
         try:
             owner = sandbox.stat().st_uid
@@ -127,47 +150,59 @@ def ensure_tenant(workspace: str, sandbox: Path | None = None) -> Tenant | None:
             return tenant
         if owner not in (tenant.uid, 0):
             raise BackendError(
-                f"The sandbox {sandbox} belongs to uid {owner}, not to {name}: another "
+                f"The sandbox {sandbox} belongs to uid {owner}, not to {tenant.name}: another "
                 "portal on this machine shared its OS user, or this one made it before it "
-                f"ran as root. Give it to {name} (chown -R {name}: {sandbox}) and start it "
-                "again.")
+                f"ran as root. Give it to {tenant.name} (chown -R {tenant.name}: {sandbox}) "
+                "and start it again.")
     return tenant
 
 
-def adopt_legacy(name: str, workspace: str, sandbox: Path) -> None:
-    """Accounts made before names carried the install id are called `<prefix><workspace>`
-    and own their sandboxes' files. The first time this portal finds one owning a sandbox of
-    its own, it renames the account and its group (same uid: every file stays theirs)."""
+def _adopt_legacy(name: str, workspace: str) -> Tenant | None:
+    """Accounts made before names carried the install id are `<prefix><workspace>` with the
+    old comment, and own their sandboxes' files. Where one owns a sandbox of this portal's,
+    it is renamed with its group (same uid: every file stays theirs). usermod refuses while
+    a process of its runs (a notebook started before the upgrade): the account serves as it
+    is until a later call finds it idle. None when there is nothing to adopt."""
     try:
         pwd.getpwnam(name)
-        return  # already adopted, or made fresh
+        return None  # already adopted, or made fresh
     except KeyError:
         pass
-    try:
-        owner = pwd.getpwuid(sandbox.stat().st_uid)
-    except (FileNotFoundError, KeyError):
-        return
     legacy = f"{_prefix()}{workspace}"
-    if owner.pw_name != legacy or owner.pw_gecos != LEGACY_COMMENT:
-        return
-    for argv in (["usermod", "--login", name, "--comment", comment(), legacy],
-                 ["groupmod", "--new-name", name, legacy]):
-        result = subprocess.run(argv, capture_output=True, text=True)
-        if result.returncode != 0 and argv[0] == "usermod":
-            raise BackendError(f"Could not rename the OS user {legacy} to {name}.",
-                               detail=result.stderr)
-    log.info("renamed the OS user %s to %s (uid %s)", legacy, name, owner.pw_uid)
+    try:
+        entry = pwd.getpwnam(legacy)
+    except KeyError:
+        return None
+    if entry.pw_gecos != LEGACY_COMMENT or not any(
+            place.lstat().st_uid == entry.pw_uid for place in _sandboxes()):
+        return None
+    renamed = subprocess.run(["usermod", "--login", name, "--comment", comment(), legacy],
+                             capture_output=True, text=True)
+    if renamed.returncode != 0:
+        log.info("the OS user %s keeps its name for now: %s", legacy, renamed.stderr.strip())
+        return Tenant(name=legacy, uid=entry.pw_uid, gid=entry.pw_gid)
+    regrouped = subprocess.run(["groupmod", "--new-name", name, legacy], capture_output=True,
+                               text=True)
+    if regrouped.returncode != 0:
+        log.warning("the group %s was not renamed: %s", legacy, regrouped.stderr.strip())
+    log.info("renamed the OS user %s to %s (uid %s)", legacy, name, entry.pw_uid)
+    return Tenant(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
 def ensure_os_user(name: str, marker: str) -> Tenant:
     """An unprivileged OS user the portal created (root only), created if missing; `marker`
-    goes in its comment field and must be there on an existing one."""
+    goes in its comment field and must be there on an existing one. Its uid and gid are
+    above any this portal ever gave (a high-water mark in the control folder): an account
+    removed since never hands its uid, and whatever still carries it, to a new tenant."""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
+        mark = _control() / ".uid-high-water"
+        high = int(mark.read_text()) if mark.exists() else 0
+        floor = [] if not high else ["-K", f"UID_MIN={high + 1}", "-K", f"GID_MIN={high + 1}"]
         result = subprocess.run(
             # No home of its own (its sandboxes are its homes), no login shell, its own group.
-            ["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+            ["useradd", *floor, "--no-create-home", "--home-dir", "/nonexistent", "--shell",
              "/usr/sbin/nologin", "--user-group", "--comment", marker, name],
             capture_output=True, text=True,
         )
@@ -177,6 +212,7 @@ def ensure_os_user(name: str, marker: str) -> Tenant:
             raise BackendError(
                 f"Could not create the OS user {name}.", detail=result.stderr
             ) from None
+        mark.write_text(str(max(high, entry.pw_uid, entry.pw_gid)))
     if entry.pw_gecos != marker:
         raise BackendError(f"The OS user {name} exists and was not created by the portal.")
     return Tenant(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
@@ -213,20 +249,20 @@ class Account:
 
 def accounts(live_workspaces: Callable[[], set[str]]) -> list[Account]:
     """This portal's OS users (its prefix, its install id and its comment). One stays while
-    its workspace exists, while a sandbox (a quarantined one too) or a file in the shared
-    temporary folders is its, or while a process runs as it: a uid freed too early could go
-    to the next new account with those files. The accounts are listed before the workspaces
-    are read, so one made for a workspace created in between is never taken for stale."""
+    its workspace exists, or while a sandbox (a quarantined one too) or an entry in the
+    shared temporary folders is its: an administrator may still want them as that user.
+    The accounts are listed before the workspaces are read, so one made for a workspace
+    created in between is never taken for stale."""
     install = install_id(create=False)
     if not install:
         return []
-    named = re.compile(rf"^{re.escape(_prefix())}{install}-(\d+)$")
+    named = re.compile(rf"^{re.escape(_prefix())}{install}-([0-9]+)$")
     mine = [(e, m.group(1)) for e in pwd.getpwall()
             if (m := named.match(e.pw_name)) and e.pw_gecos == comment()]
     if not mine:
         return []
     live = live_workspaces()
-    # Looking through sandboxes and processes only when some workspace is gone.
+    # Looking through the sandboxes and temporary folders only when some workspace is gone.
     held = _uids_holding() if any(ws not in live for _, ws in mine) else {}
     return [Account(name=e.pw_name, uid=e.pw_uid, workspace=ws,
                     kept_by="its workspace" if ws in live else held.get(e.pw_uid, ""))
@@ -234,41 +270,67 @@ def accounts(live_workspaces: Callable[[], set[str]]) -> list[Account]:
 
 
 def remove_stale_accounts(live_workspaces: Callable[[], set[str]]) -> list[str]:
-    """Remove this portal's OS users that nothing keeps (see accounts); their names."""
+    """Remove this portal's OS users that nothing keeps (see accounts), after stopping every
+    process still running as one (a daemon its notebook left behind); their names. Their
+    uids are never given again (see ensure_os_user)."""
     removed = []
-    for account in accounts(live_workspaces):
-        if account.kept_by:
-            continue
-        result = subprocess.run(["userdel", account.name], capture_output=True, text=True)
-        if result.returncode == 0:
-            log.info("removed the OS user %s (uid %s): its workspace is gone",
-                     account.name, account.uid)
-            removed.append(account.name)
-        else:
-            log.warning("could not remove the OS user %s: %s", account.name,
-                        result.stderr.strip())
+    with _accounts_locked():
+        for account in accounts(live_workspaces):
+            if account.kept_by:
+                continue
+            _kill_all(account.uid)
+            result = subprocess.run(["userdel", account.name], capture_output=True, text=True)
+            if result.returncode == 0:
+                log.info("removed the OS user %s (uid %s): its workspace is gone",
+                         account.name, account.uid)
+                removed.append(account.name)
+            else:
+                log.warning("could not remove the OS user %s: %s", account.name,
+                            result.stderr.strip())
     return removed
 
 
-def _uids_holding() -> dict[int, str]:
-    """Which uids own a sandbox, a file in the shared temporary folders, or a process."""
-    held: dict[int, str] = {}
+def _kill_all(uid: int) -> None:
+    """SIGKILL every process of `uid`, from a child that becomes it: kill(-1) reaches all of
+    them at once, so one forking as fast as it can is caught too (a scan of /proc is not)."""
+    pid = os.fork()
+    if pid == 0:  # the child: system calls only, then out
+        try:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            for _ in range(200):
+                os.kill(-1, signal.SIGKILL)
+                time.sleep(0.01)
+        except ProcessLookupError:
+            os._exit(0)  # nothing of its is left
+        except BaseException:
+            os._exit(2)
+        os._exit(1)
+    os.waitpid(pid, 0)
+
+
+def _sandboxes() -> list[Path]:
+    """Every sandbox under the root (each cluster's folder), quarantined ones included."""
     base = Path(settings.LOCAL_SANDBOX_ROOT)
-    places = [p for cluster in base.iterdir() if cluster.is_dir() and cluster.name != ".portal"
-              for p in cluster.iterdir()] if base.is_dir() else []
-    for place in places:
+    if not base.is_dir():
+        return []
+    return [place for cluster in base.iterdir()
+            if cluster.is_dir() and not cluster.name.startswith(".")
+            for place in cluster.iterdir()]
+
+
+def _uids_holding() -> dict[int, str]:
+    """Which uids own a sandbox, or an entry in the shared temporary folders."""
+    held: dict[int, str] = {}
+    for place in _sandboxes():
         with contextlib.suppress(OSError):
             held.setdefault(place.lstat().st_uid, f"the sandbox {place}")
     for folder in ("/tmp", "/var/tmp", "/dev/shm"):
         with contextlib.suppress(OSError):
             for entry in os.scandir(folder):
                 with contextlib.suppress(OSError):
-                    held.setdefault(entry.stat(follow_symlinks=False).st_uid, f"{entry.path}")
-    for status in Path("/proc").glob("[0-9]*/status"):
-        with contextlib.suppress(OSError):
-            uid = next(line.split()[1] for line in status.read_text().splitlines()
-                       if line.startswith("Uid:"))
-            held.setdefault(int(uid), f"process {status.parent.name}")
+                    held.setdefault(entry.stat(follow_symlinks=False).st_uid, entry.path)
     return held
 
 
