@@ -257,8 +257,9 @@ def accounts(live_workspaces: Callable[[], set[str]]) -> list[Account]:
     if not install:
         return []
     named = re.compile(rf"^{re.escape(_prefix())}{install}-([0-9]+)$")
+    marker = COMMENT.format(install=install)  # read once, not per account
     mine = [(e, m.group(1)) for e in pwd.getpwall()
-            if (m := named.match(e.pw_name)) and e.pw_gecos == comment()]
+            if (m := named.match(e.pw_name)) and e.pw_gecos == marker]
     if not mine:
         return []
     live = live_workspaces()
